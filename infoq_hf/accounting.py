@@ -1,0 +1,134 @@
+"""Counting what a model costs: stored bytes, MACs, BitOps, average bits, compression.
+
+Conventions (the ones HAWQ-V3 and the InfoQ paper report in):
+- MACs are counted by hooks on one forward pass of the example input you give
+  (use batch size 1 for per-sample figures): a conv contributes
+  out.numel() * (in_channels / groups) * kh * kw, a linear out.numel() * in_features.
+- BitOps = sum over layers of MACs x w_bits x a_bits; a layer outside the
+  policy, or with float activations, counts 32 bits for what stays float.
+- Average bits = sum n_l b_l / sum n_l over the quantized layers' weights.
+- Compression = fp32 bytes of those weights / their packed bytes (codes, scales, zero points).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
+from .policy import BitPolicy, LayerBits
+from .quant.apply import default_forward, quantizable_layers
+from .quant.modules import PACKED_TYPES, QuantConv2d, packed_weight_bytes
+
+FLOAT_BITS = 32
+
+
+def model_size_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor the model stores (its state dict), shared tensors counted once."""
+    seen, total = set(), 0
+    for tensor in model.state_dict(keep_vars=True).values():
+        t = tensor.detach()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
+        if t.numel() and key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+    if isinstance(module, (nn.Conv2d, QuantConv2d)):
+        kh, kw = module.kernel_size
+        return output.numel() * (module.in_channels // module.groups) * kh * kw
+    weight_in = module.in_features if hasattr(module, "in_features") else module.weight.shape[0]  # HF Conv1D: [in, out]
+    return output.numel() * weight_in
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example_inputs, forward=None) -> dict[str, int]:
+    """MACs per Linear / Conv2d layer (float or packed) for one forward pass of `example_inputs`."""
+    from .quant.modules import float_layer_types
+
+    kinds = float_layer_types() + PACKED_TYPES
+    macs: dict[str, int] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, kinds):
+            def hook(m, args, out, name=name):
+                macs[name] = macs.get(name, 0) + _layer_macs(m, out)
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        (forward or default_forward)(model, example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return macs
+
+
+def bitops(model: nn.Module, policy: BitPolicy | Mapping | None, example_inputs, forward=None) -> int:
+    """Sum of MACs x w_bits x a_bits over all Linear/Conv2d layers for one pass of `example_inputs`.
+
+    Layers outside the policy (or float activations) count 32 bits. A packed model needs no policy:
+    its layers carry their own bits."""
+    macs = count_macs(model, example_inputs, forward)
+    bits = _bits_by_layer(model, policy)
+    total = 0
+    for name, m in macs.items():
+        lb = bits.get(name)
+        w = lb.w_bits if lb else FLOAT_BITS
+        a = lb.a_bits if lb and lb.a_bits is not None else FLOAT_BITS
+        total += m * w * a
+    return total
+
+
+def _bits_by_layer(model: nn.Module, policy) -> dict[str, LayerBits]:
+    bits = {n: LayerBits(m.w_bits, m.a_bits) for n, m in model.named_modules() if isinstance(m, PACKED_TYPES)}
+    if policy is not None:
+        policy = policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy)
+        candidates = list(quantizable_layers(model)) + list(bits)
+        bits.update(policy.resolve(candidates))
+    return bits
+
+
+def average_bits(params: Mapping[str, int], policy: Mapping[str, LayerBits]) -> float:
+    """Parameter-weighted mean weight bits over the layers of `policy` (names as in `params`)."""
+    n = sum(params[k] for k in policy)
+    if n == 0:
+        raise ValueError("average_bits needs at least one layer with parameters")
+    return sum(params[k] * policy[k].w_bits for k in policy) / n
+
+
+def compression_ratio(model: nn.Module, baseline_bits: int = 32) -> float:
+    """fp32 (or fp16 with baseline_bits=16) bytes of the packed layers' weights over their packed bytes."""
+    layers = [m for m in model.modules() if isinstance(m, PACKED_TYPES)]
+    if not layers:
+        raise ValueError("the model has no packed layers; call quantize_model first")
+    float_bytes = sum(math.prod(m.weight_shape) * baseline_bits / 8 for m in layers)
+    packed = sum(packed_weight_bytes(m.weight_shape, m.w_bits, m.group_size, m.symmetric) for m in layers)
+    return float_bytes / packed
+
+
+def expected_size_bytes(model: nn.Module) -> int:
+    """The theoretical stored size of a packed model: sum(n_l * b_l)/8 rounded up per layer, plus
+    scales and zero points, plus every tensor that is not a packed weight (float leftovers)."""
+    total = 0
+    packed_ids = set()
+    for m in model.modules():
+        if isinstance(m, PACKED_TYPES):
+            total += packed_weight_bytes(m.weight_shape, m.w_bits, m.group_size, m.symmetric)
+            packed_ids.update(id(b) for b in (m.weight_packed, m.weight_scale, m.weight_zero_point) if b is not None)
+    seen = set()
+    for t in model.state_dict(keep_vars=True).values():
+        if id(t) in packed_ids:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
+        if t.numel() and key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total

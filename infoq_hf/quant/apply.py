@@ -1,0 +1,153 @@
+"""Swap a model's float layers for packed ones according to a `BitPolicy`, and back."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+from ..policy import BitPolicy, LayerBits
+from .modules import PACKED_TYPES, QuantConv2d, QuantLinear, float_layer_types
+
+
+def _skipped(name: str, module: nn.Module, skip_names: Iterable[str], skip_types: tuple) -> bool:
+    if skip_types and isinstance(module, skip_types):
+        return True
+    for pattern in skip_names:
+        if name == pattern or name.endswith("." + pattern) or re.fullmatch(pattern, name):
+            return True
+    return False
+
+
+def quantizable_layers(model: nn.Module, skip_modules: Iterable[str] = (), skip_types: tuple = ()) -> dict[str, nn.Module]:
+    """The float Linear / Conv2d / transformers-Conv1D layers of a model, in module order.
+
+    `skip_modules` holds names (exact, dot-suffix, or regex) to leave in float, `skip_types`
+    module classes to leave in float (e.g. a classifier head class)."""
+    skip_names = list(skip_modules)
+    kinds = float_layer_types()
+    return {
+        name: m for name, m in model.named_modules()
+        if type(m) in kinds and not _skipped(name, m, skip_names, tuple(skip_types))
+    }
+
+
+def _unquantizable_hint(name: str, module: nn.Module) -> str:
+    return (
+        f"policy names layer {name!r} of type {type(module).__name__}, which infoq_hf cannot quantize "
+        "(supported: nn.Linear, nn.Conv2d, transformers Conv1D); remove it from the policy"
+    )
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def resolve_policy(model: nn.Module, policy: BitPolicy | Mapping, skip_modules: Iterable[str] = (),
+                   skip_types: tuple = ()) -> dict[str, LayerBits]:
+    """Match a policy to the model's quantizable layers; clear errors for unknown or unsupported layers."""
+    policy = policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy)
+    layers = quantizable_layers(model, skip_modules, skip_types)
+    all_modules = dict(model.named_modules())
+    try:
+        return policy.resolve(layers)
+    except ValueError as e:
+        # Explain a name that exists but is of the wrong type, or was skipped on purpose.
+        for key in policy:
+            if key in all_modules and key not in layers:
+                module = all_modules[key]
+                if type(module) in float_layer_types():
+                    raise ValueError(f"policy names layer {key!r}, which is listed in the modules to skip") from None
+                if isinstance(module, PACKED_TYPES):
+                    raise ValueError(f"layer {key!r} is already quantized; call model.dequantize() first") from None
+                raise ValueError(_unquantizable_hint(key, module)) from None
+        raise e
+
+
+def quantize_model(
+    model: nn.Module,
+    policy: BitPolicy | Mapping,
+    *,
+    group_size: int | None = None,
+    symmetric: bool = False,
+    clip_search: bool = False,
+    skip_modules: Iterable[str] = (),
+    skip_types: tuple = (),
+    act_ranges: Mapping[str, tuple[float, float]] | None = None,
+    conv_group_size: int | None = None,
+) -> nn.Module:
+    """Replace the layers named by `policy` with packed low-bit layers, in place; returns the model.
+
+    `group_size` applies to Linear layers (e.g. 64/128 for LLMs; None = per output channel);
+    conv layers use `conv_group_size` (default per output channel). Layers not in the policy
+    stay float. A layer with `a_bits` needs its input range in `act_ranges` (see
+    `infoq_hf.calibrate_activation_ranges`)."""
+    resolved = resolve_policy(model, policy, skip_modules, skip_types)
+    for name, bits in resolved.items():
+        layer = model.get_submodule(name)
+        kwargs = dict(w_bits=bits.w_bits, symmetric=symmetric, a_bits=bits.a_bits, clip_search=clip_search, where=name)
+        if isinstance(layer, nn.Conv2d):
+            q = QuantConv2d.from_float(layer, group_size=conv_group_size, **kwargs)
+        else:
+            q = QuantLinear.from_float(layer, group_size=group_size, **kwargs)
+        if bits.a_bits is not None:
+            if act_ranges is None or name not in act_ranges:
+                raise ValueError(
+                    f"layer {name!r} has a_bits={bits.a_bits} but no calibrated input range; pass "
+                    "act_ranges=calibrate_activation_ranges(model, batches, policy)"
+                )
+            q.set_input_range(*act_ranges[name])
+        _set_submodule(model, name, q)
+    return model
+
+
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """Replace every packed layer with an equivalent float layer, in place; returns the model."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, PACKED_TYPES):
+            _set_submodule(model, name, module.to_float())
+    return model
+
+
+def packed_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, PACKED_TYPES)}
+
+
+@torch.no_grad()
+def calibrate_activation_ranges(model: nn.Module, batches: Iterable, policy: BitPolicy | Mapping,
+                                forward=None, percentile: float | None = None) -> dict[str, tuple[float, float]]:
+    """Observe the input range of every layer the policy gives `a_bits`, over calibration batches.
+
+    `forward(model, batch)` runs one batch (default: `model(**batch)` for dicts, `model(batch[0])`
+    for tuples, `model(batch)` otherwise)."""
+    from .quantizer import RangeObserver
+
+    resolved = {n: b for n, b in resolve_policy(model, policy).items() if b.a_bits is not None}
+    observers = {n: RangeObserver(percentile) for n in resolved}
+    hooks = [
+        model.get_submodule(n).register_forward_pre_hook(lambda m, args, n=n: observers[n].update(args[0]))
+        for n in resolved
+    ]
+    try:
+        for batch in batches:
+            (forward or default_forward)(model, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    missing = [n for n, o in observers.items() if not o.seen]
+    if missing:
+        raise ValueError(f"no calibration data reached layers {missing[:5]}; check the batches and forward function")
+    return {n: (o.lo, o.hi) for n, o in observers.items()}
+
+
+def default_forward(model: nn.Module, batch):
+    """Run one calibration batch: dict -> model(**inputs), (inputs, labels) tuple -> model(inputs)."""
+    if isinstance(batch, Mapping):
+        return model(**{k: v for k, v in batch.items() if k != "labels"})
+    if isinstance(batch, (tuple, list)):
+        return model(batch[0])
+    return model(batch)

@@ -1,0 +1,211 @@
+"""Packed low-bit layers: `QuantLinear` and `QuantConv2d`.
+
+They hold the weight only as packed integer codes (`weight_packed`, uint8) plus
+`weight_scale` (float32, [out, n_groups]) and, for asymmetric schemes,
+`weight_zero_point` (uint8, [out, n_groups]); the forward pass unpacks and
+dequantizes on the fly, so the weights stay packed in memory. Optionally the
+input activation is fake-quantized per tensor (`input_scale`,
+`input_zero_point`). The bias stays float.
+
+The stored names deliberately differ from `weight`: a loader that does not know
+this format finds no `weight` and cannot silently load codes as floats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .packing import check_bits, pack, packed_nbytes, unpack
+from .quantizer import (
+    WeightScheme,
+    activation_qparams,
+    dequantize_codes,
+    fake_quantize_activation,
+    group_count,
+    quantize_weight,
+)
+
+try:  # GPT-2 style layers store Linear weights transposed
+    from transformers.pytorch_utils import Conv1D as HFConv1D
+except Exception:  # transformers is optional for plain PyTorch users
+    HFConv1D = None
+
+
+def packed_weight_bytes(shape, bits: int, group_size: int | None, symmetric: bool) -> int:
+    """Bytes a packed weight of `shape` takes: codes + float32 scales + uint8 zero points."""
+    numel = math.prod(int(d) for d in shape)
+    scales = int(shape[0]) * group_count(shape, group_size)
+    return packed_nbytes(numel, bits) + scales * 4 + (0 if symmetric else scales)
+
+
+class _PackedWeightLayer(nn.Module):
+    """Shared storage and (de)quantization logic of the packed layers."""
+
+    weight_shape: tuple[int, ...]
+
+    def _init_packed(self, weight_shape, w_bits, group_size, symmetric, a_bits, where):
+        self.w_bits = check_bits(int(w_bits), where)
+        self.a_bits = None if a_bits is None else check_bits(int(a_bits), where)
+        self.group_size = group_size
+        self.symmetric = bool(symmetric)
+        self.weight_shape = tuple(int(d) for d in weight_shape)
+        n_groups = group_count(self.weight_shape, group_size, where)
+        out = self.weight_shape[0]
+        numel = math.prod(self.weight_shape)
+        self.register_buffer("weight_packed", torch.zeros(packed_nbytes(numel, self.w_bits), dtype=torch.uint8))
+        self.register_buffer("weight_scale", torch.ones(out, n_groups, dtype=torch.float32))
+        if not self.symmetric:
+            self.register_buffer("weight_zero_point", torch.zeros(out, n_groups, dtype=torch.uint8))
+        else:
+            self.weight_zero_point = None
+        if self.a_bits is not None:
+            self.register_buffer("input_scale", torch.ones((), dtype=torch.float32))
+            self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32))
+
+    @property
+    def scheme(self) -> WeightScheme:
+        return WeightScheme(self.w_bits, self.group_size, self.symmetric)
+
+    def set_weight(self, weight: torch.Tensor, clip_search: bool = False, where: str = "") -> None:
+        """Quantize a float weight into this layer's packed buffers."""
+        if tuple(weight.shape) != self.weight_shape:
+            raise ValueError(f"layer {where!r}: weight shape {tuple(weight.shape)} != {self.weight_shape}")
+        scheme = WeightScheme(self.w_bits, self.group_size, self.symmetric, clip_search)
+        qw = quantize_weight(weight, scheme, where)
+        self.weight_packed = pack(qw.codes, self.w_bits).to(self.weight_scale.device)
+        self.weight_scale = qw.scale.to(self.weight_scale.device)
+        if qw.zero_point is not None:
+            self.weight_zero_point = qw.zero_point.to(self.weight_scale.device)
+
+    def set_input_range(self, lo: float, hi: float) -> None:
+        """Set the activation quantizer from an observed input range."""
+        if self.a_bits is None:
+            raise ValueError("this layer has no activation quantizer (a_bits is None)")
+        scale, zero = activation_qparams(lo, hi, self.a_bits)
+        self.input_scale.fill_(scale)
+        self.input_zero_point.fill_(zero)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        numel = math.prod(self.weight_shape)
+        codes = unpack(self.weight_packed, self.w_bits, numel).reshape(self.weight_shape[0], -1)
+        w = dequantize_codes(codes, self.weight_scale, self.weight_zero_point, self.scheme)
+        return w.reshape(self.weight_shape).to(dtype)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.a_bits is None:
+            return x
+        return fake_quantize_activation(x, self.input_scale.to(x.dtype), self.input_zero_point.to(x.dtype), self.a_bits)
+
+    def extra_repr(self) -> str:
+        g = "per-channel" if self.group_size is None else f"group={self.group_size}"
+        a = "" if self.a_bits is None else f", a_bits={self.a_bits}"
+        return f"w_bits={self.w_bits}, {g}, {'sym' if self.symmetric else 'asym'}{a}, shape={self.weight_shape}"
+
+
+class QuantLinear(_PackedWeightLayer):
+    """A packed replacement for `nn.Linear` (and transformers' transposed `Conv1D`)."""
+
+    def __init__(self, in_features, out_features, bias=True, *, w_bits, group_size=None, symmetric=False,
+                 a_bits=None, transposed_source=False, where=""):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.transposed_source = bool(transposed_source)  # rebuild a Conv1D on dequantize
+        self._init_packed((out_features, in_features), w_bits, group_size, symmetric, a_bits, where)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @classmethod
+    def from_float(cls, layer: nn.Module, *, w_bits, group_size=None, symmetric=False, a_bits=None,
+                   clip_search=False, where=""):
+        transposed = HFConv1D is not None and isinstance(layer, HFConv1D)
+        weight = layer.weight.detach().t() if transposed else layer.weight.detach()
+        out_f, in_f = weight.shape
+        q = cls(in_f, out_f, layer.bias is not None, w_bits=w_bits, group_size=group_size, symmetric=symmetric,
+                a_bits=a_bits, transposed_source=transposed, where=where).to(weight.device)
+        q.set_weight(weight, clip_search, where)
+        if layer.bias is not None:
+            q.bias.data.copy_(layer.bias.detach().float())
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantized_weight(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(self.quantize_input(x), w, bias)
+
+    def to_float(self) -> nn.Module:
+        w = self.dequantized_weight()
+        if self.transposed_source:
+            layer = HFConv1D(self.out_features, self.in_features)
+            layer.weight.data.copy_(w.t())
+        else:
+            layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+            layer.weight.data.copy_(w)
+        if self.bias is not None:
+            layer.bias.data.copy_(self.bias.detach())
+        return layer.to(self.weight_scale.device)
+
+
+class QuantConv2d(_PackedWeightLayer):
+    """A packed replacement for `nn.Conv2d` (grouped and depthwise included), one scale per output channel
+    unless a group size is given."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", *, w_bits, group_size=None, symmetric=False, a_bits=None, where=""):
+        super().__init__()
+        ks = nn.modules.utils._pair(kernel_size)
+        self.in_channels, self.out_channels, self.kernel_size = int(in_channels), int(out_channels), ks
+        self.stride, self.dilation = nn.modules.utils._pair(stride), nn.modules.utils._pair(dilation)
+        self.padding = padding if isinstance(padding, str) else nn.modules.utils._pair(padding)
+        self.groups, self.padding_mode = int(groups), padding_mode
+        shape = (out_channels, in_channels // groups, *ks)
+        self._init_packed(shape, w_bits, group_size, symmetric, a_bits, where)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    @classmethod
+    def from_float(cls, layer: nn.Conv2d, *, w_bits, group_size=None, symmetric=False, a_bits=None,
+                   clip_search=False, where=""):
+        q = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, w_bits=w_bits,
+                group_size=group_size, symmetric=symmetric, a_bits=a_bits, where=where).to(layer.weight.device)
+        q.set_weight(layer.weight.detach(), clip_search, where)
+        if layer.bias is not None:
+            q.bias.data.copy_(layer.bias.detach().float())
+        return q
+
+    def _conv_kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantized_weight(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        x = self.quantize_input(x)
+        if self.padding_mode != "zeros":
+            pad = self._reversed_padding()
+            return F.conv2d(F.pad(x, pad, mode=self.padding_mode), w, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, w, bias, **self._conv_kwargs())
+
+    def _reversed_padding(self):
+        ph, pw = self.padding
+        return (pw, pw, ph, ph)
+
+    def to_float(self) -> nn.Conv2d:
+        layer = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                          self.dilation, self.groups, self.bias is not None, self.padding_mode)
+        layer.weight.data.copy_(self.dequantized_weight())
+        if self.bias is not None:
+            layer.bias.data.copy_(self.bias.detach())
+        return layer.to(self.weight_scale.device)
+
+
+PACKED_TYPES = (QuantLinear, QuantConv2d)
+
+
+def float_layer_types() -> tuple[type, ...]:
+    """Float layer types infoq_hf knows how to quantize."""
+    types = [nn.Linear, nn.Conv2d]
+    if HFConv1D is not None:
+        types.append(HFConv1D)
+    return tuple(types)

@@ -1,0 +1,187 @@
+"""Uniform integer quantizers for weights (per channel or per group) and activations (per tensor).
+
+A weight of any layer is viewed as a matrix [out_channels, fan_in] (a conv's
+[out, in/groups, kh, kw] is flattened over its last three axes). Each output
+row, or each run of `group_size` consecutive entries of a row, gets its own
+scale (and zero point when asymmetric):
+
+    asymmetric: code = clamp(round(w / s) + z, 0, 2^b - 1),   w_hat = (code - z) * s
+    symmetric:  code = clamp(round(w / s), -2^(b-1), 2^(b-1) - 1) + 2^(b-1),
+                w_hat = (code - 2^(b-1)) * s
+
+Codes are always stored unsigned so one packer serves both. The range always
+contains 0 (so zero weights and padding stay exact and a constant group cannot
+divide by zero). Round-to-nearest, optionally with a clipping search that
+shrinks the range per row/group to the ratio with the smallest squared error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .packing import check_bits
+
+_EPS = 1e-12
+CLIP_RATIOS = torch.linspace(1.0, 0.5, 21).tolist()
+
+
+@dataclass(frozen=True)
+class WeightScheme:
+    """How a weight is quantized: bits, grouping, symmetry, clipping search."""
+
+    bits: int
+    group_size: int | None = None  # None: one scale per output channel
+    symmetric: bool = False
+    clip_search: bool = False
+
+    def __post_init__(self):
+        check_bits(self.bits)
+        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
+            raise ValueError(f"group_size must be a positive int or None (per channel), got {self.group_size!r}")
+
+
+@dataclass
+class QuantizedWeight:
+    """Integer codes plus the parameters that map them back to floats."""
+
+    codes: torch.Tensor  # uint8 [out, fan_in]
+    scale: torch.Tensor  # float32 [out, n_groups]
+    zero_point: torch.Tensor | None  # uint8 [out, n_groups], None when symmetric
+    scheme: WeightScheme
+    shape: tuple[int, ...]  # the float weight's shape
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_codes(self.codes, self.scale, self.zero_point, self.scheme).reshape(self.shape).to(dtype)
+
+
+def group_count(shape: tuple[int, ...] | torch.Size, group_size: int | None, where: str = "") -> int:
+    """Number of scale groups per output row; raises when group_size does not divide the row."""
+    fan_in = 1
+    for d in shape[1:]:
+        fan_in *= int(d)
+    if group_size is None:
+        return 1
+    if fan_in % group_size:
+        divisors = [g for g in (32, 64, 128, 256) if fan_in % g == 0]
+        hint = f"use one of {divisors}" if divisors else "use group_size=None (per channel)"
+        place = f"layer {where!r}: " if where else ""
+        raise ValueError(
+            f"{place}group_size={group_size} does not divide the layer's input width {fan_in}; {hint}"
+        )
+    return fan_in // group_size
+
+
+def _grouped(weight: torch.Tensor, group_size: int | None, where: str) -> torch.Tensor:
+    """View a weight as [out, n_groups, group] in float32."""
+    out = weight.shape[0]
+    n_groups = group_count(weight.shape, group_size, where)
+    return weight.detach().reshape(out, n_groups, -1).float()
+
+
+def _qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    if symmetric:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _params_for_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool):
+    qmin, qmax = _qrange(bits, symmetric)
+    if symmetric:
+        scale = torch.maximum(hi.abs(), lo.abs()) / qmax
+        return scale.clamp_min(_EPS), torch.zeros_like(scale)
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(_EPS)
+    zero = torch.round(-lo / scale).clamp(qmin, qmax)
+    return scale, zero
+
+
+def _fake(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    qmin, qmax = _qrange(bits, symmetric)
+    q = torch.clamp(torch.round(w / scale[..., None]) + zero[..., None], qmin, qmax)
+    return (q - zero[..., None]) * scale[..., None]
+
+
+def quantize_weight(weight: torch.Tensor, scheme: WeightScheme, where: str = "") -> QuantizedWeight:
+    """Quantize a float weight to integer codes; `where` names the layer in errors."""
+    if not torch.isfinite(weight).all():
+        raise ValueError(f"weight of layer {where!r} contains NaN or inf; fix the checkpoint before quantizing")
+    g = _grouped(weight, scheme.group_size, where)
+    bits, sym = scheme.bits, scheme.symmetric
+    lo = g.amin(dim=-1).clamp_max(0.0)
+    hi = g.amax(dim=-1).clamp_min(0.0)
+    scale, zero = _params_for_range(lo, hi, bits, sym)
+    if scheme.clip_search:
+        best_err = ((_fake(g, scale, zero, bits, sym) - g) ** 2).sum(dim=-1)
+        for ratio in CLIP_RATIOS[1:]:
+            s, z = _params_for_range(lo * ratio, hi * ratio, bits, sym)
+            err = ((_fake(g, s, z, bits, sym) - g) ** 2).sum(dim=-1)
+            better = err < best_err
+            scale, zero, best_err = torch.where(better, s, scale), torch.where(better, z, zero), torch.minimum(err, best_err)
+    qmin, qmax = _qrange(bits, sym)
+    q = torch.clamp(torch.round(g / scale[..., None]) + zero[..., None], qmin, qmax)
+    codes = (q - qmin).to(torch.uint8).reshape(weight.shape[0], -1)
+    zero_point = None if sym else zero.to(torch.uint8)
+    return QuantizedWeight(codes, scale.float(), zero_point, scheme, tuple(weight.shape))
+
+
+def dequantize_codes(
+    codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, scheme: WeightScheme
+) -> torch.Tensor:
+    """Map uint8 codes [out, fan_in] back to float32 [out, fan_in]."""
+    out, n_groups = scale.shape
+    c = codes.reshape(out, n_groups, -1).float()
+    offset = float(1 << (scheme.bits - 1)) if scheme.symmetric else zero_point.float()[..., None]
+    return ((c - offset) * scale[..., None]).reshape(out, -1)
+
+
+def fake_quantize_weight(weight: torch.Tensor, scheme: WeightScheme, where: str = "") -> torch.Tensor:
+    """Quantize then dequantize, keeping the weight's shape and dtype (used by probing)."""
+    return quantize_weight(weight, scheme, where).dequantize(weight.dtype)
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+def activation_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
+    """Per-tensor asymmetric (scale, zero point) for an observed activation range."""
+    check_bits(bits)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    qmax = (1 << bits) - 1
+    scale = max((hi - lo) / qmax, _EPS)
+    zero = int(min(max(round(-lo / scale), 0), qmax))
+    return scale, zero
+
+
+def fake_quantize_activation(x: torch.Tensor, scale: float | torch.Tensor, zero: int | torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-tensor asymmetric fake quantization of an activation."""
+    qmax = (1 << bits) - 1
+    q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
+    return (q - zero) * scale
+
+
+class RangeObserver:
+    """Collects the min/max of a tensor stream (optionally a percentile of |x| per batch)."""
+
+    def __init__(self, percentile: float | None = None):
+        if percentile is not None and not 0.0 < percentile <= 100.0:
+            raise ValueError(f"percentile must lie in (0, 100], got {percentile}")
+        self.percentile = percentile
+        self.lo = float("inf")
+        self.hi = float("-inf")
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().float().reshape(-1)
+        if not torch.isfinite(x).all():
+            raise ValueError("activation contains NaN or inf while calibrating its range")
+        if self.percentile is None or self.percentile == 100.0:
+            lo, hi = float(x.min()), float(x.max())
+        else:
+            sample = x if x.numel() <= 1 << 20 else x[:: x.numel() // (1 << 20) + 1]
+            q = torch.quantile(sample, torch.tensor([1 - self.percentile / 100, self.percentile / 100]))
+            lo, hi = float(q[0]), float(q[1])
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+
+    @property
+    def seen(self) -> bool:
+        return self.lo <= self.hi

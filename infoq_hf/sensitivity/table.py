@@ -1,0 +1,116 @@
+"""`SensitivityTable`: per-layer, per-bit-width scores, plus what allocation needs to cost a layer.
+
+JSON format (version 1):
+    {"format": 1, "method": "infoq", "bits": [2, 3, 4, 8],
+     "layers": {NAME: {"params": int, "macs": int, "shape": [..], "kind": "linear"|"conv2d",
+                       "w": {"2": float, ...}, "a": {"2": float, ...}}},
+     "meta": {"group_size": int|null, "conv_group_size": int|null, "symmetric": bool,
+              "float_bytes": int, ...model/calibration identity, seed...}}
+Lower scores mean less sensitive. `a` is present only where activations were scored.
+`meta.float_bytes` is what the model stores besides the quantizable layers' weights
+(embeddings, norms, biases, skipped layers), so allocation can budget the whole model size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..quant.modules import packed_weight_bytes
+
+FORMAT_VERSION = 1
+
+
+class SensitivityTable:
+    """Scores S_w(l, b) (and optionally S_a(l, b)) with layer sizes and MACs."""
+
+    def __init__(self, method: str, bits, layers: Mapping[str, Mapping], meta: Mapping | None = None):
+        self.method = str(method)
+        self.bits = sorted(int(b) for b in bits)
+        self.layers: dict[str, dict] = {}
+        for name, info in layers.items():
+            entry = dict(info)
+            entry["w"] = {int(b): float(s) for b, s in info.get("w", {}).items()}
+            if info.get("a") is not None:
+                entry["a"] = {int(b): float(s) for b, s in info["a"].items()}
+            entry["params"] = int(entry.get("params", 0))
+            entry["macs"] = int(entry.get("macs", 0))
+            if "shape" in entry:
+                entry["shape"] = [int(d) for d in entry["shape"]]
+            self.layers[str(name)] = entry
+        self.meta = dict(meta or {})
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        return f"SensitivityTable(method={self.method!r}, {len(self)} layers, bits={self.bits})"
+
+    def w(self, name: str, bits: int) -> float:
+        return self.layers[name]["w"][bits]
+
+    def a(self, name: str, bits: int) -> float | None:
+        scores = self.layers[name].get("a")
+        return None if scores is None else scores[bits]
+
+    @property
+    def has_activation_scores(self) -> bool:
+        return any(info.get("a") for info in self.layers.values())
+
+    def layer_bytes(self, name: str, bits: int) -> int:
+        """Packed bytes of layer `name` at `bits` (codes + scales + zero points), as stored."""
+        info = self.layers[name]
+        shape = info.get("shape") or [info["params"], 1]
+        group = self.meta.get("conv_group_size") if info.get("kind") == "conv2d" else self.meta.get("group_size")
+        return packed_weight_bytes(shape, bits, group, bool(self.meta.get("symmetric", False)))
+
+    def float_layer_bytes(self, name: str, float_bits: int = 32) -> float:
+        return self.layers[name]["params"] * float_bits / 8
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        layers = {}
+        for name, info in self.layers.items():
+            entry = {k: v for k, v in info.items() if k not in ("w", "a")}
+            entry["w"] = {str(b): s for b, s in info["w"].items()}
+            if info.get("a") is not None:
+                entry["a"] = {str(b): s for b, s in info["a"].items()}
+            layers[name] = entry
+        return {"format": FORMAT_VERSION, "method": self.method, "bits": self.bits, "layers": layers, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> SensitivityTable:
+        if data.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported sensitivity table format {data.get('format')!r}; this version reads {FORMAT_VERSION}")
+        for key in ("method", "bits", "layers"):
+            if key not in data:
+                raise ValueError(f"sensitivity table lacks {key!r}")
+        return cls(data["method"], data["bits"], data["layers"], data.get("meta"))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)  # never leave a half-written table
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SensitivityTable:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def validate(self) -> None:
+        """Raise if a layer lacks a score for a candidate bit-width or a score is not finite."""
+        if not self.layers:
+            raise ValueError("the sensitivity table has no layers")
+        for name, info in self.layers.items():
+            for kind in ("w", "a") if info.get("a") is not None else ("w",):
+                missing = [b for b in self.bits if b not in info[kind]]
+                if missing:
+                    raise ValueError(f"layer {name!r} has no {kind}-score for bits {missing}; re-run search with these bits")
+                bad = [b for b, s in info[kind].items() if not math.isfinite(s)]
+                if bad:
+                    raise ValueError(f"layer {name!r} has non-finite {kind}-scores at bits {bad}")
