@@ -35,6 +35,22 @@ except Exception:  # transformers is optional for plain PyTorch users
     HFConv1D = None
 
 
+def oriented_weight(layer: nn.Module) -> torch.Tensor:
+    """A float layer's weight as [out, ...] (transformers' Conv1D stores Linear weights as [in, out])."""
+    if HFConv1D is not None and isinstance(layer, HFConv1D):
+        return layer.weight.t()
+    return layer.weight
+
+
+def fake_quantize_layer(layer: nn.Module, weight: torch.Tensor, scheme: WeightScheme, where: str = "") -> torch.Tensor:
+    """Quantize-dequantize `weight` (stored as `layer` stores it), grouping along its input axis."""
+    from .quantizer import fake_quantize_weight
+
+    if HFConv1D is not None and isinstance(layer, HFConv1D):
+        return fake_quantize_weight(weight.t(), scheme, where).t()
+    return fake_quantize_weight(weight, scheme, where)
+
+
 def packed_weight_bytes(shape, bits: int, group_size: int | None, symmetric: bool) -> int:
     """Bytes a packed weight of `shape` takes: codes + float32 scales + uint8 zero points."""
     numel = math.prod(int(d) for d in shape)

@@ -1,0 +1,325 @@
+"""InfoQ scores: how much quantizing one layer changes the information carried by later layers.
+
+For an observer j (a block output, or the model output) the activations of every
+calibration sample are projected onto K fixed random unit directions as they are
+produced (only [n_samples, K] numbers are kept per observer). Then:
+
+  task term   SMI(L_j; Y)   Y = labels (classifiers) or a bucketed next-token variable (causal LMs)
+  input term  SMI(X_E; L_j) X_E = the reference model's own early representation: the pooled
+                            input of the first block (embedding / stem output), or the flattened
+                            model input when the model has no block stack
+
+  dSMI_j(l, b) = |SMI_j(reference) - SMI_j(layer l at b bits)|
+  term(l, b)   = mean_{j in O, j after l} dSMI_j / mean_{j in O} SMI_j(reference)      (METHOD.md Eq. 3-4)
+  S(l, b)      = (1/b if inv_bits) * weighted mean of the available terms
+
+Observers default to: task term at the last quarter of the blocks plus the model output,
+input term at the middle half of the blocks. The same samples, the same directions and the
+same reference serve every probe, so score differences are not estimator noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from ..information import random_directions, sliced_mi_continuous, sliced_mi_discrete
+from .probe import Prober, find_blocks
+from .task import SampleIndex, output_tensor
+
+OUTPUT = "<output>"
+# Below this (nats) the reference carries no measurable information: the relative change would be noise.
+MIN_REFERENCE_SMI = 1e-3
+
+
+@dataclass
+class InfoQOptions:
+    """Estimator choices of the InfoQ score (see the module docstring)."""
+
+    num_directions: int = 64
+    estimator: str = "binning"  # ~40x faster than "knn" at n=4096 (benchmarks/mi_estimator_check.py)
+    max_samples: int = 2048
+    max_observers: int = 4  # per term, evenly spaced over the selected blocks
+    task_weight: float = 1.0
+    input_weight: float = 1.0
+    inv_bits: bool = True
+    task_observers: str | list = "last"  # "last", "all", or a list of module names (+ "<output>")
+    input_observers: str | list = "middle"  # "middle", "all", "none", or a list of module names
+    lm_target: str = "next_token"  # causal LMs: "next_token" or "reference_prediction"
+    lm_classes: int = 64  # causal LMs: the most frequent targets keep their identity, the rest share a class
+    min_samples: int = 32
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, options: Mapping) -> InfoQOptions:
+        known = set(cls.__dataclass_fields__) - {"extra"}
+        unknown = set(options) - known
+        if unknown:
+            raise ValueError(f"unknown InfoQ options {sorted(unknown)}; known: {sorted(known)}")
+        opts = cls(**options)
+        if opts.lm_target not in ("next_token", "reference_prediction"):
+            raise ValueError(f"lm_target must be 'next_token' or 'reference_prediction', got {opts.lm_target!r}")
+        if opts.task_weight < 0 or opts.input_weight < 0 or opts.task_weight + opts.input_weight == 0:
+            raise ValueError("task_weight and input_weight must be >= 0 and not both 0")
+        return opts
+
+
+def _select(names: list[str], how, fraction: tuple[float, float], limit: int) -> list[str]:
+    if isinstance(how, (list, tuple)):
+        return list(how)
+    if how not in ("none", "all", "last", "middle"):
+        raise ValueError(f"observer selection {how!r} is not one of 'last', 'middle', 'all', 'none' or a list of names")
+    if how == "none" or not names:
+        return []
+    if how != "all":
+        lo, hi = fraction
+        n = len(names)
+        start = int(math.floor(lo * n))
+        names = names[start:max(int(math.ceil(hi * n)), start + 1)]
+    if len(names) > limit:  # evenly spaced, always keeping the last
+        step = len(names) / limit
+        names = [names[len(names) - 1 - int(i * step)] for i in range(limit)][::-1]
+    return names
+
+
+class _Recorder:
+    """Hooks that project observer activations onto fixed directions, batch by batch."""
+
+    def __init__(self, model, observers: list[str], samples: SampleIndex, directions: dict, output_hook_module):
+        self.model, self.samples, self.directions = model, samples, directions
+        self.observers = observers
+        self.batch = 0
+        self.proj: dict[str, list] = {}
+        self.hooks = []
+        for name in observers:
+            if name == OUTPUT:
+                continue
+            self.hooks.append(model.get_submodule(name).register_forward_hook(self._hook(name)))
+        self.output_module = output_hook_module
+        if output_hook_module is not None and OUTPUT in observers:
+            self.hooks.append(output_hook_module.register_forward_pre_hook(self._head_hook))
+
+    def _head_hook(self, module, args):
+        self._record(OUTPUT, args[0])
+
+    def _hook(self, name):
+        def hook(module, args, out):
+            self._record(name, output_tensor(out))
+        return hook
+
+    def _record(self, name, activation):
+        pooled = self.samples.pool(activation, self.batch)
+        if not torch.isfinite(pooled).all():
+            raise ValueError(f"activations at observer {name!r} contain NaN/inf; check the model and the data")
+        dirs = self.directions.setdefault(name, None)
+        if dirs is None:
+            raise RuntimeError(f"no directions for observer {name!r}")
+        self.proj.setdefault(name, []).append(pooled @ dirs.T)
+
+    def on_output(self, batch_idx, out):
+        if OUTPUT in self.observers and self.output_module is None:
+            self._record(OUTPUT, output_tensor(out))
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {k: torch.cat(v) for k, v in self.proj.items()}
+
+    def remove(self):
+        for h in self.hooks:
+            h.remove()
+
+
+class InfoQScorer:
+    """Reference statistics once, then one `score(layer, bits)` per probe."""
+
+    def __init__(self, prober: Prober, task: str, options: InfoQOptions, seed: int):
+        self.prober, self.task, self.opts, self.seed = prober, task, options, seed
+        model, batches = prober.model, prober.batches
+        self.samples = SampleIndex(task, batches, options.max_samples, seed)
+        blocks = list(find_blocks(model))
+        # With fewer than two blocks there is no stack: observe the probed layers' outputs instead.
+        candidates = blocks if len(blocks) >= 2 else list(prober.layers)
+        self.task_obs = _select(candidates, options.task_observers, (0.75, 1.0), options.max_observers) if options.task_weight else []
+        if options.task_weight and (not isinstance(options.task_observers, (list, tuple)) or OUTPUT in options.task_observers):
+            self.task_obs = [o for o in self.task_obs if o != OUTPUT] + [OUTPUT]
+        self.input_obs = _select(candidates, options.input_observers, (0.25, 0.75), options.max_observers) if options.input_weight else []
+        self.first_block = blocks[0] if len(blocks) >= 2 else None
+        self.output_module = self._output_module(model)
+        self.observers = list(dict.fromkeys(self.task_obs + self.input_obs))
+        self._check_observers(model)
+        self._reference()
+
+    def _output_module(self, model):
+        # Causal LMs: observe the LM head's input (same information as the huge-vocabulary logits).
+        if self.task != "causal_lm" or not hasattr(model, "get_output_embeddings"):
+            return None
+        head = model.get_output_embeddings()
+        return None if head is None or any(head is m for m in self.prober.layers.values()) else head
+
+    def _check_observers(self, model):
+        names = dict(model.named_modules())
+        bad = [o for o in self.observers if o != OUTPUT and o not in names]
+        if bad:
+            raise ValueError(f"observer modules {bad} are not in the model; use module names from model.named_modules()")
+        if not self.observers:
+            raise ValueError("no observers selected; enable the task term or pick input observers")
+
+    # ------------------------------------------------------------------ reference
+    @torch.no_grad()
+    def _reference(self):
+        model, prober = self.prober.model, self.prober
+        self.directions: dict[str, torch.Tensor] = {}
+        dims: dict[str, int] = {}
+        events: list[tuple[str, str]] = []
+        probe_hooks = []
+        # Record feature sizes, X_E and execution order in one reference pass.
+        xe_chunks = []
+
+        def dim_hook(name):
+            def hook(m, args, out=None, name=name):
+                act = output_tensor(out) if out is not None else args[0]
+                dims[name] = self.samples.pool(act, self._batch).shape[1]
+                events.append(("end", name))
+            return hook
+
+        for name in self.observers:
+            if name == OUTPUT and self.output_module is not None:
+                probe_hooks.append(self.output_module.register_forward_pre_hook(dim_hook(OUTPUT)))
+            elif name != OUTPUT:
+                probe_hooks.append(model.get_submodule(name).register_forward_hook(dim_hook(name)))
+        def layer_start(name):
+            def hook(module, args):  # hooks return None so they never alter the model
+                events.append(("start", name))
+            return hook
+
+        def record_xe(module, args, kwargs):
+            xe_chunks.append(self.samples.pool(_first_input(args, kwargs), self._batch))
+
+        for lname, layer in prober.layers.items():
+            probe_hooks.append(layer.register_forward_pre_hook(layer_start(lname)))
+        if self.first_block is not None:
+            probe_hooks.append(model.get_submodule(self.first_block).register_forward_pre_hook(record_xe, with_kwargs=True))
+        outputs = []
+        try:
+            for i, batch in enumerate(prober.batches):
+                self._batch = i
+                events.clear()
+                out = prober.forward(model, batch)
+                outputs.append(output_tensor(out))
+                if OUTPUT in self.observers and self.output_module is None:
+                    dims[OUTPUT] = self.samples.pool(outputs[-1], i).shape[1]
+                    events.append(("end", OUTPUT))
+        finally:
+            for h in probe_hooks:
+                h.remove()
+        # Observer j is "after" layer l when j finishes after l starts (last pass's event order).
+        first_start, last_end = {}, {}
+        for pos, (kind, n) in enumerate(events):
+            if kind == "start":
+                first_start.setdefault(n, pos)
+            else:
+                last_end[n] = pos
+        self.after = {l: {o for o in self.observers if last_end.get(o, -1) > first_start.get(l, 10**9)}
+                      for l in prober.layers}
+        k = self.opts.num_directions
+        for idx, name in enumerate(self.observers):
+            self.directions[name] = random_directions(dims[name], k, self.seed * 1009 + idx)
+        # Y (task term) and X_E (input term) of every sample.
+        self.y = self._targets(outputs) if self.task_obs else None
+        if self.input_obs:
+            if xe_chunks:
+                xe = torch.cat(xe_chunks)
+            else:
+                xe = torch.cat([self.samples.pool(_model_input(b).float().flatten(1), i)
+                                for i, b in enumerate(prober.batches)])
+            self.xe_proj = xe @ random_directions(xe.shape[1], k, self.seed * 1009 + 7919).T
+        n = (self.y.numel() if self.y is not None else self.xe_proj.shape[0])
+        if n < self.opts.min_samples:
+            raise ValueError(
+                f"the calibration set gives {n} samples, but the InfoQ estimator needs at least "
+                f"{self.opts.min_samples}; add calibration samples (or longer sequences)"
+            )
+        ref = self._observe(None)
+        self.ref_task = {o: self._smi_task(ref[o]) for o in self.task_obs}
+        self.ref_input = {o: self._smi_input(ref[o]) for o in self.input_obs}
+
+    def _targets(self, outputs) -> torch.Tensor:
+        ys = []
+        for i, batch in enumerate(self.prober.batches):
+            if self.task == "causal_lm" and self.opts.lm_target == "reference_prediction":
+                pred = outputs[i].argmax(-1).reshape(-1)
+                ys.append(pred[self.samples.rows[i]])
+            else:
+                ys.append(self.samples.labels(batch, i))
+        y = torch.cat(ys).long()
+        if self.task == "causal_lm":
+            y = _bucket(y, self.opts.lm_classes)
+        return y
+
+    def _observe(self, layer: str | None) -> dict[str, torch.Tensor]:
+        rec = _Recorder(self.prober.model, self.observers, self.samples, self.directions, self.output_module)
+        try:
+            def on_output(i, out):
+                rec.on_output(i, out)
+                rec.batch = i + 1
+            rec.batch = 0
+            self.prober.run(layer, on_output)
+        finally:
+            rec.remove()
+        return rec.result()
+
+    def _smi_task(self, proj: torch.Tensor) -> float:
+        k = proj.shape[1]
+        return float(sliced_mi_discrete(proj, self.y, torch.eye(k, dtype=proj.dtype), estimator=self.opts.estimator).mean())
+
+    def _smi_input(self, proj: torch.Tensor) -> float:
+        k = proj.shape[1]
+        eye = torch.eye(k, dtype=proj.dtype)
+        return float(sliced_mi_continuous(self.xe_proj.to(proj.dtype), proj, eye, eye, estimator=self.opts.estimator).mean())
+
+    # ------------------------------------------------------------------ probes
+    def score_current(self, layer: str, bits: int) -> float:
+        """Score the model as it is now (the caller has perturbed `layer` at `bits`)."""
+        obs = self._observe(layer)
+        terms, weights = [], []
+        for kind, observers, ref, smi, weight in (
+            ("task", self.task_obs, self.ref_task, self._smi_task, self.opts.task_weight),
+            ("input", self.input_obs, self.ref_input, self._smi_input, self.opts.input_weight),
+        ):
+            after = [o for o in observers if o in self.after[layer]]
+            if not after or weight == 0:
+                continue
+            denom = sum(ref.values()) / len(ref)
+            d = sum(abs(ref[o] - smi(obs[o])) for o in after) / len(after)
+            terms.append(d / max(abs(denom), MIN_REFERENCE_SMI))
+            weights.append(weight)
+        if not terms:
+            raise ValueError(f"layer {layer!r} has no observer after it; the model output always counts, "
+                             "so keep the task term on or add observers after this layer")
+        score = sum(t * w for t, w in zip(terms, weights)) / sum(weights)
+        return score / bits if self.opts.inv_bits else score
+
+
+def _bucket(y: torch.Tensor, classes: int) -> torch.Tensor:
+    """Keep the `classes - 1` most frequent values as their own class; the rest share the last class."""
+    values, counts = torch.unique(y, return_counts=True)
+    top = values[torch.argsort(counts, descending=True, stable=True)[: classes - 1]]
+    mapping = {int(v): i for i, v in enumerate(top.tolist())}
+    return torch.tensor([mapping.get(int(v), classes - 1) for v in y.tolist()], dtype=torch.long)
+
+
+def _first_input(args, kwargs) -> torch.Tensor:
+    if args:
+        return args[0]
+    return kwargs.get("hidden_states", next(v for v in kwargs.values() if isinstance(v, torch.Tensor)))
+
+
+def _model_input(batch) -> torch.Tensor:
+    if isinstance(batch, Mapping):
+        for key in ("pixel_values", "input_values", "inputs_embeds", "input_ids"):
+            if key in batch:
+                return batch[key]
+        return next(v for v in batch.values() if isinstance(v, torch.Tensor))
+    return batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -1,0 +1,258 @@
+"""Running a model many times with one layer perturbed, cheaply.
+
+`Prober` owns three things the search methods share:
+- the 8-bit reference: every probed layer's weight replaced by its 8-bit
+  fake-quantized version (float weights restored on exit);
+- perturbations: one layer's weight at b bits, or its input activation at b bits;
+- the prefix cache. A probe of layer l cannot change anything computed before l,
+  so blocks of a sequential stack that finish before l runs need not be rerun:
+  their reference outputs are recorded once and replayed. Blocks are the children
+  of the model's outermost `nn.Sequential` / `nn.ModuleList` containers
+  (transformer decoder layers, ResNet / MobileNet blocks). A block is replayed
+  only if it runs exactly once per forward pass and finishes before l starts;
+  everything else (embeddings, heads, graphs that are not stacks) runs in full.
+  A self-check replays every block once at start-up and disables the cache if
+  outputs are not bit-identical to the full pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from ..quant.modules import fake_quantize_layer
+from ..quant.quantizer import WeightScheme, fake_quantize_activation
+
+logger = logging.getLogger(__name__)
+REFERENCE_BITS = 8
+
+
+def _clone_tree(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_clone_tree(o) for o in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_clone_tree(o) for o in obj)
+    if isinstance(obj, dict):
+        return type(obj)({k: _clone_tree(v) for k, v in obj.items()})
+    return obj
+
+
+def _detach_tree(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_detach_tree(o) for o in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_detach_tree(o) for o in obj)
+    if isinstance(obj, dict):
+        return type(obj)({k: _detach_tree(v) for k, v in obj.items()})
+    return obj
+
+
+def find_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Children of the outermost Sequential/ModuleList containers, in module order."""
+    blocks: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():  # parents come before their children
+        if any(name == b or name.startswith(b + ".") for b in blocks):
+            continue
+        if isinstance(module, (nn.Sequential, nn.ModuleList)):
+            for child_name, child in module.named_children():
+                blocks[f"{name}.{child_name}" if name else child_name] = child
+    return blocks
+
+
+class Prober:
+    """The reference model plus the means to run it with one layer perturbed."""
+
+    def __init__(self, model: nn.Module, layers: dict[str, nn.Module], batches: list, forward: Callable,
+                 schemes: Callable[[str, int], WeightScheme], use_prefix_cache: bool = True):
+        self.model, self.layers, self.batches, self.forward = model, layers, batches, forward
+        self.schemes = schemes
+        self.use_prefix_cache = use_prefix_cache
+        self.layer_evals = 0  # quantizable-layer forward calls, summed over batches
+        self._float_weights: dict[str, torch.Tensor] = {}
+        self._ref_weights: dict[str, torch.Tensor] = {}
+        self.act_ranges: dict[str, tuple[float, float]] = {}
+        self._act_bits: dict[str, int] = {}
+        self._hooks = []
+        self.cache: dict[str, list] = {}
+        self.first_block_for: dict[str, int] = {}  # layer -> index of the first block it may not skip
+        self.block_names: list[str] = []
+        self._replayed: set[int] = set()
+
+    # ------------------------------------------------------------------ reference
+    def __enter__(self):
+        self.model.eval()
+        for name, layer in self.layers.items():
+            self._float_weights[name] = layer.weight.data.clone()
+            ref = fake_quantize_layer(layer, self._float_weights[name], self.schemes(name, REFERENCE_BITS), name)
+            self._ref_weights[name] = ref
+            layer.weight.data.copy_(ref)
+        for name, layer in self.layers.items():
+            self._hooks.append(layer.register_forward_hook(self._count_eval))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._hooks:
+            h.remove()
+        for name, layer in self.layers.items():
+            layer.weight.data.copy_(self._float_weights[name])
+        self.cache.clear()
+        return False
+
+    def _count_eval(self, module, args, out):
+        if id(module) not in self._replayed:  # a replayed block that is itself a layer did no work
+            self.layer_evals += 1
+
+    # ------------------------------------------------------------------ prefix cache
+    @torch.no_grad()
+    def build_prefix_cache(self) -> None:
+        """Record block outputs and execution order in one reference pass; verify replay is exact."""
+        if not self.use_prefix_cache:
+            return
+        blocks = find_blocks(self.model)
+        order: list[tuple[str, str]] = []  # ("start"|"end", name) events
+        outputs: dict[str, list] = {n: [] for n in blocks}
+        calls: dict[str, int] = {n: 0 for n in blocks}
+        hooks = []
+        def block_end(name):
+            def hook(module, args, out):  # must return None: a returned value would replace the output
+                order.append(("end", name))
+                outputs[name].append(_detach_tree(out))
+                calls[name] += 1
+            return hook
+
+        def layer_start(name):
+            def hook(module, args):
+                order.append(("start", "layer:" + name))
+            return hook
+
+        for n, b in blocks.items():
+            hooks.append(b.register_forward_hook(block_end(n)))
+        for n, layer in self.layers.items():
+            hooks.append(layer.register_forward_pre_hook(layer_start(n)))
+        reference = []
+        try:
+            for batch in self.batches:
+                order.clear()  # keep the events of the last pass only
+                reference.append(_detach_tree(self.forward(self.model, batch)))
+        finally:
+            for h in hooks:
+                h.remove()
+        once = {n for n in blocks if calls[n] == len(self.batches)}
+        # Order of events in the (last) pass decides which blocks end before each layer starts.
+        ended: list[str] = []
+        for kind, n in order:
+            if kind == "end" and n in once and n not in ended:
+                ended.append(n)
+            elif kind == "start" and n.startswith("layer:"):
+                self.first_block_for.setdefault(n[6:], len(ended))
+        self.block_names = ended
+        self.cache = {n: outputs[n] for n in ended}
+        if not self._replay_is_exact(reference):
+            logger.warning("prefix cache disabled: replaying block outputs did not reproduce the model exactly")
+            self.cache, self.block_names, self.first_block_for = {}, [], {}
+
+    def _replay_is_exact(self, reference: list) -> bool:
+        if not self.block_names:
+            return True
+        with self.skip_blocks(len(self.block_names)) as counter:
+            for i, (batch, ref) in enumerate(zip(self.batches, reference)):
+                counter[0] = i
+                out = self.forward(self.model, batch)
+                if not _tree_equal(out, ref):
+                    return False
+        return True
+
+    @contextlib.contextmanager
+    def skip_blocks(self, count: int, batch_counter: list | None = None):
+        """Replay the first `count` cached blocks instead of computing them."""
+        patched = []
+        counter = batch_counter if batch_counter is not None else [0]
+        for name in self.block_names[:count]:
+            module = self.model.get_submodule(name)
+            cached = self.cache[name]
+
+            def replay(*args, _cached=cached, **kwargs):
+                return _clone_tree(_cached[counter[0]])
+
+            module.forward = replay
+            patched.append(module)
+            self._replayed.add(id(module))
+        try:
+            yield counter
+        finally:
+            for module in patched:
+                del module.forward
+            self._replayed.clear()
+
+    def skippable_blocks(self, layer: str) -> int:
+        return self.first_block_for.get(layer, 0) if self.cache else 0
+
+    # ------------------------------------------------------------------ perturbations
+    @contextlib.contextmanager
+    def weight_at(self, layer: str, bits: int):
+        """Only `layer` has its weight at `bits`; everything else stays at the reference."""
+        module = self.layers[layer]
+        module.weight.data.copy_(fake_quantize_layer(module, self._float_weights[layer], self.schemes(layer, bits), layer))
+        try:
+            yield
+        finally:
+            module.weight.data.copy_(self._ref_weights[layer])
+
+    def set_activation_reference(self, ranges: dict[str, tuple[float, float]]) -> None:
+        """Quantize every probed layer's input at 8 bits (the W8A8 reference for activation scores)."""
+        self.act_ranges = dict(ranges)
+        for name, layer in self.layers.items():
+            self._act_bits[name] = REFERENCE_BITS
+            self._hooks.append(layer.register_forward_pre_hook(self._quantize_input(name)))
+
+    def _quantize_input(self, name):
+        from ..quant.quantizer import activation_qparams
+
+        def hook(module, args):
+            bits = self._act_bits[name]
+            scale, zero = activation_qparams(*self.act_ranges[name], bits)
+            return (fake_quantize_activation(args[0], scale, zero, bits), *args[1:])
+        return hook
+
+    @contextlib.contextmanager
+    def activation_at(self, layer: str, bits: int):
+        self._act_bits[layer] = bits
+        try:
+            yield
+        finally:
+            self._act_bits[layer] = REFERENCE_BITS
+
+    # ------------------------------------------------------------------ running
+    @torch.no_grad()
+    def run(self, layer: str | None, on_output: Callable[[int, object], None]) -> None:
+        """One pass over the calibration set, skipping the cached blocks that precede `layer`."""
+        skip = self.skippable_blocks(layer) if layer is not None else 0
+        with self.skip_blocks(skip) as counter:
+            for i, batch in enumerate(self.batches):
+                counter[0] = i
+                on_output(i, self.forward(self.model, batch))
+
+
+def _tree_equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if hasattr(a, "to_tuple"):
+        a, b = a.to_tuple(), b.to_tuple()
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_tree_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_tree_equal(a[k], b[k]) for k in a)
+    return True
+
+
+def count_params(module: nn.Module) -> int:
+    return math.prod(module.weight.shape)

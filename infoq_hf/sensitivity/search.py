@@ -1,0 +1,232 @@
+"""`search(model, calibration, bits=..., method=...)` -> `SensitivityTable`.
+
+One entry point for InfoQ and its baselines, so that allocations differ only by the
+sensitivity measure. Probes (layer, bits) are independent given the fixed reference,
+seed, samples and directions, so they are split across `accelerate` processes and the
+gathered result equals the single-process one exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..accounting import count_macs, model_size_bytes
+from ..bitwidth import check_bits
+from ..quant.apply import default_forward, quantizable_layers
+from ..quant.modules import oriented_weight
+from ..quant.quantizer import WeightScheme, group_count
+from .baselines import OracleScorer, hawq_scores, random_scores, weight_mse_scores
+from .infoq import InfoQOptions, InfoQScorer
+from .probe import REFERENCE_BITS, Prober
+from .table import SensitivityTable
+from .task import detect_task
+
+logger = logging.getLogger(__name__)
+METHODS = ("infoq", "hawq", "weight_mse", "random", "oracle")
+
+
+def _first_sample(batch):
+    if isinstance(batch, Mapping):
+        return {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(v[:1] if isinstance(v, torch.Tensor) else v for v in batch)
+    return batch[:1]
+
+
+def _as_batches(calibration, name="calibration") -> list:
+    if calibration is None:
+        return []
+    if isinstance(calibration, (torch.Tensor, Mapping)):
+        return [calibration]
+    return list(calibration)
+
+
+def model_identity(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict:
+    h = hashlib.sha256()
+    for name, layer in layers.items():
+        h.update(name.encode())
+        h.update(layer.weight.detach().float().cpu().numpy().tobytes())
+    config = getattr(model, "config", None)
+    return {
+        "name_or_path": getattr(config, "_name_or_path", None) or getattr(model, "default_cfg", {}).get("architecture"),
+        "class": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "quantized_weights_sha256": h.hexdigest()[:16],
+    }
+
+
+def _batches_sha256(batches: list) -> str:
+    h = hashlib.sha256()
+    for batch in batches:
+        items = batch.items() if isinstance(batch, Mapping) else enumerate(batch if isinstance(batch, (tuple, list)) else [batch])
+        for k, v in items:
+            if isinstance(v, torch.Tensor):
+                h.update(str(k).encode())
+                h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def search(
+    model: nn.Module,
+    calibration: Iterable | None,
+    *,
+    bits: Iterable[int] = (2, 3, 4, 8),
+    method: str = "infoq",
+    seed: int = 0,
+    group_size: int | None = None,
+    conv_group_size: int | None = None,
+    symmetric: bool = False,
+    clip_search: bool = False,
+    skip_modules: Iterable[str] = (),
+    skip_types: tuple = (),
+    forward: Callable | None = None,
+    task: str = "auto",
+    heldout: Iterable | None = None,
+    score_activations: bool = False,
+    prefix_cache: bool = True,
+    hutchinson_samples: int = 8,
+    accelerator=None,
+    progress: bool = True,
+    **options,
+) -> SensitivityTable:
+    """Score every quantizable layer at every candidate bit-width.
+
+    `calibration`: a list/iterable of batches (dicts of model inputs with optional `labels`, or
+    `(inputs, labels)` tuples). `method`: "infoq" (default), "hawq", "weight_mse", "random" or
+    "oracle". `options` go to InfoQ (see `InfoQOptions`: num_directions, estimator, observers,
+    lm_target, inv_bits, ...). `heldout` is the oracle's evaluation data (default: calibration).
+    `accelerator`: an `accelerate.Accelerator`; probes are split over its processes."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    bits = sorted({check_bits(int(b)) for b in bits})
+    if not bits:
+        raise ValueError("bits must name at least one candidate bit-width")
+    forward = forward or default_forward
+    layers = quantizable_layers(model, skip_modules, skip_types)
+    if not layers:
+        raise ValueError("the model has no quantizable Linear/Conv2d layers (after skip_modules/skip_types)")
+    batches = _as_batches(calibration)
+    needs_data = method in ("infoq", "hawq", "oracle")
+    if needs_data and not batches:
+        raise ValueError(f"method {method!r} needs calibration batches, and the calibration set is empty")
+    if options and method != "infoq":
+        raise ValueError(f"options {sorted(options)} apply to method='infoq' only")
+    infoq_options = InfoQOptions.from_dict(options) if method == "infoq" else None
+    task = detect_task(model, batches[0]) if task == "auto" and batches else (task if task != "auto" else "classification")
+    if task not in ("classification", "causal_lm"):
+        raise ValueError(f"task must be 'auto', 'classification' or 'causal_lm', got {task!r}")
+
+    def schemes(name: str, b: int) -> WeightScheme:
+        group = conv_group_size if isinstance(layers[name], nn.Conv2d) else group_size
+        return WeightScheme(b, group, symmetric, clip_search)
+
+    for name, layer in layers.items():  # fail early on a group size that does not fit a layer
+        group_count(oriented_weight(layer).shape, schemes(name, bits[0]).group_size, name)
+
+    is_main = accelerator is None or accelerator.is_main_process
+    started = time.perf_counter()
+    stats = {"layer_evals": 0, "forward_passes": 0}
+    a_scores = None
+    with torch.no_grad():
+        macs = count_macs(model, _first_sample(batches[0]), forward) if batches else {}
+
+    if method == "weight_mse":
+        w_scores = weight_mse_scores(layers, bits, schemes)
+    elif method == "random":
+        w_scores = random_scores(layers, bits, seed)
+    elif method == "hawq":
+        bar = tqdm(total=hutchinson_samples, desc="hawq: Hutchinson samples", disable=not (progress and is_main))
+        w_scores, traces = hawq_scores(model, layers, bits, schemes, batches, forward, task, hutchinson_samples, seed, bar)
+        bar.close()
+        stats["forward_passes"] = hutchinson_samples * len(batches)
+        stats["layer_evals"] = hutchinson_samples * len(batches) * len(layers)
+        stats["hessian_trace"] = traces
+    else:
+        eval_batches = batches if method == "infoq" else (_as_batches(heldout) or batches)
+        w_scores, a_scores = _probe_all(model, layers, eval_batches, forward, schemes, bits, method, task,
+                                        infoq_options, seed, prefix_cache, score_activations, accelerator,
+                                        progress and is_main, stats)
+    elapsed = time.perf_counter() - started
+
+    table_layers = {}
+    for name, layer in layers.items():
+        weight = oriented_weight(layer)
+        entry = {"params": weight.numel(), "macs": int(macs.get(name, 0)), "shape": list(weight.shape),
+                 "kind": "conv2d" if isinstance(layer, nn.Conv2d) else "linear", "w": w_scores[name]}
+        if a_scores is not None:
+            entry["a"] = a_scores[name]
+        table_layers[name] = entry
+    weight_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers.values())
+    meta = {
+        "model": model_identity(model, layers),
+        "calibration": {"batches": len(batches), "sha256": _batches_sha256(batches)} if batches else None,
+        "task": task,
+        "seed": seed,
+        "group_size": group_size,
+        "conv_group_size": conv_group_size,
+        "symmetric": symmetric,
+        "clip_search": clip_search,
+        "float_bytes": model_size_bytes(model) - weight_bytes,
+        "reference_bits": REFERENCE_BITS,
+        "options": (vars(infoq_options) if infoq_options else {}),
+        "cost": {"wall_s": round(elapsed, 3), "prefix_cache": prefix_cache,
+                 "processes": accelerator.num_processes if accelerator is not None else 1,
+                 **{k: v for k, v in stats.items() if k != "hessian_trace"}},
+    }
+    if "hessian_trace" in stats:
+        meta["hessian_trace"] = stats["hessian_trace"]
+    return SensitivityTable(method, bits, table_layers, meta)
+
+
+def _probe_all(model, layers, batches, forward, schemes, bits, method, task, infoq_options, seed, prefix_cache,
+               score_activations, accelerator, show_progress, stats):
+    """Run every (layer, bits) probe assigned to this process; gather all results."""
+    probes = [(name, b) for name in layers for b in bits if b != REFERENCE_BITS]
+    kinds = ["w"] + (["a"] if score_activations else [])
+    jobs = [(kind, name, b) for kind in kinds for name, b in probes]
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    mine = jobs[rank::world]
+    results = []
+    with Prober(model, layers, batches, forward, schemes, prefix_cache) as prober:
+        prober.build_prefix_cache()
+        bar = tqdm(total=len(mine), desc=f"{method}: probes", disable=not show_progress)
+        for kind in kinds:
+            kind_jobs = [j for j in mine if j[0] == kind]
+            if kind == "a":
+                from ..quant.apply import calibrate_activation_ranges
+                ranges = calibrate_activation_ranges(model, batches, {n: {"w_bits": 8, "a_bits": 8} for n in layers}, forward)
+                prober.set_activation_reference(ranges)
+            if not kind_jobs and world == 1:
+                continue
+            scorer = InfoQScorer(prober, task, infoq_options, seed) if method == "infoq" else OracleScorer(prober, task)
+            for _, name, b in kind_jobs:
+                perturb = prober.weight_at(name, b) if kind == "w" else prober.activation_at(name, b)
+                with perturb:
+                    score = scorer.score_current(name, b)
+                if not torch.isfinite(torch.tensor(score)):
+                    raise ValueError(f"the {method} score of layer {name!r} at {b} bits is not finite")
+                results.append((kind, name, b, float(score)))
+                bar.update(1)
+        bar.close()
+        stats["layer_evals"] = prober.layer_evals
+    if accelerator is not None and world > 1:
+        from accelerate.utils import gather_object
+        results = gather_object(results)
+        stats["layer_evals"] = sum(gather_object([stats["layer_evals"]]))
+    stats["forward_passes"] = len(jobs) * len(batches)
+    out = {k: {name: {} for name in layers} for k in kinds}
+    for kind, name, b, score in results:
+        out[kind][name][b] = score
+    for kind in kinds:
+        for name in layers:
+            if REFERENCE_BITS in bits:
+                out[kind][name][REFERENCE_BITS] = 0.0  # the probe equals the reference
+    return out["w"], (out["a"] if score_activations else None)
