@@ -1,0 +1,90 @@
+"""Data and metrics shared by the benchmark runners (real assets only, see benchmarks/assets.py)."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import assets
+
+
+def machine() -> str:
+    import os
+    return f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+
+
+def lm_windows(texts: dict[str, str], tokenizer, n_seqs: int, seq_len: int, offset: int = 0) -> torch.Tensor:
+    """Token windows [n_seqs, seq_len] cut from the concatenation of `texts` (in sorted work order),
+    starting `offset` windows in. Non-overlapping, deterministic."""
+    ids: list[int] = []
+    need = (offset + n_seqs) * seq_len
+    for name in sorted(texts):
+        ids.extend(tokenizer(texts[name], add_special_tokens=False)["input_ids"])
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        if len(ids) >= need:
+            break
+    if len(ids) < need:
+        raise ValueError(f"the texts hold {len(ids)} tokens, {need} needed")
+    return torch.tensor(ids[offset * seq_len: need]).view(n_seqs, seq_len)
+
+
+def lm_batches(windows: torch.Tensor, batch_size: int) -> list[dict]:
+    return [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows.split(batch_size)]
+
+
+def smollm2_data(n_calib: int, n_dev: int, n_test: int, seq_len: int = 128, batch_size: int = 4):
+    """Calibration windows from the calibration works; dev and test windows from the evaluation works
+    (dev = first windows, test = the ones after them: never the same tokens)."""
+    model, tok = assets.load_smollm2()
+    calib_texts, eval_texts = assets.text_split()
+    calib = lm_batches(lm_windows(calib_texts, tok, n_calib, seq_len), batch_size)
+    dev = lm_batches(lm_windows(eval_texts, tok, n_dev, seq_len), batch_size)
+    test = lm_batches(lm_windows(eval_texts, tok, n_test, seq_len, offset=n_dev), batch_size)
+    return model, tok, calib, dev, test
+
+
+@torch.no_grad()
+def perplexity(model, batches: list[dict]) -> float:
+    total, count = 0.0, 0
+    model.eval()
+    for b in batches:
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), b["input_ids"][:, 1:].reshape(-1),
+                               reduction="sum")
+        total += float(loss)
+        count += b["input_ids"][:, 1:].numel()
+    return math.exp(total / count)
+
+
+def mnist_data(n_calib: int, n_dev: int, n_test: int, batch_size: int = 64, seed: int = 0):
+    """MNIST CNN with normalised image batches: calibration from the train split, dev from the
+    validation split, test from the test split."""
+    model = assets.mnist_cnn().eval()
+    (xtr, ytr), (xva, yva), (xte, yte) = assets.mnist()
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(x, y, n):
+        idx = torch.randperm(len(x), generator=gen)[:n]
+        imgs = (torch.as_tensor(x)[idx].float().view(-1, 1, 28, 28) - assets.MNIST_MEAN) / assets.MNIST_STD
+        return [(a, b) for a, b in zip(imgs.split(batch_size), torch.as_tensor(y)[idx].long().split(batch_size))]
+    return model, pick(xtr, ytr, n_calib), pick(xva, yva, n_dev), pick(xte, yte, n_test)
+
+
+@torch.no_grad()
+def top1(model, batches) -> float:
+    model.eval()
+    right = total = 0
+    for x, y in batches:
+        right += int((model(x).argmax(-1) == y).sum())
+        total += len(y)
+    return 100.0 * right / total
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+    return float(spearmanr(a, b).statistic)
