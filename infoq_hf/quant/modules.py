@@ -111,6 +111,13 @@ class _PackedWeightLayer(nn.Module):
         w = dequantize_codes(codes, self.weight_scale, self.weight_zero_point, self.scheme)
         return w.reshape(self.weight_shape).to(dtype)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective (dequantized) float weight, for code that reads `layer.weight` (dtype, device,
+        shape). Computed on access; the layer itself only stores packed codes."""
+        w = self.dequantized_weight(self.weight_scale.dtype)
+        return w.t() if getattr(self, "transposed_source", False) else w
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.a_bits is None:
             return x

@@ -1,0 +1,273 @@
+"""The packed checkpoint: build packed layers from a policy, check tensors against it, save and load.
+
+Layout (format 1), shared by transformers' `save_pretrained` and `save_quantized`:
+  model.safetensors   every tensor of the model's state dict; a packed layer NAME stores
+                      NAME.weight_packed (uint8, ceil(n*b/8)), NAME.weight_scale (float32
+                      [out, n_groups]), NAME.weight_zero_point (uint8, asymmetric only),
+                      NAME.input_scale / NAME.input_zero_point (when a_bits is set), NAME.bias,
+                      and a one-byte guard NAME.weight (see below);
+  config.json         the model's own config with `quantization_config` = InfoQConfig.to_dict()
+                      (the per-layer policy included);
+  infoq_config.json   written by `save_quantized`: the same InfoQConfig dict (for non-transformers users).
+
+The guard: transformers 5 only *warns* about a config whose quant_method it does not know and
+then loads the model as float, re-initialising the missing `weight`s at random. A one-byte
+`NAME.weight` makes that case a size-mismatch error instead, so a checkpoint read without
+`import infoq_hf` fails loudly rather than yielding a silently random model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .policy import BitPolicy
+from .quant.apply import _set_submodule, packed_layers, quantizable_layers
+from .quant.modules import QuantConv2d, QuantLinear
+from .quant.packing import packed_nbytes
+
+GUARD = "weight"
+WEIGHTS_NAME = "model.safetensors"
+INFOQ_CONFIG_NAME = "infoq_config.json"
+_DTYPE_CODES = {torch.uint8: "U8", torch.float32: "F32", torch.int32: "I32"}
+
+
+# ----------------------------------------------------------------------------- building
+def build_packed_modules(model: nn.Module, policy: BitPolicy | Mapping, *, group_size: int | None = None,
+                         conv_group_size: int | None = None, symmetric: bool = False) -> dict[str, nn.Module]:
+    """Replace the float layers named by `policy` with empty packed layers of the right shapes, in place.
+
+    Used before loading a packed state dict; the new layers live on the float layer's device (the
+    meta device inside transformers' `from_pretrained`)."""
+    policy = policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy)
+    layers = quantizable_layers(model)
+    built = {}
+    for name, bits in policy.resolve(layers).items():
+        layer = layers[name]
+        kwargs = dict(w_bits=bits.w_bits, symmetric=symmetric, a_bits=bits.a_bits, where=name)
+        with torch.device(layer.weight.device):
+            if isinstance(layer, nn.Conv2d):
+                q = QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                                layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
+                                group_size=conv_group_size, **kwargs)
+            elif isinstance(layer, nn.Linear):
+                q = QuantLinear(layer.in_features, layer.out_features, layer.bias is not None,
+                                group_size=group_size, **kwargs)
+            else:  # transformers Conv1D keeps its weight as [in, out]
+                n_in, n_out = layer.weight.shape
+                q = QuantLinear(n_in, n_out, layer.bias is not None, group_size=group_size,
+                                transposed_source=True, **kwargs)
+        if q.bias is not None:
+            q.bias.data = q.bias.data.to(layer.bias.dtype)
+        _set_submodule(model, name, q)
+        built[name] = q
+    return built
+
+
+def packed_settings(model: nn.Module) -> dict:
+    """group_size / conv_group_size / symmetric shared by a model's packed layers (format 1 stores one each)."""
+    layers = packed_layers(model)
+    if not layers:
+        raise ValueError("the model has no packed layers; quantize it first (infoq_hf.quantize_model)")
+
+    def one(values, what):
+        values = set(values)
+        if len(values) > 1:
+            raise ValueError(f"the packed layers mix {what} {sorted(values, key=str)}; the checkpoint format stores one")
+        return values.pop() if values else None
+
+    return {
+        "group_size": one((m.group_size for m in layers.values() if isinstance(m, QuantLinear)), "linear group sizes"),
+        "conv_group_size": one((m.group_size for m in layers.values() if isinstance(m, QuantConv2d)), "conv group sizes"),
+        "symmetric": bool(one((m.symmetric for m in layers.values()), "symmetric and asymmetric codes")),
+    }
+
+
+def policy_of(model: nn.Module) -> BitPolicy:
+    """The policy a packed model carries in its layers."""
+    return BitPolicy({n: {"w_bits": m.w_bits, "a_bits": m.a_bits} for n, m in packed_layers(model).items()})
+
+
+# ----------------------------------------------------------------------------- checking
+def expected_tensors(module: nn.Module) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Suffix -> (shape, safetensors dtype) of what a packed layer stores (bias excluded)."""
+    n_groups = module.weight_scale.shape[1]
+    out = module.weight_shape[0]
+    numel = 1
+    for d in module.weight_shape:
+        numel *= d
+    spec = {"weight_packed": ((packed_nbytes(numel, module.w_bits),), "U8"), "weight_scale": ((out, n_groups), "F32")}
+    if not module.symmetric:
+        spec["weight_zero_point"] = ((out, n_groups), "U8")
+    if module.a_bits is not None:
+        spec["input_scale"] = ((), "F32")
+        spec["input_zero_point"] = ((), "I32")
+    return spec
+
+
+def read_tensor_specs(files: Iterable[str | os.PathLike]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Key -> (shape, dtype) from safetensors headers, without reading the data."""
+    from safetensors import safe_open
+
+    specs = {}
+    for f in files:
+        if not str(f).endswith(".safetensors"):
+            continue
+        with safe_open(str(f), framework="pt") as handle:
+            for key in handle.keys():
+                sl = handle.get_slice(key)
+                specs[key] = (tuple(sl.get_shape()), sl.get_dtype())
+    return specs
+
+
+def _match(layer: str, ckpt_layers: Iterable[str]) -> str | None:
+    """The checkpoint's name for a model layer: equal, or one a dot-suffix of the other (class prefixes)."""
+    hits = [c for c in ckpt_layers if c == layer or c.endswith("." + layer) or layer.endswith("." + c)]
+    if layer in hits:
+        return layer
+    return hits[0] if len(hits) == 1 else None
+
+
+def check_checkpoint_tensors(model: nn.Module, specs: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
+    """Raise, naming the layer, when checkpoint tensors do not fit the packed layers built from the policy."""
+    layers = packed_layers(model)
+    ckpt_packed = {k[: -len(".weight_packed")] for k in specs if k.endswith(".weight_packed")}
+    seen = set()
+    for name, module in layers.items():
+        where = ckpt_layer = _match(name, ckpt_packed)
+        bits = f"{module.w_bits}-bit weight {list(module.weight_shape)}"
+        if ckpt_layer is None:
+            floats = [k for k in specs if k.endswith("." + name + ".weight") or k == name + ".weight"]
+            got = f"; it holds a float {floats[0]!r} instead" if floats and specs[floats[0]][0] != (1,) else ""
+            raise ValueError(
+                f"checkpoint does not match its policy: layer {name!r} ({bits}) has no packed tensors{got}. "
+                "The config.json policy and model.safetensors come from different saves; re-save the model."
+            )
+        seen.add(ckpt_layer)
+        for suffix, (shape, dtype) in expected_tensors(module).items():
+            key = f"{where}.{suffix}"
+            if key not in specs:
+                raise ValueError(f"checkpoint does not match its policy: layer {name!r} ({bits}) lacks {suffix!r}")
+            got_shape, got_dtype = specs[key]
+            if tuple(got_shape) != tuple(shape) or got_dtype != dtype:
+                raise ValueError(
+                    f"checkpoint does not match its policy: layer {name!r} stores {suffix} as {got_dtype} "
+                    f"{list(got_shape)}, but a {bits} (group_size={module.group_size}, "
+                    f"{'symmetric' if module.symmetric else 'asymmetric'}) needs {dtype} {list(shape)}. "
+                    "Its bits or grouping in config.json differ from the saved tensors."
+                )
+    extra = sorted(ckpt_packed - seen)
+    if extra:
+        raise ValueError(
+            f"checkpoint has packed tensors for layers {extra[:5]} that its policy does not list; "
+            "the config.json policy and model.safetensors come from different saves"
+        )
+
+
+# ----------------------------------------------------------------------------- state dicts
+def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict plus the one-byte guard per packed layer (see module docstring)."""
+    state = model.state_dict()
+    for name in packed_layers(model):
+        state[f"{name}.{GUARD}" if name else GUARD] = torch.zeros(1, dtype=torch.uint8)
+    return state
+
+
+def strip_guards(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    guards = {f"{n}.{GUARD}" for n in packed_layers(model)}
+    return {k: v for k, v in state.items() if k not in guards}
+
+
+# ----------------------------------------------------------------------------- atomic directory writes
+class atomic_directory:
+    """Write a directory in a temporary sibling, then swap it into place: saved whole or not at all."""
+
+    def __init__(self, target: str | os.PathLike):
+        self.target = Path(target)
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if self.target.exists():  # keep the old checkpoint until the new one is in place
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.target, old)
+        try:
+            os.replace(self.tmp, self.target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, self.target)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping | None = None):
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    # Tied tensors (e.g. embeddings / lm_head) share storage, which safetensors refuses: store copies.
+    seen = {}
+    for k, v in tensors.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), v.numel(), v.dtype)
+        if v.numel() and key in seen:
+            tensors[k] = v.clone()
+        seen[key] = k
+    save_file(tensors, str(path), metadata={"format": "pt", **(metadata or {})})
+
+
+def read_infoq_config(directory: str | os.PathLike):
+    """The `InfoQConfig` stored beside a checkpoint (infoq_config.json, else config.json's quantization_config)."""
+    from .config import InfoQConfig
+
+    directory = Path(directory)
+    path = directory / INFOQ_CONFIG_NAME
+    if path.is_file():
+        return InfoQConfig.from_dict(json.loads(path.read_text()))
+    cfg = directory / "config.json"
+    if cfg.is_file():
+        data = json.loads(cfg.read_text()).get("quantization_config")
+        if data and data.get("quant_method") == "infoq":
+            return InfoQConfig.from_dict(data)
+    raise FileNotFoundError(f"{directory} holds no {INFOQ_CONFIG_NAME} nor an infoq config.json: not an infoq checkpoint")
+
+
+def save_packed(model: nn.Module, directory: str | os.PathLike, config, *, write_extra=None) -> Path:
+    """Atomically write model.safetensors + infoq_config.json (+ whatever `write_extra(tmp_dir)` adds)."""
+    with atomic_directory(directory) as tmp:
+        write_safetensors(packed_state_dict(model), tmp / WEIGHTS_NAME, {"quant_method": "infoq"})
+        (tmp / INFOQ_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=1))
+        if write_extra is not None:
+            write_extra(tmp)
+    return Path(directory)
+
+
+def load_packed_into(model: nn.Module, directory: str | os.PathLike, config) -> nn.Module:
+    """Build packed layers from `config.policy` on a float `model`, check and load the tensors strictly."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing; the checkpoint is incomplete")
+    build_packed_modules(model, config.policy, group_size=config.group_size,
+                         conv_group_size=config.conv_group_size, symmetric=config.symmetric)
+    check_checkpoint_tensors(model, read_tensor_specs([weights]))
+    state = strip_guards(load_file(str(weights)), model)
+    model.load_state_dict(state, strict=True)
+    return model

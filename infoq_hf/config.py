@@ -1,0 +1,235 @@
+"""`InfoQConfig`: what to search, under which budget, and (once known) the per-layer policy.
+
+It is a transformers `QuantizationConfigMixin` (method name "infoq"), so it rides in
+`from_pretrained(..., quantization_config=InfoQConfig(...))` and in a checkpoint's
+`config.json`; the CLI and the timm checkpoint writer use the same `to_dict()`.
+
+Two modes:
+- search: `InfoQConfig(budget=..., calibration=...)` -> calibrate, search, allocate, pack;
+- apply:  `InfoQConfig(policy={...})` -> pack with the given per-layer bits, no search.
+After a search the config carries the found `policy`, so a saved checkpoint reloads
+without searching again.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from .bitwidth import MAX_BITS, MIN_BITS, check_bits
+from .policy import BitPolicy, Budget
+
+QUANT_METHOD = "infoq"
+FORMAT_VERSION = 1  # of the checkpoint layout: packed tensor names + this config's keys
+DEFAULT_BITS = (2, 3, 4, 8)
+
+
+def _check_group_size(name: str, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"InfoQConfig.{name} must be a positive int (e.g. 32, 64, 128) or None for one scale per "
+            f"output channel, got {value!r}"
+        )
+    return value
+
+
+class InfoQConfig(QuantizationConfigMixin):
+    """Settings of an InfoQ mixed-precision quantization.
+
+    Args:
+        bits: candidate weight bit-widths the search chooses from (each in 2..8).
+        budget: a `Budget` or a dict with any of avg_bits / size_bytes / bitops / compression.
+        alpha: weight of activation scores in the allocation objective.
+        method: sensitivity method, "infoq" or a baseline ("hawq", "weight_mse", "random", "oracle").
+        method_options: extra keyword options for the search (observers, estimator settings...).
+        calibration: a `CalibrationSpec` (or its dict) to stream data, or an in-memory list of batches
+            (used, never serialised).
+        group_size: scales per `group_size` inputs of a Linear (None: per output channel).
+        conv_group_size: the same for Conv2d layers (default per output channel).
+        symmetric: symmetric weight codes (no zero points).
+        clip_search: search a clipping ratio per group when rounding weights.
+        modules_to_not_convert: layer names (exact, dot-suffix or regex) kept in float; None = the
+            transformers default (output embeddings / tied / last layer, e.g. `lm_head`, a classifier).
+        solver, seed, pin_first_last: allocation settings.
+        policy: per-layer bits `{NAME: {"w_bits": int, "a_bits": int|null}}`; when set, no search runs.
+    """
+
+    def __init__(
+        self,
+        bits: Sequence[int] = DEFAULT_BITS,
+        budget: Budget | Mapping | None = None,
+        alpha: float = 1.0,
+        method: str = "infoq",
+        method_options: Mapping | None = None,
+        calibration=None,
+        group_size: int | None = 128,
+        conv_group_size: int | None = None,
+        symmetric: bool = False,
+        clip_search: bool = False,
+        modules_to_not_convert: Sequence[str] | None = None,
+        solver: str = "auto",
+        seed: int = 0,
+        pin_first_last: bool | str = "auto",
+        policy: BitPolicy | Mapping | None = None,
+        format_version: int = FORMAT_VERSION,
+        quant_method: str = QUANT_METHOD,
+        **kwargs,
+    ):
+        if quant_method != QUANT_METHOD:
+            raise ValueError(f"InfoQConfig has quant_method {QUANT_METHOD!r}, got {quant_method!r}")
+        if kwargs:
+            raise ValueError(
+                f"InfoQConfig got unknown settings {sorted(kwargs)}; see help(InfoQConfig) for the accepted ones"
+            )
+        if format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"this checkpoint uses infoq format {format_version}, but infoq_hf {_version()} reads format "
+                f"{FORMAT_VERSION}; install the infoq_hf version that wrote it"
+            )
+        self.quant_method = QUANT_METHOD
+        self.format_version = FORMAT_VERSION
+        self.bits = self._check_bits(bits)
+        self.budget = self._check_budget(budget)
+        self.policy = None if policy is None else (policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy))
+        if self.budget is None and self.policy is None:
+            raise ValueError(
+                "InfoQConfig needs a budget to search for a policy, e.g. InfoQConfig(budget={'avg_bits': 4}), "
+                "or a known policy to apply, e.g. InfoQConfig(policy={'model.layers.0.mlp.up_proj': 4})"
+            )
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
+            raise ValueError(f"InfoQConfig.alpha must be a number >= 0, got {alpha!r}")
+        self.alpha = float(alpha)
+        if not isinstance(method, str) or not method:
+            raise ValueError(f"InfoQConfig.method must be a method name such as 'infoq' or 'weight_mse', got {method!r}")
+        self.method = method
+        if method_options is not None and not isinstance(method_options, Mapping):
+            raise ValueError(f"InfoQConfig.method_options must be a dict of search options, got {method_options!r}")
+        self.method_options = dict(method_options or {})
+        self.calibration = self._check_calibration(calibration)
+        self.group_size = _check_group_size("group_size", group_size)
+        self.conv_group_size = _check_group_size("conv_group_size", conv_group_size)
+        self.symmetric = bool(symmetric)
+        self.clip_search = bool(clip_search)
+        if modules_to_not_convert is not None:
+            if isinstance(modules_to_not_convert, str) or not all(isinstance(m, str) for m in modules_to_not_convert):
+                raise ValueError(f"InfoQConfig.modules_to_not_convert must be a list of names, got {modules_to_not_convert!r}")
+            modules_to_not_convert = list(modules_to_not_convert)
+        self.modules_to_not_convert = modules_to_not_convert
+        self.solver = str(solver)
+        self.seed = int(seed)
+        if pin_first_last not in ("auto", True, False):
+            raise ValueError(f"InfoQConfig.pin_first_last must be 'auto', True or False, got {pin_first_last!r}")
+        self.pin_first_last = pin_first_last
+
+    # ------------------------------------------------------------------ validation helpers
+    @staticmethod
+    def _check_bits(bits) -> list[int]:
+        if isinstance(bits, int) and not isinstance(bits, bool):
+            bits = [bits]
+        try:
+            values = sorted({check_bits(b, "InfoQConfig.bits") for b in bits})
+        except TypeError:
+            raise ValueError(f"InfoQConfig.bits must be a list of ints in {MIN_BITS}..{MAX_BITS}, got {bits!r}") from None
+        if not values:
+            raise ValueError(f"InfoQConfig.bits needs at least one candidate in {MIN_BITS}..{MAX_BITS}")
+        return values
+
+    @staticmethod
+    def _check_budget(budget) -> Budget | None:
+        if budget is None or isinstance(budget, Budget):
+            return budget
+        if isinstance(budget, Mapping):
+            return Budget.from_dict(budget)
+        raise ValueError(f"InfoQConfig.budget must be a Budget or a dict such as {{'avg_bits': 4}}, got {budget!r}")
+
+    @staticmethod
+    def _check_calibration(calibration):
+        if calibration is None or isinstance(calibration, (list, tuple)):
+            return calibration  # in-memory batches are used as given
+        if isinstance(calibration, Mapping):
+            try:  # validate early when the calibration module is present
+                from .calibration import CalibrationSpec
+            except ImportError:
+                return dict(calibration)
+            return CalibrationSpec.from_dict(dict(calibration))
+        if hasattr(calibration, "to_dict"):
+            return calibration
+        raise ValueError(
+            "InfoQConfig.calibration must be a CalibrationSpec (or its dict) or a list of batches, "
+            f"got {type(calibration).__name__}"
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def needs_search(self) -> bool:
+        return self.policy is None
+
+    @property
+    def has_activation_bits(self) -> bool:
+        return self.policy is not None and any(lb.a_bits is not None for lb in self.policy.values())
+
+    @property
+    def calibration_in_memory(self) -> bool:
+        return isinstance(self.calibration, (list, tuple))
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        """JSON-ready settings; in-memory calibration batches are not serialised (stored as null)."""
+        cal = self.calibration
+        if self.calibration_in_memory:
+            cal = None
+        elif cal is not None and not isinstance(cal, dict):
+            cal = cal.to_dict()
+        return {
+            "quant_method": self.quant_method,
+            "format_version": self.format_version,
+            "bits": list(self.bits),
+            "budget": None if self.budget is None else self.budget.to_dict(),
+            "alpha": self.alpha,
+            "method": self.method,
+            "method_options": copy.deepcopy(self.method_options),
+            "calibration": copy.deepcopy(cal),
+            "group_size": self.group_size,
+            "conv_group_size": self.conv_group_size,
+            "symmetric": self.symmetric,
+            "clip_search": self.clip_search,
+            "modules_to_not_convert": None if self.modules_to_not_convert is None else list(self.modules_to_not_convert),
+            "solver": self.solver,
+            "seed": self.seed,
+            "pin_first_last": self.pin_first_last,
+            "policy": None if self.policy is None else self.policy.to_dict(),
+        }
+
+    def __iter__(self):
+        yield from self.to_dict().items()
+
+    @classmethod
+    def from_dict(cls, config_dict: Mapping, return_unused_kwargs: bool = False, **kwargs):
+        config = cls(**dict(config_dict))
+        unused = config.update(**kwargs)
+        return (config, unused) if return_unused_kwargs else config
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, InfoQConfig) and self.to_dict() == other.to_dict()
+
+    def __deepcopy__(self, memo):
+        # transformers deep-copies the model config; calibration batches are shared, not duplicated.
+        new = copy.copy(self)
+        new.__dict__ = {k: (v if k == "calibration" and self.calibration_in_memory else copy.deepcopy(v, memo))
+                        for k, v in self.__dict__.items()}
+        return new
+
+    # Loading a pre-quantized checkpoint with a passed InfoQConfig: transformers keeps the stored
+    # config and copies these "loading attributes" onto it; the quantizer then refuses a conflict.
+    def get_loading_attributes(self) -> dict:
+        return {"_requested_at_load": self.to_dict()}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

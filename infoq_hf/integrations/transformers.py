@@ -1,0 +1,154 @@
+"""`InfoQQuantizer`: the transformers hooks for quant_method "infoq" (the work lives elsewhere).
+
+- Quantize on load (`from_pretrained(float_model, quantization_config=InfoQConfig(...))`): the
+  float weights load as usual; after loading, `pipeline.quantize_with_infoq` calibrates,
+  searches, allocates and packs the whole model (the search needs every layer in float, so
+  nothing is quantized tensor by tensor), then the found policy goes into the config.
+- Pre-quantized (`config.json` holds an infoq `quantization_config`): before loading, each
+  layer of the stored policy becomes an empty packed module with its own bits, the checkpoint's
+  tensor headers are checked against them, then transformers loads the packed buffers by name.
+- Precedence: a pre-quantized checkpoint's stored policy wins. A passed `InfoQConfig` whose
+  policy differs raises; passed search settings are ignored (transformers warns).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+
+from transformers.quantizers import HfQuantizer
+from transformers.quantizers import auto as _auto
+
+from ..checkpoint import GUARD, build_packed_modules, check_checkpoint_tensors, packed_state_dict, read_tensor_specs
+from ..config import QUANT_METHOD, InfoQConfig
+from ..policy import BitPolicy
+from ..quant.apply import dequantize_model
+
+logger = logging.getLogger("infoq_hf")
+
+
+class InfoQQuantizer(HfQuantizer):
+    """Mixed-precision packed weights (2..8 bits per layer) chosen by InfoQ or given as a policy."""
+
+    requires_calibration = False  # it can quantize a float checkpoint itself
+
+    def __init__(self, quantization_config: InfoQConfig, **kwargs):
+        # A copy: the found policy must not leak into the user's config object (it may be reused).
+        super().__init__(copy.copy(quantization_config), **kwargs)
+        self.modules_to_not_convert: list[str] = []
+
+    def validate_environment(self, *args, **kwargs):
+        cfg = self.quantization_config
+        requested = cfg.__dict__.pop("_requested_at_load", None)
+        if self.pre_quantized:
+            if cfg.policy is None:
+                raise ValueError("this checkpoint's config.json has an infoq quantization_config without a policy; "
+                                 "it was not saved after quantization. Re-save the quantized model.")
+            if requested and requested.get("policy") is not None and BitPolicy.from_dict(requested["policy"]) != cfg.policy:
+                raise ValueError(
+                    "the InfoQConfig passed to from_pretrained has a policy that differs from the one stored in this "
+                    "pre-quantized checkpoint; its packed tensors fit only the stored policy. Load it without "
+                    "quantization_config, or quantize the float model with your policy instead."
+                )
+        device_map = kwargs.get("device_map")
+        if isinstance(device_map, dict) and "disk" in device_map.values() and not self.pre_quantized:
+            raise ValueError("quantizing on load with InfoQ needs the whole float model in memory; "
+                             "a device_map with disk offloading is not supported")
+
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        cfg = self.quantization_config
+        self.modules_to_not_convert = self.get_modules_to_not_convert(
+            model, cfg.modules_to_not_convert, model._keep_in_fp32_modules
+        )
+        if not self.pre_quantized:
+            return model
+        built = build_packed_modules(model, cfg.policy, group_size=cfg.group_size,
+                                     conv_group_size=cfg.conv_group_size, symmetric=cfg.symmetric)
+        if checkpoint_files:  # fail before loading, naming the layer, rather than load a wrong model
+            specs = read_tensor_specs(checkpoint_files)
+            rename = _checkpoint_renamer(model, self)
+            check_checkpoint_tensors(model, {rename(k): v for k, v in specs.items()})
+        # Some `_init_weights` reach from a parent into its child's `.weight` (GPT-2: `mlp.c_proj.weight`),
+        # which a packed layer lacks. A parent holding no tensors of its own has nothing to initialise.
+        for name in built:
+            parent = model.get_submodule(name.rpartition(".")[0])
+            if not any(True for _ in parent.parameters(recurse=False)) and not any(True for _ in parent.buffers(recurse=False)):
+                parent._is_hf_initialized = True
+        # The one-byte format guards (see infoq_hf.checkpoint) are expected, not unexpected, keys.
+        guards = {rf"(^|\.){re.escape(name)}\.{GUARD}$" for name in built}
+        model._keys_to_ignore_on_load_unexpected = set(model._keys_to_ignore_on_load_unexpected or ()) | guards
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        if self.pre_quantized:
+            return model
+        from ..pipeline import quantize_with_infoq
+
+        cfg = self.quantization_config
+        tokenizer = None
+        if cfg.calibration is not None and not cfg.calibration_in_memory and cfg.policy is None:
+            tokenizer = _tokenizer_or_none(model)
+        _, policy, summary = quantize_with_infoq(model, cfg, tokenizer=tokenizer, skip_modules=self.modules_to_not_convert)
+        cfg.policy = policy
+        model.infoq_summary = summary
+        return model
+
+    def get_state_dict_and_metadata(self, model):
+        return packed_state_dict(model), {"quant_method": QUANT_METHOD}
+
+    def _dequantize(self, model, dtype=None):
+        dequantize_model(model)
+        return model.to(dtype) if dtype is not None else model
+
+    def is_serializable(self):
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+    def param_element_size(self, model, param_name, param):
+        return param.element_size()
+
+
+def _checkpoint_renamer(model, quantizer):
+    """Checkpoint key -> model key under the model's legacy renamings (e.g. ViT's `encoder.layer` ->
+    `layers`), which `save_pretrained` applies in reverse; identity where there are none."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, apply_renamings
+    except ImportError:  # an older layout of transformers' loading code: names are used as stored
+        return lambda key: key
+    renamings = [t for t in get_model_conversion_mapping(model, None, quantizer) if isinstance(t, WeightRenaming)]
+    return (lambda key: apply_renamings(key, renamings)) if renamings else (lambda key: key)
+
+
+def _tokenizer_or_none(model):
+    """The tokenizer saved with the model, if any (images need none)."""
+    path = getattr(model.config, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    if not path or getattr(model, "main_input_name", "input_ids") != "input_ids":
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"quantizing on load needs a tokenizer to build text calibration batches, and none loads "
+                         f"from {path!r} ({e}); pass calibration as a list of tokenized batches instead") from None
+
+
+def register() -> None:
+    """Make quant_method "infoq" known to transformers; idempotent (safe across imports and reloads)."""
+    configs, quantizers = _auto.AUTO_QUANTIZATION_CONFIG_MAPPING, _auto.AUTO_QUANTIZER_MAPPING
+    if QUANT_METHOD in configs:
+        configs[QUANT_METHOD] = InfoQConfig  # a reload replaces the class; registering twice would raise
+    else:
+        _auto.register_quantization_config(QUANT_METHOD)(InfoQConfig)
+    if QUANT_METHOD in quantizers:
+        quantizers[QUANT_METHOD] = InfoQQuantizer
+    else:
+        _auto.register_quantizer(QUANT_METHOD)(InfoQQuantizer)
+    # Lets a passed InfoQConfig reach the quantizer (as `_requested_at_load`) when the checkpoint has its own.
+    kinds = tuple(t for t in _auto.LOADING_ATTRIBUTES_CONFIG_TYPES if t.__name__ != "InfoQConfig")
+    _auto.LOADING_ATTRIBUTES_CONFIG_TYPES = kinds + (InfoQConfig,)

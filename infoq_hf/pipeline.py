@@ -1,0 +1,151 @@
+"""One call from a float model to a packed one: calibrate -> search -> allocate -> pack.
+
+Shared by the transformers quantizer (quantize on load) and the `infoq` CLI. Each stage is
+timed; the result comes back with a summary that `format_summary` renders on one screen.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+import torch.nn as nn
+
+from .accounting import compression_ratio, expected_size_bytes, model_size_bytes
+from .config import InfoQConfig
+from .quant.apply import calibrate_activation_ranges, packed_layers, quantizable_layers, quantize_model
+
+logger = logging.getLogger("infoq_hf")
+DATA_FREE_METHODS = ("weight_mse", "random")
+
+
+def _load_batches(config: InfoQConfig, model, tokenizer, image_transform) -> list:
+    if config.calibration_in_memory:
+        return list(config.calibration)
+    from .calibration import load_calibration
+
+    return load_calibration(config.calibration, tokenizer=tokenizer, image_transform=image_transform, model=model)
+
+
+def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, tokenizer=None, image_transform=None,
+                        skip_modules: Iterable[str] | None = None, progress: bool = True):
+    """Quantize `model` in place as `config` says; returns `(model, policy, summary)`.
+
+    With `config.policy` the policy is applied as given (calibration is needed only for layers
+    with `a_bits`); otherwise calibration data (if the method needs it) is loaded, sensitivities
+    are searched, bits allocated under `config.budget`, and the model packed. `skip_modules`
+    (default `config.modules_to_not_convert`) stay float."""
+    skip = list(config.modules_to_not_convert or []) if skip_modules is None else list(skip_modules)
+    times: dict[str, float] = {}
+    batches = None
+
+    def need_batches(why: str) -> list:
+        nonlocal batches
+        if batches is None:
+            if config.calibration is None:
+                raise ValueError(f"{why} needs calibration data: set InfoQConfig(calibration=CalibrationSpec(...) "
+                                 "or a list of batches)")
+            t = time.perf_counter()
+            batches = _load_batches(config, model, tokenizer, image_transform)
+            times["calibration"] = time.perf_counter() - t
+            if not batches:
+                raise ValueError(f"{why} needs calibration data, and the calibration set is empty")
+        return batches
+
+    table = None
+    if config.policy is not None:
+        policy = config.policy
+    else:
+        from .allocation import allocate
+        from .sensitivity import search
+
+        data = None if config.method in DATA_FREE_METHODS else need_batches(f"method {config.method!r}")
+        t = time.perf_counter()
+        table = search(model, data, bits=config.bits, method=config.method, seed=config.seed,
+                       group_size=config.group_size, conv_group_size=config.conv_group_size,
+                       symmetric=config.symmetric, clip_search=config.clip_search, skip_modules=skip,
+                       progress=progress, **config.method_options)
+        times["search"] = time.perf_counter() - t
+        t = time.perf_counter()
+        policy = allocate(table, config.budget, solver=config.solver, alpha=config.alpha,
+                          pin_first_last=config.pin_first_last)
+        times["allocation"] = time.perf_counter() - t
+
+    act_ranges = None
+    if any(lb.a_bits is not None for lb in policy.values()):
+        data = need_batches("a policy with activation bits (a_bits)")
+        t = time.perf_counter()
+        act_ranges = calibrate_activation_ranges(model, data, policy)
+        times["activation ranges"] = time.perf_counter() - t
+
+    float_bytes = model_size_bytes(model)
+    params = {n: m.weight.numel() for n, m in quantizable_layers(model).items()}
+    t = time.perf_counter()
+    quantize_model(model, policy, group_size=config.group_size, conv_group_size=config.conv_group_size,
+                   symmetric=config.symmetric, clip_search=config.clip_search, skip_modules=skip,
+                   act_ranges=act_ranges)
+    times["packing"] = time.perf_counter() - t
+
+    summary = summarize(model, params, float_bytes, times, method=None if table is None else config.method,
+                        report=getattr(policy, "report", None))
+    logger.info("\n%s", format_summary(summary))
+    return model, policy, summary
+
+
+def summarize(model: nn.Module, params: dict[str, int], float_bytes: int, times: dict, *, method=None,
+              report=None) -> dict:
+    layers = packed_layers(model)
+    n = sum(params.get(k, 0) for k in layers) or 1
+    avg_bits = sum(params.get(k, 0) * m.w_bits for k, m in layers.items()) / n
+    return {
+        "method": method or "policy (no search)",
+        "layers": {k: {"w_bits": m.w_bits, "a_bits": m.a_bits} for k, m in layers.items()},
+        "quantized_layers": len(layers),
+        "avg_bits": avg_bits,
+        "size_bytes": model_size_bytes(model),
+        "expected_size_bytes": expected_size_bytes(model),
+        "float_size_bytes": float_bytes,
+        "compression": compression_ratio(model) if layers else 1.0,
+        "times_s": dict(times),
+        "allocation": None if report is None else _report_dict(report),
+    }
+
+
+def _report_dict(report) -> dict:
+    if hasattr(report, "to_dict"):
+        return report.to_dict()
+    return {k: v for k, v in vars(report).items() if isinstance(v, (int, float, str, bool, type(None)))}
+
+
+def condensed_policy(layers: dict[str, dict], max_rows: int = 24) -> list[str]:
+    """One row per layer pattern (block indices folded into '*'), bits listed in block order."""
+    rows: dict[str, list[str]] = defaultdict(list)
+    for name, lb in layers.items():
+        pattern = re.sub(r"\.\d+(?=\.|$)", ".*", name)
+        rows[pattern].append(str(lb["w_bits"]) + ("" if lb["a_bits"] is None else f"/a{lb['a_bits']}"))
+    width = min(max((len(p) for p in rows), default=0), 48)
+    lines = [f"  {p[-width:]:<{width}}  {' '.join(b)}" for p, b in rows.items()]
+    if len(lines) > max_rows:
+        lines = lines[: max_rows - 1] + [f"  ... {len(lines) - max_rows + 1} more layer patterns"]
+    return lines
+
+
+def format_summary(summary: dict) -> str:
+    hist = Counter(lb["w_bits"] for lb in summary["layers"].values())
+    mib = 1 / 2**20
+    out = [
+        f"InfoQ quantization ({summary['method']}): {summary['quantized_layers']} layers packed",
+        "  bits per layer pattern (w_bits[/a_bits], in block order):",
+        *condensed_policy(summary["layers"]),
+        "  layers per width: " + ", ".join(f"{b} bits x{c}" for b, c in sorted(hist.items())),
+        f"  average weight bits {summary['avg_bits']:.3f}, weight compression {summary['compression']:.2f}x",
+        f"  model size {summary['size_bytes'] * mib:.2f} MiB (float {summary['float_size_bytes'] * mib:.2f} MiB)",
+        "  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["times_s"].items()),
+    ]
+    return "\n".join(out)
+
+
+__all__ = ["condensed_policy", "format_summary", "quantize_with_infoq", "summarize"]

@@ -1,0 +1,127 @@
+"""The probing engine: exactness of the prefix cache, determinism, formats, and bad input."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from infoq_hf.sensitivity import SensitivityTable, search
+from infoq_hf.sensitivity.probe import find_blocks
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    ).eval()
+
+
+def labelled_batches(n_batches=3, size=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        x = torch.randn(size, 1, 12, 12, generator=gen)
+        y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, :6].mean(dim=(1, 2)) > 0).long()  # learnable labels
+        out.append((x, y))
+    return out
+
+
+def tiny_llama():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def lm_batches():
+    gen = torch.Generator().manual_seed(1)
+    return [{"input_ids": torch.randint(0, 96, (4, 24), generator=gen)} for _ in range(2)]
+
+
+def test_prefix_cache_gives_identical_scores_with_fewer_layer_evaluations():
+    model, batches = small_cnn(), labelled_batches()
+    cached = search(model, batches, bits=(2, 4, 8), progress=False)
+    full = search(model, batches, bits=(2, 4, 8), progress=False, prefix_cache=False)
+    assert cached.to_dict()["layers"] == full.to_dict()["layers"]
+    assert cached.meta["cost"]["layer_evals"] < full.meta["cost"]["layer_evals"]
+
+
+def test_prefix_cache_exact_on_a_decoder_stack():
+    model, batches = tiny_llama(), lm_batches()
+    kw = dict(bits=(2, 8), progress=False, skip_modules=["lm_head"], max_samples=128)
+    cached = search(model, batches, **kw)
+    full = search(model, batches, prefix_cache=False, **kw)
+    assert cached.to_dict()["layers"] == full.to_dict()["layers"]
+    assert cached.meta["task"] == "causal_lm"
+    saved = 1 - cached.meta["cost"]["layer_evals"] / full.meta["cost"]["layer_evals"]
+    assert saved > 0.2, saved  # later decoder layers skip the blocks before them
+    assert "model.layers.0" in find_blocks(model) and "model.layers.2" in find_blocks(model)
+
+
+def test_same_seed_same_scores_and_reference_bits_score_zero():
+    model, batches = small_cnn(), labelled_batches()
+    a = search(model, batches, bits=(2, 3, 8), seed=3, progress=False)
+    b = search(model, batches, bits=(2, 3, 8), seed=3, progress=False)
+    c = search(model, batches, bits=(2, 3, 8), seed=4, progress=False)
+    assert a.to_dict()["layers"] == b.to_dict()["layers"]
+    assert a.to_dict()["layers"] != c.to_dict()["layers"]
+    for info in a.layers.values():
+        assert info["w"][8] == 0.0 and all(math.isfinite(v) and v >= 0 for v in info["w"].values())
+
+
+def test_model_weights_are_restored_after_probing():
+    model, batches = small_cnn(), labelled_batches()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    search(model, batches, bits=(2, 8), progress=False)
+    search(model, batches, bits=(2, 8), method="oracle", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_more_bits_less_sensitive_for_baselines():
+    model, batches = small_cnn(), labelled_batches()
+    for method in ("weight_mse", "random"):
+        table = search(model, batches, bits=(2, 4, 8), method=method, progress=False)
+        for info in table.layers.values():
+            assert info["w"][2] > info["w"][4] >= info["w"][8]
+
+
+def test_hawq_scores_and_traces_are_finite():
+    model, batches = small_cnn(), labelled_batches(n_batches=1)
+    table = search(model, batches, bits=(2, 8), method="hawq", hutchinson_samples=2, progress=False)
+    assert set(table.meta["hessian_trace"]) == set(table.layers)
+    assert all(math.isfinite(v) for info in table.layers.values() for v in info["w"].values())
+
+
+def test_activation_scores_and_table_json_roundtrip(tmp_path):
+    model, batches = small_cnn(), labelled_batches()
+    table = search(model, batches, bits=(4, 8), score_activations=True, progress=False)
+    assert table.has_activation_scores and all(info["a"][8] == 0.0 for info in table.layers.values())
+    path = table.save(tmp_path / "scores.json")
+    loaded = SensitivityTable.load(path)
+    assert loaded.to_dict() == table.to_dict()
+    assert loaded.layers["0"]["macs"] == 1 * 12 * 12 * 8 * 9  # first conv, one sample
+    assert loaded.meta["calibration"]["sha256"] and loaded.meta["model"]["quantized_weights_sha256"]
+
+
+def test_bad_input_errors():
+    model, batches = small_cnn(), labelled_batches()
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        search(model, [], progress=False)
+    with pytest.raises(ValueError, match="needs labels"):
+        search(model, [x for x, _ in batches], progress=False)
+    with pytest.raises(ValueError, match="needs at least 32"):
+        search(model, [(batches[0][0][:8], batches[0][1][:8])], progress=False)
+    with pytest.raises(ValueError, match="unknown method"):
+        search(model, batches, method="magic")
+    with pytest.raises(ValueError, match="unknown InfoQ options"):
+        search(model, batches, num_direction=3)
+    with pytest.raises(ValueError, match="not in the model"):
+        search(model, batches, task_observers=["nope"], progress=False)
+    bad = [(torch.full_like(x, float("nan")), y) for x, y in batches]
+    with pytest.raises(ValueError, match="NaN/inf"):
+        search(model, bad, progress=False)
+    with pytest.raises(ValueError, match="group_size=5 does not divide"):
+        search(model, batches, method="weight_mse", group_size=5, progress=False)
