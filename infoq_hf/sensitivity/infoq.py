@@ -260,6 +260,11 @@ class InfoQScorer:
 
     def _observe(self, layer: str | None) -> dict[str, torch.Tensor]:
         rec = _Recorder(self.prober.model, self.observers, self.samples, self.directions, self.output_module)
+        head = self.output_module
+        if head is not None:
+            # The head's input is all InfoQ reads; skip the vocabulary-sized matmul (the costliest
+            # layer of a small LM once the prefix cache skips the early blocks).
+            head.forward = _skipped_head(head)
         try:
             def on_output(i, out):
                 rec.on_output(i, out)
@@ -268,6 +273,8 @@ class InfoQScorer:
             self.prober.run(layer, on_output)
         finally:
             rec.remove()
+            if head is not None:
+                del head.forward
         return rec.result()
 
     def _smi_task(self, proj: torch.Tensor) -> float:
@@ -300,6 +307,14 @@ class InfoQScorer:
                              "so keep the task term on or add observers after this layer")
         score = sum(t * w for t, w in zip(terms, weights)) / sum(weights)
         return score / bits if self.opts.inv_bits else score
+
+
+def _skipped_head(head):
+    out_features = head.weight.shape[0]
+
+    def forward(x, *args, **kwargs):
+        return torch.zeros((), dtype=x.dtype).expand(*x.shape[:-1], out_features)
+    return forward
 
 
 def _bucket(y: torch.Tensor, classes: int) -> torch.Tensor:

@@ -1,0 +1,22 @@
+"""Bit allocation (InfoQ Eq. 5): a multiple-choice knapsack ILP over per-layer bit-widths.
+
+`allocate(table, budget, ...)` -> `BitPolicy` (with `.report`); `pareto_sweep` / `plot_pareto` for
+trade-off curves. Modules: `costs` (size/BitOps/avg bits arithmetic), `problem` (constraints and
+the ILP), `solvers` (Gurobi, HiGHS), `verify` (independent re-check), `diagnose` (infeasible budgets).
+"""
+
+from .allocate import AllocationReport, allocate
+from .diagnose import InfeasibleBudgetError
+from .pareto import pareto_sweep, plot_pareto
+from .solvers import SolverUnavailableError
+from .verify import AllocationVerificationError
+
+__all__ = [
+    "AllocationReport",
+    "AllocationVerificationError",
+    "InfeasibleBudgetError",
+    "SolverUnavailableError",
+    "allocate",
+    "pareto_sweep",
+    "plot_pareto",
+]

@@ -1,0 +1,118 @@
+"""`allocate`: sensitivity table + budget -> `BitPolicy`, via the ILP of Eq. 5.
+
+resolve constraints -> enumerate choices -> build the ILP -> solve -> verify -> report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..policy import BitPolicy, Budget
+from ..sensitivity.table import SensitivityTable
+from .diagnose import infeasibility_error
+from .problem import build, choices, resolve_spec
+from .solvers import solve
+from .verify import verify
+from .warmstart import greedy_start
+
+
+@dataclass(frozen=True)
+class AllocationReport:
+    """How a policy was found and what it costs (size as a `size_bytes` budget counts it)."""
+
+    objective: float  # sum S_w (+ alpha * S_a), recomputed from the table
+    size_bytes: int
+    bitops: int
+    avg_bits: float
+    compression: float
+    solver: str
+    solve_time_s: float
+    mip_gap: float
+    status: str  # "optimal" or "time_limit" (best found, gap > 0 possible)
+    budget: Budget
+    alpha: float = 1.0
+    num_variables: int = 0
+    num_constraints: int = 0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["budget"] = self.budget.to_dict()
+        return data
+
+    def summary(self) -> str:
+        return (f"objective {self.objective:.6g} | size {self.size_bytes / 1e6:.3f} MB | avg {self.avg_bits:.3f} bits | "
+                f"{self.compression:.2f}x | {self.bitops / 1e9:.4g} GBitOps | {self.solver} {self.status} "
+                f"(gap {self.mip_gap:.2g}) in {self.solve_time_s * 1e3:.1f} ms")
+
+
+def allocate(
+    table: SensitivityTable,
+    budget: Budget,
+    *,
+    solver: str = "auto",
+    alpha: float = 1.0,
+    bits=None,
+    act_bits=None,
+    fixed_a_bits: int | None = None,
+    pin=None,
+    pin_first_last="auto",
+    first_last_bits=None,
+    min_bits=None,
+    max_bits=None,
+    tie=None,
+    tie_activations=None,
+    time_limit: float | None = None,
+    verbose: bool = False,
+) -> BitPolicy:
+    """Per-layer bit-widths minimising total sensitivity under `budget` (InfoQ Eq. 5).
+
+    table: scores S_w(l, b) (and S_a for W/A). budget: `Budget` (avg_bits, size_bytes, bitops,
+        compression; any combination) or its dict form.
+    solver: "auto" (Gurobi if installed and licensed for the model's size, else HiGHS), "gurobi", "highs".
+    alpha: weight of the activation scores in the objective (W/A only).
+    bits: candidate weight bits (subset of table.bits; default all).
+    act_bits: candidate activation bits; given -> W/A mixed precision over (w, a) pairs; None -> weights only.
+    fixed_a_bits: weights-only: the activation width every layer runs at (for BitOps; None = float, 32).
+    pin: {name: w_bits} or {name: (w_bits, a_bits)}; overrides the first/last pins.
+    pin_first_last: pin the first and last table layers (True / False / "auto" = when the first layer is a
+        conv2d, i.e. a CNN) to `first_last_bits` (default 8 bits, or the largest candidate; W/A: same for
+        activations; an int or a (w, a) pair).
+    min_bits / max_bits: weight-bit bounds, an int for all layers or {name: int}.
+    tie: groups of layer names that share weight bits; tie_activations: groups that share activation bits
+        (e.g. the layers feeding one residual add).
+    time_limit: seconds; on expiry the best allocation found is returned with status "time_limit".
+    Returns a `BitPolicy` with `.report` an `AllocationReport`. Raises `InfeasibleBudgetError` (a ValueError)
+    stating the best achievable value when the budget cannot be met, ValueError on inconsistent arguments.
+    """
+    spec = resolve_spec(
+        table, budget, alpha=alpha, bits=bits, act_bits=act_bits, fixed_a_bits=fixed_a_bits, pin=pin,
+        pin_first_last=pin_first_last, first_last_bits=first_last_bits, min_bits=min_bits, max_bits=max_bits,
+        tie=tie, tie_activations=tie_activations,
+    )
+    layer_choices = choices(spec)
+    model = build(table, spec, layer_choices)
+    start = greedy_start(model, spec)
+    solution = solve(model.mip, solver, time_limit=time_limit, verbose=verbose, start=start)
+    if solution.status == "infeasible":
+        raise infeasibility_error(table, spec, layer_choices, solver, time_limit)
+
+    assignment = model.decode(solution.x)
+    totals, objective = verify(table, spec, assignment, solution.objective * model.objective_scale)
+
+    policy = BitPolicy({name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers})
+    policy.report = AllocationReport(
+        objective=objective,
+        size_bytes=totals.size_bytes,
+        bitops=totals.bitops,
+        avg_bits=totals.avg_bits,
+        compression=totals.compression,
+        solver=solution.solver,
+        solve_time_s=solution.solve_time_s,
+        mip_gap=solution.mip_gap,
+        status=solution.status,
+        budget=spec.budget,
+        alpha=spec.alpha,
+        num_variables=model.mip.num_vars,
+        num_constraints=model.mip.num_rows,
+    )
+    return policy
