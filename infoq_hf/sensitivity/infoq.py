@@ -111,13 +111,10 @@ class _Recorder:
         return hook
 
     def _record(self, name, activation):
-        pooled = self.samples.pool(activation, self.batch)
-        if not torch.isfinite(pooled).all():
+        proj = self.samples.pool(activation, self.batch) @ self.directions[name].T
+        if not torch.isfinite(proj).all():  # NaN/inf in the activation always reaches its projections
             raise ValueError(f"activations at observer {name!r} contain NaN/inf; check the model and the data")
-        dirs = self.directions.setdefault(name, None)
-        if dirs is None:
-            raise RuntimeError(f"no directions for observer {name!r}")
-        self.proj.setdefault(name, []).append(pooled @ dirs.T)
+        self.proj.setdefault(name, []).append(proj)
 
     def on_output(self, batch_idx, out):
         if OUTPUT in self.observers and self.output_module is None:
@@ -259,7 +256,8 @@ class InfoQScorer:
         return y
 
     def _observe(self, layer: str | None) -> dict[str, torch.Tensor]:
-        rec = _Recorder(self.prober.model, self.observers, self.samples, self.directions, self.output_module)
+        observers = self.observers if layer is None else [o for o in self.observers if o in self.after[layer]]
+        rec = _Recorder(self.prober.model, observers, self.samples, self.directions, self.output_module)
         head = self.output_module
         if head is not None:
             # The head's input is all InfoQ reads; skip the vocabulary-sized matmul (the costliest

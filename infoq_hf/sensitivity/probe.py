@@ -176,12 +176,15 @@ class Prober:
         """Replay the first `count` cached blocks instead of computing them."""
         patched = []
         counter = batch_counter if batch_counter is not None else [0]
-        for name in self.block_names[:count]:
+        names = self.block_names[:count]
+        for name in names:
             module = self.model.get_submodule(name)
             cached = self.cache[name]
+            # Only the last replayed block feeds real computation, which might modify it in place.
+            copy = _clone_tree if name == names[-1] else (lambda x: x)
 
-            def replay(*args, _cached=cached, **kwargs):
-                return _clone_tree(_cached[counter[0]])
+            def replay(*args, _cached=cached, _copy=copy, **kwargs):
+                return _copy(_cached[counter[0]])
 
             module.forward = replay
             patched.append(module)

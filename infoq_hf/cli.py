@@ -1,0 +1,494 @@
+"""The `infoq` command: quantize, search, allocate, report, push.
+
+Exit codes scripts can rely on: 0 success; 2 bad usage or bad input (a one-line `infoq: error:`
+message on stderr); 1 an unexpected failure or a Hub that could not be reached (run with
+--debug for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+TEXT_BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json",
+                 ".csv": "csv", ".parquet": "parquet"}
+DATA_FREE_METHODS = ("weight_mse", "random")
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit code 2)."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- argument parsing helpers
+def _bits(text: str) -> list[int]:
+    try:
+        bits = sorted({int(b) for b in text.split(",") if b.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bits takes comma-separated integers such as 2,3,4,8, got {text!r}") from None
+    if not bits or not all(2 <= b <= 8 for b in bits):
+        raise argparse.ArgumentTypeError(f"--bits must list widths between 2 and 8, got {text!r}")
+    return bits
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    return parse
+
+
+def _group_size(text: str):
+    if text.lower() in ("none", "channel", "per-channel", "0"):
+        return None
+    return _positive(int)(text)
+
+
+def _add_budget(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("budget (at least one; several combine)")
+    g.add_argument("--avg-bits", type=_positive(float), metavar="B",
+                   help="parameter-weighted average weight bits over the quantized layers, e.g. 3 or 4.5")
+    g.add_argument("--size-mb", type=_positive(float), metavar="MB", help="whole stored model size in MB (10^6 bytes)")
+    g.add_argument("--bitops", type=_positive(float), metavar="N", help="sum over layers of MACs x w_bits x a_bits")
+    g.add_argument("--compression", type=_positive(float), metavar="X",
+                   help="fp32 bytes of the quantized weights over their packed bytes (>= 1)")
+
+
+def _budget(args):
+    from .policy import Budget
+
+    values = {"avg_bits": args.avg_bits, "size_bytes": None if args.size_mb is None else args.size_mb * 1e6,
+              "bitops": args.bitops, "compression": args.compression}
+    if all(v is None for v in values.values()):
+        raise UsageError("give a budget: --avg-bits, --size-mb, --bitops or --compression")
+    return Budget(**{k: v for k, v in values.items() if v is not None})
+
+
+def _add_model_and_calibration(parser: argparse.ArgumentParser, calib_required: bool) -> None:
+    parser.add_argument("model", metavar="MODEL",
+                        help="a transformers model folder (or Hub id), or timm:NAME / timm:PATH for timm models")
+    parser.add_argument("--bits", type=_bits, default=[2, 3, 4, 8], metavar="B,B,...",
+                        help="candidate weight bit-widths (default: 2,3,4,8)")
+    parser.add_argument("--method", default="infoq", choices=["infoq", "hawq", "weight_mse", "random", "oracle"],
+                        help="sensitivity measure (default: infoq; weight_mse and random need no data)")
+    c = parser.add_argument_group("calibration data")
+    c.add_argument("--calib", metavar="SPEC", required=False,
+                   help="a local .txt/.json/.jsonl/.csv/.parquet file or a folder of them (or of images), "
+                        "a datasets save_to_disk folder, or a datasets Hub name"
+                        + (" (required unless --method is weight_mse or random)" if not calib_required else ""))
+    c.add_argument("--samples", type=_positive(int), default=32, metavar="N", help="calibration samples (default 32)")
+    c.add_argument("--seq-len", type=_positive(int), default=512, metavar="L", help="tokens per text sample (default 512)")
+    c.add_argument("--batch-size", type=_positive(int), default=8, metavar="B", help="samples per batch (default 8)")
+    c.add_argument("--calib-config", metavar="NAME", help="the dataset's config (subset) name")
+    c.add_argument("--split", default="train", help="dataset split (default train)")
+    c.add_argument("--text-column", default="text", help="text column (default text)")
+    c.add_argument("--image-column", default="image", help="image column (default image)")
+    c.add_argument("--label-column", help="label column (images; optional)")
+    q = parser.add_argument_group("quantizer settings")
+    q.add_argument("--group-size", type=_group_size, default=128, metavar="G",
+                   help="weights per scale in Linear layers, or 'none' for one scale per output channel (default 128)")
+    q.add_argument("--conv-group-size", type=_group_size, default=None, metavar="G",
+                   help="the same for Conv2d layers (default: per output channel)")
+    q.add_argument("--symmetric", action="store_true", help="symmetric codes (no zero points)")
+    q.add_argument("--seed", type=int, default=0, help="random seed of sampling and probing (default 0)")
+
+
+# ----------------------------------------------------------------------------- models and data
+class LoadedModel:
+    """A float model as the CLI found it, with what is needed to reload, tokenize and save it."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.kind = "timm" if spec.startswith("timm:") else "transformers"
+        self.tokenizer = None
+        self.model_class = None
+        self.base_model = None
+        if self.kind == "timm":
+            self.model = self._load_timm(spec[len("timm:"):])
+        else:
+            self.model = self._load_transformers(spec)
+        self.model.eval()
+
+    def _load_timm(self, name: str):
+        import timm
+
+        if not name:
+            raise UsageError("timm:NAME needs a model name or folder after 'timm:', e.g. timm:resnet18.a1_in1k")
+        if os.path.isdir(name):
+            if not os.path.isfile(os.path.join(name, "config.json")):
+                raise UsageError(f"{name} has no config.json; save timm models with timm.models.save_for_hf")
+            return timm.create_model(f"local-dir:{os.path.abspath(name)}")
+        if os.path.exists(name):
+            raise UsageError(f"timm:PATH must be a folder saved with timm.models.save_for_hf, got the file {name}")
+        try:
+            model = timm.create_model(name, pretrained=True)
+        except RuntimeError as e:
+            if "Unknown model" in str(e):
+                raise UsageError(f"timm has no model {name!r} (see timm.list_models())") from None
+            raise
+        self.base_model = getattr(model, "pretrained_cfg", {}).get("hf_hub_id")
+        return model
+
+    def _load_transformers(self, path: str):
+        import transformers
+
+        from .hub import _looks_like_repo_id
+
+        local = os.path.isdir(path)
+        if local and not os.path.isfile(os.path.join(path, "config.json")):
+            raise UsageError(f"{path} has no config.json: not a transformers model folder "
+                             "(for timm models write timm:NAME or timm:PATH)")
+        if not local and not _looks_like_repo_id(path):
+            raise UsageError(f"MODEL {path!r} is neither a model folder nor a Hub id (for timm models: timm:NAME)")
+        config = transformers.AutoConfig.from_pretrained(path)
+        if getattr(config, "quantization_config", None):
+            raise UsageError(f"{path} is already quantized; quantize its float original instead")
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        self.model_class = getattr(transformers, arch, None) if arch else None
+        self.model_class = self.model_class or transformers.AutoModel
+        self.base_model = None if local else path
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, TypeError, KeyError):
+            self.tokenizer = None  # a vision model, or no tokenizer saved: images or data-free methods only
+        return self.model_class.from_pretrained(path)
+
+    def skip_modules(self) -> list[str]:
+        """Layers transformers keeps in float by default (lm_head, a classifier); timm: none."""
+        if self.kind != "transformers":
+            return []
+        from .integrations.transformers import InfoQQuantizer
+
+        return sorted(InfoQQuantizer.get_modules_to_not_convert(
+            self.model, None, getattr(self.model, "_keep_in_fp32_modules", None)))
+
+
+def calibration_spec(args) -> dict | None:
+    """A CalibrationSpec dict from --calib SPEC and its options."""
+    spec = args.calib
+    if spec is None:
+        return None
+    options = {"num_samples": args.samples, "seq_len": args.seq_len, "batch_size": args.batch_size, "seed": args.seed,
+               "split": args.split, "text_column": args.text_column, "image_column": args.image_column,
+               "label_column": args.label_column, "config": args.calib_config}
+    path = Path(spec)
+    if path.is_file():
+        builder = TEXT_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise UsageError(f"--calib {spec}: unknown file type {path.suffix!r}; use .txt, .json(l), .csv or .parquet")
+        return {"dataset": builder, "data_files": str(path.resolve()), **options}
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return {"dataset": str(path.resolve()), **options}  # datasets save_to_disk
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files):
+            return {"dataset": "imagefolder", "data_dir": str(path.resolve()), **options}
+        builders = {TEXT_BUILDERS[p.suffix.lower()] for p in files if p.suffix.lower() in TEXT_BUILDERS}
+        if len(builders) != 1:
+            raise UsageError(f"--calib {spec}: the folder must hold images or one kind of .txt/.json/.csv/.parquet "
+                             f"files, found {sorted(builders) or 'none'}")
+        builder = builders.pop()
+        data_files = [str(p.resolve()) for p in files if TEXT_BUILDERS.get(p.suffix.lower()) == builder]
+        return {"dataset": builder, "data_files": data_files, **options}
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or Path(spec).suffix.lower() in TEXT_BUILDERS
+    if looks_like_path:  # Hub dataset names are "name" or "owner/name"
+        raise UsageError(f"--calib {spec}: no such file or folder")
+    return {"dataset": spec, **options}  # a datasets Hub name
+
+
+def load_batches(loaded: LoadedModel, spec: dict | None, method: str) -> list | None:
+    if method in DATA_FREE_METHODS and spec is None:
+        return None
+    if spec is None:
+        raise UsageError(f"--method {method} needs calibration data: pass --calib SPEC (or use --method weight_mse)")
+    from .calibration import load_calibration
+
+    _say(f"loading calibration data: {spec['dataset']} ({spec['num_samples']} samples)")
+    if loaded.kind == "timm":
+        return load_calibration(spec, model=loaded.model)
+    if loaded.tokenizer is not None and getattr(loaded.model, "main_input_name", "input_ids") == "input_ids":
+        return load_calibration(spec, tokenizer=loaded.tokenizer)
+    return load_calibration(spec, model=loaded.model)
+
+
+def run_search(args, loaded: LoadedModel, spec: dict | None):
+    from .sensitivity import search
+
+    batches = load_batches(loaded, spec, args.method)
+    _say(f"scoring {args.method} sensitivity at bits {','.join(map(str, args.bits))}")
+    return search(loaded.model, batches, bits=args.bits, method=args.method, seed=args.seed,
+                  group_size=args.group_size, conv_group_size=args.conv_group_size, symmetric=args.symmetric,
+                  skip_modules=loaded.skip_modules(), progress=True)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_quantize(args) -> int:
+    from .allocation import allocate
+    from .config import InfoQConfig
+    from .hub import SUMMARY_FILE, TABLE_FILE, push_to_hub
+    from .pipeline import format_summary, quantize_with_infoq
+
+    budget = _budget(args)
+    spec = calibration_spec(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    started = time.perf_counter()
+    _say(f"loading {args.model}")
+    loaded = LoadedModel(args.model)
+    table = run_search(args, loaded, spec)
+    policy = allocate(table, budget, solver=args.solver)
+    _say(f"allocated: {policy.report.summary()}")
+    config = InfoQConfig(bits=args.bits, budget=budget, method=args.method, calibration=spec,
+                         group_size=args.group_size, conv_group_size=args.conv_group_size, symmetric=args.symmetric,
+                         solver=args.solver, seed=args.seed, policy=policy)
+    _say("packing weights")
+    if loaded.kind == "transformers":
+        source = args.model
+        del loaded.model  # reload through transformers so save_pretrained writes the infoq config
+        model = loaded.model_class.from_pretrained(source, quantization_config=config)
+        model.save_pretrained(out)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(out)
+        summary = dict(model.infoq_summary)
+    else:
+        from .integrations.timm import save_quantized
+
+        model, _, summary = quantize_with_infoq(loaded.model, config, progress=True)
+        save_quantized(model, out, policy, config=config)
+    summary["method"] = args.method
+    summary["times_s"] = {"total": round(time.perf_counter() - started, 3), **summary.get("times_s", {})}
+    summary["allocation"] = policy.report.to_dict()
+    from .hub import _packed_layers_summary
+
+    summary["params"] = _packed_layers_summary(model)[0]
+    summary["calibration"] = spec
+    summary["base_model"] = loaded.base_model
+    table.save(out / TABLE_FILE)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
+    print(format_summary(summary))
+    print(f"saved to {out}/ (checkpoint, {TABLE_FILE}, {SUMMARY_FILE}); next: infoq report {out}")
+    if args.push:
+        commit = push_to_hub(out, args.push, private=args.private, overwrite=args.overwrite)
+        print(f"pushed to {args.push}: {getattr(commit, 'commit_url', commit)}")
+    return EXIT_OK
+
+
+def cmd_search(args) -> int:
+    started = time.perf_counter()
+    spec = calibration_spec(args)
+    _say(f"loading {args.model}")
+    loaded = LoadedModel(args.model)
+    table = run_search(args, loaded, spec)
+    table.save(args.out)
+    ranked = sorted(table.layers, key=lambda n: -table.w(n, min(table.bits)))
+    print(f"{table.method} sensitivity of {len(table)} layers at bits {table.bits} "
+          f"in {time.perf_counter() - started:.1f}s -> {args.out}")
+    print(f"most sensitive at {min(table.bits)} bits:")
+    for name in ranked[:5]:
+        print(f"  {name:<48} {table.w(name, min(table.bits)):.4g}")
+    print(f"next: infoq allocate {args.out} --avg-bits 4 --out policy.json")
+    return EXIT_OK
+
+
+def cmd_allocate(args) -> int:
+    from .allocation import allocate
+    from .pipeline import condensed_policy
+    from .sensitivity import SensitivityTable
+
+    budget = _budget(args)
+    path = Path(args.scores)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such sensitivity table (write one with infoq search)")
+    try:
+        table = SensitivityTable.load(path)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not a sensitivity table JSON ({e})") from None
+    table.validate()
+    policy = allocate(table, budget, solver=args.solver, bits=args.bits, time_limit=args.time_limit)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    policy.to_json(out)
+    print(f"policy for {len(policy)} layers -> {out}")
+    print("\n".join(condensed_policy(policy.to_dict())))
+    print(policy.report.summary())
+    return EXIT_OK
+
+
+def _format_table(info) -> str:
+    from .hub import _table_name
+
+    rows = []
+    for name, lb in info.policy.items():
+        tname = _table_name(name, info.table.layers) if info.table is not None else None
+        score = info.table.layers[tname]["w"].get(lb.w_bits) if tname is not None else None
+        rows.append((name, f"{info.params.get(name, 0):,}", str(lb.w_bits),
+                     "float" if lb.a_bits is None else str(lb.a_bits), "-" if score is None else f"{score:.4g}"))
+    header = ("layer", "params", "w_bits", "a_bits", "sensitivity")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    line = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    return "\n".join([line.format(*header), "  ".join("-" * w for w in widths)] + [line.format(*r) for r in rows])
+
+
+def cmd_report(args) -> int:
+    from .hub import CARD_FILE, read_checkpoint, write_model_card
+
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a folder; pass the --out folder of infoq quantize")
+    info = read_checkpoint(directory)
+    s = info.summary
+    write_model_card(directory, info, args.repo_id or f"<user>/{directory.resolve().name}")
+    print(_format_table(info))
+    hist = {}
+    for lb in info.policy.values():
+        hist[lb.w_bits] = hist.get(lb.w_bits, 0) + 1
+    print(f"\n{len(info.policy)} layers ({', '.join(f'{b} bits x{c}' for b, c in sorted(hist.items()))}); "
+          f"average {s['avg_bits']:.3f} bits; size {s['size_bytes'] / 1e6:.3f} MB; "
+          f"compression {s.get('compression', float('nan')):.2f}x")
+    plots = sorted(p.name for p in directory.glob("infoq_*.png"))
+    print(f"wrote {CARD_FILE} and {', '.join(plots)} into {directory}")
+    return EXIT_OK
+
+
+def cmd_push(args) -> int:
+    from .hub import push_to_hub
+
+    if not Path(args.dir).is_dir():
+        raise UsageError(f"{args.dir} is not a folder; pass the --out folder of infoq quantize")
+    commit = push_to_hub(args.dir, args.repo, private=args.private, overwrite=args.overwrite,
+                         base_model=args.base_model, commit_message=args.message, revision=args.revision)
+    print(f"pushed {args.dir} to {args.repo} in one commit: {getattr(commit, 'commit_url', commit)}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- parser
+EPILOG = """\
+examples:
+  # search, allocate and pack a causal LM at 3 bits on average, calibrated on a local text file
+  infoq quantize ./llama-1b --bits 2,3,4,8 --avg-bits 3 --calib wiki.txt --samples 64 --seq-len 512 --out ./llama-1b-infoq
+
+  # a timm model under a size budget, images from a folder (class subfolders), then publish
+  infoq quantize timm:resnet18.a1_in1k --size-mb 4 --calib ./imagenet-val-sample --samples 256 \\
+      --out ./resnet18-infoq --push me/resnet18-infoq
+
+  # sensitivities once, then allocate for many budgets in seconds (no model needed)
+  infoq search ./llama-1b --calib wikitext --calib-config wikitext-2-raw-v1 --bits 2,3,4,8 --out scores.json
+  infoq allocate scores.json --avg-bits 3.5 --out policy.json
+  infoq allocate scores.json --avg-bits 3 --size-mb 600 --solver highs --out policy.json
+
+  infoq report ./llama-1b-infoq          # summary table, plots and README.md model card into the folder
+  infoq push ./llama-1b-infoq me/llama-1b-infoq --private
+
+Load a result with `import infoq_hf; AutoModelForCausalLM.from_pretrained(DIR_OR_REPO)`, or for
+timm `infoq_hf.load_quantized(DIR)` / `infoq_hf.hub.load_from_hub(REPO)`.
+Exit codes: 0 ok, 2 bad usage or input, 1 unexpected failure. Pushing needs HF_TOKEN or `huggingface-cli login`.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="infoq", formatter_class=fmt, epilog=EPILOG,
+        description="InfoQ mixed-precision quantization: score each layer's sensitivity per bit-width, "
+                    "allocate bits under a budget with an integer program, pack, report and publish.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    q = sub.add_parser("quantize", formatter_class=fmt, epilog=EPILOG,
+                       help="search + allocate + pack a model into a checkpoint folder",
+                       description="Score sensitivities, allocate bits under the budget, pack the weights and save "
+                                   "the checkpoint (with the sensitivity table and a summary) into --out.")
+    _add_model_and_calibration(q, calib_required=False)
+    _add_budget(q)
+    q.add_argument("--solver", default="auto", choices=["auto", "gurobi", "highs"], help="ILP solver (default auto)")
+    q.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder to write")
+    q.add_argument("--push", metavar="REPO", help="also push the result to this Hub repo (user/name)")
+    q.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    q.add_argument("--overwrite", action="store_true", help="with --push: replace an existing repo's files")
+    q.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("search", formatter_class=fmt, epilog=EPILOG, help="score sensitivities into a JSON table",
+                       description="Score every quantizable layer at every candidate bit-width; write the table JSON.")
+    _add_model_and_calibration(s, calib_required=False)
+    s.add_argument("--out", required=True, metavar="SCORES.json", help="sensitivity table to write")
+    s.set_defaults(func=cmd_search)
+
+    a = sub.add_parser("allocate", formatter_class=fmt, epilog=EPILOG, help="choose bits from a table under a budget",
+                       description="Solve the bit allocation for a saved sensitivity table (no model needed).")
+    a.add_argument("scores", metavar="SCORES", help="sensitivity table JSON written by infoq search / quantize")
+    _add_budget(a)
+    a.add_argument("--bits", type=_bits, metavar="B,B,...", help="restrict to these candidate widths")
+    a.add_argument("--solver", default="auto", choices=["auto", "gurobi", "highs"], help="ILP solver (default auto)")
+    a.add_argument("--time-limit", type=_positive(float), metavar="S", help="solver time limit in seconds")
+    a.add_argument("--out", required=True, metavar="POLICY.json", help="policy JSON to write")
+    a.set_defaults(func=cmd_allocate)
+
+    r = sub.add_parser("report", formatter_class=fmt, epilog=EPILOG, help="summary table, plots and model card",
+                       description="Print the per-layer table of a quantized folder; write PNG plots and README.md.")
+    r.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize")
+    r.add_argument("--repo-id", help="the Hub id to show in the card's usage snippet")
+    r.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("push", formatter_class=fmt, epilog=EPILOG, help="publish a quantized folder to the Hub",
+                       description="Upload a quantized folder with its model card and plots in one atomic commit.")
+    p.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize")
+    p.add_argument("repo", metavar="REPO", help="Hub repo id, user/name or org/name")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing repo (one new commit)")
+    p.add_argument("--base-model", help="Hub id of the float model, for the card's base_model metadata")
+    p.add_argument("--revision", help="branch to commit to (default main)")
+    p.add_argument("--message", help="commit message")
+    p.set_defaults(func=cmd_push)
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, KeyError) and text.startswith("'"):
+        text = f"missing key {text}"
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, message already printed by argparse)
+        return int(e.code or 0)
+    from .hub import HubPublishError
+
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _say("infoq: interrupted")
+        return 130
+    except (HubPublishError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        if args.debug:
+            raise
+        bad_input = isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError))
+        _say(f"infoq: error: {_one_line(e)}")
+        return EXIT_USAGE if bad_input else EXIT_FAILURE
+    except Exception as e:  # noqa: BLE001 - the promise is exit code 1 with a readable line
+        if args.debug:
+            raise
+        _say(f"infoq: unexpected {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)")
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

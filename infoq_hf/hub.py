@@ -1,0 +1,634 @@
+"""Publish packed checkpoints to the Hugging Face Hub with a model card, and load them back.
+
+`push_to_hub(model_or_dir, repo_id, ...)` stages everything in a temporary folder:
+  the checkpoint (transformers `save_pretrained`, or `save_quantized` for timm / plain models),
+  `infoq_sensitivity.json` (when a sensitivity table is known), `infoq_summary.json`,
+  PNG plots, and `README.md`, a model card rendered from `templates/model_card.md.j2` whose
+  YAML metadata the Hub understands (base_model, base_model_relation: quantized, library_name,
+  tags, and a `quantization` block with the policy summary).
+It then validates the card, creates the repo and uploads the folder in ONE commit. A Hub
+commit is atomic: when it fails, none of its files are stored, and an empty repo this call
+created is deleted again, so a failed push leaves nothing that looks published.
+
+`load_from_hub(repo_id, revision=None)` downloads a snapshot (any branch, tag or commit sha)
+and loads it: timm checkpoints through `load_quantized`, plain modules into a `model` you pass,
+transformers checkpoints through the model class named in their config (plain
+`AutoModel*.from_pretrained(repo)` works too, after `import infoq_hf`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch.nn as nn
+
+from .checkpoint import INFOQ_CONFIG_NAME, WEIGHTS_NAME, read_infoq_config
+from .policy import BitPolicy
+from .sensitivity.table import SensitivityTable
+
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md.j2"
+TABLE_FILE = "infoq_sensitivity.json"
+SUMMARY_FILE = "infoq_summary.json"
+CARD_FILE = "README.md"
+PLOT_FILES = {
+    "bits": "infoq_bits_per_layer.png",
+    "heatmap": "infoq_sensitivity_heatmap.png",
+    "pareto": "infoq_pareto.png",
+}
+TAGS = ["infoq", "mixed-precision", "quantized"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_LOGIN_HINT = "set the HF_TOKEN environment variable to a write token, run `huggingface-cli login` " \
+              "(`hf auth login`), or pass token=..."
+
+
+# ----------------------------------------------------------------------------- errors
+class HubPublishError(RuntimeError):
+    """A push could not be completed; the message says what was (not) stored."""
+
+
+class MissingTokenError(HubPublishError, ValueError):
+    """No Hub token was given or configured."""
+
+
+class RepoExistsError(HubPublishError, ValueError):
+    """The target repo exists and `overwrite` was not set."""
+
+
+class ModelCardError(ValueError):
+    """The model card template failed to render, or the rendered card is not valid."""
+
+
+# ----------------------------------------------------------------------------- what a checkpoint holds
+@dataclass
+class CheckpointInfo:
+    """What the model card and plots are made from (read from a saved checkpoint folder)."""
+
+    kind: str  # "transformers", "timm" or "pytorch"
+    config: dict  # the InfoQConfig dict, policy included
+    policy: BitPolicy
+    params: dict[str, int]  # layer -> parameter count (as far as known)
+    summary: dict  # avg_bits, size_bytes, compression, float_size_bytes, ...
+    model_config: dict = field(default_factory=dict)  # the model's config.json
+    table: SensitivityTable | None = None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def _checkpoint_kind(model_config: Mapping) -> str:
+    if "model_type" in model_config or "architectures" in model_config:
+        return "transformers"
+    if "architecture" in model_config:
+        return "timm"
+    return "pytorch"
+
+
+def _packed_layers_summary(model: nn.Module) -> tuple[dict[str, int], dict]:
+    from .accounting import compression_ratio, expected_size_bytes, model_size_bytes
+    from .quant.apply import packed_layers
+
+    layers = packed_layers(model)
+    if not layers:
+        raise ValueError("the model has no packed layers: quantize it first (infoq quantize, "
+                         "infoq_hf.quantize_model, or from_pretrained(..., quantization_config=InfoQConfig(...)))")
+    params = {n: math.prod(m.weight_shape) for n, m in layers.items()}
+    total = sum(params.values())
+    summary = {
+        "quantized_layers": len(layers),
+        "avg_bits": sum(params[n] * m.w_bits for n, m in layers.items()) / total,
+        "size_bytes": model_size_bytes(model),
+        "expected_size_bytes": expected_size_bytes(model),
+        "compression": compression_ratio(model),
+    }
+    return params, summary
+
+
+def _load_checkpoint_model(directory: Path, kind: str, model_config: Mapping) -> nn.Module:
+    if kind == "transformers":
+        import transformers
+
+        from . import integrations  # noqa: F401  (registers quant_method "infoq")
+
+        arch = (model_config.get("architectures") or [None])[0]
+        cls = getattr(transformers, arch, None) if arch else None
+        return (cls or transformers.AutoModel).from_pretrained(directory)
+    if kind == "timm":
+        from .integrations.timm import load_quantized
+
+        return load_quantized(directory)
+    raise ValueError(f"{directory} holds a plain PyTorch checkpoint without {SUMMARY_FILE}; push the quantized "
+                     "model object instead of the folder, so its layer sizes are known")
+
+
+def read_checkpoint(directory: str | os.PathLike, *, table: SensitivityTable | None = None) -> CheckpointInfo:
+    """Everything a model card needs from a checkpoint folder written by infoq (save_pretrained,
+    save_quantized or `infoq quantize`): its policy, summary, sensitivity table (if saved beside it)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a folder; pass a quantized checkpoint folder or model")
+    if not (directory / WEIGHTS_NAME).is_file() and not list(directory.glob("*.safetensors")):
+        raise FileNotFoundError(f"{directory} holds no *.safetensors weights: not a saved checkpoint")
+    config = read_infoq_config(directory)
+    if config.policy is None:
+        raise ValueError(f"{directory}: its infoq config has no policy; the model was saved before quantization")
+    model_config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
+    kind = _checkpoint_kind(model_config)
+    if table is None and (directory / TABLE_FILE).is_file():
+        table = SensitivityTable.load(directory / TABLE_FILE)
+    summary = _read_json(directory / SUMMARY_FILE) if (directory / SUMMARY_FILE).is_file() else None
+    if summary is not None and summary.get("params"):
+        params = {k: int(v) for k, v in summary["params"].items()}
+    else:  # older folder, or pushed from elsewhere: measure the model itself
+        params, measured = _packed_layers_summary(_load_checkpoint_model(directory, kind, model_config))
+        summary = {**measured, **(summary or {}), "params": params}
+    return CheckpointInfo(kind, config.to_dict(), config.policy, params, summary, model_config, table)
+
+
+# ----------------------------------------------------------------------------- model card
+def _template_line(tb, filename: str) -> int | None:
+    """The template line an exception was raised at (jinja2 maps its frames to template lines)."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def render_model_card(context: Mapping, template: str | os.PathLike | None = None) -> str:
+    """Render the model card template (default: the packaged `templates/model_card.md.j2`).
+
+    Undefined variables are errors; any failure raises `ModelCardError` naming the template file and line."""
+    import jinja2
+
+    path = Path(template) if template is not None else TEMPLATE_PATH
+    if not path.is_file():
+        raise ModelCardError(f"model card template {path} does not exist")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    try:
+        return env.get_template(path.name).render(**context)
+    except jinja2.TemplateSyntaxError as e:
+        raise ModelCardError(f"model card template {e.filename or path}, line {e.lineno}: {e.message}") from None
+    except Exception as e:  # undefined variables, bad filters, ...
+        line = _template_line(e.__traceback__, str(path.resolve())) or _template_line(e.__traceback__, str(path))
+        where = f", line {line}" if line else ""
+        raise ModelCardError(f"model card template {path}{where}: {type(e).__name__}: {e}") from None
+
+
+def _looks_like_repo_id(value) -> bool:
+    return isinstance(value, str) and bool(_REPO_ID.match(value)) and not os.path.exists(value)
+
+
+def _default_base_model(info: CheckpointInfo) -> str | None:
+    """The Hub id of the float model, when the checkpoint remembers one (never a local path)."""
+    candidates = [info.summary.get("base_model"), info.model_config.get("_name_or_path"),
+                  (info.model_config.get("pretrained_cfg") or {}).get("hf_hub_id")]
+    return next((c for c in candidates if _looks_like_repo_id(c)), None)
+
+
+def _calibration_dict(calibration, info: CheckpointInfo) -> dict | None:
+    value = calibration if calibration is not None else (info.summary.get("calibration") or info.config.get("calibration"))
+    if value is None:
+        return None
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, str):
+        return {"dataset": value}
+    if isinstance(value, Mapping):
+        keep = ("dataset", "data_files", "config", "split", "text_column", "image_column", "num_samples", "seq_len",
+                "seed", "batches", "samples", "sha256")
+        return {k: value[k] for k in keep if value.get(k) is not None}
+    raise ValueError(f"calibration must be a CalibrationSpec, a dict or a dataset name, got {type(value).__name__}")
+
+
+def _calibration_text(cal: dict | None, search_method: str) -> str:
+    if not cal:
+        return "none (data-free sensitivity)" if search_method in ("weight_mse", "random") else "not recorded"
+    source = cal.get("dataset") or "in-memory batches"
+    if cal.get("data_files") and source in ("text", "json", "csv", "parquet"):
+        files = cal["data_files"]
+        source = f"{source} files {files if isinstance(files, str) else ', '.join(map(str, files))}"
+    parts = [f"`{source}`"]
+    if cal.get("config"):
+        parts.append(f"config `{cal['config']}`")
+    if cal.get("split"):
+        parts.append(f"split `{cal['split']}`")
+    if cal.get("num_samples"):
+        parts.append(f"{cal['num_samples']} samples")
+    if cal.get("seq_len") and cal.get("text_column"):
+        parts.append(f"of {cal['seq_len']} tokens")
+    return ", ".join(parts)
+
+
+def _budget_text(budget: Mapping | None) -> str:
+    if not budget:
+        return "a given policy (no search)"
+    units = {"avg_bits": lambda v: f"average bits <= {v:g}", "size_bytes": lambda v: f"size <= {v / 1e6:.3f} MB",
+             "bitops": lambda v: f"BitOps <= {v:.4g}", "compression": lambda v: f"compression >= {v:g}x"}
+    return ", ".join(units[k](v) for k, v in budget.items() if k in units)
+
+
+def _usage(kind: str, repo_id: str, model_config: Mapping) -> str:
+    if kind == "transformers":
+        arch = (model_config.get("architectures") or [""])[0]
+        auto = "AutoModel"
+        for suffix, cls in (("ForCausalLM", "AutoModelForCausalLM"), ("ForSequenceClassification",
+                            "AutoModelForSequenceClassification"), ("ForImageClassification",
+                            "AutoModelForImageClassification"), ("ForMaskedLM", "AutoModelForMaskedLM")):
+            if arch.endswith(suffix):
+                auto = cls
+        return (f'import infoq_hf  # registers the "infoq" quantization method with transformers\n'
+                f"from transformers import {auto}\n\n"
+                f'model = {auto}.from_pretrained("{repo_id}")')
+    if kind == "timm":
+        return f'from infoq_hf.hub import load_from_hub\n\nmodel = load_from_hub("{repo_id}")  # a timm model, packed'
+    return (f"from infoq_hf.hub import load_from_hub\n\n"
+            f'model = load_from_hub("{repo_id}", model=MyModel())  # a float instance of the architecture')
+
+
+def _table_name(name: str, table_layers: Mapping) -> str | None:
+    """The sensitivity-table layer a policy entry names (exact, or a unique dot-suffix either way)."""
+    if name in table_layers:
+        return name
+    hits = [t for t in table_layers if name.endswith("." + t) or t.endswith("." + name)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None = None, calibration=None,
+                 plots: Mapping[str, str] | None = None, weights_bytes: int | None = None) -> dict:
+    """The template variables and the YAML metadata of a checkpoint's model card."""
+    from . import __version__
+
+    cfg, summary, table = info.config, info.summary, info.table
+    base_model = base_model if base_model is not None else _default_base_model(info)
+    if base_model is not None and not _looks_like_repo_id(base_model):
+        raise ValueError(f"base_model must be a Hub model id such as 'meta-llama/Llama-3.2-1B', got {base_model!r}")
+    search_method = (summary.get("method") if summary.get("method") not in (None, "policy (no search)")
+                     else (table.method if table is not None else cfg.get("method", "infoq")))
+    cal = _calibration_dict(calibration, info)
+    budget = cfg.get("budget") or (summary.get("allocation") or {}).get("budget")
+    size_bytes = int(weights_bytes if weights_bytes is not None else summary.get("size_bytes", 0))
+    avg_bits = float(summary["avg_bits"])
+    compression = summary.get("compression")
+    policy = info.policy
+    sens = {}
+    if table is not None:
+        for name, lb in policy.items():
+            tname = _table_name(name, table.layers)
+            if tname is not None:
+                sens[name] = table.layers[tname]["w"].get(lb.w_bits)
+    rows = [{"name": n, "params": info.params.get(n), "w_bits": lb.w_bits, "a_bits": lb.a_bits,
+             "sensitivity": sens.get(n)} for n, lb in policy.items()]
+    hist = {}
+    for lb in policy.values():
+        hist[lb.w_bits] = hist.get(lb.w_bits, 0) + 1
+
+    quantization = {
+        "method": "infoq",
+        "sensitivity": search_method,
+        "candidate_bits": list(table.bits if table is not None else cfg.get("bits") or []),
+        "budget": budget,
+        "avg_bits": round(avg_bits, 4),
+        "layers": len(policy),
+        "layers_per_bits": {str(b): c for b, c in sorted(hist.items())},
+        "size_bytes": size_bytes,
+        "compression": None if compression is None else round(float(compression), 3),
+        "group_size": cfg.get("group_size"),
+        "conv_group_size": cfg.get("conv_group_size"),
+        "symmetric": bool(cfg.get("symmetric", False)),
+        "calibration": cal,
+        "seed": cfg.get("seed", 0),
+    }
+    metadata: dict = {}
+    if base_model:
+        metadata["base_model"] = base_model
+        metadata["base_model_relation"] = "quantized"
+    if info.kind in ("transformers", "timm"):
+        metadata["library_name"] = info.kind
+    metadata["tags"] = TAGS + ([info.kind] if info.kind == "timm" else [])
+    metadata["quantization"] = quantization
+
+    import yaml
+
+    float_size = summary.get("float_size_bytes")
+    size_text = f"{size_bytes / 1e6:.3f} MB" + (f" (float: {float_size / 1e6:.3f} MB)" if float_size else "")
+    grouping = []
+    if cfg.get("group_size"):
+        grouping.append(f"linear: {cfg['group_size']} weights per scale")
+    else:
+        grouping.append("linear: one scale per output channel")
+    grouping.append(f"conv: {cfg['conv_group_size']} per scale" if cfg.get("conv_group_size") else "conv: per output channel")
+    grouping.append("symmetric" if cfg.get("symmetric") else "asymmetric (zero points)")
+    search_texts = {"infoq": "InfoQ information-flow sensitivity (how much a layer's quantization changes "
+                             "the information its output carries about the model's prediction)",
+                    "hawq": "HAWQ (Hessian-trace) sensitivity", "weight_mse": "weight quantization error (MSE)",
+                    "oracle": "the measured loss change of each layer", "random": "random scores (a control)"}
+    plot_list = [{"file": f, "alt": alt} for key, alt in (("bits", "bits per layer"), ("heatmap", "sensitivity heatmap"),
+                                                          ("pareto", "sensitivity vs size"))
+                 if (f := (plots or {}).get(key))]
+    return {
+        "metadata": metadata,
+        "metadata_yaml": yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip("\n"),
+        "title": f"{repo_id.split('/')[-1]} (InfoQ mixed precision, {avg_bits:.2f} bits average)",
+        "repo_id": repo_id,
+        "base_model": base_model,
+        "candidate_bits": quantization["candidate_bits"],
+        "search_method": search_method,
+        "search_method_text": search_texts.get(search_method, f"the `{search_method}` sensitivity"),
+        "budget_text": _budget_text(budget),
+        "avg_bits": avg_bits,
+        "num_layers": len(policy),
+        "size_text": size_text,
+        "compression_text": "–" if compression is None else f"{float(compression):.2f}x vs fp32",
+        "grouping_text": ", ".join(grouping),
+        "calibration_text": _calibration_text(cal, search_method),
+        "seed": quantization["seed"],
+        "usage": _usage(info.kind, repo_id, info.model_config),
+        "plots": plot_list,
+        "layers": rows,
+        "has_table": table is not None,
+        "infoq_version": __version__,
+    }
+
+
+def check_model_card(text: str, expected: Mapping | None = None):
+    """Parse `text` with `huggingface_hub.ModelCard` and check its metadata survived the YAML round trip."""
+    from huggingface_hub import ModelCard
+
+    try:
+        card = ModelCard(text)
+    except Exception as e:  # yaml errors, a non-dict block, invalid card data
+        raise ModelCardError(f"the rendered model card does not parse as a Hub model card: {e}") from None
+    data = card.data.to_dict()
+    for key, value in (expected or {}).items():
+        if data.get(key) != value:
+            raise ModelCardError(f"model card metadata {key!r} reads back as {data.get(key)!r}, expected {value!r}; "
+                                 f"check the template {TEMPLATE_PATH.name}'s front matter")
+    return card
+
+
+# ----------------------------------------------------------------------------- folder assembly
+def write_plots(directory: str | os.PathLike, info: CheckpointInfo) -> dict[str, str]:
+    """Write the PNG plots for `info` into `directory`; returns {kind: file name}. Needs the table for the
+    heatmap and the Pareto curve."""
+    from .plots import plot_bits_per_layer, plot_pareto_curve, plot_sensitivity_heatmap
+
+    directory = Path(directory)
+    written = {"bits": plot_bits_per_layer(info.policy, directory / PLOT_FILES["bits"], params=info.params).name}
+    if info.table is not None:
+        written["heatmap"] = plot_sensitivity_heatmap(info.table, directory / PLOT_FILES["heatmap"], info.policy).name
+        kwargs = {"solver": info.config.get("solver", "auto"), "pin_first_last": info.config.get("pin_first_last", "auto")}
+        try:
+            written["pareto"] = plot_pareto_curve(info.table, directory / PLOT_FILES["pareto"], info.policy, **kwargs).name
+        except ValueError:  # e.g. every budget pinned infeasible: the card simply has no curve
+            pass
+    return written
+
+
+def write_model_card(directory: str | os.PathLike, info: CheckpointInfo, repo_id: str, *, base_model=None,
+                     calibration=None, template=None) -> str:
+    """Plots + README.md into `directory` (a checkpoint folder); returns the card text."""
+    directory = Path(directory)
+    plots = write_plots(directory, info)
+    weights = directory / WEIGHTS_NAME
+    context = card_context(info, repo_id, base_model=base_model, calibration=calibration, plots=plots,
+                           weights_bytes=weights.stat().st_size if weights.is_file() else None)
+    text = render_model_card(context, template)
+    expected = {k: context["metadata"][k] for k in ("base_model", "library_name", "tags") if k in context["metadata"]}
+    check_model_card(text, expected)
+    (directory / CARD_FILE).write_text(text)
+    return text
+
+
+def _stage_checkpoint(model_or_dir, folder: Path, table, policy) -> CheckpointInfo:
+    """Write the checkpoint into the empty `folder` and describe it."""
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        source = Path(model_or_dir)
+        info = read_checkpoint(source, table=table)  # validates before copying
+        for item in source.iterdir():
+            if item.name == CARD_FILE or item.name in PLOT_FILES.values() or item.name.startswith("."):
+                continue  # regenerated below
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, folder / item.name)
+    elif isinstance(model_or_dir, nn.Module):
+        model = model_or_dir
+        params, summary = _packed_layers_summary(model)
+        target = folder / "checkpoint"
+        if hasattr(model, "save_pretrained") and hasattr(model, "config") and not _is_timm(model):
+            qcfg = getattr(model.config, "quantization_config", None)
+            qdict = qcfg.to_dict() if hasattr(qcfg, "to_dict") else qcfg
+            if not qdict or qdict.get("quant_method") != "infoq":
+                raise ValueError("this transformers model was not quantized with InfoQ through transformers; load it "
+                                 "with from_pretrained(..., quantization_config=InfoQConfig(...)) before pushing")
+            model.save_pretrained(target)
+        else:
+            from .integrations.timm import save_quantized
+
+            save_quantized(model, target, policy)
+        for item in target.iterdir():
+            shutil.move(str(item), folder / item.name)
+        target.rmdir()
+        summary_path = folder / SUMMARY_FILE
+        if getattr(model, "infoq_summary", None):
+            summary = {**_jsonable(model.infoq_summary), **summary}
+        summary_path.write_text(json.dumps({**summary, "params": params}, indent=1))
+        if table is not None:
+            table.save(folder / TABLE_FILE)
+        info = read_checkpoint(folder, table=table)
+    else:
+        raise ValueError(f"push_to_hub takes a quantized model or a checkpoint folder, got {type(model_or_dir).__name__}")
+    if info.table is not None and not (folder / TABLE_FILE).exists():
+        info.table.save(folder / TABLE_FILE)
+    if policy is not None:
+        given = policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy)
+        if given.to_dict() != info.policy.to_dict():
+            raise ValueError("the policy passed to push_to_hub differs from the one stored in the checkpoint; "
+                             "pass the policy the model was quantized with (or none)")
+        report = getattr(given, "report", None)
+        if report is not None and hasattr(report, "to_dict"):
+            info.summary.setdefault("allocation", report.to_dict())
+    return info
+
+
+def _is_timm(model) -> bool:
+    from .integrations.timm import is_timm_model
+
+    return is_timm_model(model)
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+
+
+def prepare_upload_folder(model_or_dir, folder: str | os.PathLike, repo_id: str, *, table=None, policy=None,
+                          base_model=None, calibration=None, template=None) -> str:
+    """Assemble everything `push_to_hub` uploads into the empty `folder`; returns the model card text."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(table, (str, os.PathLike)):
+        table = SensitivityTable.load(table)
+    info = _stage_checkpoint(model_or_dir, folder, table, policy)
+    return write_model_card(folder, info, repo_id, base_model=base_model, calibration=calibration, template=template)
+
+
+# ----------------------------------------------------------------------------- pushing
+def resolve_token(token: str | None = None) -> str:
+    """The token to push with: `token`, else HF_TOKEN / the stored login; a clear error when there is none."""
+    from huggingface_hub import get_token
+
+    token = token or get_token()
+    if not token:
+        raise MissingTokenError(f"pushing to the Hugging Face Hub needs a token with write access: {_LOGIN_HINT}")
+    return token
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    errors: tuple = (HfHubHTTPError, OSError, TimeoutError)
+    for http_client in ("httpx", "httpx2"):  # huggingface_hub's HTTP client (its name varies by release)
+        try:
+            errors += (__import__(http_client).HTTPError,)
+        except (ImportError, AttributeError):
+            pass
+    try:
+        import requests
+
+        errors += (requests.RequestException,)
+    except ImportError:
+        pass
+    return errors
+
+
+def _describe(e: BaseException) -> str:
+    response = getattr(e, "response", None)
+    status = getattr(response, "status_code", None)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"HTTP {status}: {first}" if status and str(status) not in first else first
+
+
+def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private: bool = False,
+                overwrite: bool = False, table: SensitivityTable | str | os.PathLike | None = None,
+                policy: BitPolicy | Mapping | None = None, base_model: str | None = None, calibration=None,
+                commit_message: str | None = None, revision: str | None = None):
+    """Publish a quantized model (or a checkpoint folder) with its model card and plots in one commit.
+
+    model_or_dir: a packed transformers / timm / plain model, or a folder written by `save_pretrained`,
+        `save_quantized` or `infoq quantize`.
+    table: the sensitivity table (object or JSON path) for the card's sensitivities, heatmap and Pareto
+        curve (a folder's `infoq_sensitivity.json` is used by default).
+    policy: the allocated policy (its `.report` enriches the card); must equal the checkpoint's.
+    base_model: the Hub id of the float model (default: what the checkpoint recorded, if a Hub id).
+    calibration: the calibration data description (CalibrationSpec, dict or dataset name).
+    revision: the branch to commit to (created if missing).
+
+    Returns the `CommitInfo` of the upload (`.oid`, `.commit_url`). Raises `MissingTokenError`,
+    `RepoExistsError` (pass overwrite=True), `ModelCardError`, `HubPublishError` (unreachable Hub,
+    refused commit: the single commit is atomic, nothing of it is stored)."""
+    from huggingface_hub import HfApi, constants
+
+    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
+        raise ValueError(f"repo_id must look like 'user-or-org/name', got {repo_id!r}")
+    token = resolve_token(token)
+    api = HfApi(token=token)
+    endpoint = api.endpoint or constants.ENDPOINT
+    network = _network_errors()
+
+    with tempfile.TemporaryDirectory(prefix="infoq-push-") as tmp:
+        folder = Path(tmp) / "upload"
+        card_text = prepare_upload_folder(model_or_dir, folder, repo_id, table=table, policy=policy,
+                                          base_model=base_model, calibration=calibration)
+        from huggingface_hub import ModelCard
+
+        try:  # the Hub's own metadata check (also proves the endpoint answers before anything is created)
+            ModelCard(card_text).validate()
+        except ValueError as e:
+            raise ModelCardError(f"the Hub rejected the model card metadata: {e}") from None
+        except network as e:
+            raise HubPublishError(f"cannot reach the Hub at {endpoint} ({_describe(e)}); nothing was created or "
+                                  "uploaded") from e
+
+        try:
+            exists = api.repo_exists(repo_id)
+        except network as e:
+            raise HubPublishError(f"cannot reach the Hub at {endpoint} ({_describe(e)}); nothing was created or "
+                                  "uploaded") from e
+        if exists and not overwrite:
+            raise RepoExistsError(f"the Hub repo {repo_id} already exists; pass overwrite=True (CLI: --overwrite) to "
+                                  "replace its files with this checkpoint in one new commit")
+        created = False
+        try:
+            if not exists:
+                api.create_repo(repo_id, private=private, exist_ok=False)
+                created = True
+            if revision not in (None, "main"):
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            info = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, revision=revision,
+                commit_message=commit_message or f"Upload InfoQ mixed-precision checkpoint ({_card_bits(card_text)})",
+                delete_patterns="*" if exists else None,  # overwrite: drop stale files, in the same commit
+            )
+        except network as e:
+            cleanup = ""
+            if created:
+                try:
+                    api.delete_repo(repo_id, missing_ok=True)
+                    cleanup = " The empty repo created for it was deleted again."
+                except network:
+                    cleanup = f" The repo {repo_id} was created but holds no model files; retry with overwrite=True."
+            raise HubPublishError(
+                f"pushing to {repo_id} at {endpoint} failed ({_describe(e)}). The upload is a single atomic commit, "
+                f"so none of its files were stored and nothing was published.{cleanup}") from e
+    return info
+
+
+def _card_bits(card_text: str) -> str:
+    match = re.search(r"avg_bits: ([0-9.]+)", card_text)
+    return f"{float(match.group(1)):.2f} bits average" if match else "mixed precision"
+
+
+# ----------------------------------------------------------------------------- loading
+def load_from_hub(repo_id: str, revision: str | None = None, *, model: nn.Module | None = None,
+                  token: str | None = None, cache_dir: str | os.PathLike | None = None, **create_kwargs) -> nn.Module:
+    """Download a pushed infoq checkpoint (at `revision`: branch, tag or commit sha) and load it.
+
+    timm checkpoints rebuild their architecture; plain PyTorch ones load into the float `model` you
+    pass; transformers checkpoints load through the class named in their config. Returns the model
+    in eval mode, weights packed."""
+    from huggingface_hub import snapshot_download
+
+    directory = Path(snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir))
+    model_config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
+    if not (directory / INFOQ_CONFIG_NAME).is_file() and "quantization_config" not in model_config:
+        raise ValueError(f"{repo_id} (revision {revision or 'main'}) is not an infoq checkpoint: it has neither "
+                         f"{INFOQ_CONFIG_NAME} nor a quantization_config")
+    kind = _checkpoint_kind(model_config)
+    if kind == "transformers":
+        if model is not None:
+            raise ValueError("a transformers checkpoint builds its own model; call load_from_hub without model=")
+        return _load_checkpoint_model(directory, kind, model_config).eval()
+    from .integrations.timm import load_quantized
+
+    if kind == "pytorch" and model is None:
+        raise ValueError(f"{repo_id} holds a plain PyTorch checkpoint; pass model= (a float instance of its "
+                         "architecture) to load it into")
+    return load_quantized(directory, model=model, **create_kwargs)
+
+
+__all__ = [
+    "CheckpointInfo", "HubPublishError", "MissingTokenError", "ModelCardError", "RepoExistsError",
+    "card_context", "check_model_card", "load_from_hub", "prepare_upload_folder", "push_to_hub",
+    "read_checkpoint", "render_model_card", "resolve_token", "write_model_card", "write_plots",
+]
