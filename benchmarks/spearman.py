@@ -44,6 +44,8 @@ def main(argv=None):
     p.add_argument("--split", choices=["dev", "test"], default="test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--infoq", default="{}", help="JSON dict of InfoQ options, e.g. '{\"lm_target\": \"reference_prediction\"}'")
+    p.add_argument("--only", default=None,
+                   help="regex of layer names to probe (others stay at the reference), e.g. 'model\\.layers\\.(0|10|20|29)\\..*'")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     bits = [int(b) for b in args.bits.split(",")]
@@ -56,6 +58,12 @@ def main(argv=None):
         model, _, calib, dev, test = common.smollm2_data(calib_n, held_n, held_n)
         kwargs = {"group_size": 64, "skip_modules": ["lm_head"]}
     heldout = dev if args.split == "dev" else test
+    if args.only:
+        import re
+
+        from infoq_hf import quantizable_layers
+        kwargs["skip_modules"] = kwargs.get("skip_modules", []) + [
+            n for n in quantizable_layers(model) if not re.fullmatch(args.only, n)]
     started = time.perf_counter()
     oracle = search(model, calib, bits=bits, method="oracle", heldout=heldout, seed=args.seed, **kwargs)
     rows = [("oracle", 1.0, 1.0, oracle.meta["cost"])]
@@ -68,7 +76,8 @@ def main(argv=None):
         tables[method] = table.to_dict()
     lines = [
         f"Spearman correlation with the oracle, {args.model}, bits {bits}, {calib_n} calibration samples, "
-        f"oracle on {held_n} held-out samples ({args.split} split), seed {args.seed}; {common.machine()}",
+        f"oracle on {held_n} held-out samples ({args.split} split), seed {args.seed}"
+        + (f", layers matching {args.only!r}" if args.only else "") + f", InfoQ options {args.infoq}; {common.machine()}",
         "",
         "| method | Spearman, all (layer, bits) | Spearman within a bit-width (mean) | wall s | layer evals | forward passes |",
         "|---|---|---|---|---|---|",
@@ -80,7 +89,7 @@ def main(argv=None):
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"spearman_{args.model}_{args.split}"
+    stem = f"spearman_{args.model}_{args.split}" + ("_subset" if args.only else "")
     (out / f"{stem}.md").write_text(text + "\n")
     (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "tables": tables,
                                                   "wall_s": time.perf_counter() - started}, indent=1))

@@ -1,8 +1,22 @@
-"""infoq-hf: InfoQ mixed-precision quantization for the Hugging Face ecosystem."""
+"""infoq-hf: InfoQ mixed-precision quantization for the Hugging Face ecosystem.
+
+Data flows one way: calibration -> `search` (sensitivity table) -> `allocate` (ILP, a
+`BitPolicy`) -> `quantize_model` (packed layers) -> checkpoint / Hub. Importing the package
+registers quant_method "infoq" with transformers, so pre-quantized checkpoints load with
+`from_pretrained` after `import infoq_hf`.
+"""
 
 __version__ = "0.1.0"
 
 from .accounting import bitops, compression_ratio, count_macs, expected_size_bytes, model_size_bytes
+from .allocation import allocate, pareto_sweep, plot_pareto
+from .calibration import CalibrationSpec, load_calibration
+from .checkpoint import build_packed_modules, check_checkpoint_tensors
+from .config import InfoQConfig
+from .hub import load_from_hub, push_to_hub
+from .integrations import InfoQQuantizer, load_quantized, save_quantized
+from .integrations.transformers import register as _register_with_transformers
+from .pipeline import format_summary, quantize_with_infoq
 from .policy import BitPolicy, Budget, LayerBits
 from .quant import (
     QuantConv2d,
@@ -13,23 +27,15 @@ from .quant import (
     quantizable_layers,
     quantize_model,
 )
-from .sensitivity import SensitivityTable
-
-__all__ = [
-    "BitPolicy", "Budget", "LayerBits", "QuantConv2d", "QuantLinear", "SensitivityTable", "WeightScheme",
-    "bitops", "calibrate_activation_ranges", "compression_ratio", "count_macs", "dequantize_model",
-    "expected_size_bytes", "model_size_bytes", "quantizable_layers", "quantize_model",
-]
-
-# transformers integration: importing infoq_hf registers quant_method "infoq" with transformers.
-from .checkpoint import build_packed_modules, check_checkpoint_tensors
-from .config import InfoQConfig
-from .integrations import InfoQQuantizer, load_quantized, save_quantized
-from .integrations.transformers import register as _register_with_transformers
-from .pipeline import format_summary, quantize_with_infoq
+from .sensitivity import SensitivityTable, search
 
 _register_with_transformers()
-__all__ += [
-    "InfoQConfig", "InfoQQuantizer", "build_packed_modules", "check_checkpoint_tensors", "format_summary",
-    "load_quantized", "quantize_with_infoq", "save_quantized",
+
+__all__ = [
+    "BitPolicy", "Budget", "CalibrationSpec", "InfoQConfig", "InfoQQuantizer", "LayerBits", "QuantConv2d",
+    "QuantLinear", "SensitivityTable", "WeightScheme", "allocate", "bitops", "build_packed_modules",
+    "calibrate_activation_ranges", "check_checkpoint_tensors", "compression_ratio", "count_macs",
+    "dequantize_model", "expected_size_bytes", "format_summary", "load_calibration", "load_from_hub",
+    "load_quantized", "model_size_bytes", "pareto_sweep", "plot_pareto", "push_to_hub", "quantizable_layers",
+    "quantize_model", "quantize_with_infoq", "save_quantized", "search",
 ]

@@ -11,6 +11,7 @@ from .apply import (
 )
 from .modules import PACKED_TYPES, QuantConv2d, QuantLinear, float_layer_types, packed_weight_bytes
 from .packing import check_bits, pack, packed_nbytes, unpack
+from .lsq import LSQConv2d, LSQLinear, export_packed, prepare_qat, step_parameters  # noqa: F401  (QAT after the search)
 from .quantizer import (
     QuantizedWeight,
     RangeObserver,

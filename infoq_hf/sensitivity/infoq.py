@@ -111,7 +111,11 @@ class _Recorder:
         return hook
 
     def _record(self, name, activation):
-        proj = self.samples.pool(activation, self.batch) @ self.directions[name].T
+        pooled = self.samples.pool(activation, self.batch)
+        dirs = self.directions[name]
+        if dirs.device != pooled.device:  # directions are made on the CPU; move them once
+            dirs = self.directions[name] = dirs.to(pooled.device)
+        proj = (pooled @ dirs.T).cpu()  # [n, K]: small, and the MI estimators run on the CPU
         if not torch.isfinite(proj).all():  # NaN/inf in the activation always reaches its projections
             raise ValueError(f"activations at observer {name!r} contain NaN/inf; check the model and the data")
         self.proj.setdefault(name, []).append(proj)
@@ -231,7 +235,7 @@ class InfoQScorer:
             else:
                 xe = torch.cat([self.samples.pool(_model_input(b).float().flatten(1), i)
                                 for i, b in enumerate(prober.batches)])
-            self.xe_proj = xe @ random_directions(xe.shape[1], k, self.seed * 1009 + 7919).T
+            self.xe_proj = (xe @ random_directions(xe.shape[1], k, self.seed * 1009 + 7919).to(xe.device).T).cpu()
         n = (self.y.numel() if self.y is not None else self.xe_proj.shape[0])
         if n < self.opts.min_samples:
             raise ValueError(
@@ -250,7 +254,7 @@ class InfoQScorer:
                 ys.append(pred[self.samples.rows[i]])
             else:
                 ys.append(self.samples.labels(batch, i))
-        y = torch.cat(ys).long()
+        y = torch.cat(ys).long().cpu()
         if self.task == "causal_lm":
             y = _bucket(y, self.opts.lm_classes)
         return y

@@ -1,0 +1,137 @@
+"""Equal-budget comparison: InfoQ vs the baselines, same ILP, same quantizer, only the scores differ.
+
+    python -m benchmarks.compare --model smollm2      # perplexity at 4.0 / 3.0 / 2.5 average bits
+    python -m benchmarks.compare --model mnist_cnn    # top-1 at 3.0 bits (10.67x) and at a W/A BitOps budget
+
+Sensitivity tables are cached in benchmarks/results/tables/ (keyed by model, method, data
+sizes and seed) so other budgets need no new probing; `--fresh` recomputes them. The
+search cost of each method (wall time, forward passes, calibration samples) is reported
+from the table's own metadata, i.e. from the run that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from infoq_hf import BitPolicy, Budget, allocate, quantizable_layers, quantize_model, search
+from infoq_hf.sensitivity import SensitivityTable
+
+from . import common
+
+METHODS = ["infoq", "hawq", "weight_mse", "random"]
+
+
+def cached_table(path: Path, fresh: bool, compute) -> SensitivityTable:
+    if path.exists() and not fresh:
+        return SensitivityTable.load(path)
+    table = compute()
+    table.save(path)
+    return table
+
+
+def run_smollm2(args, out: Path):
+    model, _, calib, _, test = common.smollm2_data(args.calib or 4, 0, args.eval or 32)
+    skip = ["lm_head"]
+    kw = dict(bits=(2, 3, 4, 8), group_size=64, skip_modules=skip, seed=args.seed)
+    tables = {m: cached_table(out / "tables" / f"smollm2_{m}_c{len(calib)}_s{args.seed}.json", args.fresh,
+                              lambda m=m: search(model, calib, method=m, **kw)) for m in METHODS}
+    fp32 = common.perplexity(model, test)
+    rows = [("fp32 (from Q4_1 GGUF)", "-", 32.0, fp32)]
+    for budget in (4.0, 3.0, 2.5):
+        if budget == int(budget):
+            m = copy.deepcopy(model)
+            names = quantizable_layers(m, skip_modules=skip)
+            quantize_model(m, {n: int(budget) for n in names}, group_size=64, skip_modules=skip)
+            rows.append((f"uniform {int(budget)}-bit", budget, budget, common.perplexity(m, test)))
+        for method, table in tables.items():
+            policy = allocate(table, Budget(avg_bits=budget))
+            m = copy.deepcopy(model)
+            quantize_model(m, policy, group_size=64, skip_modules=skip)
+            rows.append((method, budget, policy.report.avg_bits, common.perplexity(m, test)))
+            print(rows[-1], flush=True)
+    header = (f"SmolLM2-135M weight-only, group 64, candidates {{2,3,4,8}}, calibration {len(calib) * 4}x128 tokens "
+              f"(comedies/histories), perplexity on {args.eval or 32}x128 held-out tokens (tragedies); "
+              f"seed {args.seed}; {common.machine()}")
+    table_md = ["| allocation | budget (avg bits) | achieved avg bits | perplexity |", "|---|---|---|---|"]
+    table_md += [f"| {a} | {b} | {c:.3f} | {d:.2f} |" for a, b, c, d in rows]
+    return header, table_md, tables
+
+
+def run_mnist(args, out: Path):
+    model, calib, dev, test = common.mnist_data(args.calib or 512, 0, args.eval or 10000)
+    kw = dict(bits=(2, 3, 4, 8), seed=args.seed, score_activations=True)
+    tables = {}
+    for m in METHODS:
+        opts = {"score_activations": False} if m in ("hawq", "weight_mse", "random") else {}
+        tables[m] = cached_table(out / "tables" / f"mnist_cnn_{m}_c{args.calib or 512}_s{args.seed}.json", args.fresh,
+                                 lambda m=m, opts=opts: search(model, calib, method=m, **{**kw, **opts}))
+    x0 = calib[0][0][:1]
+    rows = [("fp32", "-", 32.0, "-", common.top1(model, test))]
+    names = list(quantizable_layers(model))
+    for label, budget, w_bits in (("3.0 avg bits (10.67x)", Budget(avg_bits=3.0), 3),):
+        m = copy.deepcopy(model)
+        quantize_model(m, {n: w_bits for n in names})
+        rows.append((f"uniform {w_bits}-bit", label, float(w_bits), "-", common.top1(m, test)))
+        for method, table in tables.items():
+            policy = allocate(table, budget, pin_first_last=False)
+            m = copy.deepcopy(model)
+            quantize_model(m, policy)
+            rows.append((method, label, policy.report.avg_bits, "-", common.top1(m, test)))
+    # W/A: BitOps budget = that of uniform W4A4, activations chosen from {4, 8} where scored.
+    from infoq_hf import bitops, calibrate_activation_ranges
+    w4a4 = BitPolicy({n: {"w_bits": 4, "a_bits": 4} for n in names})
+    budget_ops = bitops(model, w4a4, x0)
+    m = copy.deepcopy(model)
+    quantize_model(m, w4a4, act_ranges=calibrate_activation_ranges(m, [b[0] for b in calib], w4a4))
+    rows.append(("uniform W4A4", f"BitOps {budget_ops / 1e6:.1f}M", 4.0, 4, common.top1(m, test)))
+    for method, table in tables.items():
+        wa = {"act_bits": [4, 8]} if table.has_activation_scores else {"fixed_a_bits": 4}
+        policy = allocate(table, Budget(bitops=budget_ops), pin_first_last=False, **wa)
+        m = copy.deepcopy(model)
+        ranges = calibrate_activation_ranges(m, [b[0] for b in calib], policy)
+        quantize_model(m, policy, act_ranges=ranges)
+        a_mean = sum(lb.a_bits for lb in policy.values()) / len(policy)
+        rows.append((method + (" (W/A scores)" if table.has_activation_scores else " (weights only, A4)"),
+                     f"BitOps {budget_ops / 1e6:.1f}M", policy.report.avg_bits, round(a_mean, 2), common.top1(m, test)))
+    header = (f"MNIST CNN (ccexam, 4 layers), candidates {{2,3,4,8}}, calibration {args.calib or 512} train images, "
+              f"top-1 on {args.eval or 10000} test images; first/last not pinned; seed {args.seed}; {common.machine()}")
+    table_md = ["| allocation | budget | avg weight bits | mean act bits | top-1 % |", "|---|---|---|---|---|"]
+    table_md += [f"| {a} | {b} | {c:.3f} | {d} | {e:.2f} |" for a, b, c, d, e in rows]
+    return header, table_md, tables
+
+
+def cost_table(tables: dict) -> list[str]:
+    lines = ["| method | search wall s | forward passes | layer evals | calibration batches |", "|---|---|---|---|---|"]
+    for method, t in tables.items():
+        c = t.meta["cost"]
+        batches = (t.meta.get("calibration") or {}).get("batches", 0)
+        lines.append(f"| {method} | {c['wall_s']:.1f} | {c['forward_passes']} | {c['layer_evals']} | {batches} |")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["smollm2", "mnist_cnn"], required=True)
+    p.add_argument("--calib", type=int, default=None)
+    p.add_argument("--eval", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="recompute cached sensitivity tables")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    header, rows, tables = (run_smollm2 if args.model == "smollm2" else run_mnist)(args, out)
+    text = "\n".join([header, "", *rows, "", "Search cost (from the run that produced each table):", "",
+                      *cost_table(tables)])
+    print(text)
+    (out / f"compare_{args.model}.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Search + allocate + quantize + save (+ push) a causal LM with InfoQ, probes split over processes.
+
+    accelerate launch --config_file recipes/causal_lm/accelerate_gpu.yaml recipes/causal_lm/quantize_causal_lm.py \
+        --model path/to/float_model --calib corpus.txt --avg-bits 3 --out out/model-infoq-3bit
+
+Every process loads the float model and the same calibration batches; `infoq_hf.search` runs its
+share of the (layer, bits) probes and gathers the table. The main process then allocates the bits
+(`allocate`, InfoQ Eq. 5), loads the model again with the found policy
+(`from_pretrained(..., quantization_config=InfoQConfig(policy=...))`), and writes a packed
+checkpoint that plain `from_pretrained(out)` reloads after `import infoq_hf`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `recipes.common`
+
+import torch  # noqa: E402
+
+from recipes.common import barrier, log, make_accelerator, push_folder, write_json  # noqa: E402
+
+RECIPE = "recipes/causal_lm"
+_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="a local transformers causal LM folder (or a Hub name you can reach)")
+    p.add_argument("--calib", required=True,
+                   help="calibration text: a .txt/.json/.jsonl/.csv/.parquet file, or a datasets name / save_to_disk folder")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--split", default="train")
+    p.add_argument("--num-samples", type=int, default=128, help="calibration windows of --seq-len tokens")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--avg-bits", type=float, default=3.0, help="budget: parameter-weighted mean weight bits")
+    p.add_argument("--bits", default="2,3,4,8", help="candidate bit-widths, comma separated")
+    p.add_argument("--group-size", type=int, default=128, help="inputs per scale group (0: per output channel)")
+    p.add_argument("--symmetric", action="store_true")
+    p.add_argument("--method", default="infoq", help="infoq, hawq, weight_mse, random or oracle")
+    p.add_argument("--num-directions", type=int, default=None, help="InfoQ: random projections per observer")
+    p.add_argument("--solver", default="auto", help="auto, highs or gurobi")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype the float model is loaded (and probed) in")
+    p.add_argument("--out", required=True, help="folder for the packed checkpoint (+ table.json, policy.json)")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload the folder to this Hub repo")
+    p.add_argument("--hub-token", default=None)
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="run every process on the CPU (gloo), even with GPUs present")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def calibration_spec(args) -> dict:
+    path = Path(args.calib)
+    spec = dict(split=args.split, text_column=args.text_column, num_samples=args.num_samples, seq_len=args.seq_len,
+                batch_size=args.batch_size, seed=args.seed)
+    if path.is_file():
+        builder = _BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise SystemExit(f"--calib {path}: unknown file type {path.suffix!r}; use one of {sorted(_BUILDERS)}")
+        return dict(spec, dataset=builder, data_files=str(path))
+    return dict(spec, dataset=args.calib)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import infoq_hf  # noqa: F401  (registers quant_method "infoq" with transformers)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    from infoq_hf import Budget, InfoQConfig
+    from infoq_hf.allocation import allocate
+    from infoq_hf.calibration import load_calibration
+    from infoq_hf.sensitivity import search
+
+    bits = [int(b) for b in args.bits.split(",")]
+    group_size = args.group_size or None
+    accelerator = make_accelerator(args.cpu, RECIPE)
+    dtype = getattr(torch, args.dtype)
+    started = time.perf_counter()
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(accelerator.device).eval()
+    skip = sorted(set(get_keys_to_not_convert(model)) | set(model._keep_in_fp32_modules or []))
+    batches = load_calibration(calibration_spec(args), tokenizer=tokenizer, lm_labels=True)
+    batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in batches]
+    log(accelerator, f"calibration: {len(batches)} batches of {args.batch_size} x {args.seq_len} tokens; "
+                     f"{accelerator.num_processes} process(es) on {accelerator.device}; kept float: {skip}")
+
+    options = {} if args.num_directions is None or args.method != "infoq" else {"num_directions": args.num_directions}
+    table = search(model, batches, bits=bits, method=args.method, seed=args.seed, group_size=group_size,
+                   symmetric=args.symmetric, skip_modules=skip, accelerator=accelerator,
+                   progress=not args.no_progress, **options)
+    search_s = time.perf_counter() - started
+    result = {}
+    if accelerator.is_main_process:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        table.save(out / "table.json")
+        policy = allocate(table, Budget(avg_bits=args.avg_bits), solver=args.solver)
+        policy.to_json(out / "policy.json")
+        log(accelerator, f"allocation: {policy.report.summary()}")
+        del model, batches
+        config = InfoQConfig(policy=policy, bits=bits, budget=Budget(avg_bits=args.avg_bits), method=args.method,
+                             group_size=group_size, symmetric=args.symmetric, seed=args.seed)
+        quantized = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, quantization_config=config)
+        quantized.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        result = {"out": str(out), "search_s": search_s, "processes": accelerator.num_processes,
+                  "layers": len(table.layers), "allocation": policy.report.to_dict()}
+        write_json(out / "recipe_result.json", result)
+        log(accelerator, f"saved the packed checkpoint to {out} (search {search_s:.1f} s)")
+        if args.push_to_hub:
+            result["pushed"] = push_folder(out, args.push_to_hub, args.hub_token, args.private)
+            log(accelerator, f"pushed to {result['pushed']}")
+    barrier(accelerator)
+    return result
+
+
+if __name__ == "__main__":
+    main()
