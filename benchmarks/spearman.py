@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from infoq_hf.sensitivity import search
+from infoq_hf.sensitivity import SensitivityTable, search
 
 from . import common
 
@@ -46,6 +46,7 @@ def main(argv=None):
     p.add_argument("--infoq", default="{}", help="JSON dict of InfoQ options, e.g. '{\"lm_target\": \"reference_prediction\"}'")
     p.add_argument("--only", default=None,
                    help="regex of layer names to probe (others stay at the reference), e.g. 'model\\.layers\\.(0|10|20|29)\\..*'")
+    p.add_argument("--tag", default="", help="suffix of the output file names")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     bits = [int(b) for b in args.bits.split(",")]
@@ -65,7 +66,14 @@ def main(argv=None):
         kwargs["skip_modules"] = kwargs.get("skip_modules", []) + [
             n for n in quantizable_layers(model) if not re.fullmatch(args.only, n)]
     started = time.perf_counter()
-    oracle = search(model, calib, bits=bits, method="oracle", heldout=heldout, seed=args.seed, **kwargs)
+    import hashlib
+    key = hashlib.sha256(repr((args.model, bits, calib_n, held_n, args.split, args.seed, args.only)).encode()).hexdigest()[:12]
+    cache = Path(args.out) / "tables" / f"oracle_{args.model}_{key}.json"
+    if cache.exists():
+        oracle = SensitivityTable.load(cache)
+    else:
+        oracle = search(model, calib, bits=bits, method="oracle", heldout=heldout, seed=args.seed, **kwargs)
+        oracle.save(cache)
     rows = [("oracle", 1.0, 1.0, oracle.meta["cost"])]
     tables = {"oracle": oracle.to_dict()}
     for method in args.methods.split(","):
@@ -89,7 +97,7 @@ def main(argv=None):
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"spearman_{args.model}_{args.split}" + ("_subset" if args.only else "")
+    stem = f"spearman_{args.model}_{args.split}" + ("_subset" if args.only else "") + (f"_{args.tag}" if args.tag else "")
     (out / f"{stem}.md").write_text(text + "\n")
     (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "tables": tables,
                                                   "wall_s": time.perf_counter() - started}, indent=1))

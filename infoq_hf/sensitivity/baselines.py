@@ -12,12 +12,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 
 from ..quant.modules import fake_quantize_layer
 from .probe import Prober
 from .task import output_tensor, task_loss
+
+logger = logging.getLogger(__name__)
 
 
 def weight_mse_scores(layers, bits, schemes) -> dict[str, dict[int, float]]:
@@ -82,6 +85,10 @@ def hessian_traces(model, layers, batches, forward, task, samples: int, seed: in
 
 def hawq_scores(model, layers, bits, schemes, batches, forward, task, samples, seed, progress=None):
     traces = hessian_traces(model, layers, batches, forward, task, samples, seed, progress)
+    nonpositive = [n for n, t in traces.items() if t <= 0]
+    if nonpositive:  # Hutchinson noise (or a saddle): these layers will look free to quantize
+        logger.warning("hawq: %d of %d layers have a non-positive Hessian trace estimate (e.g. %s); raise "
+                       "hutchinson_samples for a steadier estimate", len(nonpositive), len(traces), nonpositive[0])
     mse = weight_mse_scores(layers, bits, schemes)
     return {n: {b: traces[n] * mse[n][b] for b in bits} for n in layers}, traces
 
