@@ -1,0 +1,85 @@
+"""Tune InfoQ's estimator choices against the oracle on the DEV split (never the test split).
+
+    python -m benchmarks.tune_infoq --model smollm2 --only 'model\\.layers\\.(3|15|27)\\..*'
+
+Loads the oracle table cached by `benchmarks.spearman --split dev` with the same settings
+(run that first), then scores several InfoQ option sets on the same calibration data and
+prints their Spearman correlations with the oracle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from infoq_hf import quantizable_layers
+from infoq_hf.sensitivity import SensitivityTable, search
+
+from . import common
+from .spearman import correlations
+
+CANDIDATES = {
+    "default": {},
+    "classes=8": {"lm_classes": 8},
+    "classes=16": {"lm_classes": 16},
+    "refpred,classes=16": {"lm_target": "reference_prediction", "lm_classes": 16},
+    "task only": {"input_weight": 0.0},
+    "input only": {"task_weight": 0.0},
+    "task only,classes=8": {"input_weight": 0.0, "lm_classes": 8},
+    "K=256": {"num_directions": 256},
+    "task obs=all": {"task_observers": "all"},
+    "gaussian": {"estimator": "gaussian"},
+    "gaussian,classes=8": {"estimator": "gaussian", "lm_classes": 8},
+    "gaussian,task only": {"estimator": "gaussian", "input_weight": 0.0},
+    "gaussian,input only": {"estimator": "gaussian", "task_weight": 0.0},
+    "gaussian,refpred": {"estimator": "gaussian", "lm_target": "reference_prediction"},
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["mnist_cnn", "smollm2"], required=True)
+    p.add_argument("--bits", default="2,3,4")
+    p.add_argument("--calib", type=int, default=None)
+    p.add_argument("--heldout", type=int, default=None)
+    p.add_argument("--only", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--candidates", default=";".join(CANDIDATES), help=";-separated names from CANDIDATES, or JSON dicts")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    bits = [int(b) for b in args.bits.split(",")]
+    if args.model == "mnist_cnn":
+        calib_n, held_n = args.calib or 512, args.heldout or 2000
+        model, calib, _, _ = common.mnist_data(calib_n, held_n, held_n)
+        kwargs = {}
+    else:
+        calib_n, held_n = args.calib or 4, args.heldout or 8
+        model, _, calib, _, _ = common.smollm2_data(calib_n, held_n, held_n)
+        kwargs = {"group_size": 64, "skip_modules": ["lm_head"]}
+    if args.only:
+        kwargs["skip_modules"] = kwargs.get("skip_modules", []) + [
+            n for n in quantizable_layers(model) if not re.fullmatch(args.only, n)]
+    key = hashlib.sha256(repr((args.model, bits, calib_n, held_n, "dev", args.seed, args.only)).encode()).hexdigest()[:12]
+    cache = Path(args.out) / "tables" / f"oracle_{args.model}_{key}.json"
+    if not cache.exists():
+        raise SystemExit(f"no cached dev oracle at {cache}; run benchmarks.spearman --split dev with the same settings")
+    oracle = SensitivityTable.load(cache)
+    lines = [f"InfoQ option sets vs the dev-split oracle, {args.model}, bits {bits}, {calib_n} calibration samples, "
+             f"oracle on {held_n} dev samples, layers {args.only or 'all'}; {common.machine()}", "",
+             "| options | Spearman, all | Spearman within a bit-width | wall s |", "|---|---|---|---|"]
+    for name in args.candidates.split(";"):
+        opts = CANDIDATES[name] if name in CANDIDATES else json.loads(name)
+        table = search(model, calib, bits=bits, method="infoq", seed=args.seed, progress=False, **kwargs, **opts)
+        overall, per_bit = correlations(table, oracle, bits)
+        lines.append(f"| {name} `{json.dumps(opts)}` | {overall:.3f} | {per_bit:.3f} | {table.meta['cost']['wall_s']:.1f} |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines)
+    print(text)
+    (Path(args.out) / f"tune_infoq_{args.model}.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
