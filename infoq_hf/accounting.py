@@ -27,15 +27,22 @@ FLOAT_BITS = 32
 
 def model_size_bytes(model: nn.Module) -> int:
     """Bytes of every tensor the model stores (its state dict), shared tensors counted once."""
-    seen, total = set(), 0
+    return sum(t.numel() * t.element_size() for t in _stored_tensors(model))
+
+
+def _stored_tensors(model: nn.Module, exclude_ids: set[int] = frozenset()) -> list[torch.Tensor]:
+    """The state dict's tensors, each shared storage view once (tied weights), minus `exclude_ids`."""
+    seen, out = set(), []
     for tensor in model.state_dict(keep_vars=True).values():
+        if id(tensor) in exclude_ids:
+            continue
         t = tensor.detach()
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
         if t.numel() and key in seen:
             continue
         seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
+        out.append(t)
+    return out
 
 
 def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -122,13 +129,4 @@ def expected_size_bytes(model: nn.Module) -> int:
         if isinstance(m, PACKED_TYPES):
             total += packed_weight_bytes(m.weight_shape, m.w_bits, m.group_size, m.symmetric)
             packed_ids.update(id(b) for b in (m.weight_packed, m.weight_scale, m.weight_zero_point) if b is not None)
-    seen = set()
-    for t in model.state_dict(keep_vars=True).values():
-        if id(t) in packed_ids:
-            continue
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
-        if t.numel() and key in seen:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
+    return total + sum(t.numel() * t.element_size() for t in _stored_tensors(model, packed_ids))

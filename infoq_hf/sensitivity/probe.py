@@ -32,28 +32,25 @@ logger = logging.getLogger(__name__)
 REFERENCE_BITS = 8
 
 
-def _clone_tree(obj):
+def _map_tree(fn, obj):
+    """Apply `fn` to every tensor of a nested output (tuples, named tuples, lists, dicts)."""
     if isinstance(obj, torch.Tensor):
-        return obj.clone()
+        return fn(obj)
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_clone_tree(o) for o in obj))
+        return type(obj)(*(_map_tree(fn, o) for o in obj))
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_clone_tree(o) for o in obj)
+        return type(obj)(_map_tree(fn, o) for o in obj)
     if isinstance(obj, dict):
-        return type(obj)({k: _clone_tree(v) for k, v in obj.items()})
+        return type(obj)({k: _map_tree(fn, v) for k, v in obj.items()})
     return obj
+
+
+def _clone_tree(obj):
+    return _map_tree(torch.Tensor.clone, obj)
 
 
 def _detach_tree(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach()
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_detach_tree(o) for o in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_detach_tree(o) for o in obj)
-    if isinstance(obj, dict):
-        return type(obj)({k: _detach_tree(v) for k, v in obj.items()})
-    return obj
+    return _map_tree(torch.Tensor.detach, obj)
 
 
 def find_blocks(model: nn.Module) -> dict[str, nn.Module]:
