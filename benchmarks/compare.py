@@ -2,6 +2,7 @@
 
     python -m benchmarks.compare --model smollm2      # perplexity at 4.0 / 3.0 / 2.5 average bits
     python -m benchmarks.compare --model mnist_cnn    # top-1 at 3.0 bits (10.67x) and at a W/A BitOps budget
+    python -m benchmarks.compare --model fashion_resnet --checkpoint out/fashion_resnet8.pt   # the same
 
 Sensitivity tables are cached in benchmarks/results/tables/ (keyed by model, method, data
 sizes and seed) so other budgets need no new probing; `--fresh` recomputes them. The
@@ -63,25 +64,48 @@ def run_smollm2(args, out: Path):
 
 
 def run_mnist(args, out: Path):
-    model, calib, dev, test = common.mnist_data(args.calib or 512, 0, args.eval or 10000)
+    model, calib, _, test = common.mnist_data(args.calib or 512, 0, args.eval or 10000)
+    name = f"MNIST CNN (ccexam, 4 layers), calibration {args.calib or 512} train images, top-1 on {args.eval or 10000} test images"
+    return run_classifier("mnist_cnn", name, model, calib, test, args, out)
+
+
+def run_fashion_resnet(args, out: Path):
+    ckpt = Path(args.checkpoint)
+    if not ckpt.exists():
+        raise SystemExit(f"skipped: no Fashion-MNIST ResNet checkpoint at {ckpt}; train one with "
+                         f"`python recipes/qat/train_fashion_mnist.py --epochs 3 --train-samples 20000 --out {ckpt}`")
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from recipes.common import fashion_mnist, tuple_batches
+    from recipes.qat.resnet import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    xtr, ytr, xte, yte = fashion_mnist(subsample_train=args.calib or 512, subsample_test=args.eval, seed=args.seed)
+    calib, test = tuple_batches(xtr, ytr, 64), tuple_batches(xte, yte, 500)
+    name = (f"Fashion-MNIST ResNet-8 ({ckpt.name}, trained by recipes/qat), calibration {len(ytr)} train images, "
+            f"top-1 on {len(yte)} test images")
+    return run_classifier("fashion_resnet", name, model.eval(), calib, test, args, out)
+
+
+def run_classifier(key, name, model, calib, test, args, out: Path):
+    """Top-1 at 3.0 average bits (10.67x) and at the BitOps of uniform W4A4 (activations quantized)."""
     kw = dict(bits=(2, 3, 4, 8), seed=args.seed, score_activations=True)
     tables = {}
     for m in METHODS:
         opts = {"score_activations": False} if m in ("hawq", "weight_mse", "random") else {}
-        tables[m] = cached_table(out / "tables" / f"mnist_cnn_{m}_c{args.calib or 512}_s{args.seed}.json", args.fresh,
+        tables[m] = cached_table(out / "tables" / f"{key}_{m}_c{len(calib)}_s{args.seed}.json", args.fresh,
                                  lambda m=m, opts=opts: search(model, calib, method=m, **{**kw, **opts}))
     x0 = calib[0][0][:1]
     rows = [("fp32", "-", 32.0, "-", common.top1(model, test))]
     names = list(quantizable_layers(model))
-    for label, budget, w_bits in (("3.0 avg bits (10.67x)", Budget(avg_bits=3.0), 3),):
+    m = copy.deepcopy(model)
+    quantize_model(m, {n: 3 for n in names})
+    rows.append(("uniform 3-bit", "3.0 avg bits (10.67x)", 3.0, "-", common.top1(m, test)))
+    for method, table in tables.items():
+        policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False)
         m = copy.deepcopy(model)
-        quantize_model(m, {n: w_bits for n in names})
-        rows.append((f"uniform {w_bits}-bit", label, float(w_bits), "-", common.top1(m, test)))
-        for method, table in tables.items():
-            policy = allocate(table, budget, pin_first_last=False)
-            m = copy.deepcopy(model)
-            quantize_model(m, policy)
-            rows.append((method, label, policy.report.avg_bits, "-", common.top1(m, test)))
+        quantize_model(m, policy)
+        rows.append((method, "3.0 avg bits (10.67x)", policy.report.avg_bits, "-", common.top1(m, test)))
     # W/A: BitOps budget = that of uniform W4A4, activations chosen from {4, 8} where scored.
     from infoq_hf import bitops, calibrate_activation_ranges
     w4a4 = BitPolicy({n: {"w_bits": 4, "a_bits": 4} for n in names})
@@ -98,8 +122,7 @@ def run_mnist(args, out: Path):
         a_mean = sum(lb.a_bits for lb in policy.values()) / len(policy)
         rows.append((method + (" (W/A scores)" if table.has_activation_scores else " (weights only, A4)"),
                      f"BitOps {budget_ops / 1e6:.1f}M", policy.report.avg_bits, round(a_mean, 2), common.top1(m, test)))
-    header = (f"MNIST CNN (ccexam, 4 layers), candidates {{2,3,4,8}}, calibration {args.calib or 512} train images, "
-              f"top-1 on {args.eval or 10000} test images; first/last not pinned; seed {args.seed}; {common.machine()}")
+    header = f"{name}; candidates {{2,3,4,8}}, first/last not pinned; seed {args.seed}; {common.machine()}"
     table_md = ["| allocation | budget | avg weight bits | mean act bits | top-1 % |", "|---|---|---|---|---|"]
     table_md += [f"| {a} | {b} | {c:.3f} | {d} | {e:.2f} |" for a, b, c, d, e in rows]
     return header, table_md, tables
@@ -116,7 +139,8 @@ def cost_table(tables: dict) -> list[str]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["smollm2", "mnist_cnn"], required=True)
+    p.add_argument("--model", choices=["smollm2", "mnist_cnn", "fashion_resnet"], required=True)
+    p.add_argument("--checkpoint", default="out/fashion_resnet8.pt", help="fashion_resnet: the fp32 checkpoint")
     p.add_argument("--calib", type=int, default=None)
     p.add_argument("--eval", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -126,7 +150,8 @@ def main(argv=None):
     out = Path(args.out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    header, rows, tables = (run_smollm2 if args.model == "smollm2" else run_mnist)(args, out)
+    runner = {"smollm2": run_smollm2, "mnist_cnn": run_mnist, "fashion_resnet": run_fashion_resnet}[args.model]
+    header, rows, tables = runner(args, out)
     text = "\n".join([header, "", *rows, "", "Search cost (from the run that produced each table):", "",
                       *cost_table(tables)])
     print(text)
