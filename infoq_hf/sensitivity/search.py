@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..accounting import count_macs, model_size_bytes
 from ..bitwidth import check_bits
+from ..calibration import calibration_identity
 from ..quant.apply import default_forward, quantizable_layers
 from ..quant.modules import oriented_weight
 from ..quant.quantizer import WeightScheme, group_count
@@ -60,17 +61,6 @@ def model_identity(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "quantized_weights_sha256": h.hexdigest()[:16],
     }
-
-
-def _batches_sha256(batches: list) -> str:
-    h = hashlib.sha256()
-    for batch in batches:
-        items = batch.items() if isinstance(batch, Mapping) else enumerate(batch if isinstance(batch, (tuple, list)) else [batch])
-        for k, v in items:
-            if isinstance(v, torch.Tensor):
-                h.update(str(k).encode())
-                h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def search(
@@ -166,7 +156,8 @@ def search(
     weight_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers.values())
     meta = {
         "model": model_identity(model, layers),
-        "calibration": {"batches": len(batches), "sha256": _batches_sha256(batches)} if batches else None,
+        "calibration": {"batches": len(batches), **calibration_identity(calibration if hasattr(calibration, "spec") else batches)}
+        if batches else None,
         "task": task,
         "seed": seed,
         "group_size": group_size,
