@@ -184,6 +184,7 @@ def test_tensors_that_do_not_match_the_policy_name_the_layer(llama_quantized, tm
         AutoModelForCausalLM.from_pretrained(bad)
 
 
+@pytest.mark.filterwarnings("ignore:You passed `quantization_config`:UserWarning")  # the warning is the documented precedence
 def test_passed_config_on_a_quantized_checkpoint(llama_quantized):
     model, out, ids = llama_quantized
     with pytest.raises(ValueError, match="differs from the one stored"):
