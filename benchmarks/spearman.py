@@ -16,10 +16,13 @@ which is the part that decides a mixed-precision allocation.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
+from infoq_hf import quantizable_layers
 from infoq_hf.sensitivity import SensitivityTable, search
 
 from . import common
@@ -32,6 +35,28 @@ def correlations(table, oracle, bits) -> tuple[float, float]:
     overall = common.spearman(xs, ys)
     per_bit = [common.spearman([table.w(n, b) for n in names], [oracle.w(n, b) for n in names]) for b in bits]
     return overall, sum(per_bit) / len(per_bit)
+
+
+def load_setup(model_name: str, calib: int | None, heldout: int | None, only: str | None):
+    """Model, calibration/dev/test batches and search kwargs (layers outside `only` skipped)."""
+    if model_name == "mnist_cnn":
+        calib_n, held_n = calib or 512, heldout or 2000
+        model, calib_b, dev, test = common.mnist_data(calib_n, held_n, held_n)
+        kwargs = {}
+    else:
+        calib_n, held_n = calib or 16, heldout or 16
+        model, _, calib_b, dev, test = common.smollm2_data(calib_n, held_n, held_n)
+        kwargs = {"group_size": 64, "skip_modules": ["lm_head"]}
+    if only:
+        kwargs["skip_modules"] = kwargs.get("skip_modules", []) + [
+            n for n in quantizable_layers(model) if not re.fullmatch(only, n)]
+    return model, calib_b, dev, test, kwargs, calib_n, held_n
+
+
+def oracle_cache(out, model_name, bits, calib_n, held_n, split, seed, only) -> Path:
+    """Where the oracle table of these settings is cached (it is the costliest table to compute)."""
+    key = hashlib.sha256(repr((model_name, bits, calib_n, held_n, split, seed, only)).encode()).hexdigest()[:12]
+    return Path(out) / "tables" / f"oracle_{model_name}_{key}.json"
 
 
 def main(argv=None):
@@ -50,25 +75,10 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     bits = [int(b) for b in args.bits.split(",")]
-    if args.model == "mnist_cnn":
-        calib_n, held_n = args.calib or 512, args.heldout or 2000
-        model, calib, dev, test = common.mnist_data(calib_n, held_n, held_n)
-        kwargs = {}
-    else:
-        calib_n, held_n = args.calib or 16, args.heldout or 16
-        model, _, calib, dev, test = common.smollm2_data(calib_n, held_n, held_n)
-        kwargs = {"group_size": 64, "skip_modules": ["lm_head"]}
+    model, calib, dev, test, kwargs, calib_n, held_n = load_setup(args.model, args.calib, args.heldout, args.only)
     heldout = dev if args.split == "dev" else test
-    if args.only:
-        import re
-
-        from infoq_hf import quantizable_layers
-        kwargs["skip_modules"] = kwargs.get("skip_modules", []) + [
-            n for n in quantizable_layers(model) if not re.fullmatch(args.only, n)]
     started = time.perf_counter()
-    import hashlib
-    key = hashlib.sha256(repr((args.model, bits, calib_n, held_n, args.split, args.seed, args.only)).encode()).hexdigest()[:12]
-    cache = Path(args.out) / "tables" / f"oracle_{args.model}_{key}.json"
+    cache = oracle_cache(args.out, args.model, bits, calib_n, held_n, args.split, args.seed, args.only)
     if cache.exists():
         oracle = SensitivityTable.load(cache)
     else:

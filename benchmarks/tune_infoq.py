@@ -10,16 +10,13 @@ prints their Spearman correlations with the oracle.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import re
 from pathlib import Path
 
-from infoq_hf import quantizable_layers
 from infoq_hf.sensitivity import SensitivityTable, search
 
 from . import common
-from .spearman import correlations
+from .spearman import correlations, load_setup, oracle_cache
 
 CANDIDATES = {
     "default": {},
@@ -51,19 +48,10 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     bits = [int(b) for b in args.bits.split(",")]
-    if args.model == "mnist_cnn":
-        calib_n, held_n = args.calib or 512, args.heldout or 2000
-        model, calib, _, _ = common.mnist_data(calib_n, held_n, held_n)
-        kwargs = {}
-    else:
-        calib_n, held_n = args.calib or 4, args.heldout or 8
-        model, _, calib, _, _ = common.smollm2_data(calib_n, held_n, held_n)
-        kwargs = {"group_size": 64, "skip_modules": ["lm_head"]}
-    if args.only:
-        kwargs["skip_modules"] = kwargs.get("skip_modules", []) + [
-            n for n in quantizable_layers(model) if not re.fullmatch(args.only, n)]
-    key = hashlib.sha256(repr((args.model, bits, calib_n, held_n, "dev", args.seed, args.only)).encode()).hexdigest()[:12]
-    cache = Path(args.out) / "tables" / f"oracle_{args.model}_{key}.json"
+    default_calib = args.calib or (4 if args.model == "smollm2" else None)
+    default_held = args.heldout or (8 if args.model == "smollm2" else None)
+    model, calib, _, _, kwargs, calib_n, held_n = load_setup(args.model, default_calib, default_held, args.only)
+    cache = oracle_cache(args.out, args.model, bits, calib_n, held_n, "dev", args.seed, args.only)
     if not cache.exists():
         raise SystemExit(f"no cached dev oracle at {cache}; run benchmarks.spearman --split dev with the same settings")
     oracle = SensitivityTable.load(cache)
