@@ -123,3 +123,16 @@ def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = Non
 def write_json(path: str | os.PathLike, data) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=1))
+
+
+def save_table_and_allocate(accelerator, table, out, avg_bits: float, solver: str = "auto"):
+    """Main process, after the search: write table.json, allocate `avg_bits`, write policy.json."""
+    from infoq_hf import Budget, allocate
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.save(out / "table.json")
+    policy = allocate(table, Budget(avg_bits=avg_bits), solver=solver)
+    policy.to_json(out / "policy.json")
+    log(accelerator, f"allocation: {policy.report.summary()}")
+    return out, policy

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 
 import torch  # noqa: E402
 
-from recipes.common import barrier, log, make_accelerator, push_folder, write_json  # noqa: E402
+from recipes.common import barrier, log, make_accelerator, push_folder, save_table_and_allocate, write_json  # noqa: E402
 
 RECIPE = "recipes/causal_lm"
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -75,7 +75,6 @@ def main(argv=None) -> dict:
     from transformers.quantizers.base import get_keys_to_not_convert
 
     from infoq_hf import Budget, InfoQConfig
-    from infoq_hf.allocation import allocate
     from infoq_hf.calibration import load_calibration
     from infoq_hf.sensitivity import search
 
@@ -100,12 +99,7 @@ def main(argv=None) -> dict:
     search_s = time.perf_counter() - started
     result = {}
     if accelerator.is_main_process:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        table.save(out / "table.json")
-        policy = allocate(table, Budget(avg_bits=args.avg_bits), solver=args.solver)
-        policy.to_json(out / "policy.json")
-        log(accelerator, f"allocation: {policy.report.summary()}")
+        out, policy = save_table_and_allocate(accelerator, table, args.out, args.avg_bits, args.solver)
         del model, batches
         config = InfoQConfig(policy=policy, bits=bits, budget=Budget(avg_bits=args.avg_bits), method=args.method,
                              group_size=group_size, symmetric=args.symmetric, seed=args.seed)

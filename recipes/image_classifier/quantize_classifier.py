@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from recipes.common import barrier, fashion_mnist, log, make_accelerator, push_folder, top1, tuple_batches, write_json  # noqa: E402
+from recipes.common import (  # noqa: E402
+    barrier, fashion_mnist, log, make_accelerator, push_folder, save_table_and_allocate, top1, tuple_batches, write_json,
+)
 
 RECIPE = "recipes/image_classifier"
 
@@ -143,8 +145,7 @@ def folder_data(args, model: nn.Module):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from infoq_hf import Budget, quantize_model
-    from infoq_hf.allocation import allocate
+    from infoq_hf import quantize_model
     from infoq_hf.integrations import save_quantized
     from infoq_hf.sensitivity import search
 
@@ -171,12 +172,7 @@ def main(argv=None) -> dict:
     search_s = time.perf_counter() - started
     result = {}
     if accelerator.is_main_process:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        table.save(out / "table.json")
-        policy = allocate(table, Budget(avg_bits=args.avg_bits), solver=args.solver)
-        policy.to_json(out / "policy.json")
-        log(accelerator, f"allocation: {policy.report.summary()}")
+        out, policy = save_table_and_allocate(accelerator, table, args.out, args.avg_bits, args.solver)
         result = {"search_s": search_s, "processes": accelerator.num_processes, "allocation": policy.report.to_dict()}
         if held_out is not None:
             result["fp32_top1"] = top1(model, *held_out, device=accelerator.device)
