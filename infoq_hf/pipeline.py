@@ -17,6 +17,7 @@ import torch.nn as nn
 from .accounting import compression_ratio, expected_size_bytes, model_size_bytes
 from .config import InfoQConfig
 from .quant.apply import calibrate_activation_ranges, packed_layers, quantizable_layers, quantize_model
+from .quant.quantizer import effective_group_size
 
 logger = logging.getLogger("infoq_hf")
 DATA_FREE_METHODS = ("weight_mse", "random")
@@ -102,7 +103,8 @@ def summarize(model: nn.Module, params: dict[str, int], float_bytes: int, times:
     avg_bits = sum(params.get(k, 0) * m.w_bits for k, m in layers.items()) / n
     return {
         "method": method or "policy (no search)",
-        "layers": {k: {"w_bits": m.w_bits, "a_bits": m.a_bits} for k, m in layers.items()},
+        "layers": {k: {"w_bits": m.w_bits, "a_bits": m.a_bits,
+                       "group_size": effective_group_size(m.weight_shape, m.group_size)} for k, m in layers.items()},
         "quantized_layers": len(layers),
         "avg_bits": avg_bits,
         "size_bytes": model_size_bytes(model),
@@ -120,16 +122,35 @@ def _report_dict(report) -> dict:
     return {k: v for k, v in vars(report).items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
+def _layer_pattern(name: str) -> str:
+    """A layer name with its block indices folded into '*' (model.layers.3.mlp -> model.layers.*.mlp)."""
+    return re.sub(r"\.\d+(?=\.|$)", ".*", name)
+
+
 def condensed_policy(layers: dict[str, dict], max_rows: int = 24) -> list[str]:
     """One row per layer pattern (block indices folded into '*'), bits listed in block order."""
     rows: dict[str, list[str]] = defaultdict(list)
     for name, lb in layers.items():
-        pattern = re.sub(r"\.\d+(?=\.|$)", ".*", name)
+        pattern = _layer_pattern(name)
         rows[pattern].append(str(lb["w_bits"]) + ("" if lb["a_bits"] is None else f"/a{lb['a_bits']}"))
     width = min(max((len(p) for p in rows), default=0), 48)
     lines = [f"  {p[-width:]:<{width}}  {' '.join(b)}" for p, b in rows.items()]
     if len(lines) > max_rows:
         lines = lines[: max_rows - 1] + [f"  ... {len(lines) - max_rows + 1} more layer patterns"]
+    return lines
+
+
+def group_size_lines(layers: dict[str, dict]) -> list[str]:
+    """Which layers got which weight group size: a layer whose input width the requested size does not
+    divide gets a smaller one (`quant.quantizer.effective_group_size`). Empty when not recorded."""
+    by_group: dict[int | None, dict[str, int]] = defaultdict(Counter)
+    for name, lb in layers.items():
+        if "group_size" in lb:
+            by_group[lb["group_size"]][_layer_pattern(name)] += 1
+    lines = ["  weight group size per layer:"] if by_group else []
+    for group, patterns in sorted(by_group.items(), key=lambda kv: -(kv[0] or 0)):
+        label = "per output channel" if group is None else f"{group} weights per scale"
+        lines.append(f"    {label}: {sum(patterns.values())} layers ({', '.join(patterns)})")
     return lines
 
 
@@ -141,6 +162,7 @@ def format_summary(summary: dict) -> str:
         "  bits per layer pattern (w_bits[/a_bits], in block order):",
         *condensed_policy(summary["layers"]),
         "  layers per width: " + ", ".join(f"{b} bits x{c}" for b, c in sorted(hist.items())),
+        *group_size_lines(summary["layers"]),
         f"  average weight bits {summary['avg_bits']:.3f}, weight compression {summary['compression']:.2f}x",
         f"  model size {summary['size_bytes'] * mib:.2f} MiB (float {summary['float_size_bytes'] * mib:.2f} MiB)",
         "  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["times_s"].items()),
@@ -148,4 +170,4 @@ def format_summary(summary: dict) -> str:
     return "\n".join(out)
 
 
-__all__ = ["condensed_policy", "format_summary", "quantize_with_infoq", "summarize"]
+__all__ = ["condensed_policy", "format_summary", "group_size_lines", "quantize_with_infoq", "summarize"]

@@ -88,7 +88,7 @@ def initial_weight_step(weight: torch.Tensor, bits: int, group_size: int | None,
     if how not in STEP_INITS:
         raise ValueError(f"step_init must be one of {STEP_INITS}, got {how!r}")
     q_n, q_p = weight_qrange(bits)
-    n_groups = group_count(weight.shape, group_size, where)
+    n_groups = group_count(weight.shape, group_size)
     g = weight.detach().float().reshape(weight.shape[0], n_groups, -1)
     minmax = (g.abs().amax(dim=-1) / q_p).clamp_min(_MIN_STEP)
     lsq = (2 * g.abs().mean(dim=-1) / math.sqrt(q_p)).clamp_min(_MIN_STEP)

@@ -25,6 +25,7 @@ from .quantizer import (
     activation_qparams,
     dequantize_codes,
     fake_quantize_activation,
+    effective_group_size,
     group_count,
     quantize_weight,
 )
@@ -69,7 +70,7 @@ class _PackedWeightLayer(nn.Module):
         self.group_size = group_size
         self.symmetric = bool(symmetric)
         self.weight_shape = tuple(int(d) for d in weight_shape)
-        n_groups = group_count(self.weight_shape, group_size, where)
+        n_groups = group_count(self.weight_shape, group_size)
         out = self.weight_shape[0]
         numel = math.prod(self.weight_shape)
         self.register_buffer("weight_packed", torch.zeros(packed_nbytes(numel, self.w_bits), dtype=torch.uint8))
@@ -124,7 +125,8 @@ class _PackedWeightLayer(nn.Module):
         return fake_quantize_activation(x, self.input_scale.to(x.dtype), self.input_zero_point.to(x.dtype), self.a_bits)
 
     def extra_repr(self) -> str:
-        g = "per-channel" if self.group_size is None else f"group={self.group_size}"
+        group = effective_group_size(self.weight_shape, self.group_size)
+        g = "per-channel" if group is None else f"group={group}"
         a = "" if self.a_bits is None else f", a_bits={self.a_bits}"
         return f"w_bits={self.w_bits}, {g}, {'sym' if self.symmetric else 'asym'}{a}, shape={self.weight_shape}"
 

@@ -3,7 +3,8 @@
 A weight of any layer is viewed as a matrix [out_channels, fan_in] (a conv's
 [out, in/groups, kh, kw] is flattened over its last three axes). Each output
 row, or each run of `group_size` consecutive entries of a row, gets its own
-scale (and zero point when asymmetric):
+scale (and zero point when asymmetric); a row whose width the group size does
+not divide gets a smaller fitting size (`effective_group_size`):
 
     asymmetric: code = clamp(round(w / s) + z, 0, 2^b - 1),   w_hat = (code - z) * s
     symmetric:  code = clamp(round(w / s), -2^(b-1), 2^(b-1) - 1) + 2^(b-1),
@@ -17,6 +18,7 @@ shrinks the range per row/group to the ratio with the smallest squared error.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +34,7 @@ class WeightScheme:
     """How a weight is quantized: bits, grouping, symmetry, clipping search."""
 
     bits: int
-    group_size: int | None = None  # None: one scale per output channel
+    group_size: int | None = None  # None: one scale per output channel; see effective_group_size per layer
     symmetric: bool = False
     clip_search: bool = False
 
@@ -56,27 +58,39 @@ class QuantizedWeight:
         return dequantize_codes(self.codes, self.scale, self.zero_point, self.scheme).reshape(self.shape).to(dtype)
 
 
-def group_count(shape: tuple[int, ...] | torch.Size, group_size: int | None, where: str = "") -> int:
-    """Number of scale groups per output row; raises when group_size does not divide the row."""
-    fan_in = 1
-    for d in shape[1:]:
-        fan_in *= int(d)
-    if group_size is None:
-        return 1
-    if fan_in % group_size:
-        divisors = [g for g in (32, 64, 128, 256) if fan_in % g == 0]
-        hint = f"use one of {divisors}" if divisors else "use group_size=None (per channel)"
-        place = f"layer {where!r}: " if where else ""
-        raise ValueError(
-            f"{place}group_size={group_size} does not divide the layer's input width {fan_in}; {hint}"
-        )
-    return fan_in // group_size
+FALLBACK_GROUP_SIZES = (256, 128, 64, 32)
 
 
-def _grouped(weight: torch.Tensor, group_size: int | None, where: str) -> torch.Tensor:
+def _fan_in(shape: tuple[int, ...] | torch.Size) -> int:
+    return math.prod(int(d) for d in shape[1:])
+
+
+def effective_group_size(shape: tuple[int, ...] | torch.Size, requested: int | None) -> int | None:
+    """The group size a weight of `shape` ([out, ...], grouped along its fan-in) gets for a requested one.
+
+    The request itself when it divides the layer's input width; otherwise the largest of 256/128/64/32
+    not above the request that does; otherwise None (one scale per output channel). So one layer of an
+    awkward width (SmolLM2's 576, 704 ...) never blocks a model, and every group stays full: the packed
+    format, the accounting and the export need no partial-group case. The quantizer, the packed layers,
+    the byte accounting, the search and the checkpoint all call this one rule."""
+    if requested is None:
+        return None
+    fan_in = _fan_in(shape)
+    if fan_in % requested == 0:
+        return requested
+    return next((g for g in FALLBACK_GROUP_SIZES if g <= requested and fan_in % g == 0), None)
+
+
+def group_count(shape: tuple[int, ...] | torch.Size, group_size: int | None) -> int:
+    """Number of scale groups per output row for a requested group size (see `effective_group_size`)."""
+    group = effective_group_size(shape, group_size)
+    return 1 if group is None else _fan_in(shape) // group
+
+
+def _grouped(weight: torch.Tensor, group_size: int | None) -> torch.Tensor:
     """View a weight as [out, n_groups, group] in float32."""
     out = weight.shape[0]
-    n_groups = group_count(weight.shape, group_size, where)
+    n_groups = group_count(weight.shape, group_size)
     return weight.detach().reshape(out, n_groups, -1).float()
 
 
@@ -106,7 +120,7 @@ def quantize_weight(weight: torch.Tensor, scheme: WeightScheme, where: str = "")
     """Quantize a float weight to integer codes; `where` names the layer in errors."""
     if not torch.isfinite(weight).all():
         raise ValueError(f"weight of layer {where!r} contains NaN or inf; fix the checkpoint before quantizing")
-    g = _grouped(weight, scheme.group_size, where)
+    g = _grouped(weight, scheme.group_size)
     bits, sym = scheme.bits, scheme.symmetric
     lo = g.amin(dim=-1).clamp_max(0.0)
     hi = g.amax(dim=-1).clamp_min(0.0)

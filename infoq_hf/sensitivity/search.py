@@ -22,8 +22,8 @@ from ..bitwidth import check_bits
 from ..calibration import calibration_identity
 from ..quant.apply import default_forward, quantizable_layers
 from ..quant.modules import oriented_weight
-from ..quant.quantizer import WeightScheme, group_count
-from .baselines import OracleScorer, hawq_scores, random_scores, weight_mse_scores
+from ..quant.quantizer import WeightScheme
+from .baselines import OracleScorer, hawq_scores, random_scores, relative_weight_errors, weight_mse_scores
 from .infoq import InfoQOptions, InfoQScorer
 from .probe import REFERENCE_BITS, Prober
 from .table import SensitivityTable
@@ -117,9 +117,6 @@ def search(
         group = conv_group_size if isinstance(layers[name], nn.Conv2d) else group_size
         return WeightScheme(b, group, symmetric, clip_search)
 
-    for name, layer in layers.items():  # fail early on a group size that does not fit a layer
-        group_count(oriented_weight(layer).shape, schemes(name, bits[0]).group_size, name)
-
     is_main = accelerator is None or accelerator.is_main_process
     started = time.perf_counter()
     stats = {"layer_evals": 0, "forward_passes": 0}
@@ -140,11 +137,18 @@ def search(
         stats["hessian_trace"] = traces
     else:
         eval_batches = batches if method == "infoq" else (_as_batches(heldout) or batches)
+        calibrated = method == "infoq" and infoq_options.scores == "calibrated"
+        probe_bits = _probe_widths(infoq_options) if calibrated else bits
         w_scores, a_scores = _probe_all(model, layers, eval_batches, forward, schemes, bits, method, task,
                                         infoq_options, seed, prefix_cache, score_activations, accelerator,
-                                        progress and is_main, stats)
+                                        progress and is_main, stats, weight_bits=probe_bits)
+        if calibrated:  # activation scores keep the Eq. 4 form: an activation grid has no weight error
+            t2 = relative_weight_errors(layers, sorted(set(bits) | set(probe_bits)), schemes)
+            alpha = {n: _fit_alpha(w_scores[n], t2[n], probe_bits) for n in layers}
+            w_scores = {n: {b: alpha[n] * t2[n][b] for b in bits} for n in layers}
     elapsed = time.perf_counter() - started
 
+    calibrated_info = (alpha, t2) if method == "infoq" and infoq_options.scores == "calibrated" else None
     table_layers = {}
     for name, layer in layers.items():
         weight = oriented_weight(layer)
@@ -152,6 +156,8 @@ def search(
                  "kind": "conv2d" if isinstance(layer, nn.Conv2d) else "linear", "w": w_scores[name]}
         if a_scores is not None:
             entry["a"] = a_scores[name]
+        if calibrated_info is not None:
+            entry["alpha"], entry["t2"] = calibrated_info[0][name], calibrated_info[1][name]
         table_layers[name] = entry
     weight_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers.values())
     meta = {
@@ -176,12 +182,27 @@ def search(
     return SensitivityTable(method, bits, table_layers, meta)
 
 
+def _probe_widths(options: InfoQOptions) -> list[int]:
+    widths = options.probe_bits if isinstance(options.probe_bits, (list, tuple)) else [options.probe_bits]
+    return sorted(set(int(b) for b in widths))
+
+
+def _fit_alpha(change: dict[int, float], t2: dict[int, float], widths: list[int]) -> float:
+    """alpha_l with D(l, b) ~ alpha_l * t2(l, b) over the probed widths (least squares through 0)."""
+    den = sum(t2[b] ** 2 for b in widths)
+    return sum(change[b] * t2[b] for b in widths) / den if den > 0 else 0.0
+
+
 def _probe_all(model, layers, batches, forward, schemes, bits, method, task, infoq_options, seed, prefix_cache,
-               score_activations, accelerator, show_progress, stats):
-    """Run every (layer, bits) probe assigned to this process; gather all results."""
-    probes = [(name, b) for name in layers for b in bits if b != REFERENCE_BITS]
+               score_activations, accelerator, show_progress, stats, weight_bits=None):
+    """Run every (layer, bits) probe assigned to this process; gather all results.
+
+    Weights are probed at `weight_bits` (default `bits`), activations at `bits`. InfoQ weight
+    probes record the information change D(l, b) with the calibrated form and the Eq. 4 score
+    otherwise; the oracle records the loss change."""
+    widths = {"w": list(bits if weight_bits is None else weight_bits), "a": list(bits)}
     kinds = ["w"] + (["a"] if score_activations else [])
-    jobs = [(kind, name, b) for kind in kinds for name, b in probes]
+    jobs = [(kind, name, b) for kind in kinds for name in layers for b in widths[kind] if b != REFERENCE_BITS]
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     mine = jobs[rank::world]
@@ -198,10 +219,11 @@ def _probe_all(model, layers, batches, forward, schemes, bits, method, task, inf
             if not kind_jobs and world == 1:
                 continue
             scorer = InfoQScorer(prober, task, infoq_options, seed) if method == "infoq" else OracleScorer(prober, task)
+            raw = kind == "w" and method == "infoq" and infoq_options.scores == "calibrated"
             for _, name, b in kind_jobs:
                 perturb = prober.weight_at(name, b) if kind == "w" else prober.activation_at(name, b)
                 with perturb:
-                    score = scorer.score_current(name, b)
+                    score = scorer.information_change(name) if raw else scorer.score_current(name, b)
                 if not torch.isfinite(torch.tensor(score)):
                     raise ValueError(f"the {method} score of layer {name!r} at {b} bits is not finite")
                 results.append((kind, name, b, float(score)))
@@ -218,6 +240,6 @@ def _probe_all(model, layers, batches, forward, schemes, bits, method, task, inf
         out[kind][name][b] = score
     for kind in kinds:
         for name in layers:
-            if REFERENCE_BITS in bits:
+            if REFERENCE_BITS in widths[kind]:
                 out[kind][name][REFERENCE_BITS] = 0.0  # the probe equals the reference
     return out["w"], (out["a"] if score_activations else None)
