@@ -63,13 +63,44 @@ def test_prefix_cache_exact_on_a_decoder_stack():
 
 def test_same_seed_same_scores_and_reference_bits_score_zero():
     model, batches = small_cnn(), labelled_batches()
-    a = search(model, batches, bits=(2, 3, 8), seed=3, progress=False)
-    b = search(model, batches, bits=(2, 3, 8), seed=3, progress=False)
-    c = search(model, batches, bits=(2, 3, 8), seed=4, progress=False)
+    a = search(model, batches, bits=(2, 3, 8), seed=3, scores="eq4", progress=False)
+    b = search(model, batches, bits=(2, 3, 8), seed=3, scores="eq4", progress=False)
+    c = search(model, batches, bits=(2, 3, 8), seed=4, scores="eq4", progress=False)
     assert a.to_dict()["layers"] == b.to_dict()["layers"]
     assert a.to_dict()["layers"] != c.to_dict()["layers"]
     for info in a.layers.values():
         assert info["w"][8] == 0.0 and all(math.isfinite(v) and v >= 0 for v in info["w"].values())
+
+
+def test_calibrated_scores_are_alpha_times_relative_weight_error():
+    """S(l, b) = alpha_l * t2(l, b): t2 from the real quantizer, alpha_l from the Eq. 4 probe at probe_bits."""
+    from infoq_hf.quant.modules import fake_quantize_layer
+    from infoq_hf.quant.quantizer import WeightScheme
+
+    model, batches = small_cnn(), labelled_batches()
+    bits = (2, 3, 4, 5, 6, 8)
+    cal = search(model, batches, bits=bits, seed=3, probe_bits=3, progress=False)
+    eq4 = search(model, batches, bits=(3, 8), seed=3, scores="eq4", inv_bits=False, progress=False)
+    assert cal.meta["cost"]["forward_passes"] == len(cal.layers) * len(batches)  # one probe per layer
+    for name, info in cal.layers.items():
+        w = model.get_submodule(name).weight.detach()
+        for b in bits:
+            exact = float(((fake_quantize_layer(model.get_submodule(name), w, WeightScheme(b), name) - w) ** 2).sum()
+                          / (w ** 2).sum())
+            assert info["t2"][b] == pytest.approx(exact, rel=1e-6) or info["t2"][b] >= exact  # monotone envelope
+        assert info["alpha"] == pytest.approx(eq4.w(name, 3) / info["t2"][3], rel=1e-9)
+        scores = [info["w"][b] for b in bits]
+        assert all(x >= y for x, y in zip(scores, scores[1:])) and scores[0] > scores[-1] > 0
+        assert info["w"][5] == pytest.approx(info["alpha"] * info["t2"][5], rel=1e-12)
+
+
+def test_alpha_fit_over_several_widths_is_least_squares_through_zero():
+    from infoq_hf.sensitivity.search import _fit_alpha
+
+    change, t2 = {2: 2.0, 3: 1.1, 4: 0.4}, {2: 1.0, 3: 0.5, 4: 0.25}
+    expected = (2.0 * 1.0 + 1.1 * 0.5 + 0.4 * 0.25) / (1.0 + 0.25 + 0.0625)
+    assert _fit_alpha(change, t2, [2, 3, 4]) == pytest.approx(expected, rel=1e-12)
+    assert _fit_alpha(change, t2, [3]) == pytest.approx(1.1 / 0.5, rel=1e-12)
 
 
 def test_model_weights_are_restored_after_probing():

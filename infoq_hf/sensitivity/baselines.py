@@ -31,6 +31,22 @@ def weight_mse_scores(layers, bits, schemes) -> dict[str, dict[int, float]]:
     return scores
 
 
+def relative_weight_errors(layers, bits, schemes) -> dict[str, dict[int, float]]:
+    """t2(l, b) = ||Q_b(W) - W||^2 / ||W||^2 of the quantizer the model is packed with.
+
+    Made non-increasing in bits (a wider grid never does worse in the allocation's eyes)."""
+    mse = weight_mse_scores(layers, bits, schemes)
+    out = {}
+    for name, layer in layers.items():
+        norm = float((layer.weight.detach().float() ** 2).sum()) or 1.0
+        running, errors = 0.0, {}
+        for b in sorted(bits, reverse=True):
+            running = max(running, mse[name][b] / norm)
+            errors[b] = running
+        out[name] = {b: errors[b] for b in sorted(bits)}
+    return out
+
+
 def random_scores(layers, bits, seed: int) -> dict[str, dict[int, float]]:
     gen = torch.Generator().manual_seed(seed)
     importance = torch.rand(len(layers), generator=gen).tolist()

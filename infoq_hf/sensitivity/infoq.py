@@ -11,7 +11,18 @@ produced (only [n_samples, K] numbers are kept per observer). Then:
 
   dSMI_j(l, b) = |SMI_j(reference) - SMI_j(layer l at b bits)|
   term(l, b)   = mean_{j in O, j after l} dSMI_j / mean_{j in O} SMI_j(reference)      (METHOD.md Eq. 3-4)
-  S(l, b)      = (1/b if inv_bits) * weighted mean of the available terms
+  D(l, b)      = weighted mean of the available terms (the information change)
+
+Two score forms (`scores`):
+  "calibrated" (default)  S(l, b) = alpha_l * t2(l, b), t2 = ||Q_b(W) - W||^2 / ||W||^2 of the
+                          quantizer the model is packed with (exact, no data) and
+                          alpha_l = D(l, b0) / t2(l, b0) from one probe per layer at `probe_bits`
+                          b0 (a least-squares fit through the origin when several widths are given).
+                          The cross-bit scale comes from the quantizer, the layer's global
+                          sensitivity from the information flow (the form of HIGGS' linearity
+                          theorem); scores exist for every width and are monotone in bits.
+  "eq4"                   S(l, b) = (1/b if inv_bits) * D(l, b): the paper's Eq. 4, one probe per
+                          (layer, width).
 
 Observers default to: task term at the last quarter of the blocks plus the model output,
 input term at the middle half of the blocks. The same samples, the same directions and the
@@ -22,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -53,15 +64,24 @@ class InfoQOptions:
     lm_target: str = "next_token"  # causal LMs: "next_token" or "reference_prediction"
     lm_classes: int = 64  # causal LMs: the most frequent targets keep their identity, the rest share a class
     min_samples: int = 32
-    extra: dict = field(default_factory=dict)
+    scores: str = "calibrated"  # "calibrated" (alpha_l * t2(l, b)) or "eq4" (the paper's form)
+    # Width(s) of the one probe per layer that measures alpha_l ("calibrated" only); chosen on the
+    # SmolLM2 dev split (benchmarks/tune_infoq.py --calibrated).
+    probe_bits: int | list = 3
 
     @classmethod
     def from_dict(cls, options: Mapping) -> InfoQOptions:
-        known = set(cls.__dataclass_fields__) - {"extra"}
+        known = set(cls.__dataclass_fields__)
         unknown = set(options) - known
         if unknown:
             raise ValueError(f"unknown InfoQ options {sorted(unknown)}; known: {sorted(known)}")
         opts = cls(**options)
+        if opts.scores not in ("calibrated", "eq4"):
+            raise ValueError(f"scores must be 'calibrated' or 'eq4', got {opts.scores!r}")
+        widths = opts.probe_bits if isinstance(opts.probe_bits, (list, tuple)) else [opts.probe_bits]
+        if not widths or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b < 8 for b in widths):
+            raise ValueError(f"probe_bits must be an int or a list of ints in 2..7 (8 is the reference), "
+                             f"got {opts.probe_bits!r}")
         if opts.lm_target not in ("next_token", "reference_prediction"):
             raise ValueError(f"lm_target must be 'next_token' or 'reference_prediction', got {opts.lm_target!r}")
         if opts.task_weight < 0 or opts.input_weight < 0 or opts.task_weight + opts.input_weight == 0:
@@ -292,7 +312,12 @@ class InfoQScorer:
 
     # ------------------------------------------------------------------ probes
     def score_current(self, layer: str, bits: int) -> float:
-        """Score the model as it is now (the caller has perturbed `layer` at `bits`)."""
+        """Eq. 4 score of the model as it is now (the caller has perturbed `layer` at `bits`)."""
+        change = self.information_change(layer)
+        return change / bits if self.opts.inv_bits else change
+
+    def information_change(self, layer: str) -> float:
+        """D(l): the relative change of information at the observers after `layer`, as the model is now."""
         obs = self._observe(layer)
         terms, weights = [], []
         for kind, observers, ref, smi, weight in (
@@ -309,8 +334,7 @@ class InfoQScorer:
         if not terms:
             raise ValueError(f"layer {layer!r} has no observer after it; the model output always counts, "
                              "so keep the task term on or add observers after this layer")
-        score = sum(t * w for t, w in zip(terms, weights)) / sum(weights)
-        return score / bits if self.opts.inv_bits else score
+        return sum(t * w for t, w in zip(terms, weights)) / sum(weights)
 
 
 def _skipped_head(head):

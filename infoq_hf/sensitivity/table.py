@@ -3,7 +3,8 @@
 JSON format (version 1):
     {"format": 1, "method": "infoq", "bits": [2, 3, 4, 8],
      "layers": {NAME: {"params": int, "macs": int, "shape": [..], "kind": "linear"|"conv2d",
-                       "w": {"2": float, ...}, "a": {"2": float, ...}}},
+                       "w": {"2": float, ...}, "a": {"2": float, ...},
+                       "alpha": float, "t2": {"2": float, ...}}},   (alpha/t2: calibrated InfoQ only)
      "meta": {"group_size": int|null, "conv_group_size": int|null, "symmetric": bool,
               "float_bytes": int, ...model/calibration identity, seed...}}
 Lower scores mean less sensitive. `a` is present only where activations were scored.
@@ -35,6 +36,8 @@ class SensitivityTable:
             entry["w"] = {int(b): float(s) for b, s in info.get("w", {}).items()}
             if info.get("a") is not None:
                 entry["a"] = {int(b): float(s) for b, s in info["a"].items()}
+            if info.get("t2") is not None:
+                entry["t2"] = {int(b): float(s) for b, s in info["t2"].items()}
             entry["params"] = int(entry.get("params", 0))
             entry["macs"] = int(entry.get("macs", 0))
             if "shape" in entry:
@@ -74,10 +77,10 @@ class SensitivityTable:
     def to_dict(self) -> dict:
         layers = {}
         for name, info in self.layers.items():
-            entry = {k: v for k, v in info.items() if k not in ("w", "a")}
-            entry["w"] = {str(b): s for b, s in info["w"].items()}
-            if info.get("a") is not None:
-                entry["a"] = {str(b): s for b, s in info["a"].items()}
+            entry = {k: v for k, v in info.items() if k not in ("w", "a", "t2")}
+            for key in ("w", "a", "t2"):
+                if info.get(key) is not None:
+                    entry[key] = {str(b): s for b, s in info[key].items()}
             layers[name] = entry
         return {"format": FORMAT_VERSION, "method": self.method, "bits": self.bits, "layers": layers, "meta": self.meta}
 
