@@ -18,11 +18,14 @@ then loads the model as float, re-initialising the missing `weight`s at random. 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import types
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -185,36 +188,140 @@ def strip_guards(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[st
     return {k: v for k, v in state.items() if k not in guards}
 
 
-# ----------------------------------------------------------------------------- atomic directory writes
-class atomic_directory:
-    """Write a directory in a temporary sibling, then swap it into place: saved whole or not at all."""
+# ----------------------------------------------------------------------------- atomic checkpoint writes
+# The files that decide what loads go in last (transformers reads config.json; `load_quantized` reads
+# infoq_config.json first), so while the others are renamed the folder still describes the old files.
+DECIDING_FILES = ("config.json", INFOQ_CONFIG_NAME)
+_STAGING_PREFIX = ".infoq-save-"
+_NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
-    def __init__(self, target: str | os.PathLike):
-        self.target = Path(target)
 
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
-        return self.tmp
+@contextmanager
+def atomic_checkpoint(target: str | os.PathLike):
+    """Yield an empty staging folder; on a clean exit, move what was written there into `target`.
 
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.target.exists():  # keep the old checkpoint until the new one is in place
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.target, old)
+    Whole or nothing, for any exception (a full disk, a failing writer, Ctrl-C): a new `target` appears
+    by one rename of the complete, fsynced folder; an existing one has only the checkpoint's own files
+    replaced, one `os.replace` each, the deciding config files last, and every earlier replacement is
+    undone if a later one fails. Other files in `target` are never touched. A power loss or SIGKILL
+    between those final renames can leave old and new files mixed; the loader's header checks then refuse
+    the folder naming the layer (see README, "Reliability"). The staging folder never outlives the call."""
+    target = Path(os.path.abspath(target))  # "." and "dir/.." get their real names
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"cannot save a checkpoint into {target}: it is a file, not a folder; "
+                                 "pass a folder path (nothing was written)")
+    fresh = not target.exists()
+    # A new checkpoint is staged beside its target; an existing one inside it (same filesystem, and
+    # no write access to the parent needed, e.g. saving into ".").
+    home = target.parent if fresh else target
+    if not home.is_dir():
+        home.mkdir(parents=True)
+    staging = _make_staging_dir(home, target.name)
+    try:
+        yield staging
+        _settle_tree(staging)
+        if not (fresh and _rename_new_folder(staging, target)):
+            _replace_files(staging, target)
+    except Exception as e:
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):  # safetensors' own error
+            raise OSError(errno.ENOSPC, f"no space left on the device while saving the checkpoint into {target}; "
+                          "its previous files are unchanged. Free some space and save again") from e
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _make_staging_dir(home: Path, name: str) -> Path:
+    # os.mkdir (not tempfile.mkdtemp, which forces 0700) so the saved folder gets the umask's mode.
+    for _ in range(100):
+        path = home / f"{_STAGING_PREFIX}{name}.{secrets.token_hex(4)}"
         try:
-            os.replace(self.tmp, self.target)
-        except BaseException:
-            if old is not None:
-                os.replace(old, self.target)
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a staging folder in {home}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _settle_tree(folder: Path) -> None:
+    """Give every staged file the mode a plain `open` would (safetensors writes 0600), then fsync it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, _, files in os.walk(folder):
+        for f in files:
+            os.chmod(Path(root) / f, 0o666 & ~umask)
+            _fsync(Path(root) / f)
+        _fsync(Path(root))
+
+
+def _rename_new_folder(staging: Path, target: Path) -> bool:
+    """Rename the staged folder to the (still absent) target; False if the target appeared meanwhile."""
+    try:
+        os.rename(staging, target)  # fails rather than replaces when a racing save created target
+    except OSError:
+        if target.is_dir():
+            return False
+        raise
+    _fsync(target.parent)
+    return True
+
+
+def _replace_files(staging: Path, target: Path) -> None:
+    """Move every entry of `staging` into the existing `target`, deciding files last; undo on failure."""
+    present = {p.name for p in staging.iterdir()}
+    names = sorted(present - set(DECIDING_FILES)) + [n for n in DECIDING_FILES if n in present]
+    backup = staging / f"{_STAGING_PREFIX}previous"
+    backup.mkdir()
+    done: list[tuple[str, bool]] = []  # (name, whether an old version was backed up)
+    try:
+        for name in names:
+            old = target / name
+            had_old = old.exists() or old.is_symlink()
+            if had_old:  # keep the old version (a hard link: the name never goes missing) to undo with
+                _keep_copy(old, backup / name)
+            done.append((name, had_old))
+            os.replace(staging / name, old)
+        _fsync(target)
+    except BaseException:
+        for name, had_old in reversed(done):
+            if had_old and (backup / name).exists():
+                os.replace(backup / name, target / name)
+            elif not had_old and (target / name).exists():
+                (shutil.rmtree if (target / name).is_dir() else os.unlink)(target / name)
+        raise
+
+
+def _keep_copy(path: Path, to: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        os.replace(path, to)  # a folder cannot be replaced in one rename: move the old one aside
+        return
+    try:
+        os.link(path, to, follow_symlinks=False)
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
+        shutil.copy2(path, to, follow_symlinks=False)
+
+
+def make_save_pretrained_atomic(model: nn.Module) -> None:
+    """Route this transformers model's `save_pretrained` (which writes file by file in place, and may
+    leave a new config.json beside old weights when it fails) through `atomic_checkpoint`."""
+    model.save_pretrained = types.MethodType(_atomic_save_pretrained, model)  # deepcopy rebinds it to the copy
+
+
+def _atomic_save_pretrained(self, save_directory, *args, **kwargs):
+    if kwargs.get("push_to_hub"):  # transformers names the repo after the folder, not the staging folder
+        kwargs.setdefault("repo_id", Path(os.path.abspath(save_directory)).name)
+    with atomic_checkpoint(save_directory) as staging:
+        return type(self).save_pretrained(self, staging, *args, **kwargs)
 
 
 def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping | None = None):
@@ -249,7 +356,7 @@ def read_infoq_config(directory: str | os.PathLike):
 
 def save_packed(model: nn.Module, directory: str | os.PathLike, config, *, write_extra=None) -> Path:
     """Atomically write model.safetensors + infoq_config.json (+ whatever `write_extra(tmp_dir)` adds)."""
-    with atomic_directory(directory) as tmp:
+    with atomic_checkpoint(directory) as tmp:
         write_safetensors(packed_state_dict(model), tmp / WEIGHTS_NAME, {"quant_method": "infoq"})
         (tmp / INFOQ_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=1))
         if write_extra is not None:

@@ -14,11 +14,20 @@ without searching again.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .bitwidth import MAX_BITS, MIN_BITS, check_bits
+from .calibration import (
+    RECORD_KEYS,
+    CalibrationSpec,
+    calibration_record,
+    is_dataset_object,
+    is_text_list,
+    spec_from_string,
+)
 from .policy import BitPolicy, Budget
 
 QUANT_METHOD = "infoq"
@@ -37,6 +46,14 @@ def _check_group_size(name: str, value):
     return value
 
 
+def _check_count(name: str, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"InfoQConfig.{name} must be a positive int or None (the calibration spec's), got {value!r}")
+    return value
+
+
 class InfoQConfig(QuantizationConfigMixin):
     """Settings of an InfoQ mixed-precision quantization.
 
@@ -46,8 +63,13 @@ class InfoQConfig(QuantizationConfigMixin):
         alpha: weight of activation scores in the allocation objective.
         method: sensitivity method, "infoq" or a baseline ("hawq", "weight_mse", "random", "oracle").
         method_options: extra keyword options for the search (observers, estimator settings...).
-        calibration: a `CalibrationSpec` (or its dict) to stream data, or an in-memory list of batches
-            (used, never serialised).
+        calibration: what to calibrate on: a `CalibrationSpec` (or its dict), a path (a text/json/csv/
+            parquet file, a folder of them or of images, a `save_to_disk` folder) or a datasets Hub name,
+            a `datasets.Dataset` / `IterableDataset`, a list of strings (documents), or a list of ready
+            batches. config.json keeps a record of it (`calibration.calibration_record`: names, sizes, base
+            names of local files; never the data or an absolute path).
+        num_samples, seq_len: how many calibration samples, and tokens per text sample (None: the spec's,
+            128 and 512 by default); a smaller dataset gives a warning and all it has.
         group_size: scales per `group_size` inputs of a Linear (None: per output channel).
         conv_group_size: the same for Conv2d layers (default per output channel).
         symmetric: symmetric weight codes (no zero points).
@@ -66,6 +88,8 @@ class InfoQConfig(QuantizationConfigMixin):
         method: str = "infoq",
         method_options: Mapping | None = None,
         calibration=None,
+        num_samples: int | None = None,
+        seq_len: int | None = None,
         group_size: int | None = 128,
         conv_group_size: int | None = None,
         symmetric: bool = False,
@@ -110,6 +134,8 @@ class InfoQConfig(QuantizationConfigMixin):
             raise ValueError(f"InfoQConfig.method_options must be a dict of search options, got {method_options!r}")
         self.method_options = dict(method_options or {})
         self.calibration = self._check_calibration(calibration)
+        self.num_samples = _check_count("num_samples", num_samples)
+        self.seq_len = _check_count("seq_len", seq_len)
         self.group_size = _check_group_size("group_size", group_size)
         self.conv_group_size = _check_group_size("conv_group_size", conv_group_size)
         self.symmetric = bool(symmetric)
@@ -139,6 +165,7 @@ class InfoQConfig(QuantizationConfigMixin):
         return values
 
     @staticmethod
+    @staticmethod
     def _check_budget(budget) -> Budget | None:
         if budget is None or isinstance(budget, Budget):
             return budget
@@ -148,19 +175,19 @@ class InfoQConfig(QuantizationConfigMixin):
 
     @staticmethod
     def _check_calibration(calibration):
-        if calibration is None or isinstance(calibration, (list, tuple)):
-            return calibration  # in-memory batches are used as given
+        if calibration is None or isinstance(calibration, (list, tuple)) or is_dataset_object(calibration):
+            return calibration  # texts, batches and datasets objects are used as given
+        if isinstance(calibration, (str, os.PathLike)):
+            return spec_from_string(calibration)  # a missing path fails here, not after loading the model
         if isinstance(calibration, Mapping):
-            try:  # validate early when the calibration module is present
-                from .calibration import CalibrationSpec
-            except ImportError:
-                return dict(calibration)
+            if any(k in calibration for k in RECORD_KEYS):
+                return dict(calibration)  # the record a saved checkpoint carries: kept, not loadable
             return CalibrationSpec.from_dict(dict(calibration))
-        if hasattr(calibration, "to_dict"):
+        if isinstance(calibration, CalibrationSpec):
             return calibration
         raise ValueError(
-            "InfoQConfig.calibration must be a CalibrationSpec (or its dict) or a list of batches, "
-            f"got {type(calibration).__name__}"
+            "InfoQConfig.calibration must be a CalibrationSpec (or its dict), a path or dataset name, a datasets "
+            f"Dataset, a list of strings or a list of batches, got {type(calibration).__name__}"
         )
 
     # ------------------------------------------------------------------ properties
@@ -174,16 +201,18 @@ class InfoQConfig(QuantizationConfigMixin):
 
     @property
     def calibration_in_memory(self) -> bool:
-        return isinstance(self.calibration, (list, tuple))
+        """Ready batches (not texts to tokenize, not a dataset)."""
+        return isinstance(self.calibration, (list, tuple)) and not is_text_list(self.calibration)
+
+    @property
+    def calibration_options(self) -> dict:
+        """The num_samples / seq_len set here, as load_calibration overrides."""
+        return {k: v for k, v in (("num_samples", self.num_samples), ("seq_len", self.seq_len)) if v is not None}
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:
-        """JSON-ready settings; in-memory calibration batches are not serialised (stored as null)."""
-        cal = self.calibration
-        if self.calibration_in_memory:
-            cal = None
-        elif cal is not None and not isinstance(cal, dict):
-            cal = cal.to_dict()
+        """JSON-ready settings; calibration as its record (ready batches: null)."""
+        cal = None if self.calibration_in_memory else calibration_record(self.calibration, **self.calibration_options)
         return {
             "quant_method": self.quant_method,
             "format_version": self.format_version,
@@ -192,7 +221,9 @@ class InfoQConfig(QuantizationConfigMixin):
             "alpha": self.alpha,
             "method": self.method,
             "method_options": copy.deepcopy(self.method_options),
-            "calibration": copy.deepcopy(cal),
+            "calibration": cal,
+            "num_samples": self.num_samples,
+            "seq_len": self.seq_len,
             "group_size": self.group_size,
             "conv_group_size": self.conv_group_size,
             "symmetric": self.symmetric,
@@ -217,10 +248,9 @@ class InfoQConfig(QuantizationConfigMixin):
         return isinstance(other, InfoQConfig) and self.to_dict() == other.to_dict()
 
     def __deepcopy__(self, memo):
-        # transformers deep-copies the model config; calibration batches are shared, not duplicated.
+        # transformers deep-copies the model config; calibration data (batches, texts, a dataset) is shared.
         new = copy.copy(self)
-        new.__dict__ = {k: (v if k == "calibration" and self.calibration_in_memory else copy.deepcopy(v, memo))
-                        for k, v in self.__dict__.items()}
+        new.__dict__ = {k: (v if k == "calibration" else copy.deepcopy(v, memo)) for k, v in self.__dict__.items()}
         return new
 
     # Loading a pre-quantized checkpoint with a passed InfoQConfig: transformers keeps the stored

@@ -20,7 +20,14 @@ import re
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers import auto as _auto
 
-from ..checkpoint import GUARD, build_packed_modules, check_checkpoint_tensors, packed_state_dict, read_tensor_specs
+from ..checkpoint import (
+    GUARD,
+    build_packed_modules,
+    check_checkpoint_tensors,
+    make_save_pretrained_atomic,
+    packed_state_dict,
+    read_tensor_specs,
+)
 from ..config import QUANT_METHOD, InfoQConfig
 from ..policy import BitPolicy
 from ..quant.apply import dequantize_model
@@ -81,6 +88,7 @@ class InfoQQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        make_save_pretrained_atomic(model)
         if self.pre_quantized:
             return model
         from ..pipeline import quantize_with_infoq

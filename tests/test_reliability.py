@@ -1,0 +1,246 @@
+"""Nothing lost, nothing silently wrong: atomic saves, tied weights, header checks, the import guard,
+input validation and CLI exit codes (issue 15). Tiny models built from configs; no network."""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+import infoq_hf
+from infoq_hf import InfoQConfig, load_quantized, quantize_model, save_quantized
+from infoq_hf.checkpoint import atomic_checkpoint
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import modeling_utils  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- helpers
+def _mlp(seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+
+
+def _packed_mlp(bits=4, seed=0) -> nn.Module:
+    return quantize_model(_mlp(seed), {"0": bits, "2": bits})
+
+
+X = torch.randn(3, 16, generator=torch.Generator().manual_seed(5))
+
+
+def _mlp_output(directory) -> torch.Tensor:
+    with torch.no_grad():
+        return load_quantized(directory, model=_mlp(seed=99))(X)
+
+
+def _listing(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def _tiny_llama_config(**kwargs) -> LlamaConfig:
+    return LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def llama_float_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("llama_float")
+    LlamaForCausalLM(_tiny_llama_config()).save_pretrained(path)
+    return path
+
+
+def _llama_on_load(float_dir, bits):
+    policy = {"re:model\\.layers\\..*": bits}
+    return AutoModelForCausalLM.from_pretrained(float_dir, quantization_config=InfoQConfig(policy=policy, group_size=32))
+
+
+IDS = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
+
+
+def _llama_logits(directory) -> torch.Tensor:
+    with torch.no_grad():
+        return AutoModelForCausalLM.from_pretrained(directory)(IDS).logits
+
+
+class FaultAt:
+    """Count every write step of a save (file opens for writing, safetensors writes, mkdir, link,
+    rename, replace, fsync) and raise ENOSPC at step `k` (never, with k=0)."""
+
+    def __init__(self, monkeypatch, k: int = 0):
+        self.k, self.count, self._mkdir = k, 0, os.mkdir
+        for owner, name in ((os, "replace"), (os, "rename"), (os, "link"), (os, "fsync"), (os, "mkdir"),
+                            (safetensors.torch, "save_file"), (modeling_utils, "safe_save_file")):
+            monkeypatch.setattr(owner, name, self._wrap(getattr(owner, name)))
+        for owner in (builtins, io):
+            monkeypatch.setattr(owner, "open", self._wrap(getattr(owner, "open"), opener=True))
+
+    def _wrap(self, fn, opener=False):
+        def step(*args, **kwargs):
+            mode = (args[1] if len(args) > 1 else kwargs.get("mode", "r")) if opener else "w"
+            if fn is self._mkdir and os.path.isdir(args[0]):
+                mode = "r"  # makedirs(exist_ok=True) on an existing folder writes nothing
+            if isinstance(mode, str) and any(c in mode for c in "wax+"):
+                self.count += 1
+                if self.count == self.k:
+                    raise OSError(errno.ENOSPC, f"injected: no space left (write step {self.k})")
+            return fn(*args, **kwargs)
+        return step
+
+
+def _count_steps(monkeypatch, save) -> int:
+    with monkeypatch.context() as m:
+        counter = FaultAt(m)
+        save()
+    return counter.count
+
+
+# ----------------------------------------------------------------------------- 1-3: saves
+def test_save_keeps_other_files_and_refuses_a_file_target(tmp_path):
+    target = tmp_path / "d"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    (target / "data").mkdir()
+    (target / "data" / "x.bin").write_bytes(b"\x01\x02")
+    save_quantized(_packed_mlp(), target)
+    assert (target / "notes.txt").read_text() == "mine" and (target / "data" / "x.bin").read_bytes() == b"\x01\x02"
+    assert sorted(p.name for p in target.iterdir()) == ["data", "infoq_config.json", "model.safetensors", "notes.txt"]
+    torch.testing.assert_close(_mlp_output(target), _packed_mlp()(X), rtol=0, atol=0)
+
+    a_file = tmp_path / "f"
+    a_file.write_text("keep me")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        save_quantized(_packed_mlp(), a_file)
+    assert a_file.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["d", "f"]
+
+
+def test_transformers_save_pretrained_keeps_other_files(llama_float_dir, tmp_path):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    model = _llama_on_load(llama_float_dir, 4)
+    model.save_pretrained(target)
+    assert (target / "notes.txt").read_text() == "mine"
+    with torch.no_grad():
+        assert torch.equal(_llama_logits(target), model(IDS).logits)
+    assert not [p for p in tmp_path.rglob(".infoq-save-*")]
+
+
+def test_save_into_dot_mode_follows_umask_and_racing_saves_leave_no_staging(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    save_quantized(_packed_mlp(), ".")
+    assert sorted(os.listdir(work)) == ["infoq_config.json", "model.safetensors"]
+    torch.testing.assert_close(_mlp_output(work), _packed_mlp()(X), rtol=0, atol=0)
+
+    old = os.umask(0o022)
+    try:
+        save_quantized(_packed_mlp(), tmp_path / "fresh")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "fresh" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+    # Another save creates the target while this one is staging: the files are merged, nothing leaks.
+    racing = tmp_path / "racing"
+    with atomic_checkpoint(racing) as staging:
+        (staging / "a.txt").write_text("mine")
+        save_quantized(_packed_mlp(), racing)
+    assert sorted(os.listdir(racing)) == ["a.txt", "infoq_config.json", "model.safetensors"]
+    assert not [p for p in tmp_path.rglob(".infoq-save-*")]
+
+
+def test_a_save_killed_at_every_write_step_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt"
+    save_quantized(_packed_mlp(4, seed=0), target)
+    (target / "notes.txt").write_text("mine")
+    before, expected = _listing(target), _mlp_output(target)
+    new = _packed_mlp(3, seed=1)  # other bits and weights: a mix of old and new files would not load
+    shutil.copytree(target, tmp_path / "probe")
+    steps = _count_steps(monkeypatch, lambda: save_quantized(new, tmp_path / "probe"))
+    fresh_steps = _count_steps(monkeypatch, lambda: save_quantized(new, tmp_path / "probe_new"))
+    assert steps >= 12 and fresh_steps >= 8  # mkdirs, two file writes, fsyncs, links and renames
+    for k in range(1, steps + 1):
+        with monkeypatch.context() as m:
+            FaultAt(m, k)
+            with pytest.raises(OSError, match="no space left"):
+                save_quantized(new, target)
+        assert _listing(target) == before, k
+        assert torch.equal(_mlp_output(target), expected), k
+        assert sorted(os.listdir(tmp_path)) == ["ckpt", "probe", "probe_new"], k  # no staging folder left
+        assert not [p for p in target.iterdir() if p.name.startswith(".")], k
+    for k in range(1, fresh_steps + 1):
+        fresh = tmp_path / f"new{k}"
+        with monkeypatch.context() as m:  # into a new folder: nothing, or the whole new checkpoint
+            FaultAt(m, k)
+            with pytest.raises(OSError, match="no space left"):
+                save_quantized(new, fresh)
+        if fresh.exists():  # failed after the one rename (the parent's fsync): the new folder is whole
+            assert torch.equal(_mlp_output(fresh), new(X)), k
+            shutil.rmtree(fresh)
+        assert sorted(os.listdir(tmp_path)) == ["ckpt", "probe", "probe_new"], k
+    save_quantized(new, target)  # and without a fault the new checkpoint is in, the notes kept
+    assert torch.equal(_mlp_output(target), new(X)) and (target / "notes.txt").read_text() == "mine"
+
+
+def test_save_pretrained_killed_at_every_write_step_keeps_the_previous_checkpoint(llama_float_dir, tmp_path,
+                                                                                    monkeypatch):
+    target = tmp_path / "ckpt"
+    _llama_on_load(llama_float_dir, 4).save_pretrained(target)
+    before, expected = _listing(target), _llama_logits(target)
+    new = _llama_on_load(llama_float_dir, 2)
+    shutil.copytree(target, tmp_path / "probe")
+    steps = _count_steps(monkeypatch, lambda: new.save_pretrained(tmp_path / "probe"))
+    assert steps >= 6
+    for k in range(1, steps + 1):
+        with monkeypatch.context() as m:
+            FaultAt(m, k)
+            with pytest.raises(OSError, match="no space left"):
+                new.save_pretrained(target)
+        assert _listing(target) == before, k
+        assert sorted(os.listdir(tmp_path)) == ["ckpt", "probe"], k
+    assert torch.equal(_llama_logits(target), expected)
+
+
+def _mount_tmpfs(mount: Path, size_bytes: int) -> None:
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); the ENOSPC case is "
+                    "covered by the fault-injection tests")
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(llama_float_dir, tmp_path):
+    old_model, new_model = _llama_on_load(llama_float_dir, 4), _llama_on_load(llama_float_dir, 8)
+    old_model.save_pretrained(tmp_path / "sized")
+    size = sum(p.stat().st_size for p in (tmp_path / "sized").iterdir())
+    mount = tmp_path / "tmpfs"
+    _mount_tmpfs(mount, size + size // 2)  # the old checkpoint fits, a staged second one does not
+    try:
+        target = mount / "ckpt"
+        old_model.save_pretrained(target)
+        before, expected = _listing(target), _llama_logits(target)
+        with pytest.raises(OSError) as raised:
+            new_model.save_pretrained(target)
+        assert raised.value.errno == errno.ENOSPC or "No space left" in str(raised.value)
+        assert _listing(target) == before and torch.equal(_llama_logits(target), expected)
+        assert sorted(os.listdir(mount)) == ["ckpt"] and not [p for p in target.iterdir() if p.name.startswith(".")]
+        with pytest.raises(OSError):  # a new folder on the full disk: nothing appears
+            _llama_on_load(llama_float_dir, 8).save_pretrained(mount / "second")
+        assert sorted(os.listdir(mount)) == ["ckpt"]
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
