@@ -19,7 +19,13 @@ Sample selection is deterministic given ``seed``:
 Text is packed: each document is tokenised without special tokens, followed by ``eos`` when the
 tokenizer has one, the documents are concatenated and the stream is cut into consecutive
 non-overlapping ``seq_len`` windows; the first ``num_samples`` windows are the calibration set.
-Empty / whitespace-only documents are skipped.
+Empty / whitespace-only documents are skipped. A source with fewer windows (images) than
+``num_samples`` gives a warning and all it has.
+
+Sources taken as they are by peers (GPTQConfig, AutoRound): a list of strings (each a document), a path
+(a text/json/csv/parquet file, a folder of such files or of images, a ``save_to_disk`` folder), a
+``datasets`` object, or a ``CalibrationSpec`` whose ``dataset`` is such an object. ``calibration_record``
+is what a checkpoint's ``config.json`` keeps of any of them: JSON, no absolute local path.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -38,20 +46,28 @@ __all__ = [
     "CalibrationSpec",
     "ProcessorTransform",
     "calibration_identity",
+    "calibration_record",
     "describe_batches",
     "image_transform_for",
+    "is_dataset_object",
+    "is_text_list",
     "load_calibration",
+    "spec_from_string",
 ]
 
 _LOCAL_BUILDERS = ("text", "json", "csv", "parquet", "imagefolder")
 _READ_CHUNK = 64  # rows tokenised per call: batched tokenisation is much faster than row by row
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+TEXT_BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json",
+                 ".csv": "csv", ".parquet": "parquet"}
+RECORD_KEYS = ("source", "sha256")  # keys a calibration record adds to the spec's fields
 
 
 @dataclasses.dataclass
 class CalibrationSpec:
     """Where the calibration data comes from and how much of it to take (JSON-able, see ``to_dict``)."""
 
-    dataset: str | None = None  # hub name, a local builder ("text", "json", ...), or a save_to_disk folder
+    dataset: Any = None  # hub name, a local builder ("text", "json", ...), a save_to_disk folder, or a datasets object
     data_files: str | list[str] | dict[str, str | list[str]] | None = None
     data_dir: str | None = None
     config: str | None = None  # the dataset's config (subset) name
@@ -73,6 +89,11 @@ class CalibrationSpec:
             self.data_dir = os.fspath(self.data_dir)
         if isinstance(self.dataset, os.PathLike):
             self.dataset = os.fspath(self.dataset)
+        if not (self.dataset is None or isinstance(self.dataset, str) or is_dataset_object(self.dataset)):
+            raise ValueError(
+                "CalibrationSpec.dataset must be a dataset name, a local builder or folder, or a datasets "
+                f"Dataset / IterableDataset, got {type(self.dataset).__name__}"
+            )
         for name in ("num_samples", "seq_len", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -81,17 +102,76 @@ class CalibrationSpec:
             raise ValueError(f"CalibrationSpec.shuffle_buffer must be an integer >= 0, got {self.shuffle_buffer!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))  # a deep, JSON-clean copy
+        """A deep, JSON-clean copy; a datasets object is replaced by its name (see calibration_record)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if is_dataset_object(self.dataset):
+            fields["dataset"] = _dataset_object_name(self.dataset)
+        return json.loads(json.dumps(fields))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CalibrationSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown calibration option(s) {unknown}; the known options are {sorted(known)}"
-            )
+        _check_option_names(data)
         return cls(**data)
+
+    def with_options(self, **options: Any) -> CalibrationSpec:
+        """A copy with some fields changed (a datasets object in ``dataset`` is kept, not copied)."""
+        _check_option_names(options)
+        return dataclasses.replace(self, **options)
+
+
+def _check_option_names(names: Iterable[str]) -> None:
+    known = {f.name for f in dataclasses.fields(CalibrationSpec)}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(f"unknown calibration option(s) {unknown}; the known options are {sorted(known)}")
+
+
+def is_dataset_object(value: Any) -> bool:
+    try:
+        import datasets
+    except ImportError:
+        return False
+    return isinstance(value, (datasets.Dataset, datasets.IterableDataset))
+
+
+def _dataset_object_name(ds: Any) -> str | None:
+    return getattr(ds.info, "dataset_name", None) or getattr(ds.info, "builder_name", None)
+
+
+def is_text_list(value: Any) -> bool:
+    """A non-empty list/tuple of strings: documents to calibrate on (GPTQConfig's and AutoRound's form)."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def spec_from_string(source: str | os.PathLike, **options: Any) -> CalibrationSpec:
+    """A spec for a local path or a datasets Hub name: a .txt/.json(l)/.csv/.parquet file, a folder of such
+    files or of images (an imagefolder: class subfolders give labels), a ``save_to_disk`` folder, else a
+    Hub dataset name."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        builder = TEXT_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(f"calibration file {text}: unknown file type {path.suffix!r}; use "
+                             f"{', '.join(sorted(TEXT_BUILDERS))}")
+        return CalibrationSpec.from_dict({"dataset": builder, "data_files": str(path.resolve()), **options})
+    if path.is_dir():
+        if _is_saved_to_disk(str(path)):
+            return CalibrationSpec.from_dict({"dataset": str(path.resolve()), **options})
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files):
+            return CalibrationSpec.from_dict({"dataset": "imagefolder", "data_dir": str(path.resolve()), **options})
+        builders = {TEXT_BUILDERS[p.suffix.lower()] for p in files if p.suffix.lower() in TEXT_BUILDERS}
+        if len(builders) != 1:
+            raise ValueError(f"calibration folder {text} must hold images or one kind of .txt/.json/.csv/.parquet "
+                             f"files, found {sorted(builders) or 'none'}")
+        builder = builders.pop()
+        data_files = [str(p.resolve()) for p in files if TEXT_BUILDERS.get(p.suffix.lower()) == builder]
+        return CalibrationSpec.from_dict({"dataset": builder, "data_files": data_files, **options})
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or path.suffix.lower() in TEXT_BUILDERS
+    if looks_like_path:  # Hub dataset names are "name" or "owner/name"
+        raise ValueError(f"calibration {text}: no such file or folder")
+    return CalibrationSpec.from_dict({"dataset": text, **options})
 
 
 class CalibrationSet(list):
@@ -117,10 +197,10 @@ def load_calibration(
 ) -> list:
     """Build the calibration batches.
 
-    ``source``: a ``CalibrationSpec``, a dict of its fields, a dataset name (str), a
-    ``datasets.Dataset`` / ``IterableDataset``, or an iterable of ready batches (returned as a list,
-    unchanged). ``options`` override spec fields (``num_samples=``, ``seq_len=``, ``seed=``, ...),
-    which is how they are given for a dataset object.
+    ``source``: a ``CalibrationSpec``, a dict of its fields, a path or dataset name (str, see
+    ``spec_from_string``), a ``datasets.Dataset`` / ``IterableDataset``, a list of strings (documents),
+    or an iterable of ready batches (returned as a list, unchanged). ``options`` override spec fields
+    (``num_samples=``, ``seq_len=``, ``seed=``, ...), which is how they are given for a dataset object.
 
     Text needs ``tokenizer``; images need ``image_transform`` (see ``image_transform_for``). With
     ``model`` alone, the transform (timm or a vision transformers model) or the tokenizer (a
@@ -136,6 +216,8 @@ def load_calibration(
             f"got a dataset dict with splits {list(source)}; pass one split, "
             f"e.g. dataset[{next(iter(source), 'train')!r}]"
         )
+    if is_text_list(source):  # documents, packed like any text dataset
+        source = datasets.Dataset.from_dict({"text": list(source)})
     if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
         spec = _spec_for_dataset_object(source, options)
         ds = source
@@ -185,12 +267,15 @@ def _as_spec(source: Any, options: Mapping[str, Any]) -> CalibrationSpec:
     elif isinstance(source, Mapping):
         if any(isinstance(v, torch.Tensor) for v in source.values()):
             raise ValueError("got a single batch (a dict of tensors); pass a list of batches")
+        if any(k in source for k in RECORD_KEYS):
+            raise ValueError(
+                f"this calibration is a record of what a checkpoint was made from ({source.get('source')}), not "
+                "data that can be loaded again; pass the texts, dataset or batches themselves"
+            )
         spec = CalibrationSpec.from_dict(source)
     else:
-        spec = CalibrationSpec(dataset=os.fspath(source))
-    if options:
-        spec = CalibrationSpec.from_dict({**spec.to_dict(), **options})
-    return spec
+        spec = spec_from_string(source)
+    return spec.with_options(**options) if options else spec
 
 
 def _spec_for_dataset_object(ds: Any, options: Mapping[str, Any]) -> CalibrationSpec:
@@ -198,7 +283,7 @@ def _spec_for_dataset_object(ds: Any, options: Mapping[str, Any]) -> Calibration
     import datasets
 
     known: dict[str, Any] = {
-        "dataset": getattr(ds.info, "builder_name", None) or getattr(ds.info, "dataset_name", None),
+        "dataset": ds,
         "config": getattr(ds.info, "config_name", None),
         "streaming": isinstance(ds, datasets.IterableDataset),
     }
@@ -238,6 +323,9 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
 def _load_dataset(spec: CalibrationSpec) -> Any:
     import datasets
 
+    if is_dataset_object(spec.dataset):
+        ds = spec.dataset
+        return ds.to_iterable_dataset() if spec.streaming and isinstance(ds, datasets.Dataset) else ds
     if not spec.dataset:
         raise ValueError(
             "CalibrationSpec.dataset is not set; name a hub dataset, or a local builder "
@@ -345,14 +433,15 @@ def _text_batches(ds: Any, spec: CalibrationSpec, tokenizer: Any, format: str, l
         documents += len(texts)
         if len(stream) >= needed:  # stop reading: never tokenise more of a big dataset than needed
             break
-    if len(stream) < needed:
-        windows = len(stream) // spec.seq_len
-        raise ValueError(
-            f"the dataset yielded only {windows} window(s) of seq_len={spec.seq_len} tokens "
-            f"({len(stream)} tokens from {documents} documents), fewer than num_samples={spec.num_samples}; "
-            "lower num_samples or seq_len, or use more data"
-        )
-    input_ids = torch.tensor(stream[:needed], dtype=torch.long).view(spec.num_samples, spec.seq_len)
+    samples = min(spec.num_samples, len(stream) // spec.seq_len)
+    if samples < spec.num_samples:
+        what = (f"the dataset yielded only {samples} window(s) of seq_len={spec.seq_len} tokens "
+                f"({len(stream)} tokens from {documents} documents), fewer than num_samples={spec.num_samples}")
+        if samples == 0:
+            raise ValueError(f"{what}; set seq_len to at most {len(stream)}, or use more data")
+        warnings.warn(f"{what}; calibrating on those {samples}. Set num_samples={samples} (or a lower seq_len, "
+                      "or more data) to silence this", stacklevel=3)
+    input_ids = torch.tensor(stream[:samples * spec.seq_len], dtype=torch.long).view(samples, spec.seq_len)
 
     batches = []
     for ids in input_ids.split(spec.batch_size):
@@ -467,10 +556,12 @@ def _image_batches(ds: Any, spec: CalibrationSpec, transform: Callable, format: 
         if len(xs) == spec.num_samples:
             break
     if len(xs) < spec.num_samples:
-        raise ValueError(
-            f"the dataset yielded only {len(xs)} usable image(s) (of {seen} rows read), fewer than "
-            f"num_samples={spec.num_samples}; lower num_samples or use more data"
-        )
+        what = (f"the dataset yielded only {len(xs)} usable image(s) (of {seen} rows read), fewer than "
+                f"num_samples={spec.num_samples}")
+        if not xs:
+            raise ValueError(f"{what}; check image_column= / label_column=, or use more data")
+        warnings.warn(f"{what}; calibrating on those {len(xs)}. Set num_samples={len(xs)} (or use more data) "
+                      "to silence this", stacklevel=3)
 
     batches = []
     for start in range(0, len(xs), spec.batch_size):
@@ -515,8 +606,9 @@ def calibration_identity(source: Any, *, spec: CalibrationSpec | None = None) ->
         "num_samples": None, "seq_len": None, "seed": None, "sha256": None,
     }
     if spec is not None:
+        clean = spec.to_dict()
         identity.update(
-            dataset=spec.dataset, config=spec.config, split=spec.split, data_files=spec.to_dict()["data_files"],
+            dataset=clean["dataset"], config=spec.config, split=spec.split, data_files=clean["data_files"],
             num_samples=spec.num_samples, seq_len=spec.seq_len, seed=spec.seed,
         )
     if batches is not None:
@@ -532,6 +624,52 @@ def calibration_identity(source: Any, *, spec: CalibrationSpec | None = None) ->
                 seq_len = batch["input_ids"].shape[-1]
         identity.update(num_samples=samples, seq_len=seq_len, sha256=digest.hexdigest())
     return identity
+
+
+def calibration_record(source: Any, **options: Any) -> dict[str, Any] | None:
+    """What a checkpoint's config.json keeps of a calibration source: JSON only, no absolute local path.
+
+    A spec, its dict, a path or a dataset name: the spec's fields with local paths reduced to their base
+    names. A datasets object: its name, config and split, plus ``source`` ("a datasets.Dataset of N rows").
+    A list of texts: ``source`` ("a list of N texts") and ``sha256`` of them. Ready batches: None (only
+    their tensors would say what they were). ``options`` are the overrides used when loading (num_samples=,
+    seq_len=, ...). A record dict (it has ``source``) is returned as it is."""
+    if source is None:
+        return None
+    if isinstance(source, Mapping) and any(k in source for k in RECORD_KEYS):
+        return json.loads(json.dumps(dict(source)))
+    extra: dict[str, Any] = {}
+    if is_text_list(source):
+        digest = hashlib.sha256("\x00".join(source).encode())
+        extra = {"source": f"a list of {len(source)} texts", "sha256": digest.hexdigest()}
+        spec = CalibrationSpec()
+    elif is_dataset_object(source):
+        spec = _spec_for_dataset_object(source, {})
+    elif isinstance(source, (CalibrationSpec, Mapping, str, os.PathLike)):
+        spec = _as_spec(source, {})
+    else:
+        return None
+    spec = spec.with_options(**options) if options else spec
+    if is_dataset_object(spec.dataset):
+        rows = getattr(spec.dataset, "num_rows", None)
+        extra = {"source": f"a datasets.{type(spec.dataset).__name__}" + ("" if rows is None else f" of {rows} rows")}
+    record = spec.to_dict()
+    for key in ("data_files", "data_dir"):
+        record[key] = _basenames(record[key])
+    if isinstance(record["dataset"], str) and os.path.isabs(os.path.expanduser(record["dataset"])):
+        record["dataset"] = _basenames(record["dataset"])
+    return {**record, **extra}
+
+
+def _basenames(value: Any) -> Any:
+    """Local paths reduced to their last component (a record must not leak the user's folders)."""
+    if isinstance(value, str):
+        return os.path.basename(value.rstrip("/\\")) or value
+    if isinstance(value, list):
+        return [_basenames(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _basenames(v) for k, v in value.items()}
+    return value
 
 
 def _looks_like_batch(value: Mapping) -> bool:

@@ -165,7 +165,6 @@ class InfoQConfig(QuantizationConfigMixin):
         return values
 
     @staticmethod
-    @staticmethod
     def _check_budget(budget) -> Budget | None:
         if budget is None or isinstance(budget, Budget):
             return budget

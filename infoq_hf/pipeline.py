@@ -24,11 +24,10 @@ DATA_FREE_METHODS = ("weight_mse", "random")
 
 
 def _load_batches(config: InfoQConfig, model, tokenizer, image_transform) -> list:
-    if config.calibration_in_memory:
-        return list(config.calibration)
     from .calibration import load_calibration
 
-    return load_calibration(config.calibration, tokenizer=tokenizer, image_transform=image_transform, model=model)
+    return load_calibration(config.calibration, tokenizer=tokenizer, image_transform=image_transform, model=model,
+                            **config.calibration_options)
 
 
 def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, tokenizer=None, image_transform=None,

@@ -337,20 +337,25 @@ def test_text_without_tokenizer():
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-def test_too_few_samples_says_how_many(tmp_path, streaming):
+def test_too_few_samples_warns_uses_what_there_is_and_fails_only_when_none(tmp_path, streaming):
     docs = make_docs()
     files = write_text_files(tmp_path, docs)
-    total = len(token_stream(docs))
-    spec = CalibrationSpec("text", data_files=files, streaming=streaming, num_samples=1000, seq_len=16)
-    with pytest.raises(ValueError, match=rf"yielded only {total // 16} window\(s\) .*\({total} tokens from 38 "
-                                         r"documents\).*lower num_samples or seq_len"):
-        load_calibration(spec, tokenizer=make_tokenizer())
+    stream = token_stream(docs)
+    total = len(stream)
+    spec = CalibrationSpec("text", data_files=files, streaming=streaming, num_samples=1000, seq_len=16, shuffle_buffer=0)
+    with pytest.warns(UserWarning, match=rf"yielded only {total // 16} window\(s\) .*\({total} tokens from 38 "
+                                         rf"documents\).*Set num_samples={total // 16}"):
+        batches = load_calibration(spec, tokenizer=make_tokenizer())
+    assert sum(b["input_ids"].shape[0] for b in batches) == total // 16
+    with pytest.raises(ValueError, match=rf"set seq_len to at most {total}"):
+        load_calibration(spec, tokenizer=make_tokenizer(), seq_len=total + 1)
 
 
-def test_too_few_images_says_how_many(image_folder, tiny_timm):
+def test_too_few_images_warns_and_uses_them(image_folder, tiny_timm):
     spec = CalibrationSpec("imagefolder", data_dir=str(image_folder), streaming=True, num_samples=20)
-    with pytest.raises(ValueError, match=r"yielded only 12 usable image\(s\).*lower num_samples"):
-        load_calibration(spec, model=tiny_timm)
+    with pytest.warns(UserWarning, match=r"yielded only 12 usable image\(s\).*num_samples=12"):
+        batches = load_calibration(spec, model=tiny_timm)
+    assert sum(b["pixel_values"].shape[0] for b in batches) == 12
 
 
 def test_ready_batches_pass_through_and_empty_is_an_error():

@@ -18,12 +18,13 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # 
 
 
 def _tiny_llama(hidden=576, intermediate=1024, vocab=128):
-    """SmolLM2's 576-wide shape, scaled down: attention and gate/up layers take 576 inputs (128 does not
-    divide it), down_proj takes `intermediate`."""
+    """SmolLM2's 576-wide shape, scaled down: attention and gate/up layers take `hidden` inputs (128 does
+    not divide 576), down_proj takes `intermediate`."""
     torch.manual_seed(0)
+    heads = hidden // 64
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
-                      num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=64,
-                      tie_word_embeddings=True)
+                      num_attention_heads=heads, num_key_value_heads=3 if heads % 3 == 0 else 1, head_dim=64,
+                      max_position_embeddings=64, tie_word_embeddings=True)
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -68,3 +69,87 @@ def test_quantize_on_load_with_default_group_size_reloads_identically_and_says_w
     ids = torch.randint(0, 128, (2, 16))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+# ----------------------------------------------------------------------------- 2. calibration inputs
+WORDS = [f"w{i}" for i in range(120)]
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>")
+
+
+def _docs(n=12, words=20):
+    return [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(words)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def llama_with_tokenizer(tmp_path_factory):
+    """A small float Llama saved with its tokenizer, as a Hub download would be."""
+    folder = tmp_path_factory.mktemp("float_llama")
+    _tiny_llama(hidden=128, intermediate=192).save_pretrained(folder)
+    _word_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _quantize_on_load(folder, calibration, **settings):
+    config = InfoQConfig(budget={"avg_bits": 3}, bits=[2, 4, 8], calibration=calibration, method="hawq", **settings)
+    return AutoModelForCausalLM.from_pretrained(folder, quantization_config=config)
+
+
+def _saved_calibration(model, tmp_path):
+    model.save_pretrained(tmp_path / "q")
+    return json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["calibration"]
+
+
+def test_calibration_as_a_list_of_strings_with_sizes_set_on_the_config(llama_with_tokenizer, tmp_path):
+    docs = _docs()
+    model = _quantize_on_load(llama_with_tokenizer, docs, num_samples=4, seq_len=16)
+    record = _saved_calibration(model, tmp_path)
+    assert record["source"] == "a list of 12 texts" and len(record["sha256"]) == 64
+    assert (record["num_samples"], record["seq_len"]) == (4, 16)
+    assert model.infoq_summary["method"] == "hawq" and len(model.infoq_summary["layers"]) == 14
+
+
+def test_calibration_as_a_plain_path_records_only_its_base_name(llama_with_tokenizer, tmp_path):
+    path = tmp_path / "data" / "calib.txt"
+    path.parent.mkdir()
+    path.write_text("\n".join(_docs()))
+    model = _quantize_on_load(llama_with_tokenizer, str(path), num_samples=4, seq_len=16)
+    record = _saved_calibration(model, tmp_path)
+    assert record["dataset"] == "text" and record["data_files"] == "calib.txt"
+    assert str(tmp_path) not in json.dumps(record)
+    reloaded = InfoQConfig.from_dict(json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"])
+    assert reloaded.to_dict()["calibration"] == record  # the record round-trips through config.json
+    with pytest.raises(ValueError, match="no such file or folder"):
+        InfoQConfig(budget={"avg_bits": 3}, calibration=str(tmp_path / "missing.txt"))
+
+
+def test_calibration_from_a_small_dataset_warns_and_uses_what_it_has(llama_with_tokenizer, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"text": _docs(n=3)})  # 63 tokens: 3 windows of 16, not 8
+    with pytest.warns(UserWarning, match=r"only 3 window\(s\) of seq_len=16.*fewer than num_samples=8.*"
+                                         r"Set num_samples=3"):
+        model = _quantize_on_load(llama_with_tokenizer, ds, num_samples=8, seq_len=16)
+    record = _saved_calibration(model, tmp_path)
+    assert record["source"] == "a datasets.Dataset of 3 rows" and record["num_samples"] == 8
+    json.dumps(record)
+
+
+def test_calibration_spec_holding_a_dataset_object(llama_with_tokenizer, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from infoq_hf import CalibrationSpec
+
+    ds = datasets.Dataset.from_dict({"body": _docs()})
+    spec = CalibrationSpec(dataset=ds, text_column="body", num_samples=4, seq_len=16)
+    model = _quantize_on_load(llama_with_tokenizer, spec)
+    record = _saved_calibration(model, tmp_path)
+    assert record["source"] == "a datasets.Dataset of 12 rows" and record["text_column"] == "body"
+    with pytest.raises(ValueError, match="a record of what a checkpoint was made from"):
+        infoq_hf.load_calibration(record, tokenizer=_word_tokenizer())
