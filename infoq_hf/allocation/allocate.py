@@ -1,19 +1,26 @@
 """`allocate`: sensitivity table + budget -> `BitPolicy`, via the ILP of Eq. 5.
 
-resolve constraints -> enumerate choices -> build the ILP -> solve -> verify -> report.
+resolve constraints -> enumerate choices -> build the ILP -> solve -> verify -> [refine on the
+whole model, when a model and calibration batches are given] -> verify -> report.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from ..policy import BitPolicy, Budget
 from ..sensitivity.table import SensitivityTable
 from .diagnose import infeasibility_error
 from .problem import build, choices, resolve_spec
+from .refine import RefinementReport, refine
 from .solvers import solve
 from .verify import verify
 from .warmstart import greedy_start
+
+# Whole-model passes of the refinement by default (when a model and calibration are given); sized so
+# the SmolLM2 demo stays under 10 minutes on 2 CPU cores (benchmarks/RESULTS.md, section 7).
+DEFAULT_REFINE_PASSES = 64
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class AllocationReport:
     alpha: float = 1.0
     num_variables: int = 0
     num_constraints: int = 0
+    refinement: RefinementReport | None = None  # None: the ILP's solution as it is
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -40,9 +48,14 @@ class AllocationReport:
         return data
 
     def summary(self) -> str:
-        return (f"objective {self.objective:.6g} | size {self.size_bytes / 1e6:.3f} MB | avg {self.avg_bits:.3f} bits | "
+        text = (f"objective {self.objective:.6g} | size {self.size_bytes / 1e6:.3f} MB | avg {self.avg_bits:.3f} bits | "
                 f"{self.compression:.2f}x | {self.bitops / 1e9:.4g} GBitOps | {self.solver} {self.status} "
                 f"(gap {self.mip_gap:.2g}) in {self.solve_time_s * 1e3:.1f} ms")
+        r = self.refinement
+        if r is not None:
+            text += (f" | refined from {r.start}: KL {r.kl_ilp:.4g} (ILP) -> {r.kl_final:.4g}, {r.accepted} of "
+                     f"{r.passes} passes accepted in {r.wall_s:.0f} s")
+        return text
 
 
 def allocate(
@@ -63,6 +76,14 @@ def allocate(
     tie_activations=None,
     time_limit: float | None = None,
     verbose: bool = False,
+    model=None,
+    calibration=None,
+    refine_passes: int = DEFAULT_REFINE_PASSES,
+    refine_candidates: int = 4,
+    seed: int = 0,
+    forward=None,
+    accelerator=None,
+    progress: bool = True,
 ) -> BitPolicy:
     """Per-layer bit-widths minimising total sensitivity under `budget` (InfoQ Eq. 5).
 
@@ -81,6 +102,12 @@ def allocate(
     tie: groups of layer names that share weight bits; tie_activations: groups that share activation bits
         (e.g. the layers feeding one residual add).
     time_limit: seconds; on expiry the best allocation found is returned with status "time_limit".
+    model, calibration: the model the table was searched on (float weights) and calibration batches:
+        the ILP's solution is then refined on the whole model (see `allocation.refine`): up to
+        `refine_passes` candidate configurations, `refine_candidates` per round, judged by the KL
+        divergence of the quantized model's outputs from the float model's; `seed`, `forward`,
+        `accelerator` (candidates split over processes) and `progress` as in `search`. Without a model
+        (a saved table) or with refine_passes=0 the ILP's solution is returned as it is.
     Returns a `BitPolicy` with `.report` an `AllocationReport`. Raises `InfeasibleBudgetError` (a ValueError)
     stating the best achievable value when the budget cannot be met, ValueError on inconsistent arguments.
     """
@@ -89,15 +116,27 @@ def allocate(
         pin_first_last=pin_first_last, first_last_bits=first_last_bits, min_bits=min_bits, max_bits=max_bits,
         tie=tie, tie_activations=tie_activations,
     )
+    if isinstance(refine_passes, bool) or not isinstance(refine_passes, int) or refine_passes < 0:
+        raise ValueError(f"refine_passes must be an int >= 0 (0 = ILP only), got {refine_passes!r}")
     layer_choices = choices(spec)
-    model = build(table, spec, layer_choices)
-    start = greedy_start(model, spec)
-    solution = solve(model.mip, solver, time_limit=time_limit, verbose=verbose, start=start)
+    ilp = build(table, spec, layer_choices)
+    start = greedy_start(ilp, spec)
+    solution = solve(ilp.mip, solver, time_limit=time_limit, verbose=verbose, start=start)
     if solution.status == "infeasible":
         raise infeasibility_error(table, spec, layer_choices, solver, time_limit)
 
-    assignment = model.decode(solution.x)
-    totals, objective = verify(table, spec, assignment, solution.objective * model.objective_scale)
+    assignment = ilp.decode(solution.x)
+    totals, objective = verify(table, spec, assignment, solution.objective * ilp.objective_scale)
+    refinement = None
+    if model is not None and refine_passes:
+        if calibration is None:
+            raise ValueError("refining the allocation on the model needs calibration batches: pass calibration=..., "
+                             "or refine_passes=0 for the ILP's solution alone")
+        batches = [calibration] if isinstance(calibration, Mapping) else list(calibration)
+        assignment, refinement = refine(model, table, spec, assignment, batches, passes=refine_passes,
+                                        candidates=refine_candidates, seed=seed, forward=forward,
+                                        accelerator=accelerator, progress=progress)
+        totals, objective = verify(table, spec, assignment)
 
     policy = BitPolicy({name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers})
     policy.report = AllocationReport(
@@ -112,7 +151,8 @@ def allocate(
         status=solution.status,
         budget=spec.budget,
         alpha=spec.alpha,
-        num_variables=model.mip.num_vars,
-        num_constraints=model.mip.num_rows,
+        num_variables=ilp.mip.num_vars,
+        num_constraints=ilp.mip.num_rows,
+        refinement=refinement,
     )
     return policy

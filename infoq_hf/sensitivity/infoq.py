@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from ..information import random_directions, sliced_mi_continuous, sliced_mi_discrete
-from .probe import Prober, find_blocks
+from .probe import Prober, find_blocks, replaced_modules
 from .task import SampleIndex, output_tensor
 
 OUTPUT = "<output>"
@@ -170,6 +170,7 @@ class InfoQScorer:
         self.input_obs = _select(candidates, options.input_observers, (0.25, 0.75), options.max_observers) if options.input_weight else []
         self.first_block = blocks[0] if len(blocks) >= 2 else None
         self.output_module = self._output_module(model)
+        self.output_module_name = next((n for n, m in model.named_modules() if m is self.output_module), None)
         self.observers = list(dict.fromkeys(self.task_obs + self.input_obs))
         self._check_observers(model)
         self._reference()
@@ -224,16 +225,17 @@ class InfoQScorer:
             probe_hooks.append(layer.register_forward_pre_hook(layer_start(lname)))
         if self.first_block is not None:
             probe_hooks.append(model.get_submodule(self.first_block).register_forward_pre_hook(record_xe, with_kwargs=True))
-        outputs = []
+        predictions = []  # only the reference's argmax is ever read (lm_target="reference_prediction")
         try:
             for i, batch in enumerate(prober.batches):
                 self._batch = i
                 events.clear()
-                out = prober.forward(model, batch)
-                outputs.append(output_tensor(out))
+                logits = output_tensor(prober.forward(model, batch))
+                predictions.append(logits.argmax(-1))
                 if OUTPUT in self.observers and self.output_module is None:
-                    dims[OUTPUT] = self.samples.pool(outputs[-1], i).shape[1]
+                    dims[OUTPUT] = self.samples.pool(logits, i).shape[1]
                     events.append(("end", OUTPUT))
+                del logits
         finally:
             for h in probe_hooks:
                 h.remove()
@@ -250,7 +252,7 @@ class InfoQScorer:
         for idx, name in enumerate(self.observers):
             self.directions[name] = random_directions(dims[name], k, self.seed * 1009 + idx)
         # Y (task term) and X_E (input term) of every sample.
-        self.y = self._targets(outputs) if self.task_obs else None
+        self.y = self._targets(predictions) if self.task_obs else None
         if self.input_obs:
             if xe_chunks:
                 xe = torch.cat(xe_chunks)
@@ -268,11 +270,11 @@ class InfoQScorer:
         self.ref_task = {o: self._smi_task(ref[o]) for o in self.task_obs}
         self.ref_input = {o: self._smi_input(ref[o]) for o in self.input_obs}
 
-    def _targets(self, outputs) -> torch.Tensor:
+    def _targets(self, predictions) -> torch.Tensor:
         ys = []
         for i, batch in enumerate(self.prober.batches):
             if self.task == "causal_lm" and self.opts.lm_target == "reference_prediction":
-                pred = outputs[i].argmax(-1).reshape(-1)
+                pred = predictions[i].reshape(-1)
                 ys.append(pred[self.samples.rows[i]])
             else:
                 ys.append(self.samples.labels(batch, i))
@@ -284,21 +286,18 @@ class InfoQScorer:
     def _observe(self, layer: str | None) -> dict[str, torch.Tensor]:
         observers = self.observers if layer is None else [o for o in self.observers if o in self.after[layer]]
         rec = _Recorder(self.prober.model, observers, self.samples, self.directions, self.output_module)
-        head = self.output_module
-        if head is not None:
-            # The head's input is all InfoQ reads; skip the vocabulary-sized matmul (the costliest
-            # layer of a small LM once the prefix cache skips the early blocks).
-            head.forward = _skipped_head(head)
+        # The head's input is all InfoQ reads (its pre-hook records it); swap in a stand-in that skips
+        # the vocabulary-sized matmul, the costliest layer of a small LM once early blocks are replayed.
+        head = {} if self.output_module is None else {self.output_module_name: _SkippedHead(self.output_module, rec)}
         try:
             def on_output(i, out):
                 rec.on_output(i, out)
                 rec.batch = i + 1
             rec.batch = 0
-            self.prober.run(layer, on_output)
+            with replaced_modules(self.prober.model, head):
+                self.prober.run(layer, on_output)
         finally:
             rec.remove()
-            if head is not None:
-                del head.forward
         return rec.result()
 
     def _smi_task(self, proj: torch.Tensor) -> float:
@@ -337,12 +336,17 @@ class InfoQScorer:
         return sum(t * w for t, w in zip(terms, weights)) / sum(weights)
 
 
-def _skipped_head(head):
-    out_features = head.weight.shape[0]
+class _SkippedHead(torch.nn.Module):
+    """Stands in for the LM head during probes: records its input, returns zeros of the logits' shape."""
 
-    def forward(x, *args, **kwargs):
-        return torch.zeros((), dtype=x.dtype).expand(*x.shape[:-1], out_features)
-    return forward
+    def __init__(self, head: torch.nn.Module, recorder: _Recorder):
+        super().__init__()
+        self.out_features, self.recorder = head.weight.shape[0], recorder
+
+    def forward(self, x, *args, **kwargs):
+        if OUTPUT in self.recorder.observers:
+            self.recorder._record(OUTPUT, x)
+        return torch.zeros((), dtype=x.dtype, device=x.device).expand(*x.shape[:-1], self.out_features)
 
 
 def _bucket(y: torch.Tensor, classes: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Callable
 
 import torch
@@ -53,6 +52,38 @@ def _detach_tree(obj):
     return _map_tree(torch.Tensor.detach, obj)
 
 
+class Replay(nn.Module):
+    """Stands in for a block: returns its recorded output for the current batch (`counter[0]`)."""
+
+    def __init__(self, outputs: list, counter: list, clone: bool = False):
+        super().__init__()
+        self.outputs, self.counter = outputs, counter
+        # Only an output that feeds real computation may be modified in place downstream: copy that one.
+        self.copy = _clone_tree if clone else (lambda x: x)
+
+    def forward(self, *args, **kwargs):
+        return self.copy(self.outputs[self.counter[0]])
+
+
+@contextlib.contextmanager
+def replaced_modules(model: nn.Module, replacements: dict[str, nn.Module]):
+    """Swap submodules in their parents for the duration, then put back exactly the original objects.
+
+    Swapping (rather than assigning `module.forward`) leaves the original modules untouched, so hooks
+    that wrap their forward (accelerate's `AlignDevicesHook` on a `device_map` model) survive."""
+    originals = []
+    try:
+        for name, new in replacements.items():
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            originals.append((parent, child, getattr(parent, child)))
+            setattr(parent, child, new)
+        yield
+    finally:
+        for parent, child, module in reversed(originals):
+            setattr(parent, child, module)
+
+
 def find_blocks(model: nn.Module) -> dict[str, nn.Module]:
     """Children of the outermost Sequential/ModuleList containers, in module order."""
     blocks: dict[str, nn.Module] = {}
@@ -82,7 +113,6 @@ class Prober:
         self.cache: dict[str, list] = {}
         self.first_block_for: dict[str, int] = {}  # layer -> index of the first block it may not skip
         self.block_names: list[str] = []
-        self._replayed: set[int] = set()
 
     # ------------------------------------------------------------------ reference
     def __enter__(self):
@@ -105,8 +135,7 @@ class Prober:
         return False
 
     def _count_eval(self, module, args, out):
-        if id(module) not in self._replayed:  # a replayed block that is itself a layer did no work
-            self.layer_evals += 1
+        self.layer_evals += 1  # a replayed block is swapped out, so its layers' hooks do not fire
 
     # ------------------------------------------------------------------ prefix cache
     @torch.no_grad()
@@ -171,27 +200,11 @@ class Prober:
     @contextlib.contextmanager
     def skip_blocks(self, count: int, batch_counter: list | None = None):
         """Replay the first `count` cached blocks instead of computing them."""
-        patched = []
         counter = batch_counter if batch_counter is not None else [0]
         names = self.block_names[:count]
-        for name in names:
-            module = self.model.get_submodule(name)
-            cached = self.cache[name]
-            # Only the last replayed block feeds real computation, which might modify it in place.
-            copy = _clone_tree if name == names[-1] else (lambda x: x)
-
-            def replay(*args, _cached=cached, _copy=copy, **kwargs):
-                return _copy(_cached[counter[0]])
-
-            module.forward = replay
-            patched.append(module)
-            self._replayed.add(id(module))
-        try:
+        replays = {name: Replay(self.cache[name], counter, clone=name == names[-1]) for name in names}
+        with replaced_modules(self.model, replays):
             yield counter
-        finally:
-            for module in patched:
-                del module.forward
-            self._replayed.clear()
 
     def skippable_blocks(self, layer: str) -> int:
         return self.first_block_for.get(layer, 0) if self.cache else 0
@@ -253,6 +266,3 @@ def _tree_equal(a, b) -> bool:
         return a.keys() == b.keys() and all(_tree_equal(a[k], b[k]) for k in a)
     return True
 
-
-def count_params(module: nn.Module) -> int:
-    return math.prod(module.weight.shape)

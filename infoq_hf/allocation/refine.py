@@ -1,0 +1,414 @@
+"""Global refinement: a budget-preserving search over whole configurations, judged on the whole model.
+
+Summing single-layer costs misses how layers' errors compound: on SmolLM2 an ILP over the TRUE
+single-layer loss changes loses to uniform 3-bit (benchmarks/RESULTS.md). So after the ILP,
+`refine` tries moves that raise some layers and lower others within every budget (pins, bounds and
+ties kept), runs each candidate configuration as a complete fake-quantized model over the
+calibration batches, and keeps a move only when the KL divergence of the model's outputs from the
+float model's goes down (EvoPress and CASA judge whole configurations the same way).
+
+- Starts: the ILP's assignment and, where one fits the budget, the widest uniform assignment; the
+  one with the lower KL is refined.
+- Moves, guided by the table's costs: raise one unit (a layer, or a tie group) one width and lower
+  the units with the smallest predicted cost per freed resource until every budget holds again; or
+  lower one unit and spend what it frees on the units with the best predicted gain per resource.
+  Choices are drawn at random among the best few (seeded), so rejected moves are not retried.
+- Rounds: `candidates` distinct moves are drawn from the current configuration, evaluated (split
+  over `accelerate` processes: the result does not depend on the number of processes), and the
+  best is accepted if it lowers the KL. `passes` bounds the evaluations, the starts included.
+- Cost: blocks (see `sensitivity.probe.find_blocks`) before the first changed layer replay the
+  current configuration's recorded outputs instead of running; the replay is checked bit-exact
+  once, and switched off (full passes) otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..quant.modules import fake_quantize_layer
+from ..quant.quantizer import WeightScheme
+from ..sensitivity.probe import Replay, _detach_tree, find_blocks, replaced_modules
+from ..sensitivity.table import SensitivityTable
+from ..sensitivity.task import output_tensor
+from . import costs
+from .problem import AllocationSpec, Choice, choices
+
+logger = logging.getLogger(__name__)
+TOP_CHOICES = 4  # a move picks at random among this many best-predicted options
+BUDGET_REL_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class RefinementReport:
+    """What the refinement did; recorded in the allocation report and the checkpoint's summary."""
+
+    passes: int  # candidate configurations evaluated, the starts included
+    accepted: int
+    start: str  # "ilp" or "uniform-<bits>"
+    kl_ilp: float
+    kl_uniform: float | None
+    kl_final: float
+    calibration_batches: int
+    prefix_replay: bool
+    wall_s: float
+    seed: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def table_scheme(table: SensitivityTable, name: str, bits: int) -> WeightScheme:
+    """The packing scheme the table was scored and budgeted with, for layer `name` at `bits`."""
+    meta = table.meta
+    group = meta.get("conv_group_size") if table.layers[name].get("kind") == "conv2d" else meta.get("group_size")
+    return WeightScheme(bits, group, bool(meta.get("symmetric", False)), bool(meta.get("clip_search", False)))
+
+
+class _Budget:
+    """Incremental budget rows in the linear forms of `costs.layer_cost` / `costs.row_capacity`."""
+
+    def __init__(self, table: SensitivityTable, spec: AllocationSpec):
+        self.table = table
+        self.kinds = [k for k in costs.BUDGET_KINDS if getattr(spec.budget, k) is not None]
+        self.capacity = {k: costs.row_capacity(table, k, getattr(spec.budget, k)) for k in self.kinds}
+
+    def usage(self, assignment: Mapping[str, Choice]) -> dict[str, float]:
+        return {k: sum(costs.layer_cost(self.table, k, n, w, a) for n, (w, a) in assignment.items()) for k in self.kinds}
+
+    def delta(self, names, old: int, new: int, a_of) -> dict[str, float]:
+        """Change of every row when layers `names` go from `old` to `new` weight bits."""
+        return {k: sum(costs.layer_cost(self.table, k, n, new, a_of[n]) - costs.layer_cost(self.table, k, n, old, a_of[n])
+                       for n in names) for k in self.kinds}
+
+    def fits(self, usage: Mapping[str, float]) -> bool:
+        return all(usage[k] <= self.capacity[k] + BUDGET_REL_TOL * max(abs(self.capacity[k]), 1.0) for k in self.kinds)
+
+    def weight(self, delta: Mapping[str, float]) -> float:
+        """One scalar resource for ranking moves: the change relative to each budget, summed."""
+        return sum(abs(delta[k]) / max(abs(self.capacity[k]), 1e-300) for k in self.kinds) or 1e-300
+
+
+class _Units:
+    """Layers that move together (a tie group, or one layer) and the weight widths each unit may take."""
+
+    def __init__(self, spec: AllocationSpec, assignment: Mapping[str, Choice]):
+        layer_choices = choices(spec)
+        tied = {n: g for g in spec.w_ties for n in g}
+        self.widths: dict[tuple[str, ...], list[int]] = {}
+        for name in spec.layers:
+            group = tied.get(name, (name,))
+            if group in self.widths or any(n in spec.pins_w for n in group):
+                continue
+            # activation bits stay as allocated: only weight widths move
+            allowed = [{w for w, a in layer_choices[n] if a == assignment[n][1]} for n in group]
+            self.widths[group] = sorted(set.intersection(*allowed))
+        self.groups = [g for g, ws in self.widths.items() if len(ws) > 1]
+
+
+class _Evaluator:
+    """Runs the model with every table layer fake-quantized as an assignment says; KL to the float model."""
+
+    def __init__(self, model, table, batches, forward: Callable):
+        self.model, self.table, self.batches, self.forward = model, table, batches, forward
+        self.layers = {n: model.get_submodule(n) for n in table.layers}
+        self.float_weights = {n: m.weight.data.clone() for n, m in self.layers.items()}
+        self.current: dict[str, int] = {}
+        self.blocks = list(find_blocks(model))
+        self.block_of = {n: next((i for i, b in enumerate(self.blocks) if n.startswith(b + ".") or n == b), 0)
+                         for n in table.layers}
+        with torch.no_grad():
+            self.reference = [self._log_probs(output_tensor(forward(model, b))) for b in batches]
+        self.masks = [b.get("attention_mask") if isinstance(b, Mapping) else None for b in batches]
+        self.cache: dict[str, list] = {}
+        self.replay = bool(self.blocks)
+
+    @staticmethod
+    def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(logits.detach().float(), dim=-1)
+
+    def _kl(self, i: int, logits: torch.Tensor) -> tuple[float, int]:
+        ref = self.reference[i]
+        per = (ref.exp() * (ref - self._log_probs(logits))).sum(-1)  # KL(float || quantized) per position
+        mask = self.masks[i]
+        if mask is not None and mask.shape == per.shape:
+            keep = mask.to(per.device).bool()
+            return float(per[keep].sum()), int(keep.sum())
+        return float(per.sum()), per.numel()
+
+    def _set(self, assignment: Mapping[str, int]) -> list[str]:
+        changed = [n for n, b in assignment.items() if self.current.get(n) != b]
+        for n in changed:
+            layer = self.layers[n]
+            w = fake_quantize_layer(layer, self.float_weights[n], table_scheme(self.table, n, assignment[n]), n)
+            layer.weight.data.copy_(w)
+            self.current[n] = assignment[n]
+        return changed
+
+    @torch.no_grad()
+    def evaluate(self, assignment: Mapping[str, int]) -> tuple[float, dict[str, list]]:
+        """Mean KL over the calibration positions, and the outputs of the blocks that ran."""
+        before = dict(self.current)
+        changed = self._set(assignment)
+        first = min((self.block_of[n] for n in changed), default=len(self.blocks)) if self.replay and self.cache else 0
+        outputs: dict[str, list] = {b: [] for b in self.blocks[first:]}
+        counter = [0]
+        hooks = [self.model.get_submodule(b).register_forward_hook(
+            lambda m, args, out, b=b: outputs[b].append(_detach_tree(out))) for b in self.blocks[first:]]
+        replays = {b: Replay(self.cache[b], counter, clone=b == self.blocks[first - 1]) for b in self.blocks[:first]}
+        total, count = 0.0, 0
+        try:
+            with replaced_modules(self.model, replays):
+                for i, batch in enumerate(self.batches):
+                    counter[0] = i
+                    kl, n = self._kl(i, output_tensor(self.forward(self.model, batch)))
+                    total, count = total + kl, count + n
+        finally:
+            for h in hooks:
+                h.remove()
+        self._set(before)  # back to the current configuration; `adopt` moves on
+        return total / max(count, 1), outputs
+
+    def adopt(self, assignment: Mapping[str, int], outputs: Mapping[str, list]) -> None:
+        self._set(assignment)
+        self.cache.update(outputs)
+
+    @torch.no_grad()
+    def check_replay(self, kl: float) -> None:
+        """Replay every block from the cache once: the KL must come out bit-identical, or replay is off."""
+        if not self.replay or any(len(self.cache.get(b, ())) != len(self.batches) for b in self.blocks):
+            self.replay = False
+            return
+        counter = [0]
+        replays = {b: Replay(self.cache[b], counter, clone=b == self.blocks[-1]) for b in self.blocks}
+        total, count = 0.0, 0
+        with replaced_modules(self.model, replays):
+            for i, batch in enumerate(self.batches):
+                counter[0] = i
+                part, n = self._kl(i, output_tensor(self.forward(self.model, batch)))
+                total, count = total + part, count + n
+        if total / max(count, 1) != kl:
+            logger.warning("refinement: replaying block outputs did not reproduce the model exactly; "
+                           "every candidate runs the full model")
+            self.replay = False
+
+    def restore(self) -> None:
+        for n, layer in self.layers.items():
+            layer.weight.data.copy_(self.float_weights[n])
+        self.current.clear()
+        self.cache.clear()
+
+
+def refine(
+    model: torch.nn.Module,
+    table: SensitivityTable,
+    spec: AllocationSpec,
+    assignment: Mapping[str, Choice],
+    batches: list,
+    *,
+    passes: int,
+    candidates: int = 4,
+    seed: int = 0,
+    forward: Callable | None = None,
+    accelerator=None,
+    progress: bool = True,
+) -> tuple[dict[str, Choice], RefinementReport]:
+    """Improve `assignment` (the ILP's) by whole-model KL; returns the new assignment and a report."""
+    from ..quant.apply import default_forward
+
+    if passes < 1:
+        raise ValueError(f"refine needs passes >= 1, got {passes}")
+    if candidates < 1:
+        raise ValueError(f"refine needs candidates >= 1, got {candidates}")
+    if not batches:
+        raise ValueError("the refinement needs calibration batches; pass calibration= or set refine_passes=0")
+    missing = [n for n in table.layers if n not in dict(model.named_modules())]
+    if missing:
+        raise ValueError(f"the table's layers {missing[:3]} are not in the model; refine with the model the table "
+                         "was searched on")
+    started = time.perf_counter()
+    forward = forward or default_forward
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    a_of = {n: c[1] for n, c in assignment.items()}
+    units = _Units(spec, assignment)
+    budget = _Budget(table, spec)
+    rng = random.Random(seed)
+    was_training = model.training
+    model.eval()
+    evaluator = _Evaluator(model, table, batches, forward)
+    bar = tqdm(total=passes, desc="refine: whole-model passes", disable=not (progress and rank == 0))
+    used = 0
+
+    def widths(a: Mapping[str, Choice]) -> dict[str, int]:
+        return {n: c[0] for n, c in a.items()}
+
+    try:
+        ilp = widths(assignment)
+        kl_ilp, out = evaluator.evaluate(ilp)
+        used += 1
+        bar.update(1)
+        current, kl_current, start = ilp, kl_ilp, "ilp"
+        evaluator.adopt(current, out)
+        evaluator.check_replay(kl_current)
+        kl_uniform = None
+        uniform = _uniform_start(units, spec, ilp, budget, a_of)
+        if uniform is not None and uniform[1] != ilp and used < passes:
+            kl_uniform, out = evaluator.evaluate(uniform[1])
+            used += 1
+            bar.update(1)
+            if kl_uniform < kl_current:
+                current, kl_current, start = uniform[1], kl_uniform, f"uniform-{uniform[0]}"
+                evaluator.adopt(current, out)
+        seen = {tuple(sorted(current.items()))}
+        accepted = 0
+        while used < passes:
+            round_moves = []
+            for _ in range(min(candidates, passes - used)):
+                move = _propose(rng, units, table, budget, current, a_of, seen)
+                if move is None:
+                    break
+                seen.add(tuple(sorted(move.items())))
+                round_moves.append(move)
+            if not round_moves:
+                break
+            kls = {}
+            outs = {}
+            for i, move in enumerate(round_moves):
+                if i % world == rank:
+                    kls[i], outs[i] = evaluator.evaluate(move)
+            if world > 1:
+                from accelerate.utils import gather_object
+                kls = {i: v for part in gather_object([kls]) for i, v in part.items()}
+            used += len(round_moves)
+            bar.update(len(round_moves))
+            best = min(kls, key=lambda i: (kls[i], i))
+            if kls[best] < kl_current:
+                if best not in outs:  # evaluated on another process: record its block outputs here
+                    _, outs[best] = evaluator.evaluate(round_moves[best])
+                current, kl_current = round_moves[best], kls[best]
+                evaluator.adopt(current, outs[best])
+                accepted += 1
+                bar.set_postfix(kl=f"{kl_current:.4g}", accepted=accepted)
+    finally:
+        bar.close()
+        replay = evaluator.replay
+        evaluator.restore()
+        model.train(was_training)
+    report = RefinementReport(passes=used, accepted=accepted, start=start, kl_ilp=kl_ilp, kl_uniform=kl_uniform,
+                              kl_final=kl_current, calibration_batches=len(batches), prefix_replay=replay,
+                              wall_s=round(time.perf_counter() - started, 3), seed=seed)
+    return {n: (current[n], a_of[n]) for n in assignment}, report
+
+
+def _uniform_start(units: _Units, spec: AllocationSpec, ilp: Mapping[str, int], budget: _Budget, a_of):
+    """The widest width every free unit admits that fits the budget (pinned layers keep their pins)."""
+    common = None
+    for group, ws in units.widths.items():
+        common = set(ws) if common is None else common & set(ws)
+    for w in sorted(common or (), reverse=True):
+        candidate = dict(ilp)
+        for group in units.widths:
+            for n in group:
+                candidate[n] = w
+        if budget.fits(budget.usage({n: (b, a_of[n]) for n, b in candidate.items()})):
+            return w, candidate
+    return None
+
+
+def _propose(rng: random.Random, units: _Units, table: SensitivityTable, budget: _Budget,
+             current: Mapping[str, int], a_of, seen: set, tries: int = 20) -> dict[str, int] | None:
+    """A new budget-feasible configuration one guided move away from `current`, or None."""
+    for _ in range(tries):
+        move = _raise_first(rng, units, table, budget, current, a_of) if rng.random() < 0.5 else \
+            _lower_first(rng, units, table, budget, current, a_of)
+        if move is not None and tuple(sorted(move.items())) not in seen:
+            return move
+    return None
+
+
+def _step(units: _Units, group, config, direction: int):
+    ws = units.widths[group]
+    i = ws.index(config[group[0]]) + direction
+    return ws[i] if 0 <= i < len(ws) else None
+
+
+def _options(units, table, budget, config, a_of, direction: int, exclude) -> list[tuple[float, tuple, int]]:
+    """(predicted cost change per resource, unit, new width) for every unit that can move one width."""
+    out = []
+    for group in units.groups:
+        if group in exclude:
+            continue
+        new = _step(units, group, config, direction)
+        if new is None:
+            continue
+        old = config[group[0]]
+        d_score = sum(table.w(n, new) - table.w(n, old) for n in group)
+        d_res = budget.weight(budget.delta(group, old, new, a_of))
+        out.append((d_score / d_res, group, new))
+    # ascending: raising, the most predicted cost saved per resource spent first (most negative);
+    # lowering, the least predicted cost added per resource freed first
+    return sorted(out, key=lambda t: t[0])
+
+
+def _pick(rng: random.Random, options: list):
+    return options[rng.randrange(min(TOP_CHOICES, len(options)))] if options else None
+
+
+def _raise_first(rng, units, table, budget, current, a_of):
+    config = dict(current)
+    up = _pick(rng, _options(units, table, budget, config, a_of, +1, ()))
+    if up is None:
+        return None
+    _, group, new = up
+    for n in group:
+        config[n] = new
+    moved = {group}
+    usage = budget.usage({n: (b, a_of[n]) for n, b in config.items()})
+    while not budget.fits(usage):
+        down = _pick(rng, _options(units, table, budget, config, a_of, -1, moved))
+        if down is None:
+            return None
+        _, g, w = down
+        delta = budget.delta(g, config[g[0]], w, a_of)
+        for n in g:
+            config[n] = w
+        moved.add(g)
+        usage = {k: usage[k] + delta[k] for k in usage}
+    return config
+
+
+def _lower_first(rng, units, table, budget, current, a_of):
+    config = dict(current)
+    down = _pick(rng, _options(units, table, budget, config, a_of, -1, ()))
+    if down is None:
+        return None
+    _, group, new = down
+    for n in group:
+        config[n] = new
+    moved = {group}
+    usage = budget.usage({n: (b, a_of[n]) for n, b in config.items()})
+    raised = False
+    while True:
+        fitting = []
+        for option in _options(units, table, budget, config, a_of, +1, moved):
+            _, g, w = option
+            delta = budget.delta(g, config[g[0]], w, a_of)
+            if budget.fits({k: usage[k] + delta[k] for k in usage}):
+                fitting.append((option, delta))
+        if not fitting:
+            break
+        (_, g, w), delta = fitting[rng.randrange(min(TOP_CHOICES, len(fitting)))]
+        for n in g:
+            config[n] = w
+        moved.add(g)
+        usage = {k: usage[k] + delta[k] for k in usage}
+        raised = True
+    return config if raised else None

@@ -1,0 +1,126 @@
+"""The global refinement: budgets, pins and ties hold; the KL it reports is the model's true KL; it never
+ends worse than its starts; deterministic; replay of early blocks is exact; hooks survive."""
+
+import copy
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from infoq_hf import Budget, allocate, model_size_bytes, quantize_model
+from infoq_hf.allocation import costs
+from infoq_hf.allocation.problem import resolve_spec
+from infoq_hf.allocation.refine import _Budget, _propose, _Units
+from infoq_hf.sensitivity import search
+from test_sensitivity import lm_batches, tiny_llama
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_llama()
+    batches = lm_batches()
+    table = search(model, batches, bits=(2, 3, 4, 8), group_size=32, skip_modules=["lm_head"], progress=False)
+    return model, batches, table
+
+
+def true_kl(model, quantized, batches) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in batches:
+            ref = F.log_softmax(model(**b).logits.float(), -1)
+            q = F.log_softmax(quantized(**b).logits.float(), -1)
+            total += float((ref.exp() * (ref - q)).sum())
+            count += ref.shape[0] * ref.shape[1]
+    return total / count
+
+
+def test_refined_policy_meets_the_budget_and_its_kl_is_the_models(setup):
+    model, batches, table = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    policy = allocate(table, Budget(avg_bits=3.0), model=model, calibration=batches, refine_passes=12, seed=1,
+                      progress=False)
+    r = policy.report.refinement
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # float weights restored
+    assert r.passes <= 12 and r.kl_final <= r.kl_ilp and (r.kl_uniform is None or r.kl_final <= r.kl_uniform)
+    assert policy.report.avg_bits <= 3.0 + 1e-9
+    q = quantize_model(copy.deepcopy(model), policy, group_size=32, skip_modules=["lm_head"])
+    assert true_kl(model, q, batches) == pytest.approx(r.kl_final, rel=1e-4)  # packed model = what was judged
+    ilp = allocate(table, Budget(avg_bits=3.0), progress=False)
+    q_ilp = quantize_model(copy.deepcopy(model), ilp, group_size=32, skip_modules=["lm_head"])
+    assert true_kl(model, q_ilp, batches) == pytest.approx(r.kl_ilp, rel=1e-4)
+
+
+def test_refinement_is_deterministic_and_table_only_allocation_still_works(setup):
+    model, batches, table = setup
+    kw = dict(model=model, calibration=batches, refine_passes=8, seed=3, progress=False)
+    a, b = allocate(table, Budget(avg_bits=2.5), **kw), allocate(table, Budget(avg_bits=2.5), **kw)
+    assert a.to_dict() == b.to_dict() and a.report.refinement == b.report.refinement.__class__(
+        **{**b.report.refinement.to_dict(), "wall_s": a.report.refinement.wall_s})
+    plain = allocate(table, Budget(avg_bits=2.5))
+    assert plain.report.refinement is None
+    with pytest.raises(ValueError, match="needs calibration"):
+        allocate(table, Budget(avg_bits=2.5), model=model)
+    with pytest.raises(ValueError, match="refine_passes must be"):
+        allocate(table, Budget(avg_bits=2.5), refine_passes=-1)
+
+
+def test_every_proposal_keeps_budgets_pins_and_ties(setup):
+    _, _, table = setup
+    names = list(table.layers)
+    tie = [[names[0], names[1], names[2]]]
+    size = costs.totals(table, {n: (3, None) for n in names}).size_bytes
+    spec = resolve_spec(table, Budget(avg_bits=3.0, size_bytes=size), pin={names[-1]: 8}, tie=tie)
+    start = allocate(table, Budget(avg_bits=3.0, size_bytes=size), pin={names[-1]: 8}, tie=tie)
+    assignment = {n: (start[n].w_bits, None) for n in names}
+    units, budget = _Units(spec, assignment), _Budget(table, spec)
+    rng, seen = random.Random(0), set()
+    current = {n: c[0] for n, c in assignment.items()}
+    moves = 0
+    for _ in range(40):
+        move = _propose(rng, units, table, budget, current, {n: None for n in names}, seen)
+        if move is None:
+            break
+        seen.add(tuple(sorted(move.items())))
+        moves += 1
+        tot = costs.totals(table, {n: (b, None) for n, b in move.items()})
+        assert tot.avg_bits <= 3.0 + 1e-9 and tot.size_bytes <= size
+        assert move[names[-1]] == 8 and len({move[n] for n in tie[0]}) == 1
+        assert move != current
+    assert moves >= 5
+
+
+def test_uniform_start_wins_when_it_is_better(setup):
+    """At an integral budget the uniform assignment is always evaluated; the result is never worse."""
+    model, batches, table = setup
+    policy = allocate(table, Budget(avg_bits=4.0), model=model, calibration=batches, refine_passes=2, progress=False)
+    r = policy.report.refinement
+    assert r.kl_uniform is not None or r.start == "ilp"
+    assert r.kl_final == min(r.kl_ilp, r.kl_uniform if r.kl_uniform is not None else r.kl_ilp)
+
+
+def test_refinement_keeps_accelerate_hooks_and_outputs(setup):
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    model, batches, table = setup
+    m = copy.deepcopy(model)
+    seen = []
+
+    class Count(ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            seen.append(1)
+            return args, kwargs
+
+    for layer in m.model.layers:
+        add_hook_to_module(layer, Count())
+    with torch.no_grad():
+        ref = m(**batches[0]).logits
+    calls = len(seen)
+    allocate(table, Budget(avg_bits=3.0), model=m, calibration=batches, refine_passes=4, progress=False)
+    search(m, batches, bits=(2, 8), group_size=32, skip_modules=["lm_head"], progress=False)
+    assert all(hasattr(layer, "_hf_hook") for layer in m.model.layers)
+    seen.clear()
+    with torch.no_grad():
+        out = m(**batches[0]).logits
+    assert len(seen) == calls and torch.equal(out, ref)
+    assert model_size_bytes(m) == model_size_bytes(model)
