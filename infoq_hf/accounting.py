@@ -30,6 +30,27 @@ def model_size_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in _stored_tensors(model))
 
 
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
+
+
+def tied_weights(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, list[str]]:
+    """Layer -> the other state-dict keys holding the same weight tensor (tied weights, e.g. an LM head
+    that shares the input embedding), for the layers of `layers` that have any."""
+    keys_by_storage: dict[tuple, list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if tensor.numel():
+            keys_by_storage.setdefault(_storage_key(tensor.detach()), []).append(key)
+    tied = {}
+    for name, layer in layers.items():
+        weight = getattr(layer, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.numel():
+            others = [k for k in keys_by_storage.get(_storage_key(weight.detach()), []) if k != f"{name}.weight"]
+            if others:
+                tied[name] = others
+    return tied
+
+
 def _stored_tensors(model: nn.Module, exclude_ids: set[int] = frozenset()) -> list[torch.Tensor]:
     """The state dict's tensors, each shared storage view once (tied weights), minus `exclude_ids`."""
     seen, out = set(), []
@@ -37,7 +58,7 @@ def _stored_tensors(model: nn.Module, exclude_ids: set[int] = frozenset()) -> li
         if id(tensor) in exclude_ids:
             continue
         t = tensor.detach()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
+        key = _storage_key(t)
         if t.numel() and key in seen:
             continue
         seen.add(key)

@@ -39,6 +39,7 @@ from .quant.packing import packed_nbytes
 GUARD = "weight"
 WEIGHTS_NAME = "model.safetensors"
 INFOQ_CONFIG_NAME = "infoq_config.json"
+TIED_METADATA = "infoq_tied"  # safetensors header: {alias key: stored key} for tied tensors stored once
 _DTYPE_CODES = {torch.uint8: "U8", torch.float32: "F32", torch.int32: "I32"}
 
 
@@ -328,14 +329,33 @@ def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    # Tied tensors (e.g. embeddings / lm_head) share storage, which safetensors refuses: store copies.
-    seen = {}
-    for k, v in tensors.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), v.numel(), v.dtype)
-        if v.numel() and key in seen:
-            tensors[k] = v.clone()
-        seen[key] = k
-    save_file(tensors, str(path), metadata={"format": "pt", **(metadata or {})})
+    # Tied tensors (e.g. embeddings / lm_head) share storage: store each once, and name its aliases in
+    # the header so the loader fills them from the stored key.
+    kept, aliases = {}, {}
+    for k, v in list(tensors.items()):
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), v.numel(), v.dtype, tuple(v.shape))
+        if v.numel() and key in kept:
+            aliases[k] = kept[key]
+            del tensors[k]
+        else:
+            kept[key] = k
+    header = {"format": "pt", **(metadata or {})}
+    if aliases:
+        header[TIED_METADATA] = json.dumps(aliases)
+    save_file(tensors, str(path), metadata=header)
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A file written by `write_safetensors`, tied aliases filled in (they share the stored tensor)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        aliases = json.loads((handle.metadata() or {}).get(TIED_METADATA, "{}"))
+    state = load_file(str(path))
+    for alias, stored in aliases.items():
+        state[alias] = state[stored]
+    return state
 
 
 def read_infoq_config(directory: str | os.PathLike):
@@ -366,8 +386,6 @@ def save_packed(model: nn.Module, directory: str | os.PathLike, config, *, write
 
 def load_packed_into(model: nn.Module, directory: str | os.PathLike, config) -> nn.Module:
     """Build packed layers from `config.policy` on a float `model`, check and load the tensors strictly."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
@@ -375,6 +393,6 @@ def load_packed_into(model: nn.Module, directory: str | os.PathLike, config) -> 
     build_packed_modules(model, config.policy, group_size=config.group_size,
                          conv_group_size=config.conv_group_size, symmetric=config.symmetric)
     check_checkpoint_tensors(model, read_tensor_specs([weights]))
-    state = strip_guards(load_file(str(weights)), model)
+    state = strip_guards(read_safetensors(weights), model)
     model.load_state_dict(state, strict=True)
     return model

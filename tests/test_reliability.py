@@ -244,3 +244,31 @@ def test_a_full_disk_keeps_the_previous_checkpoint(llama_float_dir, tmp_path):
         assert sorted(os.listdir(mount)) == ["ckpt"]
     finally:
         subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+# ----------------------------------------------------------------------------- 4: tied weights
+def test_tied_weights_are_one_tensor_in_accounting_allocation_and_checkpoint(tmp_path):
+    from infoq_hf import Budget, allocate, model_size_bytes, search
+    from infoq_hf.checkpoint import policy_of
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(_tiny_llama_config(tie_word_embeddings=True)).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    with pytest.warns(UserWarning, match=r"\['lm_head'\] share their weight with \['model\.embed_tokens\.weight'\]"):
+        table = search(model, None, bits=[2, 4, 8], method="weight_mse", group_size=32)
+    assert "lm_head" not in table.layers
+    weights = sum(info["params"] for info in table.layers.values()) * 4
+    assert table.meta["float_bytes"] == model_size_bytes(model) - weights  # the embedding counted once, as float
+    policy = allocate(table, Budget(avg_bits=3))
+    quantize_model(model, policy, group_size=32)
+    assert policy.report.size_bytes == model_size_bytes(model)  # what was allocated is what is stored
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the tie is kept
+
+    out = save_quantized(model, tmp_path / "ckpt")
+    with safetensors.safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert ("lm_head.weight" in keys) != ("model.embed_tokens.weight" in keys)  # stored once
+    loaded = load_quantized(out, model=LlamaForCausalLM(_tiny_llama_config(tie_word_embeddings=True)))
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight and policy_of(loaded) == policy_of(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, model(IDS).logits)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..accounting import count_macs, model_size_bytes
+from ..accounting import count_macs, model_size_bytes, tied_weights
 from ..bitwidth import check_bits
 from ..calibration import calibration_identity
 from ..quant.apply import default_forward, quantizable_layers
@@ -100,6 +101,12 @@ def search(
         raise ValueError("bits must name at least one candidate bit-width")
     forward = forward or default_forward
     layers = quantizable_layers(model, skip_modules, skip_types)
+    tied = tied_weights(model, layers)
+    if tied:  # a packed copy of one side would store the tensor twice and silently untie the model
+        warnings.warn(f"layers {sorted(tied)} share their weight with {sorted({k for v in tied.values() for k in v})} "
+                      "(tied weights); they stay in float to keep the tie. Pass skip_modules to silence this.",
+                      stacklevel=2)
+        layers = {n: m for n, m in layers.items() if n not in tied}
     if not layers:
         raise ValueError("the model has no quantizable Linear/Conv2d layers (after skip_modules/skip_types)")
     batches = _as_batches(calibration)
