@@ -2,8 +2,10 @@
 
 They hold the weight only as packed integer codes (`weight_packed`, uint8) plus
 `weight_scale` (float32, [out, n_groups]) and, for asymmetric schemes,
-`weight_zero_point` (uint8, [out, n_groups]); the forward pass unpacks and
-dequantizes on the fly, so the weights stay packed in memory. Optionally the
+`weight_zero_point` (uint8, [out, n_groups]); the exact forward unpacks and
+dequantizes on the fly, so the weights stay packed in memory. On CPU, bf16/fp16
+inputs of a `QuantLinear` take torch's int4 kernel instead, on a runtime copy of
+the codes in its layout (`kernels.py`), never saved. Optionally the
 input activation is fake-quantized per tensor (`input_scale`,
 `input_zero_point`). The bias stays float.
 
@@ -14,11 +16,13 @@ this format finds no `weight` and cannot silently load codes as floats.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .kernels import KERNEL_DTYPES, build_int4_layout, int4_linear, unsupported_reason
 from .packing import check_bits, pack, packed_nbytes, unpack
 from .quantizer import (
     WeightScheme,
@@ -141,6 +145,9 @@ class QuantLinear(_PackedWeightLayer):
         self.transposed_source = bool(transposed_source)  # rebuild a Conv1D on dequantize
         self._init_packed((out_features, in_features), w_bits, group_size, symmetric, a_bits, where)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        # Why bf16/fp16 inputs on CPU cannot take the int4 kernel (None: they take it).
+        self.kernel_fallback_reason = unsupported_reason(self.weight_shape, group_size)
+        self._kernel_cache = None  # ([(weakref, version) of the buffers it came from], Int4Layout); never saved
 
     @classmethod
     def from_float(cls, layer: nn.Module, *, w_bits, group_size=None, symmetric=False, a_bits=None,
@@ -156,9 +163,33 @@ class QuantLinear(_PackedWeightLayer):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantized_weight(x.dtype)
+        """bf16/fp16 inputs on CPU take torch's int4 kernel (see `kernels`); everything else, and layers
+        the kernel cannot take (`kernel_fallback_reason`), the exact path: dequantize, then `F.linear`."""
+        x = self.quantize_input(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(self.quantize_input(x), w, bias)
+        layout = self.kernel_layout(x)
+        if layout is None:
+            return F.linear(x, self.dequantized_weight(x.dtype), bias)
+        y = int4_linear(x, layout)
+        return y if bias is None else y + bias
+
+    def kernel_layout(self, x: torch.Tensor):
+        """The int4 kernel's copy of the weight for inputs like `x`, or None for the exact path. Built on
+        first use and rebuilt whenever the packed buffers were replaced or written in place (a new
+        `set_weight`, `load_state_dict`, a move between devices); the packed buffers stay the reference."""
+        if x.device.type != "cpu" or x.dtype not in KERNEL_DTYPES or self.kernel_fallback_reason is not None:
+            return None
+        if torch.compiler.is_compiling():  # tracing sees the layout built by an eager forward, as constants
+            cached = self._kernel_cache
+            return cached[1] if cached is not None and cached[1].dtype == x.dtype else None
+        buffers = [b for b in (self.weight_packed, self.weight_scale, self.weight_zero_point) if b is not None]
+        cached = self._kernel_cache
+        if cached is None or cached[1].dtype != x.dtype or not _built_from(cached[0], buffers):
+            codes = unpack(self.weight_packed, self.w_bits, math.prod(self.weight_shape)).reshape(self.weight_shape)
+            layout = build_int4_layout(codes, self.weight_scale, self.weight_zero_point, self.w_bits,
+                                       self.group_size, x.dtype)
+            self._kernel_cache = ([(weakref.ref(b), b._version) for b in buffers], layout)
+        return self._kernel_cache[1]
 
     def to_float(self) -> nn.Module:
         w = self.dequantized_weight()
@@ -223,6 +254,13 @@ class QuantConv2d(_PackedWeightLayer):
         if self.bias is not None:
             layer.bias.data.copy_(self.bias.detach())
         return layer.to(self.weight_scale.device)
+
+
+def _built_from(sources, buffers) -> bool:
+    """Whether `buffers` are the very tensors `sources` recorded, unmodified since (identity via weak
+    references, so a freed buffer whose address gets reused cannot pass for the old one)."""
+    return len(sources) == len(buffers) and all(ref() is b and version == b._version
+                                                for (ref, version), b in zip(sources, buffers))
 
 
 PACKED_TYPES = (QuantLinear, QuantConv2d)

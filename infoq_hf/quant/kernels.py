@@ -1,0 +1,106 @@
+"""A fast CPU forward for packed linear layers: torch's weight-only int4 matmul.
+
+`torch.ops.aten._weight_int4pack_mm_for_cpu(x, B, kernel_group, SZ)` computes x @ W^T with
+
+    W[n, k] = (q[n, k] - 8) * SZ[k // kernel_group, n, 0] + SZ[k // kernel_group, n, 1]
+
+for 4-bit q (in the blocked layout of `_convert_weight_to_int4pack_for_cpu`), kernel_group in
+{32, 64, 128, 256}, N a multiple of 16, in the dtype of x (bfloat16 or float16; its float32 path is
+far slower than dequantizing). Our weight is w = d * s with the integer d = c - o (code minus the
+zero point, or minus 2^(b-1) when symmetric). Per kernel group we pick a shift t that keeps
+v = d + t inside the container, [0, 16) for widths <= 4 and [0, 256) for widths 5..8, then
+
+    widths <= 4:  w = (v - 8) * s + (8 - t) * s
+    widths 5..8:  v = 16 h + l with h, l in [0, 16), so
+                  w = (h - 8) * 16s + (l - 8) * s + (136 - t) * s,
+                  one 4-bit matrix [h | l] of shape [N, 2K] applied to [x | x].
+
+t is chosen as close to 8 (or 136) as the group's codes allow, so the residual zero (8 - t) * s
+is 0 for widths 2, 3, 5 and 6 and small otherwise: the only rounding is that of s and of this
+residual to the compute dtype, plus the kernel's own arithmetic. A kernel group must divide our
+group (or the row, per channel); our scales are repeated over the kernel groups they span.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+KERNEL_GROUPS = (256, 128, 64, 32)  # the group sizes the kernel takes, largest first
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+_N_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class Int4Layout:
+    """One packed linear layer's weight in the kernel's layout (a runtime copy, never saved)."""
+
+    packed: torch.Tensor  # uint8, the kernel's blocked 4-bit layout of [N, K] or [N, 2K]
+    scale_zero: torch.Tensor  # [K' / kernel_group, N, 2] in `dtype`
+    kernel_group: int
+    split: bool  # widths 5..8: the input is duplicated to meet the [h | l] halves
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.numel() * self.packed.element_size() + self.scale_zero.numel() * self.scale_zero.element_size()
+
+
+def kernel_group_for(fan_in: int, group_size: int | None) -> int | None:
+    """The largest kernel group dividing our group (or the whole row when per channel), else None."""
+    span = fan_in if group_size is None else group_size
+    return next((g for g in KERNEL_GROUPS if span % g == 0 and fan_in % g == 0), None)
+
+
+def unsupported_reason(shape: tuple[int, int], group_size: int | None) -> str | None:
+    """Why a [out, in] weight cannot take the kernel (None when it can)."""
+    out, fan_in = shape
+    if out % _N_MULTIPLE:
+        return f"output width {out} is not a multiple of {_N_MULTIPLE}"
+    if kernel_group_for(fan_in, group_size) is None:
+        span = "the input width" if group_size is None else f"group_size={group_size}"
+        return f"none of the kernel group sizes {KERNEL_GROUPS} divides {span} (input width {fan_in})"
+    return None
+
+
+def build_int4_layout(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, bits: int,
+                      group_size: int | None, dtype: torch.dtype) -> Int4Layout:
+    """Repack codes [N, K] (uint8), scale [N, n_groups] and zero points into the kernel's layout."""
+    n, k = codes.shape
+    reason = unsupported_reason((n, k), group_size)
+    if reason is not None:
+        raise ValueError(f"the int4 kernel cannot take this layer: {reason}")
+    if dtype not in KERNEL_DTYPES:
+        raise ValueError(f"the int4 kernel computes in {KERNEL_DTYPES}, not {dtype}")
+    kernel_group = kernel_group_for(k, group_size)
+    repeat = (k if group_size is None else group_size) // kernel_group
+    s = scale.float().repeat_interleave(repeat, dim=1)  # [N, K / kernel_group]
+    offset = (torch.full_like(s, 1 << (bits - 1)) if zero_point is None
+              else zero_point.float().repeat_interleave(repeat, dim=1)).to(torch.int32)
+    d = codes.to(torch.int32).reshape(n, -1, kernel_group) - offset[..., None]  # w = d * s
+    split = bits > 4
+    capacity, center = (256, 136) if split else (16, 8)
+    # v = d + t must lie in [0, capacity): t in [-min d, capacity - 1 - max d], as near `center` as allowed.
+    t = torch.minimum(torch.maximum(torch.full_like(offset, center), -d.amin(dim=-1)), capacity - 1 - d.amax(dim=-1))
+    v = (d + t[..., None]).reshape(n, k)
+    zeros = (center - t).float() * s
+    if split:
+        q = torch.cat([v >> 4, v & 15], dim=1)
+        scales, zeros = torch.cat([16 * s, s], dim=1), torch.cat([torch.zeros_like(s), zeros], dim=1)
+    else:
+        q, scales = v, s
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+    scale_zero = torch.stack([scales.t(), zeros.t()], dim=-1).to(dtype).contiguous()
+    return Int4Layout(packed, scale_zero, kernel_group, split, dtype)
+
+
+def int4_linear(x: torch.Tensor, layout: Int4Layout) -> torch.Tensor:
+    """x @ W^T for x [..., K] in the layout's dtype, W held in `layout`."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if layout.split:
+        x2 = torch.cat([x2, x2], dim=1)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), layout.packed, layout.kernel_group,
+                                                   layout.scale_zero)
+    return y.reshape(*lead, y.shape[-1])

@@ -1,0 +1,169 @@
+"""The fast packed forward (torch's int4 CPU kernel behind QuantLinear) against the exact reference path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from infoq_hf.quant import QuantLinear, packed_layers, quantizable_layers, quantize_model
+from infoq_hf.quant.kernels import KERNEL_GROUPS, int4_linear
+from infoq_hf.quant.packing import unpack
+
+U_BF16 = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits)
+
+
+def _layer(bits, group_size, symmetric, out=64, fan_in=256, seed=0):
+    torch.manual_seed(seed)
+    return QuantLinear.from_float(nn.Linear(fan_in, out), w_bits=bits, group_size=group_size, symmetric=symmetric)
+
+
+def _kernel_error_bound(layer, x, w):
+    """What rounding to bf16 inside the kernel can cost, per output. Within one kernel group g the scale is
+    s (1 + e1) and the residual zero Z (1 + e2) with |e1|, |e2| <= u, u = 2^-8, so the weight there is
+    w (1 + e1) + Z (e2 - e1): the error is e1 * sum_g x w + (e2 - e1) Z sum_g x, and the output is
+    rounded (u |x W^T|), then the bias is rounded to bf16 and added in bf16 (u |b| + u |y|); accumulation
+    is float32 (1e-5 covers it here)."""
+    layout = layer._kernel_cache[1]
+    zero = layout.scale_zero[..., 1].float().t()  # [out, groups]
+    if layout.split:  # the hi half carries no zero term
+        zero = zero[:, zero.shape[1] // 2:]
+    g = layout.kernel_group
+    xg = x.float().reshape(*x.shape[:-1], -1, g)  # [..., groups, g]
+    wg = w.reshape(w.shape[0], -1, g)  # [out, groups, g]
+    partial = torch.einsum("...gk,ngk->...ng", xg, wg)
+    sums = xg.sum(-1)  # [..., groups]
+    product, bias = F.linear(x.float(), w), layer.bias.detach()
+    return (U_BF16 * partial.abs().sum(-1) + 2 * U_BF16 * (sums.abs() @ zero.abs().t())
+            + U_BF16 * (product.abs() + bias.abs() + (product + bias).abs()) + 1e-5)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("group_size", [None, 64])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("lead", [(1,), (3, 17)], ids=["decode", "prefill"])
+def test_int4_kernel_matches_the_dequantized_weight(bits, group_size, symmetric, lead):
+    layer = _layer(bits, group_size, symmetric)
+    x = torch.randn(*lead, 256, generator=torch.Generator().manual_seed(1)).bfloat16()
+    with torch.no_grad():
+        y = layer(x)
+        assert layer.kernel_layout(x) is not None and y.dtype == torch.bfloat16
+        w = layer.dequantized_weight()
+        err = (y.float() - F.linear(x.float(), w, layer.bias)).abs()
+        bound = _kernel_error_bound(layer, x, w)
+        assert (err <= bound).all(), float((err - bound).max())
+        # The bound is tight enough to catch one code step of error in any single group of a row.
+        step = layer.weight_scale.repeat_interleave(256 // layer.weight_scale.shape[1], dim=1)[:, :64]
+        one_step = (x.float()[..., :64].abs() @ step.t())
+        assert (bound < one_step).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5, 6])
+def test_widths_that_fit_the_container_need_no_residual_zero(bits):
+    """For widths 2, 3, 5, 6 every code difference c - o fits the container around the kernel's centre,
+    so the zero term is exactly 0 and only the bf16 scale rounding remains."""
+    layer = _layer(bits, 64, symmetric=False)
+    layer(torch.randn(1, 256).bfloat16())
+    assert torch.count_nonzero(layer._kernel_cache[1].scale_zero[..., 1]) == 0
+
+
+@pytest.mark.parametrize("bits, group_size", [(2, None), (4, 32), (5, None), (7, 32), (8, None)])
+def test_repacking_is_exact_against_an_identity_probe(bits, group_size):
+    """With unit scales and no zero term the kernel returns the integers it holds (v - 8, or v - 136 when
+    split); probing with the identity and adding back the shift (zero / s) recovers c - o exactly for every
+    entry: integers below 2^8 are exact in bf16, so the repacking loses nothing."""
+    layer = _layer(bits, group_size, symmetric=False, out=32, fan_in=64)
+    eye = torch.eye(64, dtype=torch.bfloat16)
+    layout = layer.kernel_layout(eye)
+    half = layout.scale_zero.shape[0] // 2 if layout.split else 0
+    unit = torch.zeros_like(layout.scale_zero)
+    unit[..., 0] = 1
+    unit[:half, :, 0] = 16  # the hi half of a split layout weighs 16
+    probe = int4_linear(eye, dataclasses.replace(layout, scale_zero=unit)).float()  # [K, N]
+    lo = layout.scale_zero[half:].float()
+    shift = (lo[..., 1] / lo[..., 0]).round().t().repeat_interleave(layout.kernel_group, dim=1)  # [N, K]
+    codes = unpack(layer.weight_packed, bits, 32 * 64).reshape(32, 64).float()
+    assert torch.equal(probe.t() + shift, codes - layer.weight_zero_point.float().repeat_interleave(
+        64 if group_size is None else group_size, dim=1))
+
+
+def test_float32_inputs_take_the_exact_path():
+    layer = _layer(4, 64, symmetric=False)
+    x = torch.randn(2, 256)
+    assert layer.kernel_layout(x) is None
+    assert torch.equal(layer(x), F.linear(x, layer.dequantized_weight(), layer.bias))
+
+
+@pytest.mark.parametrize("out, fan_in, group_size, reason", [
+    (24, 256, None, "not a multiple of 16"),
+    (32, 256, 16, "none of the kernel group sizes"),
+    (32, 48, None, "none of the kernel group sizes"),
+])
+def test_shapes_the_kernel_cannot_take_fall_back_to_the_exact_path(out, fan_in, group_size, reason):
+    layer = _layer(4, group_size, symmetric=False, out=out, fan_in=fan_in)
+    assert reason in layer.kernel_fallback_reason
+    x = torch.randn(3, fan_in).bfloat16()
+    assert layer.kernel_layout(x) is None
+    assert torch.equal(layer(x), F.linear(x, layer.dequantized_weight(torch.bfloat16), layer.bias.bfloat16()))
+
+
+def test_kernel_groups_cover_our_group_sizes():
+    """A per-channel row, or one of our groups, is split into the largest kernel group dividing it."""
+    from infoq_hf.quant.kernels import kernel_group_for
+
+    assert kernel_group_for(576, None) == 64 and kernel_group_for(1536, None) == 256
+    assert kernel_group_for(1024, 512) == 256 and kernel_group_for(576, 96) == 32
+    assert kernel_group_for(576, 576) == 64 and kernel_group_for(100, None) is None
+    assert set(KERNEL_GROUPS) == {32, 64, 128, 256}
+
+
+def test_layout_follows_the_packed_buffers_and_is_never_saved(tmp_path):
+    """load_state_dict / set_weight rebuild the kernel copy; the state dict (and so the checkpoint) holds
+    only the packed format, bit-identical after a save and reload."""
+    from safetensors.torch import load_file, save_file
+
+    a, b = _layer(3, 64, False, seed=0), _layer(3, 64, False, seed=1)
+    x = torch.randn(2, 256).bfloat16()
+    before = b(x)
+    assert not torch.equal(before, a(x))
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b(x), a(x))
+    state = a.state_dict()
+    assert set(state) == {"weight_packed", "weight_scale", "weight_zero_point", "bias"}
+    save_file(state, tmp_path / "a.safetensors")
+    reloaded = load_file(tmp_path / "a.safetensors")
+    assert all(torch.equal(reloaded[k], state[k]) and reloaded[k].dtype == state[k].dtype for k in state)
+    torch.manual_seed(5)
+    b.set_weight(torch.randn(64, 256))  # new buffers: the next forward must not reuse the old layout
+    with torch.no_grad():
+        y, w = b(x), b.dequantized_weight()
+        assert ((y.float() - F.linear(x.float(), w, b.bias)).abs() <= _kernel_error_bound(b, x, w)).all()
+
+
+def _tiny_packed_llama():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+    model = LlamaForCausalLM(cfg).eval()
+    names = [n for n in quantizable_layers(model) if n != "lm_head"]
+    policy = {n: 2 + i % 7 for i, n in enumerate(names)}  # every width 2..8
+    quantize_model(model, policy, group_size=32)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_export_of_a_packed_llama_matches_eager(dtype):
+    model = _tiny_packed_llama().to(dtype)
+    assert {m.w_bits for m in packed_layers(model).values()} == set(range(2, 9))
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        eager = model(input_ids=ids, use_cache=False).logits  # an eager forward builds the kernel layouts export then sees
+        exported = torch.export.export(model, (), {"input_ids": ids, "use_cache": False}, strict=False)
+        out = exported.module()(input_ids=ids, use_cache=False).logits
+    assert torch.equal(out, eager)
+    kernel_calls = sum(n.target is torch.ops.aten._weight_int4pack_mm_for_cpu.default for n in exported.graph.nodes)
+    assert kernel_calls == (len(packed_layers(model)) if dtype == torch.bfloat16 else 0)
