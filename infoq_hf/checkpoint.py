@@ -167,6 +167,22 @@ def check_checkpoint_tensors(model: nn.Module, specs: Mapping[str, tuple[tuple[i
                     f"{'symmetric' if module.symmetric else 'asymmetric'}) needs {dtype} {list(shape)}. "
                     "Its bits or grouping in config.json differ from the saved tensors."
                 )
+        stored = {k[len(where) + 1:] for k in specs if k.startswith(where + ".") and "." not in k[len(where) + 1:]}
+        allowed = set(expected_tensors(module)) | {GUARD} | ({"bias"} if module.bias is not None else set())
+        scheme = (f"{'symmetric' if module.symmetric else 'asymmetric'}, "
+                  f"{'float activations' if module.a_bits is None else f'{module.a_bits}-bit activations'}")
+        if stored - allowed:
+            raise ValueError(
+                f"checkpoint does not match its policy: layer {name!r} stores {sorted(stored - allowed)}, which its "
+                f"config.json scheme ({bits}, {scheme}) does not have; the config.json settings (symmetric, a_bits, "
+                "bias) differ from the saved tensors. Re-save the model instead of editing config.json."
+            )
+        if module.bias is not None:
+            if "bias" not in stored:
+                raise ValueError(f"checkpoint does not match its policy: layer {name!r} ({bits}) lacks 'bias'")
+            if tuple(specs[f"{where}.bias"][0]) != (module.bias.shape[0],):
+                raise ValueError(f"checkpoint does not match its policy: layer {name!r} stores bias as "
+                                 f"{list(specs[f'{where}.bias'][0])}, but the layer needs [{module.bias.shape[0]}]")
     extra = sorted(ckpt_packed - seen)
     if extra:
         raise ValueError(

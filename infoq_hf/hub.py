@@ -132,6 +132,37 @@ def _load_checkpoint_model(directory: Path, kind: str, model_config: Mapping) ->
                      "model object instead of the folder, so its layer sizes are known")
 
 
+def _check_tensor_headers(directory: Path, kind: str, model_config: Mapping, config) -> None:
+    """Check the stored tensor headers against the config's policy and scheme, on a model skeleton built
+    on the meta device (no weights read), so a folder whose config.json was edited is refused."""
+    import torch
+
+    from .checkpoint import build_packed_modules, check_checkpoint_tensors, read_tensor_specs
+
+    with torch.device("meta"):
+        if kind == "transformers":
+            import transformers
+
+            from .integrations.transformers import _checkpoint_renamer
+
+            arch = (model_config.get("architectures") or [None])[0]
+            cls = getattr(transformers, arch, None) if arch else None
+            if cls is None:
+                return  # an architecture this transformers does not know: loading will say so
+            model = cls._from_config(transformers.AutoConfig.from_pretrained(directory))
+            rename = _checkpoint_renamer(model, None)
+        elif kind == "timm":
+            from .integrations.timm import _create_timm_model
+
+            model, rename = _create_timm_model(directory), (lambda key: key)
+        else:
+            return  # a plain module: its architecture is not recorded (load_quantized checks on load)
+    build_packed_modules(model, config.policy, group_size=config.group_size, conv_group_size=config.conv_group_size,
+                         symmetric=config.symmetric)
+    specs = read_tensor_specs(sorted(directory.glob("*.safetensors")))
+    check_checkpoint_tensors(model, {rename(k): v for k, v in specs.items()})
+
+
 def read_checkpoint(directory: str | os.PathLike, *, table: SensitivityTable | None = None) -> CheckpointInfo:
     """Everything a model card needs from a checkpoint folder written by infoq (save_pretrained,
     save_quantized or `infoq quantize`): its policy, summary, sensitivity table (if saved beside it)."""
@@ -149,6 +180,7 @@ def read_checkpoint(directory: str | os.PathLike, *, table: SensitivityTable | N
         table = SensitivityTable.load(directory / TABLE_FILE)
     summary = _read_json(directory / SUMMARY_FILE) if (directory / SUMMARY_FILE).is_file() else None
     if summary is not None and summary.get("params"):
+        _check_tensor_headers(directory, kind, model_config, config)
         params = {k: int(v) for k, v in summary["params"].items()}
     else:  # older folder, or pushed from elsewhere: measure the model itself
         params, measured = _packed_layers_summary(_load_checkpoint_model(directory, kind, model_config))
