@@ -4,7 +4,8 @@
     python -m benchmarks.compare --model mnist_cnn    # top-1 at 3.0 bits (10.67x) and at a W/A BitOps budget
     python -m benchmarks.compare --model fashion_resnet --checkpoint out/fashion_resnet8.pt   # the same
 
-Sensitivity tables are cached in benchmarks/results/tables/ (keyed by model, method, data
+On SmolLM2 InfoQ is also shown with the paper's Eq. 4 scores and with its allocation refined on
+the whole model (`allocate(..., model=, calibration=)`). Sensitivity tables are cached in benchmarks/results/tables/ (keyed by model, method, data
 sizes and seed) so other budgets need no new probing; `--fresh` recomputes them. The
 search cost of each method (wall time, forward passes, calibration samples) is reported
 from the table's own metadata, i.e. from the run that produced it.
@@ -36,30 +37,50 @@ def cached_table(path: Path, fresh: bool, compute) -> SensitivityTable:
 
 
 def run_smollm2(args, out: Path):
+    """Perplexity at 4.0 / 3.0 / 2.5 average bits: uniform, every method's ILP allocation, and InfoQ's
+    allocation refined on the whole model (KL to fp32 on the calibration windows only)."""
     model, _, calib, _, test = common.smollm2_data(args.calib or 4, 0, args.eval or 32)
     skip = ["lm_head"]
     kw = dict(bits=(2, 3, 4, 8), group_size=64, skip_modules=skip, seed=args.seed)
-    tables = {m: cached_table(out / "tables" / f"smollm2_{m}_c{len(calib)}_s{args.seed}.json", args.fresh,
-                              lambda m=m: search(model, calib, method=m, **kw)) for m in METHODS}
+    searches = {"infoq": {}, "infoq (paper Eq. 4)": {"scores": "eq4"}, "hawq": {}, "weight_mse": {}, "random": {}}
+    tables = {}
+    for label, opts in searches.items():
+        method = label.split()[0]
+        key = "infoq_eq4" if opts else method
+        tables[label] = cached_table(out / "tables" / f"smollm2_{key}_c{len(calib)}_s{args.seed}.json", args.fresh,
+                                     lambda m=method, o=opts: search(model, calib, method=m, **kw, **o))
     fp32 = common.perplexity(model, test)
-    rows = [("fp32 (from Q4_1 GGUF)", "-", 32.0, fp32)]
+    rows = [("fp32 (from Q4_1 GGUF)", "-", 32.0, fp32, "")]
+    refinements = []
     for budget in (4.0, 3.0, 2.5):
         if budget == int(budget):
             m = copy.deepcopy(model)
             names = quantizable_layers(m, skip_modules=skip)
             quantize_model(m, {n: int(budget) for n in names}, group_size=64, skip_modules=skip)
-            rows.append((f"uniform {int(budget)}-bit", budget, budget, common.perplexity(m, test)))
-        for method, table in tables.items():
-            policy = allocate(table, Budget(avg_bits=budget))
-            m = copy.deepcopy(model)
-            quantize_model(m, policy, group_size=64, skip_modules=skip)
-            rows.append((method, budget, policy.report.avg_bits, common.perplexity(m, test)))
-            print(rows[-1], flush=True)
-    header = (f"SmolLM2-135M weight-only, group 64, candidates {{2,3,4,8}}, calibration {len(calib) * 4}x128 tokens "
-              f"(comedies/histories), perplexity on {args.eval or 32}x128 held-out tokens (tragedies); "
+            rows.append((f"uniform {int(budget)}-bit", budget, budget, common.perplexity(m, test), ""))
+        for label, table in tables.items():
+            variants = [("", 0)] + ([(" + refinement", args.refine_passes)] if label == "infoq" else [])
+            for suffix, passes in variants:
+                policy = allocate(table, Budget(avg_bits=budget), model=model if passes else None,
+                                  calibration=calib if passes else None, refine_passes=passes, seed=args.seed)
+                m = copy.deepcopy(model)
+                quantize_model(m, policy, group_size=64, skip_modules=skip)
+                r = policy.report.refinement
+                note = "" if r is None else f"KL {r.kl_ilp:.3f} -> {r.kl_final:.3f} (from {r.start})"
+                rows.append((label + suffix, budget, policy.report.avg_bits, common.perplexity(m, test), note))
+                if r is not None:
+                    refinements.append((budget, r))
+                print(rows[-1], flush=True)
+    header = (f"SmolLM2-135M weight-only, RTN, group 64, candidates {{2,3,4,8}}, calibration {len(calib) * 4}x128 tokens "
+              f"(comedies/histories), perplexity on {args.eval or 32}x128 held-out tokens (tragedies); refinement: "
+              f"{args.refine_passes} whole-model passes judged by KL to fp32 on the calibration tokens; "
               f"seed {args.seed}; {common.machine()}")
-    table_md = ["| allocation | budget (avg bits) | achieved avg bits | perplexity |", "|---|---|---|---|"]
-    table_md += [f"| {a} | {b} | {c:.3f} | {d:.2f} |" for a, b, c, d in rows]
+    table_md = ["| allocation | budget (avg bits) | achieved avg bits | perplexity | refinement (calibration KL) |",
+                "|---|---|---|---|---|"]
+    table_md += [f"| {a} | {b} | {c:.3f} | {d:.2f} | {e} |" for a, b, c, d, e in rows]
+    table_md += ["", "Refinement cost (whole-model passes on the calibration tokens):", "",
+                 "| budget | passes | accepted | start | wall s |", "|---|---|---|---|---|"]
+    table_md += [f"| {b} | {r.passes} | {r.accepted} | {r.start} | {r.wall_s:.0f} |" for b, r in refinements]
     return header, table_md, tables
 
 
@@ -145,6 +166,7 @@ def main(argv=None):
     p.add_argument("--eval", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="recompute cached sensitivity tables")
+    p.add_argument("--refine-passes", type=int, default=64, help="smollm2: whole-model passes of the refinement")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)

@@ -5,6 +5,17 @@
 Loads the oracle table cached by `benchmarks.spearman --split dev` with the same settings
 (run that first), then scores several InfoQ option sets on the same calibration data and
 prints their Spearman correlations with the oracle.
+
+    python -m benchmarks.tune_infoq --model smollm2 --only 'model\.layers\.(3|15|27)\..*' --calibrated
+
+`--calibrated` chooses the probe width of the calibrated costs S = alpha_l * t2(l, b) on the
+CALIBRATION data alone (no oracle needed): one Eq. 4 search without the 1/b factor gives the
+information change D(l, b) at every width; if D were proportional to t2, alpha_l = D / t2 would be
+the same at every width. Saturation (large perturbations) shows as a smaller alpha at low widths,
+estimator noise (tiny perturbations) as alphas that stop agreeing across layers at high widths. The
+printout gives, per width, the median ratio of its alpha to its neighbours' and the rank agreement
+of its alphas with the other widths'. Where a dev-split oracle is cached (`benchmarks.spearman
+--split dev`), the costs from each width are also compared with it.
 """
 
 from __future__ import annotations
@@ -36,6 +47,42 @@ CANDIDATES = {
 }
 
 
+def calibrated_choices(model, calib, kwargs, bits, oracle, seed) -> list[str]:
+    import statistics
+
+    from infoq_hf.sensitivity.search import _fit_alpha
+
+    raw = search(model, calib, bits=bits, method="infoq", seed=seed, progress=False, scores="eq4", inv_bits=False, **kwargs)
+    t2 = search(model, calib, bits=bits, method="weight_mse", seed=seed, progress=False, **kwargs)
+    names = list(raw.layers)
+    alpha = {b: [raw.w(n, b) / max(t2.w(n, b) / _sq_norm(model, n), 1e-300) for n in names] for b in bits}
+    lines = ["| probe width | median alpha / alpha at the other widths | Spearman of its alphas with the others' (mean) |",
+             "|---|---|---|"]
+    for b in bits:
+        others = [o for o in bits if o != b]
+        ratio = statistics.median(alpha[b][i] / max(alpha[o][i], 1e-300) for o in others for i in range(len(names)))
+        agree = sum(common.spearman(alpha[b], alpha[o]) for o in others) / len(others)
+        lines.append(f"| {b} bits | {ratio:.3f} | {agree:.3f} |")
+        print(lines[-1], flush=True)
+    if oracle is None:
+        return lines
+    lines += ["", "Against the dev-split oracle:", "", "| alpha from | Spearman, all | Spearman within a bit-width |",
+              "|---|---|---|"]
+    for widths in [[b] for b in bits] + [list(bits)]:
+        table = SensitivityTable.from_dict(raw.to_dict())
+        for n, info in table.layers.items():
+            rel = {b: t2.w(n, b) / _sq_norm(model, n) for b in bits}
+            a = _fit_alpha({b: raw.w(n, b) for b in widths}, rel, widths)
+            info["w"] = {b: a * rel[b] for b in bits}
+        overall, per_bit = correlations(table, oracle, bits)
+        lines.append(f"| InfoQ probe at {widths} | {overall:.3f} | {per_bit:.3f} |")
+    return lines
+
+
+def _sq_norm(model, name: str) -> float:
+    return float((model.get_submodule(name).weight.detach().float() ** 2).sum())
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["mnist_cnn", "smollm2"], required=True)
@@ -45,6 +92,7 @@ def main(argv=None):
     p.add_argument("--only", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--candidates", default=";".join(CANDIDATES), help=";-separated names from CANDIDATES, or JSON dicts")
+    p.add_argument("--calibrated", action="store_true", help="choose the probe width of the calibrated costs")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     bits = [int(b) for b in args.bits.split(",")]
@@ -52,6 +100,15 @@ def main(argv=None):
     default_held = args.heldout or (8 if args.model == "smollm2" else None)
     model, calib, _, _, kwargs, calib_n, held_n = load_setup(args.model, default_calib, default_held, args.only)
     cache = oracle_cache(args.out, args.model, bits, calib_n, held_n, "dev", args.seed, args.only)
+    if args.calibrated:
+        oracle = SensitivityTable.load(cache) if cache.exists() else None
+        lines = [f"Calibrated InfoQ costs: which probe width, {args.model}, bits {bits}, {calib_n} calibration "
+                 f"samples, layers {args.only or 'all'}; {common.machine()}", "",
+                 *calibrated_choices(model, calib, kwargs, bits, oracle, args.seed)]
+        text = "\n".join(lines)
+        print(text)
+        (Path(args.out) / f"tune_calibrated_{args.model}.md").write_text(text + "\n")
+        return
     if not cache.exists():
         raise SystemExit(f"no cached dev oracle at {cache}; run benchmarks.spearman --split dev with the same settings")
     oracle = SensitivityTable.load(cache)

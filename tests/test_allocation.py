@@ -227,17 +227,32 @@ def test_fixed_activation_bits_count_in_bitops():
 def test_pin_first_last_for_cnns():
     rng = random.Random(5)
     cnn = random_table(rng, 5, first_kind="conv2d")
-    policy = allocate(cnn, Budget(avg_bits=8))
+    policy = allocate(cnn, Budget(avg_bits=8), pin_first_last=True)
     names = list(cnn.layers)
     assert policy[names[0]].w_bits == 8 and policy[names[-1]].w_bits == 8
-    low = allocate(cnn, Budget(avg_bits=8), first_last_bits=4)
+    low = allocate(cnn, Budget(avg_bits=8), pin_first_last=True, first_last_bits=4)
     assert low[names[0]].w_bits == 4 and low[names[-1]].w_bits == 4
     # an explicit pin overrides the automatic one; pin_first_last=False frees both ends
-    assert allocate(cnn, Budget(avg_bits=8), pin={names[0]: 2})[names[0]].w_bits == 2
+    assert allocate(cnn, Budget(avg_bits=8), pin_first_last=True, pin={names[0]: 2})[names[0]].w_bits == 2
     free = allocate(cnn, Budget(avg_bits=2), pin_first_last=False)
     assert all(lb.w_bits == 2 for lb in free.values())
     lm = random_table(rng, 3)  # a transformer (first layer linear): nothing pinned by default
     assert all(lb.w_bits == 2 for lb in allocate(lm, Budget(avg_bits=2)).values())
+
+
+def test_auto_pins_only_small_end_layers():
+    """A large classifier (MobileNetV2's holds 37% of the weights) is not pinned unless asked."""
+    from infoq_hf.sensitivity import SensitivityTable
+
+    layers = {"stem": {"params": 10, "kind": "conv2d"}, "body": {"params": 600, "kind": "conv2d"},
+              "head": {"params": 400, "kind": "linear"}}
+    for info in layers.values():
+        info["w"] = {2: 1.0, 4: 0.1, 8: 0.01}
+    table = SensitivityTable("weight_mse", [2, 4, 8], layers)
+    auto = allocate(table, Budget(avg_bits=4))
+    assert auto["stem"].w_bits == 8 and auto["head"].w_bits != 8  # small stem pinned, large head free
+    forced = allocate(table, Budget(avg_bits=8), pin_first_last=True)
+    assert forced["head"].w_bits == 8
 
 
 @pytest.mark.parametrize("kind", ["avg_bits", "size_bytes", "bitops", "compression"])

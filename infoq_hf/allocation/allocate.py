@@ -95,9 +95,9 @@ def allocate(
     act_bits: candidate activation bits; given -> W/A mixed precision over (w, a) pairs; None -> weights only.
     fixed_a_bits: weights-only: the activation width every layer runs at (for BitOps; None = float, 32).
     pin: {name: w_bits} or {name: (w_bits, a_bits)}; overrides the first/last pins.
-    pin_first_last: pin the first and last table layers (True / False / "auto" = when the first layer is a
-        conv2d, i.e. a CNN) to `first_last_bits` (default 8 bits, or the largest candidate; W/A: same for
-        activations; an int or a (w, a) pair).
+    pin_first_last: pin the first and last table layers (True / False / "auto" = on a CNN (first layer a
+        conv2d), each end layer that holds at most 5% of the weights) to `first_last_bits` (default 8 bits,
+        or the largest candidate; W/A: same for activations; an int or a (w, a) pair).
     min_bits / max_bits: weight-bit bounds, an int for all layers or {name: int}.
     tie: groups of layer names that share weight bits; tie_activations: groups that share activation bits
         (e.g. the layers feeding one residual add).

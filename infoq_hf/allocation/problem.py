@@ -24,7 +24,8 @@ from ..sensitivity.table import SensitivityTable
 from . import costs
 from .solvers import MIP, MIPBuilder
 
-Choice = tuple[int, "int | None"]  # (w_bits, a_bits); a_bits None = activations stay float
+Choice = tuple[int, "int | None"]
+AUTO_PIN_MAX_SHARE = 0.05  # pin_first_last="auto": pin an end layer holding at most this share of the weights  # (w_bits, a_bits); a_bits None = activations stay float
 
 
 @dataclass(frozen=True)
@@ -189,9 +190,14 @@ def resolve_spec(
     pins_w: dict[str, int] = {}
     pins_a: dict[str, int] = {}
 
-    # first/last layer pins (HAWQ/LIMPQ convention for CNNs); explicit pins below override them
+    # first/last layer pins (HAWQ/LIMPQ convention for CNNs); explicit pins below override them.
+    # "auto" pins them on CNNs only where they are small: a large pinned layer (MobileNetV2's
+    # classifier holds 37% of its weights) forces 2-bit layers elsewhere and can lose to uniform.
+    ends = list(dict.fromkeys((layers[0], layers[-1])))
     if pin_first_last == "auto":
-        pin_first_last = table.layers[layers[0]].get("kind") == "conv2d"
+        total = costs.total_params(table) or 1
+        ends = [n for n in ends if table.layers[n]["params"] <= AUTO_PIN_MAX_SHARE * total]
+        pin_first_last = table.layers[layers[0]].get("kind") == "conv2d" and bool(ends)
     elif not isinstance(pin_first_last, bool):
         raise ValueError(f"pin_first_last must be True, False or 'auto', got {pin_first_last!r}")
     if pin_first_last:
@@ -202,7 +208,7 @@ def resolve_spec(
             fw, fa, a_given = _parse_pin("first/last", first_last_bits, mixed, a_candidates[0])
             if mixed and not a_given:
                 fa = 8 if 8 in a_candidates else max(a_candidates)
-        for name in {layers[0], layers[-1]}:
+        for name in ends:
             pins_w[name] = fw
             if mixed:
                 pins_a[name] = fa
