@@ -1,4 +1,5 @@
-"""One InfoQ search on a tiny seeded CNN, written as a JSON table: run under `accelerate launch`.
+"""One InfoQ search on a tiny seeded CNN (and, with --refine N, a refined allocation), written as JSON:
+run under `accelerate launch`.
 
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
         --dynamo_backend no tests/dist_probe_job.py OUT.json [--width 8] [--batches 2] [--batch-size 32]
@@ -42,7 +43,9 @@ def seeded_batches(n_batches: int, batch_size: int, classes: int = 10, size: int
     return batches
 
 
-def run(out: str, *, width: int, depth: int, n_batches: int, batch_size: int, directions: int, use_accelerate: bool):
+def run(out: str, *, width: int, depth: int, n_batches: int, batch_size: int, directions: int, use_accelerate: bool,
+        refine: int = 0):
+    from infoq_hf import Budget, allocate
     from infoq_hf.sensitivity import search
 
     accelerator = None
@@ -57,8 +60,16 @@ def run(out: str, *, width: int, depth: int, n_batches: int, batch_size: int, di
     table = search(model, batches, bits=(2, 3, 4, 8), method="infoq", accelerator=accelerator, progress=False,
                    num_directions=directions)
     wall = time.perf_counter() - started
+    policy = None
+    if refine:  # candidates split over the processes; the result must not depend on how many
+        policy = allocate(table, Budget(avg_bits=2.5), pin_first_last=False, model=model, calibration=batches,
+                          refine_passes=refine, accelerator=accelerator, progress=False)
     if accelerator is None or accelerator.is_main_process:
         data = table.to_dict()
+        if policy is not None:
+            r = policy.report.refinement.to_dict()
+            r.pop("wall_s")
+            data["refined"] = {"policy": policy.to_dict(), "refinement": r}
         data["job"] = {"processes": 1 if accelerator is None else accelerator.num_processes, "search_wall_s": wall}
         with open(out, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
@@ -78,9 +89,10 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--directions", type=int, default=16)
     p.add_argument("--no-accelerate", action="store_true", help="plain single process, no Accelerator at all")
+    p.add_argument("--refine", type=int, default=0, help="refinement passes of an allocation at 2.5 average bits")
     a = p.parse_args(argv)
     run(a.out, width=a.width, depth=a.depth, n_batches=a.batches, batch_size=a.batch_size,
-        directions=a.directions, use_accelerate=not a.no_accelerate)
+        directions=a.directions, use_accelerate=not a.no_accelerate, refine=a.refine)
 
 
 if __name__ == "__main__":

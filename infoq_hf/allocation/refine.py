@@ -363,42 +363,45 @@ def _pick(rng: random.Random, options: list):
 
 
 def _raise_first(rng, units, table, budget, current, a_of):
+    """Raise one unit a width, then lower others (any number of widths) until every budget holds."""
     config = dict(current)
     up = _pick(rng, _options(units, table, budget, config, a_of, +1, ()))
     if up is None:
         return None
     _, group, new = up
+    delta = budget.delta(group, config[group[0]], new, a_of)
     for n in group:
         config[n] = new
-    moved = {group}
-    usage = budget.usage({n: (b, a_of[n]) for n, b in config.items()})
+    usage = budget.usage({n: (b, a_of[n]) for n, b in current.items()})
+    usage = {k: usage[k] + delta[k] for k in usage}
     while not budget.fits(usage):
-        down = _pick(rng, _options(units, table, budget, config, a_of, -1, moved))
+        down = _pick(rng, _options(units, table, budget, config, a_of, -1, {group}))
         if down is None:
             return None
         _, g, w = down
         delta = budget.delta(g, config[g[0]], w, a_of)
         for n in g:
             config[n] = w
-        moved.add(g)
         usage = {k: usage[k] + delta[k] for k in usage}
     return config
 
 
 def _lower_first(rng, units, table, budget, current, a_of):
+    """Lower one unit a width, then spend what it frees raising others while every budget holds."""
     config = dict(current)
     down = _pick(rng, _options(units, table, budget, config, a_of, -1, ()))
     if down is None:
         return None
     _, group, new = down
+    delta = budget.delta(group, config[group[0]], new, a_of)
     for n in group:
         config[n] = new
-    moved = {group}
-    usage = budget.usage({n: (b, a_of[n]) for n, b in config.items()})
+    usage = budget.usage({n: (b, a_of[n]) for n, b in current.items()})
+    usage = {k: usage[k] + delta[k] for k in usage}
     raised = False
     while True:
         fitting = []
-        for option in _options(units, table, budget, config, a_of, +1, moved):
+        for option in _options(units, table, budget, config, a_of, +1, {group}):
             _, g, w = option
             delta = budget.delta(g, config[g[0]], w, a_of)
             if budget.fits({k: usage[k] + delta[k] for k in usage}):
@@ -408,7 +411,6 @@ def _lower_first(rng, units, table, budget, current, a_of):
         (_, g, w), delta = fitting[rng.randrange(min(TOP_CHOICES, len(fitting)))]
         for n in g:
             config[n] = w
-        moved.add(g)
         usage = {k: usage[k] + delta[k] for k in usage}
         raised = True
     return config if raised else None
