@@ -10,10 +10,13 @@ Layout (format 1), shared by transformers' `save_pretrained` and `save_quantized
                       (the per-layer policy included);
   infoq_config.json   written by `save_quantized`: the same InfoQConfig dict (for non-transformers users).
 
-The guard: transformers 5 only *warns* about a config whose quant_method it does not know and
+The guards: transformers 5 only *warns* about a config whose quant_method it does not know and
 then loads the model as float, re-initialising the missing `weight`s at random. A one-byte
 `NAME.weight` makes that case a size-mismatch error instead, so a checkpoint read without
-`import infoq_hf` fails loudly rather than yielding a silently random model.
+`import infoq_hf` fails loudly rather than yielding a silently random model. transformers' error
+suggests `ignore_mismatched_sizes=True`, which re-initialises mismatched tensors by design (nothing
+in a checkpoint can stop that), so one more one-byte tensor, IMPORT_HINT_KEY, is named after the fix:
+transformers lists it in the load report it prints in both cases.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .quant.modules import QuantConv2d, QuantLinear
 from .quant.packing import packed_nbytes
 
 GUARD = "weight"
+IMPORT_HINT_KEY = "INFOQ_PACKED_CHECKPOINT__pip_install_infoq-hf__and_import_infoq_hf_before_from_pretrained"
 WEIGHTS_NAME = "model.safetensors"
 INFOQ_CONFIG_NAME = "infoq_config.json"
 TIED_METADATA = "infoq_tied"  # safetensors header: {alias key: stored key} for tied tensors stored once
@@ -197,11 +201,12 @@ def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     for name in packed_layers(model):
         state[f"{name}.{GUARD}" if name else GUARD] = torch.zeros(1, dtype=torch.uint8)
+    state[IMPORT_HINT_KEY] = torch.zeros(1, dtype=torch.uint8)
     return state
 
 
 def strip_guards(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    guards = {f"{n}.{GUARD}" for n in packed_layers(model)}
+    guards = {f"{n}.{GUARD}" for n in packed_layers(model)} | {IMPORT_HINT_KEY}
     return {k: v for k, v in state.items() if k not in guards}
 
 

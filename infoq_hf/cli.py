@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from .bitwidth import MAX_BITS
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-TEXT_BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json",
-                 ".csv": "csv", ".parquet": "parquet"}
 DATA_FREE_METHODS = ("weight_mse", "random")
 
 
@@ -52,6 +51,14 @@ def _positive(kind):
     return parse
 
 
+def _avg_bits(text: str) -> float:
+    value = _positive(float)(text)
+    if value > MAX_BITS:  # no packed width is wider (a budget below the narrowest is the ILP's to explain)
+        raise argparse.ArgumentTypeError(f"--avg-bits is an average of packed widths, at most {MAX_BITS} bits; got "
+                                         f"{text} (for float layers keep them out of the model's quantized layers)")
+    return value
+
+
 def _group_size(text: str):
     if text.lower() in ("none", "channel", "per-channel", "0"):
         return None
@@ -60,7 +67,7 @@ def _group_size(text: str):
 
 def _add_budget(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("budget (at least one; several combine)")
-    g.add_argument("--avg-bits", type=_positive(float), metavar="B",
+    g.add_argument("--avg-bits", type=_avg_bits, metavar="B",
                    help="parameter-weighted average weight bits over the quantized layers, e.g. 3 or 4.5")
     g.add_argument("--size-mb", type=_positive(float), metavar="MB", help="whole stored model size in MB (10^6 bytes)")
     g.add_argument("--bitops", type=_positive(float), metavar="N", help="sum over layers of MACs x w_bits x a_bits")
@@ -97,7 +104,8 @@ def _add_model_and_calibration(parser: argparse.ArgumentParser, calib_required: 
     c.add_argument("--split", default="train", help="dataset split (default train)")
     c.add_argument("--text-column", default="text", help="text column (default text)")
     c.add_argument("--image-column", default="image", help="image column (default image)")
-    c.add_argument("--label-column", help="label column (images; optional)")
+    c.add_argument("--label-column", help="label column (images; default: the float model's own top-1 class "
+                                          "labels each image)")
     q = parser.add_argument_group("quantizer settings")
     q.add_argument("--group-size", type=_group_size, default=128, metavar="G",
                    help="weights per scale in Linear layers, or 'none' for one scale per output channel (default 128)")
@@ -185,29 +193,12 @@ def calibration_spec(args) -> dict | None:
     options = {"num_samples": args.samples, "seq_len": args.seq_len, "batch_size": args.batch_size, "seed": args.seed,
                "split": args.split, "text_column": args.text_column, "image_column": args.image_column,
                "label_column": args.label_column, "config": args.calib_config}
-    path = Path(spec)
-    if path.is_file():
-        builder = TEXT_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise UsageError(f"--calib {spec}: unknown file type {path.suffix!r}; use .txt, .json(l), .csv or .parquet")
-        return {"dataset": builder, "data_files": str(path.resolve()), **options}
-    if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            return {"dataset": str(path.resolve()), **options}  # datasets save_to_disk
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files):
-            return {"dataset": "imagefolder", "data_dir": str(path.resolve()), **options}
-        builders = {TEXT_BUILDERS[p.suffix.lower()] for p in files if p.suffix.lower() in TEXT_BUILDERS}
-        if len(builders) != 1:
-            raise UsageError(f"--calib {spec}: the folder must hold images or one kind of .txt/.json/.csv/.parquet "
-                             f"files, found {sorted(builders) or 'none'}")
-        builder = builders.pop()
-        data_files = [str(p.resolve()) for p in files if TEXT_BUILDERS.get(p.suffix.lower()) == builder]
-        return {"dataset": builder, "data_files": data_files, **options}
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or Path(spec).suffix.lower() in TEXT_BUILDERS
-    if looks_like_path:  # Hub dataset names are "name" or "owner/name"
-        raise UsageError(f"--calib {spec}: no such file or folder")
-    return {"dataset": spec, **options}  # a datasets Hub name
+    from .calibration import spec_from_string
+
+    try:
+        return spec_from_string(spec, **options).to_dict()
+    except ValueError as e:
+        raise UsageError(f"--calib {spec}: {e}") from None
 
 
 def load_batches(loaded: LoadedModel, spec: dict | None, method: str) -> list | None:
@@ -218,11 +209,28 @@ def load_batches(loaded: LoadedModel, spec: dict | None, method: str) -> list | 
     from .calibration import load_calibration
 
     _say(f"loading calibration data: {spec['dataset']} ({spec['num_samples']} samples)")
-    if loaded.kind == "timm":
-        return load_calibration(spec, model=loaded.model)
+    if loaded.kind == "timm":  # timm models take a tensor, not keyword inputs: (x, y) batches
+        return _labelled(loaded.model, load_calibration(spec, model=loaded.model, format="tuple"))
     if loaded.tokenizer is not None and getattr(loaded.model, "main_input_name", "input_ids") == "input_ids":
         return load_calibration(spec, tokenizer=loaded.tokenizer)
-    return load_calibration(spec, model=loaded.model)
+    return _labelled(loaded.model, load_calibration(spec, model=loaded.model))
+
+
+def _labelled(model, batches: list) -> list:
+    """Images without a label column: the float model's own top-1 class is each image's label (the
+    sensitivity methods score how quantization changes the task, and folder names need not match the
+    model's class indices)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for batch in batches:
+            if isinstance(batch, tuple) and batch[1] is None:
+                batch = (batch[0], model(batch[0]).argmax(-1))
+            elif isinstance(batch, dict) and "labels" not in batch:
+                batch = {**batch, "labels": model(**batch).logits.argmax(-1)}
+            out.append(batch)
+    return out
 
 
 def run_search(args, loaded: LoadedModel, spec: dict | None):
@@ -238,6 +246,7 @@ def run_search(args, loaded: LoadedModel, spec: dict | None):
 # ----------------------------------------------------------------------------- commands
 def cmd_quantize(args) -> int:
     from .allocation import allocate
+    from .calibration import calibration_record
     from .config import InfoQConfig
     from .hub import SUMMARY_FILE, TABLE_FILE, push_to_hub
     from .pipeline import format_summary, quantize_with_infoq
@@ -276,7 +285,7 @@ def cmd_quantize(args) -> int:
     from .hub import _packed_layers_summary
 
     summary["params"] = _packed_layers_summary(model)[0]
-    summary["calibration"] = spec
+    summary["calibration"] = calibration_record(spec)
     summary["base_model"] = loaded.base_model
     table.save(out / TABLE_FILE)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
@@ -377,39 +386,48 @@ def cmd_push(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-EPILOG = """\
-examples:
+EXAMPLES = {
+    "quantize": """\
   # search, allocate and pack a causal LM at 3 bits on average, calibrated on a local text file
   infoq quantize ./llama-1b --bits 2,3,4,8 --avg-bits 3 --calib wiki.txt --samples 64 --seq-len 512 --out ./llama-1b-infoq
 
   # a timm model under a size budget, images from a folder (class subfolders), then publish
   infoq quantize timm:resnet18.a1_in1k --size-mb 4 --calib ./imagenet-val-sample --samples 256 \\
-      --out ./resnet18-infoq --push me/resnet18-infoq
-
-  # sensitivities once, then allocate for many budgets in seconds (no model needed)
-  infoq search ./llama-1b --calib wikitext --calib-config wikitext-2-raw-v1 --bits 2,3,4,8 --out scores.json
+      --out ./resnet18-infoq --push me/resnet18-infoq""",
+    "search": """\
+  # sensitivities once (then infoq allocate for many budgets, no model needed)
+  infoq search ./llama-1b --calib wikitext --calib-config wikitext-2-raw-v1 --bits 2,3,4,8 --out scores.json""",
+    "allocate": """\
+  # bits for a budget from a saved table, in seconds
   infoq allocate scores.json --avg-bits 3.5 --out policy.json
-  infoq allocate scores.json --avg-bits 3 --size-mb 600 --solver highs --out policy.json
-
-  infoq report ./llama-1b-infoq          # summary table, plots and README.md model card into the folder
-  infoq push ./llama-1b-infoq me/llama-1b-infoq --private
-
+  infoq allocate scores.json --avg-bits 3 --size-mb 600 --solver highs --out policy.json""",
+    "report": """\
+  infoq report ./llama-1b-infoq          # summary table, plots and README.md model card into the folder""",
+    "push": """\
+  infoq push ./llama-1b-infoq me/llama-1b-infoq --private""",
+}
+FOOTER = """\
 Load a result with `import infoq_hf; AutoModelForCausalLM.from_pretrained(DIR_OR_REPO)`, or for
 timm `infoq_hf.load_quantized(DIR)` / `infoq_hf.hub.load_from_hub(REPO)`.
 Exit codes: 0 ok, 2 bad usage or input, 1 unexpected failure. Pushing needs HF_TOKEN or `huggingface-cli login`.
 """
 
 
+def _epilog(*commands: str) -> str:
+    """The examples of `commands` (each subcommand's --help shows only its own), then the common notes."""
+    return "examples:\n" + "\n\n".join(EXAMPLES[c] for c in commands) + "\n\n" + FOOTER
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="infoq", formatter_class=fmt, epilog=EPILOG,
+        prog="infoq", formatter_class=fmt, epilog=_epilog(*EXAMPLES),
         description="InfoQ mixed-precision quantization: score each layer's sensitivity per bit-width, "
                     "allocate bits under a budget with an integer program, pack, report and publish.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    q = sub.add_parser("quantize", formatter_class=fmt, epilog=EPILOG,
+    q = sub.add_parser("quantize", formatter_class=fmt, epilog=_epilog("quantize"),
                        help="search + allocate + pack a model into a checkpoint folder",
                        description="Score sensitivities, allocate bits under the budget, pack the weights and save "
                                    "the checkpoint (with the sensitivity table and a summary) into --out.")
@@ -422,13 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="with --push: replace an existing repo's files")
     q.set_defaults(func=cmd_quantize)
 
-    s = sub.add_parser("search", formatter_class=fmt, epilog=EPILOG, help="score sensitivities into a JSON table",
+    s = sub.add_parser("search", formatter_class=fmt, epilog=_epilog("search"), help="score sensitivities into a JSON table",
                        description="Score every quantizable layer at every candidate bit-width; write the table JSON.")
     _add_model_and_calibration(s, calib_required=False)
     s.add_argument("--out", required=True, metavar="SCORES.json", help="sensitivity table to write")
     s.set_defaults(func=cmd_search)
 
-    a = sub.add_parser("allocate", formatter_class=fmt, epilog=EPILOG, help="choose bits from a table under a budget",
+    a = sub.add_parser("allocate", formatter_class=fmt, epilog=_epilog("allocate"), help="choose bits from a table under a budget",
                        description="Solve the bit allocation for a saved sensitivity table (no model needed).")
     a.add_argument("scores", metavar="SCORES", help="sensitivity table JSON written by infoq search / quantize")
     _add_budget(a)
@@ -438,13 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, metavar="POLICY.json", help="policy JSON to write")
     a.set_defaults(func=cmd_allocate)
 
-    r = sub.add_parser("report", formatter_class=fmt, epilog=EPILOG, help="summary table, plots and model card",
+    r = sub.add_parser("report", formatter_class=fmt, epilog=_epilog("report"), help="summary table, plots and model card",
                        description="Print the per-layer table of a quantized folder; write PNG plots and README.md.")
     r.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize")
     r.add_argument("--repo-id", help="the Hub id to show in the card's usage snippet")
     r.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("push", formatter_class=fmt, epilog=EPILOG, help="publish a quantized folder to the Hub",
+    p = sub.add_parser("push", formatter_class=fmt, epilog=_epilog("push"), help="publish a quantized folder to the Hub",
                        description="Upload a quantized folder with its model card and plots in one atomic commit.")
     p.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize")
     p.add_argument("repo", metavar="REPO", help="Hub repo id, user/name or org/name")

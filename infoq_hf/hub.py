@@ -185,7 +185,18 @@ def read_checkpoint(directory: str | os.PathLike, *, table: SensitivityTable | N
     else:  # older folder, or pushed from elsewhere: measure the model itself
         params, measured = _packed_layers_summary(_load_checkpoint_model(directory, kind, model_config))
         summary = {**measured, **(summary or {}), "params": params}
-    return CheckpointInfo(kind, config.to_dict(), config.policy, params, summary, model_config, table)
+    policy = _in_model_order(config.policy, params, table)
+    return CheckpointInfo(kind, config.to_dict(), policy, params, summary, model_config, table)
+
+
+def _in_model_order(policy: BitPolicy, params: Mapping[str, int], table: SensitivityTable | None) -> BitPolicy:
+    """The policy in the model's block order: config.json stores it sorted alphabetically (transformers
+    writes sorted keys), the summary's `params` and the table list layers in model order."""
+    order: dict[str, int] = {}
+    for name in list(params) + list(table.layers if table is not None else []):
+        order.setdefault(name, len(order))
+    names = sorted(policy, key=lambda n: (order.get(n, len(order)), n))
+    return BitPolicy({n: policy[n] for n in names})
 
 
 # ----------------------------------------------------------------------------- model card

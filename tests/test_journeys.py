@@ -153,3 +153,87 @@ def test_calibration_spec_holding_a_dataset_object(llama_with_tokenizer, tmp_pat
     assert record["source"] == "a datasets.Dataset of 12 rows" and record["text_column"] == "body"
     with pytest.raises(ValueError, match="a record of what a checkpoint was made from"):
         infoq_hf.load_calibration(record, tokenizer=_word_tokenizer())
+
+
+# ----------------------------------------------------------------------------- 5 and 6. the CLI
+def _png_folder(root, per_class=11):
+    from PIL import Image
+
+    for cls, color in {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 210)}.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (40 + 4 * i, 36 + i), tuple(max(0, c - 25 * i) for c in color)).save(root / cls / f"{i}.png")
+    return root
+
+
+def _tiny_timm_dir(path):
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=3,
+                              pretrained_cfg_overlay=dict(input_size=(3, 32, 32))).eval()
+    path.mkdir(parents=True)
+    save_for_hf(model, str(path))
+    return path
+
+
+def _error_line(capsys):
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_cli_quantizes_a_timm_model_calibrated_on_a_folder_of_images(tmp_path, capsys):
+    pytest.importorskip("timm")
+    from infoq_hf.cli import main
+
+    images, model_dir, out = _png_folder(tmp_path / "images"), _tiny_timm_dir(tmp_path / "resnet"), tmp_path / "q"
+    assert main(["quantize", f"timm:{model_dir}", "--bits", "2,4,8", "--avg-bits", "4", "--calib", str(images),
+                 "--samples", "32", "--batch-size", "16", "--group-size", "none", "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    summary = json.loads((out / "infoq_summary.json").read_text())
+    assert summary["method"] == "infoq" and summary["avg_bits"] <= 4 + 1e-9
+    assert summary["calibration"]["dataset"] == "imagefolder" and summary["calibration"]["data_dir"] == "images"
+    assert str(tmp_path) not in json.dumps(summary["calibration"])  # the record keeps base names only
+    model = infoq_hf.load_quantized(out)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("value", ["9", "8.5", "32"])
+def test_cli_refuses_an_average_above_the_widest_packed_width(tmp_path, capsys, value):
+    from infoq_hf.cli import main
+
+    assert main(["allocate", str(tmp_path / "scores.json"), "--avg-bits", value, "--out", str(tmp_path / "p.json")]) == 2
+    assert f"--avg-bits is an average of packed widths, at most 8 bits; got {value}" in _error_line(capsys)
+    assert main(["allocate", str(tmp_path / "scores.json"), "--avg-bits", "8", "--out", str(tmp_path / "p.json")]) == 2
+    assert "no such sensitivity table" in _error_line(capsys)  # 8 itself passes the parser
+
+
+def test_each_subcommand_help_shows_only_its_own_examples(capsys):
+    from infoq_hf.cli import main
+
+    assert main(["--help"]) == 0
+    everything = capsys.readouterr().out
+    for command in ("quantize", "search", "allocate", "report", "push"):
+        assert f"infoq {command} " in everything
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        lines = [line.strip() for line in text.split("examples:")[1].splitlines() if line.strip().startswith("infoq ")]
+        assert lines and all(line.startswith(f"infoq {command} ") for line in lines), (command, lines)
+
+
+def test_report_lists_layers_in_block_order_not_alphabetically(tmp_path, capsys):
+    from infoq_hf.cli import main
+
+    folder = tmp_path / "float"
+    _tiny_llama(hidden=128, intermediate=192).save_pretrained(folder)
+    _word_tokenizer().save_pretrained(folder)
+    assert main(["quantize", str(folder), "--bits", "4,8", "--avg-bits", "6", "--method", "weight_mse",
+                 "--out", str(tmp_path / "q")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "q")]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("model.layers.")]
+    expected = [f"model.layers.{i}.{m}" for i in range(2) for m in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    assert rows == expected

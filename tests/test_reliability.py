@@ -325,3 +325,32 @@ def test_push_refuses_a_folder_whose_config_was_edited(llama_checkpoint, tmp_pat
     with pytest.raises(ValueError, match="weight_zero_point"):
         push_to_hub(bad, "test-user/tampered", token=hub_server.token)
     assert hub_server.repo("test-user/tampered") is None
+
+
+# ----------------------------------------------------------------------------- 7: the import guard
+PLAIN_TRANSFORMERS = """
+import json, sys
+from transformers import AutoModelForCausalLM
+result = {}
+for kwargs in ({}, {"ignore_mismatched_sizes": True}):
+    try:
+        AutoModelForCausalLM.from_pretrained(sys.argv[1], **kwargs)
+        result[str(kwargs)] = "loaded"
+    except RuntimeError as e:
+        result[str(kwargs)] = "raised: " + str(e)
+result["infoq_hf imported"] = "infoq_hf" in sys.modules
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_loading_without_infoq_hf_names_the_fix(llama_checkpoint):
+    from infoq_hf.checkpoint import IMPORT_HINT_KEY
+
+    done = subprocess.run([sys.executable, "-c", PLAIN_TRANSFORMERS, str(llama_checkpoint)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "TRANSFORMERS_VERBOSITY": "warning"})
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert result["infoq_hf imported"] is False
+    assert result["{}"].startswith("raised")
+    # transformers re-initialises mismatched tensors when told to ignore them; its load report, printed
+    # for both calls, names the fix through the hint tensor.
+    assert done.stderr.count(IMPORT_HINT_KEY) == 2 and "pip_install_infoq-hf__and_import_infoq_hf" in IMPORT_HINT_KEY

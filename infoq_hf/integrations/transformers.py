@@ -22,6 +22,7 @@ from transformers.quantizers import auto as _auto
 
 from ..checkpoint import (
     GUARD,
+    IMPORT_HINT_KEY,
     build_packed_modules,
     check_checkpoint_tensors,
     make_save_pretrained_atomic,
@@ -83,7 +84,7 @@ class InfoQQuantizer(HfQuantizer):
             if not any(True for _ in parent.parameters(recurse=False)) and not any(True for _ in parent.buffers(recurse=False)):
                 parent._is_hf_initialized = True
         # The one-byte format guards (see infoq_hf.checkpoint) are expected, not unexpected, keys.
-        guards = {rf"(^|\.){re.escape(name)}\.{GUARD}$" for name in built}
+        guards = {rf"(^|\.){re.escape(name)}\.{GUARD}$" for name in built} | {rf"^{IMPORT_HINT_KEY}$"}
         model._keys_to_ignore_on_load_unexpected = set(model._keys_to_ignore_on_load_unexpected or ()) | guards
         return model
 
