@@ -125,14 +125,20 @@ def write_json(path: str | os.PathLike, data) -> None:
     Path(path).write_text(json.dumps(data, indent=1))
 
 
-def save_table_and_allocate(accelerator, table, out, avg_bits: float, solver: str = "auto"):
-    """Main process, after the search: write table.json, allocate `avg_bits`, write policy.json."""
+def save_table_and_allocate(accelerator, table, out, avg_bits: float, solver: str = "auto", *, model=None,
+                            calibration=None, refine_passes: int = 0, progress: bool = True):
+    """Every process, after the search: allocate `avg_bits` (refined on `model` over `calibration` with
+    the candidates split over the processes when `refine_passes` > 0); the main process writes
+    table.json and policy.json."""
     from infoq_hf import Budget, allocate
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.save(out / "table.json")
-    policy = allocate(table, Budget(avg_bits=avg_bits), solver=solver)
-    policy.to_json(out / "policy.json")
+    policy = allocate(table, Budget(avg_bits=avg_bits), solver=solver, model=model if refine_passes else None,
+                      calibration=calibration, refine_passes=refine_passes, accelerator=accelerator,
+                      progress=progress)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        table.save(out / "table.json")
+        policy.to_json(out / "policy.json")
     log(accelerator, f"allocation: {policy.report.summary()}")
     return out, policy

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 
 import torch  # noqa: E402
 
+from infoq_hf.allocation.allocate import DEFAULT_REFINE_PASSES  # noqa: E402
 from recipes.common import barrier, log, make_accelerator, push_folder, save_table_and_allocate, write_json  # noqa: E402
 
 RECIPE = "recipes/causal_lm"
@@ -41,9 +42,13 @@ def parse_args(argv=None):
     p.add_argument("--bits", default="2,3,4,8", help="candidate bit-widths, comma separated")
     p.add_argument("--group-size", type=int, default=128, help="inputs per scale group (0: per output channel)")
     p.add_argument("--symmetric", action="store_true")
+    p.add_argument("--rounding", choices=["rtn", "gptq"], default="rtn",
+                   help="rounding of the packed weights; gptq reuses the calibration windows")
     p.add_argument("--method", default="infoq", help="infoq, hawq, weight_mse, random or oracle")
     p.add_argument("--num-directions", type=int, default=None, help="InfoQ: random projections per observer")
     p.add_argument("--solver", default="auto", help="auto, highs or gurobi")
+    p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES,
+                   help="whole-model passes refining the allocation (split over processes; 0 = ILP only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype the float model is loaded (and probed) in")
@@ -97,12 +102,17 @@ def main(argv=None) -> dict:
                    symmetric=args.symmetric, skip_modules=skip, accelerator=accelerator,
                    progress=not args.no_progress, **options)
     search_s = time.perf_counter() - started
+    out, policy = save_table_and_allocate(accelerator, table, args.out, args.avg_bits, args.solver, model=model,
+                                          calibration=batches, refine_passes=args.refine_passes,
+                                          progress=not args.no_progress)
     result = {}
     if accelerator.is_main_process:
-        out, policy = save_table_and_allocate(accelerator, table, args.out, args.avg_bits, args.solver)
-        del model, batches
+        del model
+        gptq_batches = [{k: v.cpu() for k, v in b.items()} for b in batches] if args.rounding == "gptq" else None
+        del batches
         config = InfoQConfig(policy=policy, bits=bits, budget=Budget(avg_bits=args.avg_bits), method=args.method,
-                             group_size=group_size, symmetric=args.symmetric, seed=args.seed)
+                             group_size=group_size, symmetric=args.symmetric, seed=args.seed,
+                             rounding=args.rounding, calibration=gptq_batches)
         quantized = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, quantization_config=config)
         quantized.save_pretrained(out)
         tokenizer.save_pretrained(out)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from infoq_hf.allocation.allocate import DEFAULT_REFINE_PASSES  # noqa: E402
 from recipes.common import (  # noqa: E402
     barrier, fashion_mnist, log, make_accelerator, push_folder, save_table_and_allocate, top1, tuple_batches, write_json,
 )
@@ -53,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--method", default="infoq", help="infoq, hawq, weight_mse, random or oracle")
     p.add_argument("--symmetric", action="store_true")
     p.add_argument("--solver", default="auto")
+    p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES,
+                   help="whole-model passes refining the allocation (split over processes; 0 = ILP only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for the packed checkpoint (+ table.json, policy.json)")
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
@@ -170,9 +173,11 @@ def main(argv=None) -> dict:
     table = search(model, calib, bits=[int(b) for b in args.bits.split(",")], method=args.method, seed=args.seed,
                    symmetric=args.symmetric, accelerator=accelerator, progress=not args.no_progress)
     search_s = time.perf_counter() - started
+    out, policy = save_table_and_allocate(accelerator, table, args.out, args.avg_bits, args.solver, model=model,
+                                          calibration=calib, refine_passes=args.refine_passes,
+                                          progress=not args.no_progress)
     result = {}
     if accelerator.is_main_process:
-        out, policy = save_table_and_allocate(accelerator, table, args.out, args.avg_bits, args.solver)
         result = {"search_s": search_s, "processes": accelerator.num_processes, "allocation": policy.report.to_dict()}
         if held_out is not None:
             result["fp32_top1"] = top1(model, *held_out, device=accelerator.device)
