@@ -112,6 +112,13 @@ def _add_model_and_calibration(parser: argparse.ArgumentParser, calib_required: 
     q.add_argument("--conv-group-size", type=_group_size, default=None, metavar="G",
                    help="the same for Conv2d layers (default: per output channel)")
     q.add_argument("--symmetric", action="store_true", help="symmetric codes (no zero points)")
+    q.add_argument("--rounding", choices=["rtn", "gptq"], default="rtn",
+                   help="how packed weights are rounded: rtn (to nearest) or gptq (error-compensating, from the "
+                        "calibration data; default rtn)")
+    q.add_argument("--gptq-damp", type=float, default=0.01, metavar="F",
+                   help="gptq: Hessian dampening, a fraction of its mean diagonal (default 0.01)")
+    q.add_argument("--gptq-act-order", action="store_true",
+                   help="gptq: round columns in order of decreasing activation energy (groups stay contiguous)")
     q.add_argument("--seed", type=int, default=0, help="random seed of sampling and probing (default 0)")
 
 
@@ -264,8 +271,9 @@ def cmd_quantize(args) -> int:
     _say(f"allocated: {policy.report.summary()}")
     config = InfoQConfig(bits=args.bits, budget=budget, method=args.method, calibration=spec,
                          group_size=args.group_size, conv_group_size=args.conv_group_size, symmetric=args.symmetric,
-                         solver=args.solver, seed=args.seed, policy=policy)
-    _say("packing weights")
+                         solver=args.solver, seed=args.seed, policy=policy, rounding=args.rounding,
+                         gptq_options={"damp": args.gptq_damp, "act_order": args.gptq_act_order})
+    _say(f"packing weights ({args.rounding} rounding)")
     if loaded.kind == "transformers":
         source = args.model
         del loaded.model  # reload through transformers so save_pretrained writes the infoq config

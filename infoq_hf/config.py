@@ -74,6 +74,9 @@ class InfoQConfig(QuantizationConfigMixin):
         conv_group_size: the same for Conv2d layers (default per output channel).
         symmetric: symmetric weight codes (no zero points).
         clip_search: search a clipping ratio per group when rounding weights.
+        rounding: "rtn" (round to nearest) or "gptq" (error-compensating rounding from the calibration
+            data, `infoq_hf.quant.gptq`); checkpoints written before this setting existed read as "rtn".
+        gptq_options: GPTQ settings `{"damp": 0.01, "block_size": 128, "act_order": False}` (any subset).
         modules_to_not_convert: layer names (exact, dot-suffix or regex) kept in float; None = the
             transformers default (output embeddings / tied / last layer, e.g. `lm_head`, a classifier).
         solver, seed, pin_first_last: allocation settings.
@@ -94,6 +97,8 @@ class InfoQConfig(QuantizationConfigMixin):
         conv_group_size: int | None = None,
         symmetric: bool = False,
         clip_search: bool = False,
+        rounding: str = "rtn",
+        gptq_options: Mapping | None = None,
         modules_to_not_convert: Sequence[str] | None = None,
         solver: str = "auto",
         seed: int = 0,
@@ -140,6 +145,7 @@ class InfoQConfig(QuantizationConfigMixin):
         self.conv_group_size = _check_group_size("conv_group_size", conv_group_size)
         self.symmetric = bool(symmetric)
         self.clip_search = bool(clip_search)
+        self.rounding, self.gptq_options = self._check_rounding(rounding, gptq_options)
         if modules_to_not_convert is not None:
             if isinstance(modules_to_not_convert, str) or not all(isinstance(m, str) for m in modules_to_not_convert):
                 raise ValueError(f"InfoQConfig.modules_to_not_convert must be a list of names, got {modules_to_not_convert!r}")
@@ -163,6 +169,18 @@ class InfoQConfig(QuantizationConfigMixin):
         if not values:
             raise ValueError(f"InfoQConfig.bits needs at least one candidate in {MIN_BITS}..{MAX_BITS}")
         return values
+
+    @staticmethod
+    def _check_rounding(rounding, gptq_options) -> tuple[str, dict]:
+        from .quant.apply import ROUNDINGS
+        from .quant.gptq import GPTQOptions
+
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"InfoQConfig.rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        if gptq_options is not None and not isinstance(gptq_options, Mapping):
+            raise ValueError(f"InfoQConfig.gptq_options must be a dict such as {{'damp': 0.01}}, got {gptq_options!r}")
+        GPTQOptions.from_dict(gptq_options)  # validates
+        return rounding, dict(gptq_options or {})
 
     @staticmethod
     def _check_budget(budget) -> Budget | None:
@@ -227,6 +245,8 @@ class InfoQConfig(QuantizationConfigMixin):
             "conv_group_size": self.conv_group_size,
             "symmetric": self.symmetric,
             "clip_search": self.clip_search,
+            "rounding": self.rounding,
+            "gptq_options": copy.deepcopy(self.gptq_options),
             "modules_to_not_convert": None if self.modules_to_not_convert is None else list(self.modules_to_not_convert),
             "solver": self.solver,
             "seed": self.seed,

@@ -83,14 +83,18 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, tokenizer=None
 
     float_bytes = model_size_bytes(model)
     params = {n: m.weight.numel() for n, m in quantizable_layers(model).items()}
+    gptq = config.rounding == "gptq"
+    gptq_batches = need_batches("rounding='gptq'") if gptq else None
     t = time.perf_counter()
     quantize_model(model, policy, group_size=config.group_size, conv_group_size=config.conv_group_size,
                    symmetric=config.symmetric, clip_search=config.clip_search, skip_modules=skip,
-                   act_ranges=act_ranges)
-    times["packing"] = time.perf_counter() - t
+                   act_ranges=act_ranges, rounding=config.rounding, calibration=gptq_batches,
+                   gptq_options=config.gptq_options, progress=progress)
+    times["packing (gptq)" if gptq else "packing"] = time.perf_counter() - t
 
     summary = summarize(model, params, float_bytes, times, method=None if table is None else config.method,
                         report=getattr(policy, "report", None))
+    summary["rounding"] = config.rounding
     logger.info("\n%s", format_summary(summary))
     return model, policy, summary
 
@@ -157,7 +161,8 @@ def format_summary(summary: dict) -> str:
     hist = Counter(lb["w_bits"] for lb in summary["layers"].values())
     mib = 1 / 2**20
     out = [
-        f"InfoQ quantization ({summary['method']}): {summary['quantized_layers']} layers packed",
+        f"InfoQ quantization ({summary['method']}, {summary.get('rounding', 'rtn')} rounding): "
+        f"{summary['quantized_layers']} layers packed",
         "  bits per layer pattern (w_bits[/a_bits], in block order):",
         *condensed_policy(summary["layers"]),
         "  layers per width: " + ", ".join(f"{b} bits x{c}" for b, c in sorted(hist.items())),

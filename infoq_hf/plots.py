@@ -8,6 +8,7 @@ figure is closed after saving, so the functions are safe in scripts and tests.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,6 +37,20 @@ def _save(fig, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def fit_title(fig, ax, text: str, fontsize: float = 10) -> None:
+    """Set `ax`'s title, wrapped onto more lines until it lies inside the laid-out figure (a narrow
+    heatmap with a colorbar would otherwise cut a long title off at both sides)."""
+    renderer = fig.canvas.get_renderer()
+    width = len(text)
+    while True:
+        ax.set_title("\n".join(textwrap.wrap(text, width)), fontsize=fontsize)
+        fig.tight_layout()  # the layout _save uses: the title is centred over the axes it leaves
+        extent = ax.title.get_window_extent(renderer)
+        if (extent.x0 >= 0 and extent.x1 <= fig.bbox.width) or width <= 12:
+            return
+        width = int(width * 0.8)
 
 
 def _as_policy(policy) -> BitPolicy:
@@ -110,8 +125,8 @@ def plot_sensitivity_heatmap(table: SensitivityTable, path: str | Path, policy: 
             if name in chosen and chosen[name] in bits:
                 col = bits.index(chosen[name])
                 ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="tab:cyan", lw=1.5))
-    ax.set_title(title or f"{table.method} sensitivity per layer and bit-width"
-                 + (" (outlined: chosen)" if policy is not None else ""))
+    fit_title(fig, ax, title or f"{table.method} sensitivity per layer and bit-width"
+              + (" (outlined: chosen)" if policy is not None else ""))
     return _save(fig, path)
 
 

@@ -237,3 +237,28 @@ def test_report_lists_layers_in_block_order_not_alphabetically(tmp_path, capsys)
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
     assert rows == expected
+
+
+def test_heatmap_title_fits_its_figure(tmp_path, monkeypatch):
+    from infoq_hf import plots
+
+    model = _tiny_llama(hidden=128, intermediate=192)
+    table = search(model, None, bits=(2, 3, 4, 8), method="weight_mse", skip_modules=["lm_head"])
+    policy = allocate(table, Budget(avg_bits=4))
+    saved, extents = plots._save, []
+
+    def measuring_save(fig, path):  # the laid-out figure, just before it is written
+        fig.tight_layout()
+        title = fig.axes[0].title
+        extent = title.get_window_extent(fig.canvas.get_renderer())
+        extents.append((extent.x0, extent.x1, fig.bbox.width, title.get_text()))
+        return saved(fig, path)
+
+    monkeypatch.setattr(plots, "_save", measuring_save)
+    plots.plot_sensitivity_heatmap(table, tmp_path / "fitted.png", policy)
+    monkeypatch.setattr(plots, "fit_title", lambda fig, ax, text: ax.set_title(text))  # the title as it was
+    plots.plot_sensitivity_heatmap(table, tmp_path / "plain.png", policy)
+    (x0, x1, width, text), (p0, p1, _, plain) = extents
+    assert p0 < 0 or p1 > width, "the unwrapped title should overflow this narrow figure"
+    assert 0 <= x0 and x1 <= width and "\n" in text
+    assert text.replace("\n", " ") == plain == "weight_mse sensitivity per layer and bit-width (outlined: chosen)"

@@ -41,6 +41,9 @@ def _unquantizable_hint(name: str, module: nn.Module) -> str:
     )
 
 
+ROUNDINGS = ("rtn", "gptq")
+
+
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -79,30 +82,54 @@ def quantize_model(
     skip_types: tuple = (),
     act_ranges: Mapping[str, tuple[float, float]] | None = None,
     conv_group_size: int | None = None,
+    rounding: str = "rtn",
+    calibration: Iterable | None = None,
+    gptq_options: Mapping | None = None,
+    forward=None,
+    progress: bool = False,
 ) -> nn.Module:
     """Replace the layers named by `policy` with packed low-bit layers, in place; returns the model.
 
     `group_size` applies to Linear layers (e.g. 64/128 for LLMs; None = per output channel);
     conv layers use `conv_group_size` (default per output channel). Layers not in the policy
     stay float. A layer with `a_bits` needs its input range in `act_ranges` (see
-    `infoq_hf.calibrate_activation_ranges`)."""
+    `infoq_hf.calibrate_activation_ranges`). `rounding` is "rtn" (round to nearest) or "gptq"
+    (error-compensating, needs `calibration` batches run by `forward(model, batch)`; options
+    `gptq_options={"damp": 0.01, "block_size": 128, "act_order": False}`; see `quant.gptq`)."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    if rounding == "gptq":
+        from .gptq import gptq_quantize_model
+
+        gptq_quantize_model(model, policy, calibration, group_size=group_size, conv_group_size=conv_group_size,
+                            symmetric=symmetric, clip_search=clip_search, skip_modules=skip_modules,
+                            skip_types=skip_types, act_ranges=act_ranges, options=gptq_options, forward=forward,
+                            progress=progress)
+        return model
     resolved = resolve_policy(model, policy, skip_modules, skip_types)
     for name, bits in resolved.items():
-        layer = model.get_submodule(name)
-        kwargs = dict(w_bits=bits.w_bits, symmetric=symmetric, a_bits=bits.a_bits, clip_search=clip_search, where=name)
-        if isinstance(layer, nn.Conv2d):
-            q = QuantConv2d.from_float(layer, group_size=conv_group_size, **kwargs)
-        else:
-            q = QuantLinear.from_float(layer, group_size=group_size, **kwargs)
-        if bits.a_bits is not None:
-            if act_ranges is None or name not in act_ranges:
-                raise ValueError(
-                    f"layer {name!r} has a_bits={bits.a_bits} but no calibrated input range; pass "
-                    "act_ranges=calibrate_activation_ranges(model, batches, policy)"
-                )
-            q.set_input_range(*act_ranges[name])
+        q = packed_layer(name, model.get_submodule(name), bits, group_size=group_size, conv_group_size=conv_group_size,
+                         symmetric=symmetric, clip_search=clip_search, act_ranges=act_ranges)
         _set_submodule(model, name, q)
     return model
+
+
+def packed_layer(name: str, layer: nn.Module, bits: LayerBits, *, group_size, conv_group_size, symmetric,
+                 clip_search, act_ranges) -> nn.Module:
+    """The packed (round-to-nearest) replacement of one float layer, its input range set when it has a_bits."""
+    kwargs = dict(w_bits=bits.w_bits, symmetric=symmetric, a_bits=bits.a_bits, clip_search=clip_search, where=name)
+    if isinstance(layer, nn.Conv2d):
+        q = QuantConv2d.from_float(layer, group_size=conv_group_size, **kwargs)
+    else:
+        q = QuantLinear.from_float(layer, group_size=group_size, **kwargs)
+    if bits.a_bits is not None:
+        if act_ranges is None or name not in act_ranges:
+            raise ValueError(
+                f"layer {name!r} has a_bits={bits.a_bits} but no calibrated input range; pass "
+                "act_ranges=calibrate_activation_ranges(model, batches, policy)"
+            )
+        q.set_input_range(*act_ranges[name])
+    return q
 
 
 def dequantize_model(model: nn.Module) -> nn.Module:

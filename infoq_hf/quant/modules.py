@@ -96,7 +96,15 @@ class _PackedWeightLayer(nn.Module):
         if tuple(weight.shape) != self.weight_shape:
             raise ValueError(f"layer {where!r}: weight shape {tuple(weight.shape)} != {self.weight_shape}")
         scheme = WeightScheme(self.w_bits, self.group_size, self.symmetric, clip_search)
-        qw = quantize_weight(weight, scheme, where)
+        self.set_quantized(quantize_weight(weight, scheme, where), where)
+
+    def set_quantized(self, qw, where: str = "") -> None:
+        """Store precomputed codes (a `QuantizedWeight`, e.g. from GPTQ) in this layer's packed buffers."""
+        mine = (self.weight_shape, self.w_bits, self.group_size, self.symmetric)
+        theirs = (tuple(qw.shape), qw.scheme.bits, qw.scheme.group_size, qw.scheme.symmetric)
+        if theirs != mine:
+            raise ValueError(f"layer {where!r}: quantized weight (shape, bits, group_size, symmetric) = {theirs} "
+                             f"does not match the packed layer's {mine}")
         self.weight_packed = pack(qw.codes, self.w_bits).to(self.weight_scale.device)
         self.weight_scale = qw.scale.to(self.weight_scale.device)
         if qw.zero_point is not None:

@@ -1,0 +1,507 @@
+"""GPTQ rounding (Frantar et al., 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers"), written for this project's packed format.
+
+Round-to-nearest rounds every weight on its own. GPTQ rounds the columns of a layer's weight one at a
+time and, after each, updates the columns not yet rounded so that the layer's output on calibration
+inputs X moves as little as possible: it minimises ||X W^T - X Q^T||^2 column by column using the
+input Hessian H = 2 X^T X / N (through the upper Cholesky factor of H^-1, with lazy block updates).
+
+What is ours (and why):
+- Scales and zero points follow `quant.quantizer` exactly (`quantize_weight` computes them, so the
+  range always holds 0, symmetric/asymmetric and the optional clip search are the RTN rules); the
+  result is a `QuantizedWeight`, so packing, accounting and reload do not change.
+- Grouped weights get each group's parameters when the sweep reaches the group, from the weights
+  as updated so far. The lazy block is rounded up to a multiple of the group size so that a group
+  always lies inside one block, whose weights are exactly up to date.
+- With `act_order` columns are rounded in order of decreasing Hessian diagonal; groups stay the
+  contiguous runs of the original column order ("static groups"), their parameters computed up
+  front from the original weight. Per-channel parameters are always computed up front.
+- A dead input channel (H[i, i] = 0: the input was zero on every calibration sample) gets
+  H[i, i] = 1, as GPTQ does, but its weights are kept and rounded to nearest instead of zeroed:
+  they cost nothing on the calibration data and may matter on other data. A Hessian that is still
+  singular after dampening raises an error naming the layer; there is no silent fallback to RTN.
+- The sweep runs in float64 (the Hessian is accumulated in float64 too); codes are computed from
+  float32 values with float32 scales, as the RTN quantizer does.
+
+Model level (`gptq_quantize_model`): sequential by block. The blocks are those of
+`sensitivity.probe.find_blocks` (children of the outermost Sequential/ModuleList: decoder layers,
+CNN stages). One traced forward pass on the first batch finds the chains of blocks that feed each
+other directly (block k+1 receives block k's output as its first argument). For each chain the
+inputs of its first block are captured (a forward pre-hook stops the forward pass), then the
+chain runs block by block: the Hessians of the block's layers come from inputs produced by the
+already quantized blocks before it, the layers are rounded and packed, and the block is rerun to
+give the next block's inputs; keyword arguments (attention mask, position embeddings) are replayed,
+key/value caches dropped. Only one block's inputs are held at a time. Policy layers outside any
+chain (a head after pooling, a model without a block stack) get their Hessians from full forward
+passes of the model, quantized so far, all such consecutive layers in one pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .modules import HFConv1D
+from .quantizer import QuantizedWeight, WeightScheme, _qrange, group_count, quantize_weight
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GPTQOptions:
+    """Settings of the GPTQ sweep.
+
+    damp: added to the Hessian's diagonal, as a fraction of its mean diagonal (GPTQ's 0.01).
+    block_size: columns per lazy block update (rounded up to a multiple of the group size).
+    act_order: round columns in order of decreasing Hessian diagonal (groups stay contiguous).
+    """
+
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0.0 <= self.damp < 10.0:
+            raise ValueError(f"GPTQ damp must be a number in [0, 10) (a fraction of the mean Hessian diagonal, "
+                             f"e.g. 0.01), got {self.damp!r}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"GPTQ block_size must be a positive int (e.g. 128), got {self.block_size!r}")
+        if not isinstance(self.act_order, bool):
+            raise ValueError(f"GPTQ act_order must be True or False, got {self.act_order!r}")
+
+    @classmethod
+    def from_dict(cls, options: GPTQOptions | Mapping | None) -> GPTQOptions:
+        if options is None:
+            return cls()
+        if isinstance(options, GPTQOptions):
+            return options
+        unknown = set(options) - {"damp", "block_size", "act_order"}
+        if unknown:
+            raise ValueError(f"unknown GPTQ options {sorted(unknown)}; accepted: damp, block_size, act_order")
+        return cls(**dict(options))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- one weight matrix
+
+
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, *, damp: float = 0.01,
+                  block_size: int = 128, act_order: bool = False, where: str = "") -> QuantizedWeight:
+    """Round `weight` [out, in] with GPTQ given the input Hessian `hessian` [in, in] (2 X^T X / N).
+
+    Returns the same `QuantizedWeight` the RTN quantizer gives (codes in the original column order),
+    so it packs with `_PackedWeightLayer.set_quantized`. `where` names the layer in errors."""
+    GPTQOptions(damp, block_size, act_order)  # validates
+    if weight.dim() != 2:
+        raise ValueError(f"layer {where!r}: gptq_quantize takes a 2-D weight [out, in], got shape {tuple(weight.shape)}")
+    out, cols = weight.shape
+    if tuple(hessian.shape) != (cols, cols):
+        raise ValueError(f"layer {where!r}: Hessian shape {tuple(hessian.shape)} does not match the weight's "
+                         f"input width {cols} (expected ({cols}, {cols}))")
+    if not torch.isfinite(weight).all():
+        raise ValueError(f"weight of layer {where!r} contains NaN or inf; fix the checkpoint before quantizing")
+    if not torch.isfinite(hessian).all():
+        raise ValueError(f"layer {where!r}: the calibration Hessian contains NaN or inf; check the calibration inputs")
+    n_groups = group_count(weight.shape, scheme.group_size)
+    gsize = cols // n_groups
+
+    W = weight.detach().to(torch.float64).clone()
+    H = hessian.detach().to(device=W.device, dtype=torch.float64).clone()
+    diag = H.diagonal()
+    dead = diag == 0
+    if dead.any():
+        logger.warning("layer %r: %d input channels are zero on every calibration sample; their weights are "
+                       "rounded to nearest (no error compensation)", where, int(dead.sum()))
+        diag[dead] = 1.0
+    diag.add_(damp * float(diag.mean()))
+    order = torch.argsort(H.diagonal(), descending=True, stable=True) if act_order else torch.arange(cols, device=W.device)
+    if act_order:
+        W, H = W[:, order], H[order][:, order]
+    try:  # the upper Cholesky factor of H^-1: row i holds the updates column i's error makes
+        U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    except torch.linalg.LinAlgError:
+        raise ValueError(
+            f"layer {where!r}: the calibration Hessian is singular even after dampening (damp={damp}); raise "
+            "damp (e.g. gptq damp=0.1) or give more calibration data"
+        ) from None
+    group_of = order // gsize  # scale group of each column in sweep order
+    static = act_order or scheme.group_size is None
+    if static:
+        params = quantize_weight(weight.detach().float(), scheme, where)
+        scale, zero = params.scale.to(W.device), _zero(params).to(W.device)
+        block = block_size
+    else:
+        scale = torch.empty(out, n_groups, dtype=torch.float32, device=W.device)
+        zero = torch.zeros(out, n_groups, dtype=torch.float32, device=W.device)
+        block = gsize * -(-block_size // gsize)  # a group never straddles two blocks
+    qmin, qmax = _qrange(scheme.bits, scheme.symmetric)
+    group_scheme = WeightScheme(scheme.bits, None, scheme.symmetric, scheme.clip_search)
+    codes = torch.empty(out, cols, dtype=torch.uint8, device=W.device)
+
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
+        E1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = int(group_of[col])
+            if not static and col % gsize == 0:  # the sweep reaches a new group: its parameters now
+                p = quantize_weight(W1[:, i:i + gsize].float(), group_scheme, where)
+                scale[:, g], zero[:, g] = p.scale[:, 0], _zero(p)[:, 0]
+            s, z = scale[:, g], zero[:, g]
+            q = torch.clamp(torch.round(W1[:, i].float() / s) + z, qmin, qmax)
+            codes[:, order[col]] = (q - qmin).to(torch.uint8)
+            err = (W1[:, i] - ((q - z) * s).double()) / U1[i, i]
+            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            E1[:, i] = err
+        W[:, i2:] -= E1 @ U[i1:i2, i2:]
+
+    zero_point = None if scheme.symmetric else zero.to(torch.uint8)
+    return QuantizedWeight(codes, scale, zero_point, scheme, tuple(weight.shape))
+
+
+def _zero(params: QuantizedWeight) -> torch.Tensor:
+    """The zero point of RTN parameters as float (0 when symmetric)."""
+    if params.zero_point is None:
+        return torch.zeros_like(params.scale)
+    return params.zero_point.float()
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class _HessianAccumulator:
+    """Sums 2 x x^T over a layer's inputs (float64); Conv2d inputs are unfolded into patches, one
+    Hessian per conv group."""
+
+    def __init__(self, name: str, layer: nn.Module):
+        self.name, self.layer = name, layer
+        self.is_conv = isinstance(layer, nn.Conv2d)
+        self.sum: torch.Tensor | None = None
+        self.count = 0
+
+    def __call__(self, module, args):
+        self.add(args[0])
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        if not torch.isfinite(x).all():
+            raise ValueError(f"layer {self.name!r}: a calibration input contains NaN or inf; GPTQ needs finite "
+                             "activations (check the model in float and the calibration batches)")
+        chunks = x.split(8) if self.is_conv else [x.reshape(-1, x.shape[-1])]
+        for chunk in chunks:
+            rows = self._rows(chunk)  # [groups, n, d]
+            h = 2.0 * rows.transpose(1, 2) @ rows
+            self.sum = h if self.sum is None else self.sum + h
+            self.count += rows.shape[1]
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_conv:
+            return x.double()[None]
+        c = self.layer
+        x = F.pad(x, _conv_padding(c), mode="constant" if c.padding_mode == "zeros" else c.padding_mode)
+        patches = F.unfold(x.double(), c.kernel_size, dilation=c.dilation, stride=c.stride)  # [N, C*kh*kw, L]
+        n, _, length = patches.shape
+        patches = patches.reshape(n, c.groups, -1, length).permute(1, 0, 3, 2)  # [groups, N, L, d]
+        return patches.reshape(c.groups, n * length, -1)
+
+    def hessian(self) -> torch.Tensor:
+        if self.count == 0:
+            raise ValueError(f"no calibration data reached layer {self.name!r}; check the batches and the forward "
+                             "function (is the layer used by the model's forward pass?)")
+        return self.sum / self.count
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) padding of a Conv2d, explicit also for padding='same'/'valid'."""
+    if conv.padding == "valid":
+        return (0, 0, 0, 0)
+    if conv.padding == "same":
+        pads = []
+        for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)
+    ph, pw = conv.padding
+    return (pw, pw, ph, ph)
+
+
+def quantize_layer_gptq(name: str, layer: nn.Module, hessian: torch.Tensor, scheme: WeightScheme,
+                        options: GPTQOptions) -> QuantizedWeight:
+    """GPTQ for one float Linear / transformers Conv1D / Conv2d given its accumulated Hessian(s)
+    ([groups, d, d]); the result has the shape the packed layer stores ([out, in] or the conv's)."""
+    kw = dict(damp=options.damp, block_size=options.block_size, act_order=options.act_order, where=name)
+    if isinstance(layer, nn.Conv2d):
+        w = layer.weight.detach()
+        parts = [gptq_quantize(wg.reshape(wg.shape[0], -1), hg, scheme, **kw)
+                 for wg, hg in zip(w.chunk(layer.groups), hessian)]
+        codes = torch.cat([p.codes for p in parts])
+        zp = None if scheme.symmetric else torch.cat([p.zero_point for p in parts])
+        return QuantizedWeight(codes, torch.cat([p.scale for p in parts]), zp, scheme, tuple(w.shape))
+    transposed = HFConv1D is not None and isinstance(layer, HFConv1D)
+    w = layer.weight.detach().t() if transposed else layer.weight.detach()
+    return gptq_quantize(w, hessian[0], scheme, **kw)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the inputs it needs are captured."""
+
+
+@dataclass
+class GPTQReport:
+    """What a model-level GPTQ pass did: layers rounded, blocks run sequentially, the largest
+    activation buffer held (bytes of one block's inputs over all calibration batches), wall time."""
+
+    layers: int = 0
+    blocks: int = 0
+    full_passes: int = 0
+    max_activation_bytes: int = 0
+    wall_s: float = 0.0
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _nbytes(obj, seen: set) -> int:
+    if isinstance(obj, torch.Tensor):
+        if id(obj) in seen:
+            return 0
+        seen.add(id(obj))
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(o, seen) for o in obj)
+    if isinstance(obj, dict):
+        return sum(_nbytes(o, seen) for o in obj.values())
+    return 0
+
+
+def _replayable(kwargs: dict) -> dict:
+    """A block's keyword arguments safe to replay: key/value caches would grow on every replay."""
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:  # transformers is optional
+        Cache = ()
+    kwargs = {k: (None if isinstance(v, Cache) else v) for k, v in kwargs.items()}
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    return kwargs
+
+
+def _owner_block(name: str, blocks: Iterable[str]) -> str | None:
+    for b in blocks:
+        if name == b or name.startswith(b + "."):
+            return b
+    return None
+
+
+def _trace_stages(model, blocks: dict[str, nn.Module], layer_names: list[str], batch, forward):
+    """Stages in execution order: ("chain", [block, ...]) for blocks feeding each other directly,
+    ("layers", [name, ...]) for consecutive policy layers outside chains. Blocks that run more than
+    once per forward pass cannot be replayed; their layers are treated as outside layers."""
+    blocks = dict(blocks)
+    while True:
+        outside = [n for n in layer_names if _owner_block(n, blocks) is None]
+        events: list[tuple[str, str, object]] = []  # the tensors are kept alive, so `is` is a safe test
+        hooks = []
+        for b, m in blocks.items():
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, args, b=b: events.append(("start", b, args[0] if args else None))))
+            hooks.append(m.register_forward_hook(lambda mod, args, out, b=b: events.append(("end", b, _first(out)))))
+        for n in outside:
+            hooks.append(model.get_submodule(n).register_forward_pre_hook(
+                lambda mod, args, n=n: events.append(("layer", n, None))))
+        try:
+            forward(model, batch)
+        finally:
+            for h in hooks:
+                h.remove()
+        runs: dict[str, int] = {}
+        for kind, name, _ in events:
+            if kind == "start":
+                runs[name] = runs.get(name, 0) + 1
+        repeated = [b for b, c in runs.items() if c > 1]
+        if not repeated:
+            break
+        for b in repeated:
+            del blocks[b]
+    stages: list[tuple[str, list[str]]] = []
+    previous_output = None
+    for kind, name, tensor in events:
+        if kind == "start":
+            chained = stages and stages[-1][0] == "chain" and previous_output is not None and tensor is previous_output
+            if chained:
+                stages[-1][1].append(name)
+            else:
+                stages.append(("chain", [name]))
+            previous_output = None
+        elif kind == "end":
+            previous_output = tensor
+        else:
+            if not (stages and stages[-1][0] == "layers"):
+                stages.append(("layers", []))
+            if name not in stages[-1][1]:
+                stages[-1][1].append(name)
+            previous_output = None
+    # Keep only the blocks of a chain from its first to its last block holding policy layers.
+    trimmed = []
+    for kind, names in stages:
+        if kind == "chain":
+            holds = [i for i, b in enumerate(names) if any(_owner_block(n, [b]) for n in layer_names)]
+            if not holds:
+                continue
+            names = names[holds[0]: holds[-1] + 1]
+        trimmed.append((kind, names))
+    return trimmed
+
+
+@torch.no_grad()
+def gptq_quantize_model(
+    model: nn.Module,
+    policy,
+    calibration: Iterable,
+    *,
+    group_size: int | None = None,
+    conv_group_size: int | None = None,
+    symmetric: bool = False,
+    clip_search: bool = False,
+    skip_modules: Iterable[str] = (),
+    skip_types: tuple = (),
+    act_ranges: Mapping[str, tuple[float, float]] | None = None,
+    options: GPTQOptions | Mapping | None = None,
+    forward: Callable | None = None,
+    progress: bool = True,
+) -> GPTQReport:
+    """Replace the layers named by `policy` with packed layers rounded by GPTQ, in place.
+
+    Same layer settings as `quantize_model` (which calls this for `rounding="gptq"`); `calibration`
+    is a list of batches run with `forward(model, batch)` (default `quant.apply.default_forward`).
+    On an error the float layers are put back. Returns a `GPTQReport`."""
+    from .apply import _set_submodule as set_submodule, default_forward, packed_layer, resolve_policy
+
+    t0 = time.perf_counter()
+    options = GPTQOptions.from_dict(options)
+    forward = forward or default_forward
+    resolved = resolve_policy(model, policy, skip_modules, skip_types)
+    batches = None if calibration is None else list(calibration)
+    if not batches:
+        first = next(iter(resolved), None)
+        raise ValueError(
+            f"rounding='gptq' needs calibration batches to round layer {first!r}"
+            + (f" (and {len(resolved) - 1} more)" if len(resolved) > 1 else "")
+            + "; pass calibration=[batch, ...] (the same batches the search uses), or use rounding='rtn'"
+        )
+    from ..sensitivity.probe import find_blocks
+
+    report = GPTQReport()
+    originals: dict[str, nn.Module] = {}
+    was_training = model.training
+    model.eval()
+
+    def round_and_pack(accumulators: dict[str, _HessianAccumulator]) -> None:
+        for name, acc in accumulators.items():
+            layer, bits = acc.layer, resolved[name]
+            gs = conv_group_size if isinstance(layer, nn.Conv2d) else group_size
+            scheme = WeightScheme(bits.w_bits, gs, symmetric, clip_search)
+            qw = quantize_layer_gptq(name, layer, acc.hessian(), scheme, options)
+            acc.sum = None  # free the Hessian
+            # The module (bias, input range) is built as for RTN; GPTQ's codes then replace the RTN ones.
+            packed = packed_layer(name, layer, bits, group_size=group_size, conv_group_size=conv_group_size,
+                                  symmetric=symmetric, clip_search=clip_search, act_ranges=act_ranges)
+            packed.set_quantized(qw, name)
+            originals[name] = layer
+            set_submodule(model, name, packed)
+            report.layers += 1
+
+    def accumulate(names: list[str]) -> tuple[dict[str, _HessianAccumulator], list]:
+        accs = {n: _HessianAccumulator(n, model.get_submodule(n)) for n in names}
+        return accs, [accs[n].layer.register_forward_pre_hook(accs[n]) for n in names]
+
+    try:
+        layer_names = list(resolved)
+        stages = _trace_stages(model, find_blocks(model), layer_names, batches[0], forward)
+        total = sum(len(names) if kind == "chain" else 1 for kind, names in stages)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="GPTQ", unit="block", disable=not progress)
+        for kind, names in stages:
+            if kind == "layers":
+                accs, hooks = accumulate(names)
+                try:
+                    for batch in batches:
+                        forward(model, batch)
+                finally:
+                    for h in hooks:
+                        h.remove()
+                report.full_passes += 1
+                round_and_pack(accs)
+                bar.update(1)
+                continue
+            inputs = _capture_inputs(model, names[0], batches, forward)
+            report.full_passes += 1
+            for k, block_name in enumerate(names):
+                report.max_activation_bytes = max(report.max_activation_bytes, _nbytes(inputs, set()))
+                block = model.get_submodule(block_name)
+                in_block = [n for n in layer_names if _owner_block(n, [block_name])]
+                if in_block:
+                    accs, hooks = accumulate(in_block)
+                    try:
+                        for args, kwargs in inputs:
+                            block(*args, **kwargs)
+                    finally:
+                        for h in hooks:
+                            h.remove()
+                    round_and_pack(accs)
+                    block = model.get_submodule(block_name)  # the block may itself be a packed layer now
+                if k + 1 < len(names):  # the next block's inputs, from this block quantized
+                    for j, (args, kwargs) in enumerate(inputs):
+                        inputs[j] = ((_first(block(*args, **kwargs)),) + tuple(args[1:]), kwargs)
+                report.blocks += 1
+                bar.update(1)
+            del inputs
+        bar.close()
+    except BaseException:
+        for name, layer in originals.items():
+            set_submodule(model, name, layer)
+        raise
+    finally:
+        model.train(was_training)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _capture_inputs(model: nn.Module, block_name: str, batches: list, forward: Callable) -> list:
+    """The (args, kwargs) of the block's call for every batch; each forward pass stops at the block."""
+    captured: list = []
+
+    def grab(module, args, kwargs):
+        captured.append((tuple(args), _replayable(dict(kwargs))))
+        raise _StopForward
+
+    hook = model.get_submodule(block_name).register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                forward(model, batch)
+            except _StopForward:
+                pass
+    finally:
+        hook.remove()
+    if len(captured) != len(batches):
+        raise ValueError(f"block {block_name!r} was reached by {len(captured)} of {len(batches)} calibration "
+                         "batches; check the batches and the forward function")
+    return captured
+
+
+__all__ = ["GPTQOptions", "GPTQReport", "gptq_quantize", "gptq_quantize_model", "quantize_layer_gptq"]
