@@ -34,9 +34,9 @@ class LayerBits:
     a_bits: int | None = None
 
     def __post_init__(self):
-        check_bits(self.w_bits)
+        object.__setattr__(self, "w_bits", check_bits(self.w_bits))  # numpy ints become ints
         if self.a_bits is not None:
-            check_bits(self.a_bits)
+            object.__setattr__(self, "a_bits", check_bits(self.a_bits))
 
     def to_dict(self) -> dict:
         return {"w_bits": self.w_bits, "a_bits": self.a_bits}
@@ -52,7 +52,7 @@ def _as_layer_bits(name: str, value) -> LayerBits:
             unknown = set(value) - {"w_bits", "a_bits"}
             if unknown:
                 raise ValueError(f"unknown keys {sorted(unknown)}; expected 'w_bits' and optional 'a_bits'")
-            return LayerBits(int(value["w_bits"]), None if value.get("a_bits") is None else int(value["a_bits"]))
+            return LayerBits(value["w_bits"], value.get("a_bits"))
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"policy entry {name!r}: {e}") from None
     raise ValueError(f"policy entry {name!r}: expected {{'w_bits': int, 'a_bits': int|null}} or an int, got {value!r}")

@@ -354,3 +354,82 @@ def test_loading_without_infoq_hf_names_the_fix(llama_checkpoint):
     # transformers re-initialises mismatched tensors when told to ignore them; its load report, printed
     # for both calls, names the fix through the hint tensor.
     assert done.stderr.count(IMPORT_HINT_KEY) == 2 and "pip_install_infoq-hf__and_import_infoq_hf" in IMPORT_HINT_KEY
+
+
+# ----------------------------------------------------------------------------- 6, 9: validation
+def _classifier(seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+
+
+def _labelled(n_batches=2, size=32, labels=None):
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n_batches):
+        x = torch.randn(size, 16, generator=gen)
+        y = torch.randint(0, 4, (size,), generator=gen) if labels is None else labels(size)
+        out.append((x, y))
+    return out
+
+
+@pytest.mark.parametrize("labels, message", [
+    (lambda n: torch.randint(0, 4, (n,)).float(), "must be integer class indices"),
+    (lambda n: torch.full((n,), 2), "every calibration label is the same class"),
+    (lambda n: torch.randint(-1, 3, (n,)), r"labels range over \[-1, "),
+    (lambda n: torch.randint(0, 6, (n,)), r"the model outputs 4 classes; labels must lie in \[0, 4\)"),
+])
+def test_infoq_labels_must_be_integer_classes_of_the_model(labels, message):
+    from infoq_hf import search
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=message):
+        search(_classifier(), _labelled(labels=labels), bits=[2, 4], progress=False)
+
+
+def test_bit_widths_are_never_rounded():
+    from infoq_hf import search
+    from infoq_hf.policy import BitPolicy
+
+    with pytest.raises(ValueError, match="bit-width 2.5 must be an integer, got a float"):
+        search(_classifier(), None, bits=(2.5, 4), method="weight_mse")
+    for entry in ({"w_bits": 4.7}, {"w_bits": "4"}, {"w_bits": 4, "a_bits": 8.0}):
+        with pytest.raises(ValueError, match="must be an integer"):
+            BitPolicy({"0": entry})
+    np = pytest.importorskip("numpy")
+    assert BitPolicy({"0": {"w_bits": np.int64(4)}})["0"].w_bits == 4 and type(BitPolicy({"0": {"w_bits": np.int64(4)}})["0"].w_bits) is int
+
+
+def test_hawq_refuses_non_finite_inputs_and_traces():
+    from infoq_hf import search
+
+    bad = [(torch.full((32, 16), float("nan")), torch.randint(0, 4, (32,)))]
+    with pytest.raises(ValueError, match="'inputs' holds NaN/inf"):
+        search(_classifier(), bad, bits=[2, 4], method="hawq", hutchinson_samples=1, progress=False)
+    model = _classifier()
+    with torch.no_grad():
+        model[2].bias[0] = float("inf")  # finite inputs, an overflowing loss
+    with pytest.raises(ValueError, match="Hessian trace .* is not finite"):
+        search(model, _labelled(1), bits=[2, 4], method="hawq", hutchinson_samples=1, progress=False)
+
+
+def test_raw_torch_errors_become_errors_that_name_the_fix():
+    from infoq_hf import search
+
+    wrong_width = [(torch.randn(32, 15), torch.randint(0, 4, (32,)))]
+    with pytest.raises(ValueError, match=r"cannot run calibration batch 0 \(tensor shapes \{'inputs': \[32, 15\]"):
+        search(_classifier(), wrong_width, bits=[2, 4], progress=False)
+    with pytest.raises(ValueError, match="'inputs' is empty"):
+        search(_classifier(), [(torch.randn(0, 16), torch.zeros(0, dtype=torch.long))], bits=[2, 4], progress=False)
+    for method in ("hawq", "oracle"):
+        with pytest.raises(ValueError, match="the model outputs 4 classes"):
+            search(_classifier(), _labelled(1, labels=lambda n: torch.full((n,), 7)), bits=[2, 4], method=method,
+                   hutchinson_samples=1, progress=False)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(_tiny_llama_config()).eval()
+    ids = torch.randint(0, 200, (4, 12))
+    with pytest.raises(ValueError, match=r"token ids range over \[\d+, \d+\], but the model's vocabulary has 128"):
+        search(llama, [{"input_ids": ids}], bits=[2, 4], progress=False)
+    with torch.device("meta"):
+        on_meta = _classifier()
+    with pytest.raises(ValueError, match="on the meta device"):
+        search(on_meta, _labelled(1), bits=[2, 4], progress=False)

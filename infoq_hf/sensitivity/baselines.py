@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 
 import torch
 
@@ -101,6 +102,10 @@ def hessian_traces(model, layers, batches, forward, task, samples: int, seed: in
 
 def hawq_scores(model, layers, bits, schemes, batches, forward, task, samples, seed, progress=None):
     traces = hessian_traces(model, layers, batches, forward, task, samples, seed, progress)
+    not_finite = [n for n, t in traces.items() if not math.isfinite(t)]
+    if not_finite:
+        raise ValueError(f"hawq: the Hessian trace of {len(not_finite)} layers (e.g. {not_finite[0]!r}) is not finite; "
+                         "the model's loss on the calibration batches overflows or is NaN. Check the data and model")
     nonpositive = [n for n, t in traces.items() if t <= 0]
     if nonpositive:  # Hutchinson noise (or a saddle): these layers will look free to quantize
         logger.warning("hawq: %d of %d layers have a non-positive Hessian trace estimate (e.g. %s); raise "

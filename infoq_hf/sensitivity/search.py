@@ -28,7 +28,7 @@ from .baselines import OracleScorer, hawq_scores, random_scores, relative_weight
 from .infoq import InfoQOptions, InfoQScorer
 from .probe import REFERENCE_BITS, Prober
 from .table import SensitivityTable
-from .task import detect_task
+from .task import check_calibration, detect_task
 
 logger = logging.getLogger(__name__)
 METHODS = ("infoq", "hawq", "weight_mse", "random", "oracle")
@@ -96,7 +96,7 @@ def search(
     `accelerator`: an `accelerate.Accelerator`; probes are split over its processes."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    bits = sorted({check_bits(int(b)) for b in bits})
+    bits = sorted({check_bits(b) for b in bits})
     if not bits:
         raise ValueError("bits must name at least one candidate bit-width")
     forward = forward or default_forward
@@ -119,6 +119,7 @@ def search(
     task = detect_task(model, batches[0]) if task == "auto" and batches else (task if task != "auto" else "classification")
     if task not in ("classification", "causal_lm"):
         raise ValueError(f"task must be 'auto', 'classification' or 'causal_lm', got {task!r}")
+    check_calibration(model, batches, _first_sample(batches[0]) if batches else None, forward, task, method)
 
     def schemes(name: str, b: int) -> WeightScheme:
         group = conv_group_size if isinstance(layers[name], nn.Conv2d) else group_size

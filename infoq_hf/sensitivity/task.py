@@ -47,6 +47,65 @@ def batch_labels(batch) -> torch.Tensor | None:
     return None
 
 
+def _batch_tensors(batch) -> dict[str, torch.Tensor]:
+    if isinstance(batch, torch.Tensor):
+        return {"inputs": batch}
+    if isinstance(batch, Mapping):
+        return {str(k): v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    if isinstance(batch, (tuple, list)):
+        names = ["inputs", "labels"] + [f"item {i}" for i in range(2, len(batch))]
+        return {n: v for n, v in zip(names, batch) if isinstance(v, torch.Tensor)}
+    return {}
+
+
+def check_calibration(model, batches: list, sample, forward, task: str, method: str) -> None:
+    """Refuse, with the problem and the fix, what would otherwise surface as a raw torch error or a silently
+    wrong table: a model on the meta device, empty or non-finite tensors, token ids outside the vocabulary,
+    inputs the model cannot run, labels that are not integer classes of the model's output (constant
+    labels too, for InfoQ, whose task term then carries no information). `sample`: one sample of the first
+    batch, run once to learn the output's class count."""
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("the model's weights are on the meta device (an empty or offloaded model); load real "
+                         "weights (e.g. from_pretrained without a device_map that offloads) before searching")
+    if not batches:
+        return
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    for i, batch in enumerate(batches):
+        for key, t in _batch_tensors(batch).items():
+            if t.numel() == 0:
+                raise ValueError(f"calibration batch {i}: {key!r} is empty (shape {list(t.shape)}); drop empty batches")
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ValueError(f"calibration batch {i}: {key!r} holds NaN/inf values; clean the data (or drop those samples)")
+        ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+        if isinstance(ids, torch.Tensor) and vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise ValueError(f"calibration batch {i}: token ids range over [{int(ids.min())}, {int(ids.max())}], but the "
+                             f"model's vocabulary has {vocab} entries; tokenize with the model's own tokenizer")
+    shapes = {k: list(v.shape) for k, v in _batch_tensors(batches[0]).items()}
+    try:
+        with torch.no_grad():
+            classes = output_tensor(forward(model, sample)).shape[-1]
+    except (RuntimeError, IndexError, TypeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"the model cannot run calibration batch 0 (tensor shapes {shapes}): {first_line}. Give "
+                         "inputs of the shape and kind the model takes (channels, features, sequence length)") from e
+    if task != "classification" or method not in ("infoq", "hawq", "oracle"):
+        return
+    labels = [batch_labels(b) for b in batches]
+    if any(y is None for y in labels):
+        return  # the methods that need labels say so themselves
+    for i, y in enumerate(labels):
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"calibration batch {i}: labels have dtype {y.dtype}, but they must be integer class "
+                             "indices (torch.long); convert them, e.g. labels.long() if they hold whole numbers")
+        if int(y.min()) < 0 or int(y.max()) >= classes:
+            raise ValueError(f"calibration batch {i}: labels range over [{int(y.min())}, {int(y.max())}], but the model "
+                             f"outputs {classes} classes; labels must lie in [0, {classes})")
+    if method == "infoq" and len(torch.unique(torch.cat([y.reshape(-1) for y in labels]))) < 2:
+        raise ValueError("every calibration label is the same class; InfoQ scores the information layers carry about "
+                         "the label, which a constant label has none of. Calibrate on samples of several classes")
+
+
 def detect_task(model, batch) -> str:
     """'causal_lm' for transformers *ForCausalLM models fed input_ids, else 'classification'."""
     arch = " ".join(getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__])
