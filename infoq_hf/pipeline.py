@@ -30,6 +30,30 @@ def _load_batches(config: InfoQConfig, model, tokenizer, image_transform) -> lis
                             **config.calibration_options)
 
 
+def check_budget_feasible(model: nn.Module, budget, *, bits, group_size=None, conv_group_size=None,
+                          symmetric=False, skip_modules=(), solver="auto", pin_first_last="auto") -> None:
+    """Raise `InfeasibleBudgetError` before any probing when no choice of the candidate bits meets the
+    budget's size, average-bits or compression terms: they depend on layer sizes only, so the ILP on a
+    table with the model's layer sizes (and random scores) decides it in milliseconds. BitOps need the
+    MACs of a forward pass and are left to the allocation after the search."""
+    import warnings
+
+    from .allocation import allocate
+    from .policy import Budget
+    from .sensitivity import search
+
+    budget = budget if isinstance(budget, Budget) else Budget.from_dict(budget)
+    sized = {k: v for k, v in budget.to_dict().items() if k != "bitops"}
+    if not sized:
+        return
+    with warnings.catch_warnings():  # the real search repeats any warning (tied weights, ...)
+        warnings.simplefilter("ignore")
+        skeleton = search(model, None, bits=bits, method="random", group_size=group_size,
+                          conv_group_size=conv_group_size, symmetric=symmetric, skip_modules=skip_modules,
+                          progress=False)
+    allocate(skeleton, Budget(**sized), solver=solver, pin_first_last=pin_first_last, refine_passes=0, progress=False)
+
+
 def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, tokenizer=None, image_transform=None,
                         skip_modules: Iterable[str] | None = None, progress: bool = True):
     """Quantize `model` in place as `config` says; returns `(model, policy, summary)`.
@@ -62,6 +86,9 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, tokenizer=None
         from .allocation import allocate
         from .sensitivity import search
 
+        check_budget_feasible(model, config.budget, bits=config.bits, group_size=config.group_size,
+                              conv_group_size=config.conv_group_size, symmetric=config.symmetric, skip_modules=skip,
+                              solver=config.solver, pin_first_last=config.pin_first_last)
         data = None if config.method in DATA_FREE_METHODS else need_batches(f"method {config.method!r}")
         t = time.perf_counter()
         table = search(model, data, bits=config.bits, method=config.method, seed=config.seed,

@@ -433,3 +433,25 @@ def test_raw_torch_errors_become_errors_that_name_the_fix():
         on_meta = _classifier()
     with pytest.raises(ValueError, match="on the meta device"):
         search(on_meta, _labelled(1), bits=[2, 4], progress=False)
+
+
+# ----------------------------------------------------------------------------- 8: infeasible budgets
+def test_an_infeasible_budget_is_refused_before_any_probing(monkeypatch):
+    from infoq_hf import quantize_with_infoq
+    from infoq_hf.allocation import InfeasibleBudgetError
+
+    search_module = sys.modules["infoq_hf.sensitivity.search"]  # the package re-exports `search` by that name
+
+    def no_probing(*args, **kwargs):
+        raise AssertionError("probed before the budget was checked")
+
+    monkeypatch.setattr(search_module, "_probe_all", no_probing)
+    config = InfoQConfig(bits=[4, 8], budget={"avg_bits": 3}, calibration=_labelled(2))
+    with pytest.raises(InfeasibleBudgetError, match=r"average bits 3 is infeasible: the smallest achievable average .* is 4 bits"):
+        quantize_with_infoq(_classifier(), config, progress=False)
+    with pytest.raises(InfeasibleBudgetError, match="size budget"):
+        quantize_with_infoq(_classifier(), InfoQConfig(bits=[2, 4], budget={"size_bytes": 100},
+                                                       calibration=_labelled(2)), progress=False)
+    with pytest.raises(AssertionError, match="probed"):  # a feasible budget goes on to the search
+        quantize_with_infoq(_classifier(), InfoQConfig(bits=[2, 4], budget={"avg_bits": 3},
+                                                       calibration=_labelled(2)), progress=False)
