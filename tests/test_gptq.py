@@ -132,6 +132,7 @@ def test_bad_arguments_are_named():
 # ----------------------------------------------------------------------------- layers
 
 
+@torch.no_grad()
 def test_conv2d_hessian_is_the_unfolded_closed_form():
     """For every conv (padded, strided, grouped, depthwise) the output error equals the quadratic
     form of the weight error in the accumulated Hessian: sum_o dW_o H dW_o^T * count / 2."""
