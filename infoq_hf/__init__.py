@@ -27,15 +27,17 @@ from .quant import (
     quantizable_layers,
     quantize_model,
 )
+from .quant.gptq import GPTQOptions, gptq_quantize, gptq_quantize_model
 from .sensitivity import SensitivityTable, search
 
 _register_with_transformers()
 
 __all__ = [
-    "BitPolicy", "Budget", "CalibrationSpec", "InfoQConfig", "InfoQQuantizer", "LayerBits", "QuantConv2d",
+    "BitPolicy", "Budget", "CalibrationSpec", "GPTQOptions", "InfoQConfig", "InfoQQuantizer", "LayerBits", "QuantConv2d",
     "QuantLinear", "SensitivityTable", "WeightScheme", "allocate", "bitops", "build_packed_modules",
     "calibrate_activation_ranges", "check_checkpoint_tensors", "compression_ratio", "count_macs",
-    "dequantize_model", "expected_size_bytes", "format_summary", "load_calibration", "load_from_hub",
+    "dequantize_model", "expected_size_bytes", "format_summary", "gptq_quantize", "gptq_quantize_model",
+    "load_calibration", "load_from_hub",
     "load_quantized", "model_size_bytes", "pareto_sweep", "plot_pareto", "push_to_hub", "quantizable_layers",
     "quantize_model", "quantize_with_infoq", "save_quantized", "search",
 ]
