@@ -98,6 +98,23 @@ def packed_settings(model: nn.Module) -> dict:
     }
 
 
+def cast_float_leftovers(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast what a packed model stores in float (parameters and saved buffers: embeddings, norms, biases,
+    skipped layers) to `dtype`, in place. The packed layers' scales stay float32 (the format), and runtime
+    buffers (e.g. rotary frequencies) keep their dtype, as `from_pretrained(dtype=...)` leaves them."""
+    for module in model.modules():
+        keep = set(module._non_persistent_buffers_set)
+        if isinstance(module, (QuantLinear, QuantConv2d)):
+            keep |= {"weight_scale", "input_scale"}
+        for param in module._parameters.values():
+            if param is not None and param.is_floating_point():
+                param.data = param.data.to(dtype)  # a tied parameter is one object: cast once
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.is_floating_point() and name not in keep:
+                module._buffers[name] = buf.to(dtype)
+    return model
+
+
 def policy_of(model: nn.Module) -> BitPolicy:
     """The policy a packed model carries in its layers."""
     return BitPolicy({n: {"w_bits": m.w_bits, "a_bits": m.a_bits} for n, m in packed_layers(model).items()})

@@ -33,6 +33,7 @@ from .policy import BitPolicy, Budget
 QUANT_METHOD = "infoq"
 FORMAT_VERSION = 1  # of the checkpoint layout: packed tensor names + this config's keys
 DEFAULT_BITS = (2, 3, 4, 8)
+FLOAT_DTYPES = (None, "bfloat16", "float16", "float32")  # for the float leftovers; None: as loaded
 
 
 def _check_group_size(name: str, value):
@@ -81,6 +82,9 @@ class InfoQConfig(QuantizationConfigMixin):
             transformers default (output embeddings / tied / last layer, e.g. `lm_head`, a classifier).
         solver, seed, pin_first_last: allocation settings.
         policy: per-layer bits `{NAME: {"w_bits": int, "a_bits": int|null}}`; when set, no search runs.
+        float_dtype: "bfloat16", "float16" or "float32": after packing, what stays float (embeddings, norms,
+            biases, skipped layers) is cast to it, so it is stored and run in it (packed scales stay
+            float32). None keeps the dtype the model was loaded in.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class InfoQConfig(QuantizationConfigMixin):
         seed: int = 0,
         pin_first_last: bool | str = "auto",
         policy: BitPolicy | Mapping | None = None,
+        float_dtype: str | None = None,
         format_version: int = FORMAT_VERSION,
         quant_method: str = QUANT_METHOD,
         **kwargs,
@@ -156,6 +161,9 @@ class InfoQConfig(QuantizationConfigMixin):
         if pin_first_last not in ("auto", True, False):
             raise ValueError(f"InfoQConfig.pin_first_last must be 'auto', True or False, got {pin_first_last!r}")
         self.pin_first_last = pin_first_last
+        if float_dtype not in FLOAT_DTYPES:
+            raise ValueError(f"InfoQConfig.float_dtype must be one of {FLOAT_DTYPES}, got {float_dtype!r}")
+        self.float_dtype = float_dtype
 
     # ------------------------------------------------------------------ validation helpers
     @staticmethod
@@ -252,6 +260,7 @@ class InfoQConfig(QuantizationConfigMixin):
             "seed": self.seed,
             "pin_first_last": self.pin_first_last,
             "policy": None if self.policy is None else self.policy.to_dict(),
+            "float_dtype": self.float_dtype,
         }
 
     def __iter__(self):

@@ -167,3 +167,56 @@ def test_torch_export_of_a_packed_llama_matches_eager(dtype):
     assert torch.equal(out, eager)
     kernel_calls = sum(n.target is torch.ops.aten._weight_int4pack_mm_for_cpu.default for n in exported.graph.nodes)
     assert kernel_calls == (len(packed_layers(model)) if dtype == torch.bfloat16 else 0)
+
+
+# ----------------------------------------------------------------------------- compact float leftovers
+def test_casting_a_packed_model_casts_the_leftovers_and_keeps_the_format():
+    """`model.to(torch.bfloat16)` casts embeddings, norms and biases; the packed codes and float32 scales
+    are untouched (cast and back would round them), so the checkpoint format holds."""
+    model = _tiny_packed_llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.to(torch.bfloat16)
+    for name, layer in packed_layers(model).items():
+        assert layer.weight_scale.dtype == torch.float32
+        assert torch.equal(layer.weight_scale, before[f"{name}.weight_scale"])
+        assert torch.equal(layer.weight_packed, before[f"{name}.weight_packed"])
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.model.norm.weight.dtype == torch.bfloat16
+
+
+def test_float_dtype_stores_leftovers_in_bf16_and_the_accounting_is_exact(tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from infoq_hf import InfoQConfig, expected_size_bytes, model_size_bytes
+    from infoq_hf.checkpoint import GUARD, IMPORT_HINT_KEY
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "float")
+    names = [n for n in quantizable_layers(LlamaForCausalLM(cfg)) if n != "lm_head"]
+    config = InfoQConfig(policy={n: 2 + i % 7 for i, n in enumerate(names)}, group_size=32, float_dtype="bfloat16")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=config).eval()
+    assert model.lm_head.weight.dtype == torch.bfloat16 and model.model.norm.weight.dtype == torch.bfloat16
+    model.save_pretrained(tmp_path / "q")
+    stored = 0
+    guards = {f"{n}.{GUARD}" for n in packed_layers(model)} | {IMPORT_HINT_KEY}  # the one-byte format guards
+    with safe_open(str(tmp_path / "q" / "model.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            if key in guards:
+                continue
+            t = f.get_tensor(key)
+            stored += t.numel() * t.element_size()
+            if key.endswith(("weight_scale",)):
+                assert t.dtype == torch.float32
+            elif t.is_floating_point():
+                assert t.dtype == torch.bfloat16, key
+    assert stored == model_size_bytes(model) == expected_size_bytes(model) == model.infoq_summary["size_bytes"]
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q").eval()
+    assert reloaded.model.embed_tokens.weight.dtype == torch.bfloat16
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    with pytest.raises(ValueError, match="float_dtype must be one of"):
+        InfoQConfig(policy={"x": 4}, float_dtype="bf16")

@@ -17,13 +17,16 @@ import copy
 import logging
 import re
 
+import torch
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers import auto as _auto
 
+from ..accounting import expected_size_bytes, model_size_bytes
 from ..checkpoint import (
     GUARD,
     IMPORT_HINT_KEY,
     build_packed_modules,
+    cast_float_leftovers,
     check_checkpoint_tensors,
     make_save_pretrained_atomic,
     packed_state_dict,
@@ -100,6 +103,11 @@ class InfoQQuantizer(HfQuantizer):
             tokenizer = _tokenizer_or_none(model)
         _, policy, summary = quantize_with_infoq(model, cfg, tokenizer=tokenizer, skip_modules=self.modules_to_not_convert)
         cfg.policy = policy
+        if cfg.float_dtype is not None:  # the leftovers are stored (and run) in it; config.json records it
+            dtype = getattr(torch, cfg.float_dtype)
+            cast_float_leftovers(model, dtype)
+            model.config.dtype = dtype
+            summary.update(size_bytes=model_size_bytes(model), expected_size_bytes=expected_size_bytes(model))
         model.infoq_summary = summary
         return model
 

@@ -63,6 +63,9 @@ def packed_weight_bytes(shape, bits: int, group_size: int | None, symmetric: boo
     return packed_nbytes(numel, bits) + scales * 4 + (0 if symmetric else scales)
 
 
+_FLOAT32_BUFFERS = ("weight_scale", "input_scale")  # stored float32 whatever the model's dtype
+
+
 class _PackedWeightLayer(nn.Module):
     """Shared storage and (de)quantization logic of the packed layers."""
 
@@ -86,6 +89,16 @@ class _PackedWeightLayer(nn.Module):
         if self.a_bits is not None:
             self.register_buffer("input_scale", torch.ones((), dtype=torch.float32))
             self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32))
+
+    def _apply(self, fn, recurse=True):
+        # Casting a model (`model.to(torch.bfloat16)`, `.half()`) casts its float leftovers, the bias
+        # included; the format keeps the scales in float32, so those only follow device moves.
+        scales = {k: self._buffers[k] for k in _FLOAT32_BUFFERS if self._buffers.get(k) is not None}
+        super()._apply(fn, recurse)
+        for k, before in scales.items():
+            if self._buffers[k].dtype != before.dtype:
+                self._buffers[k] = before.to(self._buffers[k].device)
+        return self
 
     @property
     def scheme(self) -> WeightScheme:
@@ -167,7 +180,7 @@ class QuantLinear(_PackedWeightLayer):
                 a_bits=a_bits, transposed_source=transposed, where=where).to(weight.device)
         q.set_weight(weight, clip_search, where)
         if layer.bias is not None:
-            q.bias.data.copy_(layer.bias.detach().float())
+            q.bias.data = layer.bias.detach().clone()  # a float leftover: kept in the model's dtype
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,7 +249,7 @@ class QuantConv2d(_PackedWeightLayer):
                 group_size=group_size, symmetric=symmetric, a_bits=a_bits, where=where).to(layer.weight.device)
         q.set_weight(layer.weight.detach(), clip_search, where)
         if layer.bias is not None:
-            q.bias.data.copy_(layer.bias.detach().float())
+            q.bias.data = layer.bias.detach().clone()  # a float leftover: kept in the model's dtype
         return q
 
     def _conv_kwargs(self) -> dict:
