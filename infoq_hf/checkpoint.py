@@ -139,16 +139,20 @@ def expected_tensors(module: nn.Module) -> dict[str, tuple[tuple[int, ...], str]
 
 def read_tensor_specs(files: Iterable[str | os.PathLike]) -> dict[str, tuple[tuple[int, ...], str]]:
     """Key -> (shape, dtype) from safetensors headers, without reading the data."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     specs = {}
     for f in files:
         if not str(f).endswith(".safetensors"):
             continue
-        with safe_open(str(f), framework="pt") as handle:
-            for key in handle.keys():
-                sl = handle.get_slice(key)
-                specs[key] = (tuple(sl.get_shape()), sl.get_dtype())
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                for key in handle.keys():
+                    sl = handle.get_slice(key)
+                    specs[key] = (tuple(sl.get_shape()), sl.get_dtype())
+        except SafetensorError as e:
+            raise ValueError(f"{f} is not a readable safetensors file ({e}); it is truncated or corrupt: save or "
+                             "download the checkpoint again") from None
     return specs
 
 

@@ -58,6 +58,10 @@ class MissingTokenError(HubPublishError, ValueError):
     """No Hub token was given or configured."""
 
 
+class TokenRefusedError(HubPublishError, ValueError):
+    """The Hub answered 401/403: the token is invalid, expired, or may not write to that namespace."""
+
+
 class RepoExistsError(HubPublishError, ValueError):
     """The target repo exists and `overwrite` was not set."""
 
@@ -555,6 +559,17 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
+def _unreachable_or_refused(e: BaseException, endpoint: str, repo_id: str) -> HubPublishError:
+    """The error for a failed Hub call before anything was created: a refused token (HTTP 401/403) is
+    bad input, anything else an unreachable Hub."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status in (401, 403):
+        return TokenRefusedError(f"the Hub at {endpoint} refused the token (HTTP {status}): it is invalid, expired, "
+                                 f"or may not write to {repo_id.split('/')[0]!r}; {_LOGIN_HINT}. Nothing was created "
+                                 "or uploaded")
+    return HubPublishError(f"cannot reach the Hub at {endpoint} ({_describe(e)}); nothing was created or uploaded")
+
+
 def _describe(e: BaseException) -> str:
     response = getattr(e, "response", None)
     status = getattr(response, "status_code", None)
@@ -600,14 +615,12 @@ def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private
         except ValueError as e:
             raise ModelCardError(f"the Hub rejected the model card metadata: {e}") from None
         except network as e:
-            raise HubPublishError(f"cannot reach the Hub at {endpoint} ({_describe(e)}); nothing was created or "
-                                  "uploaded") from e
+            raise _unreachable_or_refused(e, endpoint, repo_id) from e
 
         try:
             exists = api.repo_exists(repo_id)
         except network as e:
-            raise HubPublishError(f"cannot reach the Hub at {endpoint} ({_describe(e)}); nothing was created or "
-                                  "uploaded") from e
+            raise _unreachable_or_refused(e, endpoint, repo_id) from e
         if exists and not overwrite:
             raise RepoExistsError(f"the Hub repo {repo_id} already exists; pass overwrite=True (CLI: --overwrite) to "
                                   "replace its files with this checkpoint in one new commit")
@@ -624,6 +637,9 @@ def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private
                 delete_patterns="*" if exists else None,  # overwrite: drop stale files, in the same commit
             )
         except network as e:
+            refused = _unreachable_or_refused(e, endpoint, repo_id)
+            if isinstance(refused, TokenRefusedError) and not created:
+                raise refused from e
             cleanup = ""
             if created:
                 try:
@@ -671,7 +687,7 @@ def load_from_hub(repo_id: str, revision: str | None = None, *, model: nn.Module
 
 
 __all__ = [
-    "CheckpointInfo", "HubPublishError", "MissingTokenError", "ModelCardError", "RepoExistsError",
+    "CheckpointInfo", "HubPublishError", "MissingTokenError", "ModelCardError", "RepoExistsError", "TokenRefusedError",
     "card_context", "check_model_card", "load_from_hub", "prepare_upload_folder", "push_to_hub",
     "read_checkpoint", "render_model_card", "resolve_token", "write_model_card", "write_plots",
 ]
