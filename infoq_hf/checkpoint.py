@@ -247,8 +247,9 @@ def atomic_checkpoint(target: str | os.PathLike):
     by one rename of the complete, fsynced folder; an existing one has only the checkpoint's own files
     replaced, one `os.replace` each, the deciding config files last, and every earlier replacement is
     undone if a later one fails. Other files in `target` are never touched. A power loss or SIGKILL
-    between those final renames can leave old and new files mixed; the loader's header checks then refuse
-    the folder naming the layer (see README, "Reliability"). The staging folder never outlives the call."""
+    between those final renames can leave old and new files mixed; the loader's header checks refuse such a
+    folder when the two saves differ in bits or scheme (see README, "Reliability"). The staging folder never
+    outlives the call."""
     target = Path(os.path.abspath(target))  # "." and "dir/.." get their real names
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"cannot save a checkpoint into {target}: it is a file, not a folder; "
