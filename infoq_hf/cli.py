@@ -393,6 +393,17 @@ def cmd_push(args) -> int:
     return EXIT_OK
 
 
+def cmd_export(args) -> int:
+    from .export import export_compressed_tensors
+
+    if not Path(args.dir).is_dir():
+        raise UsageError(f"{args.dir} is not a folder; pass the --out folder of infoq quantize")
+    out = export_compressed_tensors(args.dir, args.out)
+    print(f"wrote a compressed-tensors pack-quantized checkpoint into {out}; load it with "
+          "AutoModelForCausalLM.from_pretrained (needs the compressed-tensors package, not infoq_hf)")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- parser
 EXAMPLES = {
     "quantize": """\
@@ -413,6 +424,8 @@ EXAMPLES = {
   infoq report ./llama-1b-infoq          # summary table, plots and README.md model card into the folder""",
     "push": """\
   infoq push ./llama-1b-infoq me/llama-1b-infoq --private""",
+    "export": """\
+  infoq export ./llama-1b-infoq --format compressed-tensors --out ./llama-1b-ct   # for transformers / vLLM""",
 }
 FOOTER = """\
 Load a result with `import infoq_hf; AutoModelForCausalLM.from_pretrained(DIR_OR_REPO)`, or for
@@ -480,6 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to commit to (default main)")
     p.add_argument("--message", help="commit message")
     p.set_defaults(func=cmd_push)
+
+    e = sub.add_parser("export", formatter_class=fmt, epilog=_epilog("export"), help="write another format",
+                       description="Convert a quantized folder into a checkpoint that other tools load without infoq_hf.")
+    e.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize (a transformers model)")
+    e.add_argument("--format", required=True, choices=["compressed-tensors"],
+                   help="compressed-tensors: pack-quantized, read by transformers and vLLM")
+    e.add_argument("--out", required=True, metavar="OUT", help="folder to write")
+    e.set_defaults(func=cmd_export)
     return parser
 
 
