@@ -202,6 +202,10 @@ def calibration_spec(args) -> dict | None:
                "label_column": args.label_column, "config": args.calib_config}
     from .calibration import spec_from_string
 
+    path = Path(spec)
+    if path.is_file() and (path.stat().st_size == 0 or (path.suffix.lower() in (".txt", ".text", ".md")
+                                                         and not path.read_text(errors="replace").strip())):
+        raise UsageError(f"--calib {spec} is empty; give a file that holds calibration text")
     try:
         return spec_from_string(spec, **options).to_dict()
     except ValueError as e:
@@ -251,24 +255,81 @@ def run_search(args, loaded: LoadedModel, spec: dict | None):
 
 
 # ----------------------------------------------------------------------------- commands
+def read_table(path: str | os.PathLike, flag: str):
+    """A sensitivity table JSON named on the command line; UsageError when it is not one."""
+    from .sensitivity import SensitivityTable
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{flag} {path}: no such sensitivity table (write one with infoq search)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{flag} {path} is not a sensitivity table JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("layers"), dict):
+        raise UsageError(f"{flag} {path} is not a sensitivity table: expected a JSON object with \"layers\" "
+                         f"(as infoq search writes), got a JSON {type(data).__name__}")
+    table = SensitivityTable.from_dict(data)
+    table.validate()
+    return table
+
+
+def read_policy(path: str | os.PathLike, flag: str):
+    """A policy JSON named on the command line; UsageError when it is not one."""
+    from .policy import BitPolicy
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{flag} {path}: no such policy file (write one with infoq allocate)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{flag} {path} is not a policy JSON ({e})") from None
+    policy = BitPolicy.from_dict(data)
+    if not policy:
+        raise UsageError(f"{flag} {path} lists no layers")
+    return policy
+
+
+def _given_table_and_policy(args):
+    """`infoq quantize --table` (allocate without a new search) or `--policy` (apply as it is)."""
+    budget_given = any(v is not None for v in (args.avg_bits, args.size_mb, args.bitops, args.compression))
+    if args.policy is not None:
+        if args.table is not None or budget_given:
+            raise UsageError("--policy applies a given policy as it is; drop --table and the budget "
+                             "(or pass --table with a budget to allocate a new policy)")
+        return None, read_policy(args.policy, "--policy")
+    return (read_table(args.table, "--table") if args.table is not None else None), None
+
+
 def cmd_quantize(args) -> int:
     from .allocation import allocate
     from .calibration import calibration_record
+    from .checkpoint import atomic_checkpoint
+    from .checkpoint import policy_of as model_policy
     from .config import InfoQConfig
     from .hub import SUMMARY_FILE, TABLE_FILE, push_to_hub
-    from .pipeline import format_summary, quantize_with_infoq
+    from .pipeline import check_budget_feasible, format_summary, quantize_with_infoq
 
-    budget = _budget(args)
     spec = calibration_spec(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
+        raise UsageError(f"--out {out} exists and is not a folder; pass a folder path")
+    table, policy = _given_table_and_policy(args)
+    budget = None if policy is not None else _budget(args)
     started = time.perf_counter()
     _say(f"loading {args.model}")
     loaded = LoadedModel(args.model)
-    table = run_search(args, loaded, spec)
-    policy = allocate(table, budget, solver=args.solver)
-    _say(f"allocated: {policy.report.summary()}")
+    if policy is None:
+        if table is None:  # an infeasible budget fails now, not after loading data and searching
+            check_budget_feasible(loaded.model, budget, bits=args.bits, group_size=args.group_size,
+                                  conv_group_size=args.conv_group_size, symmetric=args.symmetric,
+                                  skip_modules=loaded.skip_modules(), solver=args.solver)
+            table = run_search(args, loaded, spec)
+        policy = allocate(table, budget, solver=args.solver)
+        _say(f"allocated: {policy.report.summary()}")
+    else:
+        _say(f"applying the policy of {args.policy} ({len(policy)} entries; no search)")
     config = InfoQConfig(bits=args.bits, budget=budget, method=args.method, calibration=spec,
                          group_size=args.group_size, conv_group_size=args.conv_group_size, symmetric=args.symmetric,
                          solver=args.solver, seed=args.seed, policy=policy, rounding=args.rounding,
@@ -278,27 +339,33 @@ def cmd_quantize(args) -> int:
         source = args.model
         del loaded.model  # reload through transformers so save_pretrained writes the infoq config
         model = loaded.model_class.from_pretrained(source, quantization_config=config)
-        model.save_pretrained(out)
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save_pretrained(out)
         summary = dict(model.infoq_summary)
     else:
-        from .integrations.timm import save_quantized
-
         model, _, summary = quantize_with_infoq(loaded.model, config, progress=True)
-        save_quantized(model, out, policy, config=config)
-    summary["method"] = args.method
+    summary["method"] = args.method if args.policy is None else "policy (no search)"
     summary["times_s"] = {"total": round(time.perf_counter() - started, 3), **summary.get("times_s", {})}
-    summary["allocation"] = policy.report.to_dict()
+    if policy.report is not None:
+        summary["allocation"] = policy.report.to_dict()
     from .hub import _packed_layers_summary
 
     summary["params"] = _packed_layers_summary(model)[0]
     summary["calibration"] = calibration_record(spec)
     summary["base_model"] = loaded.base_model
-    table.save(out / TABLE_FILE)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
+    with atomic_checkpoint(out) as staging:  # checkpoint, tokenizer, table and summary: whole or nothing
+        if loaded.kind == "transformers":
+            model.save_pretrained(staging)
+            if loaded.tokenizer is not None:
+                loaded.tokenizer.save_pretrained(staging)
+        else:
+            from .integrations.timm import save_quantized
+
+            save_quantized(model, staging, model_policy(model), config=config)
+        if table is not None:
+            table.save(staging / TABLE_FILE)
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
     print(format_summary(summary))
-    print(f"saved to {out}/ (checkpoint, {TABLE_FILE}, {SUMMARY_FILE}); next: infoq report {out}")
+    saved = "checkpoint, " + (f"{TABLE_FILE}, " if table is not None else "") + SUMMARY_FILE
+    print(f"saved to {out}/ ({saved}); next: infoq report {out}")
     if args.push:
         commit = push_to_hub(out, args.push, private=args.private, overwrite=args.overwrite)
         print(f"pushed to {args.push}: {getattr(commit, 'commit_url', commit)}")
@@ -325,17 +392,9 @@ def cmd_search(args) -> int:
 def cmd_allocate(args) -> int:
     from .allocation import allocate
     from .pipeline import condensed_policy
-    from .sensitivity import SensitivityTable
 
     budget = _budget(args)
-    path = Path(args.scores)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such sensitivity table (write one with infoq search)")
-    try:
-        table = SensitivityTable.load(path)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not a sensitivity table JSON ({e})") from None
-    table.validate()
+    table = read_table(args.scores, "SCORES")
     policy = allocate(table, budget, solver=args.solver, bits=args.bits, time_limit=args.time_limit)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -393,17 +452,6 @@ def cmd_push(args) -> int:
     return EXIT_OK
 
 
-def cmd_export(args) -> int:
-    from .export import export_compressed_tensors
-
-    if not Path(args.dir).is_dir():
-        raise UsageError(f"{args.dir} is not a folder; pass the --out folder of infoq quantize")
-    out = export_compressed_tensors(args.dir, args.out)
-    print(f"wrote a compressed-tensors pack-quantized checkpoint into {out}; load it with "
-          "AutoModelForCausalLM.from_pretrained (needs the compressed-tensors package, not infoq_hf)")
-    return EXIT_OK
-
-
 # ----------------------------------------------------------------------------- parser
 EXAMPLES = {
     "quantize": """\
@@ -424,8 +472,6 @@ EXAMPLES = {
   infoq report ./llama-1b-infoq          # summary table, plots and README.md model card into the folder""",
     "push": """\
   infoq push ./llama-1b-infoq me/llama-1b-infoq --private""",
-    "export": """\
-  infoq export ./llama-1b-infoq --format compressed-tensors --out ./llama-1b-ct   # for transformers / vLLM""",
 }
 FOOTER = """\
 Load a result with `import infoq_hf; AutoModelForCausalLM.from_pretrained(DIR_OR_REPO)`, or for
@@ -456,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_budget(q)
     q.add_argument("--solver", default="auto", choices=["auto", "gurobi", "highs"], help="ILP solver (default auto)")
     q.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder to write")
+    q.add_argument("--table", metavar="SCORES.json",
+                   help="allocate from this sensitivity table (infoq search) instead of searching again")
+    q.add_argument("--policy", metavar="POLICY.json",
+                   help="pack with this policy (infoq allocate) as it is: no search, no budget")
     q.add_argument("--push", metavar="REPO", help="also push the result to this Hub repo (user/name)")
     q.add_argument("--private", action="store_true", help="with --push: create the repo private")
     q.add_argument("--overwrite", action="store_true", help="with --push: replace an existing repo's files")
@@ -493,14 +543,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to commit to (default main)")
     p.add_argument("--message", help="commit message")
     p.set_defaults(func=cmd_push)
-
-    e = sub.add_parser("export", formatter_class=fmt, epilog=_epilog("export"), help="write another format",
-                       description="Convert a quantized folder into a checkpoint that other tools load without infoq_hf.")
-    e.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize (a transformers model)")
-    e.add_argument("--format", required=True, choices=["compressed-tensors"],
-                   help="compressed-tensors: pack-quantized, read by transformers and vLLM")
-    e.add_argument("--out", required=True, metavar="OUT", help="folder to write")
-    e.set_defaults(func=cmd_export)
     return parser
 
 
@@ -517,19 +559,24 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, message already printed by argparse)
         return int(e.code or 0)
+    from .allocation import SolverUnavailableError
     from .hub import HubPublishError
 
+    bad_input_errors = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                        SolverUnavailableError)  # the last: a solver choice this machine cannot run
     try:
         return args.func(args)
     except KeyboardInterrupt:
         _say("infoq: interrupted")
         return 130
-    except (HubPublishError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+    except (HubPublishError, *bad_input_errors) as e:
         if args.debug:
             raise
-        bad_input = isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError))
-        _say(f"infoq: error: {_one_line(e)}")
-        return EXIT_USAGE if bad_input else EXIT_FAILURE
+        message = _one_line(e)
+        if isinstance(e, PermissionError):
+            message = f"permission denied writing {e.filename or 'the output'}; choose a folder you can write to"
+        _say(f"infoq: error: {message}")
+        return EXIT_USAGE if isinstance(e, bad_input_errors) else EXIT_FAILURE
     except Exception as e:  # noqa: BLE001 - the promise is exit code 1 with a readable line
         if args.debug:
             raise
