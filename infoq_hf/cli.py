@@ -146,7 +146,8 @@ class LoadedModel:
         if os.path.isdir(name):
             if not os.path.isfile(os.path.join(name, "config.json")):
                 raise UsageError(f"{name} has no config.json; save timm models with timm.models.save_for_hf")
-            return timm.create_model(f"local-dir:{os.path.abspath(name)}")
+            # pretrained=True reads the folder's weights (without it timm builds a randomly initialised model)
+            return timm.create_model(f"local-dir:{os.path.abspath(name)}", pretrained=True)
         if os.path.exists(name):
             raise UsageError(f"timm:PATH must be a folder saved with timm.models.save_for_hf, got the file {name}")
         try:
@@ -308,7 +309,7 @@ def cmd_quantize(args) -> int:
     from .checkpoint import atomic_checkpoint
     from .checkpoint import policy_of as model_policy
     from .config import InfoQConfig
-    from .hub import SUMMARY_FILE, TABLE_FILE, push_to_hub
+    from .hub import SUMMARY_FILE, TABLE_FILE, base_card_metadata, push_to_hub, read_checkpoint, write_model_card
     from .pipeline import check_budget_feasible, format_summary, quantize_with_infoq
 
     spec = calibration_spec(args)
@@ -351,6 +352,7 @@ def cmd_quantize(args) -> int:
     summary["params"] = _packed_layers_summary(model)[0]
     summary["calibration"] = calibration_record(spec)
     summary["base_model"] = loaded.base_model
+    summary.update({k: v for k, v in base_card_metadata(args.model.removeprefix("timm:")).items()})
     with atomic_checkpoint(out) as staging:  # checkpoint, tokenizer, table and summary: whole or nothing
         if loaded.kind == "transformers":
             model.save_pretrained(staging)
@@ -363,6 +365,7 @@ def cmd_quantize(args) -> int:
         if table is not None:
             table.save(staging / TABLE_FILE)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
+        write_model_card(staging, read_checkpoint(staging), f"<user>/{out.resolve().name}")
     print(format_summary(summary))
     saved = "checkpoint, " + (f"{TABLE_FILE}, " if table is not None else "") + SUMMARY_FILE
     print(f"saved to {out}/ ({saved}); next: infoq report {out}")

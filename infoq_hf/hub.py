@@ -297,6 +297,14 @@ def _usage(kind: str, repo_id: str, model_config: Mapping) -> str:
                             "AutoModelForImageClassification"), ("ForMaskedLM", "AutoModelForMaskedLM")):
             if arch.endswith(suffix):
                 auto = cls
+        if auto == "AutoModelForCausalLM":
+            return (f'import infoq_hf  # registers the "infoq" quantization method with transformers\n'
+                    f"from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                    f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
+                    f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n'
+                    'inputs = tokenizer("The quick brown fox", return_tensors="pt")\n'
+                    "output = model.generate(**inputs, max_new_tokens=32, do_sample=False)\n"
+                    "print(tokenizer.decode(output[0], skip_special_tokens=True))")
         return (f'import infoq_hf  # registers the "infoq" quantization method with transformers\n'
                 f"from transformers import {auto}\n\n"
                 f'model = {auto}.from_pretrained("{repo_id}")')
@@ -304,6 +312,96 @@ def _usage(kind: str, repo_id: str, model_config: Mapping) -> str:
         return f'from infoq_hf.hub import load_from_hub\n\nmodel = load_from_hub("{repo_id}")  # a timm model, packed'
     return (f"from infoq_hf.hub import load_from_hub\n\n"
             f'model = load_from_hub("{repo_id}", model=MyModel())  # a float instance of the architecture')
+
+
+PIPELINE_TAGS = {"ForCausalLM": "text-generation", "ForSequenceClassification": "text-classification",
+                 "ForImageClassification": "image-classification", "ForMaskedLM": "fill-mask",
+                 "ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering"}
+
+
+def _pipeline_tag(info: CheckpointInfo) -> str | None:
+    """The base model's pipeline_tag when recorded, else the one its architecture implies."""
+    if info.summary.get("pipeline_tag"):
+        return info.summary["pipeline_tag"]
+    if info.kind == "timm":
+        return "image-classification"
+    arch = (info.model_config.get("architectures") or [""])[0]
+    return next((tag for suffix, tag in PIPELINE_TAGS.items() if arch.endswith(suffix)), None)
+
+
+def base_card_metadata(source) -> dict:
+    """`license` and `pipeline_tag` of the float model's own card: the README.md of a local model folder,
+    or of a Hub model id (the model was just loaded from there). {} when there is none or it cannot be read."""
+    from huggingface_hub import ModelCard
+
+    try:
+        if isinstance(source, (str, os.PathLike)) and (Path(source) / CARD_FILE).is_file():
+            data = ModelCard((Path(source) / CARD_FILE).read_text()).data.to_dict()
+        elif _looks_like_repo_id(source):
+            data = ModelCard.load(source).data.to_dict()
+        else:
+            return {}
+    except Exception:  # noqa: BLE001 - a base card that is missing, unreachable or unparsable adds nothing
+        return {}
+    return {k: data[k] for k in ("license", "pipeline_tag") if isinstance(data.get(k), str)}
+
+
+def _group_size_text(cfg: Mapping, summary: Mapping) -> str:
+    """Linear grouping as packed: per layer, the requested size where it divides the layer's width."""
+    sizes: dict = {}
+    for lb in (summary.get("layers") or {}).values():
+        if isinstance(lb, Mapping) and "group_size" in lb:
+            sizes[lb["group_size"]] = sizes.get(lb["group_size"], 0) + 1
+    if not sizes:
+        return f"{cfg['group_size']} weights per scale" if cfg.get("group_size") else "one scale per output channel"
+    parts = [("one scale per output channel" if g is None else f"{g} weights per scale") + f" ({n} layers)"
+             for g, n in sorted(sizes.items(), key=lambda kv: -(kv[0] or 0))]
+    if cfg.get("group_size") and set(sizes) != {cfg["group_size"]}:
+        return f"requested {cfg['group_size']}, where it divides a layer's width; packed: " + ", ".join(parts)
+    return ", ".join(parts)
+
+
+def _reproduce_command(info: CheckpointInfo, cal: dict | None, base_model: str | None) -> str:
+    """The `infoq quantize` command that redoes this allocation (local paths as base names)."""
+    cfg = info.config
+    model = base_model or "FLOAT_MODEL_DIR"
+    if info.kind == "timm":
+        model = f"timm:{(info.model_config.get('pretrained_cfg') or {}).get('hf_hub_id') or base_model or 'NAME'}"
+    parts = [f"infoq quantize {model}", f"--bits {','.join(map(str, cfg.get('bits') or []))}"]
+    flags = {"avg_bits": "--avg-bits", "compression": "--compression", "bitops": "--bitops"}
+    for key, value in (cfg.get("budget") or {}).items():
+        if key == "size_bytes":
+            parts.append(f"--size-mb {value / 1e6:g}")
+        elif key in flags:
+            parts.append(f"{flags[key]} {value:g}")
+    parts.append(f"--method {cfg.get('method', 'infoq')}")
+    if cal:
+        source = cal.get("data_dir") or cal.get("data_files") or cal.get("dataset")
+        if isinstance(source, list):
+            source = source[0] if len(source) == 1 else "CALIB_DIR"
+        if isinstance(source, str) and not cal.get("source"):
+            parts.append(f"--calib {source}")
+        for key, flag in (("num_samples", "--samples"), ("seq_len", "--seq-len")):
+            if cal.get(key):
+                parts.append(f"{flag} {cal[key]}")
+    parts.append(f"--group-size {cfg.get('group_size') or 'none'}")
+    if cfg.get("symmetric"):
+        parts.append("--symmetric")
+    parts.append(f"--seed {cfg.get('seed', 0)} --out OUT_DIR")
+    return " ".join(parts)
+
+
+def _metric_rows(summary: Mapping) -> list[dict]:
+    """`summary["metrics"]`: what the run measured, e.g. [{"metric": "perplexity", "data": "...",
+    "quantized": 150.2, "float": 63.7}] (written by the demo, or by the user into infoq_summary.json)."""
+    rows = []
+    for m in summary.get("metrics") or []:
+        if not isinstance(m, Mapping) or "metric" not in m or "quantized" not in m:
+            raise ValueError(f"{SUMMARY_FILE} metrics entries need 'metric' and 'quantized' (and 'float', 'data'), "
+                             f"got {m!r}")
+        rows.append({"metric": str(m["metric"]), "data": str(m.get("data", "–")), "quantized": float(m["quantized"]),
+                     "float": None if m.get("float") is None else float(m["float"])})
+    return rows
 
 
 def _table_name(name: str, table_layers: Mapping) -> str | None:
@@ -315,7 +413,8 @@ def _table_name(name: str, table_layers: Mapping) -> str | None:
 
 
 def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None = None, calibration=None,
-                 plots: Mapping[str, str] | None = None, weights_bytes: int | None = None) -> dict:
+                 plots: Mapping[str, str] | None = None, weights_bytes: int | None = None,
+                 tags: list[str] | None = None) -> dict:
     """The template variables and the YAML metadata of a checkpoint's model card."""
     from . import __version__
 
@@ -365,18 +464,19 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
         metadata["base_model_relation"] = "quantized"
     if info.kind in ("transformers", "timm"):
         metadata["library_name"] = info.kind
-    metadata["tags"] = TAGS + ([info.kind] if info.kind == "timm" else [])
+    if summary.get("license"):
+        metadata["license"] = summary["license"]
+    pipeline_tag = _pipeline_tag(info)
+    if pipeline_tag:
+        metadata["pipeline_tag"] = pipeline_tag
+    metadata["tags"] = list(dict.fromkeys(TAGS + ([info.kind] if info.kind == "timm" else []) + list(tags or [])))
     metadata["quantization"] = quantization
 
     import yaml
 
     float_size = summary.get("float_size_bytes")
     size_text = f"{size_bytes / 1e6:.3f} MB" + (f" (float: {float_size / 1e6:.3f} MB)" if float_size else "")
-    grouping = []
-    if cfg.get("group_size"):
-        grouping.append(f"linear: {cfg['group_size']} weights per scale")
-    else:
-        grouping.append("linear: one scale per output channel")
+    grouping = [f"linear: {_group_size_text(cfg, summary)}"]
     grouping.append(f"conv: {cfg['conv_group_size']} per scale" if cfg.get("conv_group_size") else "conv: per output channel")
     grouping.append("symmetric" if cfg.get("symmetric") else "asymmetric (zero points)")
     search_texts = {"infoq": "InfoQ information-flow sensitivity (how much a layer's quantization changes "
@@ -404,6 +504,8 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
         "calibration_text": _calibration_text(cal, search_method),
         "seed": quantization["seed"],
         "usage": _usage(info.kind, repo_id, info.model_config),
+        "reproduce": _reproduce_command(info, cal, base_model),
+        "metrics": _metric_rows(summary),
         "plots": plot_list,
         "layers": rows,
         "has_table": table is not None,
@@ -446,15 +548,16 @@ def write_plots(directory: str | os.PathLike, info: CheckpointInfo) -> dict[str,
 
 
 def write_model_card(directory: str | os.PathLike, info: CheckpointInfo, repo_id: str, *, base_model=None,
-                     calibration=None, template=None) -> str:
+                     calibration=None, template=None, tags: list[str] | None = None) -> str:
     """Plots + README.md into `directory` (a checkpoint folder); returns the card text."""
     directory = Path(directory)
     plots = write_plots(directory, info)
     weights = directory / WEIGHTS_NAME
     context = card_context(info, repo_id, base_model=base_model, calibration=calibration, plots=plots,
-                           weights_bytes=weights.stat().st_size if weights.is_file() else None)
+                           weights_bytes=weights.stat().st_size if weights.is_file() else None, tags=tags)
     text = render_model_card(context, template)
-    expected = {k: context["metadata"][k] for k in ("base_model", "library_name", "tags") if k in context["metadata"]}
+    expected = {k: context["metadata"][k] for k in ("base_model", "base_model_relation", "library_name", "license",
+                                                    "pipeline_tag", "tags") if k in context["metadata"]}
     check_model_card(text, expected)
     (directory / CARD_FILE).write_text(text)
     return text
@@ -471,7 +574,7 @@ def _stage_checkpoint(model_or_dir, folder: Path, table, policy) -> CheckpointIn
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, folder / item.name)
     elif isinstance(model_or_dir, nn.Module):
         model = model_or_dir
-        params, summary = _packed_layers_summary(model)
+        _packed_layers_summary(model)  # refuses a model without packed layers before anything is written
         target = folder / "checkpoint"
         if hasattr(model, "save_pretrained") and hasattr(model, "config") and not _is_timm(model):
             qcfg = getattr(model.config, "quantization_config", None)
@@ -479,7 +582,7 @@ def _stage_checkpoint(model_or_dir, folder: Path, table, policy) -> CheckpointIn
             if not qdict or qdict.get("quant_method") != "infoq":
                 raise ValueError("this transformers model was not quantized with InfoQ through transformers; load it "
                                  "with from_pretrained(..., quantization_config=InfoQConfig(...)) before pushing")
-            model.save_pretrained(target)
+            getattr(model, "_infoq_save_without_card", model.save_pretrained)(target)  # the card is written below
         else:
             from .integrations.timm import save_quantized
 
@@ -487,12 +590,7 @@ def _stage_checkpoint(model_or_dir, folder: Path, table, policy) -> CheckpointIn
         for item in target.iterdir():
             shutil.move(str(item), folder / item.name)
         target.rmdir()
-        summary_path = folder / SUMMARY_FILE
-        if getattr(model, "infoq_summary", None):
-            summary = {**_jsonable(model.infoq_summary), **summary}
-        summary_path.write_text(json.dumps({**summary, "params": params}, indent=1))
-        if table is not None:
-            table.save(folder / TABLE_FILE)
+        table = write_summary_and_table(model, folder, table)
         info = read_checkpoint(folder, table=table)
     else:
         raise ValueError(f"push_to_hub takes a quantized model or a checkpoint folder, got {type(model_or_dir).__name__}")
@@ -507,6 +605,77 @@ def _stage_checkpoint(model_or_dir, folder: Path, table, policy) -> CheckpointIn
         if report is not None and hasattr(report, "to_dict"):
             info.summary.setdefault("allocation", report.to_dict())
     return info
+
+
+def write_summary_and_table(model: nn.Module, folder: Path, table: SensitivityTable | None = None):
+    """Beside a checkpoint just saved from `model`: infoq_summary.json (the quantization summary, the measured
+    sizes, the layer sizes, and the float model's Hub id, license and pipeline_tag where known) and the
+    sensitivity table (`table`, else the one the quantize-on-load search left on the model). Returns the table."""
+    params, measured = _packed_layers_summary(model)
+    summary = {**_jsonable(getattr(model, "infoq_summary", None) or {}), **measured}
+    source = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if source:
+        if summary.get("base_model") is None and _looks_like_repo_id(source):
+            summary["base_model"] = source
+        for key, value in base_card_metadata(source).items():
+            summary.setdefault(key, value)
+    (folder / SUMMARY_FILE).write_text(json.dumps({**summary, "params": params}, indent=1))
+    table = table if table is not None else getattr(model, "infoq_table", None)
+    if table is not None:
+        table.save(folder / TABLE_FILE)
+    return table
+
+
+# ----------------------------------------------------------------------------- transformers' own save and push
+def attach_model_card(model: nn.Module) -> None:
+    """Make transformers' own `model.save_pretrained(dir)` and `model.push_to_hub(repo)` on an InfoQ model
+    write the InfoQ model card (and summary, table, plots), the same files `infoq_hf.push_to_hub` writes;
+    transformers' `push_to_hub` would otherwise replace README.md with a generic card."""
+    import types
+
+    model._infoq_save_without_card = model.save_pretrained  # transformers' save (or a wrapper of it)
+    model.save_pretrained = types.MethodType(_save_pretrained_with_card, model)  # deepcopy rebinds to the copy
+    model.push_to_hub = types.MethodType(_push_to_hub_with_card, model)
+
+
+def _save_pretrained_with_card(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
+    if push_to_hub:  # transformers would upload before the card exists: save, then push the same files
+        repo_id = kwargs.pop("repo_id", None) or Path(os.path.abspath(save_directory)).name
+        hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "token", "create_pr", "revision")
+                      if k in kwargs}
+        self.save_pretrained(save_directory, *args, **kwargs)
+        return _upload_saved(save_directory, repo_id, **hub_kwargs)
+    result = self._infoq_save_without_card(save_directory, *args, **kwargs)
+    directory = Path(save_directory)
+    table = write_summary_and_table(self, directory)
+    write_model_card(directory, read_checkpoint(directory, table=table), f"<user>/{directory.resolve().name}")
+    return result
+
+
+def _push_to_hub_with_card(self, repo_id: str, *, commit_message: str | None = None, commit_description=None,
+                           private: bool | None = None, token: str | None = None, max_shard_size="50GB",
+                           create_pr: bool = False, revision: str | None = None, tags: list[str] | None = None):
+    """transformers' `push_to_hub` for this InfoQ model: the same arguments, the InfoQ card."""
+    with tempfile.TemporaryDirectory(prefix="infoq-push-") as tmp:
+        self._infoq_save_without_card(tmp, max_shard_size=max_shard_size)
+        table = write_summary_and_table(self, Path(tmp))
+        write_model_card(tmp, read_checkpoint(tmp, table=table), repo_id, tags=tags)
+        return _upload_saved(tmp, repo_id, commit_message=commit_message, commit_description=commit_description,
+                             private=private, token=token, create_pr=create_pr, revision=revision)
+
+
+def _upload_saved(folder, repo_id: str, *, commit_message=None, commit_description=None, private=None, token=None,
+                  create_pr=False, revision=None):
+    """Upload a saved folder as transformers' push_to_hub does (repo created if missing, files added or
+    replaced in one commit, nothing else in the repo deleted)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    card = (Path(folder) / CARD_FILE).read_text()
+    return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+                             commit_message=commit_message or f"Upload InfoQ mixed-precision checkpoint ({_card_bits(card)})",
+                             commit_description=commit_description)
 
 
 def _is_timm(model) -> bool:
@@ -637,9 +806,8 @@ def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private
                 delete_patterns="*" if exists else None,  # overwrite: drop stale files, in the same commit
             )
         except network as e:
-            refused = _unreachable_or_refused(e, endpoint, repo_id)
-            if isinstance(refused, TokenRefusedError) and not created:
-                raise refused from e
+            if getattr(getattr(e, "response", None), "status_code", None) == 401 and not created:
+                raise _unreachable_or_refused(e, endpoint, repo_id) from e  # 403 here may be a refused commit
             cleanup = ""
             if created:
                 try:

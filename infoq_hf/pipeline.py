@@ -96,6 +96,7 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, tokenizer=None
                        symmetric=config.symmetric, clip_search=config.clip_search, skip_modules=skip,
                        progress=progress, **config.method_options)
         times["search"] = time.perf_counter() - t
+        model.infoq_table = table  # saved beside the checkpoint (hub.write_summary_and_table) for cards and reports
         t = time.perf_counter()
         policy = allocate(table, config.budget, solver=config.solver, alpha=config.alpha,
                           pin_first_last=config.pin_first_last)

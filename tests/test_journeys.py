@@ -157,12 +157,16 @@ def test_calibration_spec_holding_a_dataset_object(llama_with_tokenizer, tmp_pat
 
 # ----------------------------------------------------------------------------- 5 and 6. the CLI
 def _png_folder(root, per_class=11):
+    """Class subfolders of generated PNGs: seeded noise around a colour, of varying sizes."""
+    import numpy as np
     from PIL import Image
 
+    rng = np.random.default_rng(0)
     for cls, color in {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 210)}.items():
         (root / cls).mkdir(parents=True)
         for i in range(per_class):
-            Image.new("RGB", (40 + 4 * i, 36 + i), tuple(max(0, c - 25 * i) for c in color)).save(root / cls / f"{i}.png")
+            pixels = np.clip(rng.normal(color, 60, size=(36 + i, 40 + 4 * i, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
     return root
 
 
@@ -173,6 +177,12 @@ def _tiny_timm_dir(path):
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False, num_classes=3,
                               pretrained_cfg_overlay=dict(input_size=(3, 32, 32))).eval()
+    with torch.no_grad():  # a fresh head predicts one class for every image: make it see what differs
+        features = model.forward_head(model.forward_features(torch.randn(32, 3, 32, 32)), pre_logits=True)
+        centre = features.mean(0)
+        head = model.get_classifier()
+        head.weight.normal_(0, 3.0)
+        head.bias.copy_(-head.weight @ centre)
     path.mkdir(parents=True)
     save_for_hf(model, str(path))
     return path
@@ -183,7 +193,7 @@ def _error_line(capsys):
 
 
 def test_cli_quantizes_a_timm_model_calibrated_on_a_folder_of_images(tmp_path, capsys):
-    pytest.importorskip("timm")
+    timm = pytest.importorskip("timm")
     from infoq_hf.cli import main
 
     images, model_dir, out = _png_folder(tmp_path / "images"), _tiny_timm_dir(tmp_path / "resnet"), tmp_path / "q"
@@ -194,9 +204,12 @@ def test_cli_quantizes_a_timm_model_calibrated_on_a_folder_of_images(tmp_path, c
     assert summary["method"] == "infoq" and summary["avg_bits"] <= 4 + 1e-9
     assert summary["calibration"]["dataset"] == "imagefolder" and summary["calibration"]["data_dir"] == "images"
     assert str(tmp_path) not in json.dumps(summary["calibration"])  # the record keeps base names only
-    model = infoq_hf.load_quantized(out)
-    with torch.no_grad():
-        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    model, float_model = infoq_hf.load_quantized(out), timm.create_model(f"local-dir:{model_dir}", pretrained=True)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():  # the saved weights were quantized, not a fresh initialisation of the architecture
+        packed_fc, float_fc = model.get_classifier().weight, float_model.get_classifier().weight
+        assert torch.allclose(packed_fc, float_fc, atol=0.05 * float_fc.abs().max())
+        assert model(x).shape == (4, 3)
 
 
 @pytest.mark.parametrize("value", ["9", "8.5", "32"])
@@ -262,3 +275,93 @@ def test_heatmap_title_fits_its_figure(tmp_path, monkeypatch):
     assert p0 < 0 or p1 > width, "the unwrapped title should overflow this narrow figure"
     assert 0 <= x0 and x1 <= width and "\n" in text
     assert text.replace("\n", " ") == plain == "weight_mse sensitivity per layer and bit-width (outlined: chosen)"
+
+
+# ----------------------------------------------------------------------------- 3 and 4. native push, the card
+def _front_matter(text):
+    import yaml
+
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+BASE_CARD = "---\nlicense: apache-2.0\npipeline_tag: text-generation\nlibrary_name: transformers\n---\n# tiny\n"
+
+
+@pytest.fixture
+def hub_llama(hub_server, monkeypatch, tmp_path):
+    """A float model published on the loopback Hub with its own card (license, pipeline_tag)."""
+    monkeypatch.setenv("HF_TOKEN", hub_server.token)
+    folder = tmp_path / "float"
+    _tiny_llama(hidden=128, intermediate=192).save_pretrained(folder)
+    _word_tokenizer().save_pretrained(folder)
+    (folder / "README.md").write_text(BASE_CARD)
+    api = hub_server.api()
+    api.create_repo("test-org/tiny-llama")
+    api.upload_folder(repo_id="test-org/tiny-llama", folder_path=folder)
+    return "test-org/tiny-llama"
+
+
+def test_native_push_to_hub_writes_the_infoq_card_with_base_model_license_and_sensitivities(hub_server, hub_llama):
+    model = AutoModelForCausalLM.from_pretrained(
+        hub_llama, quantization_config=InfoQConfig(bits=[2, 4, 8], budget={"avg_bits": 4}, method="weight_mse"))
+    model.push_to_hub("test-user/tiny-llama-native")  # transformers' own method
+    files = hub_server.files("test-user/tiny-llama-native")
+    assert {"model.safetensors", "config.json", "infoq_sensitivity.json", "infoq_summary.json",
+            "infoq_sensitivity_heatmap.png", "README.md"} <= set(files)
+    card = files["README.md"].decode()
+    meta = _front_matter(card)
+    assert meta["base_model"] == hub_llama and meta["base_model_relation"] == "quantized"
+    assert meta["license"] == "apache-2.0" and meta["pipeline_tag"] == "text-generation"
+    assert meta["library_name"] == "transformers" and "infoq" in meta["tags"]
+    assert "This is the model card of a" not in card  # not transformers' generic card
+    rows = [line for line in card.splitlines() if line.startswith("| `model.layers.")]
+    assert len(rows) == 14 and all(not row.rstrip(" |").endswith("–") for row in rows)  # sensitivities filled
+
+    # infoq_hf.push_to_hub writes the same card (only the repo id differs)
+    infoq_hf.push_to_hub(model, "test-org/tiny-llama-native", token=hub_server.token)
+    ours = hub_server.files("test-org/tiny-llama-native")["README.md"].decode()
+    assert ours.replace("test-org/tiny-llama-native", "test-user/tiny-llama-native") == card
+
+    # a second native push updates the repo without deleting files it did not write
+    hub_server.api().upload_file(path_or_fileobj=b"notes", path_in_repo="NOTES.md", repo_id="test-user/tiny-llama-native")
+    model.push_to_hub("test-user/tiny-llama-native", commit_message="again")
+    assert "NOTES.md" in hub_server.files("test-user/tiny-llama-native")
+
+
+def test_native_save_pretrained_writes_the_card_files_and_reloads(tmp_path, llama_with_tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(
+        llama_with_tokenizer, quantization_config=InfoQConfig(bits=[2, 4, 8], budget={"avg_bits": 3}, method="weight_mse"))
+    model.save_pretrained(tmp_path / "q")
+    for name in ("README.md", "infoq_sensitivity.json", "infoq_summary.json", "infoq_bits_per_layer.png",
+                 "infoq_sensitivity_heatmap.png"):
+        assert (tmp_path / "q" / name).is_file(), name
+    meta = _front_matter((tmp_path / "q" / "README.md").read_text())
+    assert "base_model" not in meta  # a local float model: no Hub id to name
+    assert meta["pipeline_tag"] == "text-generation"  # from the architecture (the folder's card has none)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    ids = torch.randint(0, 128, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_card_carries_install_generate_quality_speed_and_the_command(tmp_path, llama_with_tokenizer):
+    from infoq_hf.hub import SUMMARY_FILE, read_checkpoint, write_model_card
+
+    model = AutoModelForCausalLM.from_pretrained(
+        llama_with_tokenizer, quantization_config=InfoQConfig(bits=[2, 4, 8], budget={"avg_bits": 3}, method="weight_mse"))
+    model.save_pretrained(tmp_path / "q")
+    card = (tmp_path / "q" / "README.md").read_text()
+    assert "pip install infoq-hf" in card and "import infoq_hf" in card
+    assert "AutoTokenizer.from_pretrained(" in card and "model.generate(**inputs" in card
+    assert "measured no quality metric" in card and "## Speed" in card and "can run slower" in card
+    assert ("infoq quantize FLOAT_MODEL_DIR --bits 2,4,8 --avg-bits 3 --method weight_mse --group-size 128 "
+            "--seed 0 --out OUT_DIR") in card
+    assert ("requested 128, where it divides a layer's width; packed: 128 weights per scale (12 layers), "
+            "64 weights per scale (2 layers)") in card  # the down_proj layers are 192 wide
+
+    summary = json.loads((tmp_path / "q" / SUMMARY_FILE).read_text())  # a run that measured its quality
+    summary["metrics"] = [{"metric": "perplexity", "data": "held-out text", "quantized": 61.25, "float": 40.5}]
+    (tmp_path / "q" / SUMMARY_FILE).write_text(json.dumps(summary))
+    card = write_model_card(tmp_path / "q", read_checkpoint(tmp_path / "q"), "me/tiny")
+    assert "| perplexity | held-out text | 61.25 | 40.5 |" in card

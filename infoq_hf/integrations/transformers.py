@@ -33,6 +33,7 @@ from ..checkpoint import (
     read_tensor_specs,
 )
 from ..config import QUANT_METHOD, InfoQConfig
+from ..hub import attach_model_card
 from ..policy import BitPolicy
 from ..quant.apply import dequantize_model
 
@@ -93,6 +94,7 @@ class InfoQQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         make_save_pretrained_atomic(model)
+        attach_model_card(model)  # model.save_pretrained / push_to_hub write the InfoQ card, like infoq_hf.push_to_hub
         if self.pre_quantized:
             return model
         from ..pipeline import quantize_with_infoq
