@@ -87,6 +87,28 @@ def export_compressed_tensors(src: str | os.PathLike | nn.Module, out_dir: str |
     return Path(out_dir)
 
 
+FUSED_PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # vLLM runs each as one matmul
+
+
+def fused_projection_groups(names) -> list[tuple[str, ...]]:
+    """Groups of layer names vLLM fuses into one matmul (q/k/v, gate/up of one block), which therefore must
+    share one scheme: pass them as `allocate(..., tie=fused_projection_groups(table.layers))`. `names`: layer
+    names, or a model (its quantizable layers)."""
+    if isinstance(names, nn.Module):
+        from .quant.apply import quantizable_layers
+
+        names = quantizable_layers(names)
+    names = list(names)
+    groups = []
+    for leaves in FUSED_PROJECTIONS:
+        parents = {n.rpartition(".")[0] for n in names if n.rpartition(".")[2] == leaves[0]}
+        for parent in sorted(parents):
+            group = tuple(f"{parent}.{leaf}" if parent else leaf for leaf in leaves)
+            if all(g in names for g in group):
+                groups.append(group)
+    return groups
+
+
 def compressed_tensors_config(groups: dict[tuple, list[str]], ignore: list[str]) -> dict:
     """The `quantization_config` of a pack-quantized checkpoint: one scheme per (bits, group size, symmetric,
     input width); the input width matters only when a group spans the whole row (per channel)."""

@@ -46,7 +46,8 @@ def test_compressed_tensors_is_pinned_to_the_version_whose_packing_we_write():
 @pytest.mark.parametrize("bits", range(2, 9))
 @pytest.mark.parametrize("cols", [32, 50, 96])
 def test_row_packing_matches_compressed_tensors(bits, cols):
-    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
+    helpers = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers")
+    pack_to_int32, unpack_from_int32 = helpers.pack_to_int32, helpers.unpack_from_int32
 
     codes = torch.randint(0, 1 << bits, (5, cols), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
     ours = pack_rows_int32(codes, bits)
@@ -75,6 +76,7 @@ def test_export_loads_in_plain_transformers_with_the_same_logits(tmp_path, symme
 
 
 def test_export_from_a_saved_checkpoint_folder(tmp_path):
+    pytest.importorskip("compressed_tensors")
     from transformers import AutoModelForCausalLM
 
     from infoq_hf import InfoQConfig
@@ -116,3 +118,22 @@ def test_what_the_format_cannot_hold_is_refused_naming_the_layer(tmp_path):
     with pytest.raises(ValueError, match=r"layer '0' is a packed Conv2d"):
         export_compressed_tensors(conv, tmp_path / "ct2")
     assert not (tmp_path / "ct").exists() and not (tmp_path / "ct2").exists()
+
+
+def test_fused_projection_groups_tie_qkv_and_gate_up_in_the_allocation():
+    from infoq_hf import Budget, allocate, search
+    from infoq_hf.export import fused_projection_groups
+
+    model = LlamaForCausalLM(_tiny_llama_config()).eval()
+    groups = fused_projection_groups(model)
+    assert groups == [("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
+                       "model.layers.0.self_attn.v_proj"),
+                      ("model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj",
+                       "model.layers.1.self_attn.v_proj"),
+                      ("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"),
+                      ("model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj")]
+    table = search(model, None, bits=[2, 3, 4, 8], method="weight_mse", group_size=32, skip_modules=["lm_head"],
+                   progress=False)
+    policy = allocate(table, Budget(avg_bits=3.0), tie=fused_projection_groups(table.layers), progress=False)
+    for group in groups:
+        assert len({policy[n].w_bits for n in group}) == 1, group
