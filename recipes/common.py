@@ -128,9 +128,10 @@ def write_json(path: str | os.PathLike, data) -> None:
 def save_table_and_allocate(accelerator, table, out, avg_bits: float, solver: str = "auto", *, model=None,
                             calibration=None, refine_passes: int = 0, progress: bool = True):
     """Every process, after the search: allocate `avg_bits` (refined on `model` over `calibration` with
-    the candidates split over the processes when `refine_passes` > 0); the main process writes
-    table.json and policy.json."""
+    the candidates split over the processes when `refine_passes` > 0); the main process writes the table
+    (under the name `infoq report` and the model card read) and policy.json."""
     from infoq_hf import Budget, allocate
+    from infoq_hf.hub import TABLE_FILE
 
     out = Path(out)
     policy = allocate(table, Budget(avg_bits=avg_bits), solver=solver, model=model if refine_passes else None,
@@ -138,7 +139,7 @@ def save_table_and_allocate(accelerator, table, out, avg_bits: float, solver: st
                       progress=progress)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        table.save(out / "table.json")
+        table.save(out / TABLE_FILE)
         policy.to_json(out / "policy.json")
     log(accelerator, f"allocation: {policy.report.summary()}")
     return out, policy

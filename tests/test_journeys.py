@@ -365,3 +365,22 @@ def test_card_carries_install_generate_quality_speed_and_the_command(tmp_path, l
     (tmp_path / "q" / SUMMARY_FILE).write_text(json.dumps(summary))
     card = write_model_card(tmp_path / "q", read_checkpoint(tmp_path / "q"), "me/tiny")
     assert "| perplexity | held-out text | 61.25 | 40.5 |" in card
+
+
+def test_recipes_save_the_table_under_the_name_report_reads(tmp_path):
+    from types import SimpleNamespace
+
+    from infoq_hf.hub import TABLE_FILE, read_checkpoint
+    from recipes.common import save_table_and_allocate
+
+    model = _tiny_llama(hidden=128, intermediate=192)
+    model.save_pretrained(tmp_path / "float")
+    table = search(model, None, bits=(2, 4, 8), method="weight_mse", skip_modules=["lm_head"])
+    out, policy = save_table_and_allocate(SimpleNamespace(is_main_process=True), table, tmp_path / "r", 4.0,
+                                          progress=False)
+    assert (out / TABLE_FILE).is_file()
+    packed = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=InfoQConfig(policy=policy))
+    packed.save_pretrained(out)  # as the recipe does, into the folder that holds the table
+    assert read_checkpoint(out).table.to_dict() == table.to_dict()  # what infoq report and the card read
+    rows = [line for line in (out / "README.md").read_text().splitlines() if line.startswith("| `model.layers.")]
+    assert len(rows) == 14 and all(not row.rstrip(" |").endswith("–") for row in rows)

@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype the float model is loaded (and probed) in")
-    p.add_argument("--out", required=True, help="folder for the packed checkpoint (+ table.json, policy.json)")
+    p.add_argument("--out", required=True, help="folder for the packed checkpoint (+ infoq_sensitivity.json, policy.json)")
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload the folder to this Hub repo")
     p.add_argument("--hub-token", default=None)
     p.add_argument("--private", action="store_true")

@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES,
                    help="whole-model passes refining the allocation (split over processes; 0 = ILP only)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="folder for the packed checkpoint (+ table.json, policy.json)")
+    p.add_argument("--out", required=True, help="folder for the packed checkpoint (+ infoq_sensitivity.json, policy.json)")
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     p.add_argument("--hub-token", default=None)
     p.add_argument("--private", action="store_true")
