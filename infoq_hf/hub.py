@@ -645,10 +645,13 @@ def _save_pretrained_with_card(self, save_directory, *args, push_to_hub: bool = 
                       if k in kwargs}
         self.save_pretrained(save_directory, *args, **kwargs)
         return _upload_saved(save_directory, repo_id, **hub_kwargs)
-    result = self._infoq_save_without_card(save_directory, *args, **kwargs)
-    directory = Path(save_directory)
-    table = write_summary_and_table(self, directory)
-    write_model_card(directory, read_checkpoint(directory, table=table), f"<user>/{directory.resolve().name}")
+    from .checkpoint import atomic_checkpoint
+
+    with atomic_checkpoint(save_directory) as staging:  # checkpoint and card: whole or nothing, together
+        result = self._infoq_save_without_card(staging, *args, **kwargs)
+        table = write_summary_and_table(self, staging)
+        name = Path(os.path.abspath(save_directory)).name
+        write_model_card(staging, read_checkpoint(staging, table=table), f"<user>/{name}")
     return result
 
 
