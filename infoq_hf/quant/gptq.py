@@ -20,8 +20,8 @@ What is ours (and why):
   H[i, i] = 1, as GPTQ does, but its weights are kept and rounded to nearest instead of zeroed:
   they cost nothing on the calibration data and may matter on other data. A Hessian that is still
   singular after dampening raises an error naming the layer; there is no silent fallback to RTN.
-- The sweep runs in float64 (the Hessian is accumulated in float64 too); codes are computed from
-  float32 values with float32 scales, as the RTN quantizer does.
+- The sweep runs in float64; the Hessian is summed in float64 from float32 products of at most 4096
+  rows each. Codes are computed from float32 values with float32 scales, as the RTN quantizer does.
 
 Model level (`gptq_quantize_model`): sequential by block. The blocks are those of
 `sensitivity.probe.find_blocks` (children of the outermost Sequential/ModuleList: decoder layers,
