@@ -614,16 +614,40 @@ def write_summary_and_table(model: nn.Module, folder: Path, table: SensitivityTa
     params, measured = _packed_layers_summary(model)
     summary = {**_jsonable(getattr(model, "infoq_summary", None) or {}), **measured}
     source = getattr(getattr(model, "config", None), "_name_or_path", None)
-    if source:
+    if source and getattr(model, "infoq_summary", None) is not None:  # quantized here: source is the float model
         if summary.get("base_model") is None and _looks_like_repo_id(source):
             summary["base_model"] = source
         for key, value in base_card_metadata(source).items():
             summary.setdefault(key, value)
+    elif source:  # loaded pre-quantized: keep what its own files said about its float model and its run
+        saved = _checkpoint_file(source, SUMMARY_FILE)
+        prior = _read_json(saved) if saved is not None else {}
+        for key in ("base_model", "license", "pipeline_tag", "metrics", "method", "calibration", "allocation"):
+            if prior.get(key) is not None:
+                summary.setdefault(key, prior[key])
+        saved_table = _checkpoint_file(source, TABLE_FILE) if table is None else None
+        table = SensitivityTable.load(saved_table) if saved_table is not None else table
     (folder / SUMMARY_FILE).write_text(json.dumps({**summary, "params": params}, indent=1))
     table = table if table is not None else getattr(model, "infoq_table", None)
     if table is not None:
         table.save(folder / TABLE_FILE)
     return table
+
+
+def _checkpoint_file(source, name: str) -> Path | None:
+    """File `name` of the checkpoint a model was loaded from: a local folder, or a Hub id (downloaded if the
+    Hub answers); None when there is none."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        path = Path(source) / name
+        return path if path.is_file() else None
+    if not _looks_like_repo_id(source):
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(source, name))
+    except Exception:  # noqa: BLE001 - missing file or unreachable Hub: nothing to carry over
+        return None
 
 
 # ----------------------------------------------------------------------------- transformers' own save and push

@@ -302,7 +302,8 @@ def hub_llama(hub_server, monkeypatch, tmp_path):
     return "test-org/tiny-llama"
 
 
-def test_native_push_to_hub_writes_the_infoq_card_with_base_model_license_and_sensitivities(hub_server, hub_llama):
+def test_native_push_to_hub_writes_the_infoq_card_with_base_model_license_and_sensitivities(hub_server, hub_llama,
+                                                                                           tmp_path):
     model = AutoModelForCausalLM.from_pretrained(
         hub_llama, quantization_config=InfoQConfig(bits=[2, 4, 8], budget={"avg_bits": 4}, method="weight_mse"))
     model.push_to_hub("test-user/tiny-llama-native")  # transformers' own method
@@ -327,6 +328,13 @@ def test_native_push_to_hub_writes_the_infoq_card_with_base_model_license_and_se
     hub_server.api().upload_file(path_or_fileobj=b"notes", path_in_repo="NOTES.md", repo_id="test-user/tiny-llama-native")
     model.push_to_hub("test-user/tiny-llama-native", commit_message="again")
     assert "NOTES.md" in hub_server.files("test-user/tiny-llama-native")
+
+    # the published checkpoint, loaded and saved again, still names the float model (not itself) as its base
+    again = AutoModelForCausalLM.from_pretrained("test-user/tiny-llama-native")
+    again.save_pretrained(tmp_path / "resaved")
+    resaved = (tmp_path / "resaved" / "README.md").read_text()
+    assert _front_matter(resaved)["base_model"] == hub_llama and _front_matter(resaved)["license"] == "apache-2.0"
+    assert [line for line in resaved.splitlines() if line.startswith("| `model.layers.")] == rows
 
 
 def test_native_save_pretrained_writes_the_card_files_and_reloads(tmp_path, llama_with_tokenizer):
@@ -384,3 +392,4 @@ def test_recipes_save_the_table_under_the_name_report_reads(tmp_path):
     assert read_checkpoint(out).table.to_dict() == table.to_dict()  # what infoq report and the card read
     rows = [line for line in (out / "README.md").read_text().splitlines() if line.startswith("| `model.layers.")]
     assert len(rows) == 14 and all(not row.rstrip(" |").endswith("–") for row in rows)
+
