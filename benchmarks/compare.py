@@ -42,11 +42,17 @@ def run_smollm2(args, out: Path):
     model, _, calib, _, test = common.smollm2_data(args.calib or 4, 0, args.eval or 32)
     skip = ["lm_head"]
     kw = dict(bits=(2, 3, 4, 8), group_size=64, skip_modules=skip, seed=args.seed)
-    searches = {"infoq": {}, "infoq (paper Eq. 4)": {"scores": "eq4"}, "hawq": {}, "weight_mse": {}, "random": {}}
+    from infoq_hf.sensitivity.infoq import InfoQOptions
+
+    defaults = InfoQOptions()
+    calibrated = {"probe_bits": defaults.probe_bits, "change_power": defaults.change_power}
+    searches = {"infoq": calibrated, "hawq": {}, "weight_mse": {}, "random": {}}
+    if args.with_eq4:  # one probe per (layer, width): three times the calibrated search
+        searches["infoq (paper Eq. 4)"] = {"scores": "eq4"}
     tables = {}
     for label, opts in searches.items():
         method = label.split()[0]
-        key = "infoq_eq4" if opts else method
+        key = method + "".join(f"_{k}{v}" for k, v in opts.items())
         tables[label] = cached_table(out / "tables" / f"smollm2_{key}_c{len(calib)}_s{args.seed}.json", args.fresh,
                                      lambda m=method, o=opts: search(model, calib, method=m, **kw, **o))
     fp32 = common.perplexity(model, test)
@@ -167,6 +173,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="recompute cached sensitivity tables")
     p.add_argument("--refine-passes", type=int, default=64, help="smollm2: whole-model passes of the refinement")
+    p.add_argument("--with-eq4", action="store_true", help="smollm2: also InfoQ with the paper's Eq. 4 scores")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)

@@ -47,35 +47,51 @@ CANDIDATES = {
 }
 
 
-def calibrated_choices(model, calib, kwargs, bits, oracle, seed) -> list[str]:
+def calibrated_choices(model, calib, kwargs, bits, oracle, seed, out: Path) -> list[str]:
+    import math
     import statistics
 
-    from infoq_hf.sensitivity.search import _fit_alpha
+    from .compare import cached_table
 
-    raw = search(model, calib, bits=bits, method="infoq", seed=seed, progress=False, scores="eq4", inv_bits=False, **kwargs)
-    t2 = search(model, calib, bits=bits, method="weight_mse", seed=seed, progress=False, **kwargs)
+    key = f"c{sum(len(b['input_ids']) for b in calib)}_s{seed}_b{''.join(map(str, bits))}_n{len(kwargs.get('skip_modules', []))}"
+    raw = cached_table(out / "tables" / f"tune_raw_{key}.json", False, lambda: search(
+        model, calib, bits=bits, method="infoq", seed=seed, progress=False, scores="eq4", inv_bits=False, **kwargs))
+    mse = search(model, calib, bits=bits, method="weight_mse", seed=seed, progress=False, **kwargs)
     names = list(raw.layers)
-    alpha = {b: [raw.w(n, b) / max(t2.w(n, b) / _sq_norm(model, n), 1e-300) for n in names] for b in bits}
-    lines = ["| probe width | median alpha / alpha at the other widths | Spearman of its alphas with the others' (mean) |",
-             "|---|---|---|"]
-    for b in bits:
-        others = [o for o in bits if o != b]
-        ratio = statistics.median(alpha[b][i] / max(alpha[o][i], 1e-300) for o in others for i in range(len(names)))
-        agree = sum(common.spearman(alpha[b], alpha[o]) for o in others) / len(others)
-        lines.append(f"| {b} bits | {ratio:.3f} | {agree:.3f} |")
-        print(lines[-1], flush=True)
+    t2 = {n: {b: mse.w(n, b) / _sq_norm(model, n) for b in bits} for n in names}
+    # Exponent of the information change in the weight error: D ~ c * t2^gamma, per layer over the widths.
+    slopes = []
+    for n in names:
+        xs = [math.log(t2[n][b]) for b in bits]
+        ys = [math.log(max(raw.w(n, b), 1e-300)) for b in bits]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slopes.append(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs))
+    lines = [f"Exponent gamma of D(l, b) ~ t2(l, b)^gamma, fitted per layer over widths {bits}: median "
+             f"{statistics.median(slopes):.3f}, quartiles {statistics.quantiles(slopes, n=4)[0]:.3f} / "
+             f"{statistics.quantiles(slopes, n=4)[2]:.3f} (1 = D proportional to t2; 0.5 = first order in the "
+             "perturbation's amplitude)", "",
+             "| alpha_l from | probe width | median alpha / alpha at the other widths | Spearman of its alphas with the others' (mean) |",
+             "|---|---|---|---|"]
+    for power, label in ((1, "D / t2"), (2, "D^2 / t2")):
+        alpha = {b: [raw.w(n, b) ** power / t2[n][b] for n in names] for b in bits}
+        for b in bits:
+            others = [o for o in bits if o != b]
+            ratio = statistics.median(alpha[b][i] / max(alpha[o][i], 1e-300) for o in others for i in range(len(names)))
+            agree = sum(common.spearman(alpha[b], alpha[o]) for o in others) / len(others)
+            lines.append(f"| {label} | {b} bits | {ratio:.3f} | {agree:.3f} |")
+            print(lines[-1], flush=True)
     if oracle is None:
         return lines
     lines += ["", "Against the dev-split oracle:", "", "| alpha from | Spearman, all | Spearman within a bit-width |",
               "|---|---|---|"]
-    for widths in [[b] for b in bits] + [list(bits)]:
-        table = SensitivityTable.from_dict(raw.to_dict())
-        for n, info in table.layers.items():
-            rel = {b: t2.w(n, b) / _sq_norm(model, n) for b in bits}
-            a = _fit_alpha({b: raw.w(n, b) for b in widths}, rel, widths)
-            info["w"] = {b: a * rel[b] for b in bits}
-        overall, per_bit = correlations(table, oracle, bits)
-        lines.append(f"| InfoQ probe at {widths} | {overall:.3f} | {per_bit:.3f} |")
+    for power in (1, 2):
+        for b in bits:
+            table = SensitivityTable.from_dict(raw.to_dict())
+            for n, info in table.layers.items():
+                a = raw.w(n, b) ** power / t2[n][b]
+                info["w"] = {w: a * t2[n][w] for w in bits}
+            overall, per_bit = correlations(table, oracle, bits)
+            lines.append(f"| D^{power}/t2 at {b} bits | {overall:.3f} | {per_bit:.3f} |")
     return lines
 
 
@@ -104,7 +120,7 @@ def main(argv=None):
         oracle = SensitivityTable.load(cache) if cache.exists() else None
         lines = [f"Calibrated InfoQ costs: which probe width, {args.model}, bits {bits}, {calib_n} calibration "
                  f"samples, layers {args.only or 'all'}; {common.machine()}", "",
-                 *calibrated_choices(model, calib, kwargs, bits, oracle, args.seed)]
+                 *calibrated_choices(model, calib, kwargs, bits, oracle, args.seed, Path(args.out))]
         text = "\n".join(lines)
         print(text)
         (Path(args.out) / f"tune_calibrated_{args.model}.md").write_text(text + "\n")

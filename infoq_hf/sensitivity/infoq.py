@@ -16,8 +16,10 @@ produced (only [n_samples, K] numbers are kept per observer). Then:
 Two score forms (`scores`):
   "calibrated" (default)  S(l, b) = alpha_l * t2(l, b), t2 = ||Q_b(W) - W||^2 / ||W||^2 of the
                           quantizer the model is packed with (exact, no data) and
-                          alpha_l = D(l, b0) / t2(l, b0) from one probe per layer at `probe_bits`
-                          b0 (a least-squares fit through the origin when several widths are given).
+                          alpha_l = D(l, b0)^p / t2(l, b0) from one probe per layer at `probe_bits`
+                          b0 (a least-squares fit through the origin when several widths are given;
+                          p = `change_power`, 2 by default: D is first order in the perturbation's
+                          amplitude, i.e. ~ sqrt(t2), where the loss change is ~ t2).
                           The cross-bit scale comes from the quantizer, the layer's global
                           sensitivity from the information flow (the form of HIGGS' linearity
                           theorem); scores exist for every width and are monotone in bits.
@@ -65,9 +67,15 @@ class InfoQOptions:
     lm_classes: int = 64  # causal LMs: the most frequent targets keep their identity, the rest share a class
     min_samples: int = 32
     scores: str = "calibrated"  # "calibrated" (alpha_l * t2(l, b)) or "eq4" (the paper's form)
-    # Width(s) of the one probe per layer that measures alpha_l ("calibrated" only); chosen on the
-    # SmolLM2 dev split (benchmarks/tune_infoq.py --calibrated).
-    probe_bits: int | list = 3
+    # Width(s) of the one probe per layer that measures alpha_l ("calibrated" only): at 4 bits the
+    # alphas agree best with those measured at the other widths; 2-bit probes saturate
+    # (SmolLM2 calibration data, benchmarks/tune_infoq.py --calibrated).
+    probe_bits: int | list = 4
+    # alpha_l = D(l, b0)^change_power / t2(l, b0) ("calibrated" only). The information change is first
+    # order in the perturbation's amplitude, D ~ sqrt(t2), where the loss change is second order, ~ t2
+    # (measured on SmolLM2's calibration data: benchmarks/tune_infoq.py --calibrated); squaring D puts
+    # the layers' sensitivities on the loss's scale.
+    change_power: float = 2.0
 
     @classmethod
     def from_dict(cls, options: Mapping) -> InfoQOptions:
@@ -78,6 +86,8 @@ class InfoQOptions:
         opts = cls(**options)
         if opts.scores not in ("calibrated", "eq4"):
             raise ValueError(f"scores must be 'calibrated' or 'eq4', got {opts.scores!r}")
+        if isinstance(opts.change_power, bool) or not isinstance(opts.change_power, (int, float)) or not opts.change_power > 0:
+            raise ValueError(f"change_power must be a number > 0, got {opts.change_power!r}")
         widths = opts.probe_bits if isinstance(opts.probe_bits, (list, tuple)) else [opts.probe_bits]
         if not widths or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b < 8 for b in widths):
             raise ValueError(f"probe_bits must be an int or a list of ints in 2..7 (8 is the reference), "

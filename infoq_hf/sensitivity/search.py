@@ -152,7 +152,8 @@ def search(
                                         progress and is_main, stats, weight_bits=probe_bits)
         if calibrated:  # activation scores keep the Eq. 4 form: an activation grid has no weight error
             t2 = relative_weight_errors(layers, sorted(set(bits) | set(probe_bits)), schemes)
-            alpha = {n: _fit_alpha(w_scores[n], t2[n], probe_bits) for n in layers}
+            power = infoq_options.change_power
+            alpha = {n: _fit_alpha({b: v ** power for b, v in w_scores[n].items()}, t2[n], probe_bits) for n in layers}
             w_scores = {n: {b: alpha[n] * t2[n][b] for b in bits} for n in layers}
     elapsed = time.perf_counter() - started
 
