@@ -673,7 +673,9 @@ def _save_pretrained_with_card(self, save_directory, *args, push_to_hub: bool = 
 
     with atomic_checkpoint(save_directory) as staging:  # checkpoint and card: whole or nothing, together
         result = self._infoq_save_without_card(staging, *args, **kwargs)
-        table = write_summary_and_table(self, staging)
+        beside = Path(save_directory) / TABLE_FILE  # a table already in the folder (a recipe saves it first)
+        table = getattr(self, "infoq_table", None) or (SensitivityTable.load(beside) if beside.is_file() else None)
+        table = write_summary_and_table(self, staging, table)
         name = Path(os.path.abspath(save_directory)).name
         write_model_card(staging, read_checkpoint(staging, table=table), f"<user>/{name}")
     return result
