@@ -500,7 +500,7 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
         "num_layers": len(policy),
         "size_text": size_text,
         "compression_text": "–" if compression is None else f"{float(compression):.2f}x vs fp32",
-        "grouping_text": ", ".join(grouping),
+        "grouping_text": "; ".join(grouping),
         "calibration_text": _calibration_text(cal, search_method),
         "seed": quantization["seed"],
         "usage": _usage(info.kind, repo_id, info.model_config),

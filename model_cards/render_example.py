@@ -42,9 +42,10 @@ def main(folder: str) -> Path:
     info.summary.setdefault("license", "apache-2.0")
     info.summary["metrics"] = info.summary.get("metrics") or demo_metrics(folder)
     with tempfile.TemporaryDirectory() as tmp:
-        plots = {kind: f"{NAME}_{name}" for kind, name in write_plots(tmp, info).items()}
-        for kind, name in plots.items():
-            shutil.copy(Path(tmp) / name.removeprefix(f"{NAME}_"), HERE / name)
+        written = write_plots(tmp, info)
+        plots = {kind: f"{NAME}_{name.removeprefix('infoq_')}" for kind, name in written.items()}
+        for kind, name in written.items():
+            shutil.copy(Path(tmp) / name, HERE / plots[kind])
     weights = folder / WEIGHTS_NAME
     context = card_context(info, REPO_ID, base_model=BASE_MODEL, plots=plots,
                            weights_bytes=weights.stat().st_size if weights.is_file() else None)
