@@ -152,6 +152,18 @@ class _Evaluator:
             self.current[n] = assignment[n]
         return changed
 
+    def _mean_kl(self, replayed: list[str]) -> float:
+        """One pass over the calibration batches with `replayed` blocks standing in for themselves."""
+        counter = [0]
+        replays = {b: Replay(self.cache[b], counter, clone=b == replayed[-1]) for b in replayed}
+        total, count = 0.0, 0
+        with replaced_modules(self.model, replays):
+            for i, batch in enumerate(self.batches):
+                counter[0] = i
+                part, n = self._kl(i, output_tensor(self.forward(self.model, batch)))
+                total, count = total + part, count + n
+        return total / max(count, 1)
+
     @torch.no_grad()
     def evaluate(self, assignment: Mapping[str, int]) -> tuple[float, dict[str, list]]:
         """Mean KL over the calibration positions, and the outputs of the blocks that ran."""
@@ -159,22 +171,15 @@ class _Evaluator:
         changed = self._set(assignment)
         first = min((self.block_of[n] for n in changed), default=len(self.blocks)) if self.replay and self.cache else 0
         outputs: dict[str, list] = {b: [] for b in self.blocks[first:]}
-        counter = [0]
         hooks = [self.model.get_submodule(b).register_forward_hook(
             lambda m, args, out, b=b: outputs[b].append(_detach_tree(out))) for b in self.blocks[first:]]
-        replays = {b: Replay(self.cache[b], counter, clone=b == self.blocks[first - 1]) for b in self.blocks[:first]}
-        total, count = 0.0, 0
         try:
-            with replaced_modules(self.model, replays):
-                for i, batch in enumerate(self.batches):
-                    counter[0] = i
-                    kl, n = self._kl(i, output_tensor(self.forward(self.model, batch)))
-                    total, count = total + kl, count + n
+            kl = self._mean_kl(self.blocks[:first])
         finally:
             for h in hooks:
                 h.remove()
         self._set(before)  # back to the current configuration; `adopt` moves on
-        return total / max(count, 1), outputs
+        return kl, outputs
 
     def adopt(self, assignment: Mapping[str, int], outputs: Mapping[str, list]) -> None:
         self._set(assignment)
@@ -185,16 +190,7 @@ class _Evaluator:
         """Replay every block from the cache once: the KL must come out bit-identical, or replay is off."""
         if not self.replay or any(len(self.cache.get(b, ())) != len(self.batches) for b in self.blocks):
             self.replay = False
-            return
-        counter = [0]
-        replays = {b: Replay(self.cache[b], counter, clone=b == self.blocks[-1]) for b in self.blocks}
-        total, count = 0.0, 0
-        with replaced_modules(self.model, replays):
-            for i, batch in enumerate(self.batches):
-                counter[0] = i
-                part, n = self._kl(i, output_tensor(self.forward(self.model, batch)))
-                total, count = total + part, count + n
-        if total / max(count, 1) != kl:
+        elif self._mean_kl(self.blocks) != kl:
             logger.warning("refinement: replaying block outputs did not reproduce the model exactly; "
                            "every candidate runs the full model")
             self.replay = False
