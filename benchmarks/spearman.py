@@ -63,7 +63,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["mnist_cnn", "smollm2"], required=True)
     p.add_argument("--bits", default="2,3,4")
-    p.add_argument("--methods", default="infoq,hawq,weight_mse,random")
+    p.add_argument("--methods", default="infoq,infoq:eq4,hawq,weight_mse,random",
+                   help="comma-separated; infoq:eq4 is InfoQ with the paper's Eq. 4 scores")
     p.add_argument("--calib", type=int, default=None, help="calibration samples (images or 128-token windows)")
     p.add_argument("--heldout", type=int, default=None, help="held-out samples for the oracle")
     p.add_argument("--split", choices=["dev", "test"], default="test")
@@ -86,12 +87,15 @@ def main(argv=None):
         oracle.save(cache)
     rows = [("oracle", 1.0, 1.0, oracle.meta["cost"])]
     tables = {"oracle": oracle.to_dict()}
-    for method in args.methods.split(","):
+    for label in args.methods.split(","):
+        method, _, variant = label.partition(":")  # "infoq:eq4" = InfoQ with the paper's Eq. 4 scores
         opts = json.loads(args.infoq) if method == "infoq" else {}
+        if variant:
+            opts["scores"] = variant
         table = search(model, calib, bits=bits, method=method, seed=args.seed, **kwargs, **opts)
         overall, per_bit = correlations(table, oracle, bits)
-        rows.append((method, overall, per_bit, table.meta["cost"]))
-        tables[method] = table.to_dict()
+        rows.append((label, overall, per_bit, table.meta["cost"]))
+        tables[label] = table.to_dict()
     lines = [
         f"Spearman correlation with the oracle, {args.model}, bits {bits}, {calib_n} calibration samples, "
         f"oracle on {held_n} held-out samples ({args.split} split), seed {args.seed}"

@@ -116,7 +116,7 @@ class _Units:
 class _Evaluator:
     """Runs the model with every table layer fake-quantized as an assignment says; KL to the float model."""
 
-    def __init__(self, model, table, batches, forward: Callable):
+    def __init__(self, model, table, batches, forward: Callable, a_bits: Mapping[str, int | None]):
         self.model, self.table, self.batches, self.forward = model, table, batches, forward
         self.layers = {n: model.get_submodule(n) for n in table.layers}
         self.float_weights = {n: m.weight.data.clone() for n, m in self.layers.items()}
@@ -129,6 +129,23 @@ class _Evaluator:
         self.masks = [b.get("attention_mask") if isinstance(b, Mapping) else None for b in batches]
         self.cache: dict[str, list] = {}
         self.replay = bool(self.blocks)
+        self.hooks = self._quantize_activations({n: a for n, a in a_bits.items() if a is not None})
+
+    def _quantize_activations(self, a_bits: Mapping[str, int]) -> list:
+        """Inputs of layers with a_bits fake-quantized per tensor, with the float model's ranges (as packing does)."""
+        if not a_bits:
+            return []
+        from ..quant.apply import calibrate_activation_ranges
+        from ..quant.quantizer import activation_qparams, fake_quantize_activation
+
+        policy = {n: {"w_bits": 8, "a_bits": a} for n, a in a_bits.items()}
+        ranges = calibrate_activation_ranges(self.model, self.batches, policy, self.forward)
+        hooks = []
+        for name, bits in a_bits.items():
+            scale, zero = activation_qparams(*ranges[name], bits)
+            hooks.append(self.layers[name].register_forward_pre_hook(
+                lambda m, args, s=scale, z=zero, b=bits: (fake_quantize_activation(args[0], s, z, b), *args[1:])))
+        return hooks
 
     @staticmethod
     def _log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -196,6 +213,8 @@ class _Evaluator:
             self.replay = False
 
     def restore(self) -> None:
+        for h in self.hooks:
+            h.remove()
         for n, layer in self.layers.items():
             layer.weight.data.copy_(self.float_weights[n])
         self.current.clear()
@@ -239,7 +258,7 @@ def refine(
     rng = random.Random(seed)
     was_training = model.training
     model.eval()
-    evaluator = _Evaluator(model, table, batches, forward)
+    evaluator = _Evaluator(model, table, batches, forward, a_of)
     bar = tqdm(total=passes, desc="refine: whole-model passes", disable=not (progress and rank == 0))
     used = 0
 
