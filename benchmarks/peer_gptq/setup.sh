@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A separate venv for the peer GPTQ (llm-compressor), never the project's venv: llm-compressor pins its
-# own transformers / compressed-tensors. torch comes from the local disk (pip's cap is torch<=2.14.1).
+# own transformers / compressed-tensors, and torch<=2.14.0, so pip replaces the local-disk torch 2.14.1
+# with PyPI's 2.14.0 (a CUDA build; it runs on the CPU here).
 #   bash benchmarks/peer_gptq/setup.sh [VENV]      (default /tmp/peer-venv)
 set -euo pipefail
 VENV=${1:-/tmp/peer-venv}
