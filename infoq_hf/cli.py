@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from .allocation.allocate import DEFAULT_REFINE_PASSES
 from .bitwidth import MAX_BITS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -49,6 +50,16 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
         return value
     return parse
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def _avg_bits(text: str) -> float:
@@ -245,17 +256,16 @@ def _labelled(model, batches: list) -> list:
     return out
 
 
-def run_search(args, loaded: LoadedModel, spec: dict | None):
+def run_search(args, loaded: LoadedModel, spec: dict | None, batches: list | None = None):
     from .sensitivity import search
 
-    batches = load_batches(loaded, spec, args.method)
+    batches = load_batches(loaded, spec, args.method) if batches is None else batches
     _say(f"scoring {args.method} sensitivity at bits {','.join(map(str, args.bits))}")
     return search(loaded.model, batches, bits=args.bits, method=args.method, seed=args.seed,
                   group_size=args.group_size, conv_group_size=args.conv_group_size, symmetric=args.symmetric,
                   skip_modules=loaded.skip_modules(), progress=True)
 
 
-# ----------------------------------------------------------------------------- commands
 def read_table(path: str | os.PathLike, flag: str):
     """A sensitivity table JSON named on the command line; UsageError when it is not one."""
     from .sensitivity import SensitivityTable
@@ -303,6 +313,7 @@ def _given_table_and_policy(args):
     return (read_table(args.table, "--table") if args.table is not None else None), None
 
 
+# ----------------------------------------------------------------------------- commands
 def cmd_quantize(args) -> int:
     from .allocation import allocate
     from .calibration import calibration_record
@@ -326,8 +337,13 @@ def cmd_quantize(args) -> int:
             check_budget_feasible(loaded.model, budget, bits=args.bits, group_size=args.group_size,
                                   conv_group_size=args.conv_group_size, symmetric=args.symmetric,
                                   skip_modules=loaded.skip_modules(), solver=args.solver)
-            table = run_search(args, loaded, spec)
-        policy = allocate(table, budget, solver=args.solver)
+        batches = load_batches(loaded, spec, args.method) if spec is not None else None
+        table = table if table is not None else run_search(args, loaded, spec, batches)
+        refine = args.refine_passes if batches else 0  # the refinement runs the model on calibration data
+        if refine:
+            _say(f"refining the allocation on the whole model ({refine} passes)")
+        policy = allocate(table, budget, solver=args.solver, model=loaded.model if refine else None,
+                          calibration=batches, refine_passes=refine, seed=args.seed)
         _say(f"allocated: {policy.report.summary()}")
     else:
         _say(f"applying the policy of {args.policy} ({len(policy)} entries; no search)")
@@ -455,6 +471,17 @@ def cmd_push(args) -> int:
     return EXIT_OK
 
 
+def cmd_export(args) -> int:
+    from .export import export_compressed_tensors
+
+    if not Path(args.dir).is_dir():
+        raise UsageError(f"{args.dir} is not a folder; pass the --out folder of infoq quantize")
+    out = export_compressed_tensors(args.dir, args.out)
+    print(f"wrote a compressed-tensors pack-quantized checkpoint into {out}; load it with "
+          "AutoModelForCausalLM.from_pretrained (needs the compressed-tensors package, not infoq_hf)")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- parser
 EXAMPLES = {
     "quantize": """\
@@ -475,6 +502,8 @@ EXAMPLES = {
   infoq report ./llama-1b-infoq          # summary table, plots and README.md model card into the folder""",
     "push": """\
   infoq push ./llama-1b-infoq me/llama-1b-infoq --private""",
+    "export": """\
+  infoq export ./llama-1b-infoq --format compressed-tensors --out ./llama-1b-ct   # for transformers / vLLM""",
 }
 FOOTER = """\
 Load a result with `import infoq_hf; AutoModelForCausalLM.from_pretrained(DIR_OR_REPO)`, or for
@@ -504,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_and_calibration(q, calib_required=False)
     _add_budget(q)
     q.add_argument("--solver", default="auto", choices=["auto", "gurobi", "highs"], help="ILP solver (default auto)")
+    q.add_argument("--refine-passes", type=_nonnegative_int, default=DEFAULT_REFINE_PASSES, metavar="N",
+                   help="whole-model passes refining the ILP's allocation by KL to the float model on the "
+                        f"calibration data (default {DEFAULT_REFINE_PASSES}; 0 = ILP only)")
     q.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder to write")
     q.add_argument("--table", metavar="SCORES.json",
                    help="allocate from this sensitivity table (infoq search) instead of searching again")
@@ -546,6 +578,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to commit to (default main)")
     p.add_argument("--message", help="commit message")
     p.set_defaults(func=cmd_push)
+
+    e = sub.add_parser("export", formatter_class=fmt, epilog=_epilog("export"), help="write another format",
+                       description="Convert a quantized folder into a checkpoint that other tools load without infoq_hf.")
+    e.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize (a transformers model)")
+    e.add_argument("--format", required=True, choices=["compressed-tensors"],
+                   help="compressed-tensors: pack-quantized, read by transformers and vLLM")
+    e.add_argument("--out", required=True, metavar="OUT", help="folder to write")
+    e.set_defaults(func=cmd_export)
     return parser
 
 

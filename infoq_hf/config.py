@@ -81,6 +81,9 @@ class InfoQConfig(QuantizationConfigMixin):
         modules_to_not_convert: layer names (exact, dot-suffix or regex) kept in float; None = the
             transformers default (output embeddings / tied / last layer, e.g. `lm_head`, a classifier).
         solver, seed, pin_first_last: allocation settings.
+        refine_passes: whole-model passes that refine the ILP's allocation on the model being quantized
+            (KL to the float model on the calibration data; `infoq_hf.allocation.refine`); 0 = ILP only.
+            Runs when calibration data is given.
         policy: per-layer bits `{NAME: {"w_bits": int, "a_bits": int|null}}`; when set, no search runs.
         float_dtype: "bfloat16", "float16" or "float32": after packing, what stays float (embeddings, norms,
             biases, skipped layers) is cast to it, so it is stored and run in it (packed scales stay
@@ -107,6 +110,7 @@ class InfoQConfig(QuantizationConfigMixin):
         solver: str = "auto",
         seed: int = 0,
         pin_first_last: bool | str = "auto",
+        refine_passes: int | None = None,
         policy: BitPolicy | Mapping | None = None,
         float_dtype: str | None = None,
         format_version: int = FORMAT_VERSION,
@@ -161,6 +165,13 @@ class InfoQConfig(QuantizationConfigMixin):
         if pin_first_last not in ("auto", True, False):
             raise ValueError(f"InfoQConfig.pin_first_last must be 'auto', True or False, got {pin_first_last!r}")
         self.pin_first_last = pin_first_last
+        from .allocation.allocate import DEFAULT_REFINE_PASSES
+
+        if refine_passes is None:
+            refine_passes = DEFAULT_REFINE_PASSES
+        if isinstance(refine_passes, bool) or not isinstance(refine_passes, int) or refine_passes < 0:
+            raise ValueError(f"InfoQConfig.refine_passes must be an int >= 0 (0 = ILP only), got {refine_passes!r}")
+        self.refine_passes = refine_passes
         if float_dtype not in FLOAT_DTYPES:
             raise ValueError(f"InfoQConfig.float_dtype must be one of {FLOAT_DTYPES}, got {float_dtype!r}")
         self.float_dtype = float_dtype
@@ -259,6 +270,7 @@ class InfoQConfig(QuantizationConfigMixin):
             "solver": self.solver,
             "seed": self.seed,
             "pin_first_last": self.pin_first_last,
+            "refine_passes": self.refine_passes,
             "policy": None if self.policy is None else self.policy.to_dict(),
             "float_dtype": self.float_dtype,
         }

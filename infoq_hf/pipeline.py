@@ -98,8 +98,11 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, tokenizer=None
         times["search"] = time.perf_counter() - t
         model.infoq_table = table  # saved beside the checkpoint (hub.write_summary_and_table) for cards and reports
         t = time.perf_counter()
+        refine = config.refine_passes if config.calibration is not None else 0  # data-free runs: ILP only
         policy = allocate(table, config.budget, solver=config.solver, alpha=config.alpha,
-                          pin_first_last=config.pin_first_last)
+                          pin_first_last=config.pin_first_last, model=model if refine else None,
+                          calibration=need_batches("the refinement") if refine else None, refine_passes=refine,
+                          seed=config.seed, progress=progress)
         times["allocation"] = time.perf_counter() - t
 
     act_ranges = None
@@ -199,6 +202,11 @@ def format_summary(summary: dict) -> str:
         f"  model size {summary['size_bytes'] * mib:.2f} MiB (float {summary['float_size_bytes'] * mib:.2f} MiB)",
         "  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["times_s"].items()),
     ]
+    refined = (summary.get("allocation") or {}).get("refinement")
+    if refined:
+        out.insert(-1, f"  refinement on the whole model: KL to float {refined['kl_ilp']:.4g} (ILP) -> "
+                       f"{refined['kl_final']:.4g}, start {refined['start']}, {refined['accepted']} of "
+                       f"{refined['passes']} passes accepted")
     return "\n".join(out)
 
 
