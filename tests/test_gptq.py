@@ -172,6 +172,7 @@ def test_conv2d_and_linear_model_gptq_beats_rtn():
     assert float((gptq(x) - ref).norm()) < 0.9 * float((rtn(x) - ref).norm())
 
 
+@torch.no_grad()
 def test_transformers_conv1d_equals_the_linear_path():
     """GPT-2's Conv1D stores the weight transposed: GPTQ must give the codes of the equivalent Linear."""
     torch.manual_seed(7)
@@ -183,9 +184,8 @@ def test_transformers_conv1d_equals_the_linear_path():
     conv1d = gpt2.transformer.h[0].mlp.c_fc
     acc = _HessianAccumulator("c_fc", conv1d)
     hook = conv1d.register_forward_pre_hook(acc)
-    with torch.no_grad():  # block 0 is first: its inputs are the float model's
-        for b in ids:
-            gpt2(**b)
+    for b in ids:  # block 0 is first: its inputs are the float model's
+        gpt2(**b)
     hook.remove()
     expected = gptq_quantize(conv1d.weight.detach().t(), acc.hessian()[0], WeightScheme(3, 16))
     packed = q.get_submodule("transformer.h.0.mlp.c_fc")
