@@ -159,6 +159,7 @@ def _convnet():
                          nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 7 * 7, 10)).eval()
 
 
+@torch.no_grad()
 def test_conv2d_and_linear_model_gptq_beats_rtn():
     model = _convnet()
     g = torch.Generator().manual_seed(6)
@@ -236,6 +237,7 @@ def test_sequential_gptq_matches_a_hand_rolled_reference(llama):
         assert torch.allclose(got.get_submodule(n).dequantized_weight(), ref.get_submodule(n).weight, atol=0, rtol=0), n
 
 
+@torch.no_grad()
 def test_sequential_gptq_lowers_the_final_output_error(llama):
     model, calib, names = llama
     test = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(2))
@@ -267,6 +269,7 @@ def test_missing_calibration_and_nan_name_the_layer_and_leave_the_model_float(ll
     assert not any(isinstance(m, QuantLinear) for m in broken.modules())  # block 0 was put back in float
 
 
+@torch.no_grad()
 def test_gptq_checkpoint_reloads_bit_identically_and_records_the_rounding(llama, tmp_path):
     model, calib, names = llama
     model.save_pretrained(tmp_path / "float")
