@@ -393,3 +393,18 @@ def test_recipes_save_the_table_under_the_name_report_reads(tmp_path):
     rows = [line for line in (out / "README.md").read_text().splitlines() if line.startswith("| `model.layers.")]
     assert len(rows) == 14 and all(not row.rstrip(" |").endswith("–") for row in rows)
 
+
+def test_example_card_of_the_demo_model_has_the_hub_metadata():
+    from pathlib import Path
+
+    from infoq_hf.hub import check_model_card
+
+    path = Path(__file__).parent.parent / "model_cards" / "example_smollm2_infoq.md"
+    text = path.read_text()
+    meta = check_model_card(text).data.to_dict()  # parses as a Hub model card
+    assert {k: _front_matter(text)[k] for k in ("base_model", "license")} == {k: meta[k] for k in ("base_model", "license")}
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta["base_model_relation"] == "quantized"
+    assert meta["library_name"] == "transformers" and meta["license"] == "apache-2.0"
+    assert meta["pipeline_tag"] == "text-generation"
+    for plot in ("bits_per_layer", "sensitivity_heatmap"):
+        assert f"(example_smollm2_infoq_{plot}.png)" in text and (path.parent / f"example_smollm2_infoq_{plot}.png").is_file()
