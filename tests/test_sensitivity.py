@@ -80,7 +80,7 @@ def test_calibrated_scores_are_alpha_times_relative_weight_error():
     model, batches = small_cnn(), labelled_batches()
     bits = (2, 3, 4, 5, 6, 8)
     cal = search(model, batches, bits=bits, seed=3, probe_bits=3, progress=False)  # one probe per layer at 3 bits
-    linear = search(model, batches, bits=bits, seed=3, probe_bits=3, change_power=1, progress=False)
+    squared = search(model, batches, bits=bits, seed=3, probe_bits=3, change_power=2, progress=False)
     eq4 = search(model, batches, bits=(3, 8), seed=3, scores="eq4", inv_bits=False, progress=False)
     assert cal.meta["cost"]["forward_passes"] == len(cal.layers) * len(batches)  # one probe per layer
     for name, info in cal.layers.items():
@@ -89,8 +89,8 @@ def test_calibrated_scores_are_alpha_times_relative_weight_error():
             exact = float(((fake_quantize_layer(model.get_submodule(name), w, WeightScheme(b), name) - w) ** 2).sum()
                           / (w ** 2).sum())
             assert info["t2"][b] == pytest.approx(exact, rel=1e-6) or info["t2"][b] >= exact  # monotone envelope
-        assert info["alpha"] == pytest.approx(eq4.w(name, 3) ** 2 / info["t2"][3], rel=1e-9)  # D^2 by default
-        assert linear.layers[name]["alpha"] == pytest.approx(eq4.w(name, 3) / info["t2"][3], rel=1e-9)
+        assert info["alpha"] == pytest.approx(eq4.w(name, 3) / info["t2"][3], rel=1e-9)
+        assert squared.layers[name]["alpha"] == pytest.approx(eq4.w(name, 3) ** 2 / info["t2"][3], rel=1e-9)
         scores = [info["w"][b] for b in bits]
         assert all(x >= y for x, y in zip(scores, scores[1:])) and scores[0] > scores[-1] > 0
         assert info["w"][5] == pytest.approx(info["alpha"] * info["t2"][5], rel=1e-12)
