@@ -377,55 +377,51 @@ def _pick(rng: random.Random, options: list):
     return options[rng.randrange(min(TOP_CHOICES, len(options)))] if options else None
 
 
+def _set_unit(budget: _Budget, config: dict, usage: dict, group, width: int, a_of) -> dict:
+    """Put `group` at `width` in `config`; returns the budget usage after the change."""
+    delta = budget.delta(group, config[group[0]], width, a_of)
+    for n in group:
+        config[n] = width
+    return {k: usage[k] + delta[k] for k in usage}
+
+
+def _first_step(rng, units, table, budget, current, a_of, direction: int):
+    """The move's first step, one width up or down: (config, usage, moved unit), or None."""
+    config = dict(current)
+    step = _pick(rng, _options(units, table, budget, config, a_of, direction, ()))
+    if step is None:
+        return None
+    _, group, width = step
+    usage = _set_unit(budget, config, budget.usage({n: (b, a_of[n]) for n, b in current.items()}), group, width, a_of)
+    return config, usage, group
+
+
 def _raise_first(rng, units, table, budget, current, a_of):
     """Raise one unit a width, then lower others (any number of widths) until every budget holds."""
-    config = dict(current)
-    up = _pick(rng, _options(units, table, budget, config, a_of, +1, ()))
-    if up is None:
+    first = _first_step(rng, units, table, budget, current, a_of, +1)
+    if first is None:
         return None
-    _, group, new = up
-    delta = budget.delta(group, config[group[0]], new, a_of)
-    for n in group:
-        config[n] = new
-    usage = budget.usage({n: (b, a_of[n]) for n, b in current.items()})
-    usage = {k: usage[k] + delta[k] for k in usage}
+    config, usage, group = first
     while not budget.fits(usage):
         down = _pick(rng, _options(units, table, budget, config, a_of, -1, {group}))
         if down is None:
             return None
-        _, g, w = down
-        delta = budget.delta(g, config[g[0]], w, a_of)
-        for n in g:
-            config[n] = w
-        usage = {k: usage[k] + delta[k] for k in usage}
+        usage = _set_unit(budget, config, usage, down[1], down[2], a_of)
     return config
 
 
 def _lower_first(rng, units, table, budget, current, a_of):
     """Lower one unit a width, then spend what it frees raising others while every budget holds."""
-    config = dict(current)
-    down = _pick(rng, _options(units, table, budget, config, a_of, -1, ()))
-    if down is None:
+    first = _first_step(rng, units, table, budget, current, a_of, -1)
+    if first is None:
         return None
-    _, group, new = down
-    delta = budget.delta(group, config[group[0]], new, a_of)
-    for n in group:
-        config[n] = new
-    usage = budget.usage({n: (b, a_of[n]) for n, b in current.items()})
-    usage = {k: usage[k] + delta[k] for k in usage}
+    config, usage, group = first
     raised = False
     while True:
-        fitting = []
-        for option in _options(units, table, budget, config, a_of, +1, {group}):
-            _, g, w = option
-            delta = budget.delta(g, config[g[0]], w, a_of)
-            if budget.fits({k: usage[k] + delta[k] for k in usage}):
-                fitting.append((option, delta))
+        fitting = [(g, w) for _, g, w in _options(units, table, budget, config, a_of, +1, {group})
+                   if budget.fits(_set_unit(budget, dict(config), usage, g, w, a_of))]
         if not fitting:
-            break
-        (_, g, w), delta = fitting[rng.randrange(min(TOP_CHOICES, len(fitting)))]
-        for n in g:
-            config[n] = w
-        usage = {k: usage[k] + delta[k] for k in usage}
+            return config if raised else None
+        g, w = fitting[rng.randrange(min(TOP_CHOICES, len(fitting)))]
+        usage = _set_unit(budget, config, usage, g, w, a_of)
         raised = True
-    return config if raised else None
