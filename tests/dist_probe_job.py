@@ -62,7 +62,7 @@ def run(out: str, *, width: int, depth: int, n_batches: int, batch_size: int, di
     wall = time.perf_counter() - started
     policy = None
     if refine:  # candidates split over the processes; the result must not depend on how many
-        policy = allocate(table, Budget(avg_bits=2.5), pin_first_last=False, model=model, calibration=batches,
+        policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False, model=model, calibration=batches,
                           refine_passes=refine, accelerator=accelerator, progress=False)
     if accelerator is None or accelerator.is_main_process:
         data = table.to_dict()
@@ -89,7 +89,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--directions", type=int, default=16)
     p.add_argument("--no-accelerate", action="store_true", help="plain single process, no Accelerator at all")
-    p.add_argument("--refine", type=int, default=0, help="refinement passes of an allocation at 2.5 average bits")
+    p.add_argument("--refine", type=int, default=0, help="refinement passes of an allocation at 3.0 average bits")
     a = p.parse_args(argv)
     run(a.out, width=a.width, depth=a.depth, n_batches=a.batches, batch_size=a.batch_size,
         directions=a.directions, use_accelerate=not a.no_accelerate, refine=a.refine)
