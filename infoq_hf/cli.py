@@ -266,17 +266,22 @@ def run_search(args, loaded: LoadedModel, spec: dict | None, batches: list | Non
                   skip_modules=loaded.skip_modules(), progress=True)
 
 
+def _read_json(path: str | os.PathLike, flag: str, what: str, writer: str):
+    """The JSON file named by `flag`; UsageError when it is missing or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{flag} {path}: no such {what} file (write one with {writer})")
+    try:
+        return path, json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{flag} {path} is not a {what} JSON ({e})") from None
+
+
 def read_table(path: str | os.PathLike, flag: str):
     """A sensitivity table JSON named on the command line; UsageError when it is not one."""
     from .sensitivity import SensitivityTable
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{flag} {path}: no such sensitivity table (write one with infoq search)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{flag} {path} is not a sensitivity table JSON ({e})") from None
+    path, data = _read_json(path, flag, "sensitivity table", "infoq search")
     if not isinstance(data, dict) or not isinstance(data.get("layers"), dict):
         raise UsageError(f"{flag} {path} is not a sensitivity table: expected a JSON object with \"layers\" "
                          f"(as infoq search writes), got a JSON {type(data).__name__}")
@@ -289,13 +294,7 @@ def read_policy(path: str | os.PathLike, flag: str):
     """A policy JSON named on the command line; UsageError when it is not one."""
     from .policy import BitPolicy
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{flag} {path}: no such policy file (write one with infoq allocate)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{flag} {path} is not a policy JSON ({e})") from None
+    path, data = _read_json(path, flag, "policy", "infoq allocate")
     policy = BitPolicy.from_dict(data)
     if not policy:
         raise UsageError(f"{flag} {path} lists no layers")

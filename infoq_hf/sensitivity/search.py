@@ -129,6 +129,7 @@ def search(
     started = time.perf_counter()
     stats = {"layer_evals": 0, "forward_passes": 0}
     a_scores = None
+    calibrated_info = None  # (alpha, t2) of the calibrated InfoQ costs
     with torch.no_grad():
         macs = count_macs(model, _first_sample(batches[0]), forward) if batches else {}
 
@@ -155,9 +156,9 @@ def search(
             power = infoq_options.change_power
             alpha = {n: _fit_alpha({b: v ** power for b, v in w_scores[n].items()}, t2[n], probe_bits) for n in layers}
             w_scores = {n: {b: alpha[n] * t2[n][b] for b in bits} for n in layers}
+            calibrated_info = (alpha, t2)
     elapsed = time.perf_counter() - started
 
-    calibrated_info = (alpha, t2) if method == "infoq" and infoq_options.scores == "calibrated" else None
     table_layers = {}
     for name, layer in layers.items():
         weight = oriented_weight(layer)
