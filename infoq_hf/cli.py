@@ -173,7 +173,7 @@ class LoadedModel:
     def _load_transformers(self, path: str):
         import transformers
 
-        from .hub import _looks_like_repo_id
+        from .card import _looks_like_repo_id
 
         local = os.path.isdir(path)
         if local and not os.path.isfile(os.path.join(path, "config.json")):
@@ -316,10 +316,12 @@ def _given_table_and_policy(args):
 def cmd_quantize(args) -> int:
     from .allocation import allocate
     from .calibration import calibration_record
+    from .card import base_card_metadata, write_model_card
     from .checkpoint import atomic_checkpoint
     from .checkpoint import policy_of as model_policy
+    from .checkpoint_info import SUMMARY_FILE, TABLE_FILE, read_checkpoint
     from .config import InfoQConfig
-    from .hub import SUMMARY_FILE, TABLE_FILE, base_card_metadata, push_to_hub, read_checkpoint, write_model_card
+    from .hub import push_to_hub
     from .pipeline import check_budget_feasible, format_summary, quantize_with_infoq
 
     spec = calibration_spec(args)
@@ -362,7 +364,7 @@ def cmd_quantize(args) -> int:
     summary["times_s"] = {"total": round(time.perf_counter() - started, 3), **summary.get("times_s", {})}
     if policy.report is not None:
         summary["allocation"] = policy.report.to_dict()
-    from .hub import _packed_layers_summary
+    from .checkpoint_info import _packed_layers_summary
 
     summary["params"] = _packed_layers_summary(model)[0]
     summary["calibration"] = calibration_record(spec)
@@ -424,7 +426,7 @@ def cmd_allocate(args) -> int:
 
 
 def _format_table(info) -> str:
-    from .hub import _table_name
+    from .card import _table_name
 
     rows = []
     for name, lb in info.policy.items():
@@ -439,7 +441,8 @@ def _format_table(info) -> str:
 
 
 def cmd_report(args) -> int:
-    from .hub import CARD_FILE, read_checkpoint, write_model_card
+    from .card import CARD_FILE, write_model_card
+    from .checkpoint_info import read_checkpoint
 
     directory = Path(args.dir)
     if not directory.is_dir():

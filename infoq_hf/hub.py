@@ -3,48 +3,59 @@
 `push_to_hub(model_or_dir, repo_id, ...)` stages everything in a temporary folder:
   the checkpoint (transformers `save_pretrained`, or `save_quantized` for timm / plain models),
   `infoq_sensitivity.json` (when a sensitivity table is known), `infoq_summary.json`,
-  PNG plots, and `README.md`, a model card rendered from `templates/model_card.md.j2` whose
-  YAML metadata the Hub understands (base_model, base_model_relation: quantized, library_name,
-  tags, and a `quantization` block with the policy summary).
-It then validates the card, creates the repo and uploads the folder in ONE commit. A Hub
-commit is atomic: when it fails, none of its files are stored, and an empty repo this call
-created is deleted again, so a failed push leaves nothing that looks published.
+  PNG plots, and `README.md`, the model card (`infoq_hf.card`) whose YAML metadata the Hub
+  understands. It then validates the card, creates the repo and uploads the folder in ONE commit.
+  A Hub commit is atomic: when it fails, none of its files are stored, and an empty repo this call
+  created is deleted again, so a failed push leaves nothing that looks published.
 
 `load_from_hub(repo_id, revision=None)` downloads a snapshot (any branch, tag or commit sha)
 and loads it: timm checkpoints through `load_quantized`, plain modules into a `model` you pass,
 transformers checkpoints through the model class named in their config (plain
 `AutoModel*.from_pretrained(repo)` works too, after `import infoq_hf`).
+
+What a checkpoint folder holds is read by `infoq_hf.checkpoint_info`, the card is written by
+`infoq_hf.card`; the names of theirs that code outside the package imports from here (read_checkpoint,
+SUMMARY_FILE, TABLE_FILE, render_model_card, card_context, write_model_card, ...) are imported below.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch.nn as nn
 
-from .checkpoint import INFOQ_CONFIG_NAME, WEIGHTS_NAME, read_infoq_config
+from .card import (  # noqa: F401  (TEMPLATE_PATH ... write_plots: importable from here, as before the split)
+    _REPO_ID,
+    CARD_FILE,
+    PLOT_FILES,
+    TEMPLATE_PATH,
+    ModelCardError,
+    card_context,
+    check_model_card,
+    render_model_card,
+    write_model_card,
+    write_plots,
+    write_summary_and_table,
+)
+from .checkpoint import INFOQ_CONFIG_NAME
+from .checkpoint_info import (  # noqa: F401  (SUMMARY_FILE: importable from here, as before the split)
+    SUMMARY_FILE,
+    TABLE_FILE,
+    CheckpointInfo,
+    _checkpoint_kind,
+    _load_checkpoint_model,
+    _packed_layers_summary,
+    _read_json,
+    read_checkpoint,
+)
 from .policy import BitPolicy
 from .sensitivity.table import SensitivityTable
 
-TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md.j2"
-TABLE_FILE = "infoq_sensitivity.json"
-SUMMARY_FILE = "infoq_summary.json"
-CARD_FILE = "README.md"
-PLOT_FILES = {
-    "bits": "infoq_bits_per_layer.png",
-    "heatmap": "infoq_sensitivity_heatmap.png",
-    "pareto": "infoq_pareto.png",
-}
-TAGS = ["infoq", "mixed-precision", "quantized"]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LOGIN_HINT = "set the HF_TOKEN environment variable to a write token, run `huggingface-cli login` " \
               "(`hf auth login`), or pass token=..."
 
@@ -66,501 +77,16 @@ class RepoExistsError(HubPublishError, ValueError):
     """The target repo exists and `overwrite` was not set."""
 
 
-class ModelCardError(ValueError):
-    """The model card template failed to render, or the rendered card is not valid."""
-
-
-# ----------------------------------------------------------------------------- what a checkpoint holds
-@dataclass
-class CheckpointInfo:
-    """What the model card and plots are made from (read from a saved checkpoint folder)."""
-
-    kind: str  # "transformers", "timm" or "pytorch"
-    config: dict  # the InfoQConfig dict, policy included
-    policy: BitPolicy
-    params: dict[str, int]  # layer -> parameter count (as far as known)
-    summary: dict  # avg_bits, size_bytes, compression, float_size_bytes, ...
-    model_config: dict = field(default_factory=dict)  # the model's config.json
-    table: SensitivityTable | None = None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
-
-
-def _checkpoint_kind(model_config: Mapping) -> str:
-    if "model_type" in model_config or "architectures" in model_config:
-        return "transformers"
-    if "architecture" in model_config:
-        return "timm"
-    return "pytorch"
-
-
-def _packed_layers_summary(model: nn.Module) -> tuple[dict[str, int], dict]:
-    from .accounting import compression_ratio, expected_size_bytes, model_size_bytes
-    from .quant.apply import packed_layers
-
-    layers = packed_layers(model)
-    if not layers:
-        raise ValueError("the model has no packed layers: quantize it first (infoq quantize, "
-                         "infoq_hf.quantize_model, or from_pretrained(..., quantization_config=InfoQConfig(...)))")
-    params = {n: math.prod(m.weight_shape) for n, m in layers.items()}
-    total = sum(params.values())
-    summary = {
-        "quantized_layers": len(layers),
-        "avg_bits": sum(params[n] * m.w_bits for n, m in layers.items()) / total,
-        "size_bytes": model_size_bytes(model),
-        "expected_size_bytes": expected_size_bytes(model),
-        "compression": compression_ratio(model),
-    }
-    return params, summary
-
-
-def _load_checkpoint_model(directory: Path, kind: str, model_config: Mapping) -> nn.Module:
-    if kind == "transformers":
-        import transformers
-
-        from . import integrations  # noqa: F401  (registers quant_method "infoq")
-
-        arch = (model_config.get("architectures") or [None])[0]
-        cls = getattr(transformers, arch, None) if arch else None
-        return (cls or transformers.AutoModel).from_pretrained(directory)
-    if kind == "timm":
-        from .integrations.timm import load_quantized
-
-        return load_quantized(directory)
-    raise ValueError(f"{directory} holds a plain PyTorch checkpoint without {SUMMARY_FILE}; push the quantized "
-                     "model object instead of the folder, so its layer sizes are known")
-
-
-def _check_tensor_headers(directory: Path, kind: str, model_config: Mapping, config) -> None:
-    """Check the stored tensor headers against the config's policy and scheme, on a model skeleton built
-    on the meta device (no weights read), so a folder whose config.json was edited is refused."""
-    import torch
-
-    from .checkpoint import build_packed_modules, check_checkpoint_tensors, read_tensor_specs
-
-    with torch.device("meta"):
-        if kind == "transformers":
-            import transformers
-
-            from .integrations.transformers import _checkpoint_renamer
-
-            arch = (model_config.get("architectures") or [None])[0]
-            cls = getattr(transformers, arch, None) if arch else None
-            if cls is None:
-                return  # an architecture this transformers does not know: loading will say so
-            model = cls._from_config(transformers.AutoConfig.from_pretrained(directory))
-            rename = _checkpoint_renamer(model, None)
-        elif kind == "timm":
-            from .integrations.timm import _create_timm_model
-
-            model, rename = _create_timm_model(directory), (lambda key: key)
-        else:
-            return  # a plain module: its architecture is not recorded (load_quantized checks on load)
-    build_packed_modules(model, config.policy, group_size=config.group_size, conv_group_size=config.conv_group_size,
-                         symmetric=config.symmetric)
-    specs = read_tensor_specs(sorted(directory.glob("*.safetensors")))
-    check_checkpoint_tensors(model, {rename(k): v for k, v in specs.items()})
-
-
-def read_checkpoint(directory: str | os.PathLike, *, table: SensitivityTable | None = None) -> CheckpointInfo:
-    """Everything a model card needs from a checkpoint folder written by infoq (save_pretrained,
-    save_quantized or `infoq quantize`): its policy, summary, sensitivity table (if saved beside it)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a folder; pass a quantized checkpoint folder or model")
-    if not (directory / WEIGHTS_NAME).is_file() and not list(directory.glob("*.safetensors")):
-        raise FileNotFoundError(f"{directory} holds no *.safetensors weights: not a saved checkpoint")
-    config = read_infoq_config(directory)
-    if config.policy is None:
-        raise ValueError(f"{directory}: its infoq config has no policy; the model was saved before quantization")
-    model_config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
-    kind = _checkpoint_kind(model_config)
-    if table is None and (directory / TABLE_FILE).is_file():
-        table = SensitivityTable.load(directory / TABLE_FILE)
-    summary = _read_json(directory / SUMMARY_FILE) if (directory / SUMMARY_FILE).is_file() else None
-    if summary is not None and summary.get("params"):
-        _check_tensor_headers(directory, kind, model_config, config)
-        params = {k: int(v) for k, v in summary["params"].items()}
-    else:  # older folder, or pushed from elsewhere: measure the model itself
-        params, measured = _packed_layers_summary(_load_checkpoint_model(directory, kind, model_config))
-        summary = {**measured, **(summary or {}), "params": params}
-    policy = _in_model_order(config.policy, params, table)
-    return CheckpointInfo(kind, config.to_dict(), policy, params, summary, model_config, table)
-
-
-def _in_model_order(policy: BitPolicy, params: Mapping[str, int], table: SensitivityTable | None) -> BitPolicy:
-    """The policy in the model's block order: config.json stores it sorted alphabetically (transformers
-    writes sorted keys), the summary's `params` and the table list layers in model order."""
-    order: dict[str, int] = {}
-    for name in list(params) + list(table.layers if table is not None else []):
-        order.setdefault(name, len(order))
-    names = sorted(policy, key=lambda n: (order.get(n, len(order)), n))
-    return BitPolicy({n: policy[n] for n in names})
-
-
-# ----------------------------------------------------------------------------- model card
-def _template_line(tb, filename: str) -> int | None:
-    """The template line an exception was raised at (jinja2 maps its frames to template lines)."""
-    line = None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == filename:
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
-def render_model_card(context: Mapping, template: str | os.PathLike | None = None) -> str:
-    """Render the model card template (default: the packaged `templates/model_card.md.j2`).
-
-    Undefined variables are errors; any failure raises `ModelCardError` naming the template file and line."""
-    import jinja2
-
-    path = Path(template) if template is not None else TEMPLATE_PATH
-    if not path.is_file():
-        raise ModelCardError(f"model card template {path} does not exist")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
-    try:
-        return env.get_template(path.name).render(**context)
-    except jinja2.TemplateSyntaxError as e:
-        raise ModelCardError(f"model card template {e.filename or path}, line {e.lineno}: {e.message}") from None
-    except Exception as e:  # undefined variables, bad filters, ...
-        line = _template_line(e.__traceback__, str(path.resolve())) or _template_line(e.__traceback__, str(path))
-        where = f", line {line}" if line else ""
-        raise ModelCardError(f"model card template {path}{where}: {type(e).__name__}: {e}") from None
-
-
-def _looks_like_repo_id(value) -> bool:
-    return isinstance(value, str) and bool(_REPO_ID.match(value)) and not os.path.exists(value)
-
-
-def _default_base_model(info: CheckpointInfo) -> str | None:
-    """The Hub id of the float model, when the checkpoint remembers one (never a local path)."""
-    candidates = [info.summary.get("base_model"), info.model_config.get("_name_or_path"),
-                  (info.model_config.get("pretrained_cfg") or {}).get("hf_hub_id")]
-    return next((c for c in candidates if _looks_like_repo_id(c)), None)
-
-
-def _calibration_dict(calibration, info: CheckpointInfo) -> dict | None:
-    value = calibration if calibration is not None else (info.summary.get("calibration") or info.config.get("calibration"))
-    if value is None:
-        return None
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    if isinstance(value, str):
-        return {"dataset": value}
-    if isinstance(value, Mapping):
-        keep = ("dataset", "data_files", "config", "split", "text_column", "image_column", "num_samples", "seq_len",
-                "seed", "batches", "samples", "sha256")
-        return {k: value[k] for k in keep if value.get(k) is not None}
-    raise ValueError(f"calibration must be a CalibrationSpec, a dict or a dataset name, got {type(value).__name__}")
-
-
-def _calibration_text(cal: dict | None, search_method: str) -> str:
-    if not cal:
-        return "none (data-free sensitivity)" if search_method in ("weight_mse", "random") else "not recorded"
-    source = cal.get("dataset") or "in-memory batches"
-    if cal.get("data_files") and source in ("text", "json", "csv", "parquet"):
-        files = cal["data_files"]
-        source = f"{source} files {files if isinstance(files, str) else ', '.join(map(str, files))}"
-    parts = [f"`{source}`"]
-    if cal.get("config"):
-        parts.append(f"config `{cal['config']}`")
-    if cal.get("split"):
-        parts.append(f"split `{cal['split']}`")
-    if cal.get("num_samples"):
-        parts.append(f"{cal['num_samples']} samples")
-    if cal.get("seq_len") and cal.get("text_column"):
-        parts.append(f"of {cal['seq_len']} tokens")
-    return ", ".join(parts)
-
-
-def _budget_text(budget: Mapping | None) -> str:
-    if not budget:
-        return "a given policy (no search)"
-    units = {"avg_bits": lambda v: f"average bits <= {v:g}", "size_bytes": lambda v: f"size <= {v / 1e6:.3f} MB",
-             "bitops": lambda v: f"BitOps <= {v:.4g}", "compression": lambda v: f"compression >= {v:g}x"}
-    return ", ".join(units[k](v) for k, v in budget.items() if k in units)
-
-
-def _usage(kind: str, repo_id: str, model_config: Mapping) -> str:
-    if kind == "transformers":
-        arch = (model_config.get("architectures") or [""])[0]
-        auto = "AutoModel"
-        for suffix, cls in (("ForCausalLM", "AutoModelForCausalLM"), ("ForSequenceClassification",
-                            "AutoModelForSequenceClassification"), ("ForImageClassification",
-                            "AutoModelForImageClassification"), ("ForMaskedLM", "AutoModelForMaskedLM")):
-            if arch.endswith(suffix):
-                auto = cls
-        if auto == "AutoModelForCausalLM":
-            return (f'import infoq_hf  # registers the "infoq" quantization method with transformers\n'
-                    f"from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-                    f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
-                    f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n'
-                    'inputs = tokenizer("The quick brown fox", return_tensors="pt")\n'
-                    "output = model.generate(**inputs, max_new_tokens=32, do_sample=False)\n"
-                    "print(tokenizer.decode(output[0], skip_special_tokens=True))")
-        return (f'import infoq_hf  # registers the "infoq" quantization method with transformers\n'
-                f"from transformers import {auto}\n\n"
-                f'model = {auto}.from_pretrained("{repo_id}")')
-    if kind == "timm":
-        return f'from infoq_hf.hub import load_from_hub\n\nmodel = load_from_hub("{repo_id}")  # a timm model, packed'
-    return (f"from infoq_hf.hub import load_from_hub\n\n"
-            f'model = load_from_hub("{repo_id}", model=MyModel())  # a float instance of the architecture')
-
-
-PIPELINE_TAGS = {"ForCausalLM": "text-generation", "ForSequenceClassification": "text-classification",
-                 "ForImageClassification": "image-classification", "ForMaskedLM": "fill-mask",
-                 "ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering"}
-
-
-def _pipeline_tag(info: CheckpointInfo) -> str | None:
-    """The base model's pipeline_tag when recorded, else the one its architecture implies."""
-    if info.summary.get("pipeline_tag"):
-        return info.summary["pipeline_tag"]
-    if info.kind == "timm":
-        return "image-classification"
-    arch = (info.model_config.get("architectures") or [""])[0]
-    return next((tag for suffix, tag in PIPELINE_TAGS.items() if arch.endswith(suffix)), None)
-
-
-def base_card_metadata(source) -> dict:
-    """`license` and `pipeline_tag` of the float model's own card: the README.md of a local model folder,
-    or of a Hub model id (the model was just loaded from there). {} when there is none or it cannot be read."""
-    from huggingface_hub import ModelCard
-
-    try:
-        if isinstance(source, (str, os.PathLike)) and (Path(source) / CARD_FILE).is_file():
-            data = ModelCard((Path(source) / CARD_FILE).read_text()).data.to_dict()
-        elif _looks_like_repo_id(source):
-            data = ModelCard.load(source).data.to_dict()
-        else:
-            return {}
-    except Exception:  # noqa: BLE001 - a base card that is missing, unreachable or unparsable adds nothing
-        return {}
-    return {k: data[k] for k in ("license", "pipeline_tag") if isinstance(data.get(k), str)}
-
-
-def _group_size_text(cfg: Mapping, summary: Mapping) -> str:
-    """Linear grouping as packed: per layer, the requested size where it divides the layer's width."""
-    sizes: dict = {}
-    for lb in (summary.get("layers") or {}).values():
-        if isinstance(lb, Mapping) and "group_size" in lb:
-            sizes[lb["group_size"]] = sizes.get(lb["group_size"], 0) + 1
-    if not sizes:
-        return f"{cfg['group_size']} weights per scale" if cfg.get("group_size") else "one scale per output channel"
-    parts = [("one scale per output channel" if g is None else f"{g} weights per scale") + f" ({n} layers)"
-             for g, n in sorted(sizes.items(), key=lambda kv: -(kv[0] or 0))]
-    if cfg.get("group_size") and set(sizes) != {cfg["group_size"]}:
-        return f"requested {cfg['group_size']}, where it divides a layer's width; packed: " + ", ".join(parts)
-    return ", ".join(parts)
-
-
-def _reproduce_command(info: CheckpointInfo, cal: dict | None, base_model: str | None) -> str:
-    """The `infoq quantize` command that redoes this allocation (local paths as base names)."""
-    cfg = info.config
-    model = base_model or "FLOAT_MODEL_DIR"
-    if info.kind == "timm":
-        model = f"timm:{(info.model_config.get('pretrained_cfg') or {}).get('hf_hub_id') or base_model or 'NAME'}"
-    parts = [f"infoq quantize {model}", f"--bits {','.join(map(str, cfg.get('bits') or []))}"]
-    flags = {"avg_bits": "--avg-bits", "compression": "--compression", "bitops": "--bitops"}
-    for key, value in (cfg.get("budget") or {}).items():
-        if key == "size_bytes":
-            parts.append(f"--size-mb {value / 1e6:g}")
-        elif key in flags:
-            parts.append(f"{flags[key]} {value:g}")
-    parts.append(f"--method {cfg.get('method', 'infoq')}")
-    if cal:
-        source = cal.get("data_dir") or cal.get("data_files") or cal.get("dataset")
-        if isinstance(source, list):
-            source = source[0] if len(source) == 1 else "CALIB_DIR"
-        if isinstance(source, str) and not cal.get("source"):
-            parts.append(f"--calib {source}")
-        for key, flag in (("num_samples", "--samples"), ("seq_len", "--seq-len")):
-            if cal.get(key):
-                parts.append(f"{flag} {cal[key]}")
-    parts.append(f"--group-size {cfg.get('group_size') or 'none'}")
-    if cfg.get("symmetric"):
-        parts.append("--symmetric")
-    parts.append(f"--seed {cfg.get('seed', 0)} --out OUT_DIR")
-    return " ".join(parts)
-
-
-def _metric_rows(summary: Mapping) -> list[dict]:
-    """`summary["metrics"]`: what the run measured, e.g. [{"metric": "perplexity", "data": "...",
-    "quantized": 150.2, "float": 63.7}] (written by the demo, or by the user into infoq_summary.json)."""
-    rows = []
-    for m in summary.get("metrics") or []:
-        if not isinstance(m, Mapping) or "metric" not in m or "quantized" not in m:
-            raise ValueError(f"{SUMMARY_FILE} metrics entries need 'metric' and 'quantized' (and 'float', 'data'), "
-                             f"got {m!r}")
-        rows.append({"metric": str(m["metric"]), "data": str(m.get("data", "–")), "quantized": float(m["quantized"]),
-                     "float": None if m.get("float") is None else float(m["float"])})
-    return rows
-
-
-def _table_name(name: str, table_layers: Mapping) -> str | None:
-    """The sensitivity-table layer a policy entry names (exact, or a unique dot-suffix either way)."""
-    if name in table_layers:
-        return name
-    hits = [t for t in table_layers if name.endswith("." + t) or t.endswith("." + name)]
-    return hits[0] if len(hits) == 1 else None
-
-
-def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None = None, calibration=None,
-                 plots: Mapping[str, str] | None = None, weights_bytes: int | None = None,
-                 tags: list[str] | None = None) -> dict:
-    """The template variables and the YAML metadata of a checkpoint's model card."""
-    from . import __version__
-
-    cfg, summary, table = info.config, info.summary, info.table
-    base_model = base_model if base_model is not None else _default_base_model(info)
-    if base_model is not None and not _looks_like_repo_id(base_model):
-        raise ValueError(f"base_model must be a Hub model id such as 'meta-llama/Llama-3.2-1B', got {base_model!r}")
-    search_method = (summary.get("method") if summary.get("method") not in (None, "policy (no search)")
-                     else (table.method if table is not None else cfg.get("method", "infoq")))
-    cal = _calibration_dict(calibration, info)
-    budget = cfg.get("budget") or (summary.get("allocation") or {}).get("budget")
-    size_bytes = int(weights_bytes if weights_bytes is not None else summary.get("size_bytes", 0))
-    avg_bits = float(summary["avg_bits"])
-    compression = summary.get("compression")
-    policy = info.policy
-    sens = {}
-    if table is not None:
-        for name, lb in policy.items():
-            tname = _table_name(name, table.layers)
-            if tname is not None:
-                sens[name] = table.layers[tname]["w"].get(lb.w_bits)
-    rows = [{"name": n, "params": info.params.get(n), "w_bits": lb.w_bits, "a_bits": lb.a_bits,
-             "sensitivity": sens.get(n)} for n, lb in policy.items()]
-    hist = {}
-    for lb in policy.values():
-        hist[lb.w_bits] = hist.get(lb.w_bits, 0) + 1
-
-    quantization = {
-        "method": "infoq",
-        "sensitivity": search_method,
-        "candidate_bits": list(table.bits if table is not None else cfg.get("bits") or []),
-        "budget": budget,
-        "avg_bits": round(avg_bits, 4),
-        "layers": len(policy),
-        "layers_per_bits": {str(b): c for b, c in sorted(hist.items())},
-        "size_bytes": size_bytes,
-        "compression": None if compression is None else round(float(compression), 3),
-        "group_size": cfg.get("group_size"),
-        "conv_group_size": cfg.get("conv_group_size"),
-        "symmetric": bool(cfg.get("symmetric", False)),
-        "calibration": cal,
-        "seed": cfg.get("seed", 0),
-    }
-    metadata: dict = {}
-    if base_model:
-        metadata["base_model"] = base_model
-        metadata["base_model_relation"] = "quantized"
-    if info.kind in ("transformers", "timm"):
-        metadata["library_name"] = info.kind
-    if summary.get("license"):
-        metadata["license"] = summary["license"]
-    pipeline_tag = _pipeline_tag(info)
-    if pipeline_tag:
-        metadata["pipeline_tag"] = pipeline_tag
-    metadata["tags"] = list(dict.fromkeys(TAGS + ([info.kind] if info.kind == "timm" else []) + list(tags or [])))
-    metadata["quantization"] = quantization
-
-    import yaml
-
-    float_size = summary.get("float_size_bytes")
-    size_text = f"{size_bytes / 1e6:.3f} MB" + (f" (float: {float_size / 1e6:.3f} MB)" if float_size else "")
-    grouping = [f"linear: {_group_size_text(cfg, summary)}"]
-    grouping.append(f"conv: {cfg['conv_group_size']} per scale" if cfg.get("conv_group_size") else "conv: per output channel")
-    grouping.append("symmetric" if cfg.get("symmetric") else "asymmetric (zero points)")
-    search_texts = {"infoq": "InfoQ information-flow sensitivity (how much a layer's quantization changes "
-                             "the information its output carries about the model's prediction)",
-                    "hawq": "HAWQ (Hessian-trace) sensitivity", "weight_mse": "weight quantization error (MSE)",
-                    "oracle": "the measured loss change of each layer", "random": "random scores (a control)"}
-    plot_list = [{"file": f, "alt": alt} for key, alt in (("bits", "bits per layer"), ("heatmap", "sensitivity heatmap"),
-                                                          ("pareto", "sensitivity vs size"))
-                 if (f := (plots or {}).get(key))]
-    return {
-        "metadata": metadata,
-        "metadata_yaml": yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip("\n"),
-        "title": f"{repo_id.split('/')[-1]} (InfoQ mixed precision, {avg_bits:.2f} bits average)",
-        "repo_id": repo_id,
-        "base_model": base_model,
-        "candidate_bits": quantization["candidate_bits"],
-        "search_method": search_method,
-        "search_method_text": search_texts.get(search_method, f"the `{search_method}` sensitivity"),
-        "budget_text": _budget_text(budget),
-        "avg_bits": avg_bits,
-        "num_layers": len(policy),
-        "size_text": size_text,
-        "compression_text": "–" if compression is None else f"{float(compression):.2f}x vs fp32",
-        "grouping_text": "; ".join(grouping),
-        "calibration_text": _calibration_text(cal, search_method),
-        "seed": quantization["seed"],
-        "usage": _usage(info.kind, repo_id, info.model_config),
-        "reproduce": _reproduce_command(info, cal, base_model),
-        "metrics": _metric_rows(summary),
-        "plots": plot_list,
-        "layers": rows,
-        "has_table": table is not None,
-        "infoq_version": __version__,
-    }
-
-
-def check_model_card(text: str, expected: Mapping | None = None):
-    """Parse `text` with `huggingface_hub.ModelCard` and check its metadata survived the YAML round trip."""
-    from huggingface_hub import ModelCard
-
-    try:
-        card = ModelCard(text)
-    except Exception as e:  # yaml errors, a non-dict block, invalid card data
-        raise ModelCardError(f"the rendered model card does not parse as a Hub model card: {e}") from None
-    data = card.data.to_dict()
-    for key, value in (expected or {}).items():
-        if data.get(key) != value:
-            raise ModelCardError(f"model card metadata {key!r} reads back as {data.get(key)!r}, expected {value!r}; "
-                                 f"check the template {TEMPLATE_PATH.name}'s front matter")
-    return card
-
-
-# ----------------------------------------------------------------------------- folder assembly
-def write_plots(directory: str | os.PathLike, info: CheckpointInfo) -> dict[str, str]:
-    """Write the PNG plots for `info` into `directory`; returns {kind: file name}. Needs the table for the
-    heatmap and the Pareto curve."""
-    from .plots import plot_bits_per_layer, plot_pareto_curve, plot_sensitivity_heatmap
-
-    directory = Path(directory)
-    written = {"bits": plot_bits_per_layer(info.policy, directory / PLOT_FILES["bits"], params=info.params).name}
-    if info.table is not None:
-        written["heatmap"] = plot_sensitivity_heatmap(info.table, directory / PLOT_FILES["heatmap"], info.policy).name
-        kwargs = {"solver": info.config.get("solver", "auto"), "pin_first_last": info.config.get("pin_first_last", "auto")}
-        try:
-            written["pareto"] = plot_pareto_curve(info.table, directory / PLOT_FILES["pareto"], info.policy, **kwargs).name
-        except ValueError:  # e.g. every budget pinned infeasible: the card simply has no curve
-            pass
-    return written
-
-
-def write_model_card(directory: str | os.PathLike, info: CheckpointInfo, repo_id: str, *, base_model=None,
-                     calibration=None, template=None, tags: list[str] | None = None) -> str:
-    """Plots + README.md into `directory` (a checkpoint folder); returns the card text."""
-    directory = Path(directory)
-    plots = write_plots(directory, info)
-    weights = directory / WEIGHTS_NAME
-    context = card_context(info, repo_id, base_model=base_model, calibration=calibration, plots=plots,
-                           weights_bytes=weights.stat().st_size if weights.is_file() else None, tags=tags)
-    text = render_model_card(context, template)
-    expected = {k: context["metadata"][k] for k in ("base_model", "base_model_relation", "library_name", "license",
-                                                    "pipeline_tag", "tags") if k in context["metadata"]}
-    check_model_card(text, expected)
-    (directory / CARD_FILE).write_text(text)
-    return text
+# ----------------------------------------------------------------------------- staging
+def prepare_upload_folder(model_or_dir, folder: str | os.PathLike, repo_id: str, *, table=None, policy=None,
+                          base_model=None, calibration=None, template=None) -> str:
+    """Assemble everything `push_to_hub` uploads into the empty `folder`; returns the model card text."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(table, (str, os.PathLike)):
+        table = SensitivityTable.load(table)
+    info = _stage_checkpoint(model_or_dir, folder, table, policy)
+    return write_model_card(folder, info, repo_id, base_model=base_model, calibration=calibration, template=template)
 
 
 def _stage_checkpoint(model_or_dir, folder: Path, table, policy) -> CheckpointInfo:
@@ -607,90 +133,10 @@ def _stage_checkpoint(model_or_dir, folder: Path, table, policy) -> CheckpointIn
     return info
 
 
-def write_summary_and_table(model: nn.Module, folder: Path, table: SensitivityTable | None = None):
-    """Beside a checkpoint just saved from `model`: infoq_summary.json (the quantization summary, the measured
-    sizes, the layer sizes, and the float model's Hub id, license and pipeline_tag where known) and the
-    sensitivity table (`table`, else the one the quantize-on-load search left on the model). Returns the table."""
-    params, measured = _packed_layers_summary(model)
-    summary = {**_jsonable(getattr(model, "infoq_summary", None) or {}), **measured}
-    source = getattr(getattr(model, "config", None), "_name_or_path", None)
-    if source and getattr(model, "infoq_summary", None) is not None:  # quantized here: source is the float model
-        if summary.get("base_model") is None and _looks_like_repo_id(source):
-            summary["base_model"] = source
-        for key, value in base_card_metadata(source).items():
-            summary.setdefault(key, value)
-    elif source:  # loaded pre-quantized: keep what its own files said about its float model and its run
-        saved = _checkpoint_file(source, SUMMARY_FILE)
-        prior = _read_json(saved) if saved is not None else {}
-        for key in ("base_model", "license", "pipeline_tag", "metrics", "method", "calibration", "allocation"):
-            if prior.get(key) is not None:
-                summary.setdefault(key, prior[key])
-        saved_table = _checkpoint_file(source, TABLE_FILE) if table is None else None
-        table = SensitivityTable.load(saved_table) if saved_table is not None else table
-    (folder / SUMMARY_FILE).write_text(json.dumps({**summary, "params": params}, indent=1))
-    table = table if table is not None else getattr(model, "infoq_table", None)
-    if table is not None:
-        table.save(folder / TABLE_FILE)
-    return table
+def _is_timm(model) -> bool:
+    from .integrations.timm import is_timm_model
 
-
-def _checkpoint_file(source, name: str) -> Path | None:
-    """File `name` of the checkpoint a model was loaded from: a local folder, or a Hub id (downloaded if the
-    Hub answers); None when there is none."""
-    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-        path = Path(source) / name
-        return path if path.is_file() else None
-    if not _looks_like_repo_id(source):
-        return None
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(source, name))
-    except Exception:  # noqa: BLE001 - missing file or unreachable Hub: nothing to carry over
-        return None
-
-
-# ----------------------------------------------------------------------------- transformers' own save and push
-def attach_model_card(model: nn.Module) -> None:
-    """Make transformers' own `model.save_pretrained(dir)` and `model.push_to_hub(repo)` on an InfoQ model
-    write the InfoQ model card (and summary, table, plots), the same files `infoq_hf.push_to_hub` writes;
-    transformers' `push_to_hub` would otherwise replace README.md with a generic card."""
-    import types
-
-    model._infoq_save_without_card = model.save_pretrained  # transformers' save (or a wrapper of it)
-    model.save_pretrained = types.MethodType(_save_pretrained_with_card, model)  # deepcopy rebinds to the copy
-    model.push_to_hub = types.MethodType(_push_to_hub_with_card, model)
-
-
-def _save_pretrained_with_card(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
-    if push_to_hub:  # transformers would upload before the card exists: save, then push the same files
-        repo_id = kwargs.pop("repo_id", None) or Path(os.path.abspath(save_directory)).name
-        hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "token", "create_pr", "revision")
-                      if k in kwargs}
-        self.save_pretrained(save_directory, *args, **kwargs)
-        return _upload_saved(save_directory, repo_id, **hub_kwargs)
-    from .checkpoint import atomic_checkpoint
-
-    with atomic_checkpoint(save_directory) as staging:  # checkpoint and card: whole or nothing, together
-        result = self._infoq_save_without_card(staging, *args, **kwargs)
-        beside = Path(save_directory) / TABLE_FILE  # a table already in the folder (a recipe saves it first)
-        table = getattr(self, "infoq_table", None) or (SensitivityTable.load(beside) if beside.is_file() else None)
-        table = write_summary_and_table(self, staging, table)
-        name = Path(os.path.abspath(save_directory)).name
-        write_model_card(staging, read_checkpoint(staging, table=table), f"<user>/{name}")
-    return result
-
-
-def _push_to_hub_with_card(self, repo_id: str, *, commit_message: str | None = None, commit_description=None,
-                           private: bool | None = None, token: str | None = None, max_shard_size="50GB",
-                           create_pr: bool = False, revision: str | None = None, tags: list[str] | None = None):
-    """transformers' `push_to_hub` for this InfoQ model: the same arguments, the InfoQ card."""
-    with tempfile.TemporaryDirectory(prefix="infoq-push-") as tmp:
-        self._infoq_save_without_card(tmp, max_shard_size=max_shard_size)
-        table = write_summary_and_table(self, Path(tmp))
-        write_model_card(tmp, read_checkpoint(tmp, table=table), repo_id, tags=tags)
-        return _upload_saved(tmp, repo_id, commit_message=commit_message, commit_description=commit_description,
-                             private=private, token=token, create_pr=create_pr, revision=revision)
+    return is_timm_model(model)
 
 
 def _upload_saved(folder, repo_id: str, *, commit_message=None, commit_description=None, private=None, token=None,
@@ -705,27 +151,6 @@ def _upload_saved(folder, repo_id: str, *, commit_message=None, commit_descripti
     return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
                              commit_message=commit_message or f"Upload InfoQ mixed-precision checkpoint ({_card_bits(card)})",
                              commit_description=commit_description)
-
-
-def _is_timm(model) -> bool:
-    from .integrations.timm import is_timm_model
-
-    return is_timm_model(model)
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
-
-
-def prepare_upload_folder(model_or_dir, folder: str | os.PathLike, repo_id: str, *, table=None, policy=None,
-                          base_model=None, calibration=None, template=None) -> str:
-    """Assemble everything `push_to_hub` uploads into the empty `folder`; returns the model card text."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(table, (str, os.PathLike)):
-        table = SensitivityTable.load(table)
-    info = _stage_checkpoint(model_or_dir, folder, table, policy)
-    return write_model_card(folder, info, repo_id, base_model=base_model, calibration=calibration, template=template)
 
 
 # ----------------------------------------------------------------------------- pushing

@@ -22,6 +22,7 @@ from transformers.quantizers import HfQuantizer
 from transformers.quantizers import auto as _auto
 
 from ..accounting import expected_size_bytes, model_size_bytes
+from ..card import attach_model_card
 from ..checkpoint import (
     GUARD,
     IMPORT_HINT_KEY,
@@ -33,7 +34,6 @@ from ..checkpoint import (
     read_tensor_specs,
 )
 from ..config import QUANT_METHOD, InfoQConfig
-from ..hub import attach_model_card
 from ..policy import BitPolicy
 from ..quant.apply import dequantize_model
 
