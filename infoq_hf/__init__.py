@@ -16,8 +16,9 @@ from .config import InfoQConfig
 from .export import export_compressed_tensors
 from .hub import load_from_hub, push_to_hub
 from .integrations import InfoQQuantizer, load_quantized, save_quantized
+from .integrations.transformers import quantization_result, quantize_pretrained
 from .integrations.transformers import register as _register_with_transformers
-from .pipeline import format_summary, quantize_with_infoq
+from .pipeline import QuantizationResult, format_summary, quantize_with_infoq
 from .policy import BitPolicy, Budget, LayerBits
 from .quant import (
     QuantConv2d,
@@ -35,11 +36,11 @@ _register_with_transformers()
 
 __all__ = [
     "BitPolicy", "Budget", "CalibrationSpec", "GPTQOptions", "InfoQConfig", "InfoQQuantizer", "LayerBits", "QuantConv2d",
-    "QuantLinear", "SensitivityTable", "WeightScheme", "allocate", "bitops", "build_packed_modules",
+    "QuantLinear", "QuantizationResult", "SensitivityTable", "WeightScheme", "allocate", "bitops", "build_packed_modules",
     "calibrate_activation_ranges", "check_checkpoint_tensors", "compression_ratio", "count_macs",
     "dequantize_model", "expected_size_bytes", "export_compressed_tensors", "format_summary", "gptq_quantize",
     "gptq_quantize_model",
     "load_calibration", "load_from_hub",
     "load_quantized", "model_size_bytes", "pareto_sweep", "plot_pareto", "push_to_hub", "quantizable_layers",
-    "quantize_model", "quantize_with_infoq", "save_quantized", "search",
+    "quantization_result", "quantize_model", "quantize_pretrained", "quantize_with_infoq", "save_quantized", "search",
 ]

@@ -256,7 +256,7 @@ def load_calibration(
                 )
             raise _missing_column("text_column", spec.text_column, columns)
         if tokenizer is None:
-            tokenizer = _tokenizer_for(model)
+            tokenizer = tokenizer_for(model)
         batches = _text_batches(ds, spec, tokenizer, format, lm_labels)
     return CalibrationSet(batches, spec)
 
@@ -396,7 +396,9 @@ def _rows(ds: Any, spec: CalibrationSpec, columns: list[str], chunk: int) -> Ite
 # --------------------------------------------------------------------------- text
 
 
-def _tokenizer_for(model: Any) -> Any:
+def tokenizer_for(model: Any) -> Any:
+    """The tokenizer saved with a transformers model (`model.name_or_path`: a folder, or a Hub id whose
+    files are fetched like the model's); ValueError naming the fix when there is none."""
     hint = "pass tokenizer=AutoTokenizer.from_pretrained(...) (a tokenizer is needed to calibrate on text)"
     name = getattr(model, "name_or_path", None) if model is not None else None
     if not name:
@@ -404,9 +406,9 @@ def _tokenizer_for(model: Any) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+        return AutoTokenizer.from_pretrained(name, local_files_only=os.path.isdir(name))
     except (OSError, ValueError) as e:
-        raise ValueError(f"no tokenizer given and none is saved locally for {name!r} ({e}); {hint}") from e
+        raise ValueError(f"no tokenizer given and none loads from {name!r} ({e}); {hint}") from e
 
 
 def _text_batches(ds: Any, spec: CalibrationSpec, tokenizer: Any, format: str, lm_labels: bool) -> list:
@@ -473,9 +475,9 @@ class ProcessorTransform:
 
 
 def _is_timm_model(obj: Any) -> bool:
-    return isinstance(obj, torch.nn.Module) and bool(
-        getattr(obj, "pretrained_cfg", None) or getattr(obj, "default_cfg", None)
-    )
+    from .integrations.timm import is_timm_model  # lazily: the integrations import this module
+
+    return is_timm_model(obj)
 
 
 def _is_vision_model(model: Any) -> bool:

@@ -409,11 +409,14 @@ def write_model_card(directory: str | os.PathLike, info: CheckpointInfo, repo_id
 def write_summary_and_table(model: nn.Module, folder: Path, table: SensitivityTable | None = None):
     """Beside a checkpoint just saved from `model`: infoq_summary.json (the quantization summary, the measured
     sizes, the layer sizes, and the float model's Hub id, license and pipeline_tag where known) and the
-    sensitivity table (`table`, else the one the quantize-on-load search left on the model). Returns the table."""
+    sensitivity table (`table`, else the one of the model's quantize-on-load result). Returns the table."""
+    from .integrations.transformers import quantization_result
+
+    result = quantization_result(model)
     params, measured = _packed_layers_summary(model)
-    summary = {**_jsonable(getattr(model, "infoq_summary", None) or {}), **measured}
+    summary = {**_jsonable(result.summary if result is not None else {}), **measured}
     source = getattr(getattr(model, "config", None), "_name_or_path", None)
-    if source and getattr(model, "infoq_summary", None) is not None:  # quantized here: source is the float model
+    if source and result is not None:  # quantized here: source is the float model
         if summary.get("base_model") is None and _looks_like_repo_id(source):
             summary["base_model"] = source
         for key, value in base_card_metadata(source).items():
@@ -427,7 +430,7 @@ def write_summary_and_table(model: nn.Module, folder: Path, table: SensitivityTa
         saved_table = _checkpoint_file(source, TABLE_FILE) if table is None else None
         table = SensitivityTable.load(saved_table) if saved_table is not None else table
     (folder / SUMMARY_FILE).write_text(json.dumps({**summary, "params": params}, indent=1))
-    table = table if table is not None else getattr(model, "infoq_table", None)
+    table = table if table is not None or result is None else result.table
     if table is not None:
         table.save(folder / TABLE_FILE)
     return table
@@ -479,7 +482,11 @@ def _save_pretrained_with_card(self, save_directory, *args, push_to_hub: bool = 
     with atomic_checkpoint(save_directory) as staging:  # checkpoint and card: whole or nothing, together
         result = self._infoq_save_without_card(staging, *args, **kwargs)
         beside = Path(save_directory) / TABLE_FILE  # a table already in the folder (a recipe saves it first)
-        table = getattr(self, "infoq_table", None) or (SensitivityTable.load(beside) if beside.is_file() else None)
+        from .integrations.transformers import quantization_result
+
+        result = quantization_result(self)
+        table = result.table if result is not None and result.table is not None else \
+            (SensitivityTable.load(beside) if beside.is_file() else None)
         table = write_summary_and_table(self, staging, table)
         name = Path(os.path.abspath(save_directory)).name
         write_model_card(staging, read_checkpoint(staging, table=table), f"<user>/{name}")

@@ -18,7 +18,6 @@ from .allocation.allocate import DEFAULT_REFINE_PASSES
 from .bitwidth import MAX_BITS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-DATA_FREE_METHODS = ("weight_mse", "random")
 
 
 class UsageError(ValueError):
@@ -225,35 +224,15 @@ def calibration_spec(args) -> dict | None:
 
 
 def load_batches(loaded: LoadedModel, spec: dict | None, method: str) -> list | None:
+    from .pipeline import load_calibration_batches
+    from .sensitivity import DATA_FREE_METHODS
+
     if method in DATA_FREE_METHODS and spec is None:
         return None
     if spec is None:
         raise UsageError(f"--method {method} needs calibration data: pass --calib SPEC (or use --method weight_mse)")
-    from .calibration import load_calibration
-
     _say(f"loading calibration data: {spec['dataset']} ({spec['num_samples']} samples)")
-    if loaded.kind == "timm":  # timm models take a tensor, not keyword inputs: (x, y) batches
-        return _labelled(loaded.model, load_calibration(spec, model=loaded.model, format="tuple"))
-    if loaded.tokenizer is not None and getattr(loaded.model, "main_input_name", "input_ids") == "input_ids":
-        return load_calibration(spec, tokenizer=loaded.tokenizer)
-    return _labelled(loaded.model, load_calibration(spec, model=loaded.model))
-
-
-def _labelled(model, batches: list) -> list:
-    """Images without a label column: the float model's own top-1 class is each image's label (the
-    sensitivity methods score how quantization changes the task, and folder names need not match the
-    model's class indices)."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for batch in batches:
-            if isinstance(batch, tuple) and batch[1] is None:
-                batch = (batch[0], model(batch[0]).argmax(-1))
-            elif isinstance(batch, dict) and "labels" not in batch:
-                batch = {**batch, "labels": model(**batch).logits.argmax(-1)}
-            out.append(batch)
-    return out
+    return load_calibration_batches(spec, loaded.model, tokenizer=loaded.tokenizer)
 
 
 def run_search(args, loaded: LoadedModel, spec: dict | None, batches: list | None = None):
@@ -314,15 +293,14 @@ def _given_table_and_policy(args):
 
 # ----------------------------------------------------------------------------- commands
 def cmd_quantize(args) -> int:
-    from .allocation import allocate
     from .calibration import calibration_record
     from .card import base_card_metadata, write_model_card
     from .checkpoint import atomic_checkpoint
-    from .checkpoint import policy_of as model_policy
     from .checkpoint_info import SUMMARY_FILE, TABLE_FILE, read_checkpoint
     from .config import InfoQConfig
     from .hub import push_to_hub
-    from .pipeline import check_budget_feasible, format_summary, quantize_with_infoq
+    from .pipeline import format_summary, quantize_with_infoq
+    from .sensitivity import DATA_FREE_METHODS
 
     spec = calibration_spec(args)
     out = Path(args.out)
@@ -333,37 +311,28 @@ def cmd_quantize(args) -> int:
     started = time.perf_counter()
     _say(f"loading {args.model}")
     loaded = LoadedModel(args.model)
-    if policy is None:
-        if table is None:  # an infeasible budget fails now, not after loading data and searching
-            check_budget_feasible(loaded.model, budget, bits=args.bits, group_size=args.group_size,
-                                  conv_group_size=args.conv_group_size, symmetric=args.symmetric,
-                                  skip_modules=loaded.skip_modules(), solver=args.solver)
-        batches = load_batches(loaded, spec, args.method) if spec is not None else None
-        table = table if table is not None else run_search(args, loaded, spec, batches)
-        refine = args.refine_passes if batches else 0  # the refinement runs the model on calibration data
-        if refine:
-            _say(f"refining the allocation on the whole model ({refine} passes)")
-        policy = allocate(table, budget, solver=args.solver, model=loaded.model if refine else None,
-                          calibration=batches, refine_passes=refine, seed=args.seed)
-        _say(f"allocated: {policy.report.summary()}")
-    else:
-        _say(f"applying the policy of {args.policy} ({len(policy)} entries; no search)")
+    if policy is None and table is None and spec is None and args.method not in DATA_FREE_METHODS:
+        raise UsageError(f"--method {args.method} needs calibration data: pass --calib SPEC "
+                         "(or use --method weight_mse)")
     config = InfoQConfig(bits=args.bits, budget=budget, method=args.method, calibration=spec,
                          group_size=args.group_size, conv_group_size=args.conv_group_size, symmetric=args.symmetric,
-                         solver=args.solver, seed=args.seed, policy=policy, rounding=args.rounding,
-                         gptq_options={"damp": args.gptq_damp, "act_order": args.gptq_act_order})
-    _say(f"packing weights ({args.rounding} rounding)")
-    if loaded.kind == "transformers":
-        source = args.model
-        del loaded.model  # reload through transformers so save_pretrained writes the infoq config
-        model = loaded.model_class.from_pretrained(source, quantization_config=config)
-        summary = dict(model.infoq_summary)
+                         solver=args.solver, seed=args.seed, policy=policy, refine_passes=args.refine_passes,
+                         rounding=args.rounding, gptq_options={"damp": args.gptq_damp, "act_order": args.gptq_act_order})
+    if policy is not None:
+        _say(f"applying the policy of {args.policy} ({len(policy)} entries; no search)")
+    elif table is not None:
+        _say(f"allocating on the table of {args.table} (no search)")
     else:
-        model, _, summary = quantize_with_infoq(loaded.model, config, progress=True)
-    summary["method"] = args.method if args.policy is None else "policy (no search)"
+        _say(f"scoring {args.method} sensitivity at bits {','.join(map(str, args.bits))}, then allocating")
+    if loaded.kind == "transformers":  # quantized in place, as from_pretrained(quantization_config=...) does
+        from .integrations.transformers import quantize_pretrained
+
+        result = quantize_pretrained(loaded.model, config, tokenizer=loaded.tokenizer, table=table)
+    else:
+        result = quantize_with_infoq(loaded.model, config, table=table, progress=True)
+    model, table = result.model, result.table
+    summary = dict(result.summary)
     summary["times_s"] = {"total": round(time.perf_counter() - started, 3), **summary.get("times_s", {})}
-    if policy.report is not None:
-        summary["allocation"] = policy.report.to_dict()
     from .checkpoint_info import _packed_layers_summary
 
     summary["params"] = _packed_layers_summary(model)[0]
@@ -378,7 +347,7 @@ def cmd_quantize(args) -> int:
         else:
             from .integrations.timm import save_quantized
 
-            save_quantized(model, staging, model_policy(model), config=config)
+            save_quantized(model, staging, result.policy, config=config)
         if table is not None:
             table.save(staging / TABLE_FILE)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))

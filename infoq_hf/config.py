@@ -228,14 +228,6 @@ class InfoQConfig(QuantizationConfigMixin):
 
     # ------------------------------------------------------------------ properties
     @property
-    def needs_search(self) -> bool:
-        return self.policy is None
-
-    @property
-    def has_activation_bits(self) -> bool:
-        return self.policy is not None and any(lb.a_bits is not None for lb in self.policy.values())
-
-    @property
     def calibration_in_memory(self) -> bool:
         """Ready batches (not texts to tokenize, not a dataset)."""
         return isinstance(self.calibration, (list, tuple)) and not is_text_list(self.calibration)

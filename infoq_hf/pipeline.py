@@ -1,7 +1,8 @@
 """One call from a float model to a packed one: calibrate -> search -> allocate -> pack.
 
-Shared by the transformers quantizer (quantize on load) and the `infoq` CLI. Each stage is
-timed; the result comes back with a summary that `format_summary` renders on one screen.
+The only place these stages run in sequence: the transformers quantizer (quantize on load), the
+`infoq` CLI and the recipes call it. Each stage is timed; the `QuantizationResult` carries the
+table, the policy and a summary that `format_summary` renders on one screen.
 """
 
 from __future__ import annotations
@@ -11,23 +12,69 @@ import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+import torch
 import torch.nn as nn
 
 from .accounting import compression_ratio, expected_size_bytes, model_size_bytes
+from .allocation import allocate
+from .calibration import CalibrationSet
+from .checkpoint import cast_float_leftovers
 from .config import InfoQConfig
+from .policy import BitPolicy, Budget
 from .quant.apply import calibrate_activation_ranges, packed_layers, quantizable_layers, quantize_model
 from .quant.quantizer import effective_group_size
+from .sensitivity import DATA_FREE_METHODS, SensitivityTable, search
 
 logger = logging.getLogger("infoq_hf")
-DATA_FREE_METHODS = ("weight_mse", "random")
 
 
-def _load_batches(config: InfoQConfig, model, tokenizer, image_transform) -> list:
+@dataclass(frozen=True)
+class QuantizationResult:
+    """What `quantize_with_infoq` did: the packed model (the one passed in, changed in place), the
+    policy it was packed with (`policy.report` says how the allocation found it; None for a given
+    policy), the sensitivity table (None when no search ran) and the summary `format_summary` prints."""
+
+    model: nn.Module
+    policy: BitPolicy
+    table: SensitivityTable | None
+    summary: dict = field(repr=False)
+
+
+def load_calibration_batches(calibration, model: nn.Module, *, tokenizer=None, image_transform=None,
+                             **options) -> list:
+    """The batches `calibration` (anything `calibration.load_calibration` takes) names, in the form the
+    model takes: dicts of model inputs, or `(images, labels)` tuples for a timm model. Images without
+    labels get the float model's own top-1 class (the sensitivity methods score how quantization
+    changes the task, and folder names need not match the model's class indices). The tensors are
+    placed on the model's (first) device. Ready batches come back as they are."""
     from .calibration import load_calibration
+    from .integrations.timm import is_timm_model
 
-    return load_calibration(config.calibration, tokenizer=tokenizer, image_transform=image_transform, model=model,
-                            **config.calibration_options)
+    batches = load_calibration(calibration, tokenizer=tokenizer, image_transform=image_transform, model=model,
+                               format="tuple" if is_timm_model(model) else "dict", **options)
+    if not isinstance(batches, CalibrationSet):
+        return batches
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    labelled = []
+    with torch.no_grad():
+        for batch in batches:
+            batch = _to_device(batch, device)
+            if isinstance(batch, tuple) and batch[1] is None:
+                batch = (batch[0], model(batch[0]).argmax(-1))
+            elif isinstance(batch, dict) and "pixel_values" in batch and "labels" not in batch:
+                batch = {**batch, "labels": model(**batch).logits.argmax(-1)}
+            labelled.append(batch)
+    return CalibrationSet(labelled, batches.spec)
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, dict):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in batch)
+    return batch
 
 
 def check_budget_feasible(model: nn.Module, budget, *, bits, group_size=None, conv_group_size=None,
@@ -37,10 +84,6 @@ def check_budget_feasible(model: nn.Module, budget, *, bits, group_size=None, co
     table with the model's layer sizes (and random scores) decides it in milliseconds. BitOps need the
     MACs of a forward pass and are left to the allocation after the search."""
     import warnings
-
-    from .allocation import allocate
-    from .policy import Budget
-    from .sensitivity import search
 
     budget = budget if isinstance(budget, Budget) else Budget.from_dict(budget)
     sized = {k: v for k, v in budget.to_dict().items() if k != "bitops"}
@@ -54,14 +97,20 @@ def check_budget_feasible(model: nn.Module, budget, *, bits, group_size=None, co
     allocate(skeleton, Budget(**sized), solver=solver, pin_first_last=pin_first_last, refine_passes=0, progress=False)
 
 
-def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, tokenizer=None, image_transform=None,
-                        skip_modules: Iterable[str] | None = None, progress: bool = True):
-    """Quantize `model` in place as `config` says; returns `(model, policy, summary)`.
+def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: SensitivityTable | None = None,
+                        tokenizer=None, image_transform=None, skip_modules: Iterable[str] | None = None,
+                        accelerator=None, progress: bool = True) -> QuantizationResult:
+    """Quantize `model` in place as `config` says: the one place that runs calibrate -> search ->
+    allocate -> pack (the transformers quantizer, the CLI and the recipes call it).
 
-    With `config.policy` the policy is applied as given (calibration is needed only for layers
-    with `a_bits`); otherwise calibration data (if the method needs it) is loaded, sensitivities
-    are searched, bits allocated under `config.budget`, and the model packed. `skip_modules`
-    (default `config.modules_to_not_convert`) stay float."""
+    With `config.policy` the policy is applied as given (calibration is needed only for layers with
+    `a_bits`, or for GPTQ rounding). Otherwise the budget is checked, calibration data loaded (if
+    the method needs it), sensitivities searched (or `table`, a saved search of this model, used),
+    bits allocated under `config.budget` (refined on the whole model when calibration is given) and
+    the model packed. `skip_modules` (default `config.modules_to_not_convert`) stay float; what is
+    left float is cast to `config.float_dtype` when set. `accelerator` (an `accelerate.Accelerator`)
+    splits the probes and the refinement's candidates over its processes; every process ends with the
+    same packed model (the caller saves it from the main process)."""
     skip = list(config.modules_to_not_convert or []) if skip_modules is None else list(skip_modules)
     times: dict[str, float] = {}
     batches = None
@@ -73,36 +122,36 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, tokenizer=None
                 raise ValueError(f"{why} needs calibration data: set InfoQConfig(calibration=CalibrationSpec(...) "
                                  "or a list of batches)")
             t = time.perf_counter()
-            batches = _load_batches(config, model, tokenizer, image_transform)
+            batches = load_calibration_batches(config.calibration, model, tokenizer=tokenizer,
+                                               image_transform=image_transform, **config.calibration_options)
             times["calibration"] = time.perf_counter() - t
             if not batches:
                 raise ValueError(f"{why} needs calibration data, and the calibration set is empty")
         return batches
 
-    table = None
     if config.policy is not None:
+        if table is not None:
+            raise ValueError("pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...)), "
+                             "not both")
         policy = config.policy
     else:
-        from .allocation import allocate
-        from .sensitivity import search
-
-        check_budget_feasible(model, config.budget, bits=config.bits, group_size=config.group_size,
-                              conv_group_size=config.conv_group_size, symmetric=config.symmetric, skip_modules=skip,
-                              solver=config.solver, pin_first_last=config.pin_first_last)
-        data = None if config.method in DATA_FREE_METHODS else need_batches(f"method {config.method!r}")
-        t = time.perf_counter()
-        table = search(model, data, bits=config.bits, method=config.method, seed=config.seed,
-                       group_size=config.group_size, conv_group_size=config.conv_group_size,
-                       symmetric=config.symmetric, clip_search=config.clip_search, skip_modules=skip,
-                       progress=progress, **config.method_options)
-        times["search"] = time.perf_counter() - t
-        model.infoq_table = table  # saved beside the checkpoint (hub.write_summary_and_table) for cards and reports
+        if table is None:
+            check_budget_feasible(model, config.budget, bits=config.bits, group_size=config.group_size,
+                                  conv_group_size=config.conv_group_size, symmetric=config.symmetric,
+                                  skip_modules=skip, solver=config.solver, pin_first_last=config.pin_first_last)
+            data = None if config.method in DATA_FREE_METHODS else need_batches(f"method {config.method!r}")
+            t = time.perf_counter()
+            table = search(model, data, bits=config.bits, method=config.method, seed=config.seed,
+                           group_size=config.group_size, conv_group_size=config.conv_group_size,
+                           symmetric=config.symmetric, clip_search=config.clip_search, skip_modules=skip,
+                           accelerator=accelerator, progress=progress, **config.method_options)
+            times["search"] = time.perf_counter() - t
         t = time.perf_counter()
         refine = config.refine_passes if config.calibration is not None else 0  # data-free runs: ILP only
         policy = allocate(table, config.budget, solver=config.solver, alpha=config.alpha,
                           pin_first_last=config.pin_first_last, model=model if refine else None,
                           calibration=need_batches("the refinement") if refine else None, refine_passes=refine,
-                          seed=config.seed, progress=progress)
+                          seed=config.seed, accelerator=accelerator, progress=progress)
         times["allocation"] = time.perf_counter() - t
 
     act_ranges = None
@@ -122,12 +171,14 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, tokenizer=None
                    act_ranges=act_ranges, rounding=config.rounding, calibration=gptq_batches,
                    gptq_options=config.gptq_options, progress=progress)
     times["packing (gptq)" if gptq else "packing"] = time.perf_counter() - t
+    if config.float_dtype is not None:  # the leftovers are stored (and run) in it
+        cast_float_leftovers(model, getattr(torch, config.float_dtype))
 
-    summary = summarize(model, params, float_bytes, times, method=None if table is None else config.method,
-                        report=getattr(policy, "report", None))
+    summary = summarize(model, params, float_bytes, times, method=config.method if config.policy is None else None,
+                        report=policy.report)
     summary["rounding"] = config.rounding
     logger.info("\n%s", format_summary(summary))
-    return model, policy, summary
+    return QuantizationResult(model=model, policy=policy, table=table, summary=summary)
 
 
 def summarize(model: nn.Module, params: dict[str, int], float_bytes: int, times: dict, *, method=None,
@@ -146,14 +197,9 @@ def summarize(model: nn.Module, params: dict[str, int], float_bytes: int, times:
         "float_size_bytes": float_bytes,
         "compression": compression_ratio(model) if layers else 1.0,
         "times_s": dict(times),
-        "allocation": None if report is None else _report_dict(report),
+        "allocation": None if report is None else report.to_dict(),
     }
 
-
-def _report_dict(report) -> dict:
-    if hasattr(report, "to_dict"):
-        return report.to_dict()
-    return {k: v for k, v in vars(report).items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
 def _layer_pattern(name: str) -> str:
@@ -210,4 +256,5 @@ def format_summary(summary: dict) -> str:
     return "\n".join(out)
 
 
-__all__ = ["condensed_policy", "format_summary", "group_size_lines", "quantize_with_infoq", "summarize"]
+__all__ = ["QuantizationResult", "condensed_policy", "format_summary", "group_size_lines", "load_calibration_batches",
+           "quantize_with_infoq", "summarize"]

@@ -180,8 +180,7 @@ def plot_pareto_curve(table: SensitivityTable, path: str | Path, chosen: BitPoli
         if report is None or getattr(report, "size_bytes", None) is None:
             report = chosen_report(table, chosen)
         if report is not None:
-            marked = BitPolicy(chosen.to_dict())
-            marked.report = report
+            marked = BitPolicy(chosen.to_dict(), report=report)
             policies.append(marked)
     if not policies:
         raise ValueError("no budget of the sweep could be met; the table cannot be plotted as a Pareto curve")

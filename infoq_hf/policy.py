@@ -59,9 +59,12 @@ def _as_layer_bits(name: str, value) -> LayerBits:
 
 
 class BitPolicy(Mapping):
-    """An immutable mapping layer name -> `LayerBits`."""
+    """An immutable mapping layer name -> `LayerBits`.
 
-    def __init__(self, layers: Mapping | None = None):
+    `report`: how the policy was found (an `AllocationReport` when `allocate` made it; None when the
+    policy was given or read from a file). It takes no part in equality or serialisation."""
+
+    def __init__(self, layers: Mapping | None = None, *, report=None):
         self._layers = {str(k): _as_layer_bits(str(k), v) for k, v in (layers or {}).items()}
         for key in self._layers:
             if key.startswith(REGEX_PREFIX):
@@ -69,7 +72,11 @@ class BitPolicy(Mapping):
                     re.compile(key[len(REGEX_PREFIX):])
                 except re.error as e:
                     raise ValueError(f"policy key {key!r} is not a valid regex: {e}") from None
-        self.report = None  # set by `allocate`: how the policy was found
+        self._report = report
+
+    @property
+    def report(self):
+        return self._report
 
     def __getitem__(self, key: str) -> LayerBits:
         return self._layers[key]

@@ -138,8 +138,7 @@ def allocate(
                                         accelerator=accelerator, progress=progress)
         totals, objective = verify(table, spec, assignment)
 
-    policy = BitPolicy({name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers})
-    policy.report = AllocationReport(
+    report = AllocationReport(
         objective=objective,
         size_bytes=totals.size_bytes,
         bitops=totals.bitops,
@@ -155,4 +154,5 @@ def allocate(
         num_constraints=ilp.mip.num_rows,
         refinement=refinement,
     )
-    return policy
+    return BitPolicy({name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers},
+                     report=report)

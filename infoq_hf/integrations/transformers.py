@@ -21,13 +21,11 @@ import torch
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers import auto as _auto
 
-from ..accounting import expected_size_bytes, model_size_bytes
 from ..card import attach_model_card
 from ..checkpoint import (
     GUARD,
     IMPORT_HINT_KEY,
     build_packed_modules,
-    cast_float_leftovers,
     check_checkpoint_tensors,
     make_save_pretrained_atomic,
     packed_state_dict,
@@ -49,6 +47,7 @@ class InfoQQuantizer(HfQuantizer):
         # A copy: the found policy must not leak into the user's config object (it may be reused).
         super().__init__(copy.copy(quantization_config), **kwargs)
         self.modules_to_not_convert: list[str] = []
+        self.result = None  # the QuantizationResult of a quantize-on-load (None for a pre-quantized checkpoint)
 
     def validate_environment(self, *args, **kwargs):
         cfg = self.quantization_config
@@ -92,7 +91,8 @@ class InfoQQuantizer(HfQuantizer):
         model._keys_to_ignore_on_load_unexpected = set(model._keys_to_ignore_on_load_unexpected or ()) | guards
         return model
 
-    def _process_model_after_weight_loading(self, model, **kwargs):
+    def _process_model_after_weight_loading(self, model, tokenizer=None, table=None, accelerator=None,
+                                            progress=True, **kwargs):
         make_save_pretrained_atomic(model)
         attach_model_card(model)  # model.save_pretrained / push_to_hub write the InfoQ card, like infoq_hf.push_to_hub
         if self.pre_quantized:
@@ -100,17 +100,12 @@ class InfoQQuantizer(HfQuantizer):
         from ..pipeline import quantize_with_infoq
 
         cfg = self.quantization_config
-        tokenizer = None
-        if cfg.calibration is not None and not cfg.calibration_in_memory and cfg.policy is None:
-            tokenizer = _tokenizer_or_none(model)
-        _, policy, summary = quantize_with_infoq(model, cfg, tokenizer=tokenizer, skip_modules=self.modules_to_not_convert)
-        cfg.policy = policy
-        if cfg.float_dtype is not None:  # the leftovers are stored (and run) in it; config.json records it
-            dtype = getattr(torch, cfg.float_dtype)
-            cast_float_leftovers(model, dtype)
-            model.config.dtype = dtype
-            summary.update(size_bytes=model_size_bytes(model), expected_size_bytes=expected_size_bytes(model))
-        model.infoq_summary = summary
+        self.result = quantize_with_infoq(model, cfg, table=table, tokenizer=tokenizer,
+                                          skip_modules=self.modules_to_not_convert, accelerator=accelerator,
+                                          progress=progress)
+        cfg.policy = self.result.policy
+        if cfg.float_dtype is not None:  # config.json records the dtype the leftovers now have
+            model.config.dtype = getattr(torch, cfg.float_dtype)
         return model
 
     def get_state_dict_and_metadata(self, model):
@@ -143,18 +138,30 @@ def _checkpoint_renamer(model, quantizer):
     return (lambda key: apply_renamings(key, renamings)) if renamings else (lambda key: key)
 
 
-def _tokenizer_or_none(model):
-    """The tokenizer saved with the model, if any (images need none)."""
-    path = getattr(model.config, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
-    if not path or getattr(model, "main_input_name", "input_ids") != "input_ids":
-        return None
-    from transformers import AutoTokenizer
+def quantize_pretrained(model, config: InfoQConfig, *, tokenizer=None, table=None, accelerator=None,
+                        progress: bool = True):
+    """Quantize a transformers model already loaded in float, in place, exactly as
+    `from_pretrained(..., quantization_config=config)` would have (the model is not loaded again);
+    returns the `QuantizationResult`. `tokenizer` builds text calibration batches (default: the one
+    saved with the model); `table`, a saved search of this model, skips the search; `accelerator`
+    splits the work over processes (see `quantize_with_infoq`).
+    Afterwards `model.save_pretrained` / `push_to_hub` write the packed checkpoint."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        raise ValueError("this model is already quantized; quantize its float original instead")
+    quantizer = InfoQQuantizer(config, pre_quantized=False)
+    quantizer.validate_environment()
+    quantizer.preprocess_model(model)
+    model.hf_quantizer = quantizer
+    quantizer.postprocess_model(model, tokenizer=tokenizer, table=table, accelerator=accelerator, progress=progress)
+    return quantizer.result
 
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"quantizing on load needs a tokenizer to build text calibration batches, and none loads "
-                         f"from {path!r} ({e}); pass calibration as a list of tokenized batches instead") from None
+
+def quantization_result(model):
+    """The `QuantizationResult` of a model quantized on load (`from_pretrained(..., quantization_config=
+    InfoQConfig(...))` or `quantize_pretrained`): its policy, sensitivity table and summary. None for a
+    model loaded from a pre-quantized checkpoint or never quantized."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    return quantizer.result if isinstance(quantizer, InfoQQuantizer) else None
 
 
 def register() -> None:

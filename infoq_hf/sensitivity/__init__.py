@@ -1,7 +1,7 @@
 """Sensitivity search: InfoQ probing and the baselines it is judged against."""
 
 from .infoq import InfoQOptions
-from .search import METHODS, search
+from .search import DATA_FREE_METHODS, METHODS, search
 from .table import SensitivityTable
 
 __all__ = ["METHODS", "InfoQOptions", "SensitivityTable", "search"]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..accounting import count_macs, model_size_bytes, tied_weights
 from ..bitwidth import check_bits
-from ..calibration import calibration_identity
+from ..calibration import CalibrationSet, calibration_identity
 from ..quant.apply import default_forward, quantizable_layers
 from ..quant.modules import oriented_weight
 from ..quant.quantizer import WeightScheme
@@ -32,6 +32,7 @@ from .task import check_calibration, detect_task
 
 logger = logging.getLogger(__name__)
 METHODS = ("infoq", "hawq", "weight_mse", "random", "oracle")
+DATA_FREE_METHODS = ("weight_mse", "random")  # score weights alone; every other method needs calibration data
 
 
 def _first_sample(batch):
@@ -110,7 +111,7 @@ def search(
     if not layers:
         raise ValueError("the model has no quantizable Linear/Conv2d layers (after skip_modules/skip_types)")
     batches = _as_batches(calibration)
-    needs_data = method in ("infoq", "hawq", "oracle")
+    needs_data = method not in DATA_FREE_METHODS
     if needs_data and not batches:
         raise ValueError(f"method {method!r} needs calibration batches, and the calibration set is empty")
     if options and method != "infoq":
@@ -127,7 +128,8 @@ def search(
 
     is_main = accelerator is None or accelerator.is_main_process
     started = time.perf_counter()
-    stats = {"layer_evals": 0, "forward_passes": 0}
+    cost = {"layer_evals": 0, "forward_passes": 0}
+    traces = None
     a_scores = None
     calibrated_info = None  # (alpha, t2) of the calibrated InfoQ costs
     with torch.no_grad():
@@ -141,16 +143,15 @@ def search(
         bar = tqdm(total=hutchinson_samples, desc="hawq: Hutchinson samples", disable=not (progress and is_main))
         w_scores, traces = hawq_scores(model, layers, bits, schemes, batches, forward, task, hutchinson_samples, seed, bar)
         bar.close()
-        stats["forward_passes"] = hutchinson_samples * len(batches)
-        stats["layer_evals"] = hutchinson_samples * len(batches) * len(layers)
-        stats["hessian_trace"] = traces
+        cost = {"layer_evals": hutchinson_samples * len(batches) * len(layers),
+                "forward_passes": hutchinson_samples * len(batches)}
     else:
         eval_batches = batches if method == "infoq" else (_as_batches(heldout) or batches)
         calibrated = method == "infoq" and infoq_options.scores == "calibrated"
         probe_bits = _probe_widths(infoq_options) if calibrated else bits
-        w_scores, a_scores = _probe_all(model, layers, eval_batches, forward, schemes, bits, method, task,
-                                        infoq_options, seed, prefix_cache, score_activations, accelerator,
-                                        progress and is_main, stats, weight_bits=probe_bits)
+        w_scores, a_scores, cost = _probe_all(model, layers, eval_batches, forward, schemes, bits, method, task,
+                                              infoq_options, seed, prefix_cache, score_activations, accelerator,
+                                              progress and is_main, weight_bits=probe_bits)
         if calibrated:  # activation scores keep the Eq. 4 form: an activation grid has no weight error
             t2 = relative_weight_errors(layers, sorted(set(bits) | set(probe_bits)), schemes)
             power = infoq_options.change_power
@@ -172,7 +173,7 @@ def search(
     weight_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers.values())
     meta = {
         "model": model_identity(model, layers),
-        "calibration": {"batches": len(batches), **calibration_identity(calibration if hasattr(calibration, "spec") else batches)}
+        "calibration": {"batches": len(batches), **calibration_identity(calibration if isinstance(calibration, CalibrationSet) else batches)}
         if batches else None,
         "task": task,
         "seed": seed,
@@ -185,10 +186,10 @@ def search(
         "options": (vars(infoq_options) if infoq_options else {}),
         "cost": {"wall_s": round(elapsed, 3), "prefix_cache": prefix_cache,
                  "processes": accelerator.num_processes if accelerator is not None else 1,
-                 **{k: v for k, v in stats.items() if k != "hessian_trace"}},
+                 **cost},
     }
-    if "hessian_trace" in stats:
-        meta["hessian_trace"] = stats["hessian_trace"]
+    if traces is not None:
+        meta["hessian_trace"] = traces
     return SensitivityTable(method, bits, table_layers, meta)
 
 
@@ -204,8 +205,9 @@ def _fit_alpha(change: dict[int, float], t2: dict[int, float], widths: list[int]
 
 
 def _probe_all(model, layers, batches, forward, schemes, bits, method, task, infoq_options, seed, prefix_cache,
-               score_activations, accelerator, show_progress, stats, weight_bits=None):
-    """Run every (layer, bits) probe assigned to this process; gather all results.
+               score_activations, accelerator, show_progress, weight_bits=None):
+    """Run every (layer, bits) probe assigned to this process; gather all results. Returns the weight
+    scores, the activation scores (None unless `score_activations`) and the cost counts.
 
     Weights are probed at `weight_bits` (default `bits`), activations at `bits`. InfoQ weight
     probes record the information change D(l, b) with the calibrated form and the Eq. 4 score
@@ -239,12 +241,12 @@ def _probe_all(model, layers, batches, forward, schemes, bits, method, task, inf
                 results.append((kind, name, b, float(score)))
                 bar.update(1)
         bar.close()
-        stats["layer_evals"] = prober.layer_evals
+        layer_evals = prober.layer_evals
     if accelerator is not None and world > 1:
         from accelerate.utils import gather_object
         results = gather_object(results)
-        stats["layer_evals"] = sum(gather_object([stats["layer_evals"]]))
-    stats["forward_passes"] = len(jobs) * len(batches)
+        layer_evals = sum(gather_object([layer_evals]))
+    cost = {"layer_evals": layer_evals, "forward_passes": len(jobs) * len(batches)}
     out = {k: {name: {} for name in layers} for k in kinds}
     for kind, name, b, score in results:
         out[kind][name][b] = score
@@ -252,4 +254,4 @@ def _probe_all(model, layers, batches, forward, schemes, bits, method, task, inf
         for name in layers:
             if REFERENCE_BITS in widths[kind]:
                 out[kind][name][REFERENCE_BITS] = 0.0  # the probe equals the reference
-    return out["w"], (out["a"] if score_activations else None)
+    return out["w"], (out["a"] if score_activations else None), cost

@@ -3,11 +3,12 @@
     accelerate launch --config_file recipes/causal_lm/accelerate_gpu.yaml recipes/causal_lm/quantize_causal_lm.py \
         --model path/to/float_model --calib corpus.txt --avg-bits 3 --out out/model-infoq-3bit
 
-Every process loads the float model and the same calibration batches; `infoq_hf.search` runs its
-share of the (layer, bits) probes and gathers the table. The main process then allocates the bits
-(`allocate`, InfoQ Eq. 5), loads the model again with the found policy
-(`from_pretrained(..., quantization_config=InfoQConfig(policy=...))`), and writes a packed
-checkpoint that plain `from_pretrained(out)` reloads after `import infoq_hf`.
+Every process loads the float model and the same calibration batches and calls
+`infoq_hf.quantize_pretrained` (the pipeline of quantize-on-load): the search runs each process's
+share of the (layer, bits) probes and gathers the table, the allocation's refinement splits its
+candidates over the processes, and every process packs the same model. The main process writes
+the packed checkpoint (plain `from_pretrained(out)` reloads it after `import infoq_hf`), the table
+and policy.json.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 import torch  # noqa: E402
 
 from infoq_hf.allocation.allocate import DEFAULT_REFINE_PASSES  # noqa: E402
-from recipes.common import barrier, log, make_accelerator, push_folder, save_table_and_allocate, write_json  # noqa: E402
+from recipes.common import barrier, log, make_accelerator, push_folder, write_json  # noqa: E402
 
 RECIPE = "recipes/causal_lm"
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -77,54 +78,44 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import infoq_hf  # noqa: F401  (registers quant_method "infoq" with transformers)
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.quantizers.base import get_keys_to_not_convert
 
-    from infoq_hf import Budget, InfoQConfig
-    from infoq_hf.calibration import load_calibration
-    from infoq_hf.sensitivity import search
+    from infoq_hf import Budget, InfoQConfig, quantize_pretrained
+    from infoq_hf.hub import TABLE_FILE
 
     bits = [int(b) for b in args.bits.split(",")]
-    group_size = args.group_size or None
     accelerator = make_accelerator(args.cpu, RECIPE)
-    dtype = getattr(torch, args.dtype)
     started = time.perf_counter()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(accelerator.device).eval()
-    skip = sorted(set(get_keys_to_not_convert(model)) | set(model._keep_in_fp32_modules or []))
-    batches = load_calibration(calibration_spec(args), tokenizer=tokenizer, lm_labels=True)
-    batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in batches]
-    log(accelerator, f"calibration: {len(batches)} batches of {args.batch_size} x {args.seq_len} tokens; "
-                     f"{accelerator.num_processes} process(es) on {accelerator.device}; kept float: {skip}")
-
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    model = model.to(accelerator.device).eval()
     options = {} if args.num_directions is None or args.method != "infoq" else {"num_directions": args.num_directions}
-    table = search(model, batches, bits=bits, method=args.method, seed=args.seed, group_size=group_size,
-                   symmetric=args.symmetric, skip_modules=skip, accelerator=accelerator,
-                   progress=not args.no_progress, **options)
-    search_s = time.perf_counter() - started
-    out, policy = save_table_and_allocate(accelerator, table, args.out, args.avg_bits, args.solver, model=model,
-                                          calibration=batches, refine_passes=args.refine_passes,
-                                          progress=not args.no_progress)
-    result = {}
+    config = InfoQConfig(bits=bits, budget=Budget(avg_bits=args.avg_bits), method=args.method, method_options=options,
+                         calibration=calibration_spec(args), group_size=args.group_size or None,
+                         symmetric=args.symmetric, solver=args.solver, seed=args.seed, rounding=args.rounding,
+                         refine_passes=args.refine_passes)
+    log(accelerator, f"{accelerator.num_processes} process(es) on {accelerator.device}: calibration {args.num_samples} "
+                     f"x {args.seq_len} tokens of {args.calib}")
+    result = quantize_pretrained(model, config, tokenizer=tokenizer, accelerator=accelerator,
+                                 progress=not args.no_progress)
+    log(accelerator, f"allocation: {result.policy.report.summary()}")
+    out = Path(args.out)
+    summary = {}
     if accelerator.is_main_process:
-        del model
-        gptq_batches = [{k: v.cpu() for k, v in b.items()} for b in batches] if args.rounding == "gptq" else None
-        del batches
-        config = InfoQConfig(policy=policy, bits=bits, budget=Budget(avg_bits=args.avg_bits), method=args.method,
-                             group_size=group_size, symmetric=args.symmetric, seed=args.seed,
-                             rounding=args.rounding, calibration=gptq_batches)
-        quantized = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, quantization_config=config)
-        quantized.save_pretrained(out)
+        model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        result = {"out": str(out), "search_s": search_s, "processes": accelerator.num_processes,
-                  "layers": len(table.layers), "allocation": policy.report.to_dict()}
-        write_json(out / "recipe_result.json", result)
-        log(accelerator, f"saved the packed checkpoint to {out} (search {search_s:.1f} s)")
+        result.table.save(out / TABLE_FILE)
+        result.policy.to_json(out / "policy.json")
+        summary = {"out": str(out), "search_s": result.summary["times_s"].get("search"),
+                   "total_s": time.perf_counter() - started, "processes": accelerator.num_processes,
+                   "layers": len(result.table.layers), "allocation": result.policy.report.to_dict()}
+        write_json(out / "recipe_result.json", summary)
+        log(accelerator, f"saved the packed checkpoint to {out} (search {summary['search_s']:.1f} s)")
         if args.push_to_hub:
-            result["pushed"] = push_folder(out, args.push_to_hub, args.hub_token, args.private)
-            log(accelerator, f"pushed to {result['pushed']}")
+            summary["pushed"] = push_folder(out, args.push_to_hub, args.hub_token, args.private)
+            log(accelerator, f"pushed to {summary['pushed']}")
     barrier(accelerator)
-    return result
+    return summary
 
 
 if __name__ == "__main__":
