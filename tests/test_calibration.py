@@ -5,6 +5,7 @@ import json
 import datasets
 import pytest
 import torch
+from conftest import tiny_gpt2, tiny_timm, tiny_vit
 from PIL import Image
 
 from infoq_hf.calibration import (
@@ -193,10 +194,9 @@ def test_lm_labels_and_tuple_format():
 
 
 def test_tokenizer_from_a_local_transformers_model(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=102, n_positions=16, n_embd=8, n_layer=1, n_head=2)
-    GPT2LMHeadModel(config).save_pretrained(tmp_path / "lm")
+    tiny_gpt2(seed=None, vocab=102, positions=16, hidden=8).save_pretrained(tmp_path / "lm")
     make_tokenizer().save_pretrained(tmp_path / "lm")
     model = GPT2LMHeadModel.from_pretrained(tmp_path / "lm")
     ds = datasets.Dataset.from_dict({"text": make_docs()})
@@ -224,16 +224,13 @@ def image_folder(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_timm():
-    import timm
-
+def timm_resnet():
     # A small input size keeps the transforms and the forward pass quick; the transform must follow it.
-    return timm.create_model("resnet18", pretrained=False, num_classes=3,
-                             pretrained_cfg_overlay=dict(input_size=(3, 64, 64)))
+    return tiny_timm("resnet18", num_classes=3, seed=None, pretrained_cfg_overlay=dict(input_size=(3, 64, 64)))
 
 
-def test_imagefolder_dict_and_tuple_formats_with_folder_labels(image_folder, tiny_timm):
-    transform = image_transform_for(tiny_timm)
+def test_imagefolder_dict_and_tuple_formats_with_folder_labels(image_folder, timm_resnet):
+    transform = image_transform_for(timm_resnet)
     spec = CalibrationSpec("imagefolder", data_dir=str(image_folder), label_column="label",
                            num_samples=10, batch_size=4)
 
@@ -246,40 +243,38 @@ def test_imagefolder_dict_and_tuple_formats_with_folder_labels(image_folder, tin
     assert torch.equal(x.mean(dim=(2, 3)).argmax(dim=1), y)
     assert len(set(y.tolist())) > 1
 
-    as_tuple = load_calibration(spec, model=tiny_timm, format="tuple")  # transform derived from the model
+    as_tuple = load_calibration(spec, model=timm_resnet, format="tuple")  # transform derived from the model
     assert torch.equal(torch.cat([b[0] for b in as_tuple]), x)
     assert torch.equal(torch.cat([b[1] for b in as_tuple]), y)
-    tiny_timm(as_tuple[0][0])  # the batch is the model's input
+    timm_resnet(as_tuple[0][0])  # the batch is the model's input
 
 
-def test_images_without_label_column_have_no_labels(image_folder, tiny_timm):
+def test_images_without_label_column_have_no_labels(image_folder, timm_resnet):
     spec = dict(dataset="imagefolder", data_dir=str(image_folder), num_samples=3, batch_size=3)
-    (batch,) = load_calibration(spec, image_transform=image_transform_for(tiny_timm))
+    (batch,) = load_calibration(spec, image_transform=image_transform_for(timm_resnet))
     assert set(batch) == {"pixel_values"}
-    (x, y), = load_calibration(spec, model=tiny_timm, format="tuple")
+    (x, y), = load_calibration(spec, model=timm_resnet, format="tuple")
     assert x.shape == (3, 3, 64, 64) and y is None
 
 
-def test_image_stream_is_seeded(image_folder, tiny_timm):
+def test_image_stream_is_seeded(image_folder, timm_resnet):
     spec = CalibrationSpec("imagefolder", data_dir=str(image_folder), streaming=True, label_column="label",
                            num_samples=5, batch_size=5)
-    a = load_calibration(spec, model=tiny_timm, seed=0)[0]
-    b = load_calibration(spec, model=tiny_timm, seed=0)[0]
+    a = load_calibration(spec, model=timm_resnet, seed=0)[0]
+    b = load_calibration(spec, model=timm_resnet, seed=0)[0]
     assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"], b["labels"])
-    labels = {tuple(load_calibration(spec, model=tiny_timm, seed=s)[0]["labels"].tolist()) for s in range(4)}
+    labels = {tuple(load_calibration(spec, model=timm_resnet, seed=s)[0]["labels"].tolist()) for s in range(4)}
     assert len(labels) > 1
 
 
 def test_image_transform_for_transformers_processor_and_model(tmp_path):
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ViTForImageClassification, ViTImageProcessor
 
     processor = ViTImageProcessor(size={"height": 32, "width": 32})
     image = Image.new("RGB", (50, 40), (10, 200, 30))
     assert image_transform_for(processor)(image).shape == (3, 32, 32)
 
-    config = ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
-                       image_size=32, patch_size=16, num_labels=3)
-    ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    tiny_vit(seed=None).save_pretrained(tmp_path / "vit")
     bare = ViTForImageClassification.from_pretrained(tmp_path / "vit")
     with pytest.raises(ValueError, match="no image processor is saved locally"):
         image_transform_for(bare)
@@ -312,13 +307,13 @@ def test_wrong_text_column_lists_the_real_columns(tmp_path):
     assert windows(batches).shape == (2, 4)
 
 
-def test_wrong_label_and_image_columns_list_the_real_columns(image_folder, tiny_timm):
+def test_wrong_label_and_image_columns_list_the_real_columns(image_folder, timm_resnet):
     spec = CalibrationSpec("imagefolder", data_dir=str(image_folder), label_column="class")
     with pytest.raises(ValueError, match=r"label_column='class'.*\['image', 'label'\]"):
-        load_calibration(spec, model=tiny_timm)
+        load_calibration(spec, model=timm_resnet)
     ds = datasets.Dataset.from_dict({"text": make_docs()})
     with pytest.raises(ValueError, match=r"image_column='image'.*holds text.*\['text'\]"):
-        load_calibration(ds, model=tiny_timm)
+        load_calibration(ds, model=timm_resnet)
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -351,10 +346,10 @@ def test_too_few_samples_warns_uses_what_there_is_and_fails_only_when_none(tmp_p
         load_calibration(spec, tokenizer=make_tokenizer(), seq_len=total + 1)
 
 
-def test_too_few_images_warns_and_uses_them(image_folder, tiny_timm):
+def test_too_few_images_warns_and_uses_them(image_folder, timm_resnet):
     spec = CalibrationSpec("imagefolder", data_dir=str(image_folder), streaming=True, num_samples=20)
     with pytest.warns(UserWarning, match=r"yielded only 12 usable image\(s\).*num_samples=12"):
-        batches = load_calibration(spec, model=tiny_timm)
+        batches = load_calibration(spec, model=timm_resnet)
     assert sum(b["pixel_values"].shape[0] for b in batches) == 12
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_hub import make_calibration_text, make_tiny_llama, make_tiny_timm
+from conftest import make_calibration_text, make_tiny_llama, tiny_timm
 
 import infoq_hf
 from infoq_hf.cli import main
@@ -81,7 +81,7 @@ def test_cli_end_to_end(assets, hub_server, monkeypatch, capsys):
 
 def test_cli_timm_quantize_data_free_and_push_flag(tmp_path, hub_server, monkeypatch):
     src = tmp_path / "resnet"
-    float_model = make_tiny_timm(src)
+    float_model = tiny_timm(directory=src)
     monkeypatch.setenv("HF_TOKEN", hub_server.token)
     out = tmp_path / "q"
     assert main(["quantize", f"timm:{src}", "--bits", "4,8", "--compression", "5", "--method", "weight_mse", "--group-size", "none",
@@ -165,5 +165,5 @@ def test_unexpected_failures_exit_1(assets, tmp_path, capsys, monkeypatch, hub_s
 
 def make_tiny_timm_dir(tmp_path):
     path = tmp_path / "resnet"
-    make_tiny_timm(path)
+    tiny_timm(directory=path)
     return path

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import tiny_llama, tiny_llama_config, tiny_packed_llama
+from transformers import LlamaForCausalLM
 
 from infoq_hf import QuantLinear, quantizable_layers, quantize_model
 from infoq_hf.export import COMPRESSED_TENSORS_VERSION, export_compressed_tensors, pack_rows_int32
@@ -23,19 +24,6 @@ ids = torch.load(sys.argv[2])
 with torch.no_grad():
     torch.save(model(input_ids=ids).logits, sys.argv[3])
 """
-
-
-def _tiny_llama_config():
-    return LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
-
-
-def _tiny_llama(symmetric: bool):
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(_tiny_llama_config()).eval()
-    names = [n for n in quantizable_layers(model) if n != "lm_head"]
-    quantize_model(model, {n: 2 + i % 7 for i, n in enumerate(names)}, group_size=32, symmetric=symmetric)
-    return model
 
 
 def test_compressed_tensors_is_pinned_to_the_version_whose_packing_we_write():
@@ -59,7 +47,7 @@ def test_row_packing_matches_compressed_tensors(bits, cols):
 @pytest.mark.parametrize("symmetric", [False, True], ids=["asymmetric", "symmetric"])
 def test_export_loads_in_plain_transformers_with_the_same_logits(tmp_path, symmetric):
     pytest.importorskip("compressed_tensors")
-    model = _tiny_llama(symmetric)
+    model = tiny_packed_llama(symmetric=symmetric)
     assert {m.w_bits for m in model.modules() if isinstance(m, QuantLinear)} == set(range(2, 9))
     out = export_compressed_tensors(model, tmp_path / "ct")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
@@ -82,8 +70,8 @@ def test_export_from_a_saved_checkpoint_folder(tmp_path):
     from infoq_hf import InfoQConfig
 
     torch.manual_seed(0)
-    LlamaForCausalLM(_tiny_llama_config()).save_pretrained(tmp_path / "float")
-    names = [n for n in quantizable_layers(LlamaForCausalLM(_tiny_llama_config())) if n != "lm_head"]
+    LlamaForCausalLM(tiny_llama_config()).save_pretrained(tmp_path / "float")
+    names = [n for n in quantizable_layers(LlamaForCausalLM(tiny_llama_config())) if n != "lm_head"]
     config = InfoQConfig(policy={n: 2 + i % 7 for i, n in enumerate(names)}, group_size=32)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=config)
     model.save_pretrained(tmp_path / "infoq")
@@ -124,8 +112,7 @@ def test_fused_projection_groups_tie_qkv_and_gate_up_in_the_allocation():
     from infoq_hf import Budget, allocate, search
     from infoq_hf.export import fused_projection_groups
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(_tiny_llama_config()).eval()
+    model = tiny_llama()
     groups = fused_projection_groups(model)
     assert groups == [("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
                        "model.layers.0.self_attn.v_proj"),

@@ -13,7 +13,8 @@ from infoq_hf.quant import QuantConv2d, QuantLinear, WeightScheme, quantize_weig
 from infoq_hf.quant.gptq import GPTQOptions, _HessianAccumulator, gptq_quantize, gptq_quantize_model
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from conftest import tiny_gpt2, tiny_llama  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 SCHEMES = [(None, False), (None, True), (32, False), (32, True)]  # (group_size, symmetric)
 
@@ -176,9 +177,7 @@ def test_conv2d_and_linear_model_gptq_beats_rtn():
 @torch.no_grad()
 def test_transformers_conv1d_equals_the_linear_path():
     """GPT-2's Conv1D stores the weight transposed: GPTQ must give the codes of the equivalent Linear."""
-    torch.manual_seed(7)
-    cfg = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2)
-    gpt2 = GPT2LMHeadModel(cfg).eval()
+    gpt2 = tiny_gpt2(seed=7)
     ids = [{"input_ids": torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(i))} for i in range(3)]
     names = [n for n in quantizable_layers(gpt2) if n != "lm_head"]
     q = quantize_model(copy.deepcopy(gpt2), {n: 3 for n in names}, group_size=16, rounding="gptq", calibration=ids)
@@ -202,10 +201,7 @@ def test_transformers_conv1d_equals_the_linear_path():
 
 @pytest.fixture(scope="module")
 def llama():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(vocab=256)
     g = torch.Generator().manual_seed(1)
     calib = [{"input_ids": torch.randint(0, 256, (4, 32), generator=g)} for _ in range(4)]
     calib[1]["attention_mask"] = torch.ones(4, 32, dtype=torch.long)

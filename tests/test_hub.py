@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_llama, tiny_timm
 from huggingface_hub import ModelCard, constants
 
 import infoq_hf
@@ -27,48 +27,6 @@ from infoq_hf.pipeline import quantize_with_infoq
 from infoq_hf.sensitivity import search
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-# ----------------------------------------------------------------------------- tiny assets (shared with test_cli)
-def make_calibration_text(path: Path, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    words = [f"w{i}" for i in range(150)]
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(20, 60))) for _ in range(40)]
-    path.write_text("\n".join(lines))
-    return path
-
-
-def make_tiny_llama(directory: Path) -> Path:
-    """A 2-layer Llama with a word-level tokenizer built locally; `AutoTokenizer.from_pretrained(dir)` works."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    directory.mkdir(parents=True, exist_ok=True)
-    text = make_calibration_text(directory.parent / f"{directory.name}-vocab.txt").read_text()
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(text.splitlines(),
-                            trainers.WordLevelTrainer(vocab_size=250, special_tokens=["<pad>", "<unk>", "</s>"]))
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="<pad>") \
-        .save_pretrained(directory)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2, bos_token_id=None)
-    LlamaForCausalLM(cfg).save_pretrained(directory)
-    return directory
-
-
-def make_tiny_timm(directory: Path | None = None):
-    import timm
-
-    torch.manual_seed(0)
-    model = timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
-    if directory is not None:
-        from timm.models import save_for_hf
-
-        directory.mkdir(parents=True, exist_ok=True)
-        save_for_hf(model, str(directory))
-    return model
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -94,7 +52,7 @@ def llama_quantized_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def timm_quantized():
-    model = make_tiny_timm()
+    model = tiny_timm()
     batches = [(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2]))]
     table = search(model, batches, bits=[2, 4, 8], method="weight_mse", progress=False)
     policy = allocate(table, Budget(avg_bits=4))
@@ -170,7 +128,7 @@ def test_timm_round_trip_and_revisions(hub_server, timm_quantized, tmp_path):
 
 
 def timm_quantized_other():
-    model = make_tiny_timm()
+    model = tiny_timm()
     policy = {n: {"w_bits": 8, "a_bits": None} for n in infoq_hf.quantizable_layers(model)}
     quantize_with_infoq(model, InfoQConfig(policy=policy, group_size=None), progress=False)
     return model, None, policy
@@ -231,7 +189,7 @@ def test_bad_inputs(hub_server, tmp_path, timm_quantized):
     with pytest.raises(FileNotFoundError, match="not a folder"):
         push_to_hub(tmp_path / "missing", "test-user/x", token=hub_server.token)
     with pytest.raises(ValueError, match="no packed layers"):
-        push_to_hub(make_tiny_timm(), "test-user/x", token=hub_server.token)
+        push_to_hub(tiny_timm(), "test-user/x", token=hub_server.token)
     with pytest.raises(ValueError, match="Hub model id"):
         push_to_hub(timm_quantized[0], "test-user/x", token=hub_server.token, base_model="/a/local/path")
     assert hub_server.repo("test-user/x") is None

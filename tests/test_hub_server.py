@@ -19,6 +19,7 @@ from huggingface_hub.errors import (  # noqa: E402
     RevisionNotFoundError,
 )
 
+from conftest import tiny_gpt2  # noqa: E402
 from hub_fixtures import hub_server  # noqa: E402,F401
 
 BINARY = bytes(range(256)) * 40 + b"\x00\xff"
@@ -182,9 +183,7 @@ def test_model_card_push_and_module_level_functions(hub_server, monkeypatch):
 def test_transformers_push_to_hub_and_from_pretrained(hub_server):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=64)
-    model = transformers.GPT2Model(config)
+    model = tiny_gpt2(lm_head=False, vocab=100, positions=64)
     model.push_to_hub("test-user/tiny-gpt2", token=hub_server.token)
     assert {"config.json", "model.safetensors"} <= set(hub_server.files("test-user/tiny-gpt2"))
 

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import tiny_bert_config, tiny_gpt2, tiny_llama, tiny_timm, tiny_vit
 
 import infoq_hf
 from infoq_hf import InfoQConfig, expected_size_bytes, quantizable_layers, quantize_model
@@ -22,14 +23,8 @@ from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
-    BertConfig,
     BertForSequenceClassification,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
     LlamaForCausalLM,
-    ViTConfig,
-    ViTForImageClassification,
 )
 from transformers.quantizers import auto as hf_auto  # noqa: E402
 
@@ -56,11 +51,8 @@ def _stored_policy(directory):
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
     path = tmp_path_factory.mktemp("llama_float")
-    LlamaForCausalLM(cfg).save_pretrained(path)
+    tiny_llama(vocab=256, hidden=128, intermediate=256).save_pretrained(path)
     return path
 
 
@@ -238,9 +230,7 @@ def test_activation_bits_need_calibration_and_round_trip(llama_dir, llama_policy
 
 # ----------------------------------------------------------------------------- other architectures
 def test_gpt2_conv1d_layers_round_trip_and_dequantize(tmp_path):
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=256, n_embd=128, n_layer=2, n_head=4, n_positions=64)
-    GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "float")
+    tiny_gpt2(vocab=256, hidden=128, layers=2, heads=4, positions=64).save_pretrained(tmp_path / "float")
     policy = {"re:.*\\.(c_attn|c_proj|c_fc)": 3, "transformer.h.0.mlp.c_fc": 5}
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "float",
                                                  quantization_config=InfoQConfig(policy=policy, group_size=64))
@@ -260,8 +250,7 @@ def test_gpt2_conv1d_layers_round_trip_and_dequantize(tmp_path):
 
 def test_bert_classifier_round_trip_and_base_model_loading(tmp_path):
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=256, num_labels=3)
+    cfg = tiny_bert_config(num_labels=3)
     BertForSequenceClassification(cfg).save_pretrained(tmp_path / "float")
     names = [n for n in quantizable_layers(BertForSequenceClassification(cfg)) if n != "classifier"]
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -279,10 +268,8 @@ def test_bert_classifier_round_trip_and_base_model_loading(tmp_path):
 
 
 def test_vit_image_classifier_round_trip(tmp_path):
-    torch.manual_seed(0)
-    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=512, num_labels=5)
-    ViTForImageClassification(cfg).save_pretrained(tmp_path / "float")
+    tiny_vit(image_size=32, patch_size=8, hidden=256, layers=2, heads=4, intermediate=512, num_labels=5) \
+        .save_pretrained(tmp_path / "float")
     # The patch projection stays float: ViT's forward reads `projection.weight.dtype`, which packed layers lack.
     policy = {"re:vit\\.layers\\..*": 4, "vit.layers.1.mlp.fc2": 2, "vit.layers.0.attention.q_proj": 8}
     model = AutoModelForImageClassification.from_pretrained(
@@ -300,13 +287,8 @@ def test_vit_image_classifier_round_trip(tmp_path):
 timm = pytest.importorskip("timm")
 
 
-def _timm_model():
-    torch.manual_seed(0)
-    return timm.create_model("resnet10t", pretrained=False, num_classes=10).eval()
-
-
 def test_timm_save_load_quantized_is_bit_identical(tmp_path):
-    model = _timm_model()
+    model = tiny_timm("resnet10t")
     policy = _mixed_policy([n for n in quantizable_layers(model) if n != "fc"])
     quantize_model(model, policy)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -323,13 +305,13 @@ def test_timm_save_load_quantized_is_bit_identical(tmp_path):
     assert policy_of(loaded) == BitPolicy.from_dict(policy)
     _assert_size_close(out, loaded)
     # A plain module loads into a float instance passed in.
-    into = infoq_hf.load_quantized(out, model=timm.create_model("resnet10t", pretrained=False, num_classes=10))
+    into = infoq_hf.load_quantized(out, model=tiny_timm("resnet10t", seed=None))
     with torch.no_grad():
         assert torch.equal(into(x), expected)
 
 
 def test_timm_save_is_atomic_and_checks_the_policy(tmp_path, monkeypatch):
-    model = _timm_model()
+    model = tiny_timm("resnet10t")
     policy = {"re:layer.*": 4}
     quantize_model(model, policy)
     target = tmp_path / "ckpt"
@@ -355,7 +337,7 @@ def test_timm_wrapper_policy_on_load_round_trip(tmp_path):
 
     torch.manual_seed(0)
     TimmWrapperForImageClassification(TimmWrapperConfig(architecture="resnet10t", num_labels=10)).save_pretrained(tmp_path / "float")
-    timm_names = [n for n in quantizable_layers(_timm_model()) if n != "fc"]
+    timm_names = [n for n in quantizable_layers(tiny_timm("resnet10t")) if n != "fc"]
     policy = _mixed_policy(timm_names, 1)  # timm names, matched inside the wrapper's `timm_model.`
     model = AutoModelForImageClassification.from_pretrained(
         tmp_path / "float", quantization_config=InfoQConfig(policy=policy, group_size=None))

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_llama, tiny_timm
 
 import infoq_hf
 from infoq_hf import Budget, InfoQConfig, allocate, model_size_bytes, quantize_model, search
@@ -14,18 +15,16 @@ from infoq_hf.checkpoint import packed_layers
 from infoq_hf.quant.quantizer import effective_group_size
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 
 def _tiny_llama(hidden=576, intermediate=1024, vocab=128):
     """SmolLM2's 576-wide shape, scaled down: attention and gate/up layers take `hidden` inputs (128 does
     not divide 576), down_proj takes `intermediate`."""
-    torch.manual_seed(0)
     heads = hidden // 64
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
-                      num_attention_heads=heads, num_key_value_heads=3 if heads % 3 == 0 else 1, head_dim=64,
-                      max_position_embeddings=64, tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(vocab=vocab, hidden=hidden, intermediate=intermediate, heads=heads,
+                      kv_heads=3 if heads % 3 == 0 else 1, pad_token_id=None, head_dim=64, max_position_embeddings=64,
+                      tie_word_embeddings=True)
 
 
 # ----------------------------------------------------------------------------- 1. group sizes
@@ -171,12 +170,9 @@ def _png_folder(root, per_class=11):
 
 
 def _tiny_timm_dir(path):
-    import timm
     from timm.models import save_for_hf
 
-    torch.manual_seed(0)
-    model = timm.create_model("test_resnet", pretrained=False, num_classes=3,
-                              pretrained_cfg_overlay=dict(input_size=(3, 32, 32))).eval()
+    model = tiny_timm(num_classes=3, pretrained_cfg_overlay=dict(input_size=(3, 32, 32)))
     with torch.no_grad():  # a fresh head predicts one class for every image: make it see what differs
         features = model.forward_head(model.forward_features(torch.randn(32, 3, 32, 32)), pre_logits=True)
         centre = features.mean(0)

@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 import torch.nn as nn
+from conftest import tiny_llama
 
 from infoq_hf.accounting import bitops, compression_ratio, count_macs, expected_size_bytes, model_size_bytes
 from infoq_hf.policy import BitPolicy, Budget, LayerBits
@@ -157,16 +158,12 @@ def test_resnet18_macs_and_bitops_match_hawq_v3():
     assert abs(bitops(model, None, x) / 1e9 - 1858) / 1858 < 0.01  # fp32 = 32 x 32
 
 
-def tiny_llama():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
+def _tiny_llama():
+    return tiny_llama(hidden=128, intermediate=256, pad_token_id=None, max_position_embeddings=64)
 
 
 def _llama_logit_error(bits):
-    model = tiny_llama()
+    model = _tiny_llama()
     ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(input_ids=ids).logits
@@ -193,7 +190,7 @@ def test_tiny_llama_4bit_group64_logits_and_bytes():
 
 def test_policy_names_survive_model_class_change():
     transformers = pytest.importorskip("transformers")
-    causal = tiny_llama()
+    causal = _tiny_llama()
     base = transformers.LlamaModel(causal.config)
     causal_names = list(quantizable_layers(causal, skip_modules=["lm_head"]))
     base_names = list(quantizable_layers(base))

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from conftest import tiny_llama
 
 from infoq_hf import BitPolicy, QuantConv2d, QuantLinear, calibrate_activation_ranges
 from infoq_hf.quant import WeightScheme, fake_quantize_weight
@@ -165,9 +166,9 @@ def test_recipe_configs_are_valid_accelerate_configs():
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
+def tiny_llama_dir(tmp_path_factory):
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     root = tmp_path_factory.mktemp("tiny_llama")
     text = "\n".join(f"the {a} cat sat on the {b} mat number {i} and then it {c}"
@@ -181,22 +182,19 @@ def tiny_llama(tmp_path_factory):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
     model_dir = root / "model"
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=1, pad_token_id=1)
-    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    tiny_llama(vocab=len(vocab), eos_token_id=1, pad_token_id=1).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     return model_dir, calib
 
 
-def test_causal_lm_recipe_smoke(tiny_llama, tmp_path):
+def test_causal_lm_recipe_smoke(tiny_llama_dir, tmp_path):
     import infoq_hf  # noqa: F401
     from transformers import AutoModelForCausalLM
 
     from infoq_hf import QuantLinear
     from recipes.causal_lm.quantize_causal_lm import main
 
-    model_dir, calib = tiny_llama
+    model_dir, calib = tiny_llama_dir
     out = tmp_path / "q"
     result = main(["--model", str(model_dir), "--calib", str(calib), "--num-samples", "4", "--seq-len", "16",
                    "--batch-size", "2", "--avg-bits", "3", "--group-size", "32", "--num-directions", "8",

@@ -7,18 +7,18 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import labelled_batches, lm_batches, small_cnn, tiny_llama
 
 from infoq_hf import Budget, allocate, model_size_bytes, quantize_model
 from infoq_hf.allocation import costs
 from infoq_hf.allocation.problem import resolve_spec
 from infoq_hf.allocation.refine import _Budget, _propose, _Units
 from infoq_hf.sensitivity import search
-from test_sensitivity import lm_batches, tiny_llama
 
 
 @pytest.fixture(scope="module")
 def setup():
-    model = tiny_llama()
+    model = tiny_llama(vocab=96, layers=3, pad_token_id=None, max_position_embeddings=64)
     batches = lm_batches()
     table = search(model, batches, bits=(2, 3, 4, 8), group_size=32, skip_modules=["lm_head"], progress=False)
     return model, batches, table
@@ -130,7 +130,6 @@ def test_refinement_with_activation_bits_judges_the_model_that_is_packed():
     """W/A: activation bits stay as allocated and are fake-quantized during the refinement, with the ranges
     packing uses, so the refined KL is the packed model's."""
     from infoq_hf import calibrate_activation_ranges
-    from test_sensitivity import labelled_batches, small_cnn
 
     model, batches = small_cnn(), labelled_batches()
     table = search(model, batches, bits=(2, 4, 8), score_activations=True, progress=False)

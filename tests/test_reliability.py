@@ -17,13 +17,14 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn as nn
+from conftest import make_calibration_text, make_tiny_llama, tiny_llama, tiny_llama_config
 
 import infoq_hf
 from infoq_hf import InfoQConfig, load_quantized, quantize_model, save_quantized
 from infoq_hf.checkpoint import atomic_checkpoint
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaForCausalLM  # noqa: E402
 from transformers import modeling_utils  # noqa: E402
 
 
@@ -49,16 +50,10 @@ def _listing(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
-def _tiny_llama_config(**kwargs) -> LlamaConfig:
-    return LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def llama_float_dir(tmp_path_factory):
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("llama_float")
-    LlamaForCausalLM(_tiny_llama_config()).save_pretrained(path)
+    tiny_llama().save_pretrained(path)
     return path
 
 
@@ -251,8 +246,7 @@ def test_tied_weights_are_one_tensor_in_accounting_allocation_and_checkpoint(tmp
     from infoq_hf import Budget, allocate, model_size_bytes, search
     from infoq_hf.checkpoint import policy_of
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(_tiny_llama_config(tie_word_embeddings=True)).eval()
+    model = tiny_llama(tie_word_embeddings=True)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     with pytest.warns(UserWarning, match=r"\['lm_head'\] share their weight with \['model\.embed_tokens\.weight'\]"):
         table = search(model, None, bits=[2, 4, 8], method="weight_mse", group_size=32)
@@ -268,7 +262,7 @@ def test_tied_weights_are_one_tensor_in_accounting_allocation_and_checkpoint(tmp
     with safetensors.safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
     assert ("lm_head.weight" in keys) != ("model.embed_tokens.weight" in keys)  # stored once
-    loaded = load_quantized(out, model=LlamaForCausalLM(_tiny_llama_config(tie_word_embeddings=True)))
+    loaded = load_quantized(out, model=LlamaForCausalLM(tiny_llama_config(tie_word_embeddings=True)))
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight and policy_of(loaded) == policy_of(model)
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, model(IDS).logits)
@@ -424,8 +418,7 @@ def test_raw_torch_errors_become_errors_that_name_the_fix():
         with pytest.raises(ValueError, match="the model outputs 4 classes"):
             search(_classifier(), _labelled(1, labels=lambda n: torch.full((n,), 7)), bits=[2, 4], method=method,
                    hutchinson_samples=1, progress=False)
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(_tiny_llama_config()).eval()
+    llama = tiny_llama()
     ids = torch.randint(0, 200, (4, 12))
     with pytest.raises(ValueError, match=r"token ids range over \[\d+, \d+\], but the model's vocabulary has 128"):
         search(llama, [{"input_ids": ids}], bits=[2, 4], progress=False)
@@ -460,8 +453,6 @@ def test_an_infeasible_budget_is_refused_before_any_probing(monkeypatch):
 # ----------------------------------------------------------------------------- 10, 11: the CLI
 @pytest.fixture(scope="module")
 def cli_assets(tmp_path_factory):
-    from test_hub import make_calibration_text, make_tiny_llama
-
     root = tmp_path_factory.mktemp("cli")
     return make_tiny_llama(root / "llama"), make_calibration_text(root / "calib.txt"), root
 

@@ -4,41 +4,10 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
+from conftest import labelled_batches, lm_batches, small_cnn, tiny_llama
 
 from infoq_hf.sensitivity import SensitivityTable, search
 from infoq_hf.sensitivity.probe import find_blocks
-
-
-def small_cnn():
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
-    ).eval()
-
-
-def labelled_batches(n_batches=3, size=32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n_batches):
-        x = torch.randn(size, 1, 12, 12, generator=gen)
-        y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, :6].mean(dim=(1, 2)) > 0).long()  # learnable labels
-        out.append((x, y))
-    return out
-
-
-def tiny_llama():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-def lm_batches():
-    gen = torch.Generator().manual_seed(1)
-    return [{"input_ids": torch.randint(0, 96, (4, 24), generator=gen)} for _ in range(2)]
 
 
 def test_prefix_cache_gives_identical_scores_with_fewer_layer_evaluations():
@@ -50,7 +19,7 @@ def test_prefix_cache_gives_identical_scores_with_fewer_layer_evaluations():
 
 
 def test_prefix_cache_exact_on_a_decoder_stack():
-    model, batches = tiny_llama(), lm_batches()
+    model, batches = tiny_llama(vocab=96, layers=3, pad_token_id=None, max_position_embeddings=64), lm_batches()
     kw = dict(bits=(2, 8), progress=False, skip_modules=["lm_head"], max_samples=128)
     cached = search(model, batches, **kw)
     full = search(model, batches, prefix_cache=False, **kw)

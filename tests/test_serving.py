@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import tiny_llama_config, tiny_packed_llama
+from transformers import LlamaForCausalLM
 
-from infoq_hf.quant import QuantLinear, packed_layers, quantizable_layers, quantize_model
+from infoq_hf.quant import QuantLinear, packed_layers, quantizable_layers
 from infoq_hf.quant.kernels import KERNEL_GROUPS, int4_linear
 from infoq_hf.quant.packing import unpack
 
@@ -144,20 +145,9 @@ def test_layout_follows_the_packed_buffers_and_is_never_saved(tmp_path):
         assert ((y.float() - F.linear(x.float(), w, b.bias)).abs() <= _kernel_error_bound(b, x, w)).all()
 
 
-def _tiny_packed_llama():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
-    model = LlamaForCausalLM(cfg).eval()
-    names = [n for n in quantizable_layers(model) if n != "lm_head"]
-    policy = {n: 2 + i % 7 for i, n in enumerate(names)}  # every width 2..8
-    quantize_model(model, policy, group_size=32)
-    return model
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_torch_export_of_a_packed_llama_matches_eager(dtype):
-    model = _tiny_packed_llama().to(dtype)
+    model = tiny_packed_llama().to(dtype)
     assert {m.w_bits for m in packed_layers(model).values()} == set(range(2, 9))
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -173,7 +163,7 @@ def test_torch_export_of_a_packed_llama_matches_eager(dtype):
 def test_casting_a_packed_model_casts_the_leftovers_and_keeps_the_format():
     """`model.to(torch.bfloat16)` casts embeddings, norms and biases; the packed codes and float32 scales
     are untouched (cast and back would round them), so the checkpoint format holds."""
-    model = _tiny_packed_llama()
+    model = tiny_packed_llama()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.to(torch.bfloat16)
     for name, layer in packed_layers(model).items():
@@ -192,8 +182,7 @@ def test_float_dtype_stores_leftovers_in_bf16_and_the_accounting_is_exact(tmp_pa
     from infoq_hf.checkpoint import GUARD, IMPORT_HINT_KEY
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, tie_word_embeddings=False)
+    cfg = tiny_llama_config(tie_word_embeddings=False)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "float")
     names = [n for n in quantizable_layers(LlamaForCausalLM(cfg)) if n != "lm_head"]
     config = InfoQConfig(policy={n: 2 + i % 7 for i, n in enumerate(names)}, group_size=32, float_dtype="bfloat16")
