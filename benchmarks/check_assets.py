@@ -1,4 +1,4 @@
-"""Load every registry asset once and print the reference figures quoted in assets.py.
+"""Load every registry asset once and print the reference figures quoted in assets/loaders.py.
 
     python -m benchmarks.check_assets                 # everything (~1-2 min on 2 cores)
     python -m benchmarks.check_assets mnist_cnn smollm2

