@@ -20,7 +20,8 @@ from infoq_hf.allocation import (
     plot_pareto,
     solvers,
 )
-from infoq_hf.allocation.problem import build, choices, resolve_spec
+from infoq_hf.allocation.ilp import build
+from infoq_hf.allocation.spec import choices, resolve_spec
 from infoq_hf.allocation.verify import verify
 from infoq_hf.policy import BitPolicy, Budget
 from infoq_hf.sensitivity.table import SensitivityTable

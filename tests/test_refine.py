@@ -11,7 +11,7 @@ from conftest import labelled_batches, lm_batches, small_cnn, tiny_llama
 
 from infoq_hf import Budget, allocate, model_size_bytes, quantize_model
 from infoq_hf.allocation import costs
-from infoq_hf.allocation.problem import resolve_spec
+from infoq_hf.allocation.spec import resolve_spec
 from infoq_hf.allocation.refine import _Budget, _propose, _Units
 from infoq_hf.sensitivity import search
 

@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass
 from ..policy import BitPolicy, Budget
 from ..sensitivity.table import SensitivityTable
 from .diagnose import infeasibility_error
-from .problem import build, choices, resolve_spec
+from .ilp import build
 from .refine import RefinementReport, refine
 from .solvers import solve
+from .spec import choices, resolve_spec
 from .verify import verify
 from .warmstart import greedy_start
 

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 
 from ..sensitivity.table import SensitivityTable
 from . import costs
-from .problem import AllocationSpec, Choice, build
+from .ilp import build
 from .solvers import solve
+from .spec import AllocationSpec, Choice
 
 
 class InfeasibleBudgetError(ValueError):

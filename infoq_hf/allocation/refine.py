@@ -39,7 +39,7 @@ from ..sensitivity.probe import Replay, _detach_tree, find_blocks, replaced_modu
 from ..sensitivity.table import SensitivityTable
 from ..sensitivity.task import output_tensor
 from . import costs
-from .problem import AllocationSpec, Choice, choices
+from .spec import AllocationSpec, Choice, choices
 
 logger = logging.getLogger(__name__)
 TOP_CHOICES = 4  # a move picks at random among this many best-predicted options

@@ -1,7 +1,7 @@
 """Solver backends (Gurobi, HiGHS) behind one call: `solve(mip, solver=...) -> Solution`.
 
 The model arrives in a solver-neutral form (`MIP`: binary variables, a cost
-vector, sparse rows with bounds) so the formulation in `problem.py` never sees a
+vector, sparse rows with bounds) so the formulation in `ilp.py` never sees a
 solver API. `solver="auto"` tries Gurobi and falls back to HiGHS when gurobipy is
 missing, its license is refused, or the model exceeds the size-limited license
 that ships with the pip wheel (about 2000 variables / constraints); that fallback

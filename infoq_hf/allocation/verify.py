@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from ..sensitivity.table import SensitivityTable
 from . import costs
-from .problem import AllocationSpec, Choice
+from .spec import AllocationSpec, Choice
 
 # Solvers accept rows violated by ~1e-6 relative (feasibility/integrality tolerances).
 BUDGET_REL_TOL = 1e-6

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .problem import AllocationModel, AllocationSpec
+from .ilp import AllocationModel
+from .spec import AllocationSpec
 
 
 def _items(model: AllocationModel, spec: AllocationSpec) -> list[list[list[int]]] | None:

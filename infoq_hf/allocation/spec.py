@@ -1,12 +1,9 @@
-"""The allocation problem: the caller's constraints resolved against a table, and its ILP.
+"""The allocation problem as the caller states it: layers, candidate bits, budget, pins, bounds, ties.
 
-Two steps, kept apart so the verifier can re-check a solution against the
-caller's constraints without trusting the formulation:
-1. `resolve_spec` turns keyword arguments (pins, min/max, ties, candidate bits)
-   into an `AllocationSpec`, raising a ValueError on anything inconsistent.
-2. `build` enumerates each layer's admissible choices (w_bits, a_bits) and writes
-   the multiple-choice knapsack: one binary per choice, exactly one per layer,
-   equal bits across tie groups, one row per budget.
+`resolve_spec` turns keyword arguments (pins, min/max, ties, candidate bits) into an `AllocationSpec`,
+raising a ValueError on anything inconsistent; `choices` lists the (w_bits, a_bits) each layer may take
+under it. The ILP (`ilp.build`) is written from this spec, and the verifier (`verify`) re-checks a
+solution against the spec alone, never the ILP, so neither trusts the other.
 """
 
 from __future__ import annotations
@@ -16,16 +13,12 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..policy import Budget, LayerBits
 from ..quant.packing import check_bits
 from ..sensitivity.table import SensitivityTable
 from . import costs
-from .solvers import MIP, MIPBuilder
 
-Choice = tuple[int, "int | None"]
-AUTO_PIN_MAX_SHARE = 0.05  # pin_first_last="auto": pin an end layer holding at most this share of the weights  # (w_bits, a_bits); a_bits None = activations stay float
+Choice = tuple[int, "int | None"]  # (w_bits, a_bits); a_bits None = activations stay float
 
 
 @dataclass(frozen=True)
@@ -118,6 +111,12 @@ def _merge_groups(groups, table: SensitivityTable, what: str) -> tuple[tuple[str
     return tuple(tuple(g) for g in merged.values() if len(g) > 1)
 
 
+# ---------------------------------------------------------------------------------------------- pins
+
+# pin_first_last="auto": pin an end layer holding at most this share of the weights.
+AUTO_PIN_MAX_SHARE = 0.05
+
+
 def _parse_pin(name: str, value, mixed: bool, fixed_a) -> tuple[int, int | None, bool]:
     """-> (w_bits, a_bits, a_given)."""
     if isinstance(value, LayerBits):
@@ -137,6 +136,37 @@ def _parse_pin(name: str, value, mixed: bool, fixed_a) -> tuple[int, int | None,
             f"(act_bits=None; every layer uses fixed_a_bits={fixed_a}); pass act_bits=[...] for W/A mixed precision"
         )
     return w, a, a_given and mixed
+
+
+def _end_pins(table: SensitivityTable, pin_first_last, first_last_bits, w_candidates, a_candidates,
+              mixed: bool) -> tuple[dict[str, int], dict[str, int]]:
+    """The first/last layer pins (HAWQ/LIMPQ convention for CNNs) as (pins_w, pins_a); explicit pins override them.
+
+    "auto" pins them on CNNs only where they are small: a large pinned layer (MobileNetV2's
+    classifier holds 37% of its weights) forces 2-bit layers elsewhere and can lose to uniform."""
+    layers = tuple(table.layers)
+    pins_w: dict[str, int] = {}
+    pins_a: dict[str, int] = {}
+    ends = list(dict.fromkeys((layers[0], layers[-1])))
+    if pin_first_last == "auto":
+        total = costs.total_params(table) or 1
+        ends = [n for n in ends if table.layers[n]["params"] <= AUTO_PIN_MAX_SHARE * total]
+        pin_first_last = table.layers[layers[0]].get("kind") == "conv2d" and bool(ends)
+    elif not isinstance(pin_first_last, bool):
+        raise ValueError(f"pin_first_last must be True, False or 'auto', got {pin_first_last!r}")
+    if pin_first_last:
+        if first_last_bits is None:
+            fw = 8 if 8 in w_candidates else max(w_candidates)
+            fa = (8 if 8 in a_candidates else max(a_candidates)) if mixed else None
+        else:
+            fw, fa, a_given = _parse_pin("first/last", first_last_bits, mixed, a_candidates[0])
+            if mixed and not a_given:
+                fa = 8 if 8 in a_candidates else max(a_candidates)
+        for name in ends:
+            pins_w[name] = fw
+            if mixed:
+                pins_a[name] = fa
+    return pins_w, pins_a
 
 
 def resolve_spec(
@@ -187,31 +217,7 @@ def resolve_spec(
         a_candidates = (fixed_a_bits,)
 
     layers = tuple(table.layers)
-    pins_w: dict[str, int] = {}
-    pins_a: dict[str, int] = {}
-
-    # first/last layer pins (HAWQ/LIMPQ convention for CNNs); explicit pins below override them.
-    # "auto" pins them on CNNs only where they are small: a large pinned layer (MobileNetV2's
-    # classifier holds 37% of its weights) forces 2-bit layers elsewhere and can lose to uniform.
-    ends = list(dict.fromkeys((layers[0], layers[-1])))
-    if pin_first_last == "auto":
-        total = costs.total_params(table) or 1
-        ends = [n for n in ends if table.layers[n]["params"] <= AUTO_PIN_MAX_SHARE * total]
-        pin_first_last = table.layers[layers[0]].get("kind") == "conv2d" and bool(ends)
-    elif not isinstance(pin_first_last, bool):
-        raise ValueError(f"pin_first_last must be True, False or 'auto', got {pin_first_last!r}")
-    if pin_first_last:
-        if first_last_bits is None:
-            fw = 8 if 8 in w_candidates else max(w_candidates)
-            fa = (8 if 8 in a_candidates else max(a_candidates)) if mixed else None
-        else:
-            fw, fa, a_given = _parse_pin("first/last", first_last_bits, mixed, a_candidates[0])
-            if mixed and not a_given:
-                fa = 8 if 8 in a_candidates else max(a_candidates)
-        for name in ends:
-            pins_w[name] = fw
-            if mixed:
-                pins_a[name] = fa
+    pins_w, pins_a = _end_pins(table, pin_first_last, first_last_bits, w_candidates, a_candidates, mixed)
 
     if pin is not None:
         if not isinstance(pin, Mapping):
@@ -254,7 +260,7 @@ def resolve_spec(
     return spec
 
 
-# ---------------------------------------------------------------------------------------------- choices and ILP
+# ---------------------------------------------------------------------------------------------- choices
 
 
 def _tied_options(groups, options_of) -> dict[str, list]:
@@ -280,122 +286,3 @@ def choices(spec: AllocationSpec) -> dict[str, list[Choice]]:
     if spec.mixed:
         a_opts.update(_tied_options(spec.a_ties, a_opts.__getitem__))
     return {n: list(itertools.product(w_opts[n], a_opts[n])) for n in spec.layers}
-
-
-@dataclass
-class AllocationModel:
-    """The ILP and how to read its variables back: variable k is layer `var_layer[k]` at `var_choice[k]`."""
-
-    mip: MIP
-    var_layer: list[str]
-    var_choice: list[Choice]
-    objective_scale: float  # solver objective * scale = objective in table units
-    spans: dict[str, tuple[int, int]]  # layer -> its variables [lo, hi)
-    budget_rows: list[tuple[np.ndarray, float]]  # (coefficients over all variables, rhs), as in the MIP
-
-    def decode(self, x: np.ndarray) -> dict[str, Choice]:
-        """The chosen (w, a) per layer; raises when the solution is not one choice per layer."""
-        picked: dict[str, Choice] = {}
-        for k in np.flatnonzero(x > 0.5):
-            name = self.var_layer[k]
-            if name in picked:
-                raise RuntimeError(f"the solver chose two bit-widths for layer {name!r}")
-            picked[name] = self.var_choice[k]
-        return picked
-
-
-def _score(table: SensitivityTable, spec: AllocationSpec, name: str, choice: Choice) -> float:
-    w, a = choice
-    return table.w(name, w) + (spec.alpha * table.a(name, a) if spec.mixed else 0.0)
-
-
-def build(
-    table: SensitivityTable,
-    spec: AllocationSpec,
-    layer_choices: Mapping[str, list[Choice]],
-    *,
-    minimise: str = "score",
-    with_budgets: bool = True,
-) -> AllocationModel:
-    """The ILP. `minimise="score"` is Eq. 5; a budget kind ("size_bytes", ...) minimises that row
-    instead (used to report the smallest achievable cost when a budget is infeasible)."""
-    var_layer, var_choice, span = [], [], {}
-    for name in spec.layers:
-        start = len(var_layer)
-        for c in layer_choices[name]:
-            var_layer.append(name)
-            var_choice.append(c)
-        span[name] = (start, len(var_layer))
-
-    if minimise == "score":
-        raw = np.array([_score(table, spec, n, c) for n, c in zip(var_layer, var_choice)])
-    else:
-        raw = np.array([costs.layer_cost(table, minimise, n, *c) for n, c in zip(var_layer, var_choice)], dtype=np.float64)
-    # scale the objective to O(1) so solver tolerances mean the same for any score magnitude
-    scale = float(np.max(np.abs(raw))) if raw.size and np.max(np.abs(raw)) > 0 else 1.0
-    builder = MIPBuilder(raw / scale)
-
-    for name in spec.layers:
-        lo, hi = span[name]
-        builder.add_row(np.arange(lo, hi), np.ones(hi - lo), 1.0, 1.0)
-
-    for groups, pos in ((spec.w_ties, 0), (spec.a_ties if spec.mixed else (), 1)):
-        for group in groups:
-            values = sorted({c[pos] for c in layer_choices[group[0]]}, key=lambda v: (v is None, v))
-            head = [k for k in range(*span[group[0]])]
-            for other in group[1:]:
-                body = [k for k in range(*span[other])]
-                # one row per bit value but the last: both sides sum to one, so it follows
-                for v in values[:-1]:
-                    mine = [k for k in body if var_choice[k][pos] == v]
-                    theirs = [k for k in head if var_choice[k][pos] == v]
-                    builder.add_row(mine + theirs, [1.0] * len(mine) + [-1.0] * len(theirs), 0.0, 0.0)
-
-    budget_rows = _budget_rows(table, spec, var_layer, var_choice, span) if with_budgets else []
-    for coef, cap in budget_rows:
-        nz = np.flatnonzero(coef)
-        builder.add_row(nz, coef[nz], -np.inf, cap)
-
-    return AllocationModel(builder.build(), var_layer, var_choice, scale, span, budget_rows)
-
-
-def _budget_rows(table, spec, var_layer, var_choice, span) -> list[tuple[np.ndarray, float]]:
-    """One `coef @ x <= cap` row per budget, rewritten so the solver sees as little as it needs.
-
-    Each layer takes exactly one choice, so subtracting its cheapest choice's cost from all of
-    its choices (and the sum of those minima from the capacity) changes no solution. After that
-    shift, rows that are multiples of each other are the same constraint with different
-    capacities: for an LLM, size (n*b/8 + fixed scales), average bits (n*b) and BitOps with
-    uniform sequence length (MACs = n*T) all are. Only the tightest is kept; left in, such
-    near-parallel rows make the solver's optimality proof many times slower. Rows are scaled
-    to O(1) so solver tolerances are relative. The verifier re-checks every budget regardless.
-    """
-    rows = []
-    for kind in costs.BUDGET_KINDS:
-        limit = getattr(spec.budget, kind)
-        if limit is None:
-            continue
-        coef = np.array([costs.layer_cost(table, kind, n, *c) for n, c in zip(var_layer, var_choice)], dtype=np.float64)
-        cap = costs.row_capacity(table, kind, limit)
-        for lo, hi in span.values():
-            if hi > lo:
-                floor = coef[lo:hi].min()
-                coef[lo:hi] -= floor
-                cap -= floor
-        norm = float(coef.max()) if coef.size and coef.max() > 0 else 1.0
-        rows.append((coef / norm, cap / norm))
-
-    kept: list[tuple[np.ndarray, float]] = []
-    for coef, cap in sorted(rows, key=lambda r: r[1]):  # tightest first among parallel rows (equal scaling)
-        if not coef.any():
-            if cap < 0:
-                kept.append((coef, cap))  # unsatisfiable: leave it to the solver to report infeasibility
-            continue
-        if not any(_same_direction(coef, other) for other, _ in kept):
-            kept.append((coef, cap))
-    return kept
-
-
-def _same_direction(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when a and b (both scaled to max 1, nonnegative) are equal up to float rounding."""
-    return bool(np.array_equal(a > 0, b > 0) and np.allclose(a, b, rtol=1e-12, atol=1e-15))
