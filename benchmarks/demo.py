@@ -74,7 +74,7 @@ def main(argv=None):
                             skip_modules=["lm_head"])
     ppl_uniform = common.perplexity(uniform, test)
 
-    summary = model.infoq_summary
+    summary = infoq_hf.quantization_result(model).summary
     print()
     print(infoq_hf.format_summary(summary))
     print()

@@ -74,7 +74,8 @@ def main(argv=None):
             t = time.perf_counter()
             act_mib = None
             if rounding == "gptq":
-                report = gptq_quantize_model(m, policy, calib, group_size=GROUP, skip_modules=SKIP, progress=True)
+                report = gptq_quantize_model(m, policy, calib, scheme={"group_size": GROUP}, skip_modules=SKIP,
+                                             progress=True)
                 act_mib = report.max_activation_bytes / 2**20
             else:
                 quantize_model(m, policy, group_size=GROUP, skip_modules=SKIP)

@@ -123,14 +123,6 @@ def _bits_by_layer(model: nn.Module, policy) -> dict[str, LayerBits]:
     return bits
 
 
-def average_bits(params: Mapping[str, int], policy: Mapping[str, LayerBits]) -> float:
-    """Parameter-weighted mean weight bits over the layers of `policy` (names as in `params`)."""
-    n = sum(params[k] for k in policy)
-    if n == 0:
-        raise ValueError("average_bits needs at least one layer with parameters")
-    return sum(params[k] * policy[k].w_bits for k in policy) / n
-
-
 def compression_ratio(model: nn.Module, baseline_bits: int = 32) -> float:
     """fp32 (or fp16 with baseline_bits=16) bytes of the packed layers' weights over their packed bytes."""
     layers = [m for m in model.modules() if isinstance(m, PACKED_TYPES)]

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from .checkpoint import WEIGHTS_NAME
+from .names import unique_match
 from .checkpoint_info import (
     SUMMARY_FILE,
     TABLE_FILE,
@@ -247,14 +248,6 @@ def _metric_rows(summary: Mapping) -> list[dict]:
     return rows
 
 
-def _table_name(name: str, table_layers: Mapping) -> str | None:
-    """The sensitivity-table layer a policy entry names (exact, or a unique dot-suffix either way)."""
-    if name in table_layers:
-        return name
-    hits = [t for t in table_layers if name.endswith("." + t) or t.endswith("." + name)]
-    return hits[0] if len(hits) == 1 else None
-
-
 def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None = None, calibration=None,
                  plots: Mapping[str, str] | None = None, weights_bytes: int | None = None,
                  tags: list[str] | None = None) -> dict:
@@ -276,7 +269,7 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
     sens = {}
     if table is not None:
         for name, lb in policy.items():
-            tname = _table_name(name, table.layers)
+            tname = unique_match(name, table.layers)
             if tname is not None:
                 sens[name] = table.layers[tname]["w"].get(lb.w_bits)
     rows = [{"name": n, "params": info.params.get(n), "w_bits": lb.w_bits, "a_bits": lb.a_bits,

@@ -38,19 +38,20 @@ from .policy import BitPolicy
 from .quant.apply import _set_submodule, packed_layers, quantizable_layers
 from .quant.modules import QuantConv2d, QuantLinear
 from .quant.packing import packed_nbytes
+from .names import unique_match
+from .quant.scheme import PackingScheme
 
 GUARD = "weight"
 IMPORT_HINT_KEY = "INFOQ_PACKED_CHECKPOINT__pip_install_infoq-hf__and_import_infoq_hf_before_from_pretrained"
 WEIGHTS_NAME = "model.safetensors"
 INFOQ_CONFIG_NAME = "infoq_config.json"
 TIED_METADATA = "infoq_tied"  # safetensors header: {alias key: stored key} for tied tensors stored once
-_DTYPE_CODES = {torch.uint8: "U8", torch.float32: "F32", torch.int32: "I32"}
 
 
 # ----------------------------------------------------------------------------- building
-def build_packed_modules(model: nn.Module, policy: BitPolicy | Mapping, *, group_size: int | None = None,
-                         conv_group_size: int | None = None, symmetric: bool = False) -> dict[str, nn.Module]:
-    """Replace the float layers named by `policy` with empty packed layers of the right shapes, in place.
+def build_packed_modules(model: nn.Module, policy: BitPolicy | Mapping, scheme: PackingScheme) -> dict[str, nn.Module]:
+    """Replace the float layers named by `policy` with empty packed layers of the right shapes (as
+    `scheme` packs them), in place.
 
     Used before loading a packed state dict; the new layers live on the float layer's device (the
     meta device inside transformers' `from_pretrained`)."""
@@ -59,19 +60,17 @@ def build_packed_modules(model: nn.Module, policy: BitPolicy | Mapping, *, group
     built = {}
     for name, bits in policy.resolve(layers).items():
         layer = layers[name]
-        kwargs = dict(w_bits=bits.w_bits, symmetric=symmetric, a_bits=bits.a_bits, where=name)
+        kwargs = dict(w_bits=bits.w_bits, symmetric=scheme.symmetric, a_bits=bits.a_bits, where=name,
+                      group_size=scheme.group_for(layer))
         with torch.device(layer.weight.device):
             if isinstance(layer, nn.Conv2d):
                 q = QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                                layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
-                                group_size=conv_group_size, **kwargs)
+                                layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, **kwargs)
             elif isinstance(layer, nn.Linear):
-                q = QuantLinear(layer.in_features, layer.out_features, layer.bias is not None,
-                                group_size=group_size, **kwargs)
+                q = QuantLinear(layer.in_features, layer.out_features, layer.bias is not None, **kwargs)
             else:  # transformers Conv1D keeps its weight as [in, out]
                 n_in, n_out = layer.weight.shape
-                q = QuantLinear(n_in, n_out, layer.bias is not None, group_size=group_size,
-                                transposed_source=True, **kwargs)
+                q = QuantLinear(n_in, n_out, layer.bias is not None, transposed_source=True, **kwargs)
         if q.bias is not None:
             q.bias.data = q.bias.data.to(layer.bias.dtype)
         _set_submodule(model, name, q)
@@ -156,21 +155,13 @@ def read_tensor_specs(files: Iterable[str | os.PathLike]) -> dict[str, tuple[tup
     return specs
 
 
-def _match(layer: str, ckpt_layers: Iterable[str]) -> str | None:
-    """The checkpoint's name for a model layer: equal, or one a dot-suffix of the other (class prefixes)."""
-    hits = [c for c in ckpt_layers if c == layer or c.endswith("." + layer) or layer.endswith("." + c)]
-    if layer in hits:
-        return layer
-    return hits[0] if len(hits) == 1 else None
-
-
 def check_checkpoint_tensors(model: nn.Module, specs: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
     """Raise, naming the layer, when checkpoint tensors do not fit the packed layers built from the policy."""
     layers = packed_layers(model)
     ckpt_packed = {k[: -len(".weight_packed")] for k in specs if k.endswith(".weight_packed")}
     seen = set()
     for name, module in layers.items():
-        where = ckpt_layer = _match(name, ckpt_packed)
+        where = ckpt_layer = unique_match(name, ckpt_packed)
         bits = f"{module.w_bits}-bit weight {list(module.weight_shape)}"
         if ckpt_layer is None:
             floats = [k for k in specs if k.endswith("." + name + ".weight") or k == name + ".weight"]
@@ -433,8 +424,7 @@ def load_packed_into(model: nn.Module, directory: str | os.PathLike, config) -> 
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing; the checkpoint is incomplete")
-    build_packed_modules(model, config.policy, group_size=config.group_size,
-                         conv_group_size=config.conv_group_size, symmetric=config.symmetric)
+    build_packed_modules(model, config.policy, config.scheme)
     check_checkpoint_tensors(model, read_tensor_specs([weights]))
     state = strip_guards(read_safetensors(weights), model)
     model.load_state_dict(state, strict=True)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from .checkpoint import GUARD, IMPORT_HINT_KEY, WEIGHTS_NAME, _match, read_infoq_config, read_tensor_specs
+from .checkpoint import GUARD, IMPORT_HINT_KEY, WEIGHTS_NAME, read_infoq_config, read_tensor_specs
+from .names import unique_match
 from .policy import BitPolicy
 from .quant.modules import packed_weight_bytes
 from .quant.quantizer import group_count
@@ -139,7 +140,7 @@ def _summary_from_headers(directory: Path, config, specs, skeleton) -> tuple[dic
         modules = packed_layers(model)
     ckpt_packed = [k[: -len(".weight_packed")] for k in specs if k.endswith(".weight_packed")]
     if modules:  # every layer's tensors were matched by the header check
-        layers = {n: (_match(n, ckpt_packed), m.w_bits) for n, m in modules.items()}
+        layers = {n: (unique_match(n, ckpt_packed), m.w_bits) for n, m in modules.items()}
     else:
         resolved = config.policy.resolve(ckpt_packed)  # in policy order: infoq_config.json keeps the model's
         unlisted = sorted(set(ckpt_packed) - set(resolved))
@@ -206,8 +207,7 @@ def _check_tensor_headers(directory: Path, kind: str, model_config: Mapping, con
             model, rename = _create_timm_model(directory), (lambda key: key)
         else:
             return None  # a plain module: its architecture is not recorded (load_quantized checks on load)
-    build_packed_modules(model, config.policy, group_size=config.group_size, conv_group_size=config.conv_group_size,
-                         symmetric=config.symmetric)
+    build_packed_modules(model, config.policy, config.scheme)
     specs = specs if specs is not None else read_tensor_specs(sorted(directory.glob("*.safetensors")))
     renamed = {rename(k): v for k, v in specs.items()}
     check_checkpoint_tensors(model, renamed)

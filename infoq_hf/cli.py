@@ -395,11 +395,11 @@ def cmd_allocate(args) -> int:
 
 
 def _format_table(info) -> str:
-    from .card import _table_name
+    from .names import unique_match
 
     rows = []
     for name, lb in info.policy.items():
-        tname = _table_name(name, info.table.layers) if info.table is not None else None
+        tname = unique_match(name, info.table.layers) if info.table is not None else None
         score = info.table.layers[tname]["w"].get(lb.w_bits) if tname is not None else None
         rows.append((name, f"{info.params.get(name, 0):,}", str(lb.w_bits),
                      "float" if lb.a_bits is None else str(lb.a_bits), "-" if score is None else f"{score:.4g}"))

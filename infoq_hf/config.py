@@ -29,10 +29,12 @@ from .calibration import (
     spec_from_string,
 )
 from .policy import BitPolicy, Budget
+from .quant.scheme import UNSET, PackingScheme
 
 QUANT_METHOD = "infoq"
 FORMAT_VERSION = 1  # of the checkpoint layout: packed tensor names + this config's keys
 DEFAULT_BITS = (2, 3, 4, 8)
+DEFAULT_SCHEME = PackingScheme(group_size=128)  # the packing fields a config leaves unset (but see `policy`)
 FLOAT_DTYPES = (None, "bfloat16", "float16", "float32")  # for the float leftovers; None: as loaded
 
 
@@ -71,10 +73,12 @@ class InfoQConfig(QuantizationConfigMixin):
             names of local files; never the data or an absolute path).
         num_samples, seq_len: how many calibration samples, and tokens per text sample (None: the spec's,
             128 and 512 by default); a smaller dataset gives a warning and all it has.
-        group_size: scales per `group_size` inputs of a Linear (None: per output channel).
+        group_size: scales per `group_size` inputs of a Linear (None: per output channel; default 128).
         conv_group_size: the same for Conv2d layers (default per output channel).
         symmetric: symmetric weight codes (no zero points).
         clip_search: search a clipping ratio per group when rounding weights.
+            These four form the packing scheme (`config.scheme`, a `PackingScheme`); with a `policy`
+            from `allocate`, the ones left unset are those its table was scored and budgeted with.
         rounding: "rtn" (round to nearest) or "gptq" (error-compensating rounding from the calibration
             data, `infoq_hf.quant.gptq`); checkpoints written before this setting existed read as "rtn".
         gptq_options: GPTQ settings `{"damp": 0.01, "block_size": 128, "act_order": False}` (any subset).
@@ -100,10 +104,10 @@ class InfoQConfig(QuantizationConfigMixin):
         calibration=None,
         num_samples: int | None = None,
         seq_len: int | None = None,
-        group_size: int | None = 128,
-        conv_group_size: int | None = None,
-        symmetric: bool = False,
-        clip_search: bool = False,
+        group_size: int | None = UNSET,
+        conv_group_size: int | None = UNSET,
+        symmetric: bool = UNSET,
+        clip_search: bool = UNSET,
         rounding: str = "rtn",
         gptq_options: Mapping | None = None,
         modules_to_not_convert: Sequence[str] | None = None,
@@ -150,10 +154,15 @@ class InfoQConfig(QuantizationConfigMixin):
         self.calibration = self._check_calibration(calibration)
         self.num_samples = _check_count("num_samples", num_samples)
         self.seq_len = _check_count("seq_len", seq_len)
-        self.group_size = _check_group_size("group_size", group_size)
-        self.conv_group_size = _check_group_size("conv_group_size", conv_group_size)
-        self.symmetric = bool(symmetric)
-        self.clip_search = bool(clip_search)
+        # Unset packing fields come from the scheme an allocated policy was budgeted with, else the defaults.
+        budgeted = self.policy.scheme if self.policy is not None and self.policy.scheme is not None else DEFAULT_SCHEME
+        given = {"group_size": group_size, "conv_group_size": conv_group_size, "symmetric": symmetric,
+                 "clip_search": clip_search}
+        given = {k: (getattr(budgeted, k) if v is UNSET else v) for k, v in given.items()}
+        self.group_size = _check_group_size("group_size", given["group_size"])
+        self.conv_group_size = _check_group_size("conv_group_size", given["conv_group_size"])
+        self.symmetric = bool(given["symmetric"])
+        self.clip_search = bool(given["clip_search"])
         self.rounding, self.gptq_options = self._check_rounding(rounding, gptq_options)
         if modules_to_not_convert is not None:
             if isinstance(modules_to_not_convert, str) or not all(isinstance(m, str) for m in modules_to_not_convert):
@@ -191,7 +200,7 @@ class InfoQConfig(QuantizationConfigMixin):
 
     @staticmethod
     def _check_rounding(rounding, gptq_options) -> tuple[str, dict]:
-        from .quant.apply import ROUNDINGS
+        from .quant.scheme import ROUNDINGS
         from .quant.gptq import GPTQOptions
 
         if rounding not in ROUNDINGS:
@@ -227,6 +236,13 @@ class InfoQConfig(QuantizationConfigMixin):
         )
 
     # ------------------------------------------------------------------ properties
+    @property
+    def scheme(self):
+        """The `PackingScheme` of these settings (group sizes, symmetry, clipping, rounding)."""
+        from .quant.scheme import PackingScheme
+
+        return PackingScheme(self.group_size, self.conv_group_size, self.symmetric, self.clip_search, self.rounding)
+
     @property
     def calibration_in_memory(self) -> bool:
         """Ready batches (not texts to tokenize, not a dataset)."""

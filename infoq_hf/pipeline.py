@@ -12,7 +12,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,7 @@ from .config import InfoQConfig
 from .policy import BitPolicy, Budget
 from .quant.apply import calibrate_activation_ranges, packed_layers, quantizable_layers, quantize_model
 from .quant.quantizer import effective_group_size
+from .quant.scheme import PackingScheme
 from .sensitivity import DATA_FREE_METHODS, SensitivityTable, search
 
 logger = logging.getLogger("infoq_hf")
@@ -77,8 +78,8 @@ def _to_device(batch, device: torch.device):
     return batch
 
 
-def check_budget_feasible(model: nn.Module, budget, *, bits, group_size=None, conv_group_size=None,
-                          symmetric=False, skip_modules=(), solver="auto", pin_first_last="auto") -> None:
+def check_budget_feasible(model: nn.Module, budget, *, bits, scheme: PackingScheme, skip_modules=(), solver="auto",
+                          pin_first_last="auto") -> None:
     """Raise `InfeasibleBudgetError` before any probing when no choice of the candidate bits meets the
     budget's size, average-bits or compression terms: they depend on layer sizes only, so the ILP on a
     table with the model's layer sizes (and random scores) decides it in milliseconds. BitOps need the
@@ -91,8 +92,7 @@ def check_budget_feasible(model: nn.Module, budget, *, bits, group_size=None, co
         return
     with warnings.catch_warnings():  # the real search repeats any warning (tied weights, ...)
         warnings.simplefilter("ignore")
-        skeleton = search(model, None, bits=bits, method="random", group_size=group_size,
-                          conv_group_size=conv_group_size, symmetric=symmetric, skip_modules=skip_modules,
+        skeleton = search(model, None, bits=bits, method="random", scheme=scheme, skip_modules=skip_modules,
                           progress=False)
     allocate(skeleton, Budget(**sized), solver=solver, pin_first_last=pin_first_last, refine_passes=0, progress=False)
 
@@ -129,6 +129,7 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
                 raise ValueError(f"{why} needs calibration data, and the calibration set is empty")
         return batches
 
+    scoring = replace(config.scheme, rounding="rtn")  # the search scores round-to-nearest packing
     if config.policy is not None:
         if table is not None:
             raise ValueError("pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...)), "
@@ -136,15 +137,12 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
         policy = config.policy
     else:
         if table is None:
-            check_budget_feasible(model, config.budget, bits=config.bits, group_size=config.group_size,
-                                  conv_group_size=config.conv_group_size, symmetric=config.symmetric,
-                                  skip_modules=skip, solver=config.solver, pin_first_last=config.pin_first_last)
+            check_budget_feasible(model, config.budget, bits=config.bits, scheme=scoring, skip_modules=skip,
+                                  solver=config.solver, pin_first_last=config.pin_first_last)
             data = None if config.method in DATA_FREE_METHODS else need_batches(f"method {config.method!r}")
             t = time.perf_counter()
-            table = search(model, data, bits=config.bits, method=config.method, seed=config.seed,
-                           group_size=config.group_size, conv_group_size=config.conv_group_size,
-                           symmetric=config.symmetric, clip_search=config.clip_search, skip_modules=skip,
-                           accelerator=accelerator, progress=progress, **config.method_options)
+            table = search(model, data, bits=config.bits, method=config.method, seed=config.seed, scheme=scoring,
+                           skip_modules=skip, accelerator=accelerator, progress=progress, **config.method_options)
             times["search"] = time.perf_counter() - t
         t = time.perf_counter()
         refine = config.refine_passes if config.calibration is not None else 0  # data-free runs: ILP only
@@ -166,10 +164,8 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
     gptq = config.rounding == "gptq"
     gptq_batches = need_batches("rounding='gptq'") if gptq else None
     t = time.perf_counter()
-    quantize_model(model, policy, group_size=config.group_size, conv_group_size=config.conv_group_size,
-                   symmetric=config.symmetric, clip_search=config.clip_search, skip_modules=skip,
-                   act_ranges=act_ranges, rounding=config.rounding, calibration=gptq_batches,
-                   gptq_options=config.gptq_options, progress=progress)
+    quantize_model(model, policy, scheme=config.scheme, skip_modules=skip, act_ranges=act_ranges,
+                   calibration=gptq_batches, gptq_options=config.gptq_options, progress=progress)
     times["packing (gptq)" if gptq else "packing"] = time.perf_counter() - t
     if config.float_dtype is not None:  # the leftovers are stored (and run) in it
         cast_float_leftovers(model, getattr(torch, config.float_dtype))

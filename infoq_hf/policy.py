@@ -2,7 +2,7 @@
 
 JSON format of a policy (stable, versioned by the package):
     {NAME: {"w_bits": int, "a_bits": int | null}, ...}
-A NAME is a module path. It matches a model's module by, in order:
+A NAME is a module path, matched by the rule of `infoq_hf.names`, in order:
   1. the exact path;
   2. a dot-boundary suffix in either direction, so a policy written for
      `LlamaForCausalLM` (`model.layers.0.mlp.up_proj`) applies to `LlamaModel`
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .bitwidth import check_bits
-
-REGEX_PREFIX = "re:"
+from .names import compile_regex, is_regex, matching_names
 
 
 @dataclass(frozen=True)
@@ -62,21 +60,25 @@ class BitPolicy(Mapping):
     """An immutable mapping layer name -> `LayerBits`.
 
     `report`: how the policy was found (an `AllocationReport` when `allocate` made it; None when the
-    policy was given or read from a file). It takes no part in equality or serialisation."""
+    policy was given or read from a file). `scheme`: the `PackingScheme` its bits were budgeted with
+    (its table's), which `quantize_model` then packs with. Neither takes part in equality or
+    serialisation."""
 
-    def __init__(self, layers: Mapping | None = None, *, report=None):
+    def __init__(self, layers: Mapping | None = None, *, report=None, scheme=None):
         self._layers = {str(k): _as_layer_bits(str(k), v) for k, v in (layers or {}).items()}
         for key in self._layers:
-            if key.startswith(REGEX_PREFIX):
-                try:
-                    re.compile(key[len(REGEX_PREFIX):])
-                except re.error as e:
-                    raise ValueError(f"policy key {key!r} is not a valid regex: {e}") from None
+            if is_regex(key):
+                compile_regex(key)
         self._report = report
+        self._scheme = scheme
 
     @property
     def report(self):
         return self._report
+
+    @property
+    def scheme(self):
+        return self._scheme
 
     def __getitem__(self, key: str) -> LayerBits:
         return self._layers[key]
@@ -123,15 +125,14 @@ class BitPolicy(Mapping):
     def resolve(self, module_names: Iterable[str]) -> dict[str, LayerBits]:
         """Map this policy onto a model's module paths. Raises on unmatched or ambiguous names."""
         names = list(module_names)
-        name_set = set(names)
         resolved: dict[str, LayerBits] = {}
         owner: dict[str, str] = {}
         regexes = []
         for key, bits in self._layers.items():
-            if key.startswith(REGEX_PREFIX):
-                regexes.append((key, re.compile(key[len(REGEX_PREFIX):]), bits))
+            if is_regex(key):
+                regexes.append((key, compile_regex(key), bits))
                 continue
-            target = key if key in name_set else _suffix_match(key, names)
+            target = _suffix_match(key, names)
             if target in owner:
                 raise ValueError(f"policy entries {owner[target]!r} and {key!r} both name layer {target!r}")
             owner[target] = key
@@ -146,7 +147,7 @@ class BitPolicy(Mapping):
 
 
 def _suffix_match(key: str, names: list[str]) -> str:
-    hits = [n for n in names if n.endswith("." + key) or key.endswith("." + n)]
+    hits = matching_names(key, names)
     if len(hits) == 1:
         return hits[0]
     if not hits:

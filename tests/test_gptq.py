@@ -247,7 +247,8 @@ def test_sequential_gptq_lowers_the_final_output_error(llama):
 
 def test_activation_buffer_is_one_block(llama):
     model, calib, names = llama
-    report = gptq_quantize_model(copy.deepcopy(model), {n: 4 for n in names}, calib, group_size=32, progress=False)
+    report = gptq_quantize_model(copy.deepcopy(model), {n: 4 for n in names}, calib, scheme={"group_size": 32},
+                                 progress=False)
     hidden = sum(b["input_ids"].numel() for b in calib) * 64 * 4  # tokens x hidden x fp32
     assert report.layers == len(names) and report.blocks == 2 and report.full_passes == 1
     assert hidden <= report.max_activation_bytes < 2 * hidden  # hidden states + per-batch mask/rotary

@@ -200,7 +200,7 @@ def test_quantize_on_load_with_weight_mse_and_budget(llama_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(llama_dir, quantization_config=cfg)
     policy = model.config.quantization_config.policy
     assert policy is not None and len(policy) == len(packed_layers(model)) > 0
-    assert model.infoq_summary["avg_bits"] <= 3.5 + 1e-9
+    assert infoq_hf.quantization_result(model).summary["avg_bits"] <= 3.5 + 1e-9
     assert {lb.w_bits for lb in policy.values()} <= {2, 4, 8}
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)

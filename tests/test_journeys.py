@@ -59,9 +59,9 @@ def test_quantize_on_load_with_default_group_size_reloads_identically_and_says_w
     config = InfoQConfig(budget={"avg_bits": 3}, method="weight_mse")  # group_size defaults to 128
     with caplog.at_level("INFO", logger="infoq_hf"):
         model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=config).eval()
-    groups = {n: s["group_size"] for n, s in model.infoq_summary["layers"].items()}
+    groups = {n: s["group_size"] for n, s in infoq_hf.quantization_result(model).summary["layers"].items()}
     assert groups["model.layers.1.self_attn.o_proj"] == 64 and groups["model.layers.1.mlp.down_proj"] == 128
-    text = infoq_hf.pipeline.format_summary(model.infoq_summary)
+    text = infoq_hf.pipeline.format_summary(infoq_hf.quantization_result(model).summary)
     assert "64 weights per scale: 12 layers" in text and "128 weights per scale: 2 layers (model.layers.*.mlp.down_proj)" in text
     model.save_pretrained(tmp_path / "q")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "q").eval()
@@ -113,7 +113,7 @@ def test_calibration_as_a_list_of_strings_with_sizes_set_on_the_config(llama_wit
     record = _saved_calibration(model, tmp_path)
     assert record["source"] == "a list of 12 texts" and len(record["sha256"]) == 64
     assert (record["num_samples"], record["seq_len"]) == (4, 16)
-    assert model.infoq_summary["method"] == "hawq" and len(model.infoq_summary["layers"]) == 14
+    assert infoq_hf.quantization_result(model).summary["method"] == "hawq" and len(infoq_hf.quantization_result(model).summary["layers"]) == 14
 
 
 def test_calibration_as_a_plain_path_records_only_its_base_name(llama_with_tokenizer, tmp_path):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import tiny_llama_config, tiny_packed_llama
 from transformers import LlamaForCausalLM
 
+from infoq_hf import quantization_result
 from infoq_hf.quant import QuantLinear, packed_layers, quantizable_layers
 from infoq_hf.quant.kernels import KERNEL_GROUPS, int4_linear
 from infoq_hf.quant.packing import unpack
@@ -201,7 +202,7 @@ def test_float_dtype_stores_leftovers_in_bf16_and_the_accounting_is_exact(tmp_pa
                 assert t.dtype == torch.float32
             elif t.is_floating_point():
                 assert t.dtype == torch.bfloat16, key
-    assert stored == model_size_bytes(model) == expected_size_bytes(model) == model.infoq_summary["size_bytes"]
+    assert stored == model_size_bytes(model) == expected_size_bytes(model) == quantization_result(model).summary["size_bytes"]
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q").eval()
     assert reloaded.model.embed_tokens.weight.dtype == torch.bfloat16
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))

@@ -156,4 +156,4 @@ def allocate(
         refinement=refinement,
     )
     return BitPolicy({name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers},
-                     report=report)
+                     report=report, scheme=table.scheme)

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..quant.modules import fake_quantize_layer
-from ..quant.quantizer import WeightScheme
 from ..sensitivity.probe import Replay, _detach_tree, find_blocks, replaced_modules
 from ..sensitivity.table import SensitivityTable
 from ..sensitivity.task import output_tensor
@@ -63,13 +62,6 @@ class RefinementReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def table_scheme(table: SensitivityTable, name: str, bits: int) -> WeightScheme:
-    """The packing scheme the table was scored and budgeted with, for layer `name` at `bits`."""
-    meta = table.meta
-    group = meta.get("conv_group_size") if table.layers[name].get("kind") == "conv2d" else meta.get("group_size")
-    return WeightScheme(bits, group, bool(meta.get("symmetric", False)), bool(meta.get("clip_search", False)))
 
 
 class _Budget:
@@ -164,7 +156,7 @@ class _Evaluator:
         changed = [n for n, b in assignment.items() if self.current.get(n) != b]
         for n in changed:
             layer = self.layers[n]
-            w = fake_quantize_layer(layer, self.float_weights[n], table_scheme(self.table, n, assignment[n]), n)
+            w = fake_quantize_layer(layer, self.float_weights[n], self.table.scheme.weight_scheme(self.table.layers[n].get("kind", "linear"), assignment[n]), n)
             layer.weight.data.copy_(w)
             self.current[n] = assignment[n]
         return changed

@@ -74,8 +74,7 @@ class InfoQQuantizer(HfQuantizer):
         )
         if not self.pre_quantized:
             return model
-        built = build_packed_modules(model, cfg.policy, group_size=cfg.group_size,
-                                     conv_group_size=cfg.conv_group_size, symmetric=cfg.symmetric)
+        built = build_packed_modules(model, cfg.policy, cfg.scheme)
         if checkpoint_files:  # fail before loading, naming the layer, rather than load a wrong model
             specs = read_tensor_specs(checkpoint_files)
             rename = _checkpoint_renamer(model, self)

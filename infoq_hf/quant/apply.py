@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
+from ..names import any_matches
 from ..policy import BitPolicy, LayerBits
 from .modules import PACKED_TYPES, QuantConv2d, QuantLinear, float_layer_types
+from .scheme import UNSET, PackingScheme, resolve_scheme
 
 
 def _skipped(name: str, module: nn.Module, skip_names: Iterable[str], skip_types: tuple) -> bool:
-    if skip_types and isinstance(module, skip_types):
-        return True
-    for pattern in skip_names:
-        if name == pattern or name.endswith("." + pattern) or re.fullmatch(pattern, name):
-            return True
-    return False
+    return bool(skip_types and isinstance(module, skip_types)) or any_matches(skip_names, name)
 
 
 def quantizable_layers(model: nn.Module, skip_modules: Iterable[str] = (), skip_types: tuple = ()) -> dict[str, nn.Module]:
     """The float Linear / Conv2d / transformers-Conv1D layers of a model, in module order.
 
-    `skip_modules` holds names (exact, dot-suffix, or regex) to leave in float, `skip_types`
+    `skip_modules` holds names (`infoq_hf.names`: exact, dot-suffix, or `re:<regex>`) to leave in float, `skip_types`
     module classes to leave in float (e.g. a classifier head class)."""
     skip_names = list(skip_modules)
     kinds = float_layer_types()
@@ -39,9 +35,6 @@ def _unquantizable_hint(name: str, module: nn.Module) -> str:
         f"policy names layer {name!r} of type {type(module).__name__}, which infoq_hf cannot quantize "
         "(supported: nn.Linear, nn.Conv2d, transformers Conv1D); remove it from the policy"
     )
-
-
-ROUNDINGS = ("rtn", "gptq")
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -71,18 +64,35 @@ def resolve_policy(model: nn.Module, policy: BitPolicy | Mapping, skip_modules: 
         raise e
 
 
+def packing_scheme_for(policy, scheme: PackingScheme | Mapping | None = None, **shorthand) -> PackingScheme:
+    """The scheme to pack `policy` with: `scheme` or the shorthand fields, over a default of the scheme
+    the policy was budgeted with (`allocate` records its table's) or, for a plain policy, one scale per
+    output channel. A policy budgeted for one codes layout packed with another would miss its budget:
+    that is an error (the rounding may differ)."""
+    budgeted = policy.scheme if isinstance(policy, BitPolicy) else None
+    chosen = resolve_scheme(scheme, budgeted or PackingScheme(), **shorthand)
+    if budgeted is not None and not budgeted.same_format(chosen):
+        raise ValueError(
+            f"this policy was allocated for packing with {budgeted.describe()}, but packing was asked for with "
+            f"{chosen.describe()}: the sizes it was budgeted with would not hold. Pack with the policy's scheme "
+            "(leave group_size=/symmetric=/... unset), or search and allocate again with the new settings"
+        )
+    return chosen
+
+
 def quantize_model(
     model: nn.Module,
     policy: BitPolicy | Mapping,
     *,
-    group_size: int | None = None,
-    symmetric: bool = False,
-    clip_search: bool = False,
+    scheme: PackingScheme | Mapping | None = None,
+    group_size: int | None = UNSET,
+    symmetric: bool = UNSET,
+    clip_search: bool = UNSET,
     skip_modules: Iterable[str] = (),
     skip_types: tuple = (),
     act_ranges: Mapping[str, tuple[float, float]] | None = None,
-    conv_group_size: int | None = None,
-    rounding: str = "rtn",
+    conv_group_size: int | None = UNSET,
+    rounding: str = UNSET,
     calibration: Iterable | None = None,
     gptq_options: Mapping | None = None,
     forward=None,
@@ -90,38 +100,37 @@ def quantize_model(
 ) -> nn.Module:
     """Replace the layers named by `policy` with packed low-bit layers, in place; returns the model.
 
-    `group_size` applies to Linear layers (e.g. 64/128 for LLMs; None = per output channel);
-    conv layers use `conv_group_size` (default per output channel). Layers not in the policy
-    stay float. A layer with `a_bits` needs its input range in `act_ranges` (see
+    `scheme`: a `PackingScheme`, or its fields as shorthand: `group_size` applies to Linear layers
+    (e.g. 64/128 for LLMs; None = per output channel), conv layers use `conv_group_size`, then
+    `symmetric`, `clip_search`, `rounding`. Default: the scheme a policy from `allocate` was budgeted
+    with (a different one is an error, see `packing_scheme_for`), else per output channel, asymmetric,
+    round to nearest. Layers not in the policy stay float. A layer with `a_bits` needs its input range in `act_ranges` (see
     `infoq_hf.calibrate_activation_ranges`). `rounding` is "rtn" (round to nearest) or "gptq"
     (error-compensating, needs `calibration` batches run by `forward(model, batch)`; options
     `gptq_options={"damp": 0.01, "block_size": 128, "act_order": False}`; see `quant.gptq`)."""
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    if rounding == "gptq":
+    scheme = packing_scheme_for(policy, scheme, group_size=group_size, conv_group_size=conv_group_size,
+                                symmetric=symmetric, clip_search=clip_search, rounding=rounding)
+    if scheme.rounding == "gptq":
         from .gptq import gptq_quantize_model
 
-        gptq_quantize_model(model, policy, calibration, group_size=group_size, conv_group_size=conv_group_size,
-                            symmetric=symmetric, clip_search=clip_search, skip_modules=skip_modules,
+        gptq_quantize_model(model, policy, calibration, scheme=scheme, skip_modules=skip_modules,
                             skip_types=skip_types, act_ranges=act_ranges, options=gptq_options, forward=forward,
                             progress=progress)
         return model
     resolved = resolve_policy(model, policy, skip_modules, skip_types)
     for name, bits in resolved.items():
-        q = packed_layer(name, model.get_submodule(name), bits, group_size=group_size, conv_group_size=conv_group_size,
-                         symmetric=symmetric, clip_search=clip_search, act_ranges=act_ranges)
-        _set_submodule(model, name, q)
+        _set_submodule(model, name, packed_layer(name, model.get_submodule(name), bits, scheme, act_ranges))
     return model
 
 
-def packed_layer(name: str, layer: nn.Module, bits: LayerBits, *, group_size, conv_group_size, symmetric,
-                 clip_search, act_ranges) -> nn.Module:
+def packed_layer(name: str, layer: nn.Module, bits: LayerBits, scheme: PackingScheme, act_ranges) -> nn.Module:
     """The packed (round-to-nearest) replacement of one float layer, its input range set when it has a_bits."""
-    kwargs = dict(w_bits=bits.w_bits, symmetric=symmetric, a_bits=bits.a_bits, clip_search=clip_search, where=name)
+    kwargs = dict(w_bits=bits.w_bits, symmetric=scheme.symmetric, a_bits=bits.a_bits, clip_search=scheme.clip_search,
+                  where=name, group_size=scheme.group_for(layer))
     if isinstance(layer, nn.Conv2d):
-        q = QuantConv2d.from_float(layer, group_size=conv_group_size, **kwargs)
+        q = QuantConv2d.from_float(layer, **kwargs)
     else:
-        q = QuantLinear.from_float(layer, group_size=group_size, **kwargs)
+        q = QuantLinear.from_float(layer, **kwargs)
     if bits.a_bits is not None:
         if act_ranges is None or name not in act_ranges:
             raise ValueError(

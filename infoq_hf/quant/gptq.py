@@ -413,10 +413,7 @@ def gptq_quantize_model(
     policy,
     calibration: Iterable,
     *,
-    group_size: int | None = None,
-    conv_group_size: int | None = None,
-    symmetric: bool = False,
-    clip_search: bool = False,
+    scheme=None,
     skip_modules: Iterable[str] = (),
     skip_types: tuple = (),
     act_ranges: Mapping[str, tuple[float, float]] | None = None,
@@ -426,12 +423,14 @@ def gptq_quantize_model(
 ) -> GPTQReport:
     """Replace the layers named by `policy` with packed layers rounded by GPTQ, in place.
 
-    Same layer settings as `quantize_model` (which calls this for `rounding="gptq"`); `calibration`
+    Same layer settings as `quantize_model` (which calls this for `rounding="gptq"`): `scheme`, a
+    `PackingScheme` (or its dict), defaults to the policy's scheme, else per output channel; `calibration`
     is a list of batches run with `forward(model, batch)` (default `quant.apply.default_forward`).
     On an error the float layers are put back. Returns a `GPTQReport`."""
-    from .apply import _set_submodule as set_submodule, default_forward, packed_layer, resolve_policy
+    from .apply import _set_submodule as set_submodule, default_forward, packed_layer, packing_scheme_for, resolve_policy
 
     t0 = time.perf_counter()
+    scheme = packing_scheme_for(policy, scheme)
     options = GPTQOptions.from_dict(options)
     forward = forward or default_forward
     resolved = resolve_policy(model, policy, skip_modules, skip_types)
@@ -453,13 +452,10 @@ def gptq_quantize_model(
     def round_and_pack(accumulators: dict[str, _HessianAccumulator]) -> None:
         for name, acc in accumulators.items():
             layer, bits = acc.layer, resolved[name]
-            gs = conv_group_size if isinstance(layer, nn.Conv2d) else group_size
-            scheme = WeightScheme(bits.w_bits, gs, symmetric, clip_search)
-            qw = quantize_layer_gptq(name, layer, acc.hessian(), scheme, options)
+            qw = quantize_layer_gptq(name, layer, acc.hessian(), scheme.weight_scheme(layer, bits.w_bits), options)
             acc.sum = None  # free the Hessian
             # The module (bias, input range) is built as for RTN; GPTQ's codes then replace the RTN ones.
-            packed = packed_layer(name, layer, bits, group_size=group_size, conv_group_size=conv_group_size,
-                                  symmetric=symmetric, clip_search=clip_search, act_ranges=act_ranges)
+            packed = packed_layer(name, layer, bits, scheme, act_ranges)
             packed.set_quantized(qw, name)
             originals[name] = layer
             set_submodule(model, name, packed)

@@ -4,4 +4,4 @@ from .infoq import InfoQOptions
 from .search import DATA_FREE_METHODS, METHODS, search
 from .table import SensitivityTable
 
-__all__ = ["METHODS", "InfoQOptions", "SensitivityTable", "search"]
+__all__ = ["DATA_FREE_METHODS", "METHODS", "InfoQOptions", "SensitivityTable", "search"]

@@ -24,6 +24,7 @@ from ..calibration import CalibrationSet, calibration_identity
 from ..quant.apply import default_forward, quantizable_layers
 from ..quant.modules import oriented_weight
 from ..quant.quantizer import WeightScheme
+from ..quant.scheme import FORMAT_FIELDS, UNSET, PackingScheme, resolve_scheme
 from .baselines import OracleScorer, hawq_scores, random_scores, relative_weight_errors, weight_mse_scores
 from .infoq import InfoQOptions, InfoQScorer
 from .probe import REFERENCE_BITS, Prober
@@ -72,10 +73,11 @@ def search(
     bits: Iterable[int] = (2, 3, 4, 8),
     method: str = "infoq",
     seed: int = 0,
-    group_size: int | None = None,
-    conv_group_size: int | None = None,
-    symmetric: bool = False,
-    clip_search: bool = False,
+    scheme: PackingScheme | None = None,
+    group_size: int | None = UNSET,
+    conv_group_size: int | None = UNSET,
+    symmetric: bool = UNSET,
+    clip_search: bool = UNSET,
     skip_modules: Iterable[str] = (),
     skip_types: tuple = (),
     forward: Callable | None = None,
@@ -92,11 +94,15 @@ def search(
 
     `calibration`: a list/iterable of batches (dicts of model inputs with optional `labels`, or
     `(inputs, labels)` tuples). `method`: "infoq" (default), "hawq", "weight_mse", "random" or
-    "oracle". `options` go to InfoQ (see `InfoQOptions`: num_directions, estimator, observers,
+    "oracle". `scheme`: the `PackingScheme` the model will be packed with (default: one scale per
+    output channel, asymmetric, no clipping search), or its fields as shorthand (`group_size=`,
+    `conv_group_size=`, `symmetric=`, `clip_search=`); the table records it. `options` go to InfoQ (see `InfoQOptions`: num_directions, estimator, observers,
     lm_target, inv_bits, ...). `heldout` is the oracle's evaluation data (default: calibration).
     `accelerator`: an `accelerate.Accelerator`; probes are split over its processes."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    scheme = resolve_scheme(scheme, PackingScheme(), group_size=group_size, conv_group_size=conv_group_size,
+                            symmetric=symmetric, clip_search=clip_search)
     bits = sorted({check_bits(b) for b in bits})
     if not bits:
         raise ValueError("bits must name at least one candidate bit-width")
@@ -123,8 +129,7 @@ def search(
     check_calibration(model, batches, _first_sample(batches[0]) if batches else None, forward, task, method)
 
     def schemes(name: str, b: int) -> WeightScheme:
-        group = conv_group_size if isinstance(layers[name], nn.Conv2d) else group_size
-        return WeightScheme(b, group, symmetric, clip_search)
+        return scheme.weight_scheme(layers[name], b)
 
     is_main = accelerator is None or accelerator.is_main_process
     started = time.perf_counter()
@@ -177,10 +182,7 @@ def search(
         if batches else None,
         "task": task,
         "seed": seed,
-        "group_size": group_size,
-        "conv_group_size": conv_group_size,
-        "symmetric": symmetric,
-        "clip_search": clip_search,
+        **{k: getattr(scheme, k) for k in FORMAT_FIELDS},  # the scores are of round-to-nearest packing
         "float_bytes": model_size_bytes(model) - weight_bytes,
         "reference_bits": REFERENCE_BITS,
         "options": (vars(infoq_options) if infoq_options else {}),

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..quant.modules import packed_weight_bytes
+from ..quant.scheme import PackingScheme
 
 FORMAT_VERSION = 1
 
@@ -60,6 +61,11 @@ class SensitivityTable:
         return None if scores is None else scores[bits]
 
     @property
+    def scheme(self) -> PackingScheme:
+        """The packing scheme the layers were scored with and are budgeted with (its fields in `meta`)."""
+        return PackingScheme.from_dict({k: v for k, v in self.meta.items() if k != "rounding"})
+
+    @property
     def has_activation_scores(self) -> bool:
         return any(info.get("a") for info in self.layers.values())
 
@@ -67,8 +73,8 @@ class SensitivityTable:
         """Packed bytes of layer `name` at `bits` (codes + scales + zero points), as stored."""
         info = self.layers[name]
         shape = info.get("shape") or [info["params"], 1]
-        group = self.meta.get("conv_group_size") if info.get("kind") == "conv2d" else self.meta.get("group_size")
-        return packed_weight_bytes(shape, bits, group, bool(self.meta.get("symmetric", False)))
+        scheme = self.scheme
+        return packed_weight_bytes(shape, bits, scheme.group_for(info.get("kind", "linear")), scheme.symmetric)
 
     def float_layer_bytes(self, name: str, float_bits: int = 32) -> float:
         return self.layers[name]["params"] * float_bits / 8

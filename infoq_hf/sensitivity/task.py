@@ -18,14 +18,6 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from ..quant.apply import default_forward
-
-
-def model_output(model, batch) -> torch.Tensor:
-    """Run a batch and return the logits tensor (transformers outputs, tuples or tensors)."""
-    out = default_forward(model, batch)
-    return output_tensor(out)
-
 
 def output_tensor(out) -> torch.Tensor:
     if isinstance(out, torch.Tensor):

@@ -1,0 +1,93 @@
+"""Peak memory and wall time of an InfoQ search on SmolLM2-135M, this tree against an earlier commit.
+
+    python -m benchmarks.search_memory                        # this tree vs 377696f^ (before the
+                                                              # reference pass kept only argmax)
+    python -m benchmarks.search_memory --before REV --calib 16
+
+Each side runs in a fresh child process (its peak RSS is its own `ru_maxrss`) that imports
+`infoq_hf` from its tree (REV is checked out with `git worktree` into a temporary folder), loads
+the same fp32 model and the same calibration batches (16 x 128 tokens of the calibration works,
+batches of 4, written once by this process) and runs `search(method="infoq")` with that tree's
+defaults, candidates {2,3,4,8}, group 64, `lm_head` float. Writes
+benchmarks/results/search_memory_smollm2.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import common
+from .assets import smollm2_dir
+
+DEFAULT_BEFORE = "377696f^"
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch, transformers
+import infoq_hf
+from infoq_hf import search
+batches = torch.load(sys.argv[2])
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[3], dtype=torch.float32).eval()
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+t = time.perf_counter()
+table = search(model, batches, bits=(2, 3, 4, 8), method="infoq", group_size=64, skip_modules=["lm_head"],
+               progress=False)
+wall = time.perf_counter() - t
+print(json.dumps({"infoq_hf": infoq_hf.__file__, "rss_loaded_mib": loaded, "wall_s": wall, "layers": len(table.layers),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_side(tree: Path, batches_file: Path, model_dir: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(tree), str(batches_file), str(model_dir)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"the search in {tree} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--before", default=DEFAULT_BEFORE, help=f"the earlier commit (default {DEFAULT_BEFORE})")
+    p.add_argument("--calib", type=int, default=16, help="calibration windows of 128 tokens (default 16)")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    repo = Path(__file__).resolve().parents[1]
+    _, _, calib, _, _ = common.smollm2_data(args.calib, 0, 0)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        batches_file = tmp / "calib.pt"
+        torch.save(calib, batches_file)
+        worktree = tmp / "before"
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(worktree), args.before],
+                       check=True, capture_output=True)
+        try:
+            rev = subprocess.run(["git", "-C", str(worktree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, check=True).stdout.strip()
+            for label, tree in ((f"before ({args.before} = {rev})", worktree), ("this tree", repo)):
+                rows[label] = run_side(tree, batches_file, smollm2_dir())
+                print(label, rows[label], flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(worktree)], check=False)
+    lines = [f"InfoQ search on SmolLM2-135M fp32, {args.calib}x128 calibration tokens (batches of 4), candidates "
+             f"{{2,3,4,8}}, group 64, `lm_head` float, each tree's defaults; one fresh process per tree; "
+             f"{common.machine()}.", "",
+             "| tree | RSS after load MiB | peak RSS MiB | search wall s |", "|---|---|---|---|"]
+    for label, r in rows.items():
+        lines.append(f"| {label} | {r['rss_loaded_mib']:.0f} | {r['peak_rss_mib']:.0f} | {r['wall_s']:.1f} |")
+    lines += ["", "Command: `python -m benchmarks.search_memory`"]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "search_memory_smollm2.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
