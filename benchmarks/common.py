@@ -37,14 +37,20 @@ def lm_batches(windows: torch.Tensor, batch_size: int) -> list[dict]:
     return [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows.split(batch_size)]
 
 
+DEV_WINDOWS = 16  # the evaluation works' first windows are dev data: every choice is made on them
+
+
 def smollm2_data(n_calib: int, n_dev: int, n_test: int, seq_len: int = 128, batch_size: int = 4):
-    """Calibration windows from the calibration works; dev and test windows from the evaluation works
-    (dev = first windows, test = the ones after them: never the same tokens)."""
+    """Calibration windows from the calibration works; dev and test windows from the evaluation works:
+    dev = the first `n_dev` (<= DEV_WINDOWS) windows, test = windows after the first DEV_WINDOWS, so
+    whatever any benchmark tunes on dev never touches the windows another one reports."""
+    if n_dev > DEV_WINDOWS:
+        raise ValueError(f"at most {DEV_WINDOWS} dev windows (the test windows start after them), got {n_dev}")
     model, tok = assets.load_smollm2()
     calib_texts, eval_texts = assets.text_split()
     calib = lm_batches(lm_windows(calib_texts, tok, n_calib, seq_len), batch_size)
     dev = lm_batches(lm_windows(eval_texts, tok, n_dev, seq_len), batch_size)
-    test = lm_batches(lm_windows(eval_texts, tok, n_test, seq_len, offset=n_dev), batch_size)
+    test = lm_batches(lm_windows(eval_texts, tok, n_test, seq_len, offset=DEV_WINDOWS), batch_size)
     return model, tok, calib, dev, test
 
 

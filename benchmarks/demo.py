@@ -48,7 +48,7 @@ def main(argv=None):
     _, tok = assets.load_smollm2()
     calib_texts, eval_texts = assets.text_split()
     calib = common.lm_batches(common.lm_windows(calib_texts, tok, args.calib, args.seq_len), 4)
-    test = common.lm_batches(common.lm_windows(eval_texts, tok, args.eval, args.seq_len), 4)
+    test = common.lm_batches(common.lm_windows(eval_texts, tok, args.eval, args.seq_len, offset=common.DEV_WINDOWS), 4)
 
     fp32 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ppl_fp32 = common.perplexity(fp32, test)

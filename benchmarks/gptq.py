@@ -3,10 +3,11 @@
     python -m benchmarks.gptq             # writes benchmarks/results/gptq_smollm2.md
     python -m benchmarks.gptq --fresh     # also recompute the InfoQ sensitivity table
 
-Data (`common.smollm2_data`): calibration windows from the calibration works (the first 16 of
-them are the search calibration of `benchmarks/compare.py`, whose cached table this script shares;
-GPTQ uses all `--calib` windows), dev windows from the evaluation works (the RTN/GPTQ default is
-chosen on them), test windows after the dev windows (the reported perplexity). Each row quantizes
+Data (`common.smollm2_data`): calibration windows from the calibration works (the first 4 of
+them are the search and refinement calibration, as in `benchmarks/compare.py` and the demo; GPTQ
+uses all `--calib` windows), dev windows from the evaluation works (the RTN/GPTQ default is
+chosen on them), test windows after the dev windows (the reported perplexity). The InfoQ rows are
+the product's allocation: calibrated costs, ILP, whole-model refinement (`--refine-passes`). Each row quantizes
 a fresh copy of the fp32 model; the GPTQ rows report the wall time of the sequential pass, the
 process's peak RSS after it, and the largest activation buffer GPTQ held (one block's inputs).
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from infoq_hf import Budget, allocate, quantizable_layers, quantize_model, search
+from infoq_hf.allocation.allocate import DEFAULT_REFINE_PASSES
 from infoq_hf.quant.gptq import gptq_quantize_model
 
 from . import common
@@ -29,7 +31,7 @@ from .compare import cached_table
 
 SKIP = ["lm_head"]
 GROUP = 64
-SEARCH_BATCHES = 4  # compare.py's default search calibration: 4 batches of 4 x 128 tokens
+SEARCH_BATCHES = 1  # the search calibration of compare.py and the demo: one batch of 4 x 128 tokens
 
 
 def peak_rss_mib() -> float:
@@ -43,6 +45,9 @@ def main(argv=None):
     p.add_argument("--eval", type=int, default=32, help="held-out test windows (default 32, as compare.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="recompute the cached InfoQ sensitivity table")
+    p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES,
+                   help=f"the InfoQ allocations' whole-model refinement (default {DEFAULT_REFINE_PASSES}, as the product)")
+    p.add_argument("--uniform-only", action="store_true", help="only the uniform rows (e.g. to compare --calib sizes)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -54,13 +59,15 @@ def main(argv=None):
     names = list(quantizable_layers(model, skip_modules=SKIP))
 
     def infoq_policy(avg_bits: float):  # the table is searched (or read from the cache) when first needed
-        table = cached_table(out / "tables" / f"smollm2_infoq_c{len(search_calib)}_s{args.seed}.json", args.fresh,
-                             lambda: search(model, search_calib, method="infoq", bits=(2, 3, 4, 8), group_size=GROUP,
-                                            skip_modules=SKIP, seed=args.seed))
-        return allocate(table, Budget(avg_bits=avg_bits))
+        table = cached_table(out / "tables" / f"smollm2_infoq_calibrated_c{len(search_calib)}_s{args.seed}.json",
+                             args.fresh, lambda: search(model, search_calib, method="infoq", bits=(2, 3, 4, 8),
+                                                        group_size=GROUP, skip_modules=SKIP, seed=args.seed))
+        return allocate(table, Budget(avg_bits=avg_bits), model=model, calibration=search_calib,
+                        refine_passes=args.refine_passes, seed=args.seed)
 
     policies = [("uniform 4-bit", lambda: {n: 4 for n in names}), ("uniform 3-bit", lambda: {n: 3 for n in names})]
-    policies += [(f"InfoQ {b} avg bits", lambda b=b: infoq_policy(b)) for b in (4.0, 3.0, 2.5)]
+    if not args.uniform_only:
+        policies += [(f"InfoQ {b} avg bits", lambda b=b: infoq_policy(b)) for b in (4.0, 3.0, 2.5)]
 
     rss_loaded = peak_rss_mib()
     rows = [("fp32 (from Q4_1 GGUF)", "-", 32.0, common.perplexity(model, dev), common.perplexity(model, test), None, None, None)]
@@ -84,16 +91,16 @@ def main(argv=None):
                          peak_rss_mib() if rounding == "gptq" else None, act_mib))
             print(rows[-1], flush=True)
             del m
-            write(out, args, calib, search_calib, rss_loaded, rows, done=len(rows) == 1 + 2 * len(policies))
+            write(out, args, calib, search_calib, rss_loaded, rows, total=2 * len(policies))
 
 
-def write(out: Path, args, calib, search_calib, rss_loaded: float, rows: list, done: bool) -> None:
+def write(out: Path, args, calib, search_calib, rss_loaded: float, rows: list, total: int) -> None:
     """Write the table so far (a run cut short still leaves its finished rows, marked partial)."""
     n_tokens = sum(b["input_ids"].numel() for b in calib)
     header = (f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; GPTQ damp 0.01, block 128, "
-              f"no act-order, calibration {n_tokens // 128}x128 tokens (calibration works), InfoQ policies from the "
-              f"search settings of benchmarks/compare.py ({len(search_calib) * 4}x128 calibration tokens, candidates "
-              f"{{2,3,4,8}}); perplexity on {args.dev}x128 dev and {args.eval}x128 held-out test tokens (evaluation "
+              f"no act-order, calibration {n_tokens // 128}x128 tokens (calibration works); InfoQ policies: default "
+              f"search, ILP and {args.refine_passes} refinement passes on {len(search_calib) * 4}x128 calibration "
+              f"tokens, candidates {{2,3,4,8}}; perplexity on {args.dev}x128 dev and {args.eval}x128 held-out test tokens (evaluation "
               f"works, test after dev); seed {args.seed}; {common.machine()}. The fp32 weights come from a Q4_1 GGUF. "
               f"Peak RSS after loading the model and data: {rss_loaded:.0f} MiB.")
     md = ["| policy | rounding | avg bits | dev ppl | test ppl | quantize wall s | peak RSS MiB | largest activation buffer MiB |",
@@ -102,7 +109,8 @@ def write(out: Path, args, calib, search_calib, rss_loaded: float, rows: list, d
         md.append(f"| {label} | {rounding} | {avg:.3f} | {pdev:.2f} | {ptest:.2f} | "
                   f"{'-' if wall is None else f'{wall:.1f}'} | {'-' if rss is None else f'{rss:.0f}'} | "
                   f"{'-' if act is None else f'{act:.1f}'} |")
-    partial = [] if done else ["", f"PARTIAL: {len(rows) - 1} of 10 quantized rows so far."]
+    done = len(rows) == 1 + total
+    partial = [] if done else ["", f"PARTIAL: {len(rows) - 1} of {total} quantized rows so far."]
     text = "\n".join([header, "", *md, *partial, "", "Command: `python -m benchmarks.gptq`"])
     if done:
         print(text)

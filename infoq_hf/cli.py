@@ -16,6 +16,8 @@ from pathlib import Path
 
 from .allocation.allocate import DEFAULT_REFINE_PASSES
 from .bitwidth import MAX_BITS
+from .config import DEFAULT_SCHEME, ROUNDING_CHOICES
+from .quant.scheme import UNSET
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -117,14 +119,15 @@ def _add_model_and_calibration(parser: argparse.ArgumentParser, calib_required: 
     c.add_argument("--label-column", help="label column (images; default: the float model's own top-1 class "
                                           "labels each image)")
     q = parser.add_argument_group("quantizer settings")
-    q.add_argument("--group-size", type=_group_size, default=128, metavar="G",
+    # Unset packing flags come from --table's scheme when one is given (the sizes it budgets), else the defaults.
+    q.add_argument("--group-size", type=_group_size, default=UNSET, metavar="G",
                    help="weights per scale in Linear layers, or 'none' for one scale per output channel (default 128)")
-    q.add_argument("--conv-group-size", type=_group_size, default=None, metavar="G",
+    q.add_argument("--conv-group-size", type=_group_size, default=UNSET, metavar="G",
                    help="the same for Conv2d layers (default: per output channel)")
-    q.add_argument("--symmetric", action="store_true", help="symmetric codes (no zero points)")
-    q.add_argument("--rounding", choices=["rtn", "gptq"], default="rtn",
-                   help="how packed weights are rounded: rtn (to nearest) or gptq (error-compensating, from the "
-                        "calibration data; default rtn)")
+    q.add_argument("--symmetric", action="store_true", default=UNSET, help="symmetric codes (no zero points)")
+    q.add_argument("--rounding", choices=ROUNDING_CHOICES, default="auto",
+                   help="how packed weights are rounded: rtn (to nearest), gptq (error-compensating, from the "
+                        "calibration data) or auto (default: gptq for causal LMs with calibration data, else rtn)")
     q.add_argument("--gptq-damp", type=float, default=0.01, metavar="F",
                    help="gptq: Hessian dampening, a fraction of its mean diagonal (default 0.01)")
     q.add_argument("--gptq-act-order", action="store_true",
@@ -241,8 +244,15 @@ def run_search(args, loaded: LoadedModel, spec: dict | None, batches: list | Non
     batches = load_batches(loaded, spec, args.method) if batches is None else batches
     _say(f"scoring {args.method} sensitivity at bits {','.join(map(str, args.bits))}")
     return search(loaded.model, batches, bits=args.bits, method=args.method, seed=args.seed,
-                  group_size=args.group_size, conv_group_size=args.conv_group_size, symmetric=args.symmetric,
-                  skip_modules=loaded.skip_modules(), progress=True)
+                  scheme=_packing_scheme(args, DEFAULT_SCHEME), skip_modules=loaded.skip_modules(), progress=True)
+
+
+def _packing_scheme(args, default):
+    """The packing flags given on the command line over `default` (a table's scheme, or the defaults)."""
+    from .quant.scheme import resolve_scheme
+
+    return resolve_scheme(None, default, group_size=args.group_size, conv_group_size=args.conv_group_size,
+                          symmetric=args.symmetric)
 
 
 def _read_json(path: str | os.PathLike, flag: str, what: str, writer: str):
@@ -314,8 +324,9 @@ def cmd_quantize(args) -> int:
     if policy is None and table is None and spec is None and args.method not in DATA_FREE_METHODS:
         raise UsageError(f"--method {args.method} needs calibration data: pass --calib SPEC "
                          "(or use --method weight_mse)")
+    packing = _packing_scheme(args, table.scheme if table is not None else DEFAULT_SCHEME)
     config = InfoQConfig(bits=args.bits, budget=budget, method=args.method, calibration=spec,
-                         group_size=args.group_size, conv_group_size=args.conv_group_size, symmetric=args.symmetric,
+                         **{k: getattr(packing, k) for k in ("group_size", "conv_group_size", "symmetric")},
                          solver=args.solver, seed=args.seed, policy=policy, refine_passes=args.refine_passes,
                          rounding=args.rounding, gptq_options={"damp": args.gptq_damp, "act_order": args.gptq_act_order})
     if policy is not None:

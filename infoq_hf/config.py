@@ -35,6 +35,7 @@ QUANT_METHOD = "infoq"
 FORMAT_VERSION = 1  # of the checkpoint layout: packed tensor names + this config's keys
 DEFAULT_BITS = (2, 3, 4, 8)
 DEFAULT_SCHEME = PackingScheme(group_size=128)  # the packing fields a config leaves unset (but see `policy`)
+ROUNDING_CHOICES = ("auto", "rtn", "gptq")
 FLOAT_DTYPES = (None, "bfloat16", "float16", "float32")  # for the float leftovers; None: as loaded
 
 
@@ -79,8 +80,11 @@ class InfoQConfig(QuantizationConfigMixin):
         clip_search: search a clipping ratio per group when rounding weights.
             These four form the packing scheme (`config.scheme`, a `PackingScheme`); with a `policy`
             from `allocate`, the ones left unset are those its table was scored and budgeted with.
-        rounding: "rtn" (round to nearest) or "gptq" (error-compensating rounding from the calibration
-            data, `infoq_hf.quant.gptq`); checkpoints written before this setting existed read as "rtn".
+        rounding: "rtn" (round to nearest), "gptq" (error-compensating rounding from the calibration
+            data, `infoq_hf.quant.gptq`) or "auto" (default): gptq for a causal LM quantized with
+            calibration data, rtn otherwise (chosen on dev perplexity: README, "GPTQ rounding"). After
+            quantization the config holds the rounding used; checkpoints written before this setting
+            existed read as "rtn".
         gptq_options: GPTQ settings `{"damp": 0.01, "block_size": 128, "act_order": False}` (any subset).
         modules_to_not_convert: layer names (exact, dot-suffix or regex) kept in float; None = the
             transformers default (output embeddings / tied / last layer, e.g. `lm_head`, a classifier).
@@ -108,7 +112,7 @@ class InfoQConfig(QuantizationConfigMixin):
         conv_group_size: int | None = UNSET,
         symmetric: bool = UNSET,
         clip_search: bool = UNSET,
-        rounding: str = "rtn",
+        rounding: str = "auto",
         gptq_options: Mapping | None = None,
         modules_to_not_convert: Sequence[str] | None = None,
         solver: str = "auto",
@@ -200,11 +204,10 @@ class InfoQConfig(QuantizationConfigMixin):
 
     @staticmethod
     def _check_rounding(rounding, gptq_options) -> tuple[str, dict]:
-        from .quant.scheme import ROUNDINGS
         from .quant.gptq import GPTQOptions
 
-        if rounding not in ROUNDINGS:
-            raise ValueError(f"InfoQConfig.rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        if rounding not in ROUNDING_CHOICES:
+            raise ValueError(f"InfoQConfig.rounding must be one of {ROUNDING_CHOICES}, got {rounding!r}")
         if gptq_options is not None and not isinstance(gptq_options, Mapping):
             raise ValueError(f"InfoQConfig.gptq_options must be a dict such as {{'damp': 0.01}}, got {gptq_options!r}")
         GPTQOptions.from_dict(gptq_options)  # validates
@@ -238,10 +241,10 @@ class InfoQConfig(QuantizationConfigMixin):
     # ------------------------------------------------------------------ properties
     @property
     def scheme(self):
-        """The `PackingScheme` of these settings (group sizes, symmetry, clipping, rounding)."""
-        from .quant.scheme import PackingScheme
-
-        return PackingScheme(self.group_size, self.conv_group_size, self.symmetric, self.clip_search, self.rounding)
+        """The `PackingScheme` of these settings (group sizes, symmetry, clipping, rounding; "auto" reads
+        as "rtn" here: the pipeline resolves it for the model, `pipeline.resolve_rounding`)."""
+        rounding = "rtn" if self.rounding == "auto" else self.rounding
+        return PackingScheme(self.group_size, self.conv_group_size, self.symmetric, self.clip_search, rounding)
 
     @property
     def calibration_in_memory(self) -> bool:
@@ -288,7 +291,10 @@ class InfoQConfig(QuantizationConfigMixin):
 
     @classmethod
     def from_dict(cls, config_dict: Mapping, return_unused_kwargs: bool = False, **kwargs):
-        config = cls(**dict(config_dict))
+        config_dict = dict(config_dict)
+        if config_dict.get("policy") is not None:  # a saved config: written before `rounding` existed = rtn
+            config_dict.setdefault("rounding", "rtn")
+        config = cls(**config_dict)
         unused = config.update(**kwargs)
         return (config, unused) if return_unused_kwargs else config
 

@@ -27,6 +27,7 @@ from .quant.apply import calibrate_activation_ranges, packed_layers, quantizable
 from .quant.quantizer import effective_group_size
 from .quant.scheme import PackingScheme
 from .sensitivity import DATA_FREE_METHODS, SensitivityTable, search
+from .sensitivity.task import is_causal_lm
 
 logger = logging.getLogger("infoq_hf")
 
@@ -76,6 +77,15 @@ def _to_device(batch, device: torch.device):
     if isinstance(batch, tuple):
         return tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in batch)
     return batch
+
+
+def resolve_rounding(config: InfoQConfig, model: nn.Module) -> str:
+    """`config.rounding`, with "auto" made concrete: GPTQ for a causal LM with calibration data (on
+    SmolLM2-135M it cuts dev perplexity at uniform 4 and 3 bits from 72.8 / 165.4 to 66.7 / 117.9,
+    `benchmarks/gptq.py`), round to nearest otherwise (no data, or a model GPTQ was not measured on)."""
+    if config.rounding != "auto":
+        return config.rounding
+    return "gptq" if config.calibration is not None and is_causal_lm(model) else "rtn"
 
 
 def check_budget_feasible(model: nn.Module, budget, *, bits, scheme: PackingScheme, skip_modules=(), solver="auto",
@@ -129,7 +139,8 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
                 raise ValueError(f"{why} needs calibration data, and the calibration set is empty")
         return batches
 
-    scoring = replace(config.scheme, rounding="rtn")  # the search scores round-to-nearest packing
+    packing = replace(config.scheme, rounding=resolve_rounding(config, model))
+    scoring = replace(packing, rounding="rtn")  # the search scores round-to-nearest packing
     if config.policy is not None:
         if table is not None:
             raise ValueError("pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...)), "
@@ -161,10 +172,10 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
 
     float_bytes = model_size_bytes(model)
     params = {n: m.weight.numel() for n, m in quantizable_layers(model).items()}
-    gptq = config.rounding == "gptq"
+    gptq = packing.rounding == "gptq"
     gptq_batches = need_batches("rounding='gptq'") if gptq else None
     t = time.perf_counter()
-    quantize_model(model, policy, scheme=config.scheme, skip_modules=skip, act_ranges=act_ranges,
+    quantize_model(model, policy, scheme=packing, skip_modules=skip, act_ranges=act_ranges,
                    calibration=gptq_batches, gptq_options=config.gptq_options, progress=progress)
     times["packing (gptq)" if gptq else "packing"] = time.perf_counter() - t
     if config.float_dtype is not None:  # the leftovers are stored (and run) in it
@@ -172,7 +183,7 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
 
     summary = summarize(model, params, float_bytes, times, method=config.method if config.policy is None else None,
                         report=policy.report)
-    summary["rounding"] = config.rounding
+    summary["rounding"] = packing.rounding
     logger.info("\n%s", format_summary(summary))
     return QuantizationResult(model=model, policy=policy, table=table, summary=summary)
 

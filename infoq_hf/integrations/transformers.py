@@ -103,6 +103,7 @@ class InfoQQuantizer(HfQuantizer):
                                           skip_modules=self.modules_to_not_convert, accelerator=accelerator,
                                           progress=progress)
         cfg.policy = self.result.policy
+        cfg.rounding = self.result.summary["rounding"]  # "auto" made concrete: config.json says what was done
         if cfg.float_dtype is not None:  # config.json records the dtype the leftovers now have
             model.config.dtype = getattr(torch, cfg.float_dtype)
         return model

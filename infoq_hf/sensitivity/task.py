@@ -98,10 +98,15 @@ def check_calibration(model, batches: list, sample, forward, task: str, method: 
                          "the label, which a constant label has none of. Calibrate on samples of several classes")
 
 
+def is_causal_lm(model) -> bool:
+    """A transformers *ForCausalLM / *LMHeadModel (by its config's architectures, else its class)."""
+    arch = " ".join(getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__])
+    return "CausalLM" in arch or "LMHead" in arch
+
+
 def detect_task(model, batch) -> str:
     """'causal_lm' for transformers *ForCausalLM models fed input_ids, else 'classification'."""
-    arch = " ".join(getattr(getattr(model, "config", None), "architectures", None) or [type(model).__name__])
-    if isinstance(batch, Mapping) and "input_ids" in batch and ("CausalLM" in arch or "LMHead" in arch):
+    if isinstance(batch, Mapping) and "input_ids" in batch and is_causal_lm(model):
         return "causal_lm"
     return "classification"
 

@@ -43,8 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--bits", default="2,3,4,8", help="candidate bit-widths, comma separated")
     p.add_argument("--group-size", type=int, default=128, help="inputs per scale group (0: per output channel)")
     p.add_argument("--symmetric", action="store_true")
-    p.add_argument("--rounding", choices=["rtn", "gptq"], default="rtn",
-                   help="rounding of the packed weights; gptq reuses the calibration windows")
+    p.add_argument("--rounding", choices=["auto", "rtn", "gptq"], default="auto",
+                   help="rounding of the packed weights (default auto: gptq, which reuses the calibration windows)")
     p.add_argument("--method", default="infoq", help="infoq, hawq, weight_mse, random or oracle")
     p.add_argument("--num-directions", type=int, default=None, help="InfoQ: random projections per observer")
     p.add_argument("--solver", default="auto", help="auto, highs or gurobi")
