@@ -57,6 +57,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", default=DEFAULT_BEFORE, help=f"the earlier commit (default {DEFAULT_BEFORE})")
     p.add_argument("--calib", type=int, default=16, help="calibration windows of 128 tokens (default 16)")
+    p.add_argument("--only-this-tree", action="store_true", help="skip the earlier commit")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     repo = Path(__file__).resolve().parents[1]
@@ -72,7 +73,8 @@ def main(argv=None):
         try:
             rev = subprocess.run(["git", "-C", str(worktree), "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True, check=True).stdout.strip()
-            for label, tree in ((f"before ({args.before} = {rev})", worktree), ("this tree", repo)):
+            sides = [(f"before ({args.before} = {rev})", worktree)] if not args.only_this_tree else []
+            for label, tree in sides + [("this tree", repo)]:
                 rows[label] = run_side(tree, batches_file, smollm2_dir())
                 print(label, rows[label], flush=True)
         finally:
@@ -85,7 +87,8 @@ def main(argv=None):
         lines.append(f"| {label} | {r['rss_loaded_mib']:.0f} | {r['peak_rss_mib']:.0f} | {r['wall_s']:.1f} |")
     lines += ["", "Command: `python -m benchmarks.search_memory`"]
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "search_memory_smollm2.md").write_text("\n".join(lines) + "\n")
+    name = "search_memory_smollm2_this_tree.md" if args.only_this_tree else "search_memory_smollm2.md"
+    (Path(args.out) / name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -105,8 +105,7 @@ class Prober:
         self.schemes = schemes
         self.use_prefix_cache = use_prefix_cache
         self.layer_evals = 0  # quantizable-layer forward calls, summed over batches
-        self._float_weights: dict[str, torch.Tensor] = {}
-        self._ref_weights: dict[str, torch.Tensor] = {}
+        self._float_weights: dict[str, torch.Tensor] = {}  # the one copy kept: the model holds the reference
         self.act_ranges: dict[str, tuple[float, float]] = {}
         self._act_bits: dict[str, int] = {}
         self._hooks = []
@@ -119,9 +118,7 @@ class Prober:
         self.model.eval()
         for name, layer in self.layers.items():
             self._float_weights[name] = layer.weight.data.clone()
-            ref = fake_quantize_layer(layer, self._float_weights[name], self.schemes(name, REFERENCE_BITS), name)
-            self._ref_weights[name] = ref
-            layer.weight.data.copy_(ref)
+            layer.weight.data.copy_(self._reference_weight(name))
         for name, layer in self.layers.items():
             self._hooks.append(layer.register_forward_hook(self._count_eval))
         return self
@@ -133,6 +130,10 @@ class Prober:
             layer.weight.data.copy_(self._float_weights[name])
         self.cache.clear()
         return False
+
+    def _reference_weight(self, name: str) -> torch.Tensor:
+        layer = self.layers[name]
+        return fake_quantize_layer(layer, self._float_weights[name], self.schemes(name, REFERENCE_BITS), name)
 
     def _count_eval(self, module, args, out):
         self.layer_evals += 1  # a replayed block is swapped out, so its layers' hooks do not fire
@@ -218,7 +219,7 @@ class Prober:
         try:
             yield
         finally:
-            module.weight.data.copy_(self._ref_weights[layer])
+            module.weight.data.copy_(self._reference_weight(layer))  # recomputed: deterministic, saves a copy
 
     def set_activation_reference(self, ranges: dict[str, tuple[float, float]]) -> None:
         """Quantize every probed layer's input at 8 bits (the W8A8 reference for activation scores)."""
