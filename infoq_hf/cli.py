@@ -127,7 +127,7 @@ def _add_model_and_calibration(parser: argparse.ArgumentParser, calib_required: 
     q.add_argument("--symmetric", action="store_true", default=UNSET, help="symmetric codes (no zero points)")
     q.add_argument("--rounding", choices=ROUNDING_CHOICES, default="auto",
                    help="how packed weights are rounded: rtn (to nearest), gptq (error-compensating, from the "
-                        "calibration data) or auto (default: gptq for causal LMs with calibration data, else rtn)")
+                        "calibration data) or auto (default: gptq for causal LMs calibrated on >= 4096 tokens, else rtn)")
     q.add_argument("--gptq-damp", type=float, default=0.01, metavar="F",
                    help="gptq: Hessian dampening, a fraction of its mean diagonal (default 0.01)")
     q.add_argument("--gptq-act-order", action="store_true",

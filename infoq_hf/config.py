@@ -81,8 +81,8 @@ class InfoQConfig(QuantizationConfigMixin):
             These four form the packing scheme (`config.scheme`, a `PackingScheme`); with a `policy`
             from `allocate`, the ones left unset are those its table was scored and budgeted with.
         rounding: "rtn" (round to nearest), "gptq" (error-compensating rounding from the calibration
-            data, `infoq_hf.quant.gptq`) or "auto" (default): gptq for a causal LM quantized with
-            calibration data, rtn otherwise (chosen on dev perplexity: README, "GPTQ rounding"). After
+            data, `infoq_hf.quant.gptq`) or "auto" (default): gptq for a causal LM calibrated on at least
+            4096 tokens, rtn otherwise (chosen on dev perplexity: README, "GPTQ rounding"). After
             quantization the config holds the rounding used; checkpoints written before this setting
             existed read as "rtn".
         gptq_options: GPTQ settings `{"damp": 0.01, "block_size": 128, "act_order": False}` (any subset).

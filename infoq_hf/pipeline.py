@@ -79,13 +79,21 @@ def _to_device(batch, device: torch.device):
     return batch
 
 
-def resolve_rounding(config: InfoQConfig, model: nn.Module) -> str:
-    """`config.rounding`, with "auto" made concrete: GPTQ for a causal LM with calibration data (on
-    SmolLM2-135M it cuts dev perplexity at uniform 4 and 3 bits from 72.8 / 165.4 to 66.7 / 117.9,
-    `benchmarks/gptq.py`), round to nearest otherwise (no data, or a model GPTQ was not measured on)."""
+GPTQ_MIN_TOKENS = 4096  # "auto" rounds with GPTQ from this many calibration tokens on (see resolve_rounding)
+
+
+def resolve_rounding(config: InfoQConfig, model: nn.Module, batches: list | None = None) -> str:
+    """`config.rounding`, with "auto" made concrete: GPTQ for a causal LM whose calibration `batches`
+    hold at least GPTQ_MIN_TOKENS tokens, round to nearest otherwise. Chosen on SmolLM2-135M's dev
+    windows (`benchmarks/gptq.py`, uniform 4 / 3 bits, RTN 72.8 / 165.4): GPTQ from 32x128 tokens
+    66.7 / 117.9, but from 4x128 tokens 68.3 / 222.3 (its Hessians are then rank-deficient and it
+    overfits them), so a calibration as small as the demo's keeps round-to-nearest."""
     if config.rounding != "auto":
         return config.rounding
-    return "gptq" if config.calibration is not None and is_causal_lm(model) else "rtn"
+    if batches is None or not is_causal_lm(model):
+        return "rtn"
+    tokens = sum(int(b["input_ids"].numel()) for b in batches if isinstance(b, dict) and "input_ids" in b)
+    return "gptq" if tokens >= GPTQ_MIN_TOKENS else "rtn"
 
 
 def check_budget_feasible(model: nn.Module, budget, *, bits, scheme: PackingScheme, skip_modules=(), solver="auto",
@@ -139,8 +147,7 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
                 raise ValueError(f"{why} needs calibration data, and the calibration set is empty")
         return batches
 
-    packing = replace(config.scheme, rounding=resolve_rounding(config, model))
-    scoring = replace(packing, rounding="rtn")  # the search scores round-to-nearest packing
+    scoring = replace(config.scheme, rounding="rtn")  # the search scores round-to-nearest packing
     if config.policy is not None:
         if table is not None:
             raise ValueError("pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...)), "
@@ -172,6 +179,9 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
 
     float_bytes = model_size_bytes(model)
     params = {n: m.weight.numel() for n, m in quantizable_layers(model).items()}
+    counts_tokens = config.rounding == "auto" and config.calibration is not None and is_causal_lm(model)
+    rounding = resolve_rounding(config, model, need_batches("rounding='auto'") if counts_tokens else None)
+    packing = replace(config.scheme, rounding=rounding)
     gptq = packing.rounding == "gptq"
     gptq_batches = need_batches("rounding='gptq'") if gptq else None
     t = time.perf_counter()

@@ -297,3 +297,20 @@ def test_configs_without_rounding_read_as_rtn_and_bad_values_are_refused():
         InfoQConfig(policy={"fc": 4}, rounding="GPTQ")
     with pytest.raises(ValueError, match="block_size must be a positive int"):
         InfoQConfig(policy={"fc": 4}, rounding="gptq", gptq_options={"block_size": 0})
+
+
+def test_auto_rounding_is_gptq_for_a_causal_lm_with_enough_calibration_tokens():
+    from conftest import tiny_llama
+
+    from infoq_hf.pipeline import GPTQ_MIN_TOKENS, resolve_rounding
+
+    model = tiny_llama()
+    config = InfoQConfig(policy={"re:.*proj": 4})
+    assert config.rounding == "auto"
+    enough = [{"input_ids": torch.zeros(4, GPTQ_MIN_TOKENS // 4, dtype=torch.long)}]
+    few = [{"input_ids": torch.zeros(1, GPTQ_MIN_TOKENS - 1, dtype=torch.long)}]
+    assert resolve_rounding(config, model, enough) == "gptq"
+    assert resolve_rounding(config, model, few) == "rtn"
+    assert resolve_rounding(config, model, None) == "rtn"  # no calibration data
+    assert resolve_rounding(config, torch.nn.Sequential(torch.nn.Linear(4, 4)), enough) == "rtn"  # not a causal LM
+    assert resolve_rounding(InfoQConfig(policy={"x": 4}, rounding="gptq"), model, None) == "gptq"

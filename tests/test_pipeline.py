@@ -56,6 +56,8 @@ def test_quantize_on_load_loads_once_and_equals_search_plus_allocate(llama_dir, 
     assert result.policy == expected and result.policy.report.refinement is not None
     assert result.table.layers == table.layers
     assert model.config.quantization_config.policy == expected
+    # rounding "auto" made concrete and recorded: 96 calibration tokens are too few for GPTQ
+    assert result.summary["rounding"] == model.config.quantization_config.rounding == "rtn"
 
 
 def test_cli_quantize_loads_the_float_model_once(llama_dir, tmp_path, monkeypatch):

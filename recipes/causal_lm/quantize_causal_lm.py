@@ -44,7 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--group-size", type=int, default=128, help="inputs per scale group (0: per output channel)")
     p.add_argument("--symmetric", action="store_true")
     p.add_argument("--rounding", choices=["auto", "rtn", "gptq"], default="auto",
-                   help="rounding of the packed weights (default auto: gptq, which reuses the calibration windows)")
+                   help="rounding of the packed weights (default auto: gptq, from the calibration windows, when "
+                        "they hold >= 4096 tokens, else rtn)")
     p.add_argument("--method", default="infoq", help="infoq, hawq, weight_mse, random or oracle")
     p.add_argument("--num-directions", type=int, default=None, help="InfoQ: random projections per observer")
     p.add_argument("--solver", default="auto", help="auto, highs or gurobi")
