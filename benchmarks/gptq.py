@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -111,7 +112,8 @@ def write(out: Path, args, calib, search_calib, rss_loaded: float, rows: list, t
                   f"{'-' if act is None else f'{act:.1f}'} |")
     done = len(rows) == 1 + total
     partial = [] if done else ["", f"PARTIAL: {len(rows) - 1} of {total} quantized rows so far."]
-    text = "\n".join([header, "", *md, *partial, "", "Command: `python -m benchmarks.gptq`"])
+    command = " ".join(["python -m benchmarks.gptq", *sys.argv[1:]])
+    text = "\n".join([header, "", *md, *partial, "", f"Command: `{command}`"])
     if done:
         print(text)
     (out / "gptq_smollm2.md").write_text(text + "\n")
