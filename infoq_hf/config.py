@@ -308,9 +308,23 @@ class InfoQConfig(QuantizationConfigMixin):
         return new
 
     # Loading a pre-quantized checkpoint with a passed InfoQConfig: transformers keeps the stored
-    # config and copies these "loading attributes" onto it; the quantizer then refuses a conflict.
+    # config and sets these "loading attributes" on it; the setter below refuses a conflicting policy
+    # there and then (nothing is stored).
     def get_loading_attributes(self) -> dict:
-        return {"_requested_at_load": self.to_dict()}
+        return {"policy_passed_at_load": None if self.policy is None else self.policy.to_dict()}
+
+    @property
+    def policy_passed_at_load(self):
+        return None
+
+    @policy_passed_at_load.setter
+    def policy_passed_at_load(self, requested) -> None:
+        if requested is not None and self.policy is not None and BitPolicy.from_dict(requested) != self.policy:
+            raise ValueError(
+                "the InfoQConfig passed to from_pretrained has a policy that differs from the one stored in this "
+                "pre-quantized checkpoint; its packed tensors fit only the stored policy. Load it without "
+                "quantization_config, or quantize the float model with your policy instead."
+            )
 
 
 def _version() -> str:

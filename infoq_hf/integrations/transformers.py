@@ -32,7 +32,6 @@ from ..checkpoint import (
     read_tensor_specs,
 )
 from ..config import QUANT_METHOD, InfoQConfig
-from ..policy import BitPolicy
 from ..quant.apply import dequantize_model
 
 logger = logging.getLogger("infoq_hf")
@@ -51,17 +50,9 @@ class InfoQQuantizer(HfQuantizer):
 
     def validate_environment(self, *args, **kwargs):
         cfg = self.quantization_config
-        requested = cfg.__dict__.pop("_requested_at_load", None)
-        if self.pre_quantized:
-            if cfg.policy is None:
-                raise ValueError("this checkpoint's config.json has an infoq quantization_config without a policy; "
-                                 "it was not saved after quantization. Re-save the quantized model.")
-            if requested and requested.get("policy") is not None and BitPolicy.from_dict(requested["policy"]) != cfg.policy:
-                raise ValueError(
-                    "the InfoQConfig passed to from_pretrained has a policy that differs from the one stored in this "
-                    "pre-quantized checkpoint; its packed tensors fit only the stored policy. Load it without "
-                    "quantization_config, or quantize the float model with your policy instead."
-                )
+        if self.pre_quantized and cfg.policy is None:
+            raise ValueError("this checkpoint's config.json has an infoq quantization_config without a policy; "
+                             "it was not saved after quantization. Re-save the quantized model.")
         device_map = kwargs.get("device_map")
         if isinstance(device_map, dict) and "disk" in device_map.values() and not self.pre_quantized:
             raise ValueError("quantizing on load with InfoQ needs the whole float model in memory; "
@@ -175,6 +166,6 @@ def register() -> None:
         quantizers[QUANT_METHOD] = InfoQQuantizer
     else:
         _auto.register_quantizer(QUANT_METHOD)(InfoQQuantizer)
-    # Lets a passed InfoQConfig reach the quantizer (as `_requested_at_load`) when the checkpoint has its own.
+    # A passed InfoQConfig meets a checkpoint's own through its loading attributes (see InfoQConfig).
     kinds = tuple(t for t in _auto.LOADING_ATTRIBUTES_CONFIG_TYPES if t.__name__ != "InfoQConfig")
     _auto.LOADING_ATTRIBUTES_CONFIG_TYPES = kinds + (InfoQConfig,)
