@@ -123,6 +123,13 @@ def _bits_by_layer(model: nn.Module, policy) -> dict[str, LayerBits]:
     return bits
 
 
+def mean_weight_bits(params: Mapping[str, int], w_bits: Mapping[str, int]) -> float:
+    """Parameter-weighted mean weight bits over the layers of `w_bits` (the "average bits" of every
+    budget, summary, card and plot); 0.0 for no parameters."""
+    total = sum(params[n] for n in w_bits)
+    return sum(params[n] * b for n, b in w_bits.items()) / total if total else 0.0
+
+
 def compression_ratio(model: nn.Module, baseline_bits: int = 32) -> float:
     """fp32 (or fp16 with baseline_bits=16) bytes of the packed layers' weights over their packed bytes."""
     layers = [m for m in model.modules() if isinstance(m, PACKED_TYPES)]

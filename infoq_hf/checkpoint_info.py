@@ -66,7 +66,7 @@ def _checkpoint_kind(model_config: Mapping) -> str:
 
 # ----------------------------------------------------------------------------- layer sizes of a packed model
 def _packed_layers_summary(model: nn.Module) -> tuple[dict[str, int], dict]:
-    from .accounting import compression_ratio, expected_size_bytes, model_size_bytes
+    from .accounting import compression_ratio, expected_size_bytes, mean_weight_bits, model_size_bytes
     from .quant.apply import packed_layers
 
     layers = packed_layers(model)
@@ -74,10 +74,9 @@ def _packed_layers_summary(model: nn.Module) -> tuple[dict[str, int], dict]:
         raise ValueError("the model has no packed layers: quantize it first (infoq quantize, "
                          "infoq_hf.quantize_model, or from_pretrained(..., quantization_config=InfoQConfig(...)))")
     params = {n: math.prod(m.weight_shape) for n, m in layers.items()}
-    total = sum(params.values())
     summary = {
         "quantized_layers": len(layers),
-        "avg_bits": sum(params[n] * m.w_bits for n, m in layers.items()) / total,
+        "avg_bits": mean_weight_bits(params, {n: m.w_bits for n, m in layers.items()}),
         "size_bytes": model_size_bytes(model),
         "expected_size_bytes": expected_size_bytes(model),
         "compression": compression_ratio(model),
@@ -106,6 +105,8 @@ def _header_summary(specs: Mapping[str, tuple[tuple[int, ...], str]], layers: Ma
                     numels: Mapping[str, int], symmetric: bool) -> tuple[dict[str, int], dict]:
     """`_packed_layers_summary` of the model a checkpoint loads into, from its tensor headers: `layers` maps a
     model layer to (its checkpoint prefix, w_bits), `numels` a model layer to its weight count."""
+    from .accounting import mean_weight_bits
+
     guards = {IMPORT_HINT_KEY} | {f"{p}.{GUARD}" if p else GUARD for p, _ in layers.values()}
     size = sum(math.prod(shape) * _DTYPE_BYTES[dtype] for key, (shape, dtype) in specs.items() if key not in guards)
     float_bytes = packed_bytes = stored_weight_bytes = 0
@@ -120,7 +121,7 @@ def _header_summary(specs: Mapping[str, tuple[tuple[int, ...], str]], layers: Ma
     params = {name: numels[name] for name in layers}
     summary = {
         "quantized_layers": len(layers),
-        "avg_bits": sum(params[n] * w_bits for n, (_, w_bits) in layers.items()) / sum(params.values()),
+        "avg_bits": mean_weight_bits(params, {n: w_bits for n, (_, w_bits) in layers.items()}),
         "size_bytes": size,
         "expected_size_bytes": size - stored_weight_bytes + packed_bytes,
         "compression": float_bytes / packed_bytes,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn as nn
 
-from .accounting import compression_ratio, expected_size_bytes, model_size_bytes
+from .accounting import compression_ratio, expected_size_bytes, mean_weight_bits, model_size_bytes
 from .allocation import allocate
 from .calibration import CalibrationSet
 from .checkpoint import cast_float_leftovers
@@ -201,8 +201,7 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
 def summarize(model: nn.Module, params: dict[str, int], float_bytes: int, times: dict, *, method=None,
               report=None) -> dict:
     layers = packed_layers(model)
-    n = sum(params.get(k, 0) for k in layers) or 1
-    avg_bits = sum(params.get(k, 0) * m.w_bits for k, m in layers.items()) / n
+    avg_bits = mean_weight_bits({k: params.get(k, 0) for k in layers}, {k: m.w_bits for k, m in layers.items()})
     return {
         "method": method or "policy (no search)",
         "layers": {k: {"w_bits": m.w_bits, "a_bits": m.a_bits,

@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .accounting import mean_weight_bits
 from .policy import BitPolicy, Budget
 from .sensitivity.table import SensitivityTable
 
@@ -87,8 +88,7 @@ def plot_bits_per_layer(policy: BitPolicy | Mapping, path: str | Path,
         title = f"bits per layer ({len(names)} layers"
         known = [n for n in names if params and n in params]
         if known:
-            total = sum(params[n] for n in known)
-            title += f", average {sum(params[n] * policy[n].w_bits for n in known) / total:.2f} bits"
+            title += f", average {mean_weight_bits(params, {n: policy[n].w_bits for n in known}):.2f} bits"
         title += ")"
     ax.set_title(title)
     return _save(fig, path)
