@@ -23,7 +23,13 @@ from .calibration import CalibrationSet
 from .checkpoint import cast_float_leftovers
 from .config import InfoQConfig
 from .policy import BitPolicy, Budget
-from .quant.apply import calibrate_activation_ranges, packed_layers, quantizable_layers, quantize_model
+from .quant.apply import (
+    batch_to_model_device,
+    calibrate_activation_ranges,
+    packed_layers,
+    quantizable_layers,
+    quantize_model,
+)
 from .quant.quantizer import effective_group_size
 from .quant.scheme import PackingScheme
 from .sensitivity import DATA_FREE_METHODS, SensitivityTable, search
@@ -58,25 +64,16 @@ def load_calibration_batches(calibration, model: nn.Module, *, tokenizer=None, i
                                format="tuple" if is_timm_model(model) else "dict", **options)
     if not isinstance(batches, CalibrationSet):
         return batches
-    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
     labelled = []
     with torch.no_grad():
         for batch in batches:
-            batch = _to_device(batch, device)
+            batch = batch_to_model_device(batch, model)
             if isinstance(batch, tuple) and batch[1] is None:
                 batch = (batch[0], model(batch[0]).argmax(-1))
             elif isinstance(batch, dict) and "pixel_values" in batch and "labels" not in batch:
                 batch = {**batch, "labels": model(**batch).logits.argmax(-1)}
             labelled.append(batch)
     return CalibrationSet(labelled, batches.spec)
-
-
-def _to_device(batch, device: torch.device):
-    if isinstance(batch, dict):
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in batch)
-    return batch
 
 
 GPTQ_MIN_TOKENS = 4096  # "auto" rounds with GPTQ from this many calibration tokens on (see resolve_rounding)

@@ -180,6 +180,18 @@ def calibrate_activation_ranges(model: nn.Module, batches: Iterable, policy: Bit
     return {n: (o.lo, o.hi) for n, o in observers.items()}
 
 
+def batch_to_model_device(batch, model: nn.Module):
+    """A batch's tensors on the device of the model's first parameter (a GPU model, CPU batches)."""
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), None)
+    if device is None:
+        return batch
+    if isinstance(batch, Mapping):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(v.to(device) if isinstance(v, torch.Tensor) else v for v in batch)
+    return batch.to(device) if isinstance(batch, torch.Tensor) else batch
+
+
 def default_forward(model: nn.Module, batch):
     """Run one calibration batch: dict -> model(**inputs), (inputs, labels) tuple -> model(inputs)."""
     if isinstance(batch, Mapping):

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..accounting import count_macs, model_size_bytes, tied_weights
 from ..bitwidth import check_bits
 from ..calibration import CalibrationSet, calibration_identity
-from ..quant.apply import default_forward, quantizable_layers
+from ..quant.apply import batch_to_model_device, default_forward, quantizable_layers
 from ..quant.modules import oriented_weight
 from ..quant.quantizer import WeightScheme
 from ..quant.scheme import FORMAT_FIELDS, UNSET, PackingScheme, resolve_scheme
@@ -116,7 +116,7 @@ def search(
         layers = {n: m for n, m in layers.items() if n not in tied}
     if not layers:
         raise ValueError("the model has no quantizable Linear/Conv2d layers (after skip_modules/skip_types)")
-    batches = _as_batches(calibration)
+    batches = [batch_to_model_device(b, model) for b in _as_batches(calibration)]
     needs_data = method not in DATA_FREE_METHODS
     if needs_data and not batches:
         raise ValueError(f"method {method!r} needs calibration batches, and the calibration set is empty")
