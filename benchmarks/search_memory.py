@@ -85,7 +85,7 @@ def main(argv=None):
              "| tree | RSS after load MiB | peak RSS MiB | search wall s |", "|---|---|---|---|"]
     for label, r in rows.items():
         lines.append(f"| {label} | {r['rss_loaded_mib']:.0f} | {r['peak_rss_mib']:.0f} | {r['wall_s']:.1f} |")
-    lines += ["", "Command: `python -m benchmarks.search_memory`"]
+    lines += ["", f"Command: `{' '.join(['python -m benchmarks.search_memory', *sys.argv[1:]])}`"]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     name = "search_memory_smollm2_this_tree.md" if args.only_this_tree else "search_memory_smollm2.md"
     (Path(args.out) / name).write_text("\n".join(lines) + "\n")
