@@ -37,9 +37,8 @@ def _reference_policy(model_dir, calib, refine_passes):
     return table, policy
 
 
-def test_quantize_on_load_loads_once_and_equals_search_plus_allocate(llama_dir, monkeypatch):
-    model_dir, calib = llama_dir
-    table, expected = _reference_policy(model_dir, calib, refine_passes=3)
+def _count_loads(monkeypatch) -> list:
+    """The class names of every `from_pretrained` call from now on (the list fills as they happen)."""
     loads = []
     original = transformers.PreTrainedModel.from_pretrained.__func__
 
@@ -48,6 +47,13 @@ def test_quantize_on_load_loads_once_and_equals_search_plus_allocate(llama_dir, 
         return original(cls, *args, **kwargs)
 
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(counting))
+    return loads
+
+
+def test_quantize_on_load_loads_once_and_equals_search_plus_allocate(llama_dir, monkeypatch):
+    model_dir, calib = llama_dir
+    table, expected = _reference_policy(model_dir, calib, refine_passes=3)
+    loads = _count_loads(monkeypatch)
     config = InfoQConfig(bits=(2, 4, 8), budget={"avg_bits": 3.0}, method="infoq", group_size=16,
                          calibration={"dataset": "text", "data_files": str(calib), **SPEC}, refine_passes=3)
     model = transformers.LlamaForCausalLM.from_pretrained(model_dir, quantization_config=config)
@@ -63,14 +69,7 @@ def test_quantize_on_load_loads_once_and_equals_search_plus_allocate(llama_dir, 
 def test_cli_quantize_loads_the_float_model_once(llama_dir, tmp_path, monkeypatch):
     model_dir, calib = llama_dir
     _, expected = _reference_policy(model_dir, calib, refine_passes=0)
-    loads = []
-    original = transformers.PreTrainedModel.from_pretrained.__func__
-
-    def counting(cls, *args, **kwargs):
-        loads.append(cls.__name__)
-        return original(cls, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(counting))
+    loads = _count_loads(monkeypatch)
     out = tmp_path / "q"
     argv = ["quantize", str(model_dir), "--calib", str(calib), "--samples", "6", "--seq-len", "16", "--batch-size",
             "2", "--bits", "2,4,8", "--group-size", "16", "--avg-bits", "3", "--refine-passes", "0", "--out", str(out)]
