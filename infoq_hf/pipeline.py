@@ -30,9 +30,11 @@ from .quant.apply import (
     quantizable_layers,
     quantize_model,
 )
+from .quant.gptq import gptq_candidates
 from .quant.quantizer import effective_group_size
 from .quant.scheme import PackingScheme
 from .sensitivity import DATA_FREE_METHODS, SensitivityTable, search
+from .sensitivity.rounding_costs import with_gptq_costs
 from .sensitivity.task import is_causal_lm
 
 logger = logging.getLogger("infoq_hf")
@@ -144,7 +146,11 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
                 raise ValueError(f"{why} needs calibration data, and the calibration set is empty")
         return batches
 
-    scoring = replace(config.scheme, rounding="rtn")  # the search scores round-to-nearest packing
+    counts_tokens = config.rounding == "auto" and config.calibration is not None and is_causal_lm(model)
+    rounding = resolve_rounding(config, model, need_batches("rounding='auto'") if counts_tokens else None)
+    packing = replace(config.scheme, rounding=rounding)
+    gptq = packing.rounding == "gptq"
+    scoring = replace(config.scheme, rounding="rtn")  # the probes perturb with round to nearest
     if config.policy is not None:
         if table is not None:
             raise ValueError("pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...)), "
@@ -159,13 +165,23 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
             table = search(model, data, bits=config.bits, method=config.method, seed=config.seed, scheme=scoring,
                            skip_modules=skip, accelerator=accelerator, progress=progress, **config.method_options)
             times["search"] = time.perf_counter() - t
-        t = time.perf_counter()
         refine = config.refine_passes if config.calibration is not None else 0  # data-free runs: ILP only
+        candidates = None
+        if gptq:  # the allocation knows the rounding it is packed with: GPTQ's errors, GPTQ's weights
+            t = time.perf_counter()
+            candidates = gptq_candidates(model, {n: table.bits for n in table.layers}, need_batches("rounding='gptq'"),
+                                         scheme=packing, options=config.gptq_options, keep_weights=bool(refine),
+                                         progress=progress)
+            table = with_gptq_costs(table, candidates)
+            times["gptq-aware costs"] = time.perf_counter() - t
+        t = time.perf_counter()
         policy = allocate(table, config.budget, solver=config.solver, alpha=config.alpha,
                           pin_first_last=config.pin_first_last, model=model if refine else None,
                           calibration=need_batches("the refinement") if refine else None, refine_passes=refine,
-                          seed=config.seed, accelerator=accelerator, progress=progress)
+                          seed=config.seed, gptq=candidates if refine else None, accelerator=accelerator,
+                          progress=progress)
         times["allocation"] = time.perf_counter() - t
+        del candidates  # GPTQ's rounded candidates take about a byte per weight and width
 
     act_ranges = None
     if any(lb.a_bits is not None for lb in policy.values()):
@@ -176,10 +192,6 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
 
     float_bytes = model_size_bytes(model)
     params = {n: m.weight.numel() for n, m in quantizable_layers(model).items()}
-    counts_tokens = config.rounding == "auto" and config.calibration is not None and is_causal_lm(model)
-    rounding = resolve_rounding(config, model, need_batches("rounding='auto'") if counts_tokens else None)
-    packing = replace(config.scheme, rounding=rounding)
-    gptq = packing.rounding == "gptq"
     gptq_batches = need_batches("rounding='gptq'") if gptq else None
     t = time.perf_counter()
     quantize_model(model, policy, scheme=packing, skip_modules=skip, act_ranges=act_ranges,

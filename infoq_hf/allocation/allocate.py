@@ -83,6 +83,7 @@ def allocate(
     refine_candidates: int = 4,
     seed: int = 0,
     forward=None,
+    gptq=None,
     accelerator=None,
     progress: bool = True,
 ) -> BitPolicy:
@@ -135,7 +136,7 @@ def allocate(
                              "or refine_passes=0 for the ILP's solution alone")
         batches = [calibration] if isinstance(calibration, Mapping) else list(calibration)
         assignment, refinement = refine(model, table, spec, assignment, batches, passes=refine_passes,
-                                        candidates=refine_candidates, seed=seed, forward=forward,
+                                        candidates=refine_candidates, seed=seed, forward=forward, gptq=gptq,
                                         accelerator=accelerator, progress=progress)
         totals, objective = verify(table, spec, assignment)
 

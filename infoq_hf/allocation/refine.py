@@ -59,6 +59,7 @@ class RefinementReport:
     prefix_replay: bool
     wall_s: float
     seed: int
+    rounding: str = "rtn"  # whose rounding the candidates were evaluated with
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,8 +109,10 @@ class _Units:
 class _Evaluator:
     """Runs the model with every table layer fake-quantized as an assignment says; KL to the float model."""
 
-    def __init__(self, model, table, batches, forward: Callable, a_bits: Mapping[str, int | None]):
+    def __init__(self, model, table, batches, forward: Callable, a_bits: Mapping[str, int | None],
+                 quantized_weight: Callable[[str, int], torch.Tensor] | None = None):
         self.model, self.table, self.batches, self.forward = model, table, batches, forward
+        self.quantized_weight = quantized_weight or self._round_to_nearest
         self.layers = {n: model.get_submodule(n) for n in table.layers}
         self.float_weights = {n: m.weight.data.clone() for n, m in self.layers.items()}
         self.current: dict[str, int] = {}
@@ -155,11 +158,13 @@ class _Evaluator:
     def _set(self, assignment: Mapping[str, int]) -> list[str]:
         changed = [n for n, b in assignment.items() if self.current.get(n) != b]
         for n in changed:
-            layer = self.layers[n]
-            w = fake_quantize_layer(layer, self.float_weights[n], self.table.scheme.weight_scheme(self.table.layers[n].get("kind", "linear"), assignment[n]), n)
-            layer.weight.data.copy_(w)
+            self.layers[n].weight.data.copy_(self.quantized_weight(n, assignment[n]))
             self.current[n] = assignment[n]
         return changed
+
+    def _round_to_nearest(self, name: str, bits: int) -> torch.Tensor:
+        scheme = self.table.scheme.weight_scheme(self.table.layers[name].get("kind", "linear"), bits)
+        return fake_quantize_layer(self.layers[name], self.float_weights[name], scheme, name)
 
     def _mean_kl(self, replayed: list[str]) -> float:
         """One pass over the calibration batches with `replayed` blocks standing in for themselves."""
@@ -224,10 +229,14 @@ def refine(
     candidates: int = 4,
     seed: int = 0,
     forward: Callable | None = None,
+    gptq=None,
     accelerator=None,
     progress: bool = True,
 ) -> tuple[dict[str, Choice], RefinementReport]:
-    """Improve `assignment` (the ILP's) by whole-model KL; returns the new assignment and a report."""
+    """Improve `assignment` (the ILP's) by whole-model KL; returns the new assignment and a report.
+
+    Candidates are evaluated with round-to-nearest weights, or with GPTQ's when `gptq` (a
+    `quant.gptq.GPTQCandidates` holding the rounded weights) says how the model will be packed."""
     from ..quant.apply import default_forward
 
     if passes < 1:
@@ -250,7 +259,9 @@ def refine(
     rng = random.Random(seed)
     was_training = model.training
     model.eval()
-    evaluator = _Evaluator(model, table, batches, forward, a_of)
+    if gptq is not None and not gptq.has_weights():
+        raise ValueError("the refinement needs GPTQ's rounded weights: compute the candidates with keep_weights=True")
+    evaluator = _Evaluator(model, table, batches, forward, a_of, gptq.weight if gptq is not None else None)
     bar = tqdm(total=passes, desc="refine: whole-model passes", disable=not (progress and rank == 0))
     used = 0
 
@@ -311,7 +322,8 @@ def refine(
         model.train(was_training)
     report = RefinementReport(passes=used, accepted=accepted, start=start, kl_ilp=kl_ilp, kl_uniform=kl_uniform,
                               kl_final=kl_current, calibration_batches=len(batches), prefix_replay=replay,
-                              wall_s=round(time.perf_counter() - started, 3), seed=seed)
+                              wall_s=round(time.perf_counter() - started, 3), seed=seed,
+                              rounding="rtn" if gptq is None else "gptq")
     return {n: (current[n], a_of[n]) for n in assignment}, report
 
 

@@ -461,54 +461,14 @@ def gptq_quantize_model(
             set_submodule(model, name, packed)
             report.layers += 1
 
-    def accumulate(names: list[str]) -> tuple[dict[str, _HessianAccumulator], list]:
-        memo: dict = {}
-        accs = {n: _HessianAccumulator(n, model.get_submodule(n), memo) for n in names}
-        return accs, [accs[n].layer.register_forward_pre_hook(accs[n]) for n in names]
-
     try:
-        layer_names = list(resolved)
-        stages = _trace_stages(model, find_blocks(model), layer_names, batches[0], forward)
-        total = sum(len(names) if kind == "chain" else 1 for kind, names in stages)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc="GPTQ", unit="block", disable=not progress)
-        for kind, names in stages:
-            if kind == "layers":
-                accs, hooks = accumulate(names)
-                try:
-                    for batch in batches:
-                        forward(model, batch)
-                finally:
-                    for h in hooks:
-                        h.remove()
-                report.full_passes += 1
+        layer_names = list(resolved)
+        stages = _trace_stages(model, find_blocks(model), layer_names, batches[0], forward)
+        with tqdm(total=_stage_count(stages), desc="GPTQ", unit="block", disable=not progress) as bar:
+            for accs in _hessian_stages(model, stages, layer_names, batches, forward, report, bar):
                 round_and_pack(accs)
-                bar.update(1)
-                continue
-            inputs = _capture_inputs(model, names[0], batches, forward)
-            report.full_passes += 1
-            for k, block_name in enumerate(names):
-                report.max_activation_bytes = max(report.max_activation_bytes, _nbytes(inputs, set()))
-                block = model.get_submodule(block_name)
-                in_block = [n for n in layer_names if _owner_block(n, [block_name])]
-                if in_block:
-                    accs, hooks = accumulate(in_block)
-                    try:
-                        for args, kwargs in inputs:
-                            block(*args, **kwargs)
-                    finally:
-                        for h in hooks:
-                            h.remove()
-                    round_and_pack(accs)
-                    block = model.get_submodule(block_name)  # the block may itself be a packed layer now
-                if k + 1 < len(names):  # the next block's inputs, from this block quantized
-                    for j, (args, kwargs) in enumerate(inputs):
-                        inputs[j] = ((_first(block(*args, **kwargs)),) + tuple(args[1:]), kwargs)
-                report.blocks += 1
-                bar.update(1)
-            del inputs
-        bar.close()
     except BaseException:
         for name, layer in originals.items():
             set_submodule(model, name, layer)
@@ -517,6 +477,154 @@ def gptq_quantize_model(
         model.train(was_training)
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+class GPTQCandidates:
+    """GPTQ's rounding of layers at several widths, each from the float model's own inputs, and the
+    output error it leaves relative to round-to-nearest's. What the allocation needs to know the
+    rounding it will be packed with: the error ratios scale the sensitivity costs
+    (`sensitivity.rounding_costs.with_gptq_costs`) and the rounded weights stand in for RTN's in the
+    whole-model refinement.
+
+    `error_ratio[name][bits]` = tr(D_gptq H D_gptq^T) / tr(D_rtn H D_rtn^T), D = Q(W) - W, H the layer's
+    input Hessian (per conv group, summed). The final packing rounds block by block on inputs from the
+    already quantized blocks, so its codes differ slightly from these (float-input) ones."""
+
+    def __init__(self, error_ratio: dict[str, dict[int, float]], weights: dict[tuple[str, int], QuantizedWeight],
+                 transposed: set[str], meta: dict):
+        self.error_ratio, self._weights, self._transposed, self.meta = error_ratio, weights, transposed, meta
+
+    def has_weights(self) -> bool:
+        return bool(self._weights)
+
+    def weight(self, name: str, bits: int) -> torch.Tensor:
+        """The dequantized GPTQ weight of `name` at `bits`, shaped and oriented as the layer stores it."""
+        try:
+            qw = self._weights[(name, bits)]
+        except KeyError:
+            raise KeyError(f"no GPTQ rounding of layer {name!r} at {bits} bits was computed; computed widths: "
+                           f"{sorted(b for n, b in self._weights if n == name)}") from None
+        w = qw.dequantize()
+        return w.t() if name in self._transposed else w
+
+
+def _flip_conv1d(layer: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    """Between a layer's stored weight and [out, in...]: transformers' Conv1D stores [in, out] (the
+    transpose is its own inverse); other layers store [out, ...] already."""
+    return w.t() if HFConv1D is not None and isinstance(layer, HFConv1D) else w
+
+
+def _output_error(delta: torch.Tensor, hessian: torch.Tensor) -> float:
+    """tr(D H D^T) summed over conv groups; `delta` [out, ...] oriented, `hessian` [groups, d, d]."""
+    groups = hessian.shape[0]
+    d = delta.reshape(groups, delta.shape[0] // groups, -1).double()
+    return float(((d @ hessian.double()) * d).sum())
+
+
+@torch.no_grad()
+def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calibration: Iterable, *, scheme,
+                    options: GPTQOptions | Mapping | None = None, forward: Callable | None = None,
+                    keep_weights: bool = True, progress: bool = True) -> GPTQCandidates:
+    """GPTQ-round every layer of `widths` ({name: [bits, ...]}) at each of its widths, on Hessians of the
+    float model's inputs collected one block at a time (the model is not changed). `scheme`: the
+    `PackingScheme` the model will be packed with. `keep_weights=False` keeps only the error ratios
+    (the rounded weights take about one byte per weight and width)."""
+    from tqdm.auto import tqdm
+
+    from ..sensitivity.probe import find_blocks
+    from .apply import default_forward
+    from .modules import fake_quantize_layer
+
+    t0 = time.perf_counter()
+    options = GPTQOptions.from_dict(options)
+    forward = forward or default_forward
+    batches = None if calibration is None else list(calibration)
+    if not batches:
+        raise ValueError("GPTQ-aware costs need calibration batches (the ones GPTQ will round with); pass "
+                         "calibration=[batch, ...]")
+    widths = {n: sorted({int(b) for b in bs}) for n, bs in widths.items()}
+    layer_names = list(widths)
+    ratios: dict[str, dict[int, float]] = {}
+    weights: dict[tuple[str, int], QuantizedWeight] = {}
+    transposed = {n for n in layer_names if HFConv1D is not None and isinstance(model.get_submodule(n), HFConv1D)}
+    report = GPTQReport()
+    was_training = model.training
+    model.eval()
+    try:
+        stages = _trace_stages(model, find_blocks(model), layer_names, batches[0], forward)
+        with tqdm(total=_stage_count(stages), desc="GPTQ-aware costs", unit="block", disable=not progress) as bar:
+            for accs in _hessian_stages(model, stages, layer_names, batches, forward, report, bar):
+                for name, acc in accs.items():
+                    layer, hessian = acc.layer, acc.hessian()
+                    acc.sum = None
+                    w = _flip_conv1d(layer, layer.weight.detach().float())
+                    ratios[name] = {}
+                    for b in widths[name]:
+                        ws = scheme.weight_scheme(layer, b)
+                        rtn = _flip_conv1d(layer, fake_quantize_layer(layer, layer.weight.detach().float(), ws, name))
+                        qw = quantize_layer_gptq(name, layer, hessian, ws, options)
+                        e_rtn = _output_error(rtn - w, hessian)
+                        e_gptq = _output_error(qw.dequantize() - w, hessian)
+                        ratios[name][b] = e_gptq / e_rtn if e_rtn > 0 else 1.0
+                        if keep_weights:
+                            weights[(name, b)] = qw
+    finally:
+        model.train(was_training)
+    meta = {"calibration_batches": len(batches), "options": options.to_dict(),
+            "wall_s": round(time.perf_counter() - t0, 3), "full_passes": report.full_passes}
+    return GPTQCandidates(ratios, weights, transposed, meta)
+
+
+def _stage_count(stages) -> int:
+    return sum(len(names) if kind == "chain" else 1 for kind, names in stages)
+
+
+def _hessian_stages(model: nn.Module, stages, layer_names: list[str], batches: list, forward: Callable,
+                    report: GPTQReport, bar):
+    """Yield {layer name: accumulated Hessian} stage by stage (one block's layers, or a run of layers
+    outside any block), in execution order. Each stage's inputs come from the model as the consumer
+    left it after the previous stages: quantized blocks for GPTQ, the float model when nothing changes."""
+
+    def accumulate(names: list[str]) -> tuple[dict[str, _HessianAccumulator], list]:
+        memo: dict = {}
+        accs = {n: _HessianAccumulator(n, model.get_submodule(n), memo) for n in names}
+        return accs, [accs[n].layer.register_forward_pre_hook(accs[n]) for n in names]
+
+    for kind, names in stages:
+        if kind == "layers":
+            accs, hooks = accumulate(names)
+            try:
+                for batch in batches:
+                    forward(model, batch)
+            finally:
+                for h in hooks:
+                    h.remove()
+            report.full_passes += 1
+            yield accs
+            bar.update(1)
+            continue
+        inputs = _capture_inputs(model, names[0], batches, forward)
+        report.full_passes += 1
+        for k, block_name in enumerate(names):
+            report.max_activation_bytes = max(report.max_activation_bytes, _nbytes(inputs, set()))
+            in_block = [n for n in layer_names if _owner_block(n, [block_name])]
+            if in_block:
+                block = model.get_submodule(block_name)
+                accs, hooks = accumulate(in_block)
+                try:
+                    for args, kwargs in inputs:
+                        block(*args, **kwargs)
+                finally:
+                    for h in hooks:
+                        h.remove()
+                yield accs
+            block = model.get_submodule(block_name)  # the block may itself be a packed layer now
+            if k + 1 < len(names):  # the next block's inputs, from this block as the consumer left it
+                for j, (args, kwargs) in enumerate(inputs):
+                    inputs[j] = ((_first(block(*args, **kwargs)),) + tuple(args[1:]), kwargs)
+            report.blocks += 1
+            bar.update(1)
+        del inputs
 
 
 def _capture_inputs(model: nn.Module, block_name: str, batches: list, forward: Callable) -> list:
@@ -542,4 +650,5 @@ def _capture_inputs(model: nn.Module, block_name: str, batches: list, forward: C
     return captured
 
 
-__all__ = ["GPTQOptions", "GPTQReport", "gptq_quantize", "gptq_quantize_model", "quantize_layer_gptq"]
+__all__ = ["GPTQCandidates", "GPTQOptions", "GPTQReport", "gptq_candidates", "gptq_quantize", "gptq_quantize_model",
+           "quantize_layer_gptq"]

@@ -25,6 +25,11 @@ from ..quant.scheme import PackingScheme
 FORMAT_VERSION = 1
 
 
+# Per-layer values keyed by bit-width: scores (w, a), InfoQ's relative weight errors (t2) and, for
+# GPTQ-aware costs (`rounding_costs`), the RTN originals and the GPTQ/RTN output-error ratios.
+BIT_KEYED = ("w", "a", "t2", "t2_rtn", "w_rtn", "gptq_error_ratio")
+
+
 class SensitivityTable:
     """Scores S_w(l, b) (and optionally S_a(l, b)) with layer sizes and MACs."""
 
@@ -35,10 +40,9 @@ class SensitivityTable:
         for name, info in layers.items():
             entry = dict(info)
             entry["w"] = {int(b): float(s) for b, s in info.get("w", {}).items()}
-            if info.get("a") is not None:
-                entry["a"] = {int(b): float(s) for b, s in info["a"].items()}
-            if info.get("t2") is not None:
-                entry["t2"] = {int(b): float(s) for b, s in info["t2"].items()}
+            for key in BIT_KEYED[1:]:
+                if info.get(key) is not None:
+                    entry[key] = {int(b): float(s) for b, s in info[key].items()}
             entry["params"] = int(entry.get("params", 0))
             entry["macs"] = int(entry.get("macs", 0))
             if "shape" in entry:
@@ -83,8 +87,8 @@ class SensitivityTable:
     def to_dict(self) -> dict:
         layers = {}
         for name, info in self.layers.items():
-            entry = {k: v for k, v in info.items() if k not in ("w", "a", "t2")}
-            for key in ("w", "a", "t2"):
+            entry = {k: v for k, v in info.items() if k not in BIT_KEYED}
+            for key in BIT_KEYED:
                 if info.get(key) is not None:
                     entry[key] = {str(b): s for b, s in info[key].items()}
             layers[name] = entry

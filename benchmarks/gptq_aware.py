@@ -1,0 +1,105 @@
+"""GPTQ-aware allocation on SmolLM2-135M: the InfoQ policy for GPTQ packing, with costs and refinement
+from round-to-nearest (before) and from GPTQ's own errors and weights (the product's default now).
+
+    python -m benchmarks.gptq_aware      # ~40 min on 2 CPU cores; writes benchmarks/results/gptq_aware_smollm2.md
+
+Same data, table and settings as `benchmarks/gptq.py` (calibration works: the first 4 windows are
+the search and refinement calibration, all 32 the GPTQ calibration; dev windows choose, test windows
+after them only report). Every row is packed with sequential GPTQ on the 32 windows. Rows:
+- RTN costs + RTN-judged refinement: what the pipeline allocated for GPTQ packing before (3.0 bits only;
+  the other budgets are in gptq_smollm2.md, produced by the same code);
+- GPTQ costs, ILP only: `with_gptq_costs` (the error ratios of `gptq_candidates` on the 32 windows);
+- GPTQ costs + GPTQ-judged refinement: the refinement evaluates candidates with GPTQ's rounded weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from infoq_hf import Budget, allocate, quantizable_layers, search
+from infoq_hf.allocation.allocate import DEFAULT_REFINE_PASSES
+from infoq_hf.quant.gptq import gptq_candidates, gptq_quantize_model
+from infoq_hf.quant.scheme import PackingScheme
+from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
+
+from . import common
+from .compare import cached_table
+from .gptq import GROUP, SEARCH_BATCHES, SKIP, peak_rss_mib
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--calib", type=int, default=32)
+    p.add_argument("--dev", type=int, default=16)
+    p.add_argument("--eval", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES)
+    p.add_argument("--budgets", default="4.0,3.0,2.5")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    torch.manual_seed(args.seed)
+    model, _, calib, dev, test = common.smollm2_data(args.calib, args.dev, args.eval)
+    search_calib = calib[:SEARCH_BATCHES]
+    names = list(quantizable_layers(model, skip_modules=SKIP))
+    table = cached_table(out / "tables" / f"smollm2_infoq_calibrated_c{len(search_calib)}_s{args.seed}.json", False,
+                         lambda: search(model, search_calib, method="infoq", bits=(2, 3, 4, 8), group_size=GROUP,
+                                        skip_modules=SKIP, seed=args.seed))
+    t = time.perf_counter()
+    candidates = gptq_candidates(model, {n: table.bits for n in table.layers}, calib,
+                                 scheme=PackingScheme(group_size=GROUP, rounding="gptq"))
+    candidates_s = time.perf_counter() - t
+    gptq_table = with_gptq_costs(table, candidates)
+    print(f"candidates: {candidates_s:.0f} s, peak RSS {peak_rss_mib():.0f} MiB", flush=True)
+
+    def policy(costs: str, refine: str, bits: float):
+        kw = {} if refine == "none" else dict(model=model, calibration=search_calib, refine_passes=args.refine_passes,
+                                              seed=args.seed, gptq=candidates if refine == "gptq" else None)
+        return allocate(table if costs == "rtn" else gptq_table, Budget(avg_bits=bits), **kw)
+
+    plan = []
+    for bits in (float(b) for b in args.budgets.split(",")):
+        if bits == 3.0:
+            plan.append(("RTN costs + RTN-judged refinement", "rtn", "rtn", bits))
+        plan += [("GPTQ costs, ILP only", "gptq", "none", bits), ("GPTQ costs + GPTQ-judged refinement", "gptq", "gptq", bits)]
+    rows = []
+    for label, costs, refine, bits in plan:
+        t = time.perf_counter()
+        pol = policy(costs, refine, bits)
+        alloc_s = time.perf_counter() - t
+        m = copy.deepcopy(model)
+        gptq_quantize_model(m, pol, calib, scheme={"group_size": GROUP}, skip_modules=SKIP, progress=False)
+        r = pol.report.refinement
+        rows.append((bits, label, pol.report.avg_bits, common.perplexity(m, dev), common.perplexity(m, test), alloc_s,
+                     "-" if r is None else f"{r.kl_ilp:.3f} -> {r.kl_final:.3f} ({r.start}, {r.accepted} accepted)"))
+        print(rows[-1], flush=True)
+        del m
+        write(out, args, candidates_s, rows, len(plan))
+
+
+def write(out: Path, args, candidates_s: float, rows: list, total: int) -> None:
+    md = [f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; every row packed with sequential "
+          f"GPTQ (damp 0.01, block 128) on {args.calib}x128 calibration tokens; InfoQ table of `benchmarks/gptq.py` "
+          f"(4x128 search calibration), ILP, {args.refine_passes} refinement passes on the 4x128 windows; perplexity "
+          f"on {args.dev}x128 dev and {args.eval}x128 test tokens (test after dev); seed {args.seed}; "
+          f"{common.machine()}. GPTQ candidates (every layer at 2/3/4/8 bits, float-model Hessians): "
+          f"{candidates_s:.0f} s.", "",
+          "| avg bits budget | allocation | avg bits | dev ppl | test ppl | allocation wall s | refinement KL (calibration) |",
+          "|---|---|---|---|---|---|---|"]
+    md += [f"| {b} | {label} | {avg:.3f} | {d:.2f} | {t:.2f} | {s:.0f} | {kl} |" for b, label, avg, d, t, s, kl in rows]
+    if len(rows) < total:
+        md += ["", f"PARTIAL: {len(rows)} of {total} rows so far."]
+    md += ["", f"Command: `{' '.join(['python -m benchmarks.gptq_aware', *sys.argv[1:]])}`"]
+    (out / "gptq_aware_smollm2.md").write_text("\n".join(md) + "\n")
+    if len(rows) == total:
+        print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
