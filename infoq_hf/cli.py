@@ -328,7 +328,7 @@ def cmd_quantize(args) -> int:
     config = InfoQConfig(bits=args.bits, budget=budget, method=args.method, calibration=spec,
                          **{k: getattr(packing, k) for k in ("group_size", "conv_group_size", "symmetric")},
                          solver=args.solver, seed=args.seed, policy=policy, refine_passes=args.refine_passes,
-                         rounding=args.rounding, gptq_options={"damp": args.gptq_damp, "act_order": args.gptq_act_order})
+                         search_samples=args.search_samples, rounding=args.rounding, gptq_options={"damp": args.gptq_damp, "act_order": args.gptq_act_order})
     if policy is not None:
         _say(f"applying the policy of {args.policy} ({len(policy)} entries; no search)")
     elif table is not None:
@@ -518,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--refine-passes", type=_nonnegative_int, default=DEFAULT_REFINE_PASSES, metavar="N",
                    help="whole-model passes refining the ILP's allocation by KL to the float model on the "
                         f"calibration data (default {DEFAULT_REFINE_PASSES}; 0 = ILP only)")
+    q.add_argument("--search-samples", type=_positive(int), default=None, metavar="N",
+                   help="calibration samples (the first N) the search and the refinement use; GPTQ rounds with "
+                        "all --samples (default: all)")
     q.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder to write")
     q.add_argument("--table", metavar="SCORES.json",
                    help="allocate from this sensitivity table (infoq search) instead of searching again")

@@ -50,11 +50,11 @@ def _check_group_size(name: str, value):
     return value
 
 
-def _check_count(name: str, value):
+def _check_count(name: str, value, none_means: str = "the calibration spec's"):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"InfoQConfig.{name} must be a positive int or None (the calibration spec's), got {value!r}")
+        raise ValueError(f"InfoQConfig.{name} must be a positive int or None ({none_means}), got {value!r}")
     return value
 
 
@@ -74,6 +74,9 @@ class InfoQConfig(QuantizationConfigMixin):
             names of local files; never the data or an absolute path).
         num_samples, seq_len: how many calibration samples, and tokens per text sample (None: the spec's,
             128 and 512 by default); a smaller dataset gives a warning and all it has.
+        search_samples: how many of the calibration samples (the first ones) the sensitivity search and
+            the refinement use; None: all. GPTQ rounds with all of them: it wants thousands of tokens
+            (see `rounding`), the search's probes and the refinement's passes cost time per sample.
         group_size: scales per `group_size` inputs of a Linear (None: per output channel; default 128).
         conv_group_size: the same for Conv2d layers (default per output channel).
         symmetric: symmetric weight codes (no zero points).
@@ -108,6 +111,7 @@ class InfoQConfig(QuantizationConfigMixin):
         calibration=None,
         num_samples: int | None = None,
         seq_len: int | None = None,
+        search_samples: int | None = None,
         group_size: int | None = UNSET,
         conv_group_size: int | None = UNSET,
         symmetric: bool = UNSET,
@@ -158,6 +162,7 @@ class InfoQConfig(QuantizationConfigMixin):
         self.calibration = self._check_calibration(calibration)
         self.num_samples = _check_count("num_samples", num_samples)
         self.seq_len = _check_count("seq_len", seq_len)
+        self.search_samples = _check_count("search_samples", search_samples, "all calibration samples")
         # Unset packing fields come from the scheme an allocated policy was budgeted with, else the defaults.
         budgeted = self.policy.scheme if self.policy is not None and self.policy.scheme is not None else DEFAULT_SCHEME
         given = {"group_size": group_size, "conv_group_size": conv_group_size, "symmetric": symmetric,
@@ -271,6 +276,7 @@ class InfoQConfig(QuantizationConfigMixin):
             "calibration": cal,
             "num_samples": self.num_samples,
             "seq_len": self.seq_len,
+            "search_samples": self.search_samples,
             "group_size": self.group_size,
             "conv_group_size": self.conv_group_size,
             "symmetric": self.symmetric,

@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -124,7 +124,9 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
     `a_bits`, or for GPTQ rounding). Otherwise the budget is checked, calibration data loaded (if
     the method needs it), sensitivities searched (or `table`, a saved search of this model, used),
     bits allocated under `config.budget` (refined on the whole model when calibration is given) and
-    the model packed. `skip_modules` (default `config.modules_to_not_convert`) stay float; what is
+    the model packed. When it packs with GPTQ, the allocation knows it: the costs are rescaled by
+    GPTQ's output error relative to round-to-nearest's and the refinement judges GPTQ's rounded
+    weights (`quant.gptq.gptq_candidates`, `sensitivity.rounding_costs`). `skip_modules` (default `config.modules_to_not_convert`) stay float; what is
     left float is cast to `config.float_dtype` when set. `accelerator` (an `accelerate.Accelerator`)
     splits the probes and the refinement's candidates over its processes; every process ends with the
     same packed model (the caller saves it from the main process)."""
@@ -146,6 +148,19 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
                 raise ValueError(f"{why} needs calibration data, and the calibration set is empty")
         return batches
 
+    def search_batches(why: str) -> list:
+        """The first `config.search_samples` calibration samples (all when unset), whole batches."""
+        data = need_batches(why)
+        if config.search_samples is None:
+            return data
+        taken, count = [], 0
+        for batch in data:
+            if count >= config.search_samples:
+                break
+            taken.append(batch)
+            count += _batch_rows(batch)
+        return taken
+
     counts_tokens = config.rounding == "auto" and config.calibration is not None and is_causal_lm(model)
     rounding = resolve_rounding(config, model, need_batches("rounding='auto'") if counts_tokens else None)
     packing = replace(config.scheme, rounding=rounding)
@@ -160,7 +175,7 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
         if table is None:
             check_budget_feasible(model, config.budget, bits=config.bits, scheme=scoring, skip_modules=skip,
                                   solver=config.solver, pin_first_last=config.pin_first_last)
-            data = None if config.method in DATA_FREE_METHODS else need_batches(f"method {config.method!r}")
+            data = None if config.method in DATA_FREE_METHODS else search_batches(f"method {config.method!r}")
             t = time.perf_counter()
             table = search(model, data, bits=config.bits, method=config.method, seed=config.seed, scheme=scoring,
                            skip_modules=skip, accelerator=accelerator, progress=progress, **config.method_options)
@@ -177,7 +192,7 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
         t = time.perf_counter()
         policy = allocate(table, config.budget, solver=config.solver, alpha=config.alpha,
                           pin_first_last=config.pin_first_last, model=model if refine else None,
-                          calibration=need_batches("the refinement") if refine else None, refine_passes=refine,
+                          calibration=search_batches("the refinement") if refine else None, refine_passes=refine,
                           seed=config.seed, gptq=candidates if refine else None, accelerator=accelerator,
                           progress=progress)
         times["allocation"] = time.perf_counter() - t
@@ -205,6 +220,15 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
     summary["rounding"] = packing.rounding
     logger.info("\n%s", format_summary(summary))
     return QuantizationResult(model=model, policy=policy, table=table, summary=summary)
+
+
+def _batch_rows(batch) -> int:
+    """Samples in a batch: a dict of tensors (input_ids first), an (inputs, labels) tuple or a tensor."""
+    if isinstance(batch, Mapping):
+        first = batch["input_ids"] if "input_ids" in batch else next(iter(batch.values()))
+    else:
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(first.shape[0])
 
 
 def summarize(model: nn.Module, params: dict[str, int], float_bytes: int, times: dict, *, method=None,

@@ -124,6 +124,22 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
         assert torch.equal(gptq.model.get_submodule(n).weight_packed, expected.get_submodule(n).weight_packed), n
 
 
+def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):
+    model, batches, names, _, _ = setup
+    config = InfoQConfig(bits=list(BITS), budget={"avg_bits": 3.0}, group_size=32, calibration=batches,
+                         refine_passes=2, rounding="gptq", search_samples=4, modules_to_not_convert=["lm_head"])
+    result = quantize_with_infoq(copy.deepcopy(model), config, progress=False)
+    assert result.table.meta["calibration"]["batches"] == 1  # the first batch holds the 4 samples
+    assert result.policy.report.refinement.calibration_batches == 1
+    assert result.table.meta["gptq_costs"]["calibration_batches"] == 2  # GPTQ: all of them
+    expected = quantize_model(copy.deepcopy(model), result.policy, rounding="gptq", calibration=batches,
+                              skip_modules=["lm_head"], progress=False)
+    assert all(torch.equal(result.model.get_submodule(n).weight_packed, expected.get_submodule(n).weight_packed)
+               for n in names)
+    with pytest.raises(ValueError, match="search_samples must be a positive int or None"):
+        InfoQConfig(budget={"avg_bits": 3.0}, search_samples=0)
+
+
 def test_conv1d_candidates_are_returned_as_the_layer_stores_them():
     model = tiny_gpt2()
     batches = [{"input_ids": torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))}]

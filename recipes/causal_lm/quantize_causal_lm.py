@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--solver", default="auto", help="auto, highs or gurobi")
     p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES,
                    help="whole-model passes refining the allocation (split over processes; 0 = ILP only)")
+    p.add_argument("--search-samples", type=int, default=None,
+                   help="calibration samples (the first N) the search and refinement use; GPTQ uses all (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype the float model is loaded (and probed) in")
@@ -94,7 +96,7 @@ def main(argv=None) -> dict:
     config = InfoQConfig(bits=bits, budget=Budget(avg_bits=args.avg_bits), method=args.method, method_options=options,
                          calibration=calibration_spec(args), group_size=args.group_size or None,
                          symmetric=args.symmetric, solver=args.solver, seed=args.seed, rounding=args.rounding,
-                         refine_passes=args.refine_passes)
+                         refine_passes=args.refine_passes, search_samples=args.search_samples)
     log(accelerator, f"{accelerator.num_processes} process(es) on {accelerator.device}: calibration {args.num_samples} "
                      f"x {args.seq_len} tokens of {args.calib}")
     result = quantize_pretrained(model, config, tokenizer=tokenizer, accelerator=accelerator,
