@@ -229,3 +229,16 @@ def test_expected_size_matches_stored_size_for_linear_model():
     quantize_model(model, {"0": 3, "1": 6})
     manual = (math.ceil(3000 * 3 / 8) + 30 * 5 + 30 * 4) + (math.ceil(210 * 6 / 8) + 7 * 5 + 7 * 4)
     assert model_size_bytes(model) == expected_size_bytes(model) == manual
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_the_export_unpack_gives_the_same_codes(bits):
+    """Under torch.export / ONNX export codes are unpacked by integer arithmetic instead of shifts."""
+    from infoq_hf.quant.packing import _unpack_arithmetic
+
+    gen = torch.Generator().manual_seed(10 + bits)
+    for n in (1, 3, 7, 8, 9, 15, 17, 255, 1001, 4099):
+        codes = torch.randint(0, 1 << bits, (n,), generator=gen, dtype=torch.uint8)
+        assert torch.equal(_unpack_arithmetic(pack(codes, bits), bits, n), codes)
+    every = torch.arange(1 << bits, dtype=torch.uint8).repeat(3)  # all codes, at several bit offsets
+    assert torch.equal(_unpack_arithmetic(pack(every, bits), bits, every.numel()), every)

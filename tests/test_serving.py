@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import tiny_llama_config, tiny_packed_llama
+from conftest import tiny_llama, tiny_llama_config, tiny_packed_llama
 from transformers import LlamaForCausalLM
 
-from infoq_hf import quantization_result
+from infoq_hf import quantization_result, quantize_model
 from infoq_hf.quant import QuantLinear, packed_layers, quantizable_layers
 from infoq_hf.quant.kernels import KERNEL_GROUPS, int4_linear
 from infoq_hf.quant.packing import unpack
@@ -210,3 +210,33 @@ def test_float_dtype_stores_leftovers_in_bf16_and_the_accounting_is_exact(tmp_pa
         assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
     with pytest.raises(ValueError, match="float_dtype must be one of"):
         InfoQConfig(policy={"x": 4}, float_dtype="bf16")
+
+
+def test_onnx_export_of_a_packed_llama_matches_eager():
+    """The exact (float32) path exports to ONNX: under export the codes are unpacked by integer
+    arithmetic (ONNX has no operator for torch's shifts); the graph stores the packed bytes."""
+    onnx_reference = pytest.importorskip("onnx.reference")
+    model = tiny_llama(vocab=64, layers=1)
+    names = [n for n in quantizable_layers(model) if n != "lm_head"]
+    model = quantize_model(model, dict(zip(names, range(2, 9))), group_size=32).eval()
+    assert sorted(m.w_bits for m in packed_layers(model).values()) == list(range(2, 9))
+
+    class Logits(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids):
+            return self.m(input_ids=ids, use_cache=False).logits
+
+    ids = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        eager = Logits(model)(ids)
+        # optimize=False: the exporter's constant folding would widen the packed bytes to int32 tensors
+        program = torch.onnx.export(Logits(model), (ids,), dynamo=True, verbose=False, optimize=False)
+    session = onnx_reference.ReferenceEvaluator(program.model_proto)
+    out = torch.from_numpy(session.run(None, {session.input_names[0]: ids.numpy()})[0])
+    assert (out - eager).abs().max() < 1e-5
+    stored = {t.name: tuple(t.dims) for t in program.model_proto.graph.initializer if t.data_type == 2}  # uint8
+    for name, layer in packed_layers(model).items():  # the weights stay packed in the ONNX file
+        assert stored[f"m.{name}.weight_packed"] == tuple(layer.weight_packed.shape), name

@@ -53,9 +53,29 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
             f"packed buffer has {packed.numel()} {packed.dtype} values, expected {expected} uint8 "
             f"for {numel} codes at {bits} bits"
         )
+    if torch.compiler.is_exporting():  # ONNX has no operator for torch's bit shifts: same codes by arithmetic
+        return _unpack_arithmetic(packed, bits, numel)
     blocks = math.ceil(numel / 8)
     padded = torch.zeros(blocks * bits, dtype=torch.int64, device=packed.device)
     padded[:expected] = packed.to(torch.int64)
     words = (padded.view(blocks, bits) << _BYTE_SHIFTS[:bits].to(packed.device)).sum(dim=1)
     codes = (words.unsqueeze(1) >> _SHIFTS[bits].to(packed.device)) & ((1 << bits) - 1)
     return codes.reshape(-1)[:numel].to(torch.uint8)
+
+
+_POWERS_OF_TWO = torch.tensor([1 << i for i in range(8)], dtype=torch.int32)
+
+
+def _unpack_arithmetic(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """`unpack` with integer multiply, floor-divide and remainder only (what ONNX export can express).
+
+    Code j of a block of eight starts at bit j*b of the block's b bytes; b <= 8, so it lies in the
+    16-bit window of byte j*b // 8 and the next one (a spare zero byte closes each block)."""
+    blocks = math.ceil(numel / 8)
+    padded = torch.zeros(blocks * bits, dtype=torch.int32, device=packed.device)
+    padded[: packed.numel()] = packed.to(torch.int32)
+    rows = torch.cat([padded.view(blocks, bits), padded.new_zeros(blocks, 1)], dim=1)
+    offset = torch.arange(8, device=packed.device) * bits
+    low, scale = offset // 8, _POWERS_OF_TWO.to(packed.device)[offset % 8]
+    window = rows[:, low] + rows[:, low + 1] * 256
+    return ((window // scale) % (1 << bits)).reshape(-1)[:numel].to(torch.uint8)
