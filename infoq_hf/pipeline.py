@@ -126,10 +126,12 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
     bits allocated under `config.budget` (refined on the whole model when calibration is given) and
     the model packed. When it packs with GPTQ, the allocation knows it: the costs are rescaled by
     GPTQ's output error relative to round-to-nearest's and the refinement judges GPTQ's rounded
-    weights (`quant.gptq.gptq_candidates`, `sensitivity.rounding_costs`). `skip_modules` (default `config.modules_to_not_convert`) stay float; what is
-    left float is cast to `config.float_dtype` when set. `accelerator` (an `accelerate.Accelerator`)
-    splits the probes and the refinement's candidates over its processes; every process ends with the
-    same packed model (the caller saves it from the main process)."""
+    weights (`quant.gptq.gptq_candidates`, `sensitivity.rounding_costs`); the search and the
+    refinement use the first `config.search_samples` calibration samples, GPTQ all of them.
+    `skip_modules` (default `config.modules_to_not_convert`) stay float; what is left float is cast
+    to `config.float_dtype` when set. `accelerator` (an `accelerate.Accelerator`) splits the probes
+    and the refinement's candidates over its processes; every process ends with the same packed
+    model (the caller saves it from the main process)."""
     skip = list(config.modules_to_not_convert or []) if skip_modules is None else list(skip_modules)
     times: dict[str, float] = {}
     batches = None
@@ -161,11 +163,14 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
             count += _batch_rows(batch)
         return taken
 
+    scoring = replace(config.scheme, rounding="rtn")  # the probes perturb with round to nearest
+    if config.policy is None and table is None:  # an impossible budget fails before any data is loaded
+        check_budget_feasible(model, config.budget, bits=config.bits, scheme=scoring, skip_modules=skip,
+                              solver=config.solver, pin_first_last=config.pin_first_last)
     counts_tokens = config.rounding == "auto" and config.calibration is not None and is_causal_lm(model)
     rounding = resolve_rounding(config, model, need_batches("rounding='auto'") if counts_tokens else None)
     packing = replace(config.scheme, rounding=rounding)
     gptq = packing.rounding == "gptq"
-    scoring = replace(config.scheme, rounding="rtn")  # the probes perturb with round to nearest
     if config.policy is not None:
         if table is not None:
             raise ValueError("pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...)), "
@@ -173,8 +178,6 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
         policy = config.policy
     else:
         if table is None:
-            check_budget_feasible(model, config.budget, bits=config.bits, scheme=scoring, skip_modules=skip,
-                                  solver=config.solver, pin_first_last=config.pin_first_last)
             data = None if config.method in DATA_FREE_METHODS else search_batches(f"method {config.method!r}")
             t = time.perf_counter()
             table = search(model, data, bits=config.bits, method=config.method, seed=config.seed, scheme=scoring,
