@@ -2,6 +2,7 @@
 from round-to-nearest (before) and from GPTQ's own errors and weights (the product's default now).
 
     python -m benchmarks.gptq_aware      # ~40 min on 2 CPU cores; writes benchmarks/results/gptq_aware_smollm2.md
+    python -m benchmarks.gptq_aware --rows refined --judge-batches 2 --budgets 3.0,2.5   # a larger refinement judge
 
 Same data, table and settings as `benchmarks/gptq.py` (calibration works: the first 4 windows are
 the search and refinement calibration, all 32 the GPTQ calibration; dev windows choose, test windows
@@ -41,6 +42,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES)
     p.add_argument("--budgets", default="4.0,3.0,2.5")
+    p.add_argument("--judge-batches", type=int, default=SEARCH_BATCHES,
+                   help="calibration batches of 4 windows the refinement judges on (default: the search's)")
+    p.add_argument("--rows", default="all", choices=["all", "refined"], help="refined: only the GPTQ-aware refined rows")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -59,15 +63,18 @@ def main(argv=None):
     print(f"candidates: {candidates_s:.0f} s, peak RSS {peak_rss_mib():.0f} MiB", flush=True)
 
     def policy(costs: str, refine: str, bits: float):
-        kw = {} if refine == "none" else dict(model=model, calibration=search_calib, refine_passes=args.refine_passes,
+        kw = {} if refine == "none" else dict(model=model, calibration=calib[:args.judge_batches],
+                                              refine_passes=args.refine_passes,
                                               seed=args.seed, gptq=candidates if refine == "gptq" else None)
         return allocate(table if costs == "rtn" else gptq_table, Budget(avg_bits=bits), **kw)
 
     plan = []
     for bits in (float(b) for b in args.budgets.split(",")):
-        if bits == 3.0:
-            plan.append(("RTN costs + RTN-judged refinement", "rtn", "rtn", bits))
-        plan += [("GPTQ costs, ILP only", "gptq", "none", bits), ("GPTQ costs + GPTQ-judged refinement", "gptq", "gptq", bits)]
+        if args.rows == "all":
+            if bits == 3.0:
+                plan.append(("RTN costs + RTN-judged refinement", "rtn", "rtn", bits))
+            plan.append(("GPTQ costs, ILP only", "gptq", "none", bits))
+        plan.append(("GPTQ costs + GPTQ-judged refinement", "gptq", "gptq", bits))
     rows = []
     for label, costs, refine, bits in plan:
         t = time.perf_counter()
@@ -86,7 +93,8 @@ def main(argv=None):
 def write(out: Path, args, candidates_s: float, rows: list, total: int) -> None:
     md = [f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; every row packed with sequential "
           f"GPTQ (damp 0.01, block 128) on {args.calib}x128 calibration tokens; InfoQ table of `benchmarks/gptq.py` "
-          f"(4x128 search calibration), ILP, {args.refine_passes} refinement passes on the 4x128 windows; perplexity "
+          f"(4x128 search calibration), ILP, {args.refine_passes} refinement passes on the first "
+          f"{4 * args.judge_batches}x128 calibration windows; perplexity "
           f"on {args.dev}x128 dev and {args.eval}x128 test tokens (test after dev); seed {args.seed}; "
           f"{common.machine()}. GPTQ candidates (every layer at 2/3/4/8 bits, float-model Hessians): "
           f"{candidates_s:.0f} s.", "",
@@ -96,7 +104,8 @@ def write(out: Path, args, candidates_s: float, rows: list, total: int) -> None:
     if len(rows) < total:
         md += ["", f"PARTIAL: {len(rows)} of {total} rows so far."]
     md += ["", f"Command: `{' '.join(['python -m benchmarks.gptq_aware', *sys.argv[1:]])}`"]
-    (out / "gptq_aware_smollm2.md").write_text("\n".join(md) + "\n")
+    suffix = "" if args.judge_batches == SEARCH_BATCHES and args.rows == "all" else f"_judge{4 * args.judge_batches}"
+    (out / f"gptq_aware_smollm2{suffix}.md").write_text("\n".join(md) + "\n")
     if len(rows) == total:
         print("\n".join(md))
 

@@ -233,7 +233,7 @@ def test_onnx_export_of_a_packed_llama_matches_eager():
     with torch.no_grad():
         eager = Logits(model)(ids)
         # optimize=False: the exporter's constant folding would widen the packed bytes to int32 tensors
-        program = torch.onnx.export(Logits(model), (ids,), dynamo=True, verbose=False, optimize=False)
+        program = torch.onnx.export(Logits(model).eval(), (ids,), dynamo=True, verbose=False, optimize=False)
     session = onnx_reference.ReferenceEvaluator(program.model_proto)
     out = torch.from_numpy(session.run(None, {session.input_names[0]: ids.numpy()})[0])
     assert (out - eager).abs().max() < 1e-5
