@@ -328,7 +328,8 @@ def cmd_quantize(args) -> int:
     config = InfoQConfig(bits=args.bits, budget=budget, method=args.method, calibration=spec,
                          **{k: getattr(packing, k) for k in ("group_size", "conv_group_size", "symmetric")},
                          solver=args.solver, seed=args.seed, policy=policy, refine_passes=args.refine_passes,
-                         search_samples=args.search_samples, rounding=args.rounding, gptq_options={"damp": args.gptq_damp, "act_order": args.gptq_act_order})
+                         search_samples=args.search_samples, rounding=args.rounding,
+                         gptq_options={"damp": args.gptq_damp, "act_order": args.gptq_act_order})
     if policy is not None:
         _say(f"applying the policy of {args.policy} ({len(policy)} entries; no search)")
     elif table is not None:

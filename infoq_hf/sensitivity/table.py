@@ -7,7 +7,9 @@ JSON format (version 1):
                        "alpha": float, "t2": {"2": float, ...}}},   (alpha/t2: calibrated InfoQ only)
      "meta": {"group_size": int|null, "conv_group_size": int|null, "symmetric": bool,
               "float_bytes": int, ...model/calibration identity, seed...}}
-Lower scores mean less sensitive. `a` is present only where activations were scored.
+Lower scores mean less sensitive. `a` is present only where activations were scored. A table
+rescaled for GPTQ packing (`rounding_costs.with_gptq_costs`) also holds "gptq_error_ratio" and the
+RTN values ("t2_rtn" or "w_rtn") per layer, and `meta.costs_rounding`.
 `meta.float_bytes` is what the model stores besides the quantizable layers' weights
 (embeddings, norms, biases, skipped layers), so allocation can budget the whole model size.
 """
