@@ -34,6 +34,10 @@ give the next block's inputs; keyword arguments (attention mask, position embedd
 key/value caches dropped. Only one block's inputs are held at a time. Policy layers outside any
 chain (a head after pooling, a model without a block stack) get their Hessians from full forward
 passes of the model, quantized so far, all such consecutive layers in one pass.
+
+For the allocation (`gptq_candidates`): the same block walk over the float model, each layer rounded
+at every candidate width, with the output error GPTQ leaves relative to round-to-nearest's; the
+pipeline rescales the sensitivity costs by it and refines with these rounded weights.
 """
 
 from __future__ import annotations
