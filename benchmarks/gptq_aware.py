@@ -3,6 +3,7 @@ from round-to-nearest (before) and from GPTQ's own errors and weights (the produ
 
     python -m benchmarks.gptq_aware      # ~40 min on 2 CPU cores; writes benchmarks/results/gptq_aware_smollm2.md
     python -m benchmarks.gptq_aware --rows refined --judge-batches 2 --budgets 3.0,2.5   # a larger refinement judge
+    python -m benchmarks.gptq_aware --rows refined --budgets 3.0 --refine-seeds 1,2      # the refinement's spread
 
 Same data, table and settings as `benchmarks/gptq.py` (calibration works: the first 4 windows are
 the search and refinement calibration, all 32 the GPTQ calibration; dev windows choose, test windows
@@ -45,6 +46,8 @@ def main(argv=None):
     p.add_argument("--judge-batches", type=int, default=SEARCH_BATCHES,
                    help="calibration batches of 4 windows the refinement judges on (default: the search's)")
     p.add_argument("--rows", default="all", choices=["all", "refined"], help="refined: only the GPTQ-aware refined rows")
+    p.add_argument("--refine-seeds", default=None,
+                   help="comma-separated seeds of the refinement's random moves (default: --seed); one row each")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -62,23 +65,26 @@ def main(argv=None):
     gptq_table = with_gptq_costs(table, candidates)
     print(f"candidates: {candidates_s:.0f} s, peak RSS {peak_rss_mib():.0f} MiB", flush=True)
 
-    def policy(costs: str, refine: str, bits: float):
+    def policy(costs: str, refine: str, bits: float, seed: int):
         kw = {} if refine == "none" else dict(model=model, calibration=calib[:args.judge_batches],
                                               refine_passes=args.refine_passes,
-                                              seed=args.seed, gptq=candidates if refine == "gptq" else None)
+                                              seed=seed, gptq=candidates if refine == "gptq" else None)
         return allocate(table if costs == "rtn" else gptq_table, Budget(avg_bits=bits), **kw)
 
+    seeds = [args.seed] if args.refine_seeds is None else [int(x) for x in args.refine_seeds.split(",")]
     plan = []
     for bits in (float(b) for b in args.budgets.split(",")):
         if args.rows == "all":
             if bits == 3.0:
-                plan.append(("RTN costs + RTN-judged refinement", "rtn", "rtn", bits))
-            plan.append(("GPTQ costs, ILP only", "gptq", "none", bits))
-        plan.append(("GPTQ costs + GPTQ-judged refinement", "gptq", "gptq", bits))
+                plan.append(("RTN costs + RTN-judged refinement", "rtn", "rtn", bits, args.seed))
+            plan.append(("GPTQ costs, ILP only", "gptq", "none", bits, args.seed))
+        for seed in seeds:
+            label = "GPTQ costs + GPTQ-judged refinement" + ("" if args.refine_seeds is None else f", seed {seed}")
+            plan.append((label, "gptq", "gptq", bits, seed))
     rows = []
-    for label, costs, refine, bits in plan:
+    for label, costs, refine, bits, seed in plan:
         t = time.perf_counter()
-        pol = policy(costs, refine, bits)
+        pol = policy(costs, refine, bits, seed)
         alloc_s = time.perf_counter() - t
         m = copy.deepcopy(model)
         gptq_quantize_model(m, pol, calib, scheme={"group_size": GROUP}, skip_modules=SKIP, progress=False)
@@ -105,6 +111,8 @@ def write(out: Path, args, candidates_s: float, rows: list, total: int) -> None:
         md += ["", f"PARTIAL: {len(rows)} of {total} rows so far."]
     md += ["", f"Command: `{' '.join(['python -m benchmarks.gptq_aware', *sys.argv[1:]])}`"]
     suffix = "" if args.judge_batches == SEARCH_BATCHES and args.rows == "all" else f"_judge{4 * args.judge_batches}"
+    if args.refine_seeds is not None:
+        suffix += "_seeds" + args.refine_seeds.replace(",", "-")
     (out / f"gptq_aware_smollm2{suffix}.md").write_text("\n".join(md) + "\n")
     if len(rows) == total:
         print("\n".join(md))
