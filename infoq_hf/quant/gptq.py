@@ -512,12 +512,6 @@ class GPTQCandidates:
         return w.t() if name in self._transposed else w
 
 
-def _flip_conv1d(layer: nn.Module, w: torch.Tensor) -> torch.Tensor:
-    """Between a layer's stored weight and [out, in...]: transformers' Conv1D stores [in, out] (the
-    transpose is its own inverse); other layers store [out, ...] already."""
-    return w.t() if HFConv1D is not None and isinstance(layer, HFConv1D) else w
-
-
 def _output_error(delta: torch.Tensor, hessian: torch.Tensor) -> float:
     """tr(D H D^T) summed over conv groups; `delta` [out, ...] oriented, `hessian` [groups, d, d]."""
     groups = hessian.shape[0]
@@ -537,7 +531,8 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
 
     from ..sensitivity.probe import find_blocks
     from .apply import default_forward
-    from .modules import fake_quantize_layer
+    from .modules import oriented_weight
+    from .quantizer import fake_quantize_weight
 
     t0 = time.perf_counter()
     options = GPTQOptions.from_dict(options)
@@ -561,11 +556,11 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
                 for name, acc in accs.items():
                     layer, hessian = acc.layer, acc.hessian()
                     acc.sum = None
-                    w = _flip_conv1d(layer, layer.weight.detach().float())
+                    w = oriented_weight(layer).detach().float()  # [out, in...], as GPTQ's codes
                     ratios[name] = {}
                     for b in widths[name]:
                         ws = scheme.weight_scheme(layer, b)
-                        rtn = _flip_conv1d(layer, fake_quantize_layer(layer, layer.weight.detach().float(), ws, name))
+                        rtn = fake_quantize_weight(w, ws, name)
                         qw = quantize_layer_gptq(name, layer, hessian, ws, options)
                         e_rtn = _output_error(rtn - w, hessian)
                         e_gptq = _output_error(qw.dequantize() - w, hessian)
