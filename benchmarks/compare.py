@@ -128,11 +128,13 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     m = copy.deepcopy(model)
     quantize_model(m, {n: 3 for n in names})
     rows.append(("uniform 3-bit", "3.0 avg bits (10.67x)", 3.0, "-", common.top1(m, test)))
+    refine = dict(model=model, calibration=calib, refine_passes=args.refine_passes, seed=args.seed, progress=False)
     for method, table in tables.items():
-        policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False)
-        m = copy.deepcopy(model)
-        quantize_model(m, policy)
-        rows.append((method, "3.0 avg bits (10.67x)", policy.report.avg_bits, "-", common.top1(m, test)))
+        for suffix, extra in [("", {})] + ([(" + refinement", refine)] if method == "infoq" else []):
+            policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False, **extra)
+            m = copy.deepcopy(model)
+            quantize_model(m, policy)
+            rows.append((method + suffix, "3.0 avg bits (10.67x)", policy.report.avg_bits, "-", common.top1(m, test)))
     # W/A: BitOps budget = that of uniform W4A4, activations chosen from {4, 8} where scored.
     from infoq_hf import bitops, calibrate_activation_ranges
     w4a4 = BitPolicy({n: {"w_bits": 4, "a_bits": 4} for n in names})
@@ -142,14 +144,17 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     rows.append(("uniform W4A4", f"BitOps {budget_ops / 1e6:.1f}M", 4.0, 4, common.top1(m, test)))
     for method, table in tables.items():
         wa = {"act_bits": [4, 8]} if table.has_activation_scores else {"fixed_a_bits": 4}
-        policy = allocate(table, Budget(bitops=budget_ops), pin_first_last=False, **wa)
-        m = copy.deepcopy(model)
-        ranges = calibrate_activation_ranges(m, [b[0] for b in calib], policy)
-        quantize_model(m, policy, act_ranges=ranges)
-        a_mean = sum(lb.a_bits for lb in policy.values()) / len(policy)
-        rows.append((method + (" (W/A scores)" if table.has_activation_scores else " (weights only, A4)"),
-                     f"BitOps {budget_ops / 1e6:.1f}M", policy.report.avg_bits, round(a_mean, 2), common.top1(m, test)))
-    header = f"{name}; candidates {{2,3,4,8}}, first/last not pinned; seed {args.seed}; {common.machine()}"
+        label = method + (" (W/A scores)" if table.has_activation_scores else " (weights only, A4)")
+        for suffix, extra in [("", {})] + ([(" + refinement", refine)] if method == "infoq" else []):
+            policy = allocate(table, Budget(bitops=budget_ops), pin_first_last=False, **wa, **extra)
+            m = copy.deepcopy(model)
+            ranges = calibrate_activation_ranges(m, [b[0] for b in calib], policy)
+            quantize_model(m, policy, act_ranges=ranges)
+            a_mean = sum(lb.a_bits for lb in policy.values()) / len(policy)
+            rows.append((label + suffix, f"BitOps {budget_ops / 1e6:.1f}M", policy.report.avg_bits, round(a_mean, 2),
+                         common.top1(m, test)))
+    header = (f"{name}; candidates {{2,3,4,8}}, first/last not pinned; refinement {args.refine_passes} passes judged by "
+              f"KL to fp32 on the calibration images; seed {args.seed}; {common.machine()}")
     table_md = ["| allocation | budget | avg weight bits | mean act bits | top-1 % |", "|---|---|---|---|---|"]
     table_md += [f"| {a} | {b} | {c:.3f} | {d} | {e:.2f} |" for a, b, c, d, e in rows]
     return header, table_md, tables
@@ -172,7 +177,7 @@ def main(argv=None):
     p.add_argument("--eval", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="recompute cached sensitivity tables")
-    p.add_argument("--refine-passes", type=int, default=64, help="smollm2: whole-model passes of the refinement")
+    p.add_argument("--refine-passes", type=int, default=64, help="whole-model passes of the refinement")
     p.add_argument("--with-eq4", action="store_true", help="smollm2: also InfoQ with the paper's Eq. 4 scores")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
