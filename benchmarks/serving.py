@@ -14,7 +14,9 @@ would. bf16 inputs take torch's int4 kernel (`infoq_hf.quant.kernels`). The pack
 - prefill: one forward of 8 x 128 tokens (no cache);
 - memory: in a fresh subprocess per model, the RSS growth from loading plus one forward (the kernel
   layouts are built on the first forward), and the bytes of the model's tensors: its state dict,
-  the packed weights (codes + scales + zero points), and the runtime kernel layouts;
+  the packed weights (codes + scales + zero points, the format's bytes), what the packed layers
+  really hold after the forward (their buffers that are not a dropped stream, plus the kernel
+  layouts that replaced it), and their ratio;
 - perplexity on the 8 prefill windows (held-out tragedies): a check the fast path computes the
   same model, not a quality result.
 
@@ -99,10 +101,11 @@ def tensor_bytes(model) -> dict[str, int]:
     from infoq_hf.quant import packed_layers
 
     layers = packed_layers(model).values()
-    packed = sum(b.numel() * b.element_size() for m in layers
-                 for b in (m.weight_packed, m.weight_scale, m.weight_zero_point) if b is not None)
+    buffers = [b for m in layers for b in (m.weight_packed, m.weight_scale, m.weight_zero_point) if b is not None]
+    packed = sum(b.numel() * b.element_size() for b in buffers)  # the format's bytes (a dropped stream included)
+    held = sum(b.numel() * b.element_size() for b in buffers if not b.is_meta)
     kernel = sum(m._kernel_cache[1].nbytes for m in layers if getattr(m, "_kernel_cache", None) is not None)
-    return {"state_dict": model_size_bytes(model), "packed": packed, "kernel_layouts": kernel}
+    return {"state_dict": model_size_bytes(model), "packed": packed, "held": held, "kernel_layouts": kernel}
 
 
 def rss_bytes() -> int:
@@ -222,14 +225,15 @@ def write_report(args, variants, decode, prefill_s, ppl, memory, checkpoint, flo
         "",
         "Resident memory (fresh process per model: load + one forward; MB = 10^6 bytes):",
         "",
-        "| model | RSS growth MB | state dict MB | packed weights MB | kernel layouts MB | resident weights / packed |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | RSS growth MB | state dict MB | packed weights MB | packed buffers held MB | kernel layouts MB "
+        "| resident weights / packed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for v in variants:
         m, name = memory[v], describe(v)[0]
-        ratio = f"{(m['packed'] + m['kernel_layouts']) / m['packed']:.2f}x" if m["packed"] else "-"
+        ratio = f"{(m['held'] + m['kernel_layouts']) / m['packed']:.2f}x" if m["packed"] else "-"
         lines.append(f"| {name} | {m['rss_delta'] / 1e6:.1f} | {m['state_dict'] / 1e6:.1f} | {m['packed'] / 1e6:.1f} "
-                     f"| {m['kernel_layouts'] / 1e6:.1f} | {ratio} |")
+                     f"| {m['held'] / 1e6:.1f} | {m['kernel_layouts'] / 1e6:.1f} | {ratio} |")
     lines += ["", "Checkpoint bytes (model.safetensors):", "",
               "| checkpoint | bytes | MB | vs the Q4_1 GGUF (93 MB) |", "|---|---:|---:|---:|",
               f"| float32 folder | {float_bytes} | {float_bytes / 1e6:.1f} | {float_bytes / GGUF_Q4_1_BYTES:.2f}x |"]

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .checkpoint import atomic_checkpoint, write_safetensors
 from .quant.apply import packed_layers
 from .quant.modules import QuantConv2d, QuantLinear
-from .quant.packing import pack, unpack
+from .quant.packing import pack
 
 COMPRESSED_TENSORS_VERSION = "0.20.1"
 
@@ -67,7 +67,7 @@ def export_compressed_tensors(src: str | os.PathLike | nn.Module, out_dir: str |
     groups: dict[tuple, list[str]] = {}
     for name, layer in layers.items():
         out, fan_in = layer.weight_shape
-        codes = unpack(layer.weight_packed, layer.w_bits, out * fan_in).reshape(out, fan_in)
+        codes = layer.codes().reshape(out, fan_in)
         state[f"{name}.weight_packed"] = pack_rows_int32(codes, layer.w_bits)
         state[f"{name}.weight_scale"] = layer.weight_scale
         state[f"{name}.weight_shape"] = torch.tensor([out, fan_in], dtype=torch.int64)

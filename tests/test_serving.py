@@ -79,6 +79,7 @@ def test_repacking_is_exact_against_an_identity_probe(bits, group_size):
     split); probing with the identity and adding back the shift (zero / s) recovers c - o exactly for every
     entry: integers below 2^8 are exact in bf16, so the repacking loses nothing."""
     layer = _layer(bits, group_size, symmetric=False, out=32, fan_in=64)
+    codes = unpack(layer.weight_packed, bits, 32 * 64).reshape(32, 64).float()  # before the layout replaces it
     eye = torch.eye(64, dtype=torch.bfloat16)
     layout = layer.kernel_layout(eye)
     half = layout.scale_zero.shape[0] // 2 if layout.split else 0
@@ -88,7 +89,6 @@ def test_repacking_is_exact_against_an_identity_probe(bits, group_size):
     probe = int4_linear(eye, dataclasses.replace(layout, scale_zero=unit)).float()  # [K, N]
     lo = layout.scale_zero[half:].float()
     shift = (lo[..., 1] / lo[..., 0]).round().t().repeat_interleave(layout.kernel_group, dim=1)  # [N, K]
-    codes = unpack(layer.weight_packed, bits, 32 * 64).reshape(32, 64).float()
     assert torch.equal(probe.t() + shift, codes - layer.weight_zero_point.float().repeat_interleave(
         64 if group_size is None else group_size, dim=1))
 
@@ -144,6 +144,52 @@ def test_layout_follows_the_packed_buffers_and_is_never_saved(tmp_path):
     with torch.no_grad():
         y, w = b(x), b.dequantized_weight()
         assert ((y.float() - F.linear(x.float(), w, b.bias)).abs() <= _kernel_error_bound(b, x, w)).all()
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("group_size, symmetric", [(None, False), (64, True), (32, False)])
+def test_the_kernel_layout_replaces_the_stream_and_gives_back_the_exact_codes(bits, group_size, symmetric):
+    """After a bf16 forward the layer holds the layout alone (the stream is a meta tensor); the state dict,
+    the dequantized weight and the float32 forward are exactly those of before."""
+    from infoq_hf.quant.kernels import codes_from_int4_layout
+
+    layer = _layer(bits, group_size, symmetric)
+    stream, state = layer.weight_packed.clone(), {k: v.clone() for k, v in layer.state_dict().items()}
+    x = torch.randn(3, 256)
+    with torch.no_grad():
+        exact, w = layer(x), layer.dequantized_weight()
+        layer(x.bfloat16())
+        assert layer.holds_kernel_layout_only and layer.weight_packed.is_meta
+        assert torch.equal(codes_from_int4_layout(layer._kernel_cache[1]), unpack(stream, bits, 64 * 256).reshape(64, 256))
+        after = layer.state_dict()
+        assert set(after) == set(state) and all(torch.equal(after[k], state[k]) and after[k].dtype == state[k].dtype
+                                                for k in state)
+        assert torch.equal(layer.dequantized_weight(), w) and torch.equal(layer(x), exact)
+        layer(x.half())  # another kernel dtype: rebuilt from the layout it replaces, still exact
+        assert layer._kernel_cache[1].dtype == torch.float16 and torch.equal(layer.state_dict()["weight_packed"], stream)
+    # The layout holds the codes once: codes at 4 bits (or two 4-bit halves above 4), bf16 scale and zero and an
+    # int16 offset per kernel group; the float32 scales (and zero points) stay.
+    n_groups = layer._kernel_cache[1].code_offset.numel()
+    container = 64 * 256 * (8 if bits > 4 else 4) // 8
+    assert layer._kernel_cache[1].nbytes == container + n_groups * (2 if bits > 4 else 1) * 4 + n_groups * 2
+
+
+def test_a_layer_holding_only_its_layout_moves_loads_and_saves_whole(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    a, b = _layer(5, 64, False, seed=0), _layer(5, 64, False, seed=1)
+    x = torch.randn(2, 256).bfloat16()
+    stream_a = a.weight_packed.clone()
+    with torch.no_grad():
+        y_a, y_b = a(x), b(x)
+        assert a.holds_kernel_layout_only and b.holds_kernel_layout_only
+        b.load_state_dict(a.state_dict())  # into a layer without its stream: restored, then overwritten
+        assert torch.equal(b.weight_packed, stream_a) and torch.equal(b(x), y_a) and not torch.equal(y_a, y_b)
+        a.to(torch.float16)  # a cast restores the stream (casts act on the format); the scales stay float32
+        assert not a.holds_kernel_layout_only and torch.equal(a.weight_packed, stream_a)
+        assert a.weight_scale.dtype == torch.float32
+    save_file(b.state_dict(), tmp_path / "b.safetensors")
+    assert torch.equal(load_file(tmp_path / "b.safetensors")["weight_packed"], stream_a)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -19,6 +19,10 @@ t is chosen as close to 8 (or 136) as the group's codes allow, so the residual z
 is 0 for widths 2, 3, 5 and 6 and small otherwise: the only rounding is that of s and of this
 residual to the compute dtype, plus the kernel's own arithmetic. A kernel group must divide our
 group (or the row, per channel); our scales are repeated over the kernel groups they span.
+
+The layout keeps t minus the zero point, so the codes come back exactly (`codes_from_int4_layout`): the kernel's
+blocked layout is a permutation of the [N, K] nibbles, which `_int4pack_order` reads off by
+converting the nibbles of the element indices. A layer can then hold the layout alone.
 """
 
 from __future__ import annotations
@@ -41,10 +45,11 @@ class Int4Layout:
     kernel_group: int
     split: bool  # widths 5..8: the input is duplicated to meet the [h | l] halves
     dtype: torch.dtype
+    code_offset: torch.Tensor  # int16 [N, K / kernel_group]: v = codes + code_offset (exact recovery)
 
     @property
     def nbytes(self) -> int:
-        return self.packed.numel() * self.packed.element_size() + self.scale_zero.numel() * self.scale_zero.element_size()
+        return sum(t.numel() * t.element_size() for t in (self.packed, self.scale_zero, self.code_offset))
 
 
 def kernel_group_for(fan_in: int, group_size: int | None) -> int | None:
@@ -92,7 +97,32 @@ def build_int4_layout(codes: torch.Tensor, scale: torch.Tensor, zero_point: torc
         q, scales = v, s
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
     scale_zero = torch.stack([scales.t(), zeros.t()], dim=-1).to(dtype).contiguous()
-    return Int4Layout(packed, scale_zero, kernel_group, split, dtype)
+    return Int4Layout(packed, scale_zero, kernel_group, split, dtype, (t - offset).to(torch.int16))
+
+
+def _int4pack_order(n: int, k: int) -> torch.Tensor:
+    """For the kernel layout of an [n, k] nibble matrix: which flat element each stored nibble
+    (low nibble of byte 0, high nibble of byte 0, low of byte 1, ...) holds."""
+    index = torch.arange(n * k, dtype=torch.int64)
+    order = torch.zeros(n * k, dtype=torch.int64)
+    for bit in range(0, max(1, (n * k - 1).bit_length()), 4):
+        digits = ((index >> bit) & 15).to(torch.int32).reshape(n, k)
+        stored = torch.ops.aten._convert_weight_to_int4pack_for_cpu(digits, 1)
+        order |= torch.stack([stored & 15, stored >> 4], dim=-1).flatten().to(torch.int64) << bit
+    return order
+
+
+def codes_from_int4_layout(layout: Int4Layout) -> torch.Tensor:
+    """The uint8 codes [N, K] that `build_int4_layout` was given (its exact inverse)."""
+    n = layout.code_offset.shape[0]
+    width = 2 * layout.packed.numel() // n  # K, or 2K when split
+    nibbles = torch.stack([layout.packed & 15, layout.packed >> 4], dim=-1).flatten()
+    q = torch.empty(n * width, dtype=torch.int32)
+    q[_int4pack_order(n, width)] = nibbles.to(torch.int32)
+    q = q.reshape(n, width)
+    v = (q[:, : width // 2] << 4) + q[:, width // 2:] if layout.split else q
+    codes = v.reshape(n, -1, layout.kernel_group) - layout.code_offset.to(torch.int32)[..., None]
+    return codes.reshape(n, -1).to(torch.uint8)
 
 
 def int4_linear(x: torch.Tensor, layout: Int4Layout) -> torch.Tensor:

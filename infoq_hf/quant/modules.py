@@ -4,8 +4,10 @@ They hold the weight only as packed integer codes (`weight_packed`, uint8) plus
 `weight_scale` (float32, [out, n_groups]) and, for asymmetric schemes,
 `weight_zero_point` (uint8, [out, n_groups]); the exact forward unpacks and
 dequantizes on the fly, so the weights stay packed in memory. On CPU, bf16/fp16
-inputs of a `QuantLinear` take torch's int4 kernel instead, on a runtime copy of
-the codes in its layout (`kernels.py`), never saved. Optionally the
+inputs of a `QuantLinear` take torch's int4 kernel instead, on the codes repacked
+into its layout (`kernels.py`); the layer then holds that layout instead of the
+bit stream (`weight_packed` becomes a meta tensor, no memory) and rebuilds the
+stream exactly when saved, loaded into, moved or read. Optionally the
 input activation is fake-quantized per tensor (`input_scale`,
 `input_zero_point`). The bias stays float.
 
@@ -22,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernels import KERNEL_DTYPES, build_int4_layout, int4_linear, unsupported_reason
+from .kernels import KERNEL_DTYPES, build_int4_layout, codes_from_int4_layout, int4_linear, unsupported_reason
 from .packing import check_bits, pack, packed_nbytes, unpack
 from .quantizer import (
     WeightScheme,
@@ -131,10 +133,12 @@ class _PackedWeightLayer(nn.Module):
         self.input_scale.fill_(scale)
         self.input_zero_point.fill_(zero)
 
+    def codes(self) -> torch.Tensor:
+        """The integer codes as uint8 [out, numel / out]."""
+        return unpack(self.weight_packed, self.w_bits, math.prod(self.weight_shape)).reshape(self.weight_shape[0], -1)
+
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        numel = math.prod(self.weight_shape)
-        codes = unpack(self.weight_packed, self.w_bits, numel).reshape(self.weight_shape[0], -1)
-        w = dequantize_codes(codes, self.weight_scale, self.weight_zero_point, self.scheme)
+        w = dequantize_codes(self.codes(), self.weight_scale, self.weight_zero_point, self.scheme)
         return w.reshape(self.weight_shape).to(dtype)
 
     @property
@@ -194,10 +198,42 @@ class QuantLinear(_PackedWeightLayer):
         y = int4_linear(x, layout)
         return y if bias is None else y + bias
 
+    @property
+    def holds_kernel_layout_only(self) -> bool:
+        """Whether the bit stream was dropped for the kernel layout (see the module doc); a layer built on
+        the meta device (as transformers does before loading) holds neither."""
+        return self.weight_packed.is_meta and self._kernel_cache is not None
+
+    def codes(self) -> torch.Tensor:
+        if self.holds_kernel_layout_only:
+            if torch.compiler.is_compiling():
+                raise RuntimeError("this layer holds only its int4 kernel layout (a bf16/fp16 forward ran on CPU), "
+                                   "which a float32 trace cannot read; trace in bf16/fp16, or reload the checkpoint "
+                                   "before tracing in float32")
+            return codes_from_int4_layout(self._kernel_cache[1])
+        return super().codes()
+
+    def _restore_stream(self) -> None:
+        if self.holds_kernel_layout_only:
+            self._buffers["weight_packed"] = pack(self.codes(), self.w_bits)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.holds_kernel_layout_only:  # the checkpoint format is the bit stream, rebuilt exactly
+            destination[prefix + "weight_packed"] = pack(self.codes(), self.w_bits)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._restore_stream()  # loading copies into the buffers in place
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        self._restore_stream()  # a move or cast acts on the stream; the layout is rebuilt on the next forward
+        return super()._apply(fn, recurse)
+
     def kernel_layout(self, x: torch.Tensor):
         """The int4 kernel's copy of the weight for inputs like `x`, or None for the exact path. Built on
         first use and rebuilt whenever the packed buffers were replaced or written in place (a new
-        `set_weight`, `load_state_dict`, a move between devices); the packed buffers stay the reference."""
+        `set_weight`, `load_state_dict`, a move between devices); the layout then replaces the bit stream."""
         if x.device.type != "cpu" or x.dtype not in KERNEL_DTYPES or self.kernel_fallback_reason is not None:
             return None
         if torch.compiler.is_compiling():  # tracing sees the layout built by an eager forward, as constants
@@ -206,9 +242,11 @@ class QuantLinear(_PackedWeightLayer):
         buffers = [b for b in (self.weight_packed, self.weight_scale, self.weight_zero_point) if b is not None]
         cached = self._kernel_cache
         if cached is None or cached[1].dtype != x.dtype or not _built_from(cached[0], buffers):
-            codes = unpack(self.weight_packed, self.w_bits, math.prod(self.weight_shape)).reshape(self.weight_shape)
-            layout = build_int4_layout(codes, self.weight_scale, self.weight_zero_point, self.w_bits,
+            layout = build_int4_layout(self.codes(), self.weight_scale, self.weight_zero_point, self.w_bits,
                                        self.group_size, x.dtype)
+            # The layout holds the codes exactly: drop the stream so the weight is held once.
+            self._buffers["weight_packed"] = torch.empty_like(self.weight_packed, device="meta")
+            buffers[0] = self.weight_packed
             self._kernel_cache = ([(weakref.ref(b), b._version) for b in buffers], layout)
         return self._kernel_cache[1]
 
