@@ -11,7 +11,9 @@ after them only report). Every row is packed with sequential GPTQ on the 32 wind
 - RTN costs + RTN-judged refinement: what the pipeline allocated for GPTQ packing before (3.0 bits only;
   the other budgets are in gptq_smollm2.md, produced by the same code);
 - GPTQ costs, ILP only: `with_gptq_costs` (the error ratios of `gptq_candidates` on the 32 windows);
-- GPTQ costs + GPTQ-judged refinement: the refinement evaluates candidates with GPTQ's rounded weights.
+- GPTQ costs + GPTQ-judged refinement: the refinement evaluates candidates with GPTQ's rounded weights,
+  and (as the pipeline does with `search_samples`) checks its result on the next calibration windows
+  against its starts (`--held-out-batches`, 0 = no check).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def main(argv=None):
     p.add_argument("--budgets", default="4.0,3.0,2.5")
     p.add_argument("--judge-batches", type=int, default=SEARCH_BATCHES,
                    help="calibration batches of 4 windows the refinement judges on (default: the search's)")
+    p.add_argument("--held-out-batches", type=int, default=None,
+                   help="calibration batches after the judge's for the refinement's held-out check (default: as many "
+                        "as the judge's; 0: none)")
     p.add_argument("--rows", default="all", choices=["all", "refined"], help="refined: only the GPTQ-aware refined rows")
     p.add_argument("--refine-seeds", default=None,
                    help="comma-separated seeds of the refinement's random moves (default: --seed); one row each")
@@ -65,10 +70,14 @@ def main(argv=None):
     gptq_table = with_gptq_costs(table, candidates)
     print(f"candidates: {candidates_s:.0f} s, peak RSS {peak_rss_mib():.0f} MiB", flush=True)
 
+    held_out = args.judge_batches if args.held_out_batches is None else args.held_out_batches
+    validation = calib[args.judge_batches:args.judge_batches + held_out] or None
+
     def policy(costs: str, refine: str, bits: float, seed: int):
         kw = {} if refine == "none" else dict(model=model, calibration=calib[:args.judge_batches],
-                                              refine_passes=args.refine_passes,
-                                              seed=seed, gptq=candidates if refine == "gptq" else None)
+                                              refine_passes=args.refine_passes, seed=seed,
+                                              gptq=candidates if refine == "gptq" else None,
+                                              validation=validation if refine == "gptq" else None)
         return allocate(table if costs == "rtn" else gptq_table, Budget(avg_bits=bits), **kw)
 
     seeds = [args.seed] if args.refine_seeds is None else [int(x) for x in args.refine_seeds.split(",")]
@@ -90,29 +99,36 @@ def main(argv=None):
         gptq_quantize_model(m, pol, calib, scheme={"group_size": GROUP}, skip_modules=SKIP, progress=False)
         r = pol.report.refinement
         rows.append((bits, label, pol.report.avg_bits, common.perplexity(m, dev), common.perplexity(m, test), alloc_s,
-                     "-" if r is None else f"{r.kl_ilp:.3f} -> {r.kl_final:.3f} ({r.start}, {r.accepted} accepted)"))
+                     "-" if r is None else f"{r.kl_ilp:.3f} -> {r.kl_final:.3f} ({r.start}, {r.accepted} accepted)",
+                     "-" if not (r and r.kl_validation) else
+                     f"kept {r.kept}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.kl_validation.items())))
         print(rows[-1], flush=True)
         del m
         write(out, args, candidates_s, rows, len(plan))
 
 
 def write(out: Path, args, candidates_s: float, rows: list, total: int) -> None:
+    held_out = args.judge_batches if args.held_out_batches is None else args.held_out_batches
     md = [f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; every row packed with sequential "
           f"GPTQ (damp 0.01, block 128) on {args.calib}x128 calibration tokens; InfoQ table of `benchmarks/gptq.py` "
           f"(4x128 search calibration), ILP, {args.refine_passes} refinement passes on the first "
-          f"{4 * args.judge_batches}x128 calibration windows; perplexity "
+          f"{4 * args.judge_batches}x128 calibration windows, held-out check on the next {4 * held_out}x128; perplexity "
           f"on {args.dev}x128 dev and {args.eval}x128 test tokens (test after dev); seed {args.seed}; "
           f"{common.machine()}. GPTQ candidates (every layer at 2/3/4/8 bits, float-model Hessians): "
           f"{candidates_s:.0f} s.", "",
-          "| avg bits budget | allocation | avg bits | dev ppl | test ppl | allocation wall s | refinement KL (calibration) |",
-          "|---|---|---|---|---|---|---|"]
-    md += [f"| {b} | {label} | {avg:.3f} | {d:.2f} | {t:.2f} | {s:.0f} | {kl} |" for b, label, avg, d, t, s, kl in rows]
+          "| avg bits budget | allocation | avg bits | dev ppl | test ppl | allocation wall s | refinement KL (calibration) "
+          "| held-out check (KL) |",
+          "|---|---|---|---|---|---|---|---|"]
+    md += [f"| {b} | {label} | {avg:.3f} | {d:.2f} | {t:.2f} | {s:.0f} | {kl} | {v} |"
+           for b, label, avg, d, t, s, kl, v in rows]
     if len(rows) < total:
         md += ["", f"PARTIAL: {len(rows)} of {total} rows so far."]
     md += ["", f"Command: `{' '.join(['python -m benchmarks.gptq_aware', *sys.argv[1:]])}`"]
     suffix = "" if args.judge_batches == SEARCH_BATCHES and args.rows == "all" else f"_judge{4 * args.judge_batches}"
     if args.refine_seeds is not None:
         suffix += "_seeds" + args.refine_seeds.replace(",", "-")
+    if held_out != args.judge_batches:
+        suffix += f"_heldout{4 * held_out}"
     (out / f"gptq_aware_smollm2{suffix}.md").write_text("\n".join(md) + "\n")
     if len(rows) == total:
         print("\n".join(md))

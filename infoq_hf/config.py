@@ -77,6 +77,8 @@ class InfoQConfig(QuantizationConfigMixin):
         search_samples: how many of the calibration samples (the first ones) the sensitivity search and
             the refinement use; None: all. GPTQ rounds with all of them: it wants thousands of tokens
             (see `rounding`), the search's probes and the refinement's passes cost time per sample.
+            The next `search_samples` samples, when there are any, are the refinement's held-out
+            check: its result is kept only if it beats the starting allocations there too.
         group_size: scales per `group_size` inputs of a Linear (None: per output channel; default 128).
         conv_group_size: the same for Conv2d layers (default per output channel).
         symmetric: symmetric weight codes (no zero points).

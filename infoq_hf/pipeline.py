@@ -153,15 +153,14 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
     def search_batches(why: str) -> list:
         """The first `config.search_samples` calibration samples (all when unset), whole batches."""
         data = need_batches(why)
+        return data if config.search_samples is None else _first_samples(data, config.search_samples)
+
+    def held_out_batches() -> list | None:
+        """As many calibration samples again, after the search's: the refinement's held-out check."""
         if config.search_samples is None:
-            return data
-        taken, count = [], 0
-        for batch in data:
-            if count >= config.search_samples:
-                break
-            taken.append(batch)
-            count += _batch_rows(batch)
-        return taken
+            return None
+        rest = batches[len(search_batches("the refinement")):]
+        return _first_samples(rest, config.search_samples) or None
 
     scoring = replace(config.scheme, rounding="rtn")  # the probes perturb with round to nearest
     if config.policy is None and table is None:  # an impossible budget fails before any data is loaded
@@ -196,7 +195,8 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
         policy = allocate(table, config.budget, solver=config.solver, alpha=config.alpha,
                           pin_first_last=config.pin_first_last, model=model if refine else None,
                           calibration=search_batches("the refinement") if refine else None, refine_passes=refine,
-                          seed=config.seed, gptq=candidates if refine else None, accelerator=accelerator,
+                          seed=config.seed, gptq=candidates if refine else None,
+                          validation=held_out_batches() if refine else None, accelerator=accelerator,
                           progress=progress)
         times["allocation"] = time.perf_counter() - t
         del candidates  # GPTQ's rounded candidates take about a byte per weight and width
@@ -223,6 +223,17 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
     summary["rounding"] = packing.rounding
     logger.info("\n%s", format_summary(summary))
     return QuantizationResult(model=model, policy=policy, table=table, summary=summary)
+
+
+def _first_samples(batches: list, samples: int) -> list:
+    """Whole batches from the start of `batches` until they hold at least `samples` samples."""
+    taken, count = [], 0
+    for batch in batches:
+        if count >= samples:
+            break
+        taken.append(batch)
+        count += _batch_rows(batch)
+    return taken
 
 
 def _batch_rows(batch) -> int:
@@ -304,7 +315,9 @@ def format_summary(summary: dict) -> str:
     if refined:
         out.insert(-1, f"  refinement on the whole model: KL to float {refined['kl_ilp']:.4g} (ILP) -> "
                        f"{refined['kl_final']:.4g}, start {refined['start']}, {refined['accepted']} of "
-                       f"{refined['passes']} passes accepted")
+                       f"{refined['passes']} passes accepted"
+                       + (f"; held-out check on {refined['validation_batches']} other calibration batches kept "
+                          f"{refined['kept']}" if refined.get("kl_validation") else ""))
     return "\n".join(out)
 
 

@@ -131,6 +131,7 @@ def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):
     result = quantize_with_infoq(copy.deepcopy(model), config, progress=False)
     assert result.table.meta["calibration"]["batches"] == 1  # the first batch holds the 4 samples
     assert result.policy.report.refinement.calibration_batches == 1
+    assert result.policy.report.refinement.validation_batches == 1  # the next 4 samples: the held-out check
     assert result.table.meta["gptq_costs"]["calibration_batches"] == 2  # GPTQ: all of them
     expected = quantize_model(copy.deepcopy(model), result.policy, rounding="gptq", calibration=batches,
                               skip_modules=["lm_head"], progress=False)

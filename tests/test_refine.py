@@ -1,5 +1,6 @@
 """The global refinement: budgets, pins and ties hold; the KL it reports is the model's true KL; it never
-ends worse than its starts; deterministic; replay of early blocks is exact; hooks survive."""
+ends worse than its starts; a held-out check keeps what is best on other data; deterministic; replay of
+early blocks is exact; hooks survive."""
 
 import copy
 import random
@@ -97,6 +98,40 @@ def test_uniform_start_wins_when_it_is_better(setup):
     r = policy.report.refinement
     assert r.kl_uniform is not None or r.start == "ilp"
     assert r.kl_final == min(r.kl_ilp, r.kl_uniform if r.kl_uniform is not None else r.kl_ilp)
+
+
+def _other_batches(seed=7, vocab=96):
+    gen = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, vocab, (4, 24), generator=gen)} for _ in range(2)]
+
+
+@pytest.mark.parametrize("seed, kept", [(0, "ilp"), (3, "refined")])
+def test_the_held_out_check_keeps_what_is_best_on_other_data(setup, seed, kept):
+    """Judged on one batch, checked on two others: the configuration kept is the one with the lowest KL on
+    the held-out batches, and the KLs reported there are the packed models' true KLs on them."""
+    model, batches, table = setup
+    held_out = _other_batches()
+    policy = allocate(table, Budget(avg_bits=3.5), model=model, calibration=batches[:1], validation=held_out,
+                      refine_passes=12, seed=seed, progress=False)
+    r = policy.report.refinement
+    assert r.accepted > 0 and r.kept == kept and r.validation_batches == 2
+    assert set(r.kl_validation) == {"refined", "ilp", "uniform-3"}
+    assert r.kept == min(r.kl_validation, key=r.kl_validation.get)
+    ilp = allocate(table, Budget(avg_bits=3.5), progress=False)
+    assert (policy.to_dict() == ilp.to_dict()) == (kept == "ilp")
+    for config, name in ((policy, kept), (ilp, "ilp")):
+        q = quantize_model(copy.deepcopy(model), config, group_size=32, skip_modules=["lm_head"])
+        assert true_kl(model, q, held_out) == pytest.approx(r.kl_validation[name], rel=1e-4)
+
+
+def test_checked_on_its_own_data_the_refined_configuration_is_kept(setup):
+    model, batches, table = setup
+    policy = allocate(table, Budget(avg_bits=3.5), model=model, calibration=batches, validation=batches,
+                      refine_passes=12, seed=0, progress=False)
+    r = policy.report.refinement
+    assert r.accepted > 0 and r.kept == "refined"
+    assert r.kl_validation["refined"] == pytest.approx(r.kl_final, rel=1e-6)
+    assert r.kl_validation["ilp"] == pytest.approx(r.kl_ilp, rel=1e-6)
 
 
 def test_refinement_keeps_accelerate_hooks_and_outputs(setup):

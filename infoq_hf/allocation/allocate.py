@@ -56,6 +56,8 @@ class AllocationReport:
         if r is not None:
             text += (f" | refined from {r.start}: KL {r.kl_ilp:.4g} (ILP) -> {r.kl_final:.4g}, {r.accepted} of "
                      f"{r.passes} passes accepted in {r.wall_s:.0f} s")
+            if r.kl_validation:
+                text += f", held-out check kept {r.kept}"
         return text
 
 
@@ -84,6 +86,7 @@ def allocate(
     seed: int = 0,
     forward=None,
     gptq=None,
+    validation=None,
     accelerator=None,
     progress: bool = True,
 ) -> BitPolicy:
@@ -109,7 +112,10 @@ def allocate(
         `refine_passes` candidate configurations, `refine_candidates` per round, judged by the KL
         divergence of the quantized model's outputs from the float model's; `seed`, `forward`,
         `accelerator` (candidates split over processes) and `progress` as in `search`. Without a model
-        (a saved table) or with refine_passes=0 the ILP's solution is returned as it is.
+        (a saved table) or with refine_passes=0 the ILP's solution is returned as it is. `gptq`: a
+        `quant.gptq.GPTQCandidates` whose rounded weights the refinement judges (GPTQ packing).
+        `validation`: other calibration batches; the refined configuration is kept only when its KL
+        there is below the starting configurations' (otherwise the better start is).
     Returns a `BitPolicy` with `.report` an `AllocationReport`. Raises `InfeasibleBudgetError` (a ValueError)
     stating the best achievable value when the budget cannot be met, ValueError on inconsistent arguments.
     """
@@ -134,10 +140,11 @@ def allocate(
         if calibration is None:
             raise ValueError("refining the allocation on the model needs calibration batches: pass calibration=..., "
                              "or refine_passes=0 for the ILP's solution alone")
-        batches = [calibration] if isinstance(calibration, Mapping) else list(calibration)
+        batches = _batch_list(calibration)
         assignment, refinement = refine(model, table, spec, assignment, batches, passes=refine_passes,
                                         candidates=refine_candidates, seed=seed, forward=forward, gptq=gptq,
-                                        accelerator=accelerator, progress=progress)
+                                        validation=_batch_list(validation), accelerator=accelerator,
+                                        progress=progress)
         totals, objective = verify(table, spec, assignment)
 
     report = AllocationReport(
@@ -158,3 +165,10 @@ def allocate(
     )
     return BitPolicy({name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers},
                      report=report, scheme=table.scheme)
+
+
+def _batch_list(batches) -> list | None:
+    """One batch (a mapping) or an iterable of batches, as a list (None stays None)."""
+    if batches is None:
+        return None
+    return [batches] if isinstance(batches, Mapping) else list(batches)
