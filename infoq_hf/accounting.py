@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 
 from .policy import BitPolicy, LayerBits
-from .quant.apply import default_forward, quantizable_layers
-from .quant.modules import PACKED_TYPES, QuantConv2d, packed_weight_bytes
+from .quant.apply import default_forward, policy_layers, quantizable_layers, tied_heads
+from .quant.modules import PACKED_TYPES, QuantConv2d, QuantEmbedding, QuantTiedLinear, packed_weight_bytes
 
 FLOAT_BITS = 32
 
@@ -76,14 +76,15 @@ def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, example_inputs, forward=None) -> dict[str, int]:
-    """MACs per Linear / Conv2d layer (float or packed) for one forward pass of `example_inputs`."""
+    """MACs per Linear / Conv2d layer (float or packed, tied heads included) for one forward pass of
+    `example_inputs`; an embedding's lookup does none."""
     from .quant.modules import float_layer_types
 
-    kinds = float_layer_types() + PACKED_TYPES
+    kinds = float_layer_types() + PACKED_TYPES + (QuantTiedLinear,)
     macs: dict[str, int] = {}
     hooks = []
     for name, module in model.named_modules():
-        if isinstance(module, kinds):
+        if isinstance(module, kinds) and not isinstance(module, QuantEmbedding):
             def hook(m, args, out, name=name):
                 macs[name] = macs.get(name, 0) + _layer_macs(m, out)
             hooks.append(module.register_forward_hook(hook))
@@ -115,11 +116,16 @@ def bitops(model: nn.Module, policy: BitPolicy | Mapping | None, example_inputs,
 
 
 def _bits_by_layer(model: nn.Module, policy) -> dict[str, LayerBits]:
-    bits = {n: LayerBits(m.w_bits, m.a_bits) for n, m in model.named_modules() if isinstance(m, PACKED_TYPES)}
+    """Bits of every packed layer and of what `policy` names; a tied head runs at its embedding's width."""
+    modules = dict(model.named_modules())
+    bits = {n: LayerBits(m.w_bits, m.a_bits) for n, m in modules.items() if isinstance(m, PACKED_TYPES)}
     if policy is not None:
         policy = policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy)
-        candidates = list(quantizable_layers(model)) + list(bits)
+        candidates = list(policy_layers(model, policy)) + list(bits)
         bits.update(policy.resolve(candidates))
+    heads = {n: m.tied_to for n, m in modules.items() if isinstance(m, QuantTiedLinear)}
+    heads.update(tied_heads(model, [n for n in bits if isinstance(modules[n], nn.Embedding)]))
+    bits.update({head: bits[embedding] for head, embedding in heads.items()})
     return bits
 
 

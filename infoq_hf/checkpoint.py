@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 
 from .policy import BitPolicy
-from .quant.apply import _set_submodule, packed_layers, quantizable_layers
-from .quant.modules import QuantConv2d, QuantLinear
+from .quant.apply import _set_submodule, pack_embeddings, packed_layers, policy_layers
+from .quant.modules import QuantConv2d, QuantEmbedding, QuantLinear
 from .quant.packing import packed_nbytes
 from .names import unique_match
 from .quant.scheme import PackingScheme
@@ -54,16 +54,23 @@ def build_packed_modules(model: nn.Module, policy: BitPolicy | Mapping, scheme: 
     `scheme` packs them), in place.
 
     Used before loading a packed state dict; the new layers live on the float layer's device (the
-    meta device inside transformers' `from_pretrained`)."""
+    meta device inside transformers' `from_pretrained`). Heads tied to a packed embedding become its
+    `QuantTiedLinear`s, as when it was packed."""
     policy = policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy)
-    layers = quantizable_layers(model)
+    layers = policy_layers(model, policy)
     built = {}
-    for name, bits in policy.resolve(layers).items():
-        layer = layers[name]
+
+    def empty(name, layer, bits) -> nn.Module:
         kwargs = dict(w_bits=bits.w_bits, symmetric=scheme.symmetric, a_bits=bits.a_bits, where=name,
                       group_size=scheme.group_for(layer))
         with torch.device(layer.weight.device):
-            if isinstance(layer, nn.Conv2d):
+            if isinstance(layer, nn.Embedding):
+                if bits.a_bits is not None:
+                    raise ValueError(f"policy gives the embedding {name!r} a_bits={bits.a_bits}; token ids take none")
+                del kwargs["a_bits"]
+                q = QuantEmbedding(layer.num_embeddings, layer.embedding_dim, layer.padding_idx,
+                                   output_dtype=layer.weight.dtype, **kwargs)
+            elif isinstance(layer, nn.Conv2d):
                 q = QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                                 layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, **kwargs)
             elif isinstance(layer, nn.Linear):
@@ -73,8 +80,12 @@ def build_packed_modules(model: nn.Module, policy: BitPolicy | Mapping, scheme: 
                 q = QuantLinear(n_in, n_out, layer.bias is not None, transposed_source=True, **kwargs)
         if q.bias is not None:
             q.bias.data = q.bias.data.to(layer.bias.dtype)
-        _set_submodule(model, name, q)
         built[name] = q
+        return q
+
+    rest, _ = pack_embeddings(model, policy.resolve(layers), scheme, builder=empty)
+    for name, bits in rest.items():
+        _set_submodule(model, name, empty(name, layers[name], bits))
     return built
 
 
@@ -111,6 +122,8 @@ def cast_float_leftovers(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         for name, buf in module._buffers.items():
             if buf is not None and buf.is_floating_point() and name not in keep:
                 module._buffers[name] = buf.to(dtype)
+        if isinstance(module, QuantEmbedding):  # its rows come out in the leftovers' dtype
+            module.output_dtype = dtype
     return model
 
 

@@ -104,6 +104,9 @@ def _add_model_and_calibration(parser: argparse.ArgumentParser, calib_required: 
                         help="candidate weight bit-widths (default: 2,3,4,8)")
     parser.add_argument("--method", default="infoq", choices=["infoq", "hawq", "weight_mse", "random", "oracle"],
                         help="sensitivity measure (default: infoq; weight_mse and random need no data)")
+    parser.add_argument("--quantize-embeddings", action="store_true",
+                        help="the input embeddings are layers of the search and the allocation too (a tied LM "
+                             "head takes its embedding's codes)")
     c = parser.add_argument_group("calibration data")
     c.add_argument("--calib", metavar="SPEC", required=False,
                    help="a local .txt/.json/.jsonl/.csv/.parquet file or a folder of them (or of images), "
@@ -196,14 +199,14 @@ class LoadedModel:
             self.tokenizer = None  # a vision model, or no tokenizer saved: images or data-free methods only
         return self.model_class.from_pretrained(path)
 
-    def skip_modules(self) -> list[str]:
-        """Layers transformers keeps in float by default (lm_head, a classifier); timm: none."""
+    def skip_modules(self, quantize_embeddings: bool = False) -> list[str]:
+        """Layers transformers keeps in float by default (lm_head, a classifier; the embeddings unless
+        `quantize_embeddings`); timm: none."""
         if self.kind != "transformers":
             return []
-        from .integrations.transformers import InfoQQuantizer
+        from .integrations.transformers import modules_kept_float
 
-        return sorted(InfoQQuantizer.get_modules_to_not_convert(
-            self.model, None, getattr(self.model, "_keep_in_fp32_modules", None)))
+        return modules_kept_float(self.model, None, quantize_embeddings)
 
 
 def calibration_spec(args) -> dict | None:
@@ -244,7 +247,8 @@ def run_search(args, loaded: LoadedModel, spec: dict | None, batches: list | Non
     batches = load_batches(loaded, spec, args.method) if batches is None else batches
     _say(f"scoring {args.method} sensitivity at bits {','.join(map(str, args.bits))}")
     return search(loaded.model, batches, bits=args.bits, method=args.method, seed=args.seed,
-                  scheme=_packing_scheme(args, DEFAULT_SCHEME), skip_modules=loaded.skip_modules(), progress=True)
+                  scheme=_packing_scheme(args, DEFAULT_SCHEME), skip_modules=loaded.skip_modules(args.quantize_embeddings),
+                  embeddings=args.quantize_embeddings, progress=True)
 
 
 def _packing_scheme(args, default):
@@ -329,6 +333,7 @@ def cmd_quantize(args) -> int:
                          **{k: getattr(packing, k) for k in ("group_size", "conv_group_size", "symmetric")},
                          solver=args.solver, seed=args.seed, policy=policy, refine_passes=args.refine_passes,
                          search_samples=args.search_samples, rounding=args.rounding,
+                         quantize_embeddings=args.quantize_embeddings,
                          gptq_options={"damp": args.gptq_damp, "act_order": args.gptq_act_order})
     if policy is not None:
         _say(f"applying the policy of {args.policy} ({len(policy)} entries; no search)")

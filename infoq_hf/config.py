@@ -93,6 +93,9 @@ class InfoQConfig(QuantizationConfigMixin):
         gptq_options: GPTQ settings `{"damp": 0.01, "block_size": 128, "act_order": False}` (any subset).
         modules_to_not_convert: layer names (exact, dot-suffix or regex) kept in float; None = the
             transformers default (output embeddings / tied / last layer, e.g. `lm_head`, a classifier).
+        quantize_embeddings: the input embeddings enter the search and the ILP as layers of their own
+            (rows grouped like a Linear's inputs, `group_size`); an output head tied to one (an LM
+            head sharing it) takes its codes and width: one tensor, stored once. Default False.
         solver, seed, pin_first_last: allocation settings.
         refine_passes: whole-model passes that refine the ILP's allocation on the model being quantized
             (KL to the float model on the calibration data; `infoq_hf.allocation.refine`); 0 = ILP only.
@@ -121,6 +124,7 @@ class InfoQConfig(QuantizationConfigMixin):
         rounding: str = "auto",
         gptq_options: Mapping | None = None,
         modules_to_not_convert: Sequence[str] | None = None,
+        quantize_embeddings: bool = False,
         solver: str = "auto",
         seed: int = 0,
         pin_first_last: bool | str = "auto",
@@ -180,6 +184,9 @@ class InfoQConfig(QuantizationConfigMixin):
                 raise ValueError(f"InfoQConfig.modules_to_not_convert must be a list of names, got {modules_to_not_convert!r}")
             modules_to_not_convert = list(modules_to_not_convert)
         self.modules_to_not_convert = modules_to_not_convert
+        if not isinstance(quantize_embeddings, bool):
+            raise ValueError(f"InfoQConfig.quantize_embeddings must be True or False, got {quantize_embeddings!r}")
+        self.quantize_embeddings = quantize_embeddings
         self.solver = str(solver)
         self.seed = int(seed)
         if pin_first_last not in ("auto", True, False):
@@ -286,6 +293,7 @@ class InfoQConfig(QuantizationConfigMixin):
             "rounding": self.rounding,
             "gptq_options": copy.deepcopy(self.gptq_options),
             "modules_to_not_convert": None if self.modules_to_not_convert is None else list(self.modules_to_not_convert),
+            "quantize_embeddings": self.quantize_embeddings,
             "solver": self.solver,
             "seed": self.seed,
             "pin_first_last": self.pin_first_last,

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .checkpoint import atomic_checkpoint, write_safetensors
 from .quant.apply import packed_layers
-from .quant.modules import QuantConv2d, QuantLinear
+from .quant.modules import QuantConv2d, QuantEmbedding, QuantLinear
 from .quant.packing import pack
 
 COMPRESSED_TENSORS_VERSION = "0.20.1"
@@ -129,6 +129,10 @@ def compressed_tensors_config(groups: dict[tuple, list[str]], ignore: list[str])
 
 
 def _check_exportable(name: str, layer: nn.Module) -> None:
+    if isinstance(layer, QuantEmbedding):
+        raise ValueError(f"layer {name!r} is a packed embedding; compressed-tensors quantizes Linear layers only. "
+                         "Re-quantize without quantize_embeddings (the embedding stays float) or use the infoq "
+                         "checkpoint")
     if isinstance(layer, QuantConv2d):
         raise ValueError(f"layer {name!r} is a packed Conv2d; the compressed-tensors export holds Linear layers only. "
                          "Keep convolutions float (skip_modules / modules_to_not_convert) or use the infoq checkpoint")

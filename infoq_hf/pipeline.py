@@ -27,7 +27,7 @@ from .quant.apply import (
     batch_to_model_device,
     calibrate_activation_ranges,
     packed_layers,
-    quantizable_layers,
+    policy_layers,
     quantize_model,
 )
 from .quant.gptq import gptq_candidates
@@ -96,7 +96,7 @@ def resolve_rounding(config: InfoQConfig, model: nn.Module, batches: list | None
 
 
 def check_budget_feasible(model: nn.Module, budget, *, bits, scheme: PackingScheme, skip_modules=(), solver="auto",
-                          pin_first_last="auto") -> None:
+                          pin_first_last="auto", embeddings: bool = False) -> None:
     """Raise `InfeasibleBudgetError` before any probing when no choice of the candidate bits meets the
     budget's size, average-bits or compression terms: they depend on layer sizes only, so the ILP on a
     table with the model's layer sizes (and random scores) decides it in milliseconds. BitOps need the
@@ -110,7 +110,7 @@ def check_budget_feasible(model: nn.Module, budget, *, bits, scheme: PackingSche
     with warnings.catch_warnings():  # the real search repeats any warning (tied weights, ...)
         warnings.simplefilter("ignore")
         skeleton = search(model, None, bits=bits, method="random", scheme=scheme, skip_modules=skip_modules,
-                          progress=False)
+                          embeddings=embeddings, progress=False)
     allocate(skeleton, Budget(**sized), solver=solver, pin_first_last=pin_first_last, refine_passes=0, progress=False)
 
 
@@ -165,7 +165,8 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
     scoring = replace(config.scheme, rounding="rtn")  # the probes perturb with round to nearest
     if config.policy is None and table is None:  # an impossible budget fails before any data is loaded
         check_budget_feasible(model, config.budget, bits=config.bits, scheme=scoring, skip_modules=skip,
-                              solver=config.solver, pin_first_last=config.pin_first_last)
+                              solver=config.solver, pin_first_last=config.pin_first_last,
+                              embeddings=config.quantize_embeddings)
     counts_tokens = config.rounding == "auto" and config.calibration is not None and is_causal_lm(model)
     rounding = resolve_rounding(config, model, need_batches("rounding='auto'") if counts_tokens else None)
     packing = replace(config.scheme, rounding=rounding)
@@ -180,7 +181,8 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
             data = None if config.method in DATA_FREE_METHODS else search_batches(f"method {config.method!r}")
             t = time.perf_counter()
             table = search(model, data, bits=config.bits, method=config.method, seed=config.seed, scheme=scoring,
-                           skip_modules=skip, accelerator=accelerator, progress=progress, **config.method_options)
+                           skip_modules=skip, embeddings=config.quantize_embeddings, accelerator=accelerator,
+                           progress=progress, **config.method_options)
             times["search"] = time.perf_counter() - t
         refine = config.refine_passes if config.calibration is not None else 0  # data-free runs: ILP only
         candidates = None
@@ -209,7 +211,7 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
         times["activation ranges"] = time.perf_counter() - t
 
     float_bytes = model_size_bytes(model)
-    params = {n: m.weight.numel() for n, m in quantizable_layers(model).items()}
+    params = {n: m.weight.numel() for n, m in policy_layers(model, policy).items()}
     gptq_batches = need_batches("rounding='gptq'") if gptq else None
     t = time.perf_counter()
     quantize_model(model, policy, scheme=packing, skip_modules=skip, act_ranges=act_ranges,

@@ -60,9 +60,7 @@ class InfoQQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         cfg = self.quantization_config
-        self.modules_to_not_convert = self.get_modules_to_not_convert(
-            model, cfg.modules_to_not_convert, model._keep_in_fp32_modules
-        )
+        self.modules_to_not_convert = modules_kept_float(model, cfg.modules_to_not_convert, cfg.quantize_embeddings)
         if not self.pre_quantized:
             return model
         built = build_packed_modules(model, cfg.policy, cfg.scheme)
@@ -115,6 +113,18 @@ class InfoQQuantizer(HfQuantizer):
 
     def param_element_size(self, model, param_name, param):
         return param.element_size()
+
+
+def modules_kept_float(model, modules_to_not_convert=None, quantize_embeddings: bool = False) -> list[str]:
+    """What stays float: the user's list, else transformers' default (output embeddings, tied and last
+    layers, norms), without the input and output embeddings when `quantize_embeddings`."""
+    skip = InfoQQuantizer.get_modules_to_not_convert(model, modules_to_not_convert,
+                                                     getattr(model, "_keep_in_fp32_modules", None))
+    if quantize_embeddings and modules_to_not_convert is None:
+        modules = {id(m): n for n, m in model.named_modules()}
+        embeddings = {modules.get(id(get())) for get in (model.get_input_embeddings, model.get_output_embeddings)}
+        skip = [n for n in skip if n not in embeddings]
+    return sorted(skip)
 
 
 def _checkpoint_renamer(model, quantizer):

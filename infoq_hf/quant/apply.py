@@ -7,9 +7,9 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from ..names import any_matches
+from ..names import any_matches, is_regex, unique_match
 from ..policy import BitPolicy, LayerBits
-from .modules import PACKED_TYPES, QuantConv2d, QuantLinear, float_layer_types
+from .modules import PACKED_TYPES, QuantConv2d, QuantEmbedding, QuantLinear, QuantTiedLinear, float_layer_types
 from .scheme import UNSET, PackingScheme, resolve_scheme
 
 
@@ -17,23 +17,37 @@ def _skipped(name: str, module: nn.Module, skip_names: Iterable[str], skip_types
     return bool(skip_types and isinstance(module, skip_types)) or any_matches(skip_names, name)
 
 
-def quantizable_layers(model: nn.Module, skip_modules: Iterable[str] = (), skip_types: tuple = ()) -> dict[str, nn.Module]:
-    """The float Linear / Conv2d / transformers-Conv1D layers of a model, in module order.
+def quantizable_layers(model: nn.Module, skip_modules: Iterable[str] = (), skip_types: tuple = (),
+                       embeddings: bool = False) -> dict[str, nn.Module]:
+    """The float Linear / Conv2d / transformers-Conv1D layers of a model (and its `nn.Embedding`s when
+    `embeddings`), in module order.
 
     `skip_modules` holds names (`infoq_hf.names`: exact, dot-suffix, or `re:<regex>`) to leave in float, `skip_types`
     module classes to leave in float (e.g. a classifier head class)."""
     skip_names = list(skip_modules)
-    kinds = float_layer_types()
+    kinds = float_layer_types(embeddings)
     return {
         name: m for name, m in model.named_modules()
         if type(m) in kinds and not _skipped(name, m, skip_names, tuple(skip_types))
     }
 
 
+def policy_layers(model: nn.Module, policy: Mapping, skip_modules: Iterable[str] = (),
+                  skip_types: tuple = ()) -> dict[str, nn.Module]:
+    """The layers a policy can name: the quantizable layers, and the embeddings it names by path. A
+    `re:` key never reaches an embedding, so a policy's regexes mean what they meant before embeddings
+    were quantizable."""
+    layers = quantizable_layers(model, skip_modules, skip_types)
+    embeddings = [n for n, m in quantizable_layers(model, skip_modules, skip_types, embeddings=True).items()
+                  if isinstance(m, nn.Embedding)]
+    named = {unique_match(k, embeddings) for k in policy if not is_regex(k)} - {None}
+    return {n: m for n, m in model.named_modules() if n in layers or n in named}
+
+
 def _unquantizable_hint(name: str, module: nn.Module) -> str:
     return (
         f"policy names layer {name!r} of type {type(module).__name__}, which infoq_hf cannot quantize "
-        "(supported: nn.Linear, nn.Conv2d, transformers Conv1D); remove it from the policy"
+        "(supported: nn.Linear, nn.Conv2d, transformers Conv1D, nn.Embedding); remove it from the policy"
     )
 
 
@@ -47,10 +61,10 @@ def resolve_policy(model: nn.Module, policy: BitPolicy | Mapping, skip_modules: 
                    skip_types: tuple = ()) -> dict[str, LayerBits]:
     """Match a policy to the model's quantizable layers; clear errors for unknown or unsupported layers."""
     policy = policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy)
-    layers = quantizable_layers(model, skip_modules, skip_types)
+    layers = policy_layers(model, policy, skip_modules, skip_types)
     all_modules = dict(model.named_modules())
     try:
-        return policy.resolve(layers)
+        resolved = policy.resolve(layers)
     except ValueError as e:
         # Explain a name that exists but is of the wrong type, or was skipped on purpose.
         for key in policy:
@@ -62,7 +76,61 @@ def resolve_policy(model: nn.Module, policy: BitPolicy | Mapping, skip_modules: 
                     raise ValueError(f"layer {key!r} is already quantized; call model.dequantize() first") from None
                 raise ValueError(_unquantizable_hint(key, module)) from None
         raise e
+    heads = tied_heads(model, [n for n in resolved if isinstance(layers[n], nn.Embedding)])
+    both = sorted(h for h in heads if h in resolved)
+    if both:
+        raise ValueError(f"policy names {both}, whose weight is the embedding {heads[both[0]]!r}'s (tied): a tied head "
+                         "takes its embedding's width; remove it from the policy")
+    return resolved
 
+
+def tied_heads(model: nn.Module, embeddings: Iterable[str]) -> dict[str, str]:
+    """{head: embedding}: the Linear layers whose weight is one of these embeddings' (tied output heads):
+    the same parameter, or named tied by transformers (whose empty skeleton is tied only after loading)."""
+    embeddings = list(embeddings)
+    owner = {id(model.get_submodule(e).weight): e for e in embeddings}
+    heads = {n: owner[id(m.weight)] for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and id(m.weight) in owner}
+    by_key = {f"{e}.weight": e for e in embeddings}
+    linear = {f"{n}.weight": n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    for a, b in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        for head_key, embedding_key in ((a, b), (b, a)):
+            if head_key in linear and embedding_key in by_key:
+                heads[linear[head_key]] = by_key[embedding_key]
+    return heads
+
+
+def pack_embeddings(model: nn.Module, resolved: Mapping[str, LayerBits], scheme: PackingScheme,
+                    builder=None) -> tuple[dict[str, LayerBits], dict[str, nn.Module]]:
+    """Pack the embeddings `resolved` names (round to nearest: a lookup has no Hessian for GPTQ to use) and
+    make their tied heads `QuantTiedLinear`s, in place. Returns (the rest of `resolved`, the replaced float
+    modules by name). `builder(name, layer, bits)` makes the packed embedding (default: quantized from the
+    float weight; loading builds empty ones)."""
+    embeddings = {n: b for n, b in resolved.items() if isinstance(model.get_submodule(n), nn.Embedding)}
+    heads = tied_heads(model, embeddings)
+    replaced = {}
+    for name, bits in embeddings.items():
+        layer = model.get_submodule(name)
+        replaced[name] = layer
+        q = builder(name, layer, bits) if builder else packed_layer(name, layer, bits, scheme, None)
+        _set_submodule(model, name, q)
+    for head, embedding in heads.items():
+        layer = model.get_submodule(head)
+        replaced[head] = layer
+        _set_submodule(model, head, QuantTiedLinear(model.get_submodule(embedding), embedding, layer.bias))
+    _forget_transformers_ties(model, heads)
+    return {n: b for n, b in resolved.items() if n not in embeddings}, replaced
+
+
+def _forget_transformers_ties(model: nn.Module, heads: Mapping[str, str]) -> None:
+    """transformers re-ties `head.weight` to `embedding.weight` by name after loading (and counts them); the
+    packed pair has neither parameter, the tie is `QuantTiedLinear`'s."""
+    keys = getattr(model, "all_tied_weights_keys", None)
+    if not keys or not heads:
+        return
+    names = {f"{n}.weight" for pair in heads.items() for n in pair}
+    for target in [t for t, source in keys.items() if t in names or source in names]:
+        del keys[target]
 
 def packing_scheme_for(policy, scheme: PackingScheme | Mapping | None = None, **shorthand) -> PackingScheme:
     """The scheme to pack `policy` with: `scheme` or the shorthand fields, over a default of the scheme
@@ -117,7 +185,7 @@ def quantize_model(
                             skip_types=skip_types, act_ranges=act_ranges, options=gptq_options, forward=forward,
                             progress=progress)
         return model
-    resolved = resolve_policy(model, policy, skip_modules, skip_types)
+    resolved, _ = pack_embeddings(model, resolve_policy(model, policy, skip_modules, skip_types), scheme)
     for name, bits in resolved.items():
         _set_submodule(model, name, packed_layer(name, model.get_submodule(name), bits, scheme, act_ranges))
     return model
@@ -129,6 +197,8 @@ def packed_layer(name: str, layer: nn.Module, bits: LayerBits, scheme: PackingSc
                   where=name, group_size=scheme.group_for(layer))
     if isinstance(layer, nn.Conv2d):
         q = QuantConv2d.from_float(layer, **kwargs)
+    elif isinstance(layer, nn.Embedding):
+        q = QuantEmbedding.from_float(layer, **kwargs)
     else:
         q = QuantLinear.from_float(layer, **kwargs)
     if bits.a_bits is not None:
@@ -142,10 +212,15 @@ def packed_layer(name: str, layer: nn.Module, bits: LayerBits, scheme: PackingSc
 
 
 def dequantize_model(model: nn.Module) -> nn.Module:
-    """Replace every packed layer with an equivalent float layer, in place; returns the model."""
-    for name, module in list(model.named_modules()):
+    """Replace every packed layer with an equivalent float layer, in place; returns the model. A tied head
+    becomes a Linear sharing the float embedding's weight again."""
+    modules = list(model.named_modules())
+    for name, module in modules:
         if isinstance(module, PACKED_TYPES):
             _set_submodule(model, name, module.to_float())
+    for name, module in modules:
+        if isinstance(module, QuantTiedLinear):
+            _set_submodule(model, name, module.to_float(model.get_submodule(module.tied_to)))
     return model
 
 

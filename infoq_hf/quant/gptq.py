@@ -430,8 +430,10 @@ def gptq_quantize_model(
     Same layer settings as `quantize_model` (which calls this for `rounding="gptq"`): `scheme`, a
     `PackingScheme` (or its dict), defaults to the policy's scheme, else per output channel; `calibration`
     is a list of batches run with `forward(model, batch)` (default `quant.apply.default_forward`).
+    Embeddings in the policy are rounded to nearest (a lookup has no Hessian), before the blocks they feed.
     On an error the float layers are put back. Returns a `GPTQReport`."""
-    from .apply import _set_submodule as set_submodule, default_forward, packed_layer, packing_scheme_for, resolve_policy
+    from .apply import (_set_submodule as set_submodule, default_forward, pack_embeddings, packed_layer,
+                        packing_scheme_for, resolve_policy)
 
     t0 = time.perf_counter()
     scheme = packing_scheme_for(policy, scheme)
@@ -449,9 +451,9 @@ def gptq_quantize_model(
     from ..sensitivity.probe import find_blocks
 
     report = GPTQReport()
-    originals: dict[str, nn.Module] = {}
     was_training = model.training
     model.eval()
+    resolved, originals = pack_embeddings(model, resolved, scheme)
 
     def round_and_pack(accumulators: dict[str, _HessianAccumulator]) -> None:
         for name, acc in accumulators.items():
@@ -526,7 +528,8 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
     """GPTQ-round every layer of `widths` ({name: [bits, ...]}) at each of its widths, on Hessians of the
     float model's inputs collected one block at a time (the model is not changed). `scheme`: the
     `PackingScheme` the model will be packed with. `keep_weights=False` keeps only the error ratios
-    (the rounded weights take about one byte per weight and width)."""
+    (the rounded weights take about one byte per weight and width). Embeddings are packed with round to
+    nearest (see `gptq_quantize_model`): ratio 1, RTN's weights."""
     from tqdm.auto import tqdm
 
     from ..sensitivity.probe import find_blocks
@@ -542,9 +545,15 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
         raise ValueError("GPTQ-aware costs need calibration batches (the ones GPTQ will round with); pass "
                          "calibration=[batch, ...]")
     widths = {n: sorted({int(b) for b in bs}) for n, bs in widths.items()}
-    layer_names = list(widths)
     ratios: dict[str, dict[int, float]] = {}
     weights: dict[tuple[str, int], QuantizedWeight] = {}
+    for name in [n for n in widths if isinstance(model.get_submodule(n), nn.Embedding)]:
+        layer = model.get_submodule(name)
+        ratios[name] = {b: 1.0 for b in widths[name]}
+        if keep_weights:
+            weights.update({(name, b): quantize_weight(layer.weight.detach().float(), scheme.weight_scheme(layer, b),
+                                                       name) for b in widths[name]})
+    layer_names = [n for n in widths if n not in ratios]
     transposed = {n for n in layer_names if HFConv1D is not None and isinstance(model.get_submodule(n), HFConv1D)}
     report = GPTQReport()
     was_training = model.training

@@ -1,4 +1,5 @@
-"""Packed low-bit layers: `QuantLinear` and `QuantConv2d`.
+"""Packed low-bit layers: `QuantLinear`, `QuantConv2d` and `QuantEmbedding` (with `QuantTiedLinear`,
+an output head that shares a packed embedding's codes).
 
 They hold the weight only as packed integer codes (`weight_packed`, uint8) plus
 `weight_scale` (float32, [out, n_groups]) and, for asymmetric schemes,
@@ -163,6 +164,8 @@ class _PackedWeightLayer(nn.Module):
 class QuantLinear(_PackedWeightLayer):
     """A packed replacement for `nn.Linear` (and transformers' transposed `Conv1D`)."""
 
+    drops_stream_for_kernel = True  # once the kernel layout is built it is the only copy of the codes
+
     def __init__(self, in_features, out_features, bias=True, *, w_bits, group_size=None, symmetric=False,
                  a_bits=None, transposed_source=False, where=""):
         super().__init__()
@@ -244,9 +247,9 @@ class QuantLinear(_PackedWeightLayer):
         if cached is None or cached[1].dtype != x.dtype or not _built_from(cached[0], buffers):
             layout = build_int4_layout(self.codes(), self.weight_scale, self.weight_zero_point, self.w_bits,
                                        self.group_size, x.dtype)
-            # The layout holds the codes exactly: drop the stream so the weight is held once.
-            self._buffers["weight_packed"] = torch.empty_like(self.weight_packed, device="meta")
-            buffers[0] = self.weight_packed
+            if self.drops_stream_for_kernel:  # the layout holds the codes exactly: keep the weight once
+                self._buffers["weight_packed"] = torch.empty_like(self.weight_packed, device="meta")
+                buffers[0] = self.weight_packed
             self._kernel_cache = ([(weakref.ref(b), b._version) for b in buffers], layout)
         return self._kernel_cache[1]
 
@@ -261,6 +264,99 @@ class QuantLinear(_PackedWeightLayer):
         if self.bias is not None:
             layer.bias.data.copy_(self.bias.detach())
         return layer.to(self.weight_scale.device)
+
+
+class QuantEmbedding(QuantLinear):
+    """A packed replacement for `nn.Embedding` [num_embeddings, dim]: each row grouped along `dim`, as a
+    Linear's inputs are. A lookup unpacks only the rows asked for (when rows start on a pack boundary,
+    dim a multiple of 8); an output head tied to it (`QuantTiedLinear`) multiplies by the same codes
+    through `QuantLinear`'s forward, the int4 kernel included. Lookups read the bit stream, so it is
+    kept beside a kernel layout. The output takes `output_dtype`: the float layer's dtype, following
+    casts of the model."""
+
+    drops_stream_for_kernel = False
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, w_bits, group_size=None,
+                 symmetric=False, where="", output_dtype: torch.dtype | None = None):
+        super().__init__(embedding_dim, num_embeddings, bias=False, w_bits=w_bits, group_size=group_size,
+                         symmetric=symmetric, where=where)
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.padding_idx = padding_idx
+        self.output_dtype = output_dtype or torch.get_default_dtype()
+
+    @classmethod
+    def from_float(cls, layer: nn.Embedding, *, w_bits, group_size=None, symmetric=False, a_bits=None,
+                   clip_search=False, where=""):
+        if a_bits is not None:
+            raise ValueError(f"layer {where!r} is an embedding: its inputs are token ids, which take no a_bits")
+        q = cls(layer.num_embeddings, layer.embedding_dim, layer.padding_idx, w_bits=w_bits, group_size=group_size,
+                symmetric=symmetric, where=where, output_dtype=layer.weight.dtype).to(layer.weight.device)
+        q.set_weight(layer.weight.detach(), clip_search, where)
+        return q
+
+    def _apply(self, fn, recurse=True):
+        self.output_dtype = fn(torch.empty(0, dtype=self.output_dtype)).dtype  # follows .to(dtype), .half(), ...
+        return super()._apply(fn, recurse)
+
+    def row_codes(self, rows: torch.Tensor) -> torch.Tensor:
+        """Codes [len(rows), dim] of the given row indices."""
+        if self.embedding_dim % 8:  # rows do not start on a block of eight codes: unpack all
+            return self.codes()[rows]
+        row_bytes = self.embedding_dim * self.w_bits // 8
+        picked = self.weight_packed.view(self.num_embeddings, row_bytes)[rows].reshape(-1)
+        return unpack(picked, self.w_bits, rows.numel() * self.embedding_dim).reshape(-1, self.embedding_dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = ids.reshape(-1)
+        zero = None if self.weight_zero_point is None else self.weight_zero_point[rows]
+        w = dequantize_codes(self.row_codes(rows), self.weight_scale[rows], zero, self.scheme)
+        return w.to(self.output_dtype).reshape(*ids.shape, self.embedding_dim)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W^T: the output head's product with this embedding's codes."""
+        return QuantLinear.forward(self, x)
+
+    def to_float(self) -> nn.Embedding:
+        layer = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx)
+        layer.weight.data = self.dequantized_weight(self.output_dtype)
+        return layer.to(self.weight_scale.device)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, " + super().extra_repr()
+
+
+class QuantTiedLinear(nn.Module):
+    """An output head whose weight is a packed embedding's (e.g. an LM head tied to the input embedding):
+    it holds no codes of its own, only its bias if it has one, so the tie is one tensor at one width in
+    memory and in the checkpoint. The embedding is referenced, not registered as a child (its tensors
+    are saved once, under the embedding's name)."""
+
+    def __init__(self, embedding: QuantEmbedding, tied_to: str, bias: torch.Tensor | None = None):
+        super().__init__()
+        object.__setattr__(self, "embedding", embedding)
+        self.tied_to = tied_to
+        self.in_features, self.out_features = embedding.embedding_dim, embedding.num_embeddings
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight, for code that reads `layer.weight` (shape, dtype); computed on access."""
+        return self.embedding.dequantized_weight(self.embedding.output_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.embedding.linear(x)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def to_float(self, embedding: nn.Embedding) -> nn.Linear:
+        """The float head tied to `embedding` (the float layer that replaced the packed one)."""
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        layer.weight = embedding.weight
+        if self.bias is not None:
+            layer.bias.data = self.bias.detach().clone()
+        return layer
+
+    def extra_repr(self) -> str:
+        return f"tied to {self.tied_to!r}, in={self.in_features}, out={self.out_features}"
 
 
 class QuantConv2d(_PackedWeightLayer):
@@ -322,12 +418,14 @@ def _built_from(sources, buffers) -> bool:
                                                 for (ref, version), b in zip(sources, buffers))
 
 
-PACKED_TYPES = (QuantLinear, QuantConv2d)
+PACKED_TYPES = (QuantLinear, QuantConv2d)  # QuantEmbedding is a QuantLinear
 
 
-def float_layer_types() -> tuple[type, ...]:
-    """Float layer types infoq_hf knows how to quantize."""
+def float_layer_types(embeddings: bool = False) -> tuple[type, ...]:
+    """Float layer types infoq_hf knows how to quantize (`nn.Embedding` too when `embeddings`)."""
     types = [nn.Linear, nn.Conv2d]
     if HFConv1D is not None:
         types.append(HFConv1D)
+    if embeddings:
+        types.append(nn.Embedding)
     return tuple(types)

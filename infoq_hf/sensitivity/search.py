@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..accounting import count_macs, model_size_bytes, tied_weights
 from ..bitwidth import check_bits
 from ..calibration import CalibrationSet, calibration_identity
-from ..quant.apply import batch_to_model_device, default_forward, quantizable_layers
+from ..quant.apply import batch_to_model_device, default_forward, quantizable_layers, tied_heads
 from ..quant.modules import oriented_weight
 from ..quant.quantizer import WeightScheme
 from ..quant.scheme import FORMAT_FIELDS, UNSET, PackingScheme, resolve_scheme
@@ -80,6 +80,7 @@ def search(
     clip_search: bool = UNSET,
     skip_modules: Iterable[str] = (),
     skip_types: tuple = (),
+    embeddings: bool = False,
     forward: Callable | None = None,
     task: str = "auto",
     heldout: Iterable | None = None,
@@ -98,7 +99,9 @@ def search(
     output channel, asymmetric, no clipping search), or its fields as shorthand (`group_size=`,
     `conv_group_size=`, `symmetric=`, `clip_search=`); the table records it. `options` go to InfoQ (see `InfoQOptions`: num_directions, estimator, observers,
     lm_target, inv_bits, ...). `heldout` is the oracle's evaluation data (default: calibration).
-    `accelerator`: an `accelerate.Accelerator`; probes are split over its processes."""
+    `accelerator`: an `accelerate.Accelerator`; probes are split over its processes. `embeddings`: score
+    the `nn.Embedding`s too (rows grouped like a Linear's inputs); an output head tied to one (an LM head
+    sharing the input embedding) is part of it: one tensor, one width, its MACs counted with it."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     scheme = resolve_scheme(scheme, PackingScheme(), group_size=group_size, conv_group_size=conv_group_size,
@@ -107,8 +110,10 @@ def search(
     if not bits:
         raise ValueError("bits must name at least one candidate bit-width")
     forward = forward or default_forward
-    layers = quantizable_layers(model, skip_modules, skip_types)
-    tied = tied_weights(model, layers)
+    layers = quantizable_layers(model, skip_modules, skip_types, embeddings=embeddings)
+    heads = tied_heads(model, [n for n, m in layers.items() if isinstance(m, nn.Embedding)])
+    layers = {n: m for n, m in layers.items() if n not in heads}  # a tied head follows its embedding
+    tied = {n: keys for n, keys in tied_weights(model, layers).items() if not isinstance(layers[n], nn.Embedding)}
     if tied:  # a packed copy of one side would store the tensor twice and silently untie the model
         warnings.warn(f"layers {sorted(tied)} share their weight with {sorted({k for v in tied.values() for k in v})} "
                       "(tied weights); they stay in float to keep the tie. Pass skip_modules to silence this.",
@@ -168,8 +173,10 @@ def search(
     table_layers = {}
     for name, layer in layers.items():
         weight = oriented_weight(layer)
-        entry = {"params": weight.numel(), "macs": int(macs.get(name, 0)), "shape": list(weight.shape),
-                 "kind": "conv2d" if isinstance(layer, nn.Conv2d) else "linear", "w": w_scores[name]}
+        layer_macs = macs.get(name, 0) + sum(macs.get(h, 0) for h, e in heads.items() if e == name)
+        kind = "conv2d" if isinstance(layer, nn.Conv2d) else "embedding" if isinstance(layer, nn.Embedding) else "linear"
+        entry = {"params": weight.numel(), "macs": int(layer_macs), "shape": list(weight.shape), "kind": kind,
+                 "w": w_scores[name]}
         if a_scores is not None:
             entry["a"] = a_scores[name]
         if calibrated_info is not None:
