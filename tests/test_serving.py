@@ -168,10 +168,10 @@ def test_the_kernel_layout_replaces_the_stream_and_gives_back_the_exact_codes(bi
         layer(x.half())  # another kernel dtype: rebuilt from the layout it replaces, still exact
         assert layer._kernel_cache[1].dtype == torch.float16 and torch.equal(layer.state_dict()["weight_packed"], stream)
     # The layout holds the codes once: codes at 4 bits (or two 4-bit halves above 4), bf16 scale and zero and an
-    # int16 offset per kernel group; the float32 scales (and zero points) stay.
+    # offset per kernel group (int8, int16 when split); the float32 scales (and zero points) stay.
     n_groups = layer._kernel_cache[1].code_offset.numel()
-    container = 64 * 256 * (8 if bits > 4 else 4) // 8
-    assert layer._kernel_cache[1].nbytes == container + n_groups * (2 if bits > 4 else 1) * 4 + n_groups * 2
+    container, halves = 64 * 256 * (8 if bits > 4 else 4) // 8, 2 if bits > 4 else 1
+    assert layer._kernel_cache[1].nbytes == container + n_groups * halves * 4 + n_groups * halves
 
 
 def test_a_layer_holding_only_its_layout_moves_loads_and_saves_whole(tmp_path):

@@ -45,7 +45,7 @@ class Int4Layout:
     kernel_group: int
     split: bool  # widths 5..8: the input is duplicated to meet the [h | l] halves
     dtype: torch.dtype
-    code_offset: torch.Tensor  # int16 [N, K / kernel_group]: v = codes + code_offset (exact recovery)
+    code_offset: torch.Tensor  # int8 (int16 when split) [N, K / kernel_group]: v = codes + code_offset
 
     @property
     def nbytes(self) -> int:
@@ -97,7 +97,9 @@ def build_int4_layout(codes: torch.Tensor, scale: torch.Tensor, zero_point: torc
         q, scales = v, s
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
     scale_zero = torch.stack([scales.t(), zeros.t()], dim=-1).to(dtype).contiguous()
-    return Int4Layout(packed, scale_zero, kernel_group, split, dtype, (t - offset).to(torch.int16))
+    # |t - offset| <= 15 for widths <= 4 (t - o lies in [-min c, 15 - max c]); up to 510 when split
+    code_offset = (t - offset).to(torch.int16 if split else torch.int8)
+    return Int4Layout(packed, scale_zero, kernel_group, split, dtype, code_offset)
 
 
 def _int4pack_order(n: int, k: int) -> torch.Tensor:
