@@ -8,8 +8,9 @@
    calibrates on Shakespeare comedies/histories (32 x 128 tokens), scores every decoder linear on
    the first 4 windows (one InfoQ probe per layer, calibrated costs), rescales the costs by GPTQ's
    output error (rounding "auto" is GPTQ from 4096 calibration tokens on), allocates 3.0 average
-   bits with the ILP, refines the allocation on the whole model with GPTQ's rounded weights (the 4
-   windows), and packs the weights with sequential GPTQ on all 32 windows;
+   bits with the ILP, refines the allocation on the whole model with GPTQ's rounded weights (three
+   chains judged on the 4 windows, the one with the lowest KL on the next 4 windows kept), and packs
+   the weights with sequential GPTQ on all 32 windows;
 3. saves the packed checkpoint, reloads it, checks the logits are bit-identical;
 4. prints the policy summary and perplexity on held-out tragedies (the windows after the 16 dev
    windows): fp32 vs InfoQ vs uniform 3-bit (same quantizer, group size and rounding: only the

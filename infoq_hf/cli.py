@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .allocation.allocate import DEFAULT_REFINE_PASSES
+from .allocation.allocate import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES
 from .bitwidth import MAX_BITS
 from .config import DEFAULT_SCHEME, ROUNDING_CHOICES
 from .quant.scheme import UNSET
@@ -332,6 +332,7 @@ def cmd_quantize(args) -> int:
     config = InfoQConfig(bits=args.bits, budget=budget, method=args.method, calibration=spec,
                          **{k: getattr(packing, k) for k in ("group_size", "conv_group_size", "symmetric")},
                          solver=args.solver, seed=args.seed, policy=policy, refine_passes=args.refine_passes,
+                         refine_chains=args.refine_chains,
                          search_samples=args.search_samples, rounding=args.rounding,
                          quantize_embeddings=args.quantize_embeddings,
                          gptq_options={"damp": args.gptq_damp, "act_order": args.gptq_act_order})
@@ -524,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--refine-passes", type=_nonnegative_int, default=DEFAULT_REFINE_PASSES, metavar="N",
                    help="whole-model passes refining the ILP's allocation by KL to the float model on the "
                         f"calibration data (default {DEFAULT_REFINE_PASSES}; 0 = ILP only)")
+    q.add_argument("--refine-chains", type=_positive(int), default=DEFAULT_REFINE_CHAINS, metavar="N",
+                   help="independent refinements from the same start; the best on held-out calibration data is "
+                        f"kept (default {DEFAULT_REFINE_CHAINS})")
     q.add_argument("--search-samples", type=_positive(int), default=None, metavar="N",
                    help="calibration samples (the first N) the search and the refinement use; GPTQ rounds with "
                         "all --samples (default: all)")

@@ -100,6 +100,10 @@ class InfoQConfig(QuantizationConfigMixin):
         refine_passes: whole-model passes that refine the ILP's allocation on the model being quantized
             (KL to the float model on the calibration data; `infoq_hf.allocation.refine`); 0 = ILP only.
             Runs when calibration data is given.
+        refine_chains: independent refinements from the same start (seeds `seed`, `seed + 1`, ...), each
+            `refine_passes` long; the one with the lowest KL on the held-out calibration samples (see
+            `search_samples`; else on the searched ones) is kept. Default 3: one chain's outcome varies
+            with its seed (README, "GPTQ rounding").
         policy: per-layer bits `{NAME: {"w_bits": int, "a_bits": int|null}}`; when set, no search runs.
         float_dtype: "bfloat16", "float16" or "float32": after packing, what stays float (embeddings, norms,
             biases, skipped layers) is cast to it, so it is stored and run in it (packed scales stay
@@ -129,6 +133,7 @@ class InfoQConfig(QuantizationConfigMixin):
         seed: int = 0,
         pin_first_last: bool | str = "auto",
         refine_passes: int | None = None,
+        refine_chains: int | None = None,
         policy: BitPolicy | Mapping | None = None,
         float_dtype: str | None = None,
         format_version: int = FORMAT_VERSION,
@@ -192,13 +197,17 @@ class InfoQConfig(QuantizationConfigMixin):
         if pin_first_last not in ("auto", True, False):
             raise ValueError(f"InfoQConfig.pin_first_last must be 'auto', True or False, got {pin_first_last!r}")
         self.pin_first_last = pin_first_last
-        from .allocation.allocate import DEFAULT_REFINE_PASSES
+        from .allocation.allocate import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES
 
         if refine_passes is None:
             refine_passes = DEFAULT_REFINE_PASSES
         if isinstance(refine_passes, bool) or not isinstance(refine_passes, int) or refine_passes < 0:
             raise ValueError(f"InfoQConfig.refine_passes must be an int >= 0 (0 = ILP only), got {refine_passes!r}")
         self.refine_passes = refine_passes
+        refine_chains = DEFAULT_REFINE_CHAINS if refine_chains is None else refine_chains
+        if isinstance(refine_chains, bool) or not isinstance(refine_chains, int) or refine_chains < 1:
+            raise ValueError(f"InfoQConfig.refine_chains must be an int >= 1, got {refine_chains!r}")
+        self.refine_chains = refine_chains
         if float_dtype not in FLOAT_DTYPES:
             raise ValueError(f"InfoQConfig.float_dtype must be one of {FLOAT_DTYPES}, got {float_dtype!r}")
         self.float_dtype = float_dtype
@@ -298,6 +307,7 @@ class InfoQConfig(QuantizationConfigMixin):
             "seed": self.seed,
             "pin_first_last": self.pin_first_last,
             "refine_passes": self.refine_passes,
+            "refine_chains": self.refine_chains,
             "policy": None if self.policy is None else self.policy.to_dict(),
             "float_dtype": self.float_dtype,
         }

@@ -198,7 +198,8 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
                           pin_first_last=config.pin_first_last, model=model if refine else None,
                           calibration=search_batches("the refinement") if refine else None, refine_passes=refine,
                           seed=config.seed, gptq=candidates if refine else None,
-                          validation=held_out_batches() if refine else None, accelerator=accelerator,
+                          validation=held_out_batches() if refine else None, refine_chains=config.refine_chains,
+                          accelerator=accelerator,
                           progress=progress)
         times["allocation"] = time.perf_counter() - t
         del candidates  # GPTQ's rounded candidates take about a byte per weight and width

@@ -211,10 +211,10 @@ def test_policy_json_roundtrip_and_errors(tmp_path):
     assert BitPolicy.from_json(policy.to_json())["c"] == LayerBits(8, 8)
     with pytest.raises(ValueError, match="bit-width 9"):
         BitPolicy({"x": 9})
-    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Embedding(3, 4))
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Conv1d(4, 4, 1))
     with pytest.raises(ValueError, match="lacks"):
         quantize_model(model, {"7": 4})
-    with pytest.raises(ValueError, match="Embedding, which infoq_hf cannot quantize"):
+    with pytest.raises(ValueError, match="Conv1d, which infoq_hf cannot quantize"):
         quantize_model(model, {"2": 4})
     with pytest.raises(ValueError, match="ambiguous"):
         BitPolicy({"fc": 4}).resolve(["a.fc", "b.fc"])

@@ -114,7 +114,7 @@ def test_the_held_out_check_keeps_what_is_best_on_other_data(setup, seed, kept):
     policy = allocate(table, Budget(avg_bits=3.5), model=model, calibration=batches[:1], validation=held_out,
                       refine_passes=12, seed=seed, progress=False)
     r = policy.report.refinement
-    assert r.accepted > 0 and r.kept == kept and r.validation_batches == 2
+    assert r.kept == kept and r.validation_batches == 2 and (r.accepted > 0) == (kept == "refined")
     assert set(r.kl_validation) == {"refined", "ilp", "uniform-3"}
     assert r.kept == min(r.kl_validation, key=r.kl_validation.get)
     ilp = allocate(table, Budget(avg_bits=3.5), progress=False)
@@ -122,6 +122,28 @@ def test_the_held_out_check_keeps_what_is_best_on_other_data(setup, seed, kept):
     for config, name in ((policy, kept), (ilp, "ilp")):
         q = quantize_model(copy.deepcopy(model), config, group_size=32, skip_modules=["lm_head"])
         assert true_kl(model, q, held_out) == pytest.approx(r.kl_validation[name], rel=1e-4)
+
+
+def test_chains_are_the_seeds_runs_and_the_best_on_held_out_data_is_kept(setup):
+    """Three chains from one start = the refinements with seeds s, s+1, s+2; the one kept has the lowest
+    held-out KL of them (and of the starts)."""
+    model, batches, table = setup
+    held_out = _other_batches()
+    kw = dict(model=model, calibration=batches[:1], refine_passes=12, progress=False)
+    singles = [allocate(table, Budget(avg_bits=3.5), seed=s, **kw) for s in (1, 2, 3)]
+    chained = allocate(table, Budget(avg_bits=3.5), seed=1, refine_chains=3, validation=held_out, **kw)
+    r = chained.report.refinement
+    assert r.chains == 3 and r.passes == 2 + 3 * 10  # two starts, then 10 evaluations per chain
+    ends = {f"refined-{i}": p for i, p in enumerate(singles) if p.report.refinement.accepted}
+    assert set(r.kl_validation) == set(ends) | {"ilp", "uniform-3"}
+    assert r.kept == min(r.kl_validation, key=r.kl_validation.get)
+    expected = ends.get(r.kept) or allocate(table, Budget(avg_bits=3.5), progress=False)
+    assert chained.to_dict() == expected.to_dict()
+    for name, single in ends.items():
+        q = quantize_model(copy.deepcopy(model), single, group_size=32, skip_modules=["lm_head"])
+        assert true_kl(model, q, held_out) == pytest.approx(r.kl_validation[name], rel=1e-4)
+    with pytest.raises(ValueError, match="chains >= 1"):
+        allocate(table, Budget(avg_bits=3.5), refine_chains=0, **kw)
 
 
 def test_checked_on_its_own_data_the_refined_configuration_is_kept(setup):

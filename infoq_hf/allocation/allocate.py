@@ -22,6 +22,7 @@ from .warmstart import greedy_start
 # Whole-model passes of the refinement by default (when a model and calibration are given); sized so
 # the SmolLM2 demo stays under 10 minutes on 2 CPU cores (benchmarks/RESULTS.md, section 7).
 DEFAULT_REFINE_PASSES = 64
+DEFAULT_REFINE_CHAINS = 3  # the product's (InfoQConfig) default; `allocate` itself runs one chain
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def allocate(
     forward=None,
     gptq=None,
     validation=None,
+    refine_chains: int = 1,
     accelerator=None,
     progress: bool = True,
 ) -> BitPolicy:
@@ -115,7 +117,9 @@ def allocate(
         (a saved table) or with refine_passes=0 the ILP's solution is returned as it is. `gptq`: a
         `quant.gptq.GPTQCandidates` whose rounded weights the refinement judges (GPTQ packing).
         `validation`: other calibration batches; the refined configuration is kept only when its KL
-        there is below the starting configurations' (otherwise the better start is).
+        there is below the starting configurations' (otherwise the better start is). `refine_chains`:
+        independent refinements (seeds `seed`, `seed + 1`, ...) from the same start, the best kept
+        (lowest KL on `validation` when given, else on `calibration`).
     Returns a `BitPolicy` with `.report` an `AllocationReport`. Raises `InfeasibleBudgetError` (a ValueError)
     stating the best achievable value when the budget cannot be met, ValueError on inconsistent arguments.
     """
@@ -143,7 +147,8 @@ def allocate(
         batches = _batch_list(calibration)
         assignment, refinement = refine(model, table, spec, assignment, batches, passes=refine_passes,
                                         candidates=refine_candidates, seed=seed, forward=forward, gptq=gptq,
-                                        validation=_batch_list(validation), accelerator=accelerator,
+                                        validation=_batch_list(validation), chains=refine_chains,
+                                        accelerator=accelerator,
                                         progress=progress)
         totals, objective = verify(table, spec, assignment)
 

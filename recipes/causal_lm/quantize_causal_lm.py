@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 
 import torch  # noqa: E402
 
-from infoq_hf.allocation.allocate import DEFAULT_REFINE_PASSES  # noqa: E402
+from infoq_hf.allocation.allocate import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES  # noqa: E402
 from recipes.common import barrier, log, make_accelerator, push_folder, write_json  # noqa: E402
 
 RECIPE = "recipes/causal_lm"
@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--solver", default="auto", help="auto, highs or gurobi")
     p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES,
                    help="whole-model passes refining the allocation (split over processes; 0 = ILP only)")
+    p.add_argument("--refine-chains", type=int, default=DEFAULT_REFINE_CHAINS,
+                   help="independent refinements; the best on held-out calibration data is kept")
     p.add_argument("--search-samples", type=int, default=None,
                    help="calibration samples (the first N) the search and refinement use; GPTQ uses all (default: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -96,7 +98,8 @@ def main(argv=None) -> dict:
     config = InfoQConfig(bits=bits, budget=Budget(avg_bits=args.avg_bits), method=args.method, method_options=options,
                          calibration=calibration_spec(args), group_size=args.group_size or None,
                          symmetric=args.symmetric, solver=args.solver, seed=args.seed, rounding=args.rounding,
-                         refine_passes=args.refine_passes, search_samples=args.search_samples)
+                         refine_passes=args.refine_passes, refine_chains=args.refine_chains,
+                         search_samples=args.search_samples)
     log(accelerator, f"{accelerator.num_processes} process(es) on {accelerator.device}: calibration {args.num_samples} "
                      f"x {args.seq_len} tokens of {args.calib}")
     result = quantize_pretrained(model, config, tokenizer=tokenizer, accelerator=accelerator,
