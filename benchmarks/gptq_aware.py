@@ -4,6 +4,7 @@ from round-to-nearest (before) and from GPTQ's own errors and weights (the produ
     python -m benchmarks.gptq_aware      # ~40 min on 2 CPU cores; writes benchmarks/results/gptq_aware_smollm2.md
     python -m benchmarks.gptq_aware --rows refined --judge-batches 2 --budgets 3.0,2.5   # a larger refinement judge
     python -m benchmarks.gptq_aware --rows refined --budgets 3.0 --refine-seeds 1,2      # the refinement's spread
+    python -m benchmarks.gptq_aware --rows baselines --budgets 2.5   # hawq / weight_mse / random, GPTQ costs, ILP
 
 Same data, table and settings as `benchmarks/gptq.py` (calibration works: the first 4 windows are
 the search and refinement calibration, all 32 the GPTQ calibration; dev windows choose, test windows
@@ -50,7 +51,9 @@ def main(argv=None):
     p.add_argument("--held-out-batches", type=int, default=None,
                    help="calibration batches after the judge's for the refinement's held-out check (default: as many "
                         "as the judge's; 0: none)")
-    p.add_argument("--rows", default="all", choices=["all", "refined"], help="refined: only the GPTQ-aware refined rows")
+    p.add_argument("--rows", default="all", choices=["all", "refined", "baselines"],
+                   help="refined: only the GPTQ-aware refined rows; baselines: the other methods' tables (the "
+                        "`benchmarks.compare` searches), GPTQ-scaled, ILP only")
     p.add_argument("--refine-seeds", default=None,
                    help="comma-separated seeds of the refinement's random moves (default: --seed); one row each")
     p.add_argument("--out", default="benchmarks/results")
@@ -73,16 +76,27 @@ def main(argv=None):
     held_out = args.judge_batches if args.held_out_batches is None else args.held_out_batches
     validation = calib[args.judge_batches:args.judge_batches + held_out] or None
 
+    tables = {"rtn": table, "gptq": gptq_table}
+    if args.rows == "baselines":
+        for method in ("hawq", "weight_mse", "random"):
+            base = cached_table(out / "tables" / f"smollm2_{method}_c{len(search_calib)}_s{args.seed}.json", False,
+                                lambda m=method: search(model, search_calib, method=m, bits=(2, 3, 4, 8),
+                                                        group_size=GROUP, skip_modules=SKIP, seed=args.seed))
+            tables[method] = with_gptq_costs(base, candidates)
+
     def policy(costs: str, refine: str, bits: float, seed: int):
         kw = {} if refine == "none" else dict(model=model, calibration=calib[:args.judge_batches],
                                               refine_passes=args.refine_passes, seed=seed,
                                               gptq=candidates if refine == "gptq" else None,
                                               validation=validation if refine == "gptq" else None)
-        return allocate(table if costs == "rtn" else gptq_table, Budget(avg_bits=bits), **kw)
+        return allocate(tables[costs], Budget(avg_bits=bits), **kw)
 
     seeds = [args.seed] if args.refine_seeds is None else [int(x) for x in args.refine_seeds.split(",")]
     plan = []
     for bits in (float(b) for b in args.budgets.split(",")):
+        if args.rows == "baselines":
+            plan += [(f"{m}, GPTQ costs, ILP only", m, "none", bits, args.seed) for m in ("hawq", "weight_mse", "random")]
+            continue
         if args.rows == "all":
             if bits == 3.0:
                 plan.append(("RTN costs + RTN-judged refinement", "rtn", "rtn", bits, args.seed))
@@ -125,6 +139,8 @@ def write(out: Path, args, candidates_s: float, rows: list, total: int) -> None:
         md += ["", f"PARTIAL: {len(rows)} of {total} rows so far."]
     md += ["", f"Command: `{' '.join(['python -m benchmarks.gptq_aware', *sys.argv[1:]])}`"]
     suffix = "" if args.judge_batches == SEARCH_BATCHES and args.rows == "all" else f"_judge{4 * args.judge_batches}"
+    if args.rows == "baselines":
+        suffix = "_baselines"
     if args.refine_seeds is not None:
         suffix += "_seeds" + args.refine_seeds.replace(",", "-")
     if held_out != args.judge_batches:
