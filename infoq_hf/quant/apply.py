@@ -132,6 +132,7 @@ def _forget_transformers_ties(model: nn.Module, heads: Mapping[str, str]) -> Non
     for target in [t for t, source in keys.items() if t in names or source in names]:
         del keys[target]
 
+
 def packing_scheme_for(policy, scheme: PackingScheme | Mapping | None = None, **shorthand) -> PackingScheme:
     """The scheme to pack `policy` with: `scheme` or the shorthand fields, over a default of the scheme
     the policy was budgeted with (`allocate` records its table's) or, for a plain policy, one scale per
