@@ -319,8 +319,9 @@ def format_summary(summary: dict) -> str:
         out.insert(-1, f"  refinement on the whole model: KL to float {refined['kl_ilp']:.4g} (ILP) -> "
                        f"{refined['kl_final']:.4g}, start {refined['start']}, {refined['accepted']} of "
                        f"{refined['passes']} passes accepted"
-                       + (f"; held-out check on {refined['validation_batches']} other calibration batches kept "
-                          f"{refined['kept']}" if refined.get("kl_validation") else ""))
+                       + (f"; {refined.get('chains', 1)} chains, the held-out check on "
+                          f"{refined['validation_batches']} more calibration batch(es) kept {refined['kept']}"
+                          if refined.get("kl_validation") else ""))
     return "\n".join(out)
 
 
