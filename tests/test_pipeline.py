@@ -11,6 +11,7 @@ from conftest import make_calibration_text, make_tiny_llama, tiny_llama
 
 import infoq_hf
 from infoq_hf import Budget, InfoQConfig, allocate, quantization_result, search
+from infoq_hf.allocation.allocate import DEFAULT_REFINE_CHAINS
 from infoq_hf.cli import main as cli_main
 from infoq_hf.pipeline import load_calibration_batches
 
@@ -33,7 +34,8 @@ def _reference_policy(model_dir, calib, refine_passes):
     table = search(model, batches, bits=(2, 4, 8), method="infoq", group_size=16, skip_modules=["lm_head"],
                    progress=False)
     policy = allocate(table, Budget(avg_bits=3.0), model=model if refine_passes else None,
-                      calibration=batches if refine_passes else None, refine_passes=refine_passes, progress=False)
+                      calibration=batches if refine_passes else None, refine_passes=refine_passes,
+                      refine_chains=DEFAULT_REFINE_CHAINS, progress=False)  # InfoQConfig's default
     return table, policy
 
 
