@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from infoq_hf import Budget, allocate, quantizable_layers, search
+from infoq_hf import Budget, allocate, search
 from infoq_hf.allocation.allocate import DEFAULT_REFINE_PASSES
 from infoq_hf.quant.gptq import gptq_candidates, gptq_quantize_model
 from infoq_hf.quant.scheme import PackingScheme
@@ -62,7 +62,6 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model, _, calib, dev, test = common.smollm2_data(args.calib, args.dev, args.eval)
     search_calib = calib[:SEARCH_BATCHES]
-    names = list(quantizable_layers(model, skip_modules=SKIP))
     table = cached_table(out / "tables" / f"smollm2_infoq_calibrated_c{len(search_calib)}_s{args.seed}.json", False,
                          lambda: search(model, search_calib, method="infoq", bits=(2, 3, 4, 8), group_size=GROUP,
                                         skip_modules=SKIP, seed=args.seed))

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .policy import BitPolicy, LayerBits
-from .quant.apply import default_forward, policy_layers, quantizable_layers, tied_heads
+from .quant.apply import default_forward, policy_layers, tied_heads
 from .quant.modules import PACKED_TYPES, QuantConv2d, QuantEmbedding, QuantTiedLinear, packed_weight_bytes
 
 FLOAT_BITS = 32

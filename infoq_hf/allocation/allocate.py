@@ -6,10 +6,10 @@ whole model, when a model and calibration batches are given] -> verify -> report
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from ..policy import BitPolicy, Budget
+from ..sensitivity.search import as_batches
 from ..sensitivity.table import SensitivityTable
 from .diagnose import infeasibility_error
 from .ilp import build
@@ -144,10 +144,10 @@ def allocate(
         if calibration is None:
             raise ValueError("refining the allocation on the model needs calibration batches: pass calibration=..., "
                              "or refine_passes=0 for the ILP's solution alone")
-        batches = _batch_list(calibration)
+        batches = as_batches(calibration)
         assignment, refinement = refine(model, table, spec, assignment, batches, passes=refine_passes,
                                         candidates=refine_candidates, seed=seed, forward=forward, gptq=gptq,
-                                        validation=_batch_list(validation), chains=refine_chains,
+                                        validation=as_batches(validation), chains=refine_chains,
                                         accelerator=accelerator,
                                         progress=progress)
         totals, objective = verify(table, spec, assignment)
@@ -170,10 +170,3 @@ def allocate(
     )
     return BitPolicy({name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers},
                      report=report, scheme=table.scheme)
-
-
-def _batch_list(batches) -> list | None:
-    """One batch (a mapping) or an iterable of batches, as a list (None stays None)."""
-    if batches is None:
-        return None
-    return [batches] if isinstance(batches, Mapping) else list(batches)

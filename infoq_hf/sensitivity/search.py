@@ -44,7 +44,8 @@ def _first_sample(batch):
     return batch[:1]
 
 
-def _as_batches(calibration, name="calibration") -> list:
+def as_batches(calibration, name="calibration") -> list:
+    """One batch (a tensor or a mapping) or an iterable of batches, as a list; None gives []."""
     if calibration is None:
         return []
     if isinstance(calibration, (torch.Tensor, Mapping)):
@@ -121,7 +122,7 @@ def search(
         layers = {n: m for n, m in layers.items() if n not in tied}
     if not layers:
         raise ValueError("the model has no quantizable Linear/Conv2d layers (after skip_modules/skip_types)")
-    batches = [batch_to_model_device(b, model) for b in _as_batches(calibration)]
+    batches = [batch_to_model_device(b, model) for b in as_batches(calibration)]
     needs_data = method not in DATA_FREE_METHODS
     if needs_data and not batches:
         raise ValueError(f"method {method!r} needs calibration batches, and the calibration set is empty")
@@ -156,7 +157,7 @@ def search(
         cost = {"layer_evals": hutchinson_samples * len(batches) * len(layers),
                 "forward_passes": hutchinson_samples * len(batches)}
     else:
-        eval_batches = batches if method == "infoq" else (_as_batches(heldout) or batches)
+        eval_batches = batches if method == "infoq" else (as_batches(heldout) or batches)
         calibrated = method == "infoq" and infoq_options.scores == "calibrated"
         probe_bits = _probe_widths(infoq_options) if calibrated else bits
         w_scores, a_scores, cost = _probe_all(model, layers, eval_batches, forward, schemes, bits, method, task,
