@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from infoq_hf import Budget, allocate, search
+from infoq_hf.allocation import uniform_start
 from infoq_hf.allocation.allocate import DEFAULT_REFINE_PASSES
 from infoq_hf.quant.gptq import gptq_candidates, gptq_quantize_model
 from infoq_hf.quant.scheme import PackingScheme
@@ -52,10 +53,13 @@ def main(argv=None):
                    help="calibration batches after the judge's for the refinement's held-out check (default: as many "
                         "as the judge's; 0: none)")
     p.add_argument("--rows", default="all", choices=["all", "refined", "baselines"],
-                   help="refined: only the GPTQ-aware refined rows; baselines: the other methods' tables (the "
-                        "`benchmarks.compare` searches), GPTQ-scaled, ILP only")
+                   help="refined: only the GPTQ-aware refined rows; baselines: InfoQ's and the other methods' tables "
+                        "(the `benchmarks.compare` searches), GPTQ-scaled, ILP only")
     p.add_argument("--refine-seeds", default=None,
                    help="comma-separated seeds of the refinement's random moves (default: --seed); one row each")
+    p.add_argument("--candidate-inputs", default="auto", choices=["auto", "prefix", "float"],
+                   help="GPTQ candidates rounded on the inputs of the budget's uniform start, or on the float model's; "
+                        "auto (the pipeline's choice): the prefix for ILP-only rows, float for refined rows")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -65,41 +69,57 @@ def main(argv=None):
     table = cached_table(out / "tables" / f"smollm2_infoq_calibrated_c{len(search_calib)}_s{args.seed}.json", False,
                          lambda: search(model, search_calib, method="infoq", bits=(2, 3, 4, 8), group_size=GROUP,
                                         skip_modules=SKIP, seed=args.seed))
-    t = time.perf_counter()
-    candidates = gptq_candidates(model, {n: table.bits for n in table.layers}, calib,
-                                 scheme=PackingScheme(group_size=GROUP, rounding="gptq"))
-    candidates_s = time.perf_counter() - t
-    gptq_table = with_gptq_costs(table, candidates)
-    print(f"candidates: {candidates_s:.0f} s, peak RSS {peak_rss_mib():.0f} MiB", flush=True)
+    candidates_s: dict[str, float] = {}  # wall time per kind of inputs
+    latest: dict = {}  # the candidates computed for the current budget, by prefix
+
+    def candidates_for(bits: float, refined: bool):
+        """GPTQ's candidates as the pipeline computes them: rounded on the inputs of the budget's uniform
+        start for an ILP-only allocation, on the float model's for a refined one (`--candidate-inputs auto`)."""
+        inputs = args.candidate_inputs if args.candidate_inputs != "auto" else "float" if refined else "prefix"
+        prefix = uniform_start(table, Budget(avg_bits=bits)) if inputs == "prefix" else None
+        key = (bits, None if prefix is None else tuple(sorted(prefix.items())))
+        if key not in latest:
+            if any(k[0] != bits for k in latest):
+                latest.clear()
+            t = time.perf_counter()
+            latest[key] = gptq_candidates(model, {n: table.bits for n in table.layers}, calib,
+                                          scheme=PackingScheme(group_size=GROUP, rounding="gptq"), prefix_bits=prefix)
+            inputs = latest[key].meta["inputs"]
+            candidates_s[inputs] = time.perf_counter() - t
+            print(f"candidates ({inputs} inputs): {candidates_s[inputs]:.0f} s, peak RSS {peak_rss_mib():.0f} MiB",
+                  flush=True)
+        return latest[key]
 
     held_out = args.judge_batches if args.held_out_batches is None else args.held_out_batches
     validation = calib[args.judge_batches:args.judge_batches + held_out] or None
 
-    tables = {"rtn": table, "gptq": gptq_table}
+    tables = {"rtn": table, "gptq": table}
     if args.rows == "baselines":
         for method in ("hawq", "weight_mse", "random"):
-            base = cached_table(out / "tables" / f"smollm2_{method}_c{len(search_calib)}_s{args.seed}.json", False,
-                                lambda m=method: search(model, search_calib, method=m, bits=(2, 3, 4, 8),
-                                                        group_size=GROUP, skip_modules=SKIP, seed=args.seed))
-            tables[method] = with_gptq_costs(base, candidates)
+            tables[method] = cached_table(out / "tables" / f"smollm2_{method}_c{len(search_calib)}_s{args.seed}.json",
+                                          False, lambda m=method: search(model, search_calib, method=m,
+                                                                         bits=(2, 3, 4, 8), group_size=GROUP,
+                                                                         skip_modules=SKIP, seed=args.seed))
 
     def policy(costs: str, refine: str, bits: float, seed: int):
+        candidates = candidates_for(bits, refine != "none")
         kw = {} if refine == "none" else dict(model=model, calibration=calib[:args.judge_batches],
                                               refine_passes=args.refine_passes, seed=seed,
                                               gptq=candidates if refine == "gptq" else None,
                                               validation=validation if refine == "gptq" else None)
-        return allocate(tables[costs], Budget(avg_bits=bits), **kw)
+        scored = tables[costs] if costs == "rtn" else with_gptq_costs(tables[costs], candidates)
+        return allocate(scored, Budget(avg_bits=bits), **kw)
 
     seeds = [args.seed] if args.refine_seeds is None else [int(x) for x in args.refine_seeds.split(",")]
     plan = []
     for bits in (float(b) for b in args.budgets.split(",")):
+        if args.rows == "all" and bits == 3.0:
+            plan.append(("RTN costs + RTN-judged refinement", "rtn", "rtn", bits, args.seed))
+        if args.rows in ("all", "baselines"):
+            plan.append(("GPTQ costs, ILP only", "gptq", "none", bits, args.seed))
         if args.rows == "baselines":
             plan += [(f"{m}, GPTQ costs, ILP only", m, "none", bits, args.seed) for m in ("hawq", "weight_mse", "random")]
             continue
-        if args.rows == "all":
-            if bits == 3.0:
-                plan.append(("RTN costs + RTN-judged refinement", "rtn", "rtn", bits, args.seed))
-            plan.append(("GPTQ costs, ILP only", "gptq", "none", bits, args.seed))
         for seed in seeds:
             label = "GPTQ costs + GPTQ-judged refinement" + ("" if args.refine_seeds is None else f", seed {seed}")
             plan.append((label, "gptq", "gptq", bits, seed))
@@ -120,15 +140,15 @@ def main(argv=None):
         write(out, args, candidates_s, rows, len(plan))
 
 
-def write(out: Path, args, candidates_s: float, rows: list, total: int) -> None:
+def write(out: Path, args, candidates_s: dict, rows: list, total: int) -> None:
     held_out = args.judge_batches if args.held_out_batches is None else args.held_out_batches
     md = [f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; every row packed with sequential "
           f"GPTQ (damp 0.01, block 128) on {args.calib}x128 calibration tokens; InfoQ table of `benchmarks/gptq.py` "
           f"(4x128 search calibration), ILP, {args.refine_passes} refinement passes on the first "
           f"{4 * args.judge_batches}x128 calibration windows, held-out check on the next {4 * held_out}x128; perplexity "
           f"on {args.dev}x128 dev and {args.eval}x128 test tokens (test after dev); seed {args.seed}; "
-          f"{common.machine()}. GPTQ candidates (every layer at 2/3/4/8 bits, float-model Hessians): "
-          f"{candidates_s:.0f} s.", "",
+          f"{common.machine()}. GPTQ candidates (every layer at 2/3/4/8 bits): "
+          + "; ".join(f"{inputs} inputs {wall:.0f} s" for inputs, wall in candidates_s.items()) + ".", "",
           "| avg bits budget | allocation | avg bits | dev ppl | test ppl | allocation wall s | refinement KL (calibration) "
           "| held-out check (KL) |",
           "|---|---|---|---|---|---|---|---|"]
@@ -144,6 +164,8 @@ def write(out: Path, args, candidates_s: float, rows: list, total: int) -> None:
         suffix += "_seeds" + args.refine_seeds.replace(",", "-")
     if held_out != args.judge_batches:
         suffix += f"_heldout{4 * held_out}"
+    if args.candidate_inputs != "auto":
+        suffix += f"_{args.candidate_inputs}_inputs"
     (out / f"gptq_aware_smollm2{suffix}.md").write_text("\n".join(md) + "\n")
     if len(rows) == total:
         print("\n".join(md))

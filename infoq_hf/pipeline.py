@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .accounting import compression_ratio, expected_size_bytes, mean_weight_bits, model_size_bytes
-from .allocation import allocate
+from .allocation import allocate, uniform_start
 from .calibration import CalibrationSet
 from .checkpoint import cast_float_leftovers
 from .config import InfoQConfig
@@ -188,9 +188,13 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
         candidates = None
         if gptq:  # the allocation knows the rounding it is packed with: GPTQ's errors, GPTQ's weights
             t = time.perf_counter()
+            # ILP only: rounded on the inputs the budget's uniform configuration gives, as sequential packing
+            # rounds a configuration near it (better error ratios). Refining: on float inputs, which favour no
+            # configuration; prefix inputs make the start exact and every move look worse (RESULTS, section 13)
+            prefix = None if refine else uniform_start(table, config.budget, pin_first_last=config.pin_first_last)
             candidates = gptq_candidates(model, {n: table.bits for n in table.layers}, need_batches("rounding='gptq'"),
                                          scheme=packing, options=config.gptq_options, keep_weights=bool(refine),
-                                         progress=progress)
+                                         prefix_bits=prefix, progress=progress)
             table = with_gptq_costs(table, candidates)
             times["gptq-aware costs"] = time.perf_counter() - t
         t = time.perf_counter()

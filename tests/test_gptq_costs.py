@@ -10,7 +10,7 @@ from conftest import lm_batches, tiny_gpt2, tiny_llama
 
 from infoq_hf import Budget, InfoQConfig, allocate, quantizable_layers, quantize_model
 from infoq_hf.pipeline import quantize_with_infoq
-from infoq_hf.quant.gptq import _HessianAccumulator, gptq_candidates, gptq_quantize
+from infoq_hf.quant.gptq import _HessianAccumulator, gptq_candidates, gptq_quantize, gptq_quantize_model
 from infoq_hf.quant.quantizer import WeightScheme, fake_quantize_weight
 from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity import SensitivityTable, search
@@ -57,6 +57,31 @@ def test_ratios_and_weights_are_gptq_on_the_float_models_hessians(setup):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is not changed
     with pytest.raises(KeyError, match="at 5 bits"):
         candidates.weight(names[0], 5)
+
+
+def test_candidates_on_a_rounded_prefix_are_what_sequential_packing_rounds(setup):
+    """At the prefix configuration itself, the candidates are the sequential packing's weights exactly
+    (both rounds each block on the inputs of the blocks before as rounded); block 0 sees float inputs."""
+    model, batches, names, on_float, _ = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prefix = {n: (3, 2, 4)[i % 3] for i, n in enumerate(names)}  # a mixed configuration
+    candidates = gptq_candidates(model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits=prefix,
+                                 progress=False)
+    packed = copy.deepcopy(model)
+    gptq_quantize_model(packed, {n: b for n, b in prefix.items()}, batches, scheme=SCHEME, progress=False)
+    for n in names:
+        assert torch.equal(candidates.weight(n, prefix[n]), packed.get_submodule(n).dequantized_weight()), n
+    first = [n for n in names if n.startswith("model.layers.0.")]
+    later = [n for n in names if n.startswith("model.layers.1.")]
+    assert first and later
+    assert all(torch.equal(candidates.weight(n, b), on_float.weight(n, b)) for n in first for b in BITS)
+    assert not all(torch.equal(candidates.weight(n, 2), on_float.weight(n, 2)) for n in later)
+    assert candidates.meta["inputs"] == "prefix at 2 bits x4, 3 bits x5, 4 bits x5"
+    assert on_float.meta["inputs"] == "float"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is put back
+    with pytest.raises(ValueError, match="prefix_bits"):
+        gptq_candidates(model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits={names[0]: 5},
+                        progress=False)
 
 
 def test_costs_are_rescaled_exactly_and_converting_twice_changes_nothing(setup, tmp_path):

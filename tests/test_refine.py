@@ -100,6 +100,31 @@ def test_uniform_start_wins_when_it_is_better(setup):
     assert r.kl_final == min(r.kl_ilp, r.kl_uniform if r.kl_uniform is not None else r.kl_ilp)
 
 
+@pytest.mark.parametrize("avg_bits, pinned", [(3.0, False), (3.5, False), (2.5, False), (3.0, True), (1.5, False)])
+def test_uniform_start_is_the_widest_uniform_configuration_that_fits(setup, avg_bits, pinned):
+    """Checked against the ILP itself: pinning every layer at the result is feasible, one width wider is not."""
+    from infoq_hf.allocation import InfeasibleBudgetError, uniform_start
+
+    _, _, table = setup
+    first = next(iter(table.layers))
+    pin = {first: 8} if pinned else None
+    start = uniform_start(table, Budget(avg_bits=avg_bits), pin=pin)
+    fits = lambda w: all_at(w) is not None  # noqa: E731
+
+    def all_at(w):
+        config = {n: (8 if pinned and n == first else w) for n in table.layers}
+        try:
+            allocate(table, Budget(avg_bits=avg_bits), pin=config)
+        except InfeasibleBudgetError:
+            return None
+        return config
+
+    widest = next((w for w in sorted(table.bits, reverse=True) if fits(w)), None)
+    assert start == (None if widest is None else all_at(widest))
+    if pinned:
+        assert start[first] == 8 and set(start.values()) == {8, 2}
+
+
 def _other_batches(seed=7, vocab=96):
     gen = torch.Generator().manual_seed(seed)
     return [{"input_ids": torch.randint(0, vocab, (4, 24), generator=gen)} for _ in range(2)]

@@ -6,7 +6,7 @@ caller states them), `ilp` (the knapsack written from a spec), `solvers` (Gurobi
 (independent re-check against the spec), `diagnose` (infeasible budgets).
 """
 
-from .allocate import AllocationReport, allocate
+from .allocate import AllocationReport, allocate, uniform_start
 from .diagnose import InfeasibleBudgetError
 from .pareto import pareto_sweep, plot_pareto
 from .solvers import SolverUnavailableError
@@ -18,6 +18,7 @@ __all__ = [
     "InfeasibleBudgetError",
     "SolverUnavailableError",
     "allocate",
+    "uniform_start",
     "pareto_sweep",
     "plot_pareto",
 ]

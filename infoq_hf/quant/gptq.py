@@ -42,6 +42,7 @@ pipeline rescales the sensitivity costs by it and refines with these rounded wei
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import time
@@ -524,12 +525,18 @@ def _output_error(delta: torch.Tensor, hessian: torch.Tensor) -> float:
 @torch.no_grad()
 def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calibration: Iterable, *, scheme,
                     options: GPTQOptions | Mapping | None = None, forward: Callable | None = None,
-                    keep_weights: bool = True, progress: bool = True) -> GPTQCandidates:
+                    keep_weights: bool = True, prefix_bits: Mapping[str, int] | None = None,
+                    progress: bool = True) -> GPTQCandidates:
     """GPTQ-round every layer of `widths` ({name: [bits, ...]}) at each of its widths, on Hessians of the
-    float model's inputs collected one block at a time (the model is not changed). `scheme`: the
+    model's inputs collected one block at a time (the model is not changed). `scheme`: the
     `PackingScheme` the model will be packed with. `keep_weights=False` keeps only the error ratios
     (the rounded weights take about one byte per weight and width). Embeddings are packed with round to
-    nearest (see `gptq_quantize_model`): ratio 1, RTN's weights."""
+    nearest (see `gptq_quantize_model`): ratio 1, RTN's weights.
+
+    `prefix_bits` ({name: bits}, each among the layer's widths): the blocks before each one run with
+    their layers at these widths (GPTQ's rounding), so every layer is rounded on the inputs sequential
+    packing gives it when the configuration is close to `prefix_bits` (the packing compensates the
+    error of the layers before; rounding on float inputs does not). None: the float model's inputs."""
     from tqdm.auto import tqdm
 
     from ..sensitivity.probe import find_blocks
@@ -545,20 +552,30 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
         raise ValueError("GPTQ-aware costs need calibration batches (the ones GPTQ will round with); pass "
                          "calibration=[batch, ...]")
     widths = {n: sorted({int(b) for b in bs}) for n, bs in widths.items()}
+    prefix_bits = dict(prefix_bits or {})
+    wrong = {n: b for n, b in prefix_bits.items() if n not in widths or int(b) not in widths[n]}
+    if wrong:
+        raise ValueError(f"prefix_bits {dict(list(wrong.items())[:3])} name layers or widths the candidates do not "
+                         "compute; give each layer one of its own widths")
     ratios: dict[str, dict[int, float]] = {}
     weights: dict[tuple[str, int], QuantizedWeight] = {}
-    for name in [n for n in widths if isinstance(model.get_submodule(n), nn.Embedding)]:
-        layer = model.get_submodule(name)
-        ratios[name] = {b: 1.0 for b in widths[name]}
-        if keep_weights:
-            weights.update({(name, b): quantize_weight(layer.weight.detach().float(), scheme.weight_scheme(layer, b),
-                                                       name) for b in widths[name]})
-    layer_names = [n for n in widths if n not in ratios]
+    float_weights: dict[str, torch.Tensor] = {}  # layers running at their prefix width, to put back
+    layer_names = [n for n in widths if not isinstance(model.get_submodule(n), nn.Embedding)]
     transposed = {n for n in layer_names if HFConv1D is not None and isinstance(model.get_submodule(n), HFConv1D)}
     report = GPTQReport()
     was_training = model.training
     model.eval()
     try:
+        for name in [n for n in widths if n not in layer_names]:
+            layer = model.get_submodule(name)
+            ratios[name] = {b: 1.0 for b in widths[name]}
+            rounded = {b: quantize_weight(layer.weight.detach().float(), scheme.weight_scheme(layer, b), name)
+                       for b in widths[name] if keep_weights or prefix_bits.get(name) == b}
+            if keep_weights:
+                weights.update({(name, b): qw for b, qw in rounded.items()})
+            if name in prefix_bits:  # packing rounds embeddings first: the blocks see the rounded rows
+                float_weights[name] = layer.weight.data.clone()
+                layer.weight.data.copy_(rounded[prefix_bits[name]].dequantize())
         stages = _trace_stages(model, find_blocks(model), layer_names, batches[0], forward)
         with tqdm(total=_stage_count(stages), desc="GPTQ-aware costs", unit="block", disable=not progress) as bar:
             for accs in _hessian_stages(model, stages, layer_names, batches, forward, report, bar):
@@ -574,13 +591,27 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
                         e_rtn = _output_error(rtn - w, hessian)
                         e_gptq = _output_error(qw.dequantize() - w, hessian)
                         ratios[name][b] = e_gptq / e_rtn if e_rtn > 0 else 1.0
-                        if keep_weights:
+                        if keep_weights or prefix_bits.get(name) == b:
                             weights[(name, b)] = qw
+                    if name in prefix_bits:  # the next stages' inputs see this rounding (set after all widths)
+                        rounded = weights[(name, prefix_bits[name])].dequantize()
+                        float_weights[name] = layer.weight.data.clone()
+                        layer.weight.data.copy_(rounded.t() if name in transposed else rounded.view_as(w))
+                        if not keep_weights:
+                            del weights[(name, prefix_bits[name])]
     finally:
+        for name, weight in float_weights.items():
+            model.get_submodule(name).weight.data.copy_(weight)
         model.train(was_training)
     meta = {"calibration_batches": len(batches), "options": options.to_dict(),
+            "inputs": "float" if not prefix_bits else f"prefix at {_describe_widths(prefix_bits)}",
             "wall_s": round(time.perf_counter() - t0, 3), "full_passes": report.full_passes}
     return GPTQCandidates(ratios, weights, transposed, meta)
+
+
+def _describe_widths(bits: Mapping[str, int]) -> str:
+    counts = collections.Counter(bits.values())
+    return ", ".join(f"{b} bits x{counts[b]}" for b in sorted(counts))
 
 
 def _stage_count(stages) -> int:
