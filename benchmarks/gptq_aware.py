@@ -4,15 +4,18 @@ from round-to-nearest (before) and from GPTQ's own errors and weights (the produ
     python -m benchmarks.gptq_aware      # ~40 min on 2 CPU cores; writes benchmarks/results/gptq_aware_smollm2.md
     python -m benchmarks.gptq_aware --rows refined --judge-batches 2 --budgets 3.0,2.5   # a larger refinement judge
     python -m benchmarks.gptq_aware --rows refined --budgets 3.0 --refine-seeds 1,2      # the refinement's spread
-    python -m benchmarks.gptq_aware --rows baselines --budgets 2.5   # hawq / weight_mse / random, GPTQ costs, ILP
+    python -m benchmarks.gptq_aware --rows baselines --budgets 2.5   # InfoQ / hawq / weight_mse / random, ILP only
 
 Same data, table and settings as `benchmarks/gptq.py` (calibration works: the first 4 windows are
 the search and refinement calibration, all 32 the GPTQ calibration; dev windows choose, test windows
 after them only report). Every row is packed with sequential GPTQ on the 32 windows. Rows:
 - RTN costs + RTN-judged refinement: what the pipeline allocated for GPTQ packing before (3.0 bits only;
   the other budgets are in gptq_smollm2.md, produced by the same code);
-- GPTQ costs, ILP only: `with_gptq_costs` (the error ratios of `gptq_candidates` on the 32 windows);
-- GPTQ costs + GPTQ-judged refinement: the refinement evaluates candidates with GPTQ's rounded weights,
+- GPTQ costs, ILP only: `with_gptq_costs` (the error ratios of `gptq_candidates` on the 32 windows,
+  rounded, as the pipeline does for an ILP-only allocation, on the inputs of the budget's uniform start:
+  `--candidate-inputs auto`; `float` for the float model's inputs, as before);
+- GPTQ costs + GPTQ-judged refinement: the refinement evaluates candidates with GPTQ's rounded weights
+  (float-model inputs, as the pipeline does when it refines),
   and (as the pipeline does with `search_samples`) checks its result on the next calibration windows
   against its starts (`--held-out-batches`, 0 = no check).
 """

@@ -163,7 +163,7 @@ def write(out: Path, args, rows) -> None:
         md += [f"| {b} | {label} | " + " | ".join(f"{k:.4f}" for k in packed[0]) + f" | {packed[1]:.2f} |"
                for b, label, _, _, packed in rows if packed]
     md += ["", f"Command: `{' '.join(['python -m benchmarks.tune_refinement', *sys.argv[1:]])}`"]
-    suffix = "" if args.prefix_bits is None else f"_prefix{args.prefix_bits}"
+    suffix = ("" if args.prefix_bits is None else f"_prefix{args.prefix_bits}") + ("_packed" if args.packed else "")
     (out / f"tune_refinement_smollm2_b{args.budgets.replace(',', '-')}{suffix}.md").write_text("\n".join(md) + "\n")
 
 

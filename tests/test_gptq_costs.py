@@ -76,7 +76,7 @@ def test_candidates_on_a_rounded_prefix_are_what_sequential_packing_rounds(setup
     assert first and later
     assert all(torch.equal(candidates.weight(n, b), on_float.weight(n, b)) for n in first for b in BITS)
     assert not all(torch.equal(candidates.weight(n, 2), on_float.weight(n, 2)) for n in later)
-    assert candidates.meta["inputs"] == "prefix at 2 bits x4, 3 bits x5, 4 bits x5"
+    assert candidates.meta["inputs"] == "prefix at 2 bits x5, 3 bits x5, 4 bits x4"
     assert on_float.meta["inputs"] == "float"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is put back
     with pytest.raises(ValueError, match="prefix_bits"):
@@ -147,6 +147,15 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
                               skip_modules=["lm_head"], progress=False)
     for n in names:
         assert torch.equal(gptq.model.get_submodule(n).weight_packed, expected.get_submodule(n).weight_packed), n
+    # refining: candidates on float inputs; ILP only: on the inputs of the budget's uniform start
+    assert gptq.table.meta["gptq_costs"]["inputs"] == "float"
+    ilp_only = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="gptq", **{**kw, "refine_passes": 0}),
+                                   progress=False)
+    assert ilp_only.table.meta["gptq_costs"]["inputs"] == f"prefix at 3 bits x{len(names)}"
+    prefixed = gptq_candidates(model, {n: BITS for n in names}, batches, scheme=SCHEME, keep_weights=False,
+                               prefix_bits={n: 3 for n in names}, progress=False)
+    assert all(ilp_only.table.layers[n]["gptq_error_ratio"][b] == prefixed.error_ratio[n][b] for n in names
+               for b in BITS)
 
 
 def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):

@@ -177,8 +177,8 @@ def uniform_start(table: SensitivityTable, budget: Budget, *, pin_first_last="au
     """The refinement's uniform start under `budget`, {layer: weight bits}: every free layer at the
     widest width they all admit whose configuration fits every budget, pinned layers at their pins
     (pins as `allocate` resolves them). None when no uniform width fits, or for W/A allocations.
-    GPTQ's candidates are rounded on the inputs this configuration gives (`gptq_candidates(...,
-    prefix_bits=)`): the refined allocation stays close to it."""
+    For an ILP-only allocation the pipeline rounds GPTQ's candidates on the inputs this configuration
+    gives (`gptq_candidates(..., prefix_bits=)`), closer to what sequential packing sees than float inputs."""
     spec = resolve_spec(table, budget, pin=pin, pin_first_last=pin_first_last, first_last_bits=first_last_bits)
     if spec.mixed:
         return None
