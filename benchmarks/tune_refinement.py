@@ -72,22 +72,20 @@ def dev_perplexity(model, candidates, widths: dict[str, int], dev) -> float:
 
 
 @torch.no_grad()
-def packed_scores(model, widths: dict[str, int], calib, held_out: dict[int, list], dev) -> tuple[list, float]:
-    """Held-out KLs and dev perplexity of the model packed with sequential GPTQ as the product packs it."""
+def packed_scores(model, widths: dict[str, int], calib, held_out: list, reference: list, dev) -> tuple[list, float]:
+    """Held-out KLs (over the first 4, 12, 28 windows of `held_out`, whose float log-probs are `reference`)
+    and dev perplexity of the model packed with sequential GPTQ as the product packs it."""
     packed = copy.deepcopy(model)
     policy = BitPolicy({n: {"w_bits": b, "a_bits": None} for n, b in widths.items()})
     gptq_quantize_model(packed, policy, calib, scheme={"group_size": GROUP}, skip_modules=SKIP, progress=False)
-    kls = []
-    for w in HELD_OUT_WINDOWS:
-        total, count = 0.0, 0
-        for batch in held_out[w]:
-            ref = torch.log_softmax(output_tensor(default_forward(model, batch)).float(), -1)
-            q = torch.log_softmax(output_tensor(default_forward(packed, batch)).float(), -1)
-            per = (ref.exp() * (ref - q)).sum(-1)
-            keep = batch["attention_mask"].bool()
-            total, count = total + float(per[keep].sum()), count + int(keep.sum())
-        kls.append(total / count)
-    return kls, common.perplexity(packed, dev)
+    totals, counts = [], []  # running sums over the held-out batches
+    for batch, ref in zip(held_out, reference):
+        q = torch.log_softmax(output_tensor(default_forward(packed, batch)).float(), -1)
+        per = (ref.exp() * (ref - q)).sum(-1)
+        keep = batch["attention_mask"].bool()
+        totals.append((totals[-1] if totals else 0.0) + float(per[keep].sum()))
+        counts.append((counts[-1] if counts else 0) + int(keep.sum()))
+    return [totals[w // 4 - 1] / counts[w // 4 - 1] for w in HELD_OUT_WINDOWS], common.perplexity(packed, dev)
 
 
 def main(argv=None):
@@ -114,6 +112,11 @@ def main(argv=None):
     judge = calib[:SEARCH_BATCHES]
     held_out = {w: calib[SEARCH_BATCHES:SEARCH_BATCHES + w // 4] for w in HELD_OUT_WINDOWS}
     a_of = {n: None for n in table.layers}
+    longest = held_out[max(HELD_OUT_WINDOWS)]
+    reference = None  # the float model's log-probs on the held-out windows, for the packed scores (~0.7 GB)
+    if args.packed:
+        with torch.no_grad():
+            reference = [torch.log_softmax(output_tensor(default_forward(model, b)).float(), -1) for b in longest]
 
     rows = []
     for bits in (float(b) for b in args.budgets.split(",")):
@@ -141,7 +144,7 @@ def main(argv=None):
                     kls.append(ev.evaluate(widths)[0])
                 finally:
                     ev.restore()
-            packed = packed_scores(model, widths, calib, held_out, dev) if args.packed else None
+            packed = packed_scores(model, widths, calib, longest, reference, dev) if args.packed else None
             rows.append((bits, label, kls, dev_perplexity(model, candidates, widths, dev), packed))
             print(rows[-1], flush=True)
             write(out, args, rows)

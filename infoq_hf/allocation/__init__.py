@@ -6,9 +6,10 @@ caller states them), `ilp` (the knapsack written from a spec), `solvers` (Gurobi
 (independent re-check against the spec), `diagnose` (infeasible budgets).
 """
 
-from .allocate import AllocationReport, allocate, uniform_start
+from .allocate import AllocationReport, allocate
 from .diagnose import InfeasibleBudgetError
 from .pareto import pareto_sweep, plot_pareto
+from .refine import uniform_start
 from .solvers import SolverUnavailableError
 from .verify import AllocationVerificationError
 

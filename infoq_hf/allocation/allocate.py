@@ -13,7 +13,7 @@ from ..sensitivity.search import as_batches
 from ..sensitivity.table import SensitivityTable
 from .diagnose import infeasibility_error
 from .ilp import build
-from .refine import RefinementReport, _Budget, _uniform_start, _Units, refine
+from .refine import RefinementReport, refine
 from .solvers import solve
 from .spec import choices, resolve_spec
 from .verify import verify
@@ -171,19 +171,3 @@ def allocate(
     return BitPolicy({name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers},
                      report=report, scheme=table.scheme)
 
-
-def uniform_start(table: SensitivityTable, budget: Budget, *, pin_first_last="auto", first_last_bits=None,
-                  pin=None) -> dict[str, int] | None:
-    """The refinement's uniform start under `budget`, {layer: weight bits}: every free layer at the
-    widest width they all admit whose configuration fits every budget, pinned layers at their pins
-    (pins as `allocate` resolves them). None when no uniform width fits, or for W/A allocations.
-    For an ILP-only allocation the pipeline rounds GPTQ's candidates on the inputs this configuration
-    gives (`gptq_candidates(..., prefix_bits=)`), closer to what sequential packing sees than float inputs."""
-    spec = resolve_spec(table, budget, pin=pin, pin_first_last=pin_first_last, first_last_bits=first_last_bits)
-    if spec.mixed:
-        return None
-    a_bits = spec.a_candidates[0] if spec.a_candidates else None
-    base = {n: (spec.pins_w.get(n, spec.w_options(n)[0]), spec.pins_a.get(n, a_bits)) for n in spec.layers}
-    a_of = {n: c[1] for n, c in base.items()}
-    found = _uniform_start(_Units(spec, base), spec, {n: c[0] for n, c in base.items()}, _Budget(table, spec), a_of)
-    return None if found is None else found[1]

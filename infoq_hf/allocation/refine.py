@@ -41,12 +41,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..policy import Budget
 from ..quant.modules import fake_quantize_layer
 from ..sensitivity.probe import Replay, _detach_tree, find_blocks, replaced_modules
 from ..sensitivity.table import SensitivityTable
 from ..sensitivity.task import output_tensor
 from . import costs
-from .spec import AllocationSpec, Choice, choices
+from .spec import AllocationSpec, Choice, choices, resolve_spec
 
 logger = logging.getLogger(__name__)
 TOP_CHOICES = 4  # a move picks at random among this many best-predicted options
@@ -383,6 +384,23 @@ def _held_out_choice(model, table, validation, forward, a_of, rounded, configs: 
     finally:
         judge.restore()
     return min(kls, key=lambda name: kls[name]), kls
+
+
+def uniform_start(table: SensitivityTable, budget: Budget, *, pin_first_last="auto", first_last_bits=None,
+                  pin=None) -> dict[str, int] | None:
+    """The refinement's uniform start under `budget`, {layer: weight bits}: every free layer at the
+    widest width they all admit whose configuration fits every budget, pinned layers at their pins
+    (pins as `allocate` resolves them). None when no uniform width fits, or for W/A allocations.
+    For an ILP-only allocation the pipeline rounds GPTQ's candidates on the inputs this configuration
+    gives (`gptq_candidates(..., prefix_bits=)`), closer to what sequential packing sees than float inputs."""
+    spec = resolve_spec(table, budget, pin=pin, pin_first_last=pin_first_last, first_last_bits=first_last_bits)
+    if spec.mixed:
+        return None
+    a_bits = spec.a_candidates[0] if spec.a_candidates else None
+    base = {n: (spec.pins_w.get(n, spec.w_options(n)[0]), spec.pins_a.get(n, a_bits)) for n in spec.layers}
+    a_of = {n: c[1] for n, c in base.items()}
+    found = _uniform_start(_Units(spec, base), spec, {n: c[0] for n, c in base.items()}, _Budget(table, spec), a_of)
+    return None if found is None else found[1]
 
 
 def _uniform_start(units: _Units, spec: AllocationSpec, ilp: Mapping[str, int], budget: _Budget, a_of):
