@@ -60,9 +60,10 @@ def main(argv=None):
                         "(the `benchmarks.compare` searches), GPTQ-scaled, ILP only")
     p.add_argument("--refine-seeds", default=None,
                    help="comma-separated seeds of the refinement's random moves (default: --seed); one row each")
-    p.add_argument("--candidate-inputs", default="auto", choices=["auto", "prefix", "float"],
+    p.add_argument("--candidate-inputs", default="auto", choices=["auto", "prefix", "float", "split"],
                    help="GPTQ candidates rounded on the inputs of the budget's uniform start, or on the float model's; "
-                        "auto (the pipeline's choice): the prefix for ILP-only rows, float for refined rows")
+                        "split: the costs (and so the ILP start) from the prefix ones, the refinement judging the float "
+                        "ones; auto: the pipeline's choice")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -75,10 +76,11 @@ def main(argv=None):
     candidates_s: dict[str, float] = {}  # wall time per kind of inputs
     computed: dict = {}  # candidates by prefix (None: float inputs); about 0.5 GB each
 
-    def candidates_for(bits: float, refined: bool):
-        """GPTQ's candidates as the pipeline computes them: rounded on the inputs of the budget's uniform
-        start for an ILP-only allocation, on the float model's for a refined one (`--candidate-inputs auto`)."""
-        inputs = args.candidate_inputs if args.candidate_inputs != "auto" else "float" if refined else "prefix"
+    def candidates_for(bits: float, refined: bool, role: str):
+        """GPTQ's candidates for the ILP's costs (`role="costs"`) or the refinement's judge (`"judge"`): rounded
+        on the inputs of the budget's uniform start or on the float model's, as `--candidate-inputs` says."""
+        inputs = {"auto": "float" if refined else "prefix", "split": "prefix" if role == "costs" else "float"}.get(
+            args.candidate_inputs, args.candidate_inputs)
         prefix = uniform_start(table, Budget(avg_bits=bits)) if inputs == "prefix" else None
         key = None if prefix is None else tuple(sorted(prefix.items()))
         if key not in computed:
@@ -103,12 +105,13 @@ def main(argv=None):
                                                                          skip_modules=SKIP, seed=args.seed))
 
     def policy(costs: str, refine: str, bits: float, seed: int):
-        candidates = candidates_for(bits, refine != "none")
-        kw = {} if refine == "none" else dict(model=model, calibration=calib[:args.judge_batches],
-                                              refine_passes=args.refine_passes, seed=seed,
-                                              gptq=candidates if refine == "gptq" else None,
-                                              validation=validation if refine == "gptq" else None)
-        scored = tables[costs] if costs == "rtn" else with_gptq_costs(tables[costs], candidates)
+        refined = refine != "none"
+        kw = {} if not refined else dict(model=model, calibration=calib[:args.judge_batches],
+                                         refine_passes=args.refine_passes, seed=seed,
+                                         gptq=candidates_for(bits, refined, "judge") if refine == "gptq" else None,
+                                         validation=validation if refine == "gptq" else None)
+        scored = (tables[costs] if costs == "rtn"
+                  else with_gptq_costs(tables[costs], candidates_for(bits, refined, "costs")))
         return allocate(scored, Budget(avg_bits=bits), **kw)
 
     seeds = [args.seed] if args.refine_seeds is None else [int(x) for x in args.refine_seeds.split(",")]
