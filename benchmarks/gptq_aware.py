@@ -58,12 +58,15 @@ def main(argv=None):
     p.add_argument("--rows", default="all", choices=["all", "refined", "baselines"],
                    help="refined: only the GPTQ-aware refined rows; baselines: InfoQ's and the other methods' tables "
                         "(the `benchmarks.compare` searches), GPTQ-scaled, ILP only")
+    p.add_argument("--refine-chains", type=int, default=1,
+                   help="chains per refined row (the product's default is 3; the held-out check picks among them)")
     p.add_argument("--refine-seeds", default=None,
                    help="comma-separated seeds of the refinement's random moves (default: --seed); one row each")
     p.add_argument("--candidate-inputs", default="auto", choices=["auto", "prefix", "float", "split"],
                    help="GPTQ candidates rounded on the inputs of the budget's uniform start, or on the float model's; "
-                        "split: the costs (and so the ILP start) from the prefix ones, the refinement judging the float "
-                        "ones; auto: the pipeline's choice")
+                        "split: the costs (and so the ILP start) from the prefix ones, the refinement judging the float"
+                        " ones; auto, the pipeline's choice: ILP only on the prefix ones; refining, float ones for the "
+                        "costs and the judge, the ILP on the prefix costs one more start")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -107,9 +110,13 @@ def main(argv=None):
     def policy(costs: str, refine: str, bits: float, seed: int):
         refined = refine != "none"
         kw = {} if not refined else dict(model=model, calibration=calib[:args.judge_batches],
-                                         refine_passes=args.refine_passes, seed=seed,
+                                         refine_passes=args.refine_passes, seed=seed, refine_chains=args.refine_chains,
                                          gptq=candidates_for(bits, refined, "judge") if refine == "gptq" else None,
                                          validation=validation if refine == "gptq" else None)
+        if refine == "gptq" and args.candidate_inputs == "auto":  # as the pipeline: the prefix costs' ILP a start
+            on_prefix = allocate(with_gptq_costs(tables[costs], candidates_for(bits, False, "costs")),
+                                 Budget(avg_bits=bits))
+            kw["refine_starts"] = {"ilp-prefix": {n: lb.w_bits for n, lb in on_prefix.items()}}
         scored = (tables[costs] if costs == "rtn"
                   else with_gptq_costs(tables[costs], candidates_for(bits, refined, "costs")))
         return allocate(scored, Budget(avg_bits=bits), **kw)
@@ -125,7 +132,8 @@ def main(argv=None):
             plan += [(f"{m}, GPTQ costs, ILP only", m, "none", bits, args.seed) for m in ("hawq", "weight_mse", "random")]
             continue
         for seed in seeds:
-            label = "GPTQ costs + GPTQ-judged refinement" + ("" if args.refine_seeds is None else f", seed {seed}")
+            label = ("GPTQ costs + GPTQ-judged refinement" + ("" if args.refine_seeds is None else f", seed {seed}")
+                     + ("" if args.refine_chains == 1 else f", {args.refine_chains} chains"))
             plan.append((label, "gptq", "gptq", bits, seed))
     rows = []
     for label, costs, refine, bits, seed in plan:
@@ -164,6 +172,8 @@ def write(out: Path, args, candidates_s: dict, rows: list, total: int) -> None:
     suffix = "" if args.judge_batches == SEARCH_BATCHES and args.rows == "all" else f"_judge{4 * args.judge_batches}"
     if args.rows == "baselines":
         suffix = "_baselines"
+    if args.refine_chains != 1:
+        suffix += f"_chains{args.refine_chains}"
     if args.refine_seeds is not None:
         suffix += "_seeds" + args.refine_seeds.replace(",", "-")
     if held_out != args.judge_batches:

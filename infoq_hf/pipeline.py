@@ -185,17 +185,29 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
                            progress=progress, **config.method_options)
             times["search"] = time.perf_counter() - t
         refine = config.refine_passes if config.calibration is not None else 0  # data-free runs: ILP only
-        candidates = None
+        candidates, starts = None, None
         if gptq:  # the allocation knows the rounding it is packed with: GPTQ's errors, GPTQ's weights
             t = time.perf_counter()
-            # ILP only: rounded on the inputs the budget's uniform configuration gives, as sequential packing
-            # rounds a configuration near it (better error ratios). Refining: on float inputs, which favour no
-            # configuration; prefix inputs make the start exact and every move look worse (RESULTS, section 13)
-            prefix = None if refine else uniform_start(table, config.budget, pin_first_last=config.pin_first_last)
-            candidates = gptq_candidates(model, {n: table.bits for n in table.layers}, need_batches("rounding='gptq'"),
-                                         scheme=packing, options=config.gptq_options, keep_weights=bool(refine),
-                                         prefix_bits=prefix, progress=progress)
-            table = with_gptq_costs(table, candidates)
+            widths = {n: table.bits for n in table.layers}
+            gptq_data = need_batches("rounding='gptq'")
+            # costs from candidates rounded on the inputs the budget's uniform configuration gives, as
+            # sequential packing rounds a configuration near it: they rank the layers better
+            prefix = uniform_start(table, config.budget, pin_first_last=config.pin_first_last)
+            on_prefix = with_gptq_costs(table, gptq_candidates(model, widths, gptq_data, scheme=packing,
+                                                               options=config.gptq_options, keep_weights=False,
+                                                               prefix_bits=prefix, progress=progress))
+            if refine:
+                # the judge's weights (and the moves' costs) on float inputs, which favour no configuration
+                # (prefix inputs make their own configuration exact and every move look worse); the ILP on
+                # the prefix costs joins the starts (benchmarks/RESULTS.md, sections 13-14)
+                candidates = gptq_candidates(model, widths, gptq_data, scheme=packing, options=config.gptq_options,
+                                             keep_weights=True, progress=progress)
+                ilp_on_prefix = allocate(on_prefix, config.budget, solver=config.solver, alpha=config.alpha,
+                                         pin_first_last=config.pin_first_last, refine_passes=0)
+                starts = {"ilp-prefix": {n: lb.w_bits for n, lb in ilp_on_prefix.items()}}
+                table = with_gptq_costs(table, candidates)
+            else:
+                table = on_prefix
             times["gptq-aware costs"] = time.perf_counter() - t
         t = time.perf_counter()
         policy = allocate(table, config.budget, solver=config.solver, alpha=config.alpha,
@@ -203,7 +215,7 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
                           calibration=search_batches("the refinement") if refine else None, refine_passes=refine,
                           seed=config.seed, gptq=candidates if refine else None,
                           validation=held_out_batches() if refine else None, refine_chains=config.refine_chains,
-                          accelerator=accelerator,
+                          refine_starts=starts, accelerator=accelerator,
                           progress=progress)
         times["allocation"] = time.perf_counter() - t
         del candidates  # GPTQ's rounded candidates take about a byte per weight and width

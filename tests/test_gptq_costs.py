@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from conftest import lm_batches, tiny_gpt2, tiny_llama
 
 from infoq_hf import Budget, InfoQConfig, allocate, quantizable_layers, quantize_model
+from infoq_hf.allocation import uniform_start
 from infoq_hf.pipeline import quantize_with_infoq
 from infoq_hf.quant.gptq import _HessianAccumulator, gptq_candidates, gptq_quantize, gptq_quantize_model
 from infoq_hf.quant.quantizer import WeightScheme, fake_quantize_weight
@@ -147,15 +148,22 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
                               skip_modules=["lm_head"], progress=False)
     for n in names:
         assert torch.equal(gptq.model.get_submodule(n).weight_packed, expected.get_submodule(n).weight_packed), n
-    # refining: candidates on float inputs; ILP only: on the inputs of the budget's uniform start
-    assert gptq.table.meta["gptq_costs"]["inputs"] == "float"
+    # ILP only: the costs from candidates on the inputs of the budget's uniform start. Refining: the judge's
+    # weights and the table's costs on float inputs, the ILP on the prefix costs one more start
     ilp_only = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="gptq", **{**kw, "refine_passes": 0}),
                                    progress=False)
-    assert ilp_only.table.meta["gptq_costs"]["inputs"] == f"prefix at 3 bits x{len(names)}"
     prefixed = gptq_candidates(model, {n: BITS for n in names}, batches, scheme=SCHEME, keep_weights=False,
                                prefix_bits={n: 3 for n in names}, progress=False)
+    assert ilp_only.table.meta["gptq_costs"]["inputs"] == f"prefix at 3 bits x{len(names)}"
     assert all(ilp_only.table.layers[n]["gptq_error_ratio"][b] == prefixed.error_ratio[n][b] for n in names
                for b in BITS)
+    r = gptq.policy.report.refinement
+    assert gptq.table.meta["gptq_costs"]["inputs"] == "float" and r.judge_inputs == "float"
+    on_prefix = {n: lb.w_bits for n, lb in ilp_only.policy.items()}
+    others = ({n: lb.w_bits for n, lb in allocate(gptq.table, Budget(avg_bits=3.0)).items()},
+              uniform_start(gptq.table, Budget(avg_bits=3.0)))
+    assert "ilp-prefix" in r.kl_starts or on_prefix in others  # a start equal to an earlier one is skipped
+    assert ilp_only.policy.report.refinement is None
 
 
 def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):

@@ -171,6 +171,44 @@ def test_chains_are_the_seeds_runs_and_the_best_on_held_out_data_is_kept(setup):
         allocate(table, Budget(avg_bits=3.5), refine_chains=0, **kw)
 
 
+def test_a_callers_start_is_judged_refined_from_when_best_and_checked_on_held_out_data(setup):
+    """`refine_starts`: the caller's configuration is evaluated beside the ILP's and uniform (its KL the packed
+    model's true KL), the chain starts from the lowest, and the held-out check weighs it too."""
+    model, batches, table = setup
+    budget, held_out = Budget(avg_bits=3.5), _other_batches()
+    mine = allocate(table, budget, model=model, calibration=batches, refine_passes=12, seed=3, progress=False)
+    widths = {n: lb.w_bits for n, lb in mine.items()}
+    kw = dict(model=model, calibration=batches[:1], refine_passes=12, seed=0, progress=False)
+    unchecked = allocate(table, budget, refine_starts={"mine": widths}, **kw).report.refinement
+    assert set(unchecked.kl_starts) == {"ilp", "uniform-3", "mine"}
+    assert unchecked.start == min(unchecked.kl_starts, key=unchecked.kl_starts.get)
+    assert unchecked.kl_final <= min(unchecked.kl_starts.values())
+    q = quantize_model(copy.deepcopy(model), mine, group_size=32, skip_modules=["lm_head"])
+    assert true_kl(model, q, batches[:1]) == pytest.approx(unchecked.kl_starts["mine"], rel=1e-4)
+    checked = allocate(table, budget, refine_starts={"mine": widths}, validation=held_out, **kw)
+    r = checked.report.refinement
+    assert "mine" in r.kl_validation and r.kept == min(r.kl_validation, key=r.kl_validation.get)
+    assert true_kl(model, q, held_out) == pytest.approx(r.kl_validation["mine"], rel=1e-4)
+    assert checked.report.avg_bits <= 3.5 + 1e-9
+    ilp = {n: lb.w_bits for n, lb in allocate(table, budget).items()}  # a start equal to the ILP's is skipped
+    assert set(allocate(table, budget, refine_starts={"same": ilp}, **kw).report.refinement.kl_starts) == {
+        "ilp", "uniform-3"}
+
+
+def test_a_callers_start_that_breaks_a_constraint_is_refused(setup):
+    model, batches, table = setup
+    names = list(table.layers)
+    kw = dict(model=model, calibration=batches, refine_passes=4, progress=False)
+    with pytest.raises(ValueError, match=r"refine_starts\['wide'\] does not meet .*over the budget"):
+        allocate(table, Budget(avg_bits=3.0), refine_starts={"wide": {n: 8 for n in names}}, **kw)
+    with pytest.raises(ValueError, match="every table layer a width"):
+        allocate(table, Budget(avg_bits=3.0), refine_starts={"part": {names[0]: 2}}, **kw)
+    with pytest.raises(ValueError, match="a name the refinement uses"):
+        allocate(table, Budget(avg_bits=3.0), refine_starts={"ilp": {n: 2 for n in names}}, **kw)
+    with pytest.raises(ValueError, match="starting points of the refinement"):
+        allocate(table, Budget(avg_bits=3.0), refine_starts={"low": {n: 2 for n in names}})
+
+
 def test_checked_on_its_own_data_the_refined_configuration_is_kept(setup):
     model, batches, table = setup
     policy = allocate(table, Budget(avg_bits=3.5), model=model, calibration=batches, validation=batches,

@@ -16,7 +16,7 @@ from .ilp import build
 from .refine import RefinementReport, refine
 from .solvers import solve
 from .spec import choices, resolve_spec
-from .verify import verify
+from .verify import AllocationVerificationError, verify
 from .warmstart import greedy_start
 
 # Whole-model passes of the refinement by default (when a model and calibration are given); sized so
@@ -89,6 +89,7 @@ def allocate(
     gptq=None,
     validation=None,
     refine_chains: int = 1,
+    refine_starts=None,
     accelerator=None,
     progress: bool = True,
 ) -> BitPolicy:
@@ -119,7 +120,10 @@ def allocate(
         `validation`: other calibration batches; the refined configuration is kept only when its KL
         there is below the starting configurations' (otherwise the better start is). `refine_chains`:
         independent refinements (seeds `seed`, `seed + 1`, ...) from the same start, the best kept
-        (lowest KL on `validation` when given, else on `calibration`).
+        (lowest KL on `validation` when given, else on `calibration`). `refine_starts`: more
+        configurations the refinement starts from and compares beside the ILP's and uniform,
+        {name: {layer: weight bits}} (for example the ILP's solution on costs measured another way);
+        each must meet every constraint here.
     Returns a `BitPolicy` with `.report` an `AllocationReport`. Raises `InfeasibleBudgetError` (a ValueError)
     stating the best achievable value when the budget cannot be met, ValueError on inconsistent arguments.
     """
@@ -140,14 +144,18 @@ def allocate(
     assignment = ilp.decode(solution.x)
     totals, objective = verify(table, spec, assignment, solution.objective * ilp.objective_scale)
     refinement = None
+    if refine_starts and not (model is not None and refine_passes):
+        raise ValueError("refine_starts are starting points of the refinement: pass model=, calibration= and "
+                         "refine_passes >= 1 too, or leave refine_starts out")
     if model is not None and refine_passes:
         if calibration is None:
             raise ValueError("refining the allocation on the model needs calibration batches: pass calibration=..., "
                              "or refine_passes=0 for the ILP's solution alone")
         batches = as_batches(calibration)
+        starts = _checked_starts(table, spec, assignment, refine_starts)
         assignment, refinement = refine(model, table, spec, assignment, batches, passes=refine_passes,
                                         candidates=refine_candidates, seed=seed, forward=forward, gptq=gptq,
-                                        validation=as_batches(validation), chains=refine_chains,
+                                        validation=as_batches(validation), chains=refine_chains, starts=starts,
                                         accelerator=accelerator,
                                         progress=progress)
         totals, objective = verify(table, spec, assignment)
@@ -171,3 +179,22 @@ def allocate(
     return BitPolicy({name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers},
                      report=report, scheme=table.scheme)
 
+
+
+def _checked_starts(table, spec, ilp_assignment, starts) -> dict[str, dict[str, int]]:
+    """The caller's refinement starts as {name: {layer: weight bits}}, each verified like the ILP's."""
+    checked = {}
+    for name, widths in (starts or {}).items():
+        if name == "ilp" or name.startswith(("uniform-", "refined")):
+            raise ValueError(f"refine_starts: {name!r} is a name the refinement uses itself; choose another")
+        widths = {n: int(w) for n, w in dict(widths).items()}
+        missing, extra = [n for n in spec.layers if n not in widths], [n for n in widths if n not in spec.layers]
+        if missing or extra:
+            raise ValueError(f"refine_starts[{name!r}] must give every table layer a width: missing {missing[:3]}, "
+                             f"not in the table {extra[:3]}")
+        try:
+            verify(table, spec, {n: (widths[n], ilp_assignment[n][1]) for n in spec.layers})
+        except AllocationVerificationError as e:
+            raise ValueError(f"refine_starts[{name!r}] does not meet this allocation's constraints: {e}") from None
+        checked[name] = widths
+    return checked

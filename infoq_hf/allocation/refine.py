@@ -7,8 +7,9 @@ ties kept), runs each candidate configuration as a complete fake-quantized model
 calibration batches, and keeps a move only when the KL divergence of the model's outputs from the
 float model's goes down (EvoPress and CASA judge whole configurations the same way).
 
-- Starts: the ILP's assignment and, where one fits the budget, the widest uniform assignment; the
-  one with the lower KL is refined.
+- Starts: the ILP's assignment, where one fits the budget the widest uniform assignment, and any
+  other configurations the caller gives (`starts`: e.g. the ILP's solution on costs measured another
+  way); the one with the lowest KL is refined, and all of them stand in the held-out check.
 - Moves, guided by the table's costs: raise one unit (a layer, or a tie group) one width and lower
   the units with the smallest predicted cost per freed resource until every budget holds again; or
   lower one unit and spend what it frees on the units with the best predicted gain per resource.
@@ -69,6 +70,8 @@ class RefinementReport:
     wall_s: float
     seed: int
     rounding: str = "rtn"  # whose rounding the candidates were evaluated with
+    judge_inputs: str | None = None  # GPTQ's candidates: the inputs they were rounded on ("float", "prefix ...")
+    kl_starts: dict | None = None  # judge KL of each start compared ("ilp", "uniform-<bits>", the caller's)
     kept: str = "refined"  # the chain kept ("refined", or "refined-<i>" of several), or the start ("ilp",
     # "uniform-<bits>") the held-out check preferred
     chains: int = 1
@@ -246,6 +249,7 @@ def refine(
     gptq=None,
     validation: list | None = None,
     chains: int = 1,
+    starts: Mapping[str, Mapping[str, int]] | None = None,
     accelerator=None,
     progress: bool = True,
 ) -> tuple[dict[str, Choice], RefinementReport]:
@@ -256,7 +260,9 @@ def refine(
     `validation`: calibration batches the search never judged on; the refined configuration is kept
     only if its KL there is below the starts' (see the module doc). `chains`: independent searches
     from the same start (seeds `seed`, `seed + 1`, ...), each `passes` minus the starts' evaluations
-    long; the one kept has the lowest KL on `validation` when given, else on the judge's batches."""
+    long; the one kept has the lowest KL on `validation` when given, else on the judge's batches.
+    `starts`: more starting configurations, {name: {layer: weight bits}}, already checked against
+    every constraint (`allocate` does); one equal to an earlier start is skipped."""
     from ..quant.apply import default_forward
 
     if passes < 1:
@@ -298,15 +304,21 @@ def refine(
         current, kl_current, start = ilp, kl_ilp, "ilp"
         evaluator.adopt(current, out)
         evaluator.check_replay(kl_current)
-        kl_uniform = None
         uniform = _uniform_start(units, spec, ilp, budget, a_of)
-        if uniform is not None and uniform[1] != ilp and used < passes:
-            kl_uniform, out = evaluator.evaluate(uniform[1])
+        compared = {"ilp": ilp}  # every start evaluated, in order: the held-out check's candidates
+        kl_starts = {"ilp": kl_ilp}
+        others = ({} if uniform is None else {f"uniform-{uniform[0]}": uniform[1]}) | dict(starts or {})
+        for name, config in others.items():
+            if config in compared.values() or used >= passes:
+                continue
+            kl, out = evaluator.evaluate(config)
             used += 1
             bar.update(1)
-            if kl_uniform < kl_current:
-                current, kl_current, start = uniform[1], kl_uniform, f"uniform-{uniform[0]}"
+            compared[name], kl_starts[name] = config, kl
+            if kl < kl_current:
+                current, kl_current, start = config, kl, name
                 evaluator.adopt(current, out)
+        kl_uniform = None if uniform is None else kl_starts.get(f"uniform-{uniform[0]}")
         start_config, kl_start = current, kl_current
         start_cache = {b: list(outs) for b, outs in evaluator.cache.items()}
         per_chain = passes - used  # each chain gets what one refinement from this start would
@@ -355,13 +367,12 @@ def refine(
         kept = min(ends, key=lambda name: ends[name][1])  # the chain that ended lowest on the judge
         kl_validation = None
         if validation and moved:
-            starts = {"ilp": ilp, **({} if kl_uniform is None else {f"uniform-{uniform[0]}": uniform[1]})}
             kept, kl_validation = _held_out_choice(model, table, validation, forward, a_of, rounded,
-                                                   {**{n: end[0] for n, end in moved.items()}, **starts})
+                                                   {**{n: end[0] for n, end in moved.items()}, **compared})
         if kept in ends:
             current, kl_current, accepted = ends[kept]
         else:
-            current, kl_current, accepted = starts[kept], (kl_ilp if kept == "ilp" else kl_uniform), 0
+            current, kl_current, accepted = compared[kept], kl_starts[kept], 0
     finally:
         bar.close()
         replay = evaluator.replay
@@ -370,8 +381,10 @@ def refine(
     report = RefinementReport(passes=used, accepted=accepted, start=start, kl_ilp=kl_ilp, kl_uniform=kl_uniform,
                               kl_final=kl_current, calibration_batches=len(batches), prefix_replay=replay,
                               wall_s=round(time.perf_counter() - started, 3), seed=seed,
-                              rounding="rtn" if gptq is None else "gptq", kept=kept, kl_validation=kl_validation,
-                              validation_batches=len(validation or ()), chains=chains)
+                              rounding="rtn" if gptq is None else "gptq",
+                              judge_inputs=None if gptq is None else gptq.meta.get("inputs"), kept=kept,
+                              kl_validation=kl_validation, validation_batches=len(validation or ()), chains=chains,
+                              kl_starts=kl_starts)
     return {n: (current[n], a_of[n]) for n in assignment}, report
 
 
