@@ -125,9 +125,11 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
     the method needs it), sensitivities searched (or `table`, a saved search of this model, used),
     bits allocated under `config.budget` (refined on the whole model when calibration is given) and
     the model packed. When it packs with GPTQ, the allocation knows it: the costs are rescaled by
-    GPTQ's output error relative to round-to-nearest's and the refinement judges GPTQ's rounded
-    weights (`quant.gptq.gptq_candidates`, `sensitivity.rounding_costs`); the search and the
-    refinement use the first `config.search_samples` calibration samples, GPTQ all of them.
+    GPTQ's output error relative to round-to-nearest's, measured on the inputs of the budget's
+    uniform configuration (ILP only), and the refinement judges GPTQ's rounded weights on float
+    inputs, starting also from the ILP on those prefix costs (`quant.gptq.gptq_candidates`,
+    `sensitivity.rounding_costs`); the search and the refinement use the first
+    `config.search_samples` calibration samples, GPTQ all of them.
     `skip_modules` (default `config.modules_to_not_convert`) stay float; what is left float is cast
     to `config.float_dtype` when set. `accelerator` (an `accelerate.Accelerator`) splits the probes
     and the refinement's candidates over its processes; every process ends with the same packed
@@ -333,7 +335,10 @@ def format_summary(summary: dict) -> str:
     refined = (summary.get("allocation") or {}).get("refinement")
     if refined:
         out.insert(-1, f"  refinement on the whole model: KL to float {refined['kl_ilp']:.4g} (ILP) -> "
-                       f"{refined['kl_final']:.4g}, start {refined['start']}, {refined['accepted']} of "
+                       f"{refined['kl_final']:.4g}, start {refined['start']}"
+                       + ("" if not refined.get("kl_starts") else " (of " + ", ".join(
+                           f"{name} {kl:.4g}" for name, kl in refined["kl_starts"].items()) + ")")
+                       + f", {refined['accepted']} of "
                        f"{refined['passes']} passes accepted"
                        + (f"; {refined.get('chains', 1)} chains, the held-out check on "
                           f"{refined['validation_batches']} more calibration batch(es) kept {refined['kept']}"

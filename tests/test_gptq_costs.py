@@ -10,7 +10,7 @@ from conftest import lm_batches, tiny_gpt2, tiny_llama
 
 from infoq_hf import Budget, InfoQConfig, allocate, quantizable_layers, quantize_model
 from infoq_hf.allocation import uniform_start
-from infoq_hf.pipeline import quantize_with_infoq
+from infoq_hf.pipeline import format_summary, quantize_with_infoq
 from infoq_hf.quant.gptq import _HessianAccumulator, gptq_candidates, gptq_quantize, gptq_quantize_model
 from infoq_hf.quant.quantizer import WeightScheme, fake_quantize_weight
 from infoq_hf.quant.scheme import PackingScheme
@@ -163,6 +163,8 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
     others = ({n: lb.w_bits for n, lb in allocate(gptq.table, Budget(avg_bits=3.0)).items()},
               uniform_start(gptq.table, Budget(avg_bits=3.0)))
     assert "ilp-prefix" in r.kl_starts or on_prefix in others  # a start equal to an earlier one is skipped
+    line = next(x for x in format_summary(gptq.summary).splitlines() if "refinement on the whole model" in x)
+    assert f"start {r.start} (of " in line and all(f"{name} {kl:.4g}" in line for name, kl in r.kl_starts.items())
     assert ilp_only.policy.report.refinement is None
 
 

@@ -180,7 +180,6 @@ def allocate(
                      report=report, scheme=table.scheme)
 
 
-
 def _checked_starts(table, spec, ilp_assignment, starts) -> dict[str, dict[str, int]]:
     """The caller's refinement starts as {name: {layer: weight bits}}, each verified like the ILP's."""
     checked = {}

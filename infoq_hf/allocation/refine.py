@@ -73,7 +73,7 @@ class RefinementReport:
     judge_inputs: str | None = None  # GPTQ's candidates: the inputs they were rounded on ("float", "prefix ...")
     kl_starts: dict | None = None  # judge KL of each start compared ("ilp", "uniform-<bits>", the caller's)
     kept: str = "refined"  # the chain kept ("refined", or "refined-<i>" of several), or the start ("ilp",
-    # "uniform-<bits>") the held-out check preferred
+    # "uniform-<bits>", a caller's) the held-out check preferred
     chains: int = 1
     kl_validation: dict | None = None  # KL on the validation batches of each configuration compared
     validation_batches: int = 0
