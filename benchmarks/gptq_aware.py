@@ -5,6 +5,7 @@ from round-to-nearest (before) and from GPTQ's own errors and weights (the produ
     python -m benchmarks.gptq_aware --rows refined --judge-batches 2 --budgets 3.0,2.5   # a larger refinement judge
     python -m benchmarks.gptq_aware --rows refined --budgets 3.0 --refine-seeds 1,2      # the refinement's spread
     python -m benchmarks.gptq_aware --rows baselines --budgets 2.5   # InfoQ / hawq / weight_mse / random, ILP only
+    python -m benchmarks.gptq_aware --rows refined --budgets 2.5 --refine-chains 3   # the product's allocation
 
 Same data, table and settings as `benchmarks/gptq.py` (calibration works: the first 4 windows are
 the search and refinement calibration, all 32 the GPTQ calibration; dev windows choose, test windows
@@ -15,9 +16,10 @@ after them only report). Every row is packed with sequential GPTQ on the 32 wind
   rounded, as the pipeline does for an ILP-only allocation, on the inputs of the budget's uniform start:
   `--candidate-inputs auto`; `float` for the float model's inputs, as before);
 - GPTQ costs + GPTQ-judged refinement: the refinement evaluates candidates with GPTQ's rounded weights
-  (float-model inputs, as the pipeline does when it refines),
-  and (as the pipeline does with `search_samples`) checks its result on the next calibration windows
-  against its starts (`--held-out-batches`, 0 = no check).
+  (float-model inputs, as the pipeline does when it refines; with `--candidate-inputs auto` the ILP on
+  the uniform start's prefix costs is one more start, `ilp-prefix`, as in the pipeline), runs
+  `--refine-chains` chains, and (as the pipeline does with `search_samples`) checks its result on the
+  next calibration windows against its starts (`--held-out-batches`, 0 = no check).
 """
 
 from __future__ import annotations
