@@ -577,7 +577,9 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
                 float_weights[name] = layer.weight.data.clone()
                 layer.weight.data.copy_(rounded[prefix_bits[name]].dequantize())
         stages = _trace_stages(model, find_blocks(model), layer_names, batches[0], forward)
-        with tqdm(total=_stage_count(stages), desc="GPTQ-aware costs", unit="block", disable=not progress) as bar:
+        inputs = "float inputs" if not prefix_bits else f"inputs of {_describe_widths(prefix_bits)}"
+        with tqdm(total=_stage_count(stages), desc=f"GPTQ candidates on {inputs}", unit="block",
+                  disable=not progress) as bar:
             for accs in _hessian_stages(model, stages, layer_names, batches, forward, report, bar):
                 for name, acc in accs.items():
                     layer, hessian = acc.layer, acc.hessian()
