@@ -116,9 +116,8 @@ def main(argv=None):
                                          gptq=candidates_for(bits, refined, "judge") if refine == "gptq" else None,
                                          validation=validation if refine == "gptq" else None)
         if refine == "gptq" and args.candidate_inputs == "auto":  # as the pipeline: the prefix costs' ILP a start
-            on_prefix = allocate(with_gptq_costs(tables[costs], candidates_for(bits, False, "costs")),
-                                 Budget(avg_bits=bits))
-            kw["refine_starts"] = {"ilp-prefix": {n: lb.w_bits for n, lb in on_prefix.items()}}
+            kw["refine_starts"] = {"ilp-prefix": allocate(
+                with_gptq_costs(tables[costs], candidates_for(bits, False, "costs")), Budget(avg_bits=bits))}
         scored = (tables[costs] if costs == "rtn"
                   else with_gptq_costs(tables[costs], candidates_for(bits, refined, "costs")))
         return allocate(scored, Budget(avg_bits=bits), **kw)

@@ -204,9 +204,8 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
                 # the prefix costs joins the starts (benchmarks/RESULTS.md, sections 13-14)
                 candidates = gptq_candidates(model, widths, gptq_data, scheme=packing, options=config.gptq_options,
                                              keep_weights=True, progress=progress)
-                ilp_on_prefix = allocate(on_prefix, config.budget, solver=config.solver, alpha=config.alpha,
-                                         pin_first_last=config.pin_first_last, refine_passes=0)
-                starts = {"ilp-prefix": {n: lb.w_bits for n, lb in ilp_on_prefix.items()}}
+                starts = {"ilp-prefix": allocate(on_prefix, config.budget, solver=config.solver, alpha=config.alpha,
+                                                 pin_first_last=config.pin_first_last, refine_passes=0)}
                 table = with_gptq_costs(table, candidates)
             else:
                 table = on_prefix

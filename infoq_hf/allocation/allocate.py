@@ -122,8 +122,8 @@ def allocate(
         independent refinements (seeds `seed`, `seed + 1`, ...) from the same start, the best kept
         (lowest KL on `validation` when given, else on `calibration`). `refine_starts`: more
         configurations the refinement starts from and compares beside the ILP's and uniform,
-        {name: {layer: weight bits}} (for example the ILP's solution on costs measured another way);
-        each must meet every constraint here.
+        {name: {layer: weight bits}} or {name: BitPolicy} (for example the ILP's solution on costs
+        measured another way); each must meet every constraint here.
     Returns a `BitPolicy` with `.report` an `AllocationReport`. Raises `InfeasibleBudgetError` (a ValueError)
     stating the best achievable value when the budget cannot be met, ValueError on inconsistent arguments.
     """
@@ -181,12 +181,13 @@ def allocate(
 
 
 def _checked_starts(table, spec, ilp_assignment, starts) -> dict[str, dict[str, int]]:
-    """The caller's refinement starts as {name: {layer: weight bits}}, each verified like the ILP's."""
+    """The caller's refinement starts (widths or policies) as {name: {layer: weight bits}}, each verified
+    like the ILP's."""
     checked = {}
     for name, widths in (starts or {}).items():
         if name == "ilp" or name.startswith(("uniform-", "refined")):
             raise ValueError(f"refine_starts: {name!r} is a name the refinement uses itself; choose another")
-        widths = {n: int(w) for n, w in dict(widths).items()}
+        widths = {n: int(getattr(w, "w_bits", w)) for n, w in dict(widths).items()}
         missing, extra = [n for n in spec.layers if n not in widths], [n for n in widths if n not in spec.layers]
         if missing or extra:
             raise ValueError(f"refine_starts[{name!r}] must give every table layer a width: missing {missing[:3]}, "
