@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -69,6 +71,9 @@ def main(argv=None):
                         "split: the costs (and so the ILP start) from the prefix ones, the refinement judging the float"
                         " ones; auto, the pipeline's choice: ILP only on the prefix ones; refining, float ones for the "
                         "costs and the judge, the ILP on the prefix costs one more start")
+    p.add_argument("--cache", default=None,
+                   help="a folder to keep the GPTQ candidates in (about 0.5 GB per kind of inputs), so later runs on "
+                        "the same data skip them; default: computed every run")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -88,6 +93,10 @@ def main(argv=None):
             args.candidate_inputs, args.candidate_inputs)
         prefix = uniform_start(table, Budget(avg_bits=bits)) if inputs == "prefix" else None
         key = None if prefix is None else tuple(sorted(prefix.items()))
+        cached = None if args.cache is None else Path(args.cache) / candidates_file(len(calib), prefix)
+        if key not in computed and cached is not None and cached.exists():
+            computed[key] = torch.load(cached, weights_only=False)
+            print(f"candidates ({computed[key].meta['inputs']} inputs) read from {cached}", flush=True)
         if key not in computed:
             t = time.perf_counter()
             computed[key] = gptq_candidates(model, {n: table.bits for n in table.layers}, calib,
@@ -96,6 +105,9 @@ def main(argv=None):
             candidates_s[inputs] = time.perf_counter() - t
             print(f"candidates ({inputs} inputs): {candidates_s[inputs]:.0f} s, peak RSS {peak_rss_mib():.0f} MiB",
                   flush=True)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(computed[key], cached)
         return computed[key]
 
     held_out = args.judge_batches if args.held_out_batches is None else args.held_out_batches
@@ -137,6 +149,7 @@ def main(argv=None):
                      + ("" if args.refine_chains == 1 else f", {args.refine_chains} chains"))
             plan.append((label, "gptq", "gptq", bits, seed))
     rows = []
+    policies = {}  # row -> the widths it packed, for benchmarks.ppl_spread
     for label, costs, refine, bits, seed in plan:
         t = time.perf_counter()
         pol = policy(costs, refine, bits, seed)
@@ -150,10 +163,21 @@ def main(argv=None):
                      f"kept {r.kept}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.kl_validation.items())))
         print(rows[-1], flush=True)
         del m
-        write(out, args, candidates_s, rows, len(plan))
+        policies[f"{bits} | {label}"] = {name: lb.w_bits for name, lb in pol.items()}
+        write(out, args, candidates_s, rows, len(plan), policies)
 
 
-def write(out: Path, args, candidates_s: dict, rows: list, total: int) -> None:
+def candidates_file(windows: int, prefix: dict | None) -> str:
+    """The cache's file name for candidates on `windows` calibration windows, rounded on `prefix`'s inputs."""
+    if prefix is None:
+        return f"gptq_candidates_smollm2_c{windows}.pt"
+    widths = set(prefix.values())
+    tag = str(widths.pop()) if len(widths) == 1 else hashlib.sha256(
+        json.dumps(sorted(prefix.items())).encode()).hexdigest()[:12]
+    return f"gptq_candidates_smollm2_c{windows}_prefix{tag}.pt"
+
+
+def write(out: Path, args, candidates_s: dict, rows: list, total: int, policies: dict) -> None:
     held_out = args.judge_batches if args.held_out_batches is None else args.held_out_batches
     md = [f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; every row packed with sequential "
           f"GPTQ (damp 0.01, block 128) on {args.calib}x128 calibration tokens; InfoQ table of `benchmarks/gptq.py` "
@@ -182,6 +206,8 @@ def write(out: Path, args, candidates_s: dict, rows: list, total: int) -> None:
     if args.candidate_inputs != "auto":
         suffix += f"_{args.candidate_inputs}_inputs"
     (out / f"gptq_aware_smollm2{suffix}.md").write_text("\n".join(md) + "\n")
+    (out / "policies").mkdir(exist_ok=True)
+    (out / "policies" / f"gptq_aware_smollm2{suffix}.json").write_text(json.dumps(policies, indent=1) + "\n")
     if len(rows) == total:
         print("\n".join(md))
 
