@@ -55,16 +55,20 @@ def smollm2_data(n_calib: int, n_dev: int, n_test: int, seq_len: int = 128, batc
 
 
 @torch.no_grad()
-def perplexity(model, batches: list[dict]) -> float:
-    total, count = 0.0, 0
+def window_nll(model, batches: list[dict]) -> tuple[torch.Tensor, int]:
+    """(the summed next-token NLL of every window, float64; tokens predicted per window)."""
+    sums = []
     model.eval()
     for b in batches:
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), b["input_ids"][:, 1:].reshape(-1),
-                               reduction="sum")
-        total += float(loss)
-        count += b["input_ids"][:, 1:].numel()
-    return math.exp(total / count)
+        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), b["input_ids"][:, 1:], reduction="none")
+        sums.append(loss.sum(dim=1).double())
+    return torch.cat(sums), batches[0]["input_ids"].shape[1] - 1
+
+
+def perplexity(model, batches: list[dict]) -> float:
+    sums, per_window = window_nll(model, batches)
+    return math.exp(float(sums.sum()) / (len(sums) * per_window))
 
 
 def mnist_data(n_calib: int, n_dev: int, n_test: int, batch_size: int = 64, seed: int = 0):
