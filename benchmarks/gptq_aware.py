@@ -93,7 +93,7 @@ def main(argv=None):
             args.candidate_inputs, args.candidate_inputs)
         prefix = uniform_start(table, Budget(avg_bits=bits)) if inputs == "prefix" else None
         key = None if prefix is None else tuple(sorted(prefix.items()))
-        cached = None if args.cache is None else Path(args.cache) / candidates_file(len(calib), prefix)
+        cached = None if args.cache is None else Path(args.cache) / candidates_file(args.calib, prefix)
         if key not in computed and cached is not None and cached.exists():
             computed[key] = torch.load(cached, weights_only=False)
             print(f"candidates ({computed[key].meta['inputs']} inputs) read from {cached}", flush=True)
