@@ -199,6 +199,8 @@ def write(out: Path, args, candidates_s: dict, rows: list, total: int, policies:
         suffix = "_baselines"
     if args.refine_chains != 1:
         suffix += f"_chains{args.refine_chains}"
+    if args.refine_passes != DEFAULT_REFINE_PASSES:
+        suffix += f"_passes{args.refine_passes}"
     if args.refine_seeds is not None:
         suffix += "_seeds" + args.refine_seeds.replace(",", "-")
     if held_out != args.judge_batches:
