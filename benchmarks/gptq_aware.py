@@ -6,6 +6,9 @@ from round-to-nearest (before) and from GPTQ's own errors and weights (the produ
     python -m benchmarks.gptq_aware --rows refined --budgets 3.0 --refine-seeds 1,2      # the refinement's spread
     python -m benchmarks.gptq_aware --rows baselines --budgets 2.5   # InfoQ / hawq / weight_mse / random, ILP only
     python -m benchmarks.gptq_aware --rows refined --budgets 2.5 --refine-chains 3   # the product's allocation
+    ... --cache out/candidates   # keep the GPTQ candidates (0.5 GB per kind of inputs) for the next run
+
+Each run also writes the widths every row packed to `results/policies/` (read by `benchmarks.ppl_spread`).
 
 Same data, table and settings as `benchmarks/gptq.py` (calibration works: the first 4 windows are
 the search and refinement calibration, all 32 the GPTQ calibration; dev windows choose, test windows

@@ -1,6 +1,6 @@
 """Is a perplexity gap larger than the windows' sampling noise? A paired bootstrap over windows.
 
-    python -m benchmarks.ppl_spread      # ~10 min on 2 CPU cores; writes benchmarks/results/ppl_spread_smollm2.md
+    python -m benchmarks.ppl_spread      # ~25 min on 2 CPU cores (4 packed models); writes benchmarks/results/ppl_spread_smollm2.md
 
 Reads the widths each row of a `benchmarks.gptq_aware` run packed (`--policies`, written by that run),
 packs every row whose budget is a whole number of bits and the uniform allocation at that budget the
