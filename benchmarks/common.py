@@ -69,9 +69,13 @@ def window_nll(model, batches: list[dict]) -> tuple[torch.Tensor, int]:
     return torch.cat(sums), batches[0]["input_ids"].shape[1] - 1
 
 
-def perplexity(model, batches: list[dict]) -> float:
-    sums, per_window = window_nll(model, batches)
+def perplexity_from_nll(sums: torch.Tensor, per_window: int) -> float:
+    """Perplexity of windows whose summed NLLs are `sums`, `per_window` tokens predicted in each."""
     return math.exp(float(sums.sum()) / (len(sums) * per_window))
+
+
+def perplexity(model, batches: list[dict]) -> float:
+    return perplexity_from_nll(*window_nll(model, batches))
 
 
 def mnist_data(n_calib: int, n_dev: int, n_test: int, batch_size: int = 64, seed: int = 0):

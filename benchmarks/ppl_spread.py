@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -85,7 +84,7 @@ def main(argv=None):
             nll_r, nll_u = nll_r[windows], nll_u[windows]
             ratios = paired_bootstrap(nll_r, nll_u, per_window, args.resamples)
             lo, hi = torch.quantile(ratios, torch.tensor([0.05, 0.95], dtype=ratios.dtype)).tolist()
-            ppl_r, ppl_u = (math.exp(float(x.sum()) / (len(x) * per_window)) for x in (nll_r, nll_u))
+            ppl_r, ppl_u = (common.perplexity_from_nll(x, per_window) for x in (nll_r, nll_u))
             md.append(f"| {budget} | {label} | {split} | {ppl_r:.2f} | {ppl_u:.2f} | {ppl_r / ppl_u:.3f} | "
                       f"{lo:.3f} - {hi:.3f} | {float((ratios < 1).double().mean()):.3f} | "
                       f"{float((ratios <= 0.9).double().mean()):.3f} |")
