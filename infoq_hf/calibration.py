@@ -206,10 +206,14 @@ def load_calibration(
     ``model`` alone, the transform (timm or a vision transformers model) or the tokenizer (a
     transformers text model whose tokenizer is saved locally) is derived from it.
     """
-    import datasets
-
     if format not in ("dict", "tuple"):
         raise ValueError(f"format must be 'dict' or 'tuple', got {format!r}")
+    from_datasets = type(source).__module__.split(".")[0] == "datasets"
+    if not (from_datasets or is_text_list(source) or isinstance(source, (CalibrationSpec, Mapping, str, os.PathLike))):
+        if options:
+            raise ValueError(f"options {sorted(options)} apply to datasets, not to ready batches")
+        return _ready_batches(source)  # ready batches need no datasets import (it is slow, and absent on some hosts)
+    import datasets
 
     if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise ValueError(
@@ -225,9 +229,8 @@ def load_calibration(
         spec = _as_spec(source, options)
         ds = _load_dataset(spec)
     else:
-        if options:
-            raise ValueError(f"options {sorted(options)} apply to datasets, not to ready batches")
-        return _ready_batches(source)
+        raise ValueError(f"cannot calibrate on a {type(source).__name__} from the datasets package; pass a "
+                         "Dataset or IterableDataset")
 
     columns, image_columns = _inspect_columns(ds)
     if spec.label_column is not None and spec.label_column not in columns:
