@@ -92,11 +92,13 @@ def main(argv=None):
                                      search_samples=args.search_samples, group_size=64, seed=0)
             row[label] = timed(model, config, args.device)
             print(name, label, json.dumps(row[label]), flush=True)
+            report["models"][name] = row
+            with open(args.out, "w") as f:  # after every run: a device lease may end mid-way
+                json.dump(report, f, indent=2)
             del model
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
         row["ratio_wall"] = row["infoq-default-3.0"]["wall_s"] / row["uniform-3bit-gptq"]["wall_s"]
-        report["models"][name] = row
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))
