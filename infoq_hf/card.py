@@ -415,6 +415,8 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
         "search_method": search_method,
         "search_method_text": search_texts.get(search_method, f"the `{search_method}` sensitivity"),
         "budget_text": _budget_text(budget),
+        "searched": bool(budget),
+        "kind": info.kind,
         "avg_bits": avg_bits,
         "num_layers": len(policy),
         "size_text": size_text,
