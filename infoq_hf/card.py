@@ -150,8 +150,7 @@ def _usage(kind: str, location: str, model_config: Mapping, *, has_tokenizer: bo
     loader = (f'model = load_quantized("{location}")  # a timm model, packed' if kind == "timm" else
               f'model = load_quantized("{location}", model=MyModel())  # MyModel: your float architecture')
     if is_repo_id(location):
-        return (f"from huggingface_hub import snapshot_download\nfrom infoq_hf import load_quantized\n\n"
-                + loader.replace(f'"{location}"', f'snapshot_download("{location}")'))
+        return "from infoq_hf.hub import load_from_hub\n\n" + loader.replace("load_quantized(", "load_from_hub(")
     return f"from infoq_hf import load_quantized\n\n{loader}"
 
 

@@ -21,6 +21,7 @@ import re
 import sys
 
 import torch
+from safetensors import safe_open
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers import auto as _auto
 
@@ -200,8 +201,6 @@ def final_line(summary) -> str:
 
 def stored_summary(checkpoint_files) -> dict | None:
     """The run's summary recorded in a checkpoint's safetensors header (None when it has none)."""
-    from safetensors import safe_open
-
     for f in checkpoint_files:
         if not str(f).endswith(".safetensors"):
             continue
