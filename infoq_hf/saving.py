@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch.nn as nn
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoTokenizer
 
 from .card import float_model_origin, is_repo_id, write_model_card
 from .checkpoint import atomic_checkpoint
@@ -33,7 +35,9 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer=None, table: 
 
     model: an InfoQ transformers model (quantized on load, by `quantize_pretrained`, or loaded from an
         InfoQ checkpoint), or a timm / plain module packed by `quantize_with_infoq` / `quantize_model`.
-    tokenizer: saved beside the weights (the card's snippet then uses it); None saves none.
+    tokenizer: saved beside the weights (the card's snippet then uses it). Default: the tokenizer saved
+        with the model's source (its float folder, its cached Hub download, or the checkpoint it was loaded
+        from), read without network; False saves none.
     table: the sensitivity table (default: the run's, where the model carries it, else the folder's own).
     policy, config: for timm / plain modules, the policy and `InfoQConfig` they were packed with
         (recorded in `infoq_config.json`; transformers models carry theirs in `config.json`).
@@ -78,10 +82,35 @@ def write_checkpoint_folder(model: nn.Module, folder: Path, *, tokenizer=None, t
         model.save_pretrained(folder)
     else:
         write_quantized(model, folder, policy, config=config)
-    if tokenizer is not None:
+    if tokenizer is None:
+        tokenizer = known_tokenizer(model)
+    if tokenizer:
         tokenizer.save_pretrained(folder)
     table = write_summary_and_table(model, folder, table, summary=summary, base_model=base_model, metrics=metrics)
     return read_checkpoint(folder, table=table)
+
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+def known_tokenizer(model):
+    """The tokenizer saved with a transformers model's source (`config._name_or_path`: a local folder, or a
+    Hub id already in the local cache); None when there is none. Reads no network."""
+    source = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not source or not is_transformers_model(model):
+        return None
+    if Path(source).is_dir():
+        present = any((Path(source) / f).is_file() for f in TOKENIZER_FILES)
+    elif is_repo_id(source):
+        present = any(isinstance(try_to_load_from_cache(source, f), str) for f in TOKENIZER_FILES)
+    else:
+        present = False
+    if not present:
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable or partial tokenizer: save the model without one
+        return None
 
 
 def is_transformers_model(model) -> bool:
@@ -144,4 +173,4 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
 
 
-__all__ = ["card_location", "float_model_origin", "save", "write_checkpoint_folder", "write_summary_and_table"]
+__all__ = ["card_location", "known_tokenizer", "save", "write_checkpoint_folder", "write_summary_and_table"]

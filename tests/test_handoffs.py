@@ -176,7 +176,7 @@ def test_save_writes_one_transaction_with_the_tokenizer_and_a_card_that_runs_as_
 def test_card_without_a_tokenizer_or_metrics_names_only_what_the_folder_holds(float_folder, tmp_path, monkeypatch):
     model = _quantize_on_load(float_folder)
     monkeypatch.chdir(tmp_path)
-    infoq_hf.save(model, "bare")
+    infoq_hf.save(model, "bare", tokenizer=False)
     card = (tmp_path / "bare" / "README.md").read_text()
     assert not (tmp_path / "bare" / "tokenizer.json").exists()
     assert 'AutoTokenizer.from_pretrained("bare")' not in card
@@ -184,15 +184,18 @@ def test_card_without_a_tokenizer_or_metrics_names_only_what_the_folder_holds(fl
     assert "measured no quality metric" not in card and "Not measured when this checkpoint was made" in card
 
 
-def test_quantization_result_and_card_after_a_reload_and_save(float_folder, tmp_path, monkeypatch):
+def test_the_known_tokenizer_travels_and_the_card_survives_a_reload_and_save(float_folder, tmp_path, monkeypatch):
     model = _quantize_on_load(float_folder)
     monkeypatch.chdir(tmp_path)
-    infoq_hf.save(model, "first", tokenizer=_word_tokenizer())
+    infoq_hf.save(model, "first")  # the float folder's tokenizer, found without being passed
+    assert (tmp_path / "first" / "tokenizer.json").is_file()
     again = AutoModelForCausalLM.from_pretrained("first")
     assert infoq_hf.quantization_result(again).summary["avg_bits"] == pytest.approx(4.0)
-    infoq_hf.save(again, "second")
-    meta = _front_matter((tmp_path / "second" / "README.md").read_text())
-    assert meta["base_model"] == "test-org/tiny-llama"  # the float model, not the checkpoint it was loaded from
+    infoq_hf.save(again, "second")  # ... and the checkpoint's, on the next save
+    assert (tmp_path / "second" / "tokenizer.json").is_file()
+    card = (tmp_path / "second" / "README.md").read_text()
+    assert _front_matter(card)["base_model"] == "test-org/tiny-llama"  # the float model, not "first"
+    assert 'AutoTokenizer.from_pretrained("second")' in card
 
 
 def test_timm_card_carries_the_license_and_a_snippet_that_runs(tmp_path, monkeypatch):
