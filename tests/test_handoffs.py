@@ -229,3 +229,16 @@ def test_help_and_errors_say_hf_auth_login(monkeypatch, capsys):
         pass
     text = capsys.readouterr().out
     assert "hf auth login" in text and "huggingface-cli" not in text
+
+
+def test_cli_quantize_saves_the_tokenizer_and_a_card_for_the_folder(float_folder, tmp_path, monkeypatch):
+    from infoq_hf.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["quantize", str(float_folder), "--bits", "2,4,8", "--avg-bits", "4", "--method", "weight_mse",
+                 "--out", "cli-out"]) == 0
+    card = (tmp_path / "cli-out" / "README.md").read_text()
+    assert (tmp_path / "cli-out" / "tokenizer.json").is_file()
+    assert 'AutoTokenizer.from_pretrained("cli-out")' in card and "<user>" not in card
+    assert "\n# tiny-llama, InfoQ mixed precision" in card
+    assert _front_matter(card)["base_model"] == "test-org/tiny-llama"
