@@ -424,7 +424,8 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
         "calibration_text": _calibration_text(cal, search_method),
         "seed": quantization["seed"],
         "usage": _usage(info.kind, repo_id, info.model_config, base_model=base_model,
-                        has_tokenizer=any(f["name"] in ("tokenizer.json", "tokenizer_config.json") for f in files or [])),
+                        has_tokenizer=any(f["name"] in ("tokenizer.json", "tokenizer_config.json")
+                                          for f in files or [])),
         "files": list(files or []),
         "reproduce": _reproduce_command(info, cal, base_model),
         "metrics": _metric_rows(summary),
@@ -489,5 +490,6 @@ def write_model_card(directory: str | os.PathLike, info: CheckpointInfo, repo_id
 
 __all__ = [
     "CARD_FILE", "PLOT_FILES", "TEMPLATE_PATH", "ModelCardError", "base_card_metadata", "card_context",
-    "check_model_card", "checkpoint_files", "float_model_origin", "is_repo_id", "render_model_card", "write_model_card", "write_plots",
+    "check_model_card", "checkpoint_files", "float_model_origin", "is_repo_id", "render_model_card",
+    "write_model_card", "write_plots",
 ]

@@ -92,7 +92,8 @@ def _stage_checkpoint(model_or_dir, folder: Path, table, policy, tokenizer=None)
     """Write the checkpoint into the empty `folder` and describe it."""
     if isinstance(model_or_dir, (str, os.PathLike)):
         if tokenizer is not None:
-            raise ValueError("push_to_hub of a folder uploads the tokenizer the folder holds; tokenizer= is for a model")
+            raise ValueError("push_to_hub of a folder uploads the tokenizer the folder holds; "
+                             "tokenizer= is for a model")
         source = Path(model_or_dir)
         info = read_checkpoint(source, table=table)  # validates before copying
         for item in source.iterdir():

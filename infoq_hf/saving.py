@@ -22,7 +22,14 @@ from transformers import AutoTokenizer
 
 from .card import float_model_origin, is_repo_id, write_model_card
 from .checkpoint import atomic_checkpoint
-from .checkpoint_info import SUMMARY_FILE, TABLE_FILE, CheckpointInfo, _packed_layers_summary, _read_json, read_checkpoint
+from .checkpoint_info import (
+    SUMMARY_FILE,
+    TABLE_FILE,
+    CheckpointInfo,
+    _packed_layers_summary,
+    _read_json,
+    read_checkpoint,
+)
 from .integrations.timm import is_timm_model, write_quantized
 from .integrations.transformers import quantization_result
 from .sensitivity.table import SensitivityTable

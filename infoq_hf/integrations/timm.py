@@ -16,7 +16,14 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..checkpoint import atomic_checkpoint, load_packed_into, packed_settings, policy_of, read_infoq_config, write_packed
+from ..checkpoint import (
+    atomic_checkpoint,
+    load_packed_into,
+    packed_settings,
+    policy_of,
+    read_infoq_config,
+    write_packed,
+)
 from ..config import InfoQConfig
 from ..policy import BitPolicy
 

@@ -211,7 +211,8 @@ def stored_summary(checkpoint_files) -> dict | None:
         try:
             summary = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{f}: its header's {SUMMARY_METADATA!r} is not valid JSON ({e}); re-save the model") from None
+            raise ValueError(f"{f}: its header's {SUMMARY_METADATA!r} is not valid JSON ({e}); "
+                             "re-save the model") from None
         if not isinstance(summary, dict):
             raise ValueError(f"{f}: its header's {SUMMARY_METADATA!r} is not a JSON object; re-save the model")
         return summary
