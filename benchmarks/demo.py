@@ -68,8 +68,9 @@ def main(argv=None):
     ppl_infoq = common.perplexity(model, test)
 
     out = Path(args.out)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    data = f"perplexity on {args.eval}x{args.seq_len} held-out tokens (Shakespeare tragedies)"
+    infoq_hf.save(model, out, tokenizer=tok, metrics=[{"metric": "perplexity", "data": data, "quantized": ppl_infoq,
+                                                       "float": ppl_fp32}])  # checkpoint, tokenizer and card
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         same = torch.equal(model(**test[0]).logits, reloaded(**test[0]).logits)

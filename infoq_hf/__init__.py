@@ -32,6 +32,7 @@ from .quant import (
     quantize_model,
 )
 from .quant.gptq import GPTQOptions, gptq_quantize, gptq_quantize_model
+from .saving import save
 from .sensitivity import SensitivityTable, search
 
 _register_with_transformers()
@@ -44,5 +45,5 @@ __all__ = [
     "gptq_quantize_model",
     "load_calibration", "load_from_hub",
     "load_quantized", "model_size_bytes", "pareto_sweep", "plot_pareto", "push_to_hub", "quantizable_layers",
-    "quantization_result", "quantize_model", "quantize_pretrained", "quantize_with_infoq", "save_quantized", "search",
+    "quantization_result", "quantize_model", "quantize_pretrained", "quantize_with_infoq", "save", "save_quantized", "search",
 ]

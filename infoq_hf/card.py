@@ -4,33 +4,21 @@
 template `templates/model_card.md.j2` (package data), and the PNG plots it shows. The card's YAML
 metadata is built in Python (`card_context`) so the Hub understands it (base_model, base_model_relation:
 quantized, library_name, license, pipeline_tag, tags, and a `quantization` block with the policy summary),
-and `check_model_card` reads it back through `huggingface_hub.ModelCard`. `write_summary_and_table`
-writes the `infoq_summary.json` and sensitivity table the card is made from, beside a checkpoint saved
-from a model; `attach_model_card` makes transformers' own `save_pretrained` / `push_to_hub` write the card.
+and `check_model_card` reads it back through `huggingface_hub.ModelCard`. The card is written by the
+library's own save and push (`infoq_hf.save`, `infoq_hf.push_to_hub`, the `infoq` CLI), never by
+transformers' `save_pretrained` / `push_to_hub`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch.nn as nn
-
-from .checkpoint import WEIGHTS_NAME
+from .checkpoint import INFOQ_CONFIG_NAME, WEIGHTS_NAME
+from .checkpoint_info import SUMMARY_FILE, TABLE_FILE, CheckpointInfo, _read_json
 from .names import unique_match
-from .checkpoint_info import (
-    SUMMARY_FILE,
-    TABLE_FILE,
-    CheckpointInfo,
-    _packed_layers_summary,
-    _read_json,
-    read_checkpoint,
-)
-from .sensitivity.table import SensitivityTable
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md.j2"
 CARD_FILE = "README.md"
@@ -79,7 +67,8 @@ def render_model_card(context: Mapping, template: str | os.PathLike | None = Non
         raise ModelCardError(f"model card template {path}{where}: {type(e).__name__}: {e}") from None
 
 
-def _looks_like_repo_id(value) -> bool:
+def is_repo_id(value) -> bool:
+    """Whether `value` reads as a Hub model id (user-or-org/name) and is not a local path."""
     return isinstance(value, str) and bool(_REPO_ID.match(value)) and not os.path.exists(value)
 
 
@@ -87,7 +76,7 @@ def _default_base_model(info: CheckpointInfo) -> str | None:
     """The Hub id of the float model, when the checkpoint remembers one (never a local path)."""
     candidates = [info.summary.get("base_model"), info.model_config.get("_name_or_path"),
                   (info.model_config.get("pretrained_cfg") or {}).get("hf_hub_id")]
-    return next((c for c in candidates if _looks_like_repo_id(c)), None)
+    return next((c for c in candidates if is_repo_id(c)), None)
 
 
 def _calibration_dict(calibration, info: CheckpointInfo) -> dict | None:
@@ -132,7 +121,9 @@ def _budget_text(budget: Mapping | None) -> str:
     return ", ".join(units[k](v) for k, v in budget.items() if k in units)
 
 
-def _usage(kind: str, repo_id: str, model_config: Mapping) -> str:
+def _usage(kind: str, location: str, model_config: Mapping, *, has_tokenizer: bool, base_model: str | None) -> str:
+    """A snippet that runs as pasted: it loads from `location` and names only files the folder holds
+    (a causal LM without a saved tokenizer uses its base model's, else plain token ids)."""
     if kind == "transformers":
         arch = (model_config.get("architectures") or [""])[0]
         auto = "AutoModel"
@@ -141,21 +132,84 @@ def _usage(kind: str, repo_id: str, model_config: Mapping) -> str:
                             "AutoModelForImageClassification"), ("ForMaskedLM", "AutoModelForMaskedLM")):
             if arch.endswith(suffix):
                 auto = cls
-        if auto == "AutoModelForCausalLM":
-            return (f'import infoq_hf  # registers the "infoq" quantization method with transformers\n'
-                    f"from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-                    f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
-                    f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n'
+        head = 'import infoq_hf  # registers the "infoq" quantization method with transformers\n'
+        if auto == "AutoModelForCausalLM" and (has_tokenizer or base_model):
+            source, note = (location, "") if has_tokenizer else (base_model, "  # the base model's (none saved here)")
+            return (f"{head}from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                    f'tokenizer = AutoTokenizer.from_pretrained("{source}"){note}\n'
+                    f'model = AutoModelForCausalLM.from_pretrained("{location}")\n'
                     'inputs = tokenizer("The quick brown fox", return_tensors="pt")\n'
                     "output = model.generate(**inputs, max_new_tokens=32, do_sample=False)\n"
                     "print(tokenizer.decode(output[0], skip_special_tokens=True))")
-        return (f'import infoq_hf  # registers the "infoq" quantization method with transformers\n'
-                f"from transformers import {auto}\n\n"
-                f'model = {auto}.from_pretrained("{repo_id}")')
-    if kind == "timm":
-        return f'from infoq_hf.hub import load_from_hub\n\nmodel = load_from_hub("{repo_id}")  # a timm model, packed'
-    return (f"from infoq_hf.hub import load_from_hub\n\n"
-            f'model = load_from_hub("{repo_id}", model=MyModel())  # a float instance of the architecture')
+        if auto == "AutoModelForCausalLM":
+            return (f"{head}import torch\nfrom transformers import AutoModelForCausalLM\n\n"
+                    f'model = AutoModelForCausalLM.from_pretrained("{location}")\n'
+                    "ids = torch.tensor([[1, 2, 3, 4]])  # token ids of the base model's tokenizer (none saved here)\n"
+                    "print(model.generate(ids, max_new_tokens=8, do_sample=False))")
+        return f'{head}from transformers import {auto}\n\nmodel = {auto}.from_pretrained("{location}")'
+    loader = (f'model = load_quantized("{location}")  # a timm model, packed' if kind == "timm" else
+              f'model = load_quantized("{location}", model=MyModel())  # MyModel: your float architecture')
+    if is_repo_id(location):
+        return "from infoq_hf.hub import load_from_hub\n\n" + loader.replace("load_quantized(", "load_from_hub(")
+    return f"from infoq_hf import load_quantized\n\n{loader}"
+
+
+FILE_ROLES = {
+    "config.json": "model config; `quantization_config` holds the per-layer bits",
+    INFOQ_CONFIG_NAME: "InfoQ settings and per-layer bits (for `infoq_hf.load_quantized`)",
+    "generation_config.json": "generation defaults",
+    TABLE_FILE: "sensitivity table the bits were allocated from",
+    SUMMARY_FILE: "quantization summary (sizes, times, what was measured)",
+    "tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer settings",
+    "special_tokens_map.json": "tokenizer special tokens", "chat_template.jinja": "chat template",
+}
+
+
+def _file_role(name: str) -> str:
+    if name.endswith(".safetensors"):
+        return "packed integer codes, scales and zero points, and the float tensors of unquantized layers"
+    if name.endswith(".safetensors.index.json"):
+        return "which shard holds which tensor"
+    if name.endswith(".png"):
+        return "plot shown in this card"
+    return FILE_ROLES.get(name, "")
+
+
+def checkpoint_files(directory: str | os.PathLike) -> list[dict]:
+    """The files of a checkpoint folder (README.md and hidden entries aside), each with its size and role."""
+    rows = []
+    for path in sorted(Path(directory).iterdir()):
+        if path.name == CARD_FILE or path.name.startswith(".") or not path.is_file() or path.is_symlink():
+            continue
+        rows.append({"name": path.name, "size": _size_text(path.stat().st_size), "role": _file_role(path.name)})
+    return rows
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _model_name(info: CheckpointInfo, base_model: str | None) -> str:
+    """The model's own name: its base model's, as recorded, else its architecture."""
+    if base_model:
+        return base_model.split("/")[-1]
+    if info.summary.get("model_name"):
+        return str(info.summary["model_name"])
+    if info.kind == "timm" and info.model_config.get("architecture"):
+        return str(info.model_config["architecture"])
+    return str((info.model_config.get("architectures") or [info.model_config.get("model_type") or "model"])[0])
+
+
+def _license(info: CheckpointInfo) -> str | None:
+    """The base model's license: its card's (recorded at save), its config's, or timm's `pretrained_cfg`'s."""
+    for value in (info.summary.get("license"), info.model_config.get("license"),
+                  (info.model_config.get("pretrained_cfg") or {}).get("license")):
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 PIPELINE_TAGS = {"ForCausalLM": "text-generation", "ForSequenceClassification": "text-classification",
@@ -181,13 +235,39 @@ def base_card_metadata(source) -> dict:
     try:
         if isinstance(source, (str, os.PathLike)) and (Path(source) / CARD_FILE).is_file():
             data = ModelCard((Path(source) / CARD_FILE).read_text()).data.to_dict()
-        elif _looks_like_repo_id(source):
+        elif is_repo_id(source):
             data = ModelCard.load(source).data.to_dict()
         else:
             return {}
     except Exception:  # noqa: BLE001 - a base card that is missing, unreachable or unparsable adds nothing
         return {}
     return {k: data[k] for k in ("license", "pipeline_tag") if isinstance(data.get(k), str)}
+
+
+def float_model_origin(model, source: str | None, *, read_card: bool = True) -> dict:
+    """What is known of the float model `model` was quantized from: its Hub id (`base_model`: the id it was
+    loaded from, or the `_name_or_path` its local folder's config.json names), its name, and the license and
+    pipeline_tag of its card (`read_card`; or its config, or timm's `pretrained_cfg`)."""
+    origin: dict = {}
+    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+    if source and is_repo_id(source):
+        origin["base_model"] = source
+    elif source and (Path(source) / "config.json").is_file():
+        try:
+            named = _read_json(Path(source) / "config.json").get("_name_or_path")
+        except ValueError:
+            named = None
+        if is_repo_id(named):
+            origin["base_model"] = named
+    name = origin.get("base_model") or source or pretrained_cfg.get("architecture")
+    if name:
+        origin["model_name"] = str(name).rstrip("/").split("/")[-1]
+    if source and read_card:
+        origin.update(base_card_metadata(source))
+    license_ = getattr(getattr(model, "config", None), "license", None) or pretrained_cfg.get("license")
+    if isinstance(license_, str):
+        origin.setdefault("license", license_)
+    return origin
 
 
 def _group_size_text(cfg: Mapping, summary: Mapping) -> str:
@@ -250,13 +330,14 @@ def _metric_rows(summary: Mapping) -> list[dict]:
 
 def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None = None, calibration=None,
                  plots: Mapping[str, str] | None = None, weights_bytes: int | None = None,
-                 tags: list[str] | None = None) -> dict:
-    """The template variables and the YAML metadata of a checkpoint's model card."""
+                 tags: list[str] | None = None, files: list[dict] | None = None) -> dict:
+    """The template variables and the YAML metadata of a checkpoint's model card. `repo_id`: where the
+    snippet loads from (a Hub id, or a local folder as the user names it); `files`: `checkpoint_files`."""
     from . import __version__
 
     cfg, summary, table = info.config, info.summary, info.table
     base_model = base_model if base_model is not None else _default_base_model(info)
-    if base_model is not None and not _looks_like_repo_id(base_model):
+    if base_model is not None and not is_repo_id(base_model):
         raise ValueError(f"base_model must be a Hub model id such as 'meta-llama/Llama-3.2-1B', got {base_model!r}")
     search_method = (summary.get("method") if summary.get("method") not in (None, "policy (no search)")
                      else (table.method if table is not None else cfg.get("method", "infoq")))
@@ -300,8 +381,9 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
         metadata["base_model_relation"] = "quantized"
     if info.kind in ("transformers", "timm"):
         metadata["library_name"] = info.kind
-    if summary.get("license"):
-        metadata["license"] = summary["license"]
+    license_ = _license(info)
+    if license_:
+        metadata["license"] = license_
     pipeline_tag = _pipeline_tag(info)
     if pipeline_tag:
         metadata["pipeline_tag"] = pipeline_tag
@@ -325,13 +407,15 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
     return {
         "metadata": metadata,
         "metadata_yaml": yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip("\n"),
-        "title": f"{repo_id.split('/')[-1]} (InfoQ mixed precision, {avg_bits:.2f} bits average)",
+        "title": f"{_model_name(info, base_model)}, InfoQ mixed precision ({avg_bits:.2f} bits average)",
         "repo_id": repo_id,
         "base_model": base_model,
         "candidate_bits": quantization["candidate_bits"],
         "search_method": search_method,
         "search_method_text": search_texts.get(search_method, f"the `{search_method}` sensitivity"),
         "budget_text": _budget_text(budget),
+        "searched": bool(budget),
+        "kind": info.kind,
         "avg_bits": avg_bits,
         "num_layers": len(policy),
         "size_text": size_text,
@@ -339,7 +423,10 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
         "grouping_text": "; ".join(grouping),
         "calibration_text": _calibration_text(cal, search_method),
         "seed": quantization["seed"],
-        "usage": _usage(info.kind, repo_id, info.model_config),
+        "usage": _usage(info.kind, repo_id, info.model_config, base_model=base_model,
+                        has_tokenizer=any(f["name"] in ("tokenizer.json", "tokenizer_config.json")
+                                          for f in files or [])),
+        "files": list(files or []),
         "reproduce": _reproduce_command(info, cal, base_model),
         "metrics": _metric_rows(summary),
         "plots": plot_list,
@@ -385,12 +472,14 @@ def write_plots(directory: str | os.PathLike, info: CheckpointInfo) -> dict[str,
 
 def write_model_card(directory: str | os.PathLike, info: CheckpointInfo, repo_id: str, *, base_model=None,
                      calibration=None, template=None, tags: list[str] | None = None) -> str:
-    """Plots + README.md into `directory` (a checkpoint folder); returns the card text."""
+    """Plots + README.md into `directory` (a checkpoint folder); returns the card text. `repo_id`: the Hub id
+    the card's snippet loads from, or the local folder as the user would name it."""
     directory = Path(directory)
     plots = write_plots(directory, info)
     weights = directory / WEIGHTS_NAME
     context = card_context(info, repo_id, base_model=base_model, calibration=calibration, plots=plots,
-                           weights_bytes=weights.stat().st_size if weights.is_file() else None, tags=tags)
+                           weights_bytes=weights.stat().st_size if weights.is_file() else None, tags=tags,
+                           files=checkpoint_files(directory))
     text = render_model_card(context, template)
     expected = {k: context["metadata"][k] for k in ("base_model", "base_model_relation", "library_name", "license",
                                                     "pipeline_tag", "tags") if k in context["metadata"]}
@@ -399,109 +488,8 @@ def write_model_card(directory: str | os.PathLike, info: CheckpointInfo, repo_id
     return text
 
 
-def write_summary_and_table(model: nn.Module, folder: Path, table: SensitivityTable | None = None):
-    """Beside a checkpoint just saved from `model`: infoq_summary.json (the quantization summary, the measured
-    sizes, the layer sizes, and the float model's Hub id, license and pipeline_tag where known) and the
-    sensitivity table (`table`, else the one of the model's quantize-on-load result). Returns the table."""
-    from .integrations.transformers import quantization_result
-
-    result = quantization_result(model)
-    params, measured = _packed_layers_summary(model)
-    summary = {**_jsonable(result.summary if result is not None else {}), **measured}
-    source = getattr(getattr(model, "config", None), "_name_or_path", None)
-    if source and result is not None:  # quantized here: source is the float model
-        if summary.get("base_model") is None and _looks_like_repo_id(source):
-            summary["base_model"] = source
-        for key, value in base_card_metadata(source).items():
-            summary.setdefault(key, value)
-    elif source:  # loaded pre-quantized: keep what its own files said about its float model and its run
-        saved = _checkpoint_file(source, SUMMARY_FILE)
-        prior = _read_json(saved) if saved is not None else {}
-        for key in ("base_model", "license", "pipeline_tag", "metrics", "method", "calibration", "allocation"):
-            if prior.get(key) is not None:
-                summary.setdefault(key, prior[key])
-        saved_table = _checkpoint_file(source, TABLE_FILE) if table is None else None
-        table = SensitivityTable.load(saved_table) if saved_table is not None else table
-    (folder / SUMMARY_FILE).write_text(json.dumps({**summary, "params": params}, indent=1))
-    table = table if table is not None or result is None else result.table
-    if table is not None:
-        table.save(folder / TABLE_FILE)
-    return table
-
-
-def _checkpoint_file(source, name: str) -> Path | None:
-    """File `name` of the checkpoint a model was loaded from: a local folder, or a Hub id (downloaded if the
-    Hub answers); None when there is none."""
-    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-        path = Path(source) / name
-        return path if path.is_file() else None
-    if not _looks_like_repo_id(source):
-        return None
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(source, name))
-    except Exception:  # noqa: BLE001 - missing file or unreachable Hub: nothing to carry over
-        return None
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
-
-
-# ----------------------------------------------------------------------------- transformers' own save and push
-def attach_model_card(model: nn.Module) -> None:
-    """Make transformers' own `model.save_pretrained(dir)` and `model.push_to_hub(repo)` on an InfoQ model
-    write the InfoQ model card (and summary, table, plots), the same files `infoq_hf.push_to_hub` writes;
-    transformers' `push_to_hub` would otherwise replace README.md with a generic card."""
-    import types
-
-    model._infoq_save_without_card = model.save_pretrained  # transformers' save (or a wrapper of it)
-    model.save_pretrained = types.MethodType(_save_pretrained_with_card, model)  # deepcopy rebinds to the copy
-    model.push_to_hub = types.MethodType(_push_to_hub_with_card, model)
-
-
-def _save_pretrained_with_card(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
-    if push_to_hub:  # transformers would upload before the card exists: save, then push the same files
-        from .hub import _upload_saved
-
-        repo_id = kwargs.pop("repo_id", None) or Path(os.path.abspath(save_directory)).name
-        hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "token", "create_pr", "revision")
-                      if k in kwargs}
-        self.save_pretrained(save_directory, *args, **kwargs)
-        return _upload_saved(save_directory, repo_id, **hub_kwargs)
-    from .checkpoint import atomic_checkpoint
-
-    with atomic_checkpoint(save_directory) as staging:  # checkpoint and card: whole or nothing, together
-        result = self._infoq_save_without_card(staging, *args, **kwargs)
-        beside = Path(save_directory) / TABLE_FILE  # a table already in the folder (a recipe saves it first)
-        from .integrations.transformers import quantization_result
-
-        result = quantization_result(self)
-        table = result.table if result is not None and result.table is not None else \
-            (SensitivityTable.load(beside) if beside.is_file() else None)
-        table = write_summary_and_table(self, staging, table)
-        name = Path(os.path.abspath(save_directory)).name
-        write_model_card(staging, read_checkpoint(staging, table=table), f"<user>/{name}")
-    return result
-
-
-def _push_to_hub_with_card(self, repo_id: str, *, commit_message: str | None = None, commit_description=None,
-                           private: bool | None = None, token: str | None = None, max_shard_size="50GB",
-                           create_pr: bool = False, revision: str | None = None, tags: list[str] | None = None):
-    """transformers' `push_to_hub` for this InfoQ model: the same arguments, the InfoQ card."""
-    from .hub import _upload_saved
-
-    with tempfile.TemporaryDirectory(prefix="infoq-push-") as tmp:
-        self._infoq_save_without_card(tmp, max_shard_size=max_shard_size)
-        table = write_summary_and_table(self, Path(tmp))
-        write_model_card(tmp, read_checkpoint(tmp, table=table), repo_id, tags=tags)
-        return _upload_saved(tmp, repo_id, commit_message=commit_message, commit_description=commit_description,
-                             private=private, token=token, create_pr=create_pr, revision=revision)
-
-
 __all__ = [
-    "CARD_FILE", "PLOT_FILES", "TEMPLATE_PATH", "ModelCardError", "attach_model_card", "base_card_metadata",
-    "card_context", "check_model_card", "render_model_card", "write_model_card", "write_plots",
-    "write_summary_and_table",
+    "CARD_FILE", "PLOT_FILES", "TEMPLATE_PATH", "ModelCardError", "base_card_metadata", "card_context",
+    "check_model_card", "checkpoint_files", "float_model_origin", "is_repo_id", "render_model_card",
+    "write_model_card", "write_plots",
 ]

@@ -26,7 +26,6 @@ import json
 import os
 import secrets
 import shutil
-import types
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -359,19 +358,6 @@ def _keep_copy(path: Path, to: Path) -> None:
         shutil.copy2(path, to, follow_symlinks=False)
 
 
-def make_save_pretrained_atomic(model: nn.Module) -> None:
-    """Route this transformers model's `save_pretrained` (which writes file by file in place, and may
-    leave a new config.json beside old weights when it fails) through `atomic_checkpoint`."""
-    model.save_pretrained = types.MethodType(_atomic_save_pretrained, model)  # deepcopy rebinds it to the copy
-
-
-def _atomic_save_pretrained(self, save_directory, *args, **kwargs):
-    if kwargs.get("push_to_hub"):  # transformers names the repo after the folder, not the staging folder
-        kwargs.setdefault("repo_id", Path(os.path.abspath(save_directory)).name)
-    with atomic_checkpoint(save_directory) as staging:
-        return type(self).save_pretrained(self, staging, *args, **kwargs)
-
-
 def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping | None = None):
     from safetensors.torch import save_file
 
@@ -424,11 +410,16 @@ def read_infoq_config(directory: str | os.PathLike):
 def save_packed(model: nn.Module, directory: str | os.PathLike, config, *, write_extra=None) -> Path:
     """Atomically write model.safetensors + infoq_config.json (+ whatever `write_extra(tmp_dir)` adds)."""
     with atomic_checkpoint(directory) as tmp:
-        write_safetensors(packed_state_dict(model), tmp / WEIGHTS_NAME, {"quant_method": "infoq"})
-        (tmp / INFOQ_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=1))
-        if write_extra is not None:
-            write_extra(tmp)
+        write_packed(model, tmp, config, write_extra=write_extra)
     return Path(directory)
+
+
+def write_packed(model: nn.Module, folder: Path, config, *, write_extra=None) -> None:
+    """`save_packed`'s files, written straight into `folder` (a staging folder the caller's transaction owns)."""
+    write_safetensors(packed_state_dict(model), folder / WEIGHTS_NAME, {"quant_method": "infoq"})
+    (folder / INFOQ_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=1))
+    if write_extra is not None:
+        write_extra(folder)
 
 
 def load_packed_into(model: nn.Module, directory: str | os.PathLike, config) -> nn.Module:

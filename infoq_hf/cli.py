@@ -178,13 +178,13 @@ class LoadedModel:
     def _load_transformers(self, path: str):
         import transformers
 
-        from .card import _looks_like_repo_id
+        from .card import is_repo_id
 
         local = os.path.isdir(path)
         if local and not os.path.isfile(os.path.join(path, "config.json")):
             raise UsageError(f"{path} has no config.json: not a transformers model folder "
                              "(for timm models write timm:NAME or timm:PATH)")
-        if not local and not _looks_like_repo_id(path):
+        if not local and not is_repo_id(path):
             raise UsageError(f"MODEL {path!r} is neither a model folder nor a Hub id (for timm models: timm:NAME)")
         config = transformers.AutoConfig.from_pretrained(path)
         if getattr(config, "quantization_config", None):
@@ -308,9 +308,7 @@ def _given_table_and_policy(args):
 # ----------------------------------------------------------------------------- commands
 def cmd_quantize(args) -> int:
     from .calibration import calibration_record
-    from .card import base_card_metadata, write_model_card
-    from .checkpoint import atomic_checkpoint
-    from .checkpoint_info import SUMMARY_FILE, TABLE_FILE, read_checkpoint
+    from .checkpoint_info import SUMMARY_FILE, TABLE_FILE
     from .config import InfoQConfig
     from .hub import push_to_hub
     from .pipeline import format_summary, quantize_with_infoq
@@ -351,27 +349,14 @@ def cmd_quantize(args) -> int:
     model, table = result.model, result.table
     summary = dict(result.summary)
     summary["times_s"] = {"total": round(time.perf_counter() - started, 3), **summary.get("times_s", {})}
-    from .checkpoint_info import _packed_layers_summary
-
-    summary["params"] = _packed_layers_summary(model)[0]
     summary["calibration"] = calibration_record(spec)
-    summary["base_model"] = loaded.base_model
-    summary.update({k: v for k, v in base_card_metadata(args.model.removeprefix("timm:")).items()})
-    with atomic_checkpoint(out) as staging:  # checkpoint, tokenizer, table and summary: whole or nothing
-        if loaded.kind == "transformers":
-            model.save_pretrained(staging)
-            if loaded.tokenizer is not None:
-                loaded.tokenizer.save_pretrained(staging)
-        else:
-            from .integrations.timm import save_quantized
+    from .saving import save
 
-            save_quantized(model, staging, result.policy, config=config)
-        if table is not None:
-            table.save(staging / TABLE_FILE)
-        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
-        write_model_card(staging, read_checkpoint(staging), f"<user>/{out.resolve().name}")
+    save(model, out, tokenizer=loaded.tokenizer, table=table, policy=result.policy, config=config, summary=summary,
+         base_model=loaded.base_model)  # checkpoint, tokenizer, table, summary and card: whole or nothing
     print(format_summary(summary))
-    saved = "checkpoint, " + (f"{TABLE_FILE}, " if table is not None else "") + SUMMARY_FILE
+    saved = "checkpoint, " + ("tokenizer, " if loaded.tokenizer is not None else "") + \
+        (f"{TABLE_FILE}, " if table is not None else "") + f"{SUMMARY_FILE}, README.md"
     print(f"saved to {out}/ ({saved}); next: infoq report {out}")
     if args.push:
         commit = push_to_hub(out, args.push, private=args.private, overwrite=args.overwrite)
@@ -436,7 +421,9 @@ def cmd_report(args) -> int:
         raise UsageError(f"{directory} is not a folder; pass the --out folder of infoq quantize")
     info = read_checkpoint(directory)
     s = info.summary
-    write_model_card(directory, info, args.repo_id or f"<user>/{directory.resolve().name}")
+    from .saving import card_location
+
+    write_model_card(directory, info, args.repo_id or card_location(args.dir))
     print(_format_table(info))
     hist = {}
     for lb in info.policy.values():
@@ -497,7 +484,7 @@ EXAMPLES = {
 FOOTER = """\
 Load a result with `import infoq_hf; AutoModelForCausalLM.from_pretrained(DIR_OR_REPO)`, or for
 timm `infoq_hf.load_quantized(DIR)` / `infoq_hf.hub.load_from_hub(REPO)`.
-Exit codes: 0 ok, 2 bad usage or input, 1 unexpected failure. Pushing needs HF_TOKEN or `huggingface-cli login`.
+Exit codes: 0 ok, 2 bad usage or input, 1 unexpected failure. Pushing needs HF_TOKEN or `hf auth login`.
 """
 
 

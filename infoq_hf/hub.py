@@ -1,7 +1,8 @@
 """Publish packed checkpoints to the Hugging Face Hub with a model card, and load them back.
 
-`push_to_hub(model_or_dir, repo_id, ...)` stages everything in a temporary folder:
-  the checkpoint (transformers `save_pretrained`, or `save_quantized` for timm / plain models),
+`push_to_hub(model_or_dir, repo_id, ...)` stages everything in a temporary folder (the files
+`infoq_hf.save` writes, `infoq_hf.saving`):
+  the checkpoint (transformers `save_pretrained`, or `save_quantized` for timm / plain models), the tokenizer,
   `infoq_sensitivity.json` (when a sensitivity table is known), `infoq_summary.json`,
   PNG plots, and `README.md`, the model card (`infoq_hf.card`) whose YAML metadata the Hub
   understands. It then validates the card, creates the repo and uploads the folder in ONE commit.
@@ -40,7 +41,6 @@ from .card import (  # noqa: F401  (TEMPLATE_PATH ... write_plots: importable fr
     render_model_card,
     write_model_card,
     write_plots,
-    write_summary_and_table,
 )
 from .checkpoint import INFOQ_CONFIG_NAME
 from .checkpoint_info import (  # noqa: F401  (SUMMARY_FILE: importable from here, as before the split)
@@ -49,15 +49,14 @@ from .checkpoint_info import (  # noqa: F401  (SUMMARY_FILE: importable from her
     CheckpointInfo,
     _checkpoint_kind,
     _load_checkpoint_model,
-    _packed_layers_summary,
     _read_json,
     read_checkpoint,
 )
 from .policy import BitPolicy
+from .saving import write_checkpoint_folder
 from .sensitivity.table import SensitivityTable
 
-_LOGIN_HINT = "set the HF_TOKEN environment variable to a write token, run `huggingface-cli login` " \
-              "(`hf auth login`), or pass token=..."
+_LOGIN_HINT = "set the HF_TOKEN environment variable to a write token, run `hf auth login`, or pass token=..."
 
 
 # ----------------------------------------------------------------------------- errors
@@ -79,45 +78,30 @@ class RepoExistsError(HubPublishError, ValueError):
 
 # ----------------------------------------------------------------------------- staging
 def prepare_upload_folder(model_or_dir, folder: str | os.PathLike, repo_id: str, *, table=None, policy=None,
-                          base_model=None, calibration=None, template=None) -> str:
+                          base_model=None, calibration=None, template=None, tokenizer=None) -> str:
     """Assemble everything `push_to_hub` uploads into the empty `folder`; returns the model card text."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(table, (str, os.PathLike)):
         table = SensitivityTable.load(table)
-    info = _stage_checkpoint(model_or_dir, folder, table, policy)
+    info = _stage_checkpoint(model_or_dir, folder, table, policy, tokenizer)
     return write_model_card(folder, info, repo_id, base_model=base_model, calibration=calibration, template=template)
 
 
-def _stage_checkpoint(model_or_dir, folder: Path, table, policy) -> CheckpointInfo:
+def _stage_checkpoint(model_or_dir, folder: Path, table, policy, tokenizer=None) -> CheckpointInfo:
     """Write the checkpoint into the empty `folder` and describe it."""
     if isinstance(model_or_dir, (str, os.PathLike)):
+        if tokenizer is not None:
+            raise ValueError("push_to_hub of a folder uploads the tokenizer the folder holds; "
+                             "tokenizer= is for a model")
         source = Path(model_or_dir)
         info = read_checkpoint(source, table=table)  # validates before copying
         for item in source.iterdir():
             if item.name == CARD_FILE or item.name in PLOT_FILES.values() or item.name.startswith("."):
                 continue  # regenerated below
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, folder / item.name)
-    elif isinstance(model_or_dir, nn.Module):
-        model = model_or_dir
-        _packed_layers_summary(model)  # refuses a model without packed layers before anything is written
-        target = folder / "checkpoint"
-        if hasattr(model, "save_pretrained") and hasattr(model, "config") and not _is_timm(model):
-            qcfg = getattr(model.config, "quantization_config", None)
-            qdict = qcfg.to_dict() if hasattr(qcfg, "to_dict") else qcfg
-            if not qdict or qdict.get("quant_method") != "infoq":
-                raise ValueError("this transformers model was not quantized with InfoQ through transformers; load it "
-                                 "with from_pretrained(..., quantization_config=InfoQConfig(...)) before pushing")
-            getattr(model, "_infoq_save_without_card", model.save_pretrained)(target)  # the card is written below
-        else:
-            from .integrations.timm import save_quantized
-
-            save_quantized(model, target, policy)
-        for item in target.iterdir():
-            shutil.move(str(item), folder / item.name)
-        target.rmdir()
-        table = write_summary_and_table(model, folder, table)
-        info = read_checkpoint(folder, table=table)
+    elif isinstance(model_or_dir, nn.Module):  # the same files `infoq_hf.save` writes
+        info = write_checkpoint_folder(model_or_dir, folder, tokenizer=tokenizer, table=table, policy=policy)
     else:
         raise ValueError(f"push_to_hub takes a quantized model or a checkpoint folder, got {type(model_or_dir).__name__}")
     if info.table is not None and not (folder / TABLE_FILE).exists():
@@ -131,26 +115,6 @@ def _stage_checkpoint(model_or_dir, folder: Path, table, policy) -> CheckpointIn
         if report is not None and hasattr(report, "to_dict"):
             info.summary.setdefault("allocation", report.to_dict())
     return info
-
-
-def _is_timm(model) -> bool:
-    from .integrations.timm import is_timm_model
-
-    return is_timm_model(model)
-
-
-def _upload_saved(folder, repo_id: str, *, commit_message=None, commit_description=None, private=None, token=None,
-                  create_pr=False, revision=None):
-    """Upload a saved folder as transformers' push_to_hub does (repo created if missing, files added or
-    replaced in one commit, nothing else in the repo deleted)."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    card = (Path(folder) / CARD_FILE).read_text()
-    return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
-                             commit_message=commit_message or f"Upload InfoQ mixed-precision checkpoint ({_card_bits(card)})",
-                             commit_description=commit_description)
 
 
 # ----------------------------------------------------------------------------- pushing
@@ -203,8 +167,11 @@ def _describe(e: BaseException) -> str:
 def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private: bool = False,
                 overwrite: bool = False, table: SensitivityTable | str | os.PathLike | None = None,
                 policy: BitPolicy | Mapping | None = None, base_model: str | None = None, calibration=None,
-                commit_message: str | None = None, revision: str | None = None):
+                commit_message: str | None = None, revision: str | None = None, tokenizer=None):
     """Publish a quantized model (or a checkpoint folder) with its model card and plots in one commit.
+
+    This, not transformers' `model.push_to_hub`, writes the InfoQ card (transformers' would upload its
+    generic card); the staged folder holds the same files `infoq_hf.save` writes.
 
     model_or_dir: a packed transformers / timm / plain model, or a folder written by `save_pretrained`,
         `save_quantized` or `infoq quantize`.
@@ -214,6 +181,7 @@ def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private
     base_model: the Hub id of the float model (default: what the checkpoint recorded, if a Hub id).
     calibration: the calibration data description (CalibrationSpec, dict or dataset name).
     revision: the branch to commit to (created if missing).
+    tokenizer: uploaded with a model (a folder uploads the tokenizer files it holds).
 
     Returns the `CommitInfo` of the upload (`.oid`, `.commit_url`). Raises `MissingTokenError`,
     `RepoExistsError` (pass overwrite=True), `ModelCardError`, `HubPublishError` (unreachable Hub,
@@ -230,7 +198,7 @@ def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private
     with tempfile.TemporaryDirectory(prefix="infoq-push-") as tmp:
         folder = Path(tmp) / "upload"
         card_text = prepare_upload_folder(model_or_dir, folder, repo_id, table=table, policy=policy,
-                                          base_model=base_model, calibration=calibration)
+                                          base_model=base_model, calibration=calibration, tokenizer=tokenizer)
         from huggingface_hub import ModelCard
 
         try:  # the Hub's own metadata check (also proves the endpoint answers before anything is created)

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from infoq_hf.checkpoint import WEIGHTS_NAME
+from infoq_hf.card import checkpoint_files
 from infoq_hf.hub import card_context, check_model_card, read_checkpoint, render_model_card, write_plots
 
 HERE = Path(__file__).parent
@@ -48,7 +49,8 @@ def main(folder: str) -> Path:
             shutil.copy(Path(tmp) / name, HERE / plots[kind])
     weights = folder / WEIGHTS_NAME
     context = card_context(info, REPO_ID, base_model=BASE_MODEL, plots=plots,
-                           weights_bytes=weights.stat().st_size if weights.is_file() else None)
+                           weights_bytes=weights.stat().st_size if weights.is_file() else None,
+                           files=checkpoint_files(folder))
     text = render_model_card(context)
     check_model_card(text, {"base_model": BASE_MODEL, "base_model_relation": "quantized"})
     path = HERE / f"{NAME}.md"

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import infoq_hf
 from infoq_hf import BitPolicy, InfoQConfig
 from infoq_hf.checkpoint import read_tensor_specs
 from infoq_hf.checkpoint_info import SUMMARY_FILE, _packed_layers_summary, packed_weight_numel, read_checkpoint
@@ -41,7 +42,7 @@ def test_transformers_counts_from_headers_equal_the_loaded_model(tmp_path):
                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2, bos_token_id=None)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "float")
     config = InfoQConfig(bits=[2, 3, 4, 5, 8], group_size=16, policy=_tiny_llama_policy())
-    LlamaForCausalLM.from_pretrained(tmp_path / "float", quantization_config=config).save_pretrained(tmp_path / "q")
+    infoq_hf.save(LlamaForCausalLM.from_pretrained(tmp_path / "float", quantization_config=config), tmp_path / "q")
     saved = json.loads((tmp_path / "q" / SUMMARY_FILE).read_text())
     (tmp_path / "q" / SUMMARY_FILE).unlink()  # a folder pushed from elsewhere: only the checkpoint
 

@@ -136,7 +136,7 @@ def timm_quantized_other():
 
 # ----------------------------------------------------------------------------- failures leave nothing claimed
 def test_no_token_is_a_clear_error(hub_server, timm_quantized):
-    with pytest.raises(MissingTokenError, match=r"HF_TOKEN.*huggingface-cli login"):
+    with pytest.raises(MissingTokenError, match=r"HF_TOKEN.*hf auth login"):
         push_to_hub(timm_quantized[0], "test-user/no-token")
     assert hub_server.repo("test-user/no-token") is None
 

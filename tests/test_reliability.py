@@ -121,12 +121,12 @@ def test_save_keeps_other_files_and_refuses_a_file_target(tmp_path):
     assert a_file.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["d", "f"]
 
 
-def test_transformers_save_pretrained_keeps_other_files(llama_float_dir, tmp_path):
+def test_transformers_save_keeps_other_files(llama_float_dir, tmp_path):
     target = tmp_path / "ckpt"
     target.mkdir()
     (target / "notes.txt").write_text("mine")
     model = _llama_on_load(llama_float_dir, 4)
-    model.save_pretrained(target)
+    infoq_hf.save(model, target)
     assert (target / "notes.txt").read_text() == "mine"
     with torch.no_grad():
         assert torch.equal(_llama_logits(target), model(IDS).logits)
@@ -191,20 +191,20 @@ def test_a_save_killed_at_every_write_step_keeps_the_previous_checkpoint(tmp_pat
     assert torch.equal(_mlp_output(target), new(X)) and (target / "notes.txt").read_text() == "mine"
 
 
-def test_save_pretrained_killed_at_every_write_step_keeps_the_previous_checkpoint(llama_float_dir, tmp_path,
-                                                                                    monkeypatch):
+def test_transformers_save_killed_at_every_write_step_keeps_the_previous_checkpoint(llama_float_dir, tmp_path,
+                                                                                     monkeypatch):
     target = tmp_path / "ckpt"
-    _llama_on_load(llama_float_dir, 4).save_pretrained(target)
+    infoq_hf.save(_llama_on_load(llama_float_dir, 4), target)
     before, expected = _listing(target), _llama_logits(target)
     new = _llama_on_load(llama_float_dir, 2)
     shutil.copytree(target, tmp_path / "probe")
-    steps = _count_steps(monkeypatch, lambda: new.save_pretrained(tmp_path / "probe"))
+    steps = _count_steps(monkeypatch, lambda: infoq_hf.save(new, tmp_path / "probe"))
     assert steps >= 6
     for k in range(1, steps + 1):
         with monkeypatch.context() as m:
             FaultAt(m, k)
             with pytest.raises(OSError, match="no space left"):
-                new.save_pretrained(target)
+                infoq_hf.save(new, target)
         assert _listing(target) == before, k
         assert sorted(os.listdir(tmp_path)) == ["ckpt", "probe"], k
     assert torch.equal(_llama_logits(target), expected)
@@ -221,21 +221,21 @@ def _mount_tmpfs(mount: Path, size_bytes: int) -> None:
 
 def test_a_full_disk_keeps_the_previous_checkpoint(llama_float_dir, tmp_path):
     old_model, new_model = _llama_on_load(llama_float_dir, 4), _llama_on_load(llama_float_dir, 8)
-    old_model.save_pretrained(tmp_path / "sized")
+    infoq_hf.save(old_model, tmp_path / "sized")
     size = sum(p.stat().st_size for p in (tmp_path / "sized").iterdir())
     mount = tmp_path / "tmpfs"
     _mount_tmpfs(mount, size + size // 2)  # the old checkpoint fits, a staged second one does not
     try:
         target = mount / "ckpt"
-        old_model.save_pretrained(target)
+        infoq_hf.save(old_model, target)
         before, expected = _listing(target), _llama_logits(target)
         with pytest.raises(OSError) as raised:
-            new_model.save_pretrained(target)
+            infoq_hf.save(new_model, target)
         assert raised.value.errno == errno.ENOSPC or "No space left" in str(raised.value)
         assert _listing(target) == before and torch.equal(_llama_logits(target), expected)
         assert sorted(os.listdir(mount)) == ["ckpt"] and not [p for p in target.iterdir() if p.name.startswith(".")]
         with pytest.raises(OSError):  # a new folder on the full disk: nothing appears
-            _llama_on_load(llama_float_dir, 8).save_pretrained(mount / "second")
+            infoq_hf.save(_llama_on_load(llama_float_dir, 8), mount / "second")
         assert sorted(os.listdir(mount)) == ["ckpt"]
     finally:
         subprocess.run(["umount", "--lazy", str(mount)], check=False)

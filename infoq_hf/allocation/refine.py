@@ -362,6 +362,8 @@ def refine(
                     bar.set_postfix(kl=f"{kl_current:.4g}", accepted=accepted, chain=chain)
             used += chain_used
             ends["refined" if chains == 1 else f"refined-{chain}"] = (current, kl_current, accepted)
+        bar.total = bar.n  # a chain that ran out of moves stops early: the bar ends at the work done
+        bar.refresh()
         evaluator.restore()  # float weights back: the held-out judge starts from the float model
         moved = {name: end for name, end in ends.items() if end[2]}
         kept = min(ends, key=lambda name: ends[name][1])  # the chain that ended lowest on the judge

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..checkpoint import load_packed_into, packed_settings, policy_of, read_infoq_config, save_packed
+from ..checkpoint import (
+    atomic_checkpoint,
+    load_packed_into,
+    packed_settings,
+    policy_of,
+    read_infoq_config,
+    write_packed,
+)
 from ..config import InfoQConfig
 from ..policy import BitPolicy
 
@@ -32,6 +39,14 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike, policy: BitPo
     `policy` (default: read from the packed layers) must be the one the model was packed with.
     `extra_config` is merged into timm's config.json (e.g. `{"model_args": {...}}`, `label_names`);
     `config`, the InfoQConfig used, is recorded (its search settings) beside the policy."""
+    with atomic_checkpoint(directory) as staging:
+        write_quantized(model, staging, policy, extra_config=extra_config, config=config)
+    return Path(directory)
+
+
+def write_quantized(model: nn.Module, folder: Path, policy: BitPolicy | Mapping | None = None, *,
+                    extra_config: Mapping | None = None, config: InfoQConfig | None = None) -> None:
+    """`save_quantized`'s files, written straight into `folder` (a staging folder the caller's transaction owns)."""
     actual = policy_of(model)
     if policy is not None:
         policy = policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy)
@@ -58,7 +73,7 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike, policy: BitPo
         elif extra:
             (tmp / "config.json").write_text(json.dumps({**extra, "quantization_config": infoq_config.to_dict()}, indent=1))
 
-    return save_packed(model, directory, infoq_config, write_extra=write_model_config)
+    write_packed(model, Path(folder), infoq_config, write_extra=write_model_config)
 
 
 def load_quantized(directory: str | os.PathLike, model: nn.Module | None = None, **create_kwargs) -> nn.Module:

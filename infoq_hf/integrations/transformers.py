@@ -14,20 +14,23 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import logging
 import re
+import sys
 
 import torch
+from safetensors import safe_open
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers import auto as _auto
 
-from ..card import attach_model_card
+from ..card import float_model_origin
 from ..checkpoint import (
     GUARD,
     IMPORT_HINT_KEY,
     build_packed_modules,
     check_checkpoint_tensors,
-    make_save_pretrained_atomic,
     packed_state_dict,
     read_tensor_specs,
 )
@@ -35,6 +38,7 @@ from ..config import QUANT_METHOD, InfoQConfig
 from ..quant.apply import dequantize_model
 
 logger = logging.getLogger("infoq_hf")
+SUMMARY_METADATA = "infoq_summary"  # safetensors header key: the run's summary, JSON (read back on load)
 
 
 class InfoQQuantizer(HfQuantizer):
@@ -46,7 +50,8 @@ class InfoQQuantizer(HfQuantizer):
         # A copy: the found policy must not leak into the user's config object (it may be reused).
         super().__init__(copy.copy(quantization_config), **kwargs)
         self.modules_to_not_convert: list[str] = []
-        self.result = None  # the QuantizationResult of a quantize-on-load (None for a pre-quantized checkpoint)
+        self.result = None  # the QuantizationResult of the run (a reloaded checkpoint: its summary, no table)
+        self.summary = None  # the run's summary dict, saved in the safetensors header
 
     def validate_environment(self, *args, **kwargs):
         cfg = self.quantization_config
@@ -77,13 +82,16 @@ class InfoQQuantizer(HfQuantizer):
         # The one-byte format guards (see infoq_hf.checkpoint) are expected, not unexpected, keys.
         guards = {rf"(^|\.){re.escape(name)}\.{GUARD}$" for name in built} | {rf"^{IMPORT_HINT_KEY}$"}
         model._keys_to_ignore_on_load_unexpected = set(model._keys_to_ignore_on_load_unexpected or ()) | guards
+        self.summary = stored_summary(checkpoint_files or ())
         return model
 
     def _process_model_after_weight_loading(self, model, tokenizer=None, table=None, accelerator=None,
                                             progress=True, **kwargs):
-        make_save_pretrained_atomic(model)
-        attach_model_card(model)  # model.save_pretrained / push_to_hub write the InfoQ card, like infoq_hf.push_to_hub
         if self.pre_quantized:
+            if self.summary is not None:  # the run that packed this checkpoint, as its header recorded it
+                from ..pipeline import QuantizationResult
+
+                self.result = QuantizationResult(model, self.quantization_config.policy, None, self.summary)
             return model
         from ..pipeline import quantize_with_infoq
 
@@ -95,13 +103,26 @@ class InfoQQuantizer(HfQuantizer):
         cfg.rounding = self.result.summary["rounding"]  # "auto" made concrete: config.json says what was done
         if cfg.float_dtype is not None:  # config.json records the dtype the leftovers now have
             model.config.dtype = getattr(torch, cfg.float_dtype)
+        source = getattr(model.config, "_name_or_path", None) or None  # the float model: its Hub id and name
+        origin = float_model_origin(model, source, read_card=False)
+        self.result = dataclasses.replace(self.result, summary={**origin, **self.result.summary})
+        self.summary = self.result.summary
+        if progress:  # the one line a user sees after the bars, without any logging setup
+            print(final_line(self.result.summary), file=sys.stderr, flush=True)
         return model
 
     def get_state_dict_and_metadata(self, model):
-        return packed_state_dict(model), {"quant_method": QUANT_METHOD}
+        """The packed state dict, and the header metadata every shard carries: the quant method and the
+        run's summary (so `quantization_result` answers after a reload)."""
+        metadata = {"quant_method": QUANT_METHOD}
+        if getattr(self, "summary", None) is not None:
+            metadata[SUMMARY_METADATA] = json.dumps(_jsonable(self.summary))
+        return packed_state_dict(model), metadata
 
     def _dequantize(self, model, dtype=None):
         dequantize_model(model)
+        if isinstance(dtype, str):  # a reloaded config.json gives its dtype as a name
+            dtype = getattr(torch, dtype)
         return model.to(dtype) if dtype is not None else model
 
     def is_serializable(self):
@@ -146,7 +167,8 @@ def quantize_pretrained(model, config: InfoQConfig, *, tokenizer=None, table=Non
     returns the `QuantizationResult`. `tokenizer` builds text calibration batches (default: the one
     saved with the model); `table`, a saved search of this model, skips the search; `accelerator`
     splits the work over processes (see `quantize_with_infoq`).
-    Afterwards `model.save_pretrained` / `push_to_hub` write the packed checkpoint."""
+    Afterwards `model.save_pretrained(folder)` writes the packed checkpoint (it reloads with
+    `from_pretrained` after `import infoq_hf`); `infoq_hf.save` adds the tokenizer and the model card."""
     if getattr(model, "hf_quantizer", None) is not None:
         raise ValueError("this model is already quantized; quantize its float original instead")
     quantizer = InfoQQuantizer(config, pre_quantized=False)
@@ -158,11 +180,47 @@ def quantize_pretrained(model, config: InfoQConfig, *, tokenizer=None, table=Non
 
 
 def quantization_result(model):
-    """The `QuantizationResult` of a model quantized on load (`from_pretrained(..., quantization_config=
-    InfoQConfig(...))` or `quantize_pretrained`): its policy, sensitivity table and summary. None for a
-    model loaded from a pre-quantized checkpoint or never quantized."""
+    """The `QuantizationResult` of an InfoQ transformers model: its policy, sensitivity table and summary
+    (`infoq_hf.format_summary(result.summary)` renders it). For a model quantized here (`from_pretrained(...,
+    quantization_config=InfoQConfig(...))` or `quantize_pretrained`) the run's own; for one loaded from an
+    InfoQ checkpoint, the summary its save recorded (table None). None for any other model."""
     quantizer = getattr(model, "hf_quantizer", None)
     return quantizer.result if isinstance(quantizer, InfoQQuantizer) else None
+
+
+def final_line(summary) -> str:
+    """One line saying what a quantize-on-load did (printed after the progress bars)."""
+    mib = 1 / 2**20
+    float_size = summary.get("float_size_bytes")
+    of = f" (float {float_size * mib:.2f} MiB)" if float_size else ""
+    seconds = sum(v for v in (summary.get("times_s") or {}).values() if isinstance(v, (int, float)))
+    return (f"InfoQ: {summary['quantized_layers']} layers packed at {summary['avg_bits']:.2f} average weight bits, "
+            f"{summary['size_bytes'] * mib:.2f} MiB{of}, in {seconds:.1f}s; details: "
+            "infoq_hf.format_summary(infoq_hf.quantization_result(model).summary)")
+
+
+def stored_summary(checkpoint_files) -> dict | None:
+    """The run's summary recorded in a checkpoint's safetensors header (None when it has none)."""
+    for f in checkpoint_files:
+        if not str(f).endswith(".safetensors"):
+            continue
+        with safe_open(str(f), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(SUMMARY_METADATA)
+        if text is None:
+            return None
+        try:
+            summary = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}: its header's {SUMMARY_METADATA!r} is not valid JSON ({e}); "
+                             "re-save the model") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{f}: its header's {SUMMARY_METADATA!r} is not a JSON object; re-save the model")
+        return summary
+    return None
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
 
 
 def register() -> None:

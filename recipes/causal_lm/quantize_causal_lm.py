@@ -81,11 +81,10 @@ def calibration_spec(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import infoq_hf  # noqa: F401  (registers quant_method "infoq" with transformers)
+    import infoq_hf  # registers quant_method "infoq" with transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from infoq_hf import Budget, InfoQConfig, quantize_pretrained
-    from infoq_hf.hub import TABLE_FILE
 
     bits = [int(b) for b in args.bits.split(",")]
     accelerator = make_accelerator(args.cpu, RECIPE)
@@ -108,9 +107,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     summary = {}
     if accelerator.is_main_process:
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        result.table.save(out / TABLE_FILE)
+        infoq_hf.save(model, out, tokenizer=tokenizer, table=result.table)  # checkpoint, tokenizer, table, card
         result.policy.to_json(out / "policy.json")
         summary = {"out": str(out), "search_s": result.summary["times_s"].get("search"),
                    "total_s": time.perf_counter() - started, "processes": accelerator.num_processes,
