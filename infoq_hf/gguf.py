@@ -311,14 +311,16 @@ def _write_tokenizer(writer, tokenizer: Path, vocab_size: int, pre: str) -> None
 def export_gguf(src: str | os.PathLike | nn.Module, out_file: str | os.PathLike, *,
                 tokenizer: str | os.PathLike | None = None, types: dict[str, str] | None = None,
                 float_type: str = "F16", tokenizer_pre: str = "default",
-                ggml_library: str | os.PathLike | None = None) -> Path:
+                ggml_library: str | os.PathLike | None = None, require_packed: bool = True) -> Path:
     """Write the packed model (or the infoq checkpoint folder `src`) to the new GGUF file `out_file`.
 
     tokenizer: a GGUF file whose `tokenizer.*` keys are copied (e.g. the GGUF the model came from), or
     an HF folder with a byte-level BPE tokenizer; default: `src` when it is a folder. tokenizer_pre:
     llama.cpp's pre-tokenizer name written for an HF folder (e.g. "smollm", "llama-bpe"). types:
     {layer name: llama.cpp type} overriding a layer's type (K-quants need `ggml_library`, see
-    `find_ggml_library`). float_type: F16 or F32 for float matrices. Refuses to overwrite a file."""
+    `find_ggml_library`). float_type: F16 or F32 for float matrices. require_packed=False also writes a
+    model without packed layers (a float GGUF, e.g. the input of llama.cpp's own quantizer). Refuses to
+    overwrite a file."""
     _gguf()
     out_file = Path(out_file)
     if out_file.exists():
@@ -333,7 +335,7 @@ def export_gguf(src: str | os.PathLike | nn.Module, out_file: str | os.PathLike,
     if tokenizer is None:
         raise ValueError("pass tokenizer= (a GGUF file or an HF folder): llama.cpp cannot run a GGUF without one")
     _check_model(model)
-    if not packed_layers(model):
+    if require_packed and not packed_layers(model):
         raise ValueError("the model has no packed layers; quantize it first (infoq_hf.quantize_model)")
     gguf = _gguf()
     tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")

@@ -111,5 +111,19 @@ def width_candidates(widths, shape) -> dict[int, tuple[str, float]]:
     return out
 
 
+def layer_type(bits: int, symmetric: bool, group_size: int | None, shape) -> str:
+    """The type the GGUF export gives a packed layer by default: its exact container, else llama.cpp's
+    type for its width (`width_type`), requantized."""
+    row = int(shape[-1])
+    return exact_type(bits, symmetric, group_size, row) or width_type(bits, row)
+
+
+def gguf_weight_bytes(shapes, bits, symmetric: bool, group_size: int | None) -> int:
+    """Bytes the packed layers take in the GGUF file (scales included): `shapes` {layer: [rows, row_length]},
+    `bits` {layer: width}; what the export writes for them by default (`layer_type`)."""
+    return sum(tensor_nbytes(layer_type(bits[n], symmetric, group_size, shapes[n]), shapes[n]) for n in bits)
+
+
 __all__ = ["FALLBACKS", "GGML_TYPES", "GGMLType", "WIDTH_TYPES", "exact_type", "fallback_type", "ggml_type",
+           "gguf_weight_bytes", "layer_type",
            "tensor_nbytes", "width_candidates", "width_type"]

@@ -13,7 +13,8 @@ import torch.nn as nn
 from conftest import make_calibration_text, make_tiny_llama, tiny_gpt2, tiny_llama
 
 from infoq_hf import quantizable_layers, quantize_model
-from infoq_hf.gguf_types import GGML_TYPES, exact_type, fallback_type, tensor_nbytes, width_candidates
+from infoq_hf.gguf_types import (GGML_TYPES, exact_type, fallback_type, gguf_weight_bytes, tensor_nbytes,
+                                 width_candidates)
 
 gguf = pytest.importorskip("gguf")
 
@@ -112,6 +113,10 @@ def test_every_tensor_is_read_back_with_our_weights(tmp_path, tokenizer_dir, sym
     assert tensors["token_embd.weight"].tensor_type.name == "F16"
     assert all(tensors[n].tensor_type.name == "F32" for n in tensors if n.endswith("norm.weight"))
     assert len(policy) == sum(hasattr(m, "w_bits") for m in model.modules())
+    layers = {n: m for n, m in model.named_modules() if hasattr(m, "w_bits")}
+    predicted = gguf_weight_bytes({n: m.weight_shape for n, m in layers.items()},
+                                  {n: m.w_bits for n, m in layers.items()}, symmetric, group_size)
+    assert predicted == sum(int(tensors[n].n_bytes) for n in policy)  # the budget's bytes are the file's
     for name, layer in model.named_modules():
         if not hasattr(layer, "w_bits"):
             continue
