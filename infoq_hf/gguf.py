@@ -126,7 +126,9 @@ def llamacpp_quantize(weight: np.ndarray, type_name: str, library: str | os.Path
     (no importance matrix)."""
     t = ggml_type(type_name)
     lib = ctypes.CDLL(str(find_ggml_library(library)))
-    if lib.ggml_quantize_requires_imatrix(ctypes.c_int(t.id)):
+    lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool  # a C bool: only the low byte is set
+    lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+    if lib.ggml_quantize_requires_imatrix(t.id):
         raise ValueError(f"{t.name} needs an importance matrix, which this export does not compute")
     quantize = lib.ggml_quantize_chunk
     quantize.restype = ctypes.c_size_t
