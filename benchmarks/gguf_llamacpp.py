@@ -195,7 +195,8 @@ def main(argv=None) -> int:
     print("| model | file MB | bpw (quantized tensors) | perplexity | prefill tok/s | decode tok/s |")
     print("|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: r["file_MB"]):
-        print(f"| {r['model']} | {r['file_MB']:.2f} | {r['quantized_bpw'] or 0:.3f} | {r['perplexity']:.3f} | "
+        bpw = "-" if r["quantized_bpw"] is None else f"{r['quantized_bpw']:.3f}"
+        print(f"| {r['model']} | {r['file_MB']:.2f} | {bpw} | {r['perplexity']:.3f} | "
               f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} |")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))

@@ -105,7 +105,8 @@ def find_ggml_library(library: str | os.PathLike | None = None) -> Path:
     for where in (library, os.environ.get(GGML_LIBRARY_ENV)):
         if where:
             where = Path(where)
-            candidates += [where] if where.is_file() else sorted(where.glob("libggml-base.*")) + sorted(where.glob("libggml.*"))
+            found = sorted(where.glob("libggml-base.*")) + sorted(where.glob("libggml.*"))
+            candidates += [where] if where.is_file() else found
     if not candidates and library is None:
         try:
             import llama_cpp
@@ -199,7 +200,8 @@ def _tensors(model: nn.Module, types, float_type: str, library):
             continue
         gguf_name = names.get_name(f"{name}.weight", try_suffixes=(".weight",))
         if gguf_name is None:
-            raise ValueError(f"tensor {name}.weight has no llama.cpp name in LLM_ARCH_LLAMA; the export cannot place it")
+            raise ValueError(f"tensor {name}.weight has no llama.cpp name in LLM_ARCH_LLAMA; the export cannot "
+                             "place it")
         leaf = name.rpartition(".")[2]
         heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}.get(leaf)
         if isinstance(module, QuantLinear):  # QuantEmbedding included

@@ -9,7 +9,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from conftest import make_calibration_text, make_tiny_llama, tiny_gpt2, tiny_llama
 
 from infoq_hf import quantizable_layers, quantize_model
@@ -33,8 +32,9 @@ def bpe_tokenizer_folder(folder, vocab: int = 300):
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(text.splitlines(), trainers.BpeTrainer(
         vocab_size=vocab, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                            chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}").save_pretrained(folder)
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", chat_template=template)
+    fast.save_pretrained(folder)
     return folder
 
 
