@@ -452,6 +452,15 @@ def cmd_export(args) -> int:
 
     if not Path(args.dir).is_dir():
         raise UsageError(f"{args.dir} is not a folder; pass the --out folder of infoq quantize")
+    if args.format == "gguf":
+        from .gguf import export_gguf, gguf_summary
+
+        out = export_gguf(args.dir, args.out, tokenizer=args.tokenizer)
+        summary = gguf_summary(out)
+        print(f"wrote {out} ({summary['file_bytes'] / 1e6:.2f} MB, quantized tensors at "
+              f"{summary['quantized_bits_per_weight']:.3f} bits per weight); run it with llama.cpp, e.g. "
+              f"llama-cli -m {out}")
+        return EXIT_OK
     out = export_compressed_tensors(args.dir, args.out)
     print(f"wrote a compressed-tensors pack-quantized checkpoint into {out}; load it with "
           "AutoModelForCausalLM.from_pretrained (needs the compressed-tensors package, not infoq_hf)")
@@ -479,7 +488,8 @@ EXAMPLES = {
     "push": """\
   infoq push ./llama-1b-infoq me/llama-1b-infoq --private""",
     "export": """\
-  infoq export ./llama-1b-infoq --format compressed-tensors --out ./llama-1b-ct   # for transformers / vLLM""",
+  infoq export ./llama-1b-infoq --format compressed-tensors --out ./llama-1b-ct   # for transformers / vLLM
+  infoq export ./llama-1b-infoq --format gguf --out ./llama-1b-infoq.gguf         # for llama.cpp""",
 }
 FOOTER = """\
 Load a result with `import infoq_hf; AutoModelForCausalLM.from_pretrained(DIR_OR_REPO)`, or for
@@ -564,9 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", formatter_class=fmt, epilog=_epilog("export"), help="write another format",
                        description="Convert a quantized folder into a checkpoint that other tools load without infoq_hf.")
     e.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize (a transformers model)")
-    e.add_argument("--format", required=True, choices=["compressed-tensors"],
-                   help="compressed-tensors: pack-quantized, read by transformers and vLLM")
-    e.add_argument("--out", required=True, metavar="OUT", help="folder to write")
+    e.add_argument("--format", required=True, choices=["compressed-tensors", "gguf"],
+                   help="compressed-tensors: pack-quantized, read by transformers and vLLM; "
+                        "gguf: one file for llama.cpp (Llama-architecture models)")
+    e.add_argument("--out", required=True, metavar="OUT", help="folder to write (gguf: the new .gguf file)")
+    e.add_argument("--tokenizer", metavar="GGUF_OR_DIR",
+                   help="gguf only: copy the tokenizer from this GGUF file, or convert it from this folder "
+                        "(default: DIR's own byte-level BPE tokenizer)")
     e.set_defaults(func=cmd_export)
     return parser
 
