@@ -23,12 +23,12 @@ import torch
 import torch.nn as nn
 
 from ..apply import default_forward
-from ..modules import HFConv1D, oriented_weight
+from ..modules import HFConv1D
 from ..packing import pack, unpack
 from ..quantizer import QuantizedWeight, WeightScheme, fake_quantize_weight, quantize_weight
 from .algorithm import GPTQOptions, quantize_layer_gptq_widths
 from .hessian import output_error
-from .walk import GPTQReport, hessian_stages, model_blocks, stage_count, trace_stages
+from .walk import GPTQReport, hessian_stages, model_blocks, stage_count, stored_weight, trace_stages
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,9 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
     their layers at these widths (GPTQ's rounding), so every layer is rounded on the inputs sequential
     packing gives it when the configuration is close to `prefix_bits` (the packing compensates the
     error of the layers before; rounding on float inputs does not). None: the float model's inputs.
-    `accelerator` (an `accelerate.Accelerator`): the layers' sweeps are split over its processes."""
+    `accelerator` (an `accelerate.Accelerator`): the layers' sweeps are split over its processes. A model
+    dispatched with accelerate's CPU offload hooks is read (and, for `prefix_bits`, changed and put back)
+    through the hooks' weight copies."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -137,14 +139,15 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
     model.eval()
 
     def run_at_prefix(name: str, layer: nn.Module, rounded: torch.Tensor) -> None:
-        float_weights[name] = layer.weight.data.clone()
-        layer.weight.data.copy_(rounded.t() if name in transposed else rounded.view_as(layer.weight))
+        stored = stored_weight(layer)
+        float_weights[name] = stored.clone()
+        stored.copy_(rounded.t() if name in transposed else rounded.view_as(stored))
 
     try:
         for name in [n for n in widths if n not in layer_names]:
             layer = model.get_submodule(name)
             ratios[name] = {b: 1.0 for b in widths[name]}
-            rounded = {b: quantize_weight(layer.weight.detach().float(), scheme.weight_scheme(layer, b), name)
+            rounded = {b: quantize_weight(stored_weight(layer).float(), scheme.weight_scheme(layer, b), name)
                        for b in widths[name] if keep_weights or prefix_bits.get(name) == b}
             if keep_weights:
                 weights.update({(name, b): PackedCandidate.of(qw) for b, qw in rounded.items()})
@@ -163,7 +166,8 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
                     acc.sum = None  # free the Hessian
                     if hessian is not None:
                         kept = set(widths[name]) if keep_weights else {prefix_bits.get(name)}
-                        results[name] = _round_layer(name, acc.layer, hessian, widths[name], kept, scheme, options)
+                        results[name] = _round_layer(name, acc.layer, hessian, widths[name], kept, scheme, options,
+                                                     name in transposed)
                 if world > 1:
                     from accelerate.utils import gather_object
 
@@ -175,7 +179,7 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
                         run_at_prefix(name, accs[name].layer, rounded[prefix_bits[name]].quantized().dequantize())
     finally:
         for name, weight in float_weights.items():
-            model.get_submodule(name).weight.data.copy_(weight)
+            stored_weight(model.get_submodule(name)).copy_(weight)
         model.train(was_training)
     if world > 1:
         from accelerate.utils import gather_object
@@ -188,12 +192,13 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
     return GPTQCandidates(ratios, weights, transposed, meta)
 
 
-def _round_layer(name, layer, hessian, widths, kept, scheme, options):
+def _round_layer(name, layer, hessian, widths, kept, scheme, options, transposed):
     """({bits: error ratio}, {bits: PackedCandidate} for the widths in `kept`) of one layer."""
-    w = oriented_weight(layer).detach().float()  # [out, in...], as GPTQ's codes
+    stored = stored_weight(layer)
+    w = (stored.t() if transposed else stored).float()  # [out, in...], as GPTQ's codes
     schemes = [scheme.weight_scheme(layer, b) for b in widths]
     ratios, rounded = {}, {}
-    for b, ws, qw in zip(widths, schemes, quantize_layer_gptq_widths(name, layer, hessian, schemes, options)):
+    for b, ws, qw in zip(widths, schemes, quantize_layer_gptq_widths(name, layer, hessian, schemes, options, stored)):
         e_rtn = output_error(fake_quantize_weight(w, ws, name) - w, hessian)
         e_gptq = output_error(qw.dequantize() - w, hessian)
         ratios[b] = e_gptq / e_rtn if e_rtn > 0 else 1.0
@@ -207,7 +212,8 @@ def _share(accs: Mapping, rank: int, world: int) -> list[str]:
     (the same answer on every process)."""
     if world == 1:
         return list(accs)
-    cost = {n: a.layer.weight.numel() * (a.layer.weight.numel() // a.layer.weight.shape[0]) for n, a in accs.items()}
+    shapes = {n: a.layer.weight.shape for n, a in accs.items()}  # (meta shapes of offloaded layers too)
+    cost = {n: s.numel() * (s.numel() // s[0]) for n, s in shapes.items()}
     load, mine = [0] * world, []
     for name in sorted(accs, key=lambda n: -cost[n]):
         p = min(range(world), key=lambda r: load[r])

@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..apply import default_forward, pack_embeddings, packed_layer, packing_scheme_for, resolve_policy
 from .algorithm import GPTQOptions, quantize_layer_gptq
 from .hessian import HessianAccumulator
-from .walk import GPTQReport, hessian_stages, model_blocks, stage_count, trace_stages
+from .walk import GPTQReport, hessian_stages, model_blocks, onloaded, stage_count, trace_stages
 
 
 @torch.no_grad()
@@ -35,7 +35,8 @@ def gptq_quantize_model(
     `PackingScheme` (or its dict), defaults to the policy's scheme, else per output channel; `calibration`
     is a list of batches run with `forward(model, batch)` (default `quant.apply.default_forward`).
     Embeddings in the policy are rounded to nearest (a lookup has no Hessian), before the blocks they feed.
-    On an error the float layers are put back. Returns a `GPTQReport`."""
+    On an error the float layers are put back. A model dispatched with accelerate's offload hooks keeps
+    one layer's float weights resident at a time. Returns a `GPTQReport`."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -59,11 +60,12 @@ def gptq_quantize_model(
     def round_and_pack(accumulators: dict[str, HessianAccumulator]) -> None:
         for name, acc in accumulators.items():
             layer, bits = acc.layer, resolved[name]
-            qw = quantize_layer_gptq(name, layer, acc.hessian(), scheme.weight_scheme(layer, bits.w_bits), options)
-            acc.sum = None  # free the Hessian
-            # The module (bias, input range) is built as for RTN; GPTQ's codes then replace the RTN ones.
-            packed = packed_layer(name, layer, bits, scheme, act_ranges)
-            packed.set_quantized(qw, name)
+            with onloaded(layer):  # an offloaded layer's weights are resident while it is rounded and packed
+                qw = quantize_layer_gptq(name, layer, acc.hessian(), scheme.weight_scheme(layer, bits.w_bits), options)
+                acc.sum = None  # free the Hessian
+                # The module (bias, input range) is built as for RTN; GPTQ's codes then replace the RTN ones.
+                packed = packed_layer(name, layer, bits, scheme, act_ranges)
+                packed.set_quantized(qw, name)
             originals[name] = layer
             model.set_submodule(name, packed)
             report.layers += 1

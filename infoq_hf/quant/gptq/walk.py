@@ -15,6 +15,7 @@ consecutive layers in one pass.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -68,6 +69,35 @@ def replayable(kwargs: dict) -> dict:
     if "use_cache" in kwargs:
         kwargs["use_cache"] = False
     return kwargs
+
+
+def stored_weight(layer: nn.Module) -> torch.Tensor:
+    """The tensor that holds a layer's weight: `layer.weight`, or for a layer offloaded by accelerate's
+    hooks (`cpu_offload`, `dispatch_model` with an offload map; the parameter then sits on the meta
+    device) the hook's CPU copy, which reads and writes in place like the parameter."""
+    weight = layer.weight
+    if weight.device.type != "meta":
+        return weight.data
+    weights_map = getattr(getattr(layer, "_hf_hook", None), "weights_map", None)
+    if weights_map is None:
+        raise ValueError(f"the weight of {type(layer).__name__} is on the meta device and no accelerate offload "
+                         "hook holds it; load the model's weights (or dispatch it with accelerate) before GPTQ")
+    return weights_map["weight"].data
+
+
+@contextlib.contextmanager
+def onloaded(layer: nn.Module):
+    """The layer's parameters on its execution device for the duration, when accelerate's hooks offload
+    them (as its forward pass would), offloaded again after."""
+    hook = getattr(layer, "_hf_hook", None)
+    if hook is None or not getattr(hook, "offload", False):
+        yield layer
+        return
+    hook.pre_forward(layer)
+    try:
+        yield layer
+    finally:
+        hook.post_forward(layer, None)
 
 
 def owner_block(name: str, blocks: Iterable[str]) -> str | None:
@@ -221,4 +251,4 @@ def capture_inputs(model: nn.Module, block_name: str, batches: list, forward: Ca
 
 
 __all__ = ["GPTQReport", "StopForward", "capture_inputs", "first_output", "hessian_stages", "model_blocks",
-           "nbytes", "owner_block", "replayable", "stage_count", "trace_stages"]
+           "nbytes", "onloaded", "owner_block", "replayable", "stage_count", "stored_weight", "trace_stages"]
