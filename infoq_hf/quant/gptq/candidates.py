@@ -15,6 +15,7 @@ block, so every process ends with the whole, identical candidates.
 from __future__ import annotations
 
 import collections
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -48,10 +49,7 @@ class PackedCandidate:
         return cls(pack(qw.codes.cpu(), qw.scheme.bits), qw.scale.cpu(), zero, qw.scheme, tuple(qw.shape))
 
     def quantized(self) -> QuantizedWeight:
-        numel = 1
-        for d in self.shape:
-            numel *= d
-        codes = unpack(self.packed, self.scheme.bits, numel).reshape(self.shape[0], -1)
+        codes = unpack(self.packed, self.scheme.bits, math.prod(self.shape)).reshape(self.shape[0], -1)
         return QuantizedWeight(codes, self.scale, self.zero_point, self.scheme, self.shape)
 
     def nbytes(self) -> int:
@@ -181,14 +179,13 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
         for name, weight in float_weights.items():
             stored_weight(model.get_submodule(name)).copy_(weight)
         model.train(was_training)
+    meta = {"calibration_batches": len(batches), "options": options.to_dict(),
+            "inputs": "float" if not prefix_bits else f"prefix at {_describe_widths(prefix_bits)}",
+            "wall_s": round(time.perf_counter() - t0, 3), "full_passes": report.full_passes}
     if world > 1:
         from accelerate.utils import gather_object
 
-        swept = gather_object([swept])
-    meta = {"calibration_batches": len(batches), "options": options.to_dict(),
-            "inputs": "float" if not prefix_bits else f"prefix at {_describe_widths(prefix_bits)}",
-            "wall_s": round(time.perf_counter() - t0, 3), "full_passes": report.full_passes,
-            "layers_swept": swept}
+        meta["layers_swept"] = gather_object([swept])  # per process
     return GPTQCandidates(ratios, weights, transposed, meta)
 
 
