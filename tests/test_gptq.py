@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from infoq_hf import InfoQConfig, quantizable_layers, quantize_model
 from infoq_hf.quant import QuantConv2d, QuantLinear, WeightScheme, quantize_weight
-from infoq_hf.quant.gptq import GPTQOptions, _HessianAccumulator, gptq_quantize, gptq_quantize_model
+from infoq_hf.quant.gptq import GPTQOptions, HessianAccumulator, gptq_quantize, gptq_quantize_model
 
 transformers = pytest.importorskip("transformers")
 from conftest import tiny_gpt2, tiny_llama  # noqa: E402
@@ -142,7 +142,7 @@ def test_conv2d_hessian_is_the_unfolded_closed_form():
                  nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.Conv2d(4, 4, 3, padding="same", groups=4),
                  nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect")):
         x = torch.randn(3, 4, 9, 8, generator=g)
-        acc = _HessianAccumulator("c", conv)
+        acc = HessianAccumulator("c", conv)
         acc.add(x)
         dw = torch.randn(conv.weight.shape, generator=g)
         moved = copy.deepcopy(conv)
@@ -182,7 +182,7 @@ def test_transformers_conv1d_equals_the_linear_path():
     names = [n for n in quantizable_layers(gpt2) if n != "lm_head"]
     q = quantize_model(copy.deepcopy(gpt2), {n: 3 for n in names}, group_size=16, rounding="gptq", calibration=ids)
     conv1d = gpt2.transformer.h[0].mlp.c_fc
-    acc = _HessianAccumulator("c_fc", conv1d)
+    acc = HessianAccumulator("c_fc", conv1d)
     hook = conv1d.register_forward_pre_hook(acc)
     for b in ids:  # block 0 is first: its inputs are the float model's
         gpt2(**b)
@@ -218,7 +218,7 @@ def test_sequential_gptq_matches_a_hand_rolled_reference(llama):
     ref = copy.deepcopy(model)
     for block in ("model.layers.0.", "model.layers.1."):
         in_block = [n for n in names if n.startswith(block)]
-        accs = {n: _HessianAccumulator(n, ref.get_submodule(n)) for n in in_block}
+        accs = {n: HessianAccumulator(n, ref.get_submodule(n)) for n in in_block}
         hooks = [accs[n].layer.register_forward_pre_hook(accs[n]) for n in in_block]
         with torch.no_grad():
             for b in calib:

@@ -11,7 +11,7 @@ from conftest import lm_batches, tiny_gpt2, tiny_llama
 from infoq_hf import Budget, InfoQConfig, allocate, quantizable_layers, quantize_model
 from infoq_hf.allocation import uniform_start
 from infoq_hf.pipeline import format_summary, quantize_with_infoq
-from infoq_hf.quant.gptq import _HessianAccumulator, gptq_candidates, gptq_quantize, gptq_quantize_model
+from infoq_hf.quant.gptq import HessianAccumulator, gptq_candidates, gptq_quantize, gptq_quantize_model
 from infoq_hf.quant.quantizer import WeightScheme, fake_quantize_weight
 from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity import SensitivityTable, search
@@ -32,7 +32,7 @@ def setup():
 
 
 def float_hessians(model, names, batches):
-    accs = {n: _HessianAccumulator(n, model.get_submodule(n)) for n in names}
+    accs = {n: HessianAccumulator(n, model.get_submodule(n)) for n in names}
     hooks = [accs[n].layer.register_forward_pre_hook(accs[n]) for n in names]
     with torch.no_grad():
         for b in batches:

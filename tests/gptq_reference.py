@@ -1,3 +1,11 @@
+"""The GPTQ code as it was before the one-pass candidates (infoq_hf/quant/gptq.py at commit f754775),
+frozen as the reference the new code must match bit for bit: one width at a time, a factorization per
+width. Not used by the library; only `tests/test_gptq_one_pass.py` imports it."""
+
+# ruff: noqa
+from __future__ import annotations
+
+# The original module docstring follows.
 """GPTQ rounding (Frantar et al., 2022, "GPTQ: Accurate Post-Training Quantization for Generative
 Pre-trained Transformers"), written for this project's packed format.
 
@@ -40,7 +48,6 @@ at every candidate width, with the output error GPTQ leaves relative to round-to
 pipeline rescales the sensitivity costs by it and refines with these rounded weights.
 """
 
-from __future__ import annotations
 
 import collections
 import contextlib
@@ -53,8 +60,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .modules import HFConv1D
-from .quantizer import QuantizedWeight, WeightScheme, _qrange, group_count, quantize_weight
+from infoq_hf.quant.modules import HFConv1D
+from infoq_hf.quant.quantizer import QuantizedWeight, WeightScheme, _qrange, group_count, quantize_weight
 
 logger = logging.getLogger(__name__)
 
@@ -433,7 +440,7 @@ def gptq_quantize_model(
     is a list of batches run with `forward(model, batch)` (default `quant.apply.default_forward`).
     Embeddings in the policy are rounded to nearest (a lookup has no Hessian), before the blocks they feed.
     On an error the float layers are put back. Returns a `GPTQReport`."""
-    from .apply import (_set_submodule as set_submodule, default_forward, pack_embeddings, packed_layer,
+    from infoq_hf.quant.apply import (_set_submodule as set_submodule, default_forward, pack_embeddings, packed_layer,
                         packing_scheme_for, resolve_policy)
 
     t0 = time.perf_counter()
@@ -449,7 +456,7 @@ def gptq_quantize_model(
             + (f" (and {len(resolved) - 1} more)" if len(resolved) > 1 else "")
             + "; pass calibration=[batch, ...] (the same batches the search uses), or use rounding='rtn'"
         )
-    from ..sensitivity.probe import find_blocks
+    from infoq_hf.sensitivity.probe import find_blocks
 
     report = GPTQReport()
     was_training = model.training
@@ -539,10 +546,10 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
     error of the layers before; rounding on float inputs does not). None: the float model's inputs."""
     from tqdm.auto import tqdm
 
-    from ..sensitivity.probe import find_blocks
-    from .apply import default_forward
-    from .modules import oriented_weight
-    from .quantizer import fake_quantize_weight
+    from infoq_hf.sensitivity.probe import find_blocks
+    from infoq_hf.quant.apply import default_forward
+    from infoq_hf.quant.modules import oriented_weight
+    from infoq_hf.quant.quantizer import fake_quantize_weight
 
     t0 = time.perf_counter()
     options = GPTQOptions.from_dict(options)
