@@ -3,6 +3,7 @@
     bash benchmarks/vllm_venv.sh                       # once: vLLM in /tmp/vllm-venv (never a project dependency)
     python benchmarks/vllm_check.py EXPORT_DIR          # an `infoq export --target vllm` folder
     python benchmarks/vllm_check.py --demo              # tiny Llama exports at 3 and 4 bits, then the check
+    flock /tmp/infoq-heavy.lock python benchmarks/vllm_check.py --smollm2   # SmolLM2-135M at 3.0 and 4.0 bits
 
 Run with the project's python: it reads the export, computes each layer's reference weight with the
 project's compressed-tensors ((q - zp) * scale from the stored tensors alone), and runs itself again under
@@ -99,6 +100,43 @@ def demo(vllm_python: str) -> int:
     return status
 
 
+def smollm2(vllm_python: str, keep: Path | None) -> int:
+    """SmolLM2-135M-Instruct (benchmarks' asset): data-free search (weight_mse, bits 2/3/4/8, group 64),
+    ILP allocation at 3.0 and 4.0 average bits under `vllm_allocation_constraints` (fused groups tied),
+    packed asymmetric, exported with target="vllm" (tokenizer and chat template copied), then checked."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks.assets.loaders import smollm2_dir
+    from infoq_hf import Budget, allocate, quantize_model, search
+    from infoq_hf.export import export_compressed_tensors
+    from infoq_hf.vllm_rules import vllm_allocation_constraints
+
+    folder = smollm2_dir()
+
+    def fresh():
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+    table = search(fresh(), None, bits=[2, 3, 4, 8], method="weight_mse", group_size=64, skip_modules=["lm_head"],
+                   progress=False)
+    constraints = vllm_allocation_constraints(table.layers, symmetric=False)
+    status = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for avg_bits in (3.0, 4.0):
+            policy = allocate(table, Budget(avg_bits=avg_bits), tie=constraints["tie"],
+                              bits=[b for b in table.bits if b in constraints["bits"]], progress=False)
+            widths = {n: policy[n].w_bits for n in table.layers}
+            model = quantize_model(fresh(), widths, group_size=64, skip_modules=["lm_head"])
+            out = export_compressed_tensors(model, (keep or Path(tmp)) / f"smollm2-{avg_bits}-vllm", target="vllm",
+                                            tokenizer_dir=folder)
+            counts = {b: sum(1 for w in widths.values() if w == b) for b in sorted(set(widths.values()))}
+            print(f"== SmolLM2-135M at {avg_bits} average bits (layers per width {counts}): {out}")
+            status |= check(out, vllm_python)
+    return status
+
+
 # ----------------------------------------------------------------------------- vLLM side
 def inside_vllm(export_dir: Path, ref_path: Path) -> int:
     import torch
@@ -191,6 +229,8 @@ def main(argv=None) -> int:
     parser.add_argument("export_dir", nargs="?", type=Path)
     parser.add_argument("reference", nargs="?", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--demo", action="store_true", help="export a tiny Llama at 3 and 4 bits and check it")
+    parser.add_argument("--smollm2", action="store_true", help="SmolLM2-135M at 3.0 and 4.0 bits, then the check")
+    parser.add_argument("--keep", type=Path, help="with --smollm2: write the exports into this folder")
     parser.add_argument("--vllm-python", default=DEFAULT_VLLM_PYTHON, help="python of the vLLM venv")
     parser.add_argument("--inside-vllm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -198,6 +238,8 @@ def main(argv=None) -> int:
         return inside_vllm(args.export_dir, args.reference)
     if args.demo:
         return demo(args.vllm_python)
+    if args.smollm2:
+        return smollm2(args.vllm_python, args.keep)
     if args.export_dir is None:
         parser.error("give an export folder or --demo")
     return check(args.export_dir, args.vllm_python)
