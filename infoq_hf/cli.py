@@ -588,8 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformers (default): loads with AutoModelForCausalLM.from_pretrained (tested: same logits "
                         "as infoq_hf). vllm: the layout vLLM allocates (asymmetric zero points packed, which "
                         "transformers cannot load); refused unless it passes rules read from vLLM 0.33.0's source "
-                        "(a WNA16 scheme per layer, one scheme per fused q/k/v and gate/up, tensor shapes); "
-                        "not run on a GPU here")
+                        "(a WNA16 scheme per layer, one scheme per fused q/k/v and gate/up, tensor shapes). "
+                        "benchmarks/vllm_check.py asks vLLM 0.33.0 itself on CPU (schemes, parameter shapes, "
+                        "outputs at 2/4/8 bits); never served on a GPU")
     e.add_argument("--kernels", choices=["any", "marlin"], default="any",
                    help="with --target vllm: any vLLM 0.33.0 CUDA kernel (2..8 bits), or Marlin only (4/8 bits "
                         "symmetric, 4 asymmetric; groups 32/64/128 or per channel)")
