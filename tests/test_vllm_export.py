@@ -194,3 +194,20 @@ def test_cli_export_target_vllm(tmp_path, capsys):
     assert main(["export", str(tmp_path / "bad"), "--format", "compressed-tensors", "--target", "vllm",
                  "--out", str(tmp_path / "bad-vllm")]) == 2
     assert "different schemes" in capsys.readouterr().err and not (tmp_path / "bad-vllm").exists()
+
+
+@pytest.mark.slow
+def test_vllm_itself_accepts_the_tiny_exports():
+    """benchmarks/vllm_check.py --demo under the vLLM venv that benchmarks/vllm_venv.sh builds (skipped without)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmarks.vllm_check import DEFAULT_VLLM_PYTHON
+
+    if not Path(DEFAULT_VLLM_PYTHON).is_file():
+        pytest.skip("no vLLM venv; build it with `bash benchmarks/vllm_venv.sh`")
+    done = subprocess.run([sys.executable, "benchmarks/vllm_check.py", "--demo"], capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("8/8 layers accepted by vLLM") == 4
