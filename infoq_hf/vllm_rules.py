@@ -17,8 +17,8 @@ schemes/compressed_tensors_wNa16.py) and the mixed-precision kernels it picks fr
 - CUDA kernels: Marlin takes uint4b8 / uint8b128 (symmetric) and uint4 (zero points) with group sizes
   -1 (channel), 32, 64, 128; Machete (Hopper only) uint4b8 / uint8b128 / uint4 / uint8 with -1, 64, 128;
   Humming (humming-kernels, a vLLM dependency) takes any int width on CUDA, so every 2..8-bit layer has a
-  kernel in this version. kernels="marlin" restricts a check to what Marlin runs (every CUDA GPU from
-  Turing, and the 4/8-bit path of older vLLM releases).
+  kernel in this version. kernels="marlin" restricts a check to what Marlin runs (on every CUDA GPU
+  from Turing on; the mature fast path).
 Checked by the rules only; `benchmarks/vllm_check.py` asks vLLM itself where it is installed.
 """
 
