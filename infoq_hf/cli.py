@@ -468,7 +468,8 @@ def cmd_export(args) -> int:
     out = export_compressed_tensors(args.dir, args.out, target=args.target, kernels=args.kernels)
     if args.target == "vllm":
         print(f"wrote a compressed-tensors pack-quantized checkpoint for vLLM into {out}; it passed the rules of "
-              "vLLM 0.33.0's loader (infoq_hf.vllm_rules). Serve it with `vllm serve {out}`")
+              "vLLM 0.33.0's loader (infoq_hf.vllm_rules); serve it with `vllm serve {out}` (not run on a GPU by "
+              "these checks)")
     else:
         print(f"wrote a compressed-tensors pack-quantized checkpoint into {out}; load it with "
               "AutoModelForCausalLM.from_pretrained (needs the compressed-tensors package, not infoq_hf)")
