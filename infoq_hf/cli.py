@@ -461,9 +461,14 @@ def cmd_export(args) -> int:
               f"{summary['quantized_bits_per_weight']:.3f} bits per weight); run it with llama.cpp, e.g. "
               f"llama-cli -m {out}")
         return EXIT_OK
-    out = export_compressed_tensors(args.dir, args.out)
-    print(f"wrote a compressed-tensors pack-quantized checkpoint into {out}; load it with "
-          "AutoModelForCausalLM.from_pretrained (needs the compressed-tensors package, not infoq_hf)")
+    out = export_compressed_tensors(args.dir, args.out, target=args.target, kernels=args.kernels)
+    if args.target == "vllm":
+        print(f"wrote a compressed-tensors pack-quantized checkpoint for vLLM into {out}; it passed the rules of "
+              "vLLM 0.33.0's loader (infoq_hf.vllm_rules); serve it with `vllm serve {out}` (not run on a GPU by "
+              "these checks)")
+    else:
+        print(f"wrote a compressed-tensors pack-quantized checkpoint into {out}; load it with "
+              "AutoModelForCausalLM.from_pretrained (needs the compressed-tensors package, not infoq_hf)")
     return EXIT_OK
 
 
@@ -488,8 +493,9 @@ EXAMPLES = {
     "push": """\
   infoq push ./llama-1b-infoq me/llama-1b-infoq --private""",
     "export": """\
-  infoq export ./llama-1b-infoq --format compressed-tensors --out ./llama-1b-ct   # for transformers / vLLM
-  infoq export ./llama-1b-infoq --format gguf --out ./llama-1b-infoq.gguf         # for llama.cpp""",
+  infoq export ./llama-1b-infoq --format compressed-tensors --out ./llama-1b-ct                # for transformers
+  infoq export ./llama-1b-infoq --format compressed-tensors --target vllm --out ./llama-1b-vllm  # for vLLM
+  infoq export ./llama-1b-infoq --format gguf --out ./llama-1b-infoq.gguf                        # for llama.cpp""",
 }
 FOOTER = """\
 Load a result with `import infoq_hf; AutoModelForCausalLM.from_pretrained(DIR_OR_REPO)`, or for
@@ -575,8 +581,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert a quantized folder into a checkpoint that other tools load without infoq_hf.")
     e.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize (a transformers model)")
     e.add_argument("--format", required=True, choices=["compressed-tensors", "gguf"],
-                   help="compressed-tensors: pack-quantized, read by transformers and vLLM; "
+                   help="compressed-tensors: pack-quantized, tokenizer, chat template and generation config copied; "
                         "gguf: one file for llama.cpp (Llama-architecture models)")
+    e.add_argument("--target", choices=["transformers", "vllm"], default="transformers",
+                   help="compressed-tensors only. transformers (default): loads with "
+                        "AutoModelForCausalLM.from_pretrained (tested: same logits as infoq_hf). vllm: the layout "
+                        "vLLM allocates (asymmetric zero points packed, which transformers cannot load); refused "
+                        "unless it passes rules read from vLLM 0.33.0's source (a WNA16 scheme per layer, one scheme "
+                        "per fused q/k/v and gate/up, tensor shapes). benchmarks/vllm_check.py asks vLLM 0.33.0 "
+                        "itself on CPU (schemes, parameter shapes, outputs at 2/4/8 bits); never served on a GPU")
+    e.add_argument("--kernels", choices=["any", "marlin"], default="any",
+                   help="with --target vllm: any vLLM 0.33.0 CUDA kernel (2..8 bits), or Marlin only (4/8 bits "
+                        "symmetric, 4 asymmetric; groups 32/64/128 or per channel)")
     e.add_argument("--out", required=True, metavar="OUT", help="folder to write (gguf: the new .gguf file)")
     e.add_argument("--tokenizer", metavar="GGUF_OR_DIR",
                    help="gguf only: copy the tokenizer from this GGUF file, or convert it from this folder "
