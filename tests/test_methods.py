@@ -148,3 +148,66 @@ def test_new_methods_run_through_the_whole_pipeline_with_the_refinement(method):
     assert result.table.method == method and result.summary["method"] == method
     assert result.policy.report.refinement is not None  # the same whole-model refinement as every method
     assert result.summary["avg_bits"] <= 3.0 + 1e-9
+
+
+PEAK_CHILD = r"""
+import re, sys
+sys.path.insert(0, "tests")
+import torch
+from conftest import tiny_llama
+from infoq_hf.sensitivity import search
+
+def status(key):
+    return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
+
+model = tiny_llama(vocab=16000, layers=1)
+for n in (4, 16):
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 16000, (2, 64), generator=gen)} for _ in range(n)]
+    open("/proc/self/clear_refs", "w").write("5")  # peak RSS := current RSS
+    base = status("VmRSS")
+    search(model, batches, bits=(4, 8), skip_modules=["lm_head"], max_samples=256, num_directions=8, progress=False)
+    print(n, status("VmHWM") - base)
+"""
+
+
+def test_search_memory_does_not_grow_with_the_number_of_batches():
+    """An InfoQ search over 16 batches peaks no higher than over 4 (each batch's logits: 8 MiB), within a quarter
+    of the 12 extra batches' logits; a search that kept every batch's output would peak 96 MiB higher. glibc's
+    mmap threshold is fixed so that freed tensors leave the resident set (RSS then follows live memory)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/clear_refs").exists() or sys.platform != "linux":
+        pytest.skip("needs Linux /proc to reset the peak RSS")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20), "PYTHONPATH": "."}
+    out = subprocess.run([sys.executable, "-c", PEAK_CHILD], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1], check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    peaks = dict(line.split() for line in out.stdout.strip().splitlines())
+    extra_logits = 12 * 2 * 64 * 16000 * 4 / 2**20
+    assert float(peaks["16"]) - float(peaks["4"]) < extra_logits / 4, peaks
+
+
+def test_replay_check_digest_sees_a_one_ulp_change_and_disables_a_wrong_cache():
+    from infoq_hf.quant.apply import default_forward, quantizable_layers
+    from infoq_hf.quant.quantizer import WeightScheme as Scheme
+    from infoq_hf.sensitivity.probe import Prober, _tree_digest
+
+    x = torch.randn(3, 5)
+    y = x.clone()
+    y[1, 2] = torch.nextafter(y[1, 2], torch.tensor(float("inf")))
+    assert _tree_digest((x, {"a": x})) == _tree_digest((x.clone(), {"a": x.clone()}))
+    assert _tree_digest(x) != _tree_digest(y) and _tree_digest(x) != _tree_digest(x.reshape(5, 3))
+    model, batches = tiny_llama(vocab=96, layers=3, pad_token_id=None), lm_batches()
+    layers = {n: m for n, m in quantizable_layers(model).items() if n != "lm_head"}
+    with Prober(model, layers, batches, default_forward, lambda n, b: Scheme(b)) as prober:
+        prober.build_prefix_cache()
+        assert prober.block_names  # the exact replay is kept
+        reference = [_tree_digest(default_forward(model, b)) for b in batches]
+        assert prober._replay_is_exact(reference)
+        cached = prober.cache[prober.block_names[-1]][0]
+        cached.view(-1)[0] = torch.nextafter(cached.view(-1)[0], torch.tensor(float("inf")))
+        assert not prober._replay_is_exact(reference)
