@@ -1,14 +1,20 @@
-"""Equal-budget comparison: InfoQ vs the baselines, same ILP, same quantizer, only the scores differ.
+"""Equal-budget comparison: every method through the same pipeline, only the scores differ.
 
-    python -m benchmarks.compare --model smollm2      # perplexity at 4.0 / 3.0 / 2.5 average bits
+    python -m benchmarks.compare --model smollm2      # dev/test perplexity at 2.5 / 3.0 / 3.5 / 4.0 / 4.5 avg bits
+    python -m benchmarks.compare --model tiny_llama   # the same on a random tiny Llama (a quick check, no assets)
     python -m benchmarks.compare --model mnist_cnn    # top-1 at 3.0 bits (10.67x) and at a W/A BitOps budget
     python -m benchmarks.compare --model fashion_resnet --checkpoint out/fashion_resnet8.pt   # the same
 
-On SmolLM2 InfoQ is also shown with the paper's Eq. 4 scores and with its allocation refined on
-the whole model (`allocate(..., model=, calibration=)`). Sensitivity tables are cached in benchmarks/results/tables/ (keyed by model, method, data
-sizes and seed) so other budgets need no new probing; `--fresh` recomputes them. The
-search cost of each method (wall time, forward passes, calibration samples) is reported
-from the table's own metadata, i.e. from the run that produced it.
+On a language model each method's table (InfoQ, InfoQ with the paper's Eq. 4 scores with `--with-eq4`,
+hawq, weight_mse, size_only, llamacpp, random) goes through `quantize_with_infoq`, the library's one
+pipeline, with the same `InfoQConfig`: the same calibration, rounding (`--rounding`, the product's
+"auto" by default) and rounding-aware costs, the same whole-model refinement (`--refine-passes`, the
+product's chains and held-out check) and the same packing under the same budget. `size_only` knows
+nothing about a layer but its size and quantizer: its row is what the pipeline does alone. Each budget
+also has the best uniform width under it, packed by the same pipeline. Sensitivity tables are cached
+in benchmarks/results/tables/ (keyed by model, method, data sizes and seed) so other budgets need no
+new probing; `--fresh` recomputes them. The search cost of each method (wall time, forward passes,
+calibration samples) is reported from the table's own metadata, i.e. from the run that produced it.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from pathlib import Path
 
 import torch
 
-from infoq_hf import BitPolicy, Budget, allocate, quantizable_layers, quantize_model, search
+from infoq_hf import BitPolicy, Budget, InfoQConfig, allocate, quantizable_layers, quantize_model, search
+from infoq_hf.pipeline import quantize_with_infoq
 from infoq_hf.sensitivity import SensitivityTable
 
 from . import common
 
-METHODS = ["infoq", "hawq", "weight_mse", "random"]
+METHODS = ["infoq", "hawq", "weight_mse", "size_only", "llamacpp", "random"]
+LM_BUDGETS = (2.5, 3.0, 3.5, 4.0, 4.5)
+CLASSIFIER_METHODS = ["infoq", "hawq", "weight_mse", "size_only", "random"]  # no llama.cpp roles in a CNN
 
 
 def cached_table(path: Path, fresh: bool, compute) -> SensitivityTable:
@@ -35,58 +44,103 @@ def cached_table(path: Path, fresh: bool, compute) -> SensitivityTable:
     return table
 
 
-def run_smollm2(args, out: Path):
-    """Perplexity at 4.0 / 3.0 / 2.5 average bits: uniform, every method's ILP allocation, and InfoQ's
-    allocation refined on the whole model (KL to fp32 on the calibration windows only)."""
-    model, _, calib, _, test = common.smollm2_data(args.calib or 4, 0, args.eval or 32)
-    skip = ["lm_head"]
-    kw = dict(bits=(2, 3, 4, 8), group_size=64, skip_modules=skip, seed=args.seed)
+def best_uniform_width(budget: float, bits) -> int:
+    """The widest candidate width a uniform configuration can take under an average-bits budget."""
+    fitting = [b for b in bits if b <= budget + 1e-9]
+    if not fitting:
+        raise ValueError(f"no candidate width in {sorted(bits)} fits {budget} average bits")
+    return max(fitting)
+
+
+def lm_tables(key: str, model, calib, args, out: Path, kw: dict) -> dict[str, SensitivityTable]:
     from infoq_hf.sensitivity.infoq import InfoQOptions
 
     defaults = InfoQOptions()
-    calibrated = {"probe_bits": defaults.probe_bits, "change_power": defaults.change_power}
-    searches = {"infoq": calibrated, "hawq": {}, "weight_mse": {}, "random": {}}
+    searches = {m: {} for m in METHODS}
+    searches["infoq"] = {"probe_bits": defaults.probe_bits, "change_power": defaults.change_power}
     if args.with_eq4:  # one probe per (layer, width): three times the calibrated search
         searches["infoq (paper Eq. 4)"] = {"scores": "eq4"}
     tables = {}
     for label, opts in searches.items():
         method = label.split()[0]
-        key = method + "".join(f"_{k}{v}" for k, v in opts.items())
-        tables[label] = cached_table(out / "tables" / f"smollm2_{key}_c{len(calib)}_s{args.seed}.json", args.fresh,
+        name = method + "".join(f"_{k}{v}" for k, v in opts.items())
+        tables[label] = cached_table(out / "tables" / f"{key}_{name}_c{len(calib)}_s{args.seed}.json", args.fresh,
                                      lambda m=method, o=opts: search(model, calib, method=m, **kw, **o))
-    fp32 = common.perplexity(model, test)
-    rows = [("fp32 (from Q4_1 GGUF)", "-", 32.0, fp32, "")]
+    return tables
+
+
+def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
+    """Dev and test perplexity at every budget: the best uniform width under it and every method's table,
+    each through `quantize_with_infoq` with the same configuration."""
+    skip = ["lm_head"]
+    bits = (2, 3, 4, 8)
+    kw = dict(bits=bits, group_size=64, skip_modules=skip, seed=args.seed)
+    tables = lm_tables(key, model, calib, args, out, kw)
+    base = dict(bits=bits, group_size=64, calibration=calib, rounding=args.rounding, refine_passes=args.refine_passes,
+                seed=args.seed, search_samples=args.search_samples)
+
+    def packed(config, table=None):
+        m = copy.deepcopy(model)
+        result = quantize_with_infoq(m, config, table=table, skip_modules=skip, progress=False)
+        return result, (common.perplexity(m, dev) if dev else float("nan")), common.perplexity(m, test)
+
+    rows = [("fp32", "-", 32.0, common.perplexity(model, dev) if dev else float("nan"), common.perplexity(model, test),
+             "", "")]
     refinements = []
-    for budget in (4.0, 3.0, 2.5):
-        if budget == int(budget):
-            m = copy.deepcopy(model)
-            names = quantizable_layers(m, skip_modules=skip)
-            quantize_model(m, {n: int(budget) for n in names}, group_size=64, skip_modules=skip)
-            rows.append((f"uniform {int(budget)}-bit", budget, budget, common.perplexity(m, test), ""))
+    names = list(quantizable_layers(model, skip_modules=skip))
+    for budget in args.budgets:
+        width = best_uniform_width(budget, bits)
+        uniform = BitPolicy({n: {"w_bits": width, "a_bits": None} for n in names})
+        result, ppl_dev, ppl_test = packed(InfoQConfig(**base, policy=uniform))
+        rows.append((f"uniform {width}-bit", budget, result.summary["avg_bits"], ppl_dev, ppl_test, "",
+                     result.summary["rounding"]))
+        print(rows[-1], flush=True)
         for label, table in tables.items():
-            variants = [("", 0)] + ([(" + refinement", args.refine_passes)] if label == "infoq" else [])
-            for suffix, passes in variants:
-                policy = allocate(table, Budget(avg_bits=budget), model=model if passes else None,
-                                  calibration=calib if passes else None, refine_passes=passes, seed=args.seed)
-                m = copy.deepcopy(model)
-                quantize_model(m, policy, group_size=64, skip_modules=skip)
-                r = policy.report.refinement
-                note = "" if r is None else f"KL {r.kl_ilp:.3f} -> {r.kl_final:.3f} (from {r.start})"
-                rows.append((label + suffix, budget, policy.report.avg_bits, common.perplexity(m, test), note))
-                if r is not None:
-                    refinements.append((budget, r))
-                print(rows[-1], flush=True)
-    header = (f"SmolLM2-135M weight-only, RTN, group 64, candidates {{2,3,4,8}}, calibration {len(calib) * 4}x128 tokens "
-              f"(comedies/histories), perplexity on {args.eval or 32}x128 held-out tokens (tragedies); refinement: "
-              f"{args.refine_passes} whole-model passes judged by KL to fp32 on the calibration tokens; "
-              f"seed {args.seed}; {common.machine()}")
-    table_md = ["| allocation | budget (avg bits) | achieved avg bits | perplexity | refinement (calibration KL) |",
-                "|---|---|---|---|---|"]
-    table_md += [f"| {a} | {b} | {c:.3f} | {d:.2f} | {e} |" for a, b, c, d, e in rows]
+            config = InfoQConfig(**base, budget={"avg_bits": budget}, method=table.method)
+            result, ppl_dev, ppl_test = packed(config, table)
+            r = result.policy.report.refinement
+            note = "" if r is None else f"KL {r.kl_ilp:.3f} -> {r.kl_final:.3f} (from {r.start})"
+            rows.append((label, budget, result.summary["avg_bits"], ppl_dev, ppl_test, note, result.summary["rounding"]))
+            if r is not None:
+                refinements.append((budget, label, r))
+            print(rows[-1], flush=True)
+    header = (f"{name}; weight-only, group 64, candidates {{2,3,4,8}}, `lm_head` float; every row through "
+              f"`quantize_with_infoq` (rounding {args.rounding}, {args.refine_passes} refinement passes judged by KL "
+              f"to fp32 on the calibration tokens, the product's chains and held-out check); seed {args.seed}; "
+              f"{common.machine()}")
+    table_md = ["| allocation | budget (avg bits) | achieved avg bits | dev perplexity | test perplexity | "
+                "refinement (calibration KL) | rounding |", "|---|---|---|---|---|---|---|"]
+    table_md += [f"| {a} | {b} | {c:.3f} | {d:.2f} | {e:.2f} | {f} | {g} |" for a, b, c, d, e, f, g in rows]
     table_md += ["", "Refinement cost (whole-model passes on the calibration tokens):", "",
-                 "| budget | passes | accepted | start | wall s |", "|---|---|---|---|---|"]
-    table_md += [f"| {b} | {r.passes} | {r.accepted} | {r.start} | {r.wall_s:.0f} |" for b, r in refinements]
+                 "| budget | method | passes | accepted | start | wall s |", "|---|---|---|---|---|---|"]
+    table_md += [f"| {b} | {m} | {r.passes} | {r.accepted} | {r.start} | {r.wall_s:.0f} |" for b, m, r in refinements]
     return header, table_md, tables
+
+
+def run_smollm2(args, out: Path):
+    model, _, calib, dev, test = common.smollm2_data(args.calib or 4, args.dev, args.eval or 32)
+    name = (f"SmolLM2-135M, calibration {len(calib) * 4}x128 tokens (comedies/histories), perplexity on "
+            f"{args.dev}x128 dev and {args.eval or 32}x128 test tokens (tragedies)")
+    return run_lm("smollm2", name, model, calib, dev, test, args, out)
+
+
+def run_tiny_llama(args, out: Path):
+    """A random 8-block Llama and random tokens: checks that every row runs, in about a minute; the numbers
+    mean nothing."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(args.seed)
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(config).eval()
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def batches(n):
+        return [{"input_ids": (ids := torch.randint(0, 256, (4, 32), generator=gen)),
+                 "attention_mask": torch.ones_like(ids)} for _ in range(n)]
+    calib, dev, test = batches(args.calib or 2), batches(1), batches(1)
+    return run_lm("tiny_llama", "a random tiny Llama (8 blocks, width 64) on random tokens", model, calib, dev, test,
+                  args, out)
 
 
 def run_mnist(args, out: Path):
@@ -117,8 +171,8 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     """Top-1 at 3.0 average bits (10.67x) and at the BitOps of uniform W4A4 (activations quantized)."""
     kw = dict(bits=(2, 3, 4, 8), seed=args.seed, score_activations=True)
     tables = {}
-    for m in METHODS:
-        opts = {"score_activations": False} if m in ("hawq", "weight_mse", "random") else {}
+    for m in CLASSIFIER_METHODS:
+        opts = {"score_activations": False} if m != "infoq" else {}
         tables[m] = cached_table(out / "tables" / f"{key}_{m}_c{len(calib)}_s{args.seed}.json", args.fresh,
                                  lambda m=m, opts=opts: search(model, calib, method=m, **{**kw, **opts}))
     x0 = calib[0][0][:1]
@@ -129,7 +183,7 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     rows.append(("uniform 3-bit", "3.0 avg bits (10.67x)", 3.0, "-", common.top1(m, test)))
     refine = dict(model=model, calibration=calib, refine_passes=args.refine_passes, seed=args.seed, progress=False)
     for method, table in tables.items():
-        for suffix, extra in [("", {})] + ([(" + refinement", refine)] if method == "infoq" else []):
+        for suffix, extra in [("", {}), (" + refinement", refine)]:  # the same refinement for every method
             policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False, **extra)
             m = copy.deepcopy(model)
             quantize_model(m, policy)
@@ -144,7 +198,7 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     for method, table in tables.items():
         wa = {"act_bits": [4, 8]} if table.has_activation_scores else {"fixed_a_bits": 4}
         label = method + (" (W/A scores)" if table.has_activation_scores else " (weights only, A4)")
-        for suffix, extra in [("", {})] + ([(" + refinement", refine)] if method == "infoq" else []):
+        for suffix, extra in [("", {}), (" + refinement", refine)]:
             policy = allocate(table, Budget(bitops=budget_ops), pin_first_last=False, **wa, **extra)
             m = copy.deepcopy(model)
             ranges = calibrate_activation_ranges(m, [b[0] for b in calib], policy)
@@ -170,20 +224,27 @@ def cost_table(tables: dict) -> list[str]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["smollm2", "mnist_cnn", "fashion_resnet"], required=True)
+    p.add_argument("--model", choices=["smollm2", "tiny_llama", "mnist_cnn", "fashion_resnet"], required=True)
     p.add_argument("--checkpoint", default="out/fashion_resnet8.pt", help="fashion_resnet: the fp32 checkpoint")
     p.add_argument("--calib", type=int, default=None)
     p.add_argument("--eval", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="recompute cached sensitivity tables")
     p.add_argument("--refine-passes", type=int, default=64, help="whole-model passes of the refinement")
-    p.add_argument("--with-eq4", action="store_true", help="smollm2: also InfoQ with the paper's Eq. 4 scores")
+    p.add_argument("--with-eq4", action="store_true", help="LLMs: also InfoQ with the paper's Eq. 4 scores")
+    p.add_argument("--dev", type=int, default=32, help="smollm2: dev windows of 128 tokens (default 32)")
+    p.add_argument("--budgets", type=float, nargs="+", default=list(LM_BUDGETS), help="LLMs: average-bits budgets")
+    p.add_argument("--rounding", default="auto", choices=["auto", "rtn", "gptq"],
+                   help="LLMs: the pipeline's rounding (default the product's 'auto')")
+    p.add_argument("--search-samples", type=int, default=None,
+                   help="LLMs: InfoQConfig.search_samples (the refinement's held-out split); default all")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    runner = {"smollm2": run_smollm2, "mnist_cnn": run_mnist, "fashion_resnet": run_fashion_resnet}[args.model]
+    runner = {"smollm2": run_smollm2, "tiny_llama": run_tiny_llama, "mnist_cnn": run_mnist,
+              "fashion_resnet": run_fashion_resnet}[args.model]
     header, rows, tables = runner(args, out)
     text = "\n".join([header, "", *rows, "", "Search cost (from the run that produced each table):", "",
                       *cost_table(tables)])

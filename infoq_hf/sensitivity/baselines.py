@@ -3,6 +3,12 @@
 - `weight_mse`: ||Q_b(W) - W||^2, no data.
 - `hawq`: HAWQ-V2/V3: the mean Hessian trace of the task loss w.r.t. the layer's weight
   (Hutchinson's estimator, Rademacher probes) x ||Q_b(W) - W||^2.
+- `size_only`: S(l, b) = (n_l / N) * t2(l, b): every weight counts the same, each layer's relative
+  weight error t2 from the quantizer it is packed with (n_l its weights, N all layers' weights). It
+  knows nothing about a layer but its size and its quantizer, so an allocation built on it shows what
+  the rest of the pipeline (rounding-aware costs, refinement) does alone.
+- `llamacpp`: llama.cpp's Q4_K_M / Q3_K_M mix as `size_only` scores weighted by the preset's
+  preference for each tensor (`llamacpp`).
 - `random`: a seeded random layer importance r_l ~ U(0,1) times (2^-b - 2^-8): monotone in
   bits (as any sane score is) but with a random order of layers. The floor a proxy must beat.
 - `oracle`: the true change of the task loss on held-out data when only layer l is at b
@@ -46,6 +52,13 @@ def relative_weight_errors(layers, bits, schemes) -> dict[str, dict[int, float]]
             errors[b] = running
         out[name] = {b: errors[b] for b in sorted(bits)}
     return out
+
+
+def size_prior(layers) -> dict[str, float]:
+    """n_l / N: the share of the layers' weights each layer holds (`size_only`'s alpha_l)."""
+    sizes = {name: layer.weight.numel() for name, layer in layers.items()}
+    total = sum(sizes.values()) or 1
+    return {name: n / total for name, n in sizes.items()}
 
 
 def random_scores(layers, bits, seed: int) -> dict[str, dict[int, float]]:

@@ -25,15 +25,18 @@ from ..quant.apply import batch_to_model_device, default_forward, quantizable_la
 from ..quant.modules import oriented_weight
 from ..quant.quantizer import WeightScheme
 from ..quant.scheme import FORMAT_FIELDS, UNSET, PackingScheme, resolve_scheme
-from .baselines import OracleScorer, hawq_scores, random_scores, relative_weight_errors, weight_mse_scores
+from .baselines import OracleScorer, hawq_scores, random_scores, relative_weight_errors, size_prior, weight_mse_scores
 from .infoq import InfoQOptions, InfoQScorer
+from .llamacpp import PRESETS, preference_weights, preset_types
 from .probe import REFERENCE_BITS, Prober
 from .table import SensitivityTable
 from .task import check_calibration, detect_task
 
 logger = logging.getLogger(__name__)
-METHODS = ("infoq", "hawq", "weight_mse", "random", "oracle")
-DATA_FREE_METHODS = ("weight_mse", "random")  # score weights alone; every other method needs calibration data
+METHODS = ("infoq", "hawq", "weight_mse", "size_only", "llamacpp", "random", "oracle")
+# score weights alone; every other method needs calibration data
+DATA_FREE_METHODS = ("weight_mse", "size_only", "llamacpp", "random")
+METHOD_OPTIONS = {"llamacpp": ("preset",)}  # search options of the methods other than InfoQ
 
 
 def _first_sample(batch):
@@ -95,8 +98,8 @@ def search(
     """Score every quantizable layer at every candidate bit-width.
 
     `calibration`: a list/iterable of batches (dicts of model inputs with optional `labels`, or
-    `(inputs, labels)` tuples). `method`: "infoq" (default), "hawq", "weight_mse", "random" or
-    "oracle". `scheme`: the `PackingScheme` the model will be packed with (default: one scale per
+    `(inputs, labels)` tuples). `method`: "infoq" (default), "hawq", "weight_mse", "size_only",
+    "llamacpp" (option `preset`: "q4_k_m" or "q3_k_m"), "random" or "oracle" (`baselines`). `scheme`: the `PackingScheme` the model will be packed with (default: one scale per
     output channel, asymmetric, no clipping search), or its fields as shorthand (`group_size=`,
     `conv_group_size=`, `symmetric=`, `clip_search=`); the table records it. `options` go to InfoQ (see `InfoQOptions`: num_directions, estimator, observers,
     lm_target, inv_bits, ...). `heldout` is the oracle's evaluation data (default: calibration).
@@ -126,9 +129,15 @@ def search(
     needs_data = method not in DATA_FREE_METHODS
     if needs_data and not batches:
         raise ValueError(f"method {method!r} needs calibration batches, and the calibration set is empty")
-    if options and method != "infoq":
-        raise ValueError(f"options {sorted(options)} apply to method='infoq' only")
+    unknown = sorted(set(options) - set(METHOD_OPTIONS.get(method, ())))
+    if method != "infoq" and unknown:
+        known = METHOD_OPTIONS.get(method)
+        raise ValueError(f"options {unknown} do not apply to method={method!r}; "
+                         + (f"it takes {list(known)}" if known else "InfoQ's options apply to method='infoq' only"))
     infoq_options = InfoQOptions.from_dict(options) if method == "infoq" else None
+    preset = options.get("preset", "q4_k_m") if method == "llamacpp" else None
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown llama.cpp preset {preset!r}; choose one of {PRESETS}")
     task = detect_task(model, batches[0]) if task == "auto" and batches else (task if task != "auto" else "classification")
     if task not in ("classification", "causal_lm"):
         raise ValueError(f"task must be 'auto', 'classification' or 'causal_lm', got {task!r}")
@@ -148,6 +157,17 @@ def search(
 
     if method == "weight_mse":
         w_scores = weight_mse_scores(layers, bits, schemes)
+    elif method in ("size_only", "llamacpp"):  # alpha_l * t2(l, b), as calibrated InfoQ: the same costs downstream
+        t2 = relative_weight_errors(layers, bits, schemes)
+        alpha = size_prior(layers)
+        if method == "llamacpp":
+            types = preset_types(model, layers, preset, heads=set(heads.values()))
+            alpha = {n: a * w for (n, a), w in zip(alpha.items(), preference_weights(types, preset).values())}
+            if all(t == types[next(iter(types))] for t in types.values()):
+                warnings.warn(f"llamacpp: no layer matched a tensor role the {preset} preset favours (v_proj, "
+                              "down_proj, ...); the scores equal size_only's", stacklevel=2)
+        w_scores = {n: {b: alpha[n] * t2[n][b] for b in bits} for n in layers}
+        calibrated_info = (alpha, t2)
     elif method == "random":
         w_scores = random_scores(layers, bits, seed)
     elif method == "hawq":
@@ -182,6 +202,8 @@ def search(
             entry["a"] = a_scores[name]
         if calibrated_info is not None:
             entry["alpha"], entry["t2"] = calibrated_info[0][name], calibrated_info[1][name]
+        if method == "llamacpp":
+            entry["llamacpp_type"] = types[name]
         table_layers[name] = entry
     weight_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers.values())
     meta = {
@@ -193,7 +215,7 @@ def search(
         **{k: getattr(scheme, k) for k in FORMAT_FIELDS},  # the scores are of round-to-nearest packing
         "float_bytes": model_size_bytes(model) - weight_bytes,
         "reference_bits": REFERENCE_BITS,
-        "options": (vars(infoq_options) if infoq_options else {}),
+        "options": vars(infoq_options) if infoq_options else ({"preset": preset} if preset else {}),
         "cost": {"wall_s": round(elapsed, 3), "prefix_cache": prefix_cache,
                  "processes": accelerator.num_processes if accelerator is not None else 1,
                  **cost},

@@ -4,7 +4,7 @@ JSON format (version 1):
     {"format": 1, "method": "infoq", "bits": [2, 3, 4, 8],
      "layers": {NAME: {"params": int, "macs": int, "shape": [..], "kind": "linear"|"conv2d",
                        "w": {"2": float, ...}, "a": {"2": float, ...},
-                       "alpha": float, "t2": {"2": float, ...}}},   (alpha/t2: calibrated InfoQ only)
+                       "alpha": float, "t2": {"2": float, ...}}},   (alpha/t2: calibrated InfoQ, size_only, llamacpp)
      "meta": {"group_size": int|null, "conv_group_size": int|null, "symmetric": bool,
               "float_bytes": int, ...model/calibration identity, seed...}}
 Lower scores mean less sensitive. `a` is present only where activations were scored. A table
