@@ -19,6 +19,7 @@ from pathlib import Path
 from .checkpoint import INFOQ_CONFIG_NAME, WEIGHTS_NAME
 from .checkpoint_info import SUMMARY_FILE, TABLE_FILE, CheckpointInfo, _read_json
 from .names import unique_match
+from .sensitivity.search import DATA_FREE_METHODS
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md.j2"
 CARD_FILE = "README.md"
@@ -96,7 +97,7 @@ def _calibration_dict(calibration, info: CheckpointInfo) -> dict | None:
 
 def _calibration_text(cal: dict | None, search_method: str) -> str:
     if not cal:
-        return "none (data-free sensitivity)" if search_method in ("weight_mse", "random") else "not recorded"
+        return "none (data-free sensitivity)" if search_method in DATA_FREE_METHODS else "not recorded"
     source = cal.get("dataset") or "in-memory batches"
     if cal.get("data_files") and source in ("text", "json", "csv", "parquet"):
         files = cal["data_files"]
@@ -400,7 +401,9 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
     search_texts = {"infoq": "InfoQ information-flow sensitivity (how much a layer's quantization changes "
                              "the information its output carries about the model's prediction)",
                     "hawq": "HAWQ (Hessian-trace) sensitivity", "weight_mse": "weight quantization error (MSE)",
-                    "oracle": "the measured loss change of each layer", "random": "random scores (a control)"}
+                    "oracle": "the measured loss change of each layer", "random": "random scores (a control)",
+                    "size_only": "each layer's share of the weights times its relative weight error (no probing)",
+                    "llamacpp": "llama.cpp's K-quant mix rules (more bits for v_proj / down_proj in chosen blocks)"}
     plot_list = [{"file": f, "alt": alt} for key, alt in (("bits", "bits per layer"), ("heatmap", "sensitivity heatmap"),
                                                           ("pareto", "sensitivity vs size"))
                  if (f := (plots or {}).get(key))]

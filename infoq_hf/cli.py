@@ -18,6 +18,7 @@ from .allocation.allocate import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES
 from .bitwidth import MAX_BITS
 from .config import DEFAULT_SCHEME, ROUNDING_CHOICES
 from .quant.scheme import UNSET
+from .sensitivity.search import METHODS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -102,7 +103,7 @@ def _add_model_and_calibration(parser: argparse.ArgumentParser, calib_required: 
                         help="a transformers model folder (or Hub id), or timm:NAME / timm:PATH for timm models")
     parser.add_argument("--bits", type=_bits, default=[2, 3, 4, 8], metavar="B,B,...",
                         help="candidate weight bit-widths (default: 2,3,4,8)")
-    parser.add_argument("--method", default="infoq", choices=["infoq", "hawq", "weight_mse", "random", "oracle"],
+    parser.add_argument("--method", default="infoq", choices=list(METHODS),
                         help="sensitivity measure (default: infoq; weight_mse and random need no data)")
     parser.add_argument("--quantize-embeddings", action="store_true",
                         help="the input embeddings are layers of the search and the allocation too (a tied LM "
