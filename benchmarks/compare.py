@@ -5,7 +5,7 @@
     python -m benchmarks.compare --model fashion_resnet --checkpoint out/fashion_resnet8.pt   # the same
 
 On SmolLM2 InfoQ is also shown with the paper's Eq. 4 scores and with its allocation refined on
-the whole model (`allocate(..., model=, calibration=)`). Sensitivity tables are cached in benchmarks/results/tables/ (keyed by model, method, data
+the whole model (`refine(allocate(...), model, calibration)`). Sensitivity tables are cached in benchmarks/results/tables/ (keyed by model, method, data
 sizes and seed) so other budgets need no new probing; `--fresh` recomputes them. The
 search cost of each method (wall time, forward passes, calibration samples) is reported
 from the table's own metadata, i.e. from the run that produced it.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from infoq_hf import BitPolicy, Budget, allocate, quantizable_layers, quantize_model, search
+from infoq_hf import BitPolicy, Budget, allocate, quantizable_layers, quantize_model, refine, search
 from infoq_hf.sensitivity import SensitivityTable
 
 from . import common
@@ -66,8 +66,9 @@ def run_smollm2(args, out: Path):
         for label, table in tables.items():
             variants = [("", 0)] + ([(" + refinement", args.refine_passes)] if label == "infoq" else [])
             for suffix, passes in variants:
-                policy = allocate(table, Budget(avg_bits=budget), model=model if passes else None,
-                                  calibration=calib if passes else None, refine_passes=passes, seed=args.seed)
+                policy = allocate(table, Budget(avg_bits=budget))
+                if passes:
+                    policy = refine(policy, model, calib, passes=passes, seed=args.seed)
                 m = copy.deepcopy(model)
                 quantize_model(m, policy, group_size=64, skip_modules=skip)
                 r = policy.report.refinement
@@ -127,10 +128,11 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     m = copy.deepcopy(model)
     quantize_model(m, {n: 3 for n in names})
     rows.append(("uniform 3-bit", "3.0 avg bits (10.67x)", 3.0, "-", common.top1(m, test)))
-    refine = dict(model=model, calibration=calib, refine_passes=args.refine_passes, seed=args.seed, progress=False)
+    refined = dict(passes=args.refine_passes, seed=args.seed, progress=False)
     for method, table in tables.items():
-        for suffix, extra in [("", {})] + ([(" + refinement", refine)] if method == "infoq" else []):
-            policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False, **extra)
+        for suffix, extra in [("", None)] + ([(" + refinement", refined)] if method == "infoq" else []):
+            policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False)
+            policy = refine(policy, model, calib, **extra) if extra else policy
             m = copy.deepcopy(model)
             quantize_model(m, policy)
             rows.append((method + suffix, "3.0 avg bits (10.67x)", policy.report.avg_bits, "-", common.top1(m, test)))
@@ -144,8 +146,9 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     for method, table in tables.items():
         wa = {"act_bits": [4, 8]} if table.has_activation_scores else {"fixed_a_bits": 4}
         label = method + (" (W/A scores)" if table.has_activation_scores else " (weights only, A4)")
-        for suffix, extra in [("", {})] + ([(" + refinement", refine)] if method == "infoq" else []):
-            policy = allocate(table, Budget(bitops=budget_ops), pin_first_last=False, **wa, **extra)
+        for suffix, extra in [("", None)] + ([(" + refinement", refined)] if method == "infoq" else []):
+            policy = allocate(table, Budget(bitops=budget_ops), pin_first_last=False, **wa)
+            policy = refine(policy, model, calib, **extra) if extra else policy
             m = copy.deepcopy(model)
             ranges = calibrate_activation_ranges(m, [b[0] for b in calib], policy)
             quantize_model(m, policy, act_ranges=ranges)
