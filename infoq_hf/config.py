@@ -67,8 +67,8 @@ class InfoQConfig(QuantizationConfigMixin):
     """Settings of an InfoQ mixed-precision quantization.
 
     Args:
-        bits: candidate weight bit-widths the search chooses from (a list, each in 2..8), or one int: every
-            layer at that width, with no search, no budget and no refinement (uniform quantization).
+        bits: candidate weight bit-widths the search chooses from (a list, each in 2..8), or one width (an int,
+            or a list of one) and no budget: every layer at that width, with no search and no refinement.
         budget: a `Budget` or a dict with any of avg_bits / size_bytes / bitops / compression.
         alpha: weight of activation scores in the allocation objective.
         method: sensitivity method, "infoq" or a baseline ("hawq", "weight_mse", "random", "oracle").
@@ -179,15 +179,14 @@ class InfoQConfig(QuantizationConfigMixin):
             )
         self.quant_method = QUANT_METHOD
         self.format_version = FORMAT_VERSION
+        if isinstance(bits, int) and not isinstance(bits, bool) and budget is not None:
+            raise ValueError(
+                f"InfoQConfig(bits={bits}) packs every layer at {bits} bits, with no search; to search under a budget "
+                f"give the candidate widths as a list, e.g. bits=[2, 3, 4, 8], budget={{'avg_bits': {bits}}}"
+            )
         self.bits = self._check_bits(bits)
         self.budget = self._check_budget(budget)
         self.policy = None if policy is None else (policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy))
-        if self.uniform_bits is not None and self.budget is not None:
-            raise ValueError(
-                f"InfoQConfig(bits={self.bits}) packs every layer at {self.bits} bits, with no search; to search "
-                f"under a budget give the candidate widths as a list, e.g. bits=[2, 3, 4, 8], budget={{'avg_bits': "
-                f"{self.bits}}}"
-            )
         if self.budget is None and self.policy is None and self.uniform_bits is None:
             raise ValueError(
                 "InfoQConfig needs a budget to search for a policy, e.g. InfoQConfig(budget={'avg_bits': 4}), "
@@ -250,9 +249,9 @@ class InfoQConfig(QuantizationConfigMixin):
         return [n for n in inspect.signature(InfoQConfig.__init__).parameters if n not in ("self", "kwargs")]
 
     @staticmethod
-    def _check_bits(bits) -> int | list[int]:
+    def _check_bits(bits) -> list[int]:
         if isinstance(bits, int) and not isinstance(bits, bool):
-            return check_bits(bits, "InfoQConfig.bits")  # one width for every layer
+            return [check_bits(bits, "InfoQConfig.bits")]  # one width: every layer at it (no budget)
         if bits is None or isinstance(bits, (str, bytes)):
             raise ValueError(f"InfoQConfig.bits must be an int in {MIN_BITS}..{MAX_BITS} (every layer at that width) "
                              f"or a list of candidate widths for the search, got {bits!r}")
@@ -310,8 +309,9 @@ class InfoQConfig(QuantizationConfigMixin):
     # ------------------------------------------------------------------ properties
     @property
     def uniform_bits(self) -> int | None:
-        """The one width of a uniform config (`bits` an int), None when `bits` lists a search's candidates."""
-        return self.bits if isinstance(self.bits, int) else None
+        """The width every layer gets when `bits` names one width and there is no budget (uniform
+        quantization); None when a budget asks for a search among the candidates."""
+        return self.bits[0] if len(self.bits) == 1 and self.budget is None else None
 
     @property
     def scheme(self):
@@ -337,7 +337,7 @@ class InfoQConfig(QuantizationConfigMixin):
         return {
             "quant_method": self.quant_method,
             "format_version": self.format_version,
-            "bits": self.bits if self.uniform_bits is not None else list(self.bits),
+            "bits": list(self.bits),
             "budget": None if self.budget is None else self.budget.to_dict(),
             "alpha": self.alpha,
             "method": self.method,
