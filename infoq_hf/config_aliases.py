@@ -63,7 +63,7 @@ def infoq_settings(given: Mapping, accepted: Iterable[str]) -> dict:
             else:
                 near = difflib.get_close_matches(name, list(accepted), n=3)
                 lines.append(f"{name!r}: not a setting" + (f"; did you mean {' or '.join(near)}?" if near else ""))
-        raise ValueError("InfoQConfig got settings it does not take: " + "; ".join(lines)
+        raise ValueError("InfoQConfig got unknown settings: " + "; ".join(lines)
                          + " (see help(InfoQConfig) for the accepted ones)")
     settings: dict = {}
     for name, value in given.items():
