@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from infoq_hf import BitPolicy, Budget, InfoQConfig, allocate, quantizable_layers, quantize_model, search
+from infoq_hf import BitPolicy, Budget, InfoQConfig, allocate, quantizable_layers, quantize_model, refine, search
 from infoq_hf.pipeline import quantize_with_infoq
 from infoq_hf.sensitivity import SensitivityTable
 
@@ -181,10 +181,11 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     m = copy.deepcopy(model)
     quantize_model(m, {n: 3 for n in names})
     rows.append(("uniform 3-bit", "3.0 avg bits (10.67x)", 3.0, "-", common.top1(m, test)))
-    refine = dict(model=model, calibration=calib, refine_passes=args.refine_passes, seed=args.seed, progress=False)
+    refined = dict(passes=args.refine_passes, seed=args.seed, progress=False)
     for method, table in tables.items():
-        for suffix, extra in [("", {}), (" + refinement", refine)]:  # the same refinement for every method
-            policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False, **extra)
+        for suffix, extra in [("", None), (" + refinement", refined)]:  # the same refinement for every method
+            policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False)
+            policy = refine(policy, model, calib, **extra) if extra else policy
             m = copy.deepcopy(model)
             quantize_model(m, policy)
             rows.append((method + suffix, "3.0 avg bits (10.67x)", policy.report.avg_bits, "-", common.top1(m, test)))
@@ -198,8 +199,9 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     for method, table in tables.items():
         wa = {"act_bits": [4, 8]} if table.has_activation_scores else {"fixed_a_bits": 4}
         label = method + (" (W/A scores)" if table.has_activation_scores else " (weights only, A4)")
-        for suffix, extra in [("", {}), (" + refinement", refine)]:
-            policy = allocate(table, Budget(bitops=budget_ops), pin_first_last=False, **wa, **extra)
+        for suffix, extra in [("", None), (" + refinement", refined)]:
+            policy = allocate(table, Budget(bitops=budget_ops), pin_first_last=False, **wa)
+            policy = refine(policy, model, calib, **extra) if extra else policy
             m = copy.deepcopy(model)
             ranges = calibrate_activation_ranges(m, [b[0] for b in calib], policy)
             quantize_model(m, policy, act_ranges=ranges)

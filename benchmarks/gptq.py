@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from infoq_hf import Budget, allocate, quantizable_layers, quantize_model, search
-from infoq_hf.allocation.allocate import DEFAULT_REFINE_PASSES
+from infoq_hf import Budget, allocate, quantizable_layers, quantize_model, refine, search
+from infoq_hf.defaults import DEFAULT_REFINE_PASSES
 from infoq_hf.quant.gptq import gptq_quantize_model
 
 from . import common
@@ -63,8 +63,8 @@ def main(argv=None):
         table = cached_table(out / "tables" / f"smollm2_infoq_calibrated_c{len(search_calib)}_s{args.seed}.json",
                              args.fresh, lambda: search(model, search_calib, method="infoq", bits=(2, 3, 4, 8),
                                                         group_size=GROUP, skip_modules=SKIP, seed=args.seed))
-        return allocate(table, Budget(avg_bits=avg_bits), model=model, calibration=search_calib,
-                        refine_passes=args.refine_passes, seed=args.seed)
+        return refine(allocate(table, Budget(avg_bits=avg_bits)), model, search_calib, passes=args.refine_passes,
+                      seed=args.seed)
 
     policies = [("uniform 4-bit", lambda: {n: 4 for n in names}), ("uniform 3-bit", lambda: {n: 3 for n in names})]
     if not args.uniform_only:

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from infoq_hf import Budget, allocate, search
+from infoq_hf import Budget, allocate, refine, search
 from infoq_hf.allocation import uniform_start
-from infoq_hf.allocation.allocate import DEFAULT_REFINE_PASSES
+from infoq_hf.defaults import DEFAULT_REFINE_PASSES
 from infoq_hf.quant.gptq import gptq_candidates, gptq_quantize_model
 from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
@@ -124,18 +124,18 @@ def main(argv=None):
                                                                          bits=(2, 3, 4, 8), group_size=GROUP,
                                                                          skip_modules=SKIP, seed=args.seed))
 
-    def policy(costs: str, refine: str, bits: float, seed: int):
-        refined = refine != "none"
-        kw = {} if not refined else dict(model=model, calibration=calib[:args.judge_batches],
-                                         refine_passes=args.refine_passes, seed=seed, refine_chains=args.refine_chains,
-                                         gptq=candidates_for(bits, refined, "judge") if refine == "gptq" else None,
-                                         validation=validation if refine == "gptq" else None)
-        if refine == "gptq" and args.candidate_inputs == "auto":  # as the pipeline: the prefix costs' ILP a start
-            kw["refine_starts"] = {"ilp-prefix": allocate(
+    def policy(costs: str, judge: str, bits: float, seed: int):
+        refined = judge != "none"
+        kw = {} if not refined else dict(passes=args.refine_passes, seed=seed, chains=args.refine_chains,
+                                         gptq=candidates_for(bits, refined, "judge") if judge == "gptq" else None,
+                                         validation=validation if judge == "gptq" else None)
+        if judge == "gptq" and args.candidate_inputs == "auto":  # as the pipeline: the prefix costs' ILP a start
+            kw["starts"] = {"ilp-prefix": allocate(
                 with_gptq_costs(tables[costs], candidates_for(bits, False, "costs")), Budget(avg_bits=bits))}
         scored = (tables[costs] if costs == "rtn"
                   else with_gptq_costs(tables[costs], candidates_for(bits, refined, "costs")))
-        return allocate(scored, Budget(avg_bits=bits), **kw)
+        ilp = allocate(scored, Budget(avg_bits=bits))
+        return refine(ilp, model, calib[:args.judge_batches], **kw) if refined else ilp
 
     seeds = [args.seed] if args.refine_seeds is None else [int(x) for x in args.refine_seeds.split(",")]
     plan = []
@@ -153,9 +153,9 @@ def main(argv=None):
             plan.append((label, "gptq", "gptq", bits, seed))
     rows = []
     policies = {}  # row -> the widths it packed, for benchmarks.ppl_spread
-    for label, costs, refine, bits, seed in plan:
+    for label, costs, judge, bits, seed in plan:
         t = time.perf_counter()
-        pol = policy(costs, refine, bits, seed)
+        pol = policy(costs, judge, bits, seed)
         alloc_s = time.perf_counter() - t
         m = copy.deepcopy(model)
         gptq_quantize_model(m, pol, calib, scheme={"group_size": GROUP}, skip_modules=SKIP, progress=False)

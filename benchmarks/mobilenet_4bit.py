@@ -67,8 +67,8 @@ def main(argv=None):
         report(method, infoq_hf.allocate(table, budget), search_s)
         if method == "infoq":
             t = time.perf_counter()
-            policy = infoq_hf.allocate(table, budget, model=model, calibration=calib, refine_passes=args.refine_passes,
-                                       seed=args.seed, progress=False)
+            policy = infoq_hf.refine(infoq_hf.allocate(table, budget), model, calib, passes=args.refine_passes,
+                                     seed=args.seed, progress=False)
             r = policy.report.refinement
             report("infoq + refinement", policy, search_s + time.perf_counter() - t,
                    f"calibration KL {r.kl_ilp:.3f} (ILP) -> {r.kl_final:.3f}, start {r.start}, "

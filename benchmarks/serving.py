@@ -87,7 +87,7 @@ def fused_projection_cost(folder: Path, windows: torch.Tensor, avg_bits: float =
                    skip_modules=["lm_head"], progress=False)
     out = {}
     for label, tie in (("independent", None), ("fused q/k/v, gate/up", fused_projection_groups(table.layers))):
-        policy = allocate(table, Budget(avg_bits=avg_bits), tie=tie, progress=False)
+        policy = allocate(table, Budget(avg_bits=avg_bits), tie=tie)
         model = quantize_model(fresh(), policy, group_size=GROUP_SIZE, skip_modules=["lm_head"])
         out[label] = prefill(cast_float_leftovers(model, torch.bfloat16), windows)[1]
     return out

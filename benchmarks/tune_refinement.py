@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from infoq_hf import BitPolicy, Budget, allocate, search
-from infoq_hf.allocation.refine import _Evaluator
+from infoq_hf import BitPolicy, Budget, allocate, refine, search
+from infoq_hf.allocation.judge import KLJudge
 from infoq_hf.quant.apply import default_forward
 from infoq_hf.quant.gptq import gptq_candidates, gptq_quantize_model
 from infoq_hf.quant.scheme import PackingScheme
@@ -125,8 +125,8 @@ def main(argv=None):
             pol = allocate(gamma_table(gptq_table, gamma), Budget(avg_bits=bits))
             configs[f"ILP, alpha^{gamma:g} x t2"] = pol
         for seed in (int(s) for s in args.seeds.split(",")):
-            pol = allocate(gptq_table, Budget(avg_bits=bits), model=model, calibration=judge,
-                           refine_passes=args.refine_passes, seed=seed, gptq=candidates, progress=False)
+            pol = refine(allocate(gptq_table, Budget(avg_bits=bits)), model, judge, passes=args.refine_passes,
+                         seed=seed, gptq=candidates, progress=False)
             r = pol.report.refinement
             configs[f"refined, seed {seed} (from {r.start}, judge KL {r.kl_final:.3f})"] = pol
         uniform = {n: int(bits) for n in table.layers}
@@ -139,7 +139,7 @@ def main(argv=None):
         for label, widths in scored:
             kls = []
             for w in HELD_OUT_WINDOWS:
-                ev = _Evaluator(model, gptq_table, held_out[w], default_forward, a_of, candidates.weight)
+                ev = KLJudge(model, gptq_table, held_out[w], default_forward, a_of, candidates.weight)
                 try:
                     kls.append(ev.evaluate(widths)[0])
                 finally:

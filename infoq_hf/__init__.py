@@ -1,15 +1,15 @@
 """infoq-hf: InfoQ mixed-precision quantization for the Hugging Face ecosystem.
 
 Data flows one way: calibration -> `search` (sensitivity table) -> `allocate` (ILP, a
-`BitPolicy`) -> `quantize_model` (packed layers) -> checkpoint / Hub. Importing the package
-registers quant_method "infoq" with transformers, so pre-quantized checkpoints load with
-`from_pretrained` after `import infoq_hf`.
+`BitPolicy`) -> `refine` (whole-model KL) -> `quantize_model` (packed layers) -> checkpoint / Hub.
+Importing the package registers quant_method "infoq" with transformers, so pre-quantized
+checkpoints load with `from_pretrained` after `import infoq_hf`.
 """
 
 __version__ = "0.1.0"
 
 from .accounting import bitops, compression_ratio, count_macs, expected_size_bytes, model_size_bytes
-from .allocation import allocate, pareto_sweep, plot_pareto
+from .allocation import allocate, pareto_sweep, plot_pareto, refine
 from .calibration import CalibrationSpec, load_calibration
 from .checkpoint import build_packed_modules, check_checkpoint_tensors
 from .config import InfoQConfig
@@ -45,5 +45,6 @@ __all__ = [
     "gptq_quantize_model",
     "load_calibration", "load_from_hub",
     "load_quantized", "model_size_bytes", "pareto_sweep", "plot_pareto", "push_to_hub", "quantizable_layers",
-    "quantization_result", "quantize_model", "quantize_pretrained", "quantize_with_infoq", "save", "save_quantized", "search",
+    "quantization_result", "quantize_model", "quantize_pretrained", "quantize_with_infoq", "refine", "save",
+    "save_quantized", "search",
 ]

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .allocation.allocate import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES
+from .defaults import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES
 from .bitwidth import MAX_BITS
 from .config import DEFAULT_SCHEME, ROUNDING_CHOICES
 from .quant.scheme import UNSET

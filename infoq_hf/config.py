@@ -4,16 +4,19 @@ It is a transformers `QuantizationConfigMixin` (method name "infoq"), so it ride
 `from_pretrained(..., quantization_config=InfoQConfig(...))` and in a checkpoint's
 `config.json`; the CLI and the timm checkpoint writer use the same `to_dict()`.
 
-Two modes:
-- search: `InfoQConfig(budget=..., calibration=...)` -> calibrate, search, allocate, pack;
-- apply:  `InfoQConfig(policy={...})` -> pack with the given per-layer bits, no search.
-After a search the config carries the found `policy`, so a saved checkpoint reloads
-without searching again.
+Three modes:
+- search:  `InfoQConfig(budget=..., calibration=...)` -> calibrate, search, allocate, refine, pack;
+- uniform: `InfoQConfig(bits=4)` -> every layer at 4 bits, no search (as GPTQConfig(bits=4));
+- apply:   `InfoQConfig(policy={...})` -> pack with the given per-layer bits, no search.
+After quantization the config carries the `policy` it packed with, so a saved checkpoint reloads
+without searching again. GPTQConfig's names (`dataset`, `tokenizer`, `sym`, `desc_act`,
+`damp_percent`, `group_size=-1`) are accepted where they mean the same (`config_aliases`).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 
@@ -28,6 +31,8 @@ from .calibration import (
     is_text_list,
     spec_from_string,
 )
+from .config_aliases import infoq_settings
+from .defaults import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES
 from .policy import BitPolicy, Budget
 from .quant.scheme import UNSET, PackingScheme
 
@@ -40,11 +45,11 @@ FLOAT_DTYPES = (None, "bfloat16", "float16", "float32")  # for the float leftove
 
 
 def _check_group_size(name: str, value):
-    if value is None:
-        return None
+    if value is None or (name == "group_size" and value == -1 and not isinstance(value, bool)):
+        return None  # -1: GPTQConfig's spelling of one scale per output channel
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
-            f"InfoQConfig.{name} must be a positive int (e.g. 32, 64, 128) or None for one scale per "
+            f"InfoQConfig.{name} must be a positive int (e.g. 32, 64, 128) or None (or -1) for one scale per "
             f"output channel, got {value!r}"
         )
     return value
@@ -62,7 +67,8 @@ class InfoQConfig(QuantizationConfigMixin):
     """Settings of an InfoQ mixed-precision quantization.
 
     Args:
-        bits: candidate weight bit-widths the search chooses from (each in 2..8).
+        bits: candidate weight bit-widths the search chooses from (a list, each in 2..8), or one width (an int,
+            or a list of one) and no budget: every layer at that width, with no search and no refinement.
         budget: a `Budget` or a dict with any of avg_bits / size_bytes / bitops / compression.
         alpha: weight of activation scores in the allocation objective.
         method: sensitivity method, "infoq" or a baseline ("hawq", "weight_mse", "random", "oracle").
@@ -72,6 +78,9 @@ class InfoQConfig(QuantizationConfigMixin):
             a `datasets.Dataset` / `IterableDataset`, a list of strings (documents), or a list of ready
             batches. config.json keeps a record of it (`calibration.calibration_record`: names, sizes, base
             names of local files; never the data or an absolute path).
+        dataset: GPTQConfig's name for `calibration` (give one of the two).
+        tokenizer: the tokenizer (or its name or folder) that turns text calibration data into batches;
+            default: the one saved with the model. Not saved in config.json.
         num_samples, seq_len: how many calibration samples, and tokens per text sample (None: the spec's,
             128 and 512 by default); a smaller dataset gives a warning and all it has.
         search_samples: how many of the calibration samples (the first ones) the sensitivity search and
@@ -79,9 +88,9 @@ class InfoQConfig(QuantizationConfigMixin):
             (see `rounding`), the search's probes and the refinement's passes cost time per sample.
             The next `search_samples` samples, when there are any, are the refinement's held-out
             check: its result is kept only if it beats the starting allocations there too.
-        group_size: scales per `group_size` inputs of a Linear (None: per output channel; default 128).
+        group_size: scales per `group_size` inputs of a Linear (None or -1: per output channel; default 128).
         conv_group_size: the same for Conv2d layers (default per output channel).
-        symmetric: symmetric weight codes (no zero points).
+        symmetric: symmetric weight codes (no zero points); GPTQConfig's `sym`.
         clip_search: search a clipping ratio per group when rounding weights.
             These four form the packing scheme (`config.scheme`, a `PackingScheme`); with a `policy`
             from `allocate`, the ones left unset are those its table was scored and budgeted with.
@@ -90,7 +99,8 @@ class InfoQConfig(QuantizationConfigMixin):
             4096 tokens, rtn otherwise (chosen on dev perplexity: README, "GPTQ rounding"). After
             quantization the config holds the rounding used; checkpoints written before this setting
             existed read as "rtn".
-        gptq_options: GPTQ settings `{"damp": 0.01, "block_size": 128, "act_order": False}` (any subset).
+        gptq_options: GPTQ settings `{"damp": 0.01, "block_size": 128, "act_order": False}` (any subset);
+            GPTQConfig's `damp_percent` and `desc_act` set `damp` and `act_order`.
         modules_to_not_convert: layer names (exact, dot-suffix or regex) kept in float; None = the
             transformers default (output embeddings / tied / last layer, e.g. `lm_head`, a classifier).
         quantize_embeddings: the input embeddings enter the search and the ILP as layers of their own
@@ -112,12 +122,14 @@ class InfoQConfig(QuantizationConfigMixin):
 
     def __init__(
         self,
-        bits: Sequence[int] = DEFAULT_BITS,
+        bits: int | Sequence[int] = DEFAULT_BITS,
         budget: Budget | Mapping | None = None,
         alpha: float = 1.0,
         method: str = "infoq",
         method_options: Mapping | None = None,
         calibration=None,
+        dataset=None,
+        tokenizer=None,
         num_samples: int | None = None,
         seq_len: int | None = None,
         search_samples: int | None = None,
@@ -142,10 +154,24 @@ class InfoQConfig(QuantizationConfigMixin):
     ):
         if quant_method != QUANT_METHOD:
             raise ValueError(f"InfoQConfig has quant_method {QUANT_METHOD!r}, got {quant_method!r}")
-        if kwargs:
-            raise ValueError(
-                f"InfoQConfig got unknown settings {sorted(kwargs)}; see help(InfoQConfig) for the accepted ones"
-            )
+        if kwargs:  # GPTQConfig's names for settings of the same meaning; any other name is refused
+            aliased = infoq_settings(kwargs, self._accepted_names())
+            if "symmetric" in aliased:
+                if symmetric is not UNSET:
+                    raise ValueError("InfoQConfig got both symmetric= and sym= (GPTQConfig's name); pass one")
+                symmetric = aliased["symmetric"]
+            given_options = dict(gptq_options or {}) if isinstance(gptq_options, Mapping) else gptq_options
+            for key, value in aliased.get("gptq_options", {}).items():
+                if isinstance(given_options, Mapping) and key in given_options:
+                    raise ValueError(f"InfoQConfig got gptq_options[{key!r}] and its GPTQConfig name "
+                                     f"({'desc_act' if key == 'act_order' else 'damp_percent'}); pass one")
+                given_options = {**(given_options or {}), key: value}
+            gptq_options = given_options
+        if dataset is not None:
+            if calibration is not None:
+                raise ValueError("InfoQConfig got both calibration= and dataset= (GPTQConfig's name for it); "
+                                 "pass the calibration data once")
+            calibration = dataset
         if format_version != FORMAT_VERSION:
             raise ValueError(
                 f"this checkpoint uses infoq format {format_version}, but infoq_hf {_version()} reads format "
@@ -153,13 +179,19 @@ class InfoQConfig(QuantizationConfigMixin):
             )
         self.quant_method = QUANT_METHOD
         self.format_version = FORMAT_VERSION
+        if isinstance(bits, int) and not isinstance(bits, bool) and budget is not None:
+            raise ValueError(
+                f"InfoQConfig(bits={bits}) packs every layer at {bits} bits, with no search; to search under a budget "
+                f"give the candidate widths as a list, e.g. bits=[2, 3, 4, 8], budget={{'avg_bits': {bits}}}"
+            )
         self.bits = self._check_bits(bits)
         self.budget = self._check_budget(budget)
         self.policy = None if policy is None else (policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy))
-        if self.budget is None and self.policy is None:
+        if self.budget is None and self.policy is None and self.uniform_bits is None:
             raise ValueError(
                 "InfoQConfig needs a budget to search for a policy, e.g. InfoQConfig(budget={'avg_bits': 4}), "
-                "or a known policy to apply, e.g. InfoQConfig(policy={'model.layers.0.mlp.up_proj': 4})"
+                "one width for every layer, e.g. InfoQConfig(bits=4), or a known policy to apply, e.g. "
+                "InfoQConfig(policy={'model.layers.0.mlp.up_proj': 4})"
             )
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
             raise ValueError(f"InfoQConfig.alpha must be a number >= 0, got {alpha!r}")
@@ -171,6 +203,7 @@ class InfoQConfig(QuantizationConfigMixin):
             raise ValueError(f"InfoQConfig.method_options must be a dict of search options, got {method_options!r}")
         self.method_options = dict(method_options or {})
         self.calibration = self._check_calibration(calibration)
+        self.tokenizer = self._check_tokenizer(tokenizer)
         self.num_samples = _check_count("num_samples", num_samples)
         self.seq_len = _check_count("seq_len", seq_len)
         self.search_samples = _check_count("search_samples", search_samples, "all calibration samples")
@@ -197,8 +230,6 @@ class InfoQConfig(QuantizationConfigMixin):
         if pin_first_last not in ("auto", True, False):
             raise ValueError(f"InfoQConfig.pin_first_last must be 'auto', True or False, got {pin_first_last!r}")
         self.pin_first_last = pin_first_last
-        from .allocation.allocate import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES
-
         if refine_passes is None:
             refine_passes = DEFAULT_REFINE_PASSES
         if isinstance(refine_passes, bool) or not isinstance(refine_passes, int) or refine_passes < 0:
@@ -214,9 +245,16 @@ class InfoQConfig(QuantizationConfigMixin):
 
     # ------------------------------------------------------------------ validation helpers
     @staticmethod
+    def _accepted_names() -> list[str]:
+        return [n for n in inspect.signature(InfoQConfig.__init__).parameters if n not in ("self", "kwargs")]
+
+    @staticmethod
     def _check_bits(bits) -> list[int]:
         if isinstance(bits, int) and not isinstance(bits, bool):
-            bits = [bits]
+            return [check_bits(bits, "InfoQConfig.bits")]  # one width: every layer at it (no budget)
+        if bits is None or isinstance(bits, (str, bytes)):
+            raise ValueError(f"InfoQConfig.bits must be an int in {MIN_BITS}..{MAX_BITS} (every layer at that width) "
+                             f"or a list of candidate widths for the search, got {bits!r}")
         try:
             values = sorted({check_bits(b, "InfoQConfig.bits") for b in bits})
         except TypeError:
@@ -245,6 +283,13 @@ class InfoQConfig(QuantizationConfigMixin):
         raise ValueError(f"InfoQConfig.budget must be a Budget or a dict such as {{'avg_bits': 4}}, got {budget!r}")
 
     @staticmethod
+    def _check_tokenizer(tokenizer):
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) or callable(tokenizer):
+            return tokenizer
+        raise ValueError("InfoQConfig.tokenizer must be a tokenizer (e.g. AutoTokenizer.from_pretrained(...)), or its "
+                         f"Hub name or folder, got {type(tokenizer).__name__}")
+
+    @staticmethod
     def _check_calibration(calibration):
         if calibration is None or isinstance(calibration, (list, tuple)) or is_dataset_object(calibration):
             return calibration  # texts, batches and datasets objects are used as given
@@ -262,6 +307,12 @@ class InfoQConfig(QuantizationConfigMixin):
         )
 
     # ------------------------------------------------------------------ properties
+    @property
+    def uniform_bits(self) -> int | None:
+        """The width every layer gets when `bits` names one width and there is no budget (uniform
+        quantization); None when a budget asks for a search among the candidates."""
+        return self.bits[0] if len(self.bits) == 1 and self.budget is None else None
+
     @property
     def scheme(self):
         """The `PackingScheme` of these settings (group sizes, symmetry, clipping, rounding; "auto" reads
@@ -328,9 +379,11 @@ class InfoQConfig(QuantizationConfigMixin):
         return isinstance(other, InfoQConfig) and self.to_dict() == other.to_dict()
 
     def __deepcopy__(self, memo):
-        # transformers deep-copies the model config; calibration data (batches, texts, a dataset) is shared.
+        # transformers deep-copies the model config; calibration data (batches, texts, a dataset) and the
+        # tokenizer are shared.
         new = copy.copy(self)
-        new.__dict__ = {k: (v if k == "calibration" else copy.deepcopy(v, memo)) for k, v in self.__dict__.items()}
+        shared = ("calibration", "tokenizer")
+        new.__dict__ = {k: (v if k in shared else copy.deepcopy(v, memo)) for k, v in self.__dict__.items()}
         return new
 
     # Loading a pre-quantized checkpoint with a passed InfoQConfig: transformers keeps the stored

@@ -130,13 +130,13 @@ def save_table_and_allocate(accelerator, table, out, avg_bits: float, solver: st
     """Every process, after the search: allocate `avg_bits` (refined on `model` over `calibration` with
     the candidates split over the processes when `refine_passes` > 0); the main process writes the table
     (under the name `infoq report` and the model card read) and policy.json."""
-    from infoq_hf import Budget, allocate
+    from infoq_hf import Budget, allocate, refine
     from infoq_hf.hub import TABLE_FILE
 
     out = Path(out)
-    policy = allocate(table, Budget(avg_bits=avg_bits), solver=solver, model=model if refine_passes else None,
-                      calibration=calibration, refine_passes=refine_passes, accelerator=accelerator,
-                      progress=progress)
+    policy = allocate(table, Budget(avg_bits=avg_bits), solver=solver)
+    if refine_passes:
+        policy = refine(policy, model, calibration, passes=refine_passes, accelerator=accelerator, progress=progress)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         table.save(out / TABLE_FILE)

@@ -46,6 +46,7 @@ def seeded_batches(n_batches: int, batch_size: int, classes: int = 10, size: int
 def run(out: str, *, width: int, depth: int, n_batches: int, batch_size: int, directions: int, use_accelerate: bool,
         refine: int = 0):
     from infoq_hf import Budget, allocate
+    from infoq_hf import refine as refine_policy
     from infoq_hf.sensitivity import search
 
     accelerator = None
@@ -62,8 +63,8 @@ def run(out: str, *, width: int, depth: int, n_batches: int, batch_size: int, di
     wall = time.perf_counter() - started
     policy = None
     if refine:  # candidates split over the processes; the result must not depend on how many
-        policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False, model=model, calibration=batches,
-                          refine_passes=refine, accelerator=accelerator, progress=False)
+        policy = refine_policy(allocate(table, Budget(avg_bits=3.0), pin_first_last=False), model, batches,
+                               passes=refine, accelerator=accelerator, progress=False)
     if accelerator is None or accelerator.is_main_process:
         data = table.to_dict()
         if policy is not None:

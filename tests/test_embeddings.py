@@ -79,7 +79,7 @@ def test_the_search_and_the_ilp_take_the_tied_pair_as_one_layer():
     assert all(entry["w"][a] >= entry["w"][b] for a, b in [(2, 3), (3, 4), (4, 8)])
     without = search(model, batches, bits=(2, 3, 4, 8), group_size=32, skip_modules=["lm_head"], progress=False)
     assert "model.embed_tokens" not in without.layers
-    policy = allocate(table, Budget(avg_bits=3.0), progress=False)
+    policy = allocate(table, Budget(avg_bits=3.0))
     packed = quantize_model(copy.deepcopy(model), policy, group_size=32)
     assert packed.model.embed_tokens.w_bits == policy["model.embed_tokens"].w_bits
     assert bitops(packed, None, batches[0]) == bitops(model, policy, batches[0])

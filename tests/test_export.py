@@ -122,8 +122,8 @@ def test_fused_projection_groups_tie_qkv_and_gate_up_in_the_allocation():
                       ("model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj")]
     table = search(model, None, bits=[2, 3, 4, 8], method="weight_mse", group_size=32, skip_modules=["lm_head"],
                    progress=False)
-    free = allocate(table, Budget(avg_bits=3.5), progress=False)
+    free = allocate(table, Budget(avg_bits=3.5))
     assert any(len({free[n].w_bits for n in group}) > 1 for group in groups)  # untied, the widths differ here
-    tied = allocate(table, Budget(avg_bits=3.5), tie=fused_projection_groups(table.layers), progress=False)
+    tied = allocate(table, Budget(avg_bits=3.5), tie=fused_projection_groups(table.layers))
     for group in groups:
         assert len({tied[n].w_bits for n in group}) == 1, group

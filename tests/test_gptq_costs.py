@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import lm_batches, tiny_gpt2, tiny_llama
 
-from infoq_hf import Budget, InfoQConfig, allocate, quantizable_layers, quantize_model
+from infoq_hf import Budget, InfoQConfig, allocate, quantizable_layers, quantize_model, refine
 from infoq_hf.allocation import uniform_start
 from infoq_hf.pipeline import format_summary, quantize_with_infoq
 from infoq_hf.quant.gptq import HessianAccumulator, gptq_candidates, gptq_quantize, gptq_quantize_model
@@ -114,8 +114,7 @@ def test_costs_are_rescaled_exactly_and_converting_twice_changes_nothing(setup, 
 def test_the_refinement_judges_gptqs_weights(setup):
     model, batches, names, candidates, table = setup
     table = with_gptq_costs(table, candidates)
-    policy = allocate(table, Budget(avg_bits=3.0), model=model, calibration=batches, refine_passes=6,
-                      gptq=candidates, progress=False)
+    policy = refine(allocate(table, Budget(avg_bits=3.0)), model, batches, passes=6, gptq=candidates, progress=False)
     r = policy.report.refinement
     assert r.rounding == "gptq" and r.kl_final <= r.kl_ilp
     judged = copy.deepcopy(model)  # the float model with GPTQ's candidate weights of the chosen widths
@@ -130,7 +129,7 @@ def test_the_refinement_judges_gptqs_weights(setup):
     rtn_only = gptq_candidates(model, {n: BITS for n in names}, batches, scheme=SCHEME, keep_weights=False,
                                progress=False)
     with pytest.raises(ValueError, match="keep_weights=True"):
-        allocate(table, Budget(avg_bits=3.0), model=model, calibration=batches, refine_passes=2, gptq=rtn_only)
+        refine(allocate(table, Budget(avg_bits=3.0)), model, batches, passes=2, gptq=rtn_only)
 
 
 def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):

@@ -10,8 +10,8 @@ import torch
 from conftest import make_calibration_text, make_tiny_llama, tiny_llama
 
 import infoq_hf
-from infoq_hf import Budget, InfoQConfig, allocate, quantization_result, search
-from infoq_hf.allocation.allocate import DEFAULT_REFINE_CHAINS
+from infoq_hf import Budget, InfoQConfig, allocate, quantization_result, refine, search
+from infoq_hf.defaults import DEFAULT_REFINE_CHAINS
 from infoq_hf.cli import main as cli_main
 from infoq_hf.pipeline import load_calibration_batches
 
@@ -26,16 +26,17 @@ def llama_dir(tmp_path_factory):
 
 
 def _reference_policy(model_dir, calib, refine_passes):
-    """search + allocate by hand, on the batches the pipeline loads for the same spec."""
+    """search + allocate + refine by hand, on the batches the pipeline loads for the same spec."""
     model = transformers.LlamaForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     batches = load_calibration_batches({"dataset": "text", "data_files": str(calib), **SPEC}, model,
                                        tokenizer=tokenizer)
     table = search(model, batches, bits=(2, 4, 8), method="infoq", group_size=16, skip_modules=["lm_head"],
                    progress=False)
-    policy = allocate(table, Budget(avg_bits=3.0), model=model if refine_passes else None,
-                      calibration=batches if refine_passes else None, refine_passes=refine_passes,
-                      refine_chains=DEFAULT_REFINE_CHAINS, progress=False)  # InfoQConfig's default
+    policy = allocate(table, Budget(avg_bits=3.0))
+    if refine_passes:
+        policy = refine(policy, model, batches, passes=refine_passes, chains=DEFAULT_REFINE_CHAINS,  # InfoQConfig's
+                        progress=False)
     return table, policy
 
 
@@ -99,7 +100,7 @@ def test_search_and_refinement_keep_accelerate_device_hooks():
     with torch.no_grad():
         before = model(**batches[0]).logits
     table = search(model, batches, bits=(2, 4, 8), group_size=16, skip_modules=["lm_head"], progress=False)
-    allocate(table, Budget(avg_bits=3.0), model=model, calibration=batches, refine_passes=3, progress=False)
+    refine(allocate(table, Budget(avg_bits=3.0)), model, batches, passes=3, progress=False)
     after_hooks = {name: m._hf_hook for name, m in model.named_modules() if hasattr(m, "_hf_hook")}
     assert after_hooks.keys() == hooks.keys() and all(after_hooks[n] is hooks[n] for n in hooks)
     assert all(vars(model.get_submodule(n)).get("forward") is forwards[n] for n in hooks)

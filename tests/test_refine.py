@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from conftest import labelled_batches, lm_batches, small_cnn, tiny_llama
 
-from infoq_hf import Budget, allocate, model_size_bytes, quantize_model
+from infoq_hf import BitPolicy, Budget, allocate, model_size_bytes, quantize_model, refine
 from infoq_hf.allocation import costs
 from infoq_hf.allocation.spec import resolve_spec
-from infoq_hf.allocation.refine import _Budget, _propose, _Units
+from infoq_hf.allocation.moves import BudgetRows, MoveUnits, propose
 from infoq_hf.sensitivity import search
 
 
@@ -39,31 +39,33 @@ def true_kl(model, quantized, batches) -> float:
 def test_refined_policy_meets_the_budget_and_its_kl_is_the_models(setup):
     model, batches, table = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    policy = allocate(table, Budget(avg_bits=3.0), model=model, calibration=batches, refine_passes=12, seed=1,
-                      progress=False)
+    policy = refine(allocate(table, Budget(avg_bits=3.0)), model, batches, passes=12, seed=1, progress=False)
     r = policy.report.refinement
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # float weights restored
     assert r.passes <= 12 and r.kl_final <= r.kl_ilp and (r.kl_uniform is None or r.kl_final <= r.kl_uniform)
     assert policy.report.avg_bits <= 3.0 + 1e-9
     q = quantize_model(copy.deepcopy(model), policy, group_size=32, skip_modules=["lm_head"])
     assert true_kl(model, q, batches) == pytest.approx(r.kl_final, rel=1e-4)  # packed model = what was judged
-    ilp = allocate(table, Budget(avg_bits=3.0), progress=False)
+    ilp = allocate(table, Budget(avg_bits=3.0))
     q_ilp = quantize_model(copy.deepcopy(model), ilp, group_size=32, skip_modules=["lm_head"])
     assert true_kl(model, q_ilp, batches) == pytest.approx(r.kl_ilp, rel=1e-4)
 
 
 def test_refinement_is_deterministic_and_table_only_allocation_still_works(setup):
     model, batches, table = setup
-    kw = dict(model=model, calibration=batches, refine_passes=8, seed=3, progress=False)
-    a, b = allocate(table, Budget(avg_bits=2.5), **kw), allocate(table, Budget(avg_bits=2.5), **kw)
+    kw = dict(passes=8, seed=3, progress=False)
+    plain = allocate(table, Budget(avg_bits=2.5))
+    a, b = refine(plain, model, batches, **kw), refine(allocate(table, Budget(avg_bits=2.5)), model, batches, **kw)
     assert a.to_dict() == b.to_dict() and a.report.refinement == b.report.refinement.__class__(
         **{**b.report.refinement.to_dict(), "wall_s": a.report.refinement.wall_s})
-    plain = allocate(table, Budget(avg_bits=2.5))
-    assert plain.report.refinement is None
+    assert plain.report.refinement is None  # refine returns a new policy; the ILP's is as it was
+    assert a.report.solver == plain.report.solver and a.report.budget == plain.report.budget
     with pytest.raises(ValueError, match="needs calibration"):
-        allocate(table, Budget(avg_bits=2.5), model=model)
-    with pytest.raises(ValueError, match="refine_passes must be"):
-        allocate(table, Budget(avg_bits=2.5), refine_passes=-1)
+        refine(plain, model, None)
+    with pytest.raises(ValueError, match="passes >= 1"):
+        refine(plain, model, batches, passes=0)
+    with pytest.raises(ValueError, match="a policy that allocate"):
+        refine(BitPolicy({n: 4 for n in table.layers}), model, batches)
 
 
 def test_every_proposal_keeps_budgets_pins_and_ties(setup):
@@ -74,12 +76,12 @@ def test_every_proposal_keeps_budgets_pins_and_ties(setup):
     spec = resolve_spec(table, Budget(avg_bits=3.0, size_bytes=size), pin={names[-1]: 8}, tie=tie)
     start = allocate(table, Budget(avg_bits=3.0, size_bytes=size), pin={names[-1]: 8}, tie=tie)
     assignment = {n: (start[n].w_bits, None) for n in names}
-    units, budget = _Units(spec, assignment), _Budget(table, spec)
+    units, budget = MoveUnits(spec, assignment), BudgetRows(table, spec)
     rng, seen = random.Random(0), set()
     current = {n: c[0] for n, c in assignment.items()}
     moves = 0
     for _ in range(40):
-        move = _propose(rng, units, table, budget, current, {n: None for n in names}, seen)
+        move = propose(rng, units, table, budget, current, {n: None for n in names}, seen)
         if move is None:
             break
         seen.add(tuple(sorted(move.items())))
@@ -94,7 +96,7 @@ def test_every_proposal_keeps_budgets_pins_and_ties(setup):
 def test_uniform_start_wins_when_it_is_better(setup):
     """At an integral budget the uniform assignment is always evaluated; the result is never worse."""
     model, batches, table = setup
-    policy = allocate(table, Budget(avg_bits=4.0), model=model, calibration=batches, refine_passes=2, progress=False)
+    policy = refine(allocate(table, Budget(avg_bits=4.0)), model, batches, passes=2, progress=False)
     r = policy.report.refinement
     assert r.kl_uniform is not None or r.start == "ilp"
     assert r.kl_final == min(r.kl_ilp, r.kl_uniform if r.kl_uniform is not None else r.kl_ilp)
@@ -136,13 +138,13 @@ def test_the_held_out_check_keeps_what_is_best_on_other_data(setup, seed, kept):
     the held-out batches, and the KLs reported there are the packed models' true KLs on them."""
     model, batches, table = setup
     held_out = _other_batches()
-    policy = allocate(table, Budget(avg_bits=3.5), model=model, calibration=batches[:1], validation=held_out,
-                      refine_passes=12, seed=seed, progress=False)
+    policy = refine(allocate(table, Budget(avg_bits=3.5)), model, batches[:1], validation=held_out, passes=12,
+                    seed=seed, progress=False)
     r = policy.report.refinement
     assert r.kept == kept and r.validation_batches == 2 and (r.accepted > 0) == (kept == "refined")
     assert set(r.kl_validation) == {"refined", "ilp", "uniform-3"}
     assert r.kept == min(r.kl_validation, key=r.kl_validation.get)
-    ilp = allocate(table, Budget(avg_bits=3.5), progress=False)
+    ilp = allocate(table, Budget(avg_bits=3.5))
     assert (policy.to_dict() == ilp.to_dict()) == (kept == "ilp")
     for config, name in ((policy, kept), (ilp, "ilp")):
         q = quantize_model(copy.deepcopy(model), config, group_size=32, skip_modules=["lm_head"])
@@ -154,65 +156,66 @@ def test_chains_are_the_seeds_runs_and_the_best_on_held_out_data_is_kept(setup):
     held-out KL of them (and of the starts)."""
     model, batches, table = setup
     held_out = _other_batches()
-    kw = dict(model=model, calibration=batches[:1], refine_passes=12, progress=False)
-    singles = [allocate(table, Budget(avg_bits=3.5), seed=s, **kw) for s in (1, 2, 3)]
-    chained = allocate(table, Budget(avg_bits=3.5), seed=1, refine_chains=3, validation=held_out, **kw)
+    ilp = allocate(table, Budget(avg_bits=3.5))
+    kw = dict(passes=12, progress=False)
+    singles = [refine(ilp, model, batches[:1], seed=s, **kw) for s in (1, 2, 3)]
+    chained = refine(ilp, model, batches[:1], seed=1, chains=3, validation=held_out, **kw)
     r = chained.report.refinement
     assert r.chains == 3 and r.passes == 2 + 3 * 10  # two starts, then 10 evaluations per chain
     ends = {f"refined-{i}": p for i, p in enumerate(singles) if p.report.refinement.accepted}
     assert set(r.kl_validation) == set(ends) | {"ilp", "uniform-3"}
     assert r.kept == min(r.kl_validation, key=r.kl_validation.get)
-    expected = ends.get(r.kept) or allocate(table, Budget(avg_bits=3.5), progress=False)
+    expected = ends.get(r.kept) or ilp
     assert chained.to_dict() == expected.to_dict()
     for name, single in ends.items():
         q = quantize_model(copy.deepcopy(model), single, group_size=32, skip_modules=["lm_head"])
         assert true_kl(model, q, held_out) == pytest.approx(r.kl_validation[name], rel=1e-4)
     with pytest.raises(ValueError, match="chains >= 1"):
-        allocate(table, Budget(avg_bits=3.5), refine_chains=0, **kw)
+        refine(ilp, model, batches[:1], chains=0, **kw)
 
 
 def test_a_callers_start_is_judged_refined_from_when_best_and_checked_on_held_out_data(setup):
-    """`refine_starts`: the caller's configuration is evaluated beside the ILP's and uniform (its KL the packed
+    """`starts`: the caller's configuration is evaluated beside the ILP's and uniform (its KL the packed
     model's true KL), the chain starts from the lowest, and the held-out check weighs it too."""
     model, batches, table = setup
     budget, held_out = Budget(avg_bits=3.5), _other_batches()
-    mine = allocate(table, budget, model=model, calibration=batches, refine_passes=12, seed=3, progress=False)
+    ilp_policy = allocate(table, budget)
+    mine = refine(ilp_policy, model, batches, passes=12, seed=3, progress=False)
     widths = {n: lb.w_bits for n, lb in mine.items()}
-    kw = dict(model=model, calibration=batches[:1], refine_passes=12, seed=0, progress=False)
-    unchecked = allocate(table, budget, refine_starts={"mine": widths}, **kw).report.refinement
+    kw = dict(passes=12, seed=0, progress=False)
+    unchecked = refine(ilp_policy, model, batches[:1], starts={"mine": widths}, **kw).report.refinement
     assert set(unchecked.kl_starts) == {"ilp", "uniform-3", "mine"}
     assert unchecked.start == min(unchecked.kl_starts, key=unchecked.kl_starts.get)
     assert unchecked.kl_final <= min(unchecked.kl_starts.values())
     q = quantize_model(copy.deepcopy(model), mine, group_size=32, skip_modules=["lm_head"])
     assert true_kl(model, q, batches[:1]) == pytest.approx(unchecked.kl_starts["mine"], rel=1e-4)
-    checked = allocate(table, budget, refine_starts={"mine": widths}, validation=held_out, **kw)
+    checked = refine(ilp_policy, model, batches[:1], starts={"mine": widths}, validation=held_out, **kw)
     r = checked.report.refinement
     assert "mine" in r.kl_validation and r.kept == min(r.kl_validation, key=r.kl_validation.get)
     assert true_kl(model, q, held_out) == pytest.approx(r.kl_validation["mine"], rel=1e-4)
     assert checked.report.avg_bits <= 3.5 + 1e-9
-    ilp = {n: lb.w_bits for n, lb in allocate(table, budget).items()}  # a start equal to the ILP's is skipped
-    assert set(allocate(table, budget, refine_starts={"same": ilp}, **kw).report.refinement.kl_starts) == {
+    ilp = {n: lb.w_bits for n, lb in ilp_policy.items()}  # a start equal to the ILP's is skipped
+    assert set(refine(ilp_policy, model, batches[:1], starts={"same": ilp}, **kw).report.refinement.kl_starts) == {
         "ilp", "uniform-3"}
 
 
 def test_a_callers_start_that_breaks_a_constraint_is_refused(setup):
     model, batches, table = setup
     names = list(table.layers)
-    kw = dict(model=model, calibration=batches, refine_passes=4, progress=False)
-    with pytest.raises(ValueError, match=r"refine_starts\['wide'\] does not meet .*over the budget"):
-        allocate(table, Budget(avg_bits=3.0), refine_starts={"wide": {n: 8 for n in names}}, **kw)
+    ilp = allocate(table, Budget(avg_bits=3.0))
+    kw = dict(passes=4, progress=False)
+    with pytest.raises(ValueError, match=r"refine starts\['wide'\] does not meet .*over the budget"):
+        refine(ilp, model, batches, starts={"wide": {n: 8 for n in names}}, **kw)
     with pytest.raises(ValueError, match="every table layer a width"):
-        allocate(table, Budget(avg_bits=3.0), refine_starts={"part": {names[0]: 2}}, **kw)
+        refine(ilp, model, batches, starts={"part": {names[0]: 2}}, **kw)
     with pytest.raises(ValueError, match="a name the refinement uses"):
-        allocate(table, Budget(avg_bits=3.0), refine_starts={"ilp": {n: 2 for n in names}}, **kw)
-    with pytest.raises(ValueError, match="starting points of the refinement"):
-        allocate(table, Budget(avg_bits=3.0), refine_starts={"low": {n: 2 for n in names}})
+        refine(ilp, model, batches, starts={"ilp": {n: 2 for n in names}}, **kw)
 
 
 def test_checked_on_its_own_data_the_refined_configuration_is_kept(setup):
     model, batches, table = setup
-    policy = allocate(table, Budget(avg_bits=3.5), model=model, calibration=batches, validation=batches,
-                      refine_passes=12, seed=0, progress=False)
+    policy = refine(allocate(table, Budget(avg_bits=3.5)), model, batches, validation=batches, passes=12, seed=0,
+                    progress=False)
     r = policy.report.refinement
     assert r.accepted > 0 and r.kept == "refined"
     assert r.kl_validation["refined"] == pytest.approx(r.kl_final, rel=1e-6)
@@ -236,7 +239,7 @@ def test_refinement_keeps_accelerate_hooks_and_outputs(setup):
     with torch.no_grad():
         ref = m(**batches[0]).logits
     calls = len(seen)
-    allocate(table, Budget(avg_bits=3.0), model=m, calibration=batches, refine_passes=4, progress=False)
+    refine(allocate(table, Budget(avg_bits=3.0)), m, batches, passes=4, progress=False)
     search(m, batches, bits=(2, 8), group_size=32, skip_modules=["lm_head"], progress=False)
     assert all(hasattr(layer, "_hf_hook") for layer in m.model.layers)
     seen.clear()
@@ -255,8 +258,8 @@ def test_refinement_with_activation_bits_judges_the_model_that_is_packed():
     table = search(model, batches, bits=(2, 4, 8), score_activations=True, progress=False)
     names = list(table.layers)
     macs = sum(table.layers[n]["macs"] for n in names)
-    policy = allocate(table, Budget(bitops=macs * 4 * 8), act_bits=[4, 8], pin_first_last=False, model=model,
-                      calibration=batches, refine_passes=10, seed=2, progress=False)
+    policy = refine(allocate(table, Budget(bitops=macs * 4 * 8), act_bits=[4, 8], pin_first_last=False), model,
+                    batches, passes=10, seed=2, progress=False)
     r = policy.report.refinement
     assert policy.report.bitops <= macs * 4 * 8 and r.kl_final <= r.kl_ilp
     q = quantize_model(copy.deepcopy(model), policy, act_ranges=calibrate_activation_ranges(model, [x for x, _ in batches], policy))

@@ -74,7 +74,7 @@ def search(
     model: nn.Module,
     calibration: Iterable | None,
     *,
-    bits: Iterable[int] = (2, 3, 4, 8),
+    bits: int | Iterable[int] = (2, 3, 4, 8),
     method: str = "infoq",
     seed: int = 0,
     scheme: PackingScheme | None = None,
@@ -95,7 +95,7 @@ def search(
     progress: bool = True,
     **options,
 ) -> SensitivityTable:
-    """Score every quantizable layer at every candidate bit-width.
+    """Score every quantizable layer at every candidate bit-width (`bits`: a list, or one int).
 
     `calibration`: a list/iterable of batches (dicts of model inputs with optional `labels`, or
     `(inputs, labels)` tuples). `method`: "infoq" (default), "hawq", "weight_mse", "size_only",
@@ -110,6 +110,11 @@ def search(
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     scheme = resolve_scheme(scheme, PackingScheme(), group_size=group_size, conv_group_size=conv_group_size,
                             symmetric=symmetric, clip_search=clip_search)
+    if isinstance(bits, int) and not isinstance(bits, bool):
+        bits = [bits]  # one candidate width
+    if bits is None or isinstance(bits, (str, bytes)) or not isinstance(bits, Iterable):
+        raise ValueError(f"bits must be the candidate bit-widths to score, an int or a list such as [2, 3, 4, 8], "
+                         f"got {bits!r}")
     bits = sorted({check_bits(b) for b in bits})
     if not bits:
         raise ValueError("bits must name at least one candidate bit-width")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 
 import torch  # noqa: E402
 
-from infoq_hf.allocation.allocate import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES  # noqa: E402
+from infoq_hf.defaults import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES  # noqa: E402
 from recipes.common import barrier, log, make_accelerator, push_folder, write_json  # noqa: E402
 
 RECIPE = "recipes/causal_lm"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, f
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from infoq_hf.allocation.allocate import DEFAULT_REFINE_PASSES  # noqa: E402
+from infoq_hf.defaults import DEFAULT_REFINE_PASSES  # noqa: E402
 from recipes.common import (  # noqa: E402
     barrier, fashion_mnist, log, make_accelerator, push_folder, save_table_and_allocate, top1, tuple_batches, write_json,
 )

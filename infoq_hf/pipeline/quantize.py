@@ -1,0 +1,51 @@
+"""`quantize_with_infoq`: the default pipeline, the stages a config selects, in order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch.nn as nn
+
+from ..config import InfoQConfig
+from ..sensitivity import SensitivityTable
+from . import stages
+from .run import QuantizationResult, Run
+from .summary import format_summary, summarize
+
+logger = logging.getLogger("infoq_hf")
+
+
+def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: SensitivityTable | None = None,
+                        tokenizer=None, image_transform=None, skip_modules: Iterable[str] | None = None,
+                        accelerator=None, progress: bool = True) -> QuantizationResult:
+    """Quantize `model` in place as `config` says (the transformers quantizer, the CLI and the recipes
+    call it): with a budget, check it, calibrate, search (or use `table`, a saved search of this model),
+    allocate, refine on the whole model (when calibration data is given) and pack; with `bits` an int,
+    pack every layer at that width; with `policy`, pack as it says. `skip_modules` (default
+    `config.modules_to_not_convert`) stay float. `tokenizer` (default `config.tokenizer`) or
+    `image_transform` turn calibration data into batches. `accelerator` (an `accelerate.Accelerator`)
+    splits the probes and the refinement's candidates over its processes; every process ends with the
+    same packed model (the caller saves it from the main process)."""
+    search = stages.searching(config)
+    if table is not None and not search:
+        raise ValueError("pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...) or "
+                         "InfoQConfig(bits=<int>)), not both")
+    skip = list(config.modules_to_not_convert or []) if skip_modules is None else list(skip_modules)
+    run = Run(model, skip, tokenizer=config.tokenizer if tokenizer is None else tokenizer,
+              image_transform=image_transform, accelerator=accelerator, progress=progress, table=table)
+    if search:
+        chosen = [*([stages.check_budget] if table is None else []), stages.calibrate, stages.choose_rounding,
+                  *([stages.score] if table is None else []), stages.gptq_costs, stages.allocate,
+                  *([stages.refine] if stages.refining(config) else [])]
+    else:
+        chosen = [stages.calibrate, stages.choose_rounding,
+                  stages.given_policy if config.policy is not None else stages.uniform]
+    for stage in [*chosen, stages.activation_ranges, stages.pack]:
+        run = stage(run, config)
+    method = (config.method if search else "policy (no search)" if config.policy is not None
+              else f"uniform {config.uniform_bits}-bit (no search)")
+    summary = summarize(run.model, run.params, run.float_bytes, run.times, method=method, report=run.policy.report)
+    summary["rounding"] = run.scheme.rounding
+    logger.info("\n%s", format_summary(summary))
+    return QuantizationResult(model=run.model, policy=run.policy, table=run.table, summary=summary)

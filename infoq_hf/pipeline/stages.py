@@ -1,0 +1,210 @@
+"""The pipeline's stages, each `stage(run, config) -> run`: it reads what it needs from the `Run` and the
+whole `InfoQConfig`, and returns the run with what it found (and its time). `quantize.py` lists them.
+
+A stage that does not apply to the run (GPTQ costs when packing rounds to nearest, activation
+ranges for a policy without activation bits) returns the run as it is.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+
+from .. import allocation
+from ..accounting import model_size_bytes
+from ..checkpoint import cast_float_leftovers
+from ..config import InfoQConfig
+from ..policy import BitPolicy, Budget
+from ..quant.apply import calibrate_activation_ranges, policy_layers, quantize_model
+from ..quant.gptq import gptq_candidates
+from ..quant.scheme import PackingScheme
+from ..sensitivity import DATA_FREE_METHODS, SensitivityTable, search
+from ..sensitivity.rounding_costs import with_gptq_costs
+from ..sensitivity.task import is_causal_lm
+from .data import first_samples, load_calibration_batches, resolve_rounding
+from .run import Run
+
+
+def scoring_scheme(config: InfoQConfig) -> PackingScheme:
+    """The config's packing scheme with round to nearest: the search's probes perturb with it."""
+    return replace(config.scheme, rounding="rtn")
+
+
+def searching(config: InfoQConfig) -> bool:
+    """The config asks for a search and an allocation (no policy given, no uniform width)."""
+    return config.policy is None and config.uniform_bits is None
+
+
+def refining(config: InfoQConfig) -> bool:
+    """The allocation is refined on the whole model: it searches, with calibration data (data-free runs: ILP only)."""
+    return searching(config) and config.calibration is not None and config.refine_passes > 0
+
+
+def layer_table(model: nn.Module, bits, *, scheme: PackingScheme, skip_modules, embeddings: bool) -> SensitivityTable:
+    """A table of the layers a search would score, with their sizes and random scores: no data, no forward pass."""
+    return search(model, None, bits=bits, method="random", scheme=scheme, skip_modules=skip_modules,
+                  embeddings=embeddings, progress=False)
+
+
+def check_budget_feasible(model: nn.Module, budget, *, bits, scheme: PackingScheme, skip_modules=(), solver="auto",
+                          pin_first_last="auto", embeddings: bool = False) -> None:
+    """Raise `InfeasibleBudgetError` before any probing when no choice of the candidate bits meets the
+    budget's size, average-bits or compression terms: they depend on layer sizes only, so the ILP on a
+    table with the model's layer sizes (and random scores) decides it in milliseconds. BitOps need the
+    MACs of a forward pass and are left to the allocation after the search."""
+    budget = budget if isinstance(budget, Budget) else Budget.from_dict(budget)
+    sized = {k: v for k, v in budget.to_dict().items() if k != "bitops"}
+    if not sized:
+        return
+    with warnings.catch_warnings():  # the real search repeats any warning (tied weights, ...)
+        warnings.simplefilter("ignore")
+        skeleton = layer_table(model, bits, scheme=scheme, skip_modules=skip_modules, embeddings=embeddings)
+    allocation.allocate(skeleton, Budget(**sized), solver=solver, pin_first_last=pin_first_last)
+
+
+def check_budget(run: Run, config: InfoQConfig) -> Run:
+    """An impossible budget fails here, before any data is loaded."""
+    check_budget_feasible(run.model, config.budget, bits=config.bits, scheme=scoring_scheme(config),
+                          skip_modules=run.skip_modules, solver=config.solver, pin_first_last=config.pin_first_last,
+                          embeddings=config.quantize_embeddings)
+    return run
+
+
+def calibration_needs(run: Run, config: InfoQConfig) -> list[str]:
+    """Why the run needs calibration data, in the order the stages ask for it (empty: it does not)."""
+    given = config.calibration is not None
+    policy = config.policy or {}
+    needs = [
+        ("rounding='auto'", config.rounding == "auto" and given and is_causal_lm(run.model)),
+        (f"method {config.method!r}",
+         searching(config) and run.table is None and config.method not in DATA_FREE_METHODS),
+        ("the refinement", refining(config)),
+        ("a policy with activation bits (a_bits)", any(lb.a_bits is not None for lb in policy.values())),
+        ("rounding='gptq'", config.rounding == "gptq"),
+    ]
+    return [why for why, needed in needs if needed]
+
+
+def calibrate(run: Run, config: InfoQConfig) -> Run:
+    """Load the calibration data when a later stage needs it; the first `search_samples` samples go to the
+    search and the refinement, the next as many to the refinement's held-out check, GPTQ rounds with all."""
+    needs = calibration_needs(run, config)
+    if not needs:
+        return run
+    if config.calibration is None:
+        raise ValueError(f"{needs[0]} needs calibration data: set InfoQConfig(calibration=CalibrationSpec(...) "
+                         "or a list of batches)")
+    started = time.perf_counter()
+    batches = load_calibration_batches(config.calibration, run.model, tokenizer=run.tokenizer,
+                                       image_transform=run.image_transform, **config.calibration_options)
+    loaded = run.timed("calibration", started)
+    if not batches:
+        raise ValueError(f"{needs[0]} needs calibration data, and the calibration set is empty")
+    samples = config.search_samples
+    search_batches = batches if samples is None else first_samples(batches, samples)
+    held_out = None if samples is None else (first_samples(batches[len(search_batches):], samples) or None)
+    return replace(loaded, batches=batches, search_batches=search_batches, held_out=held_out)
+
+
+def choose_rounding(run: Run, config: InfoQConfig) -> Run:
+    """The packing scheme, its rounding made concrete ("auto": see `data.resolve_rounding`)."""
+    return replace(run, scheme=replace(config.scheme, rounding=resolve_rounding(config, run.model, run.batches)))
+
+
+def score(run: Run, config: InfoQConfig) -> Run:
+    """The sensitivity search (`search`), on the search's share of the calibration data."""
+    data = None if config.method in DATA_FREE_METHODS else run.search_batches
+    started = time.perf_counter()
+    table = search(run.model, data, bits=config.bits, method=config.method, seed=config.seed,
+                   scheme=scoring_scheme(config), skip_modules=run.skip_modules, embeddings=config.quantize_embeddings,
+                   accelerator=run.accelerator, progress=run.progress, **config.method_options)
+    return run.timed("search", started, table=table)
+
+
+def gptq_costs(run: Run, config: InfoQConfig) -> Run:
+    """When packing rounds with GPTQ, the allocation knows it: the table's costs are rescaled by GPTQ's
+    output error relative to round-to-nearest's (`sensitivity.rounding_costs`). Costs from candidates
+    rounded on the inputs the budget's uniform configuration gives rank the layers better, as
+    sequential packing rounds a configuration near it: the ILP alone uses those. A refinement instead
+    judges GPTQ's weights rounded on float inputs (which favour no configuration; prefix inputs make
+    their own configuration exact and every move look worse), allocates on their costs, and starts
+    also from the ILP on the prefix costs."""
+    if run.scheme.rounding != "gptq":
+        return run
+    started = time.perf_counter()
+    table, model = run.table, run.model
+    widths = {n: table.bits for n in table.layers}
+    prefix = allocation.uniform_start(table, config.budget, pin_first_last=config.pin_first_last)
+    on_prefix = with_gptq_costs(table, gptq_candidates(model, widths, run.batches, scheme=run.scheme,
+                                                       options=config.gptq_options, keep_weights=False,
+                                                       prefix_bits=prefix, progress=run.progress))
+    if not refining(config):
+        return run.timed("gptq-aware costs", started, table=on_prefix)
+    candidates = gptq_candidates(model, widths, run.batches, scheme=run.scheme, options=config.gptq_options,
+                                 keep_weights=True, progress=run.progress)
+    starts = {"ilp-prefix": allocation.allocate(on_prefix, config.budget, solver=config.solver, alpha=config.alpha,
+                                                pin_first_last=config.pin_first_last)}
+    return run.timed("gptq-aware costs", started, table=with_gptq_costs(table, candidates), candidates=candidates,
+                     starts=starts)
+
+
+def allocate(run: Run, config: InfoQConfig) -> Run:
+    """The ILP: the widths of least total cost under the budget (`allocation.allocate`)."""
+    started = time.perf_counter()
+    policy = allocation.allocate(run.table, config.budget, solver=config.solver, alpha=config.alpha,
+                                 pin_first_last=config.pin_first_last)
+    return run.timed("allocation", started, policy=policy)
+
+
+def refine(run: Run, config: InfoQConfig) -> Run:
+    """The ILP's policy refined on the whole model (`allocation.refine`); GPTQ's candidates are let go
+    after it (they take about a byte per weight and width)."""
+    started = time.perf_counter()
+    policy = allocation.refine(run.policy, run.model, run.search_batches, passes=config.refine_passes,
+                               chains=config.refine_chains, validation=run.held_out, starts=run.starts,
+                               gptq=run.candidates, seed=config.seed, accelerator=run.accelerator,
+                               progress=run.progress)
+    return run.timed("refinement", started, policy=policy, candidates=None, starts=None)
+
+
+def given_policy(run: Run, config: InfoQConfig) -> Run:
+    """The config's policy, applied as it is."""
+    return replace(run, policy=config.policy)
+
+
+def uniform(run: Run, config: InfoQConfig) -> Run:
+    """Every layer a search would score at `config.uniform_bits`."""
+    layers = layer_table(run.model, [config.uniform_bits], scheme=scoring_scheme(config),
+                         skip_modules=run.skip_modules, embeddings=config.quantize_embeddings).layers
+    return replace(run, policy=BitPolicy({name: config.uniform_bits for name in layers}))
+
+
+def activation_ranges(run: Run, config: InfoQConfig) -> Run:
+    """The input ranges of the layers the policy gives activation bits."""
+    if not any(lb.a_bits is not None for lb in run.policy.values()):
+        return run
+    if run.batches is None:
+        raise ValueError("a policy with activation bits (a_bits) needs calibration data: set "
+                         "InfoQConfig(calibration=CalibrationSpec(...) or a list of batches)")
+    started = time.perf_counter()
+    return run.timed("activation ranges", started,
+                     act_ranges=calibrate_activation_ranges(run.model, run.batches, run.policy))
+
+
+def pack(run: Run, config: InfoQConfig) -> Run:
+    """Replace the policy's layers by packed ones (`quantize_model`; GPTQ rounds with every calibration
+    batch), then cast what stays float to `config.float_dtype` when set."""
+    model, gptq = run.model, run.scheme.rounding == "gptq"
+    float_bytes = model_size_bytes(model)
+    params = {n: m.weight.numel() for n, m in policy_layers(model, run.policy).items()}
+    started = time.perf_counter()
+    quantize_model(model, run.policy, scheme=run.scheme, skip_modules=run.skip_modules, act_ranges=run.act_ranges,
+                   calibration=run.batches if gptq else None, gptq_options=config.gptq_options, progress=run.progress)
+    packed = run.timed("packing (gptq)" if gptq else "packing", started, float_bytes=float_bytes, params=params)
+    if config.float_dtype is not None:  # the leftovers are stored (and run) in it
+        cast_float_leftovers(model, getattr(torch, config.float_dtype))
+    return packed

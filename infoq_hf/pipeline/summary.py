@@ -1,0 +1,94 @@
+"""The run's summary: what was packed how, its size and times, and the one screen `format_summary` prints."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+
+import torch.nn as nn
+
+from ..accounting import compression_ratio, expected_size_bytes, mean_weight_bits, model_size_bytes
+from ..quant.apply import packed_layers
+from ..quant.quantizer import effective_group_size
+
+
+def summarize(model: nn.Module, params: dict[str, int], float_bytes: int, times: dict, *, method=None,
+              report=None) -> dict:
+    """The summary of a packed `model`: per-layer widths and group sizes, average bits, sizes (`params`:
+    weights per layer, `float_bytes`: the size before packing), `times` and the allocation's `report`."""
+    layers = packed_layers(model)
+    avg_bits = mean_weight_bits({k: params.get(k, 0) for k in layers}, {k: m.w_bits for k, m in layers.items()})
+    return {
+        "method": method or "policy (no search)",
+        "layers": {k: {"w_bits": m.w_bits, "a_bits": m.a_bits,
+                       "group_size": effective_group_size(m.weight_shape, m.group_size)} for k, m in layers.items()},
+        "quantized_layers": len(layers),
+        "avg_bits": avg_bits,
+        "size_bytes": model_size_bytes(model),
+        "expected_size_bytes": expected_size_bytes(model),
+        "float_size_bytes": float_bytes,
+        "compression": compression_ratio(model) if layers else 1.0,
+        "times_s": dict(times),
+        "allocation": None if report is None else report.to_dict(),
+    }
+
+
+def _layer_pattern(name: str) -> str:
+    """A layer name with its block indices folded into '*' (model.layers.3.mlp -> model.layers.*.mlp)."""
+    return re.sub(r"\.\d+(?=\.|$)", ".*", name)
+
+
+def condensed_policy(layers: dict[str, dict], max_rows: int = 24) -> list[str]:
+    """One row per layer pattern (block indices folded into '*'), bits listed in block order."""
+    rows: dict[str, list[str]] = defaultdict(list)
+    for name, lb in layers.items():
+        pattern = _layer_pattern(name)
+        rows[pattern].append(str(lb["w_bits"]) + ("" if lb["a_bits"] is None else f"/a{lb['a_bits']}"))
+    width = min(max((len(p) for p in rows), default=0), 48)
+    lines = [f"  {p[-width:]:<{width}}  {' '.join(b)}" for p, b in rows.items()]
+    if len(lines) > max_rows:
+        lines = lines[: max_rows - 1] + [f"  ... {len(lines) - max_rows + 1} more layer patterns"]
+    return lines
+
+
+def group_size_lines(layers: dict[str, dict]) -> list[str]:
+    """Which layers got which weight group size: a layer whose input width the requested size does not
+    divide gets a smaller one (`quant.quantizer.effective_group_size`). Empty when not recorded."""
+    by_group: dict[int | None, dict[str, int]] = defaultdict(Counter)
+    for name, lb in layers.items():
+        if "group_size" in lb:
+            by_group[lb["group_size"]][_layer_pattern(name)] += 1
+    lines = ["  weight group size per layer:"] if by_group else []
+    for group, patterns in sorted(by_group.items(), key=lambda kv: -(kv[0] or 0)):
+        label = "per output channel" if group is None else f"{group} weights per scale"
+        lines.append(f"    {label}: {sum(patterns.values())} layers ({', '.join(patterns)})")
+    return lines
+
+
+def format_summary(summary: dict) -> str:
+    """The summary on one screen: bits per layer pattern, widths, sizes, the refinement, times."""
+    hist = Counter(lb["w_bits"] for lb in summary["layers"].values())
+    mib = 1 / 2**20
+    out = [
+        f"InfoQ quantization ({summary['method']}, {summary.get('rounding', 'rtn')} rounding): "
+        f"{summary['quantized_layers']} layers packed",
+        "  bits per layer pattern (w_bits[/a_bits], in block order):",
+        *condensed_policy(summary["layers"]),
+        "  layers per width: " + ", ".join(f"{b} bits x{c}" for b, c in sorted(hist.items())),
+        *group_size_lines(summary["layers"]),
+        f"  average weight bits {summary['avg_bits']:.3f}, weight compression {summary['compression']:.2f}x",
+        f"  model size {summary['size_bytes'] * mib:.2f} MiB (float {summary['float_size_bytes'] * mib:.2f} MiB)",
+        "  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["times_s"].items()),
+    ]
+    refined = (summary.get("allocation") or {}).get("refinement")
+    if refined:
+        out.insert(-1, f"  refinement on the whole model: KL to float {refined['kl_ilp']:.4g} (ILP) -> "
+                       f"{refined['kl_final']:.4g}, start {refined['start']}"
+                       + ("" if not refined.get("kl_starts") else " (of " + ", ".join(
+                           f"{name} {kl:.4g}" for name, kl in refined["kl_starts"].items()) + ")")
+                       + f", {refined['accepted']} of "
+                       f"{refined['passes']} passes accepted"
+                       + (f"; {refined.get('chains', 1)} chains, the held-out check on "
+                          f"{refined['validation_batches']} more calibration batch(es) kept {refined['kept']}"
+                          if refined.get("kl_validation") else ""))
+    return "\n".join(out)
