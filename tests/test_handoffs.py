@@ -15,7 +15,7 @@ import torch
 from conftest import lm_batches, tiny_llama, tiny_timm
 
 import infoq_hf
-from infoq_hf import Budget, InfoQConfig, allocate, quantize_model, search
+from infoq_hf import Budget, InfoQConfig, allocate, quantize_model, refine, search
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM  # noqa: E402
@@ -115,8 +115,9 @@ def test_the_runs_summary_is_visible_without_logging_setup(float_folder, capsys)
 def test_the_refinement_bar_ends_at_its_total(monkeypatch):
     from tqdm.auto import tqdm
 
-    import infoq_hf.allocation.refine as refine
+    import importlib
 
+    refine_module = importlib.import_module("infoq_hf.allocation.refine")  # the package re-exports the function
     bars = []
 
     class Recorded(tqdm):
@@ -124,12 +125,11 @@ def test_the_refinement_bar_ends_at_its_total(monkeypatch):
             super().__init__(*args, **{**kwargs, "disable": False})
             bars.append(self)
 
-    monkeypatch.setattr(refine, "tqdm", Recorded)
+    monkeypatch.setattr(refine_module, "tqdm", Recorded)
     model = tiny_llama(vocab=96, pad_token_id=None, max_position_embeddings=64)
     batches = lm_batches()
     table = search(model, batches, bits=(2, 8), group_size=32, skip_modules=["lm_head"], progress=False)
-    policy = allocate(table, Budget(avg_bits=5.0), model=model, calibration=batches[:1], refine_passes=200, seed=0,
-                      progress=True)
+    policy = refine(allocate(table, Budget(avg_bits=5.0)), model, batches[:1], passes=200, seed=0, progress=True)
     assert policy.report.refinement.passes < 200  # the chain ran out of moves before its passes
     (bar,) = bars
     assert bar.n == bar.total == policy.report.refinement.passes
