@@ -23,6 +23,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from .checkpoint import GUARD, IMPORT_HINT_KEY, WEIGHTS_NAME, read_infoq_config, read_tensor_specs
+from .integrity import verify_checkpoint_files
 from .names import unique_match
 from .policy import BitPolicy
 from .quant.modules import packed_weight_bytes
@@ -244,6 +245,7 @@ def read_checkpoint(directory: str | os.PathLike, *, table: SensitivityTable | N
         else:
             params, measured = _summary_from_headers(directory, config, specs, skeleton)
         summary = {**measured, **(summary or {}), "params": params}
+    verify_checkpoint_files(sorted(directory.glob("*.safetensors")))
     policy = _in_model_order(config.policy, params, table)
     return CheckpointInfo(kind, config.to_dict(), policy, params, summary, model_config, table)
 

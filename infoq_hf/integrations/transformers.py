@@ -32,6 +32,7 @@ from ..checkpoint import (
     read_tensor_specs,
 )
 from ..config import QUANT_METHOD, InfoQConfig
+from ..integrity import verify_checkpoint_files
 from ..quant.apply import dequantize_model
 
 logger = logging.getLogger("infoq_hf")
@@ -68,6 +69,7 @@ class InfoQQuantizer(HfQuantizer):
             specs = read_tensor_specs(checkpoint_files)
             rename = _checkpoint_renamer(model, self)
             check_checkpoint_tensors(model, {rename(k): v for k, v in specs.items()})
+            verify_checkpoint_files(checkpoint_files)  # every tensor's bytes against the digests saved with them
         # Some `_init_weights` reach from a parent into its child's `.weight` (GPT-2: `mlp.c_proj.weight`),
         # which a packed layer lacks. A parent holding no tensors of its own has nothing to initialise.
         for name in built:

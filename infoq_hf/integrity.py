@@ -1,0 +1,162 @@
+"""Per-tensor digests in a safetensors header: written when a checkpoint is saved, checked when it is read.
+
+`seal_safetensors(path)` rewrites a safetensors file with the SHA-256 of every stored tensor's bytes in its
+`__metadata__` (key DIGEST_METADATA, a JSON object key -> hex digest) and the metadata keys sorted, so two
+identical saves give identical bytes (safetensors itself writes the metadata in a random order). The data
+region is copied unchanged, in one pass: the header's length is known before the digests are (64 hex
+characters each), so the header is written last, in front of the data.
+
+`verify_safetensors(path)` recomputes the digests and raises, naming the tensor, on a mismatch (a flipped
+bit, two same-shape tensors swapped, a tensor added or removed). It guards against corruption, not against
+a deliberate edit: whoever can change the data can rewrite the digests too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+
+logger = logging.getLogger("infoq_hf")
+
+DIGEST_METADATA = "infoq_sha256"  # safetensors header: {tensor key: sha256 hex of its stored bytes}
+_CHUNK = 1 << 24
+_MAX_HEADER = 100 * 1024 * 1024  # the bound safetensors itself enforces
+
+
+class IntegrityError(ValueError):
+    """A stored tensor's bytes do not match the digest saved with them."""
+
+
+def _read_header(handle, path) -> tuple[dict, int]:
+    raw_len = handle.read(8)
+    if len(raw_len) != 8:
+        raise ValueError(f"{path} is not a safetensors file (shorter than its 8-byte header length); "
+                         "save or download the checkpoint again")
+    (n,) = struct.unpack("<Q", raw_len)
+    if n > _MAX_HEADER:
+        raise ValueError(f"{path} is not a safetensors file (header length {n}); save or download it again")
+    try:
+        header = json.loads(handle.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} has an unreadable safetensors header ({e}); save or download it again") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} has an unreadable safetensors header; save or download it again")
+    return header, 8 + n
+
+
+def _tensors_by_offset(header: dict) -> list[tuple[str, int, int]]:
+    spans = [(k, *v["data_offsets"]) for k, v in header.items() if k != "__metadata__"]
+    return sorted(spans, key=lambda s: (s[1], s[2], s[0]))
+
+
+def _hash_span(handle, n: int, out=None) -> str:
+    digest = hashlib.sha256()
+    while n > 0:
+        chunk = handle.read(min(n, _CHUNK))
+        if not chunk:
+            raise ValueError("the file ends before its tensor data does")
+        digest.update(chunk)
+        if out is not None:
+            out.write(chunk)
+        n -= len(chunk)
+    return digest.hexdigest()
+
+
+def seal_safetensors(path: str | os.PathLike) -> None:
+    """Rewrite `path` with every tensor's SHA-256 in its header and the metadata keys sorted (see module doc)."""
+    path = Path(path)
+    sealed = path.with_name(path.name + ".sealing")
+    with open(path, "rb") as src:
+        header, data_start = _read_header(src, path)
+        metadata = dict(header.pop("__metadata__", None) or {})
+        spans = _tensors_by_offset(header)
+        placeholder = {key: "0" * 64 for key, _, _ in spans}
+
+        def encode(digests) -> bytes:
+            meta = {**metadata, DIGEST_METADATA: json.dumps(digests, sort_keys=True, separators=(",", ":"))}
+            raw = json.dumps({"__metadata__": dict(sorted(meta.items())), **header}, separators=(",", ":")).encode()
+            return raw + b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors does
+
+        size = len(encode(placeholder))
+        digests = {}
+        with open(sealed, "wb") as out:
+            out.seek(8 + size)
+            src.seek(data_start)
+            position = 0
+            for key, start, end in spans:
+                if start != position:
+                    raise ValueError(f"{path}: tensor {key!r} does not follow the previous one; not a safetensors file")
+                digests[key] = _hash_span(src, end - start, out)
+                position = end
+            out.write(src.read())  # nothing, in a well-formed file
+            raw = encode(digests)
+            assert len(raw) == size
+            out.seek(0)
+            out.write(struct.pack("<Q", size) + raw)
+    os.replace(sealed, path)
+
+
+def stored_digests(path: str | os.PathLike) -> dict[str, str] | None:
+    """The digests in `path`'s header, or None when it has none (saved by an older version, or by another tool)."""
+    with open(path, "rb") as handle:
+        header, _ = _read_header(handle, path)
+    return _digests_in(header, path)
+
+
+def _digests_in(header: dict, path) -> dict[str, str] | None:
+    raw = (header.get("__metadata__") or {}).get(DIGEST_METADATA)
+    if raw is None:
+        return None
+    try:
+        digests = json.loads(raw)
+    except json.JSONDecodeError:
+        digests = None
+    if not isinstance(digests, dict):
+        raise IntegrityError(f"{path}: its {DIGEST_METADATA!r} header entry is not a JSON object of digests; "
+                             "the file is corrupt: save or download the checkpoint again")
+    return digests
+
+
+def verify_safetensors(path: str | os.PathLike) -> bool:
+    """Check every tensor of `path` against its stored digest; False (and a logged note) when it has none."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        header, data_start = _read_header(handle, path)
+        digests = _digests_in(header, path)
+        if digests is None:
+            logger.warning("%s holds no tensor digests (saved by an older infoq-hf or another tool): its tensors "
+                           "are loaded unchecked. Save it again to add them.", path)
+            return False
+        spans = _tensors_by_offset(header)
+        keys = {key for key, _, _ in spans}
+        if keys != set(digests):
+            odd = sorted(keys ^ set(digests))
+            raise IntegrityError(f"{path}: tensors {odd[:5]} are stored without a saved digest or are missing; the "
+                                 "file was altered after it was saved: save or download the checkpoint again")
+        for key, start, end in spans:
+            handle.seek(data_start + start)
+            try:
+                got = _hash_span(handle, end - start)
+            except ValueError:
+                raise IntegrityError(f"{path}: tensor {key!r} is cut short; the file is truncated: save or "
+                                     "download the checkpoint again") from None
+            if got != digests[key]:
+                raise IntegrityError(f"{path}: tensor {key!r} does not match the digest saved with it (its bytes "
+                                     "changed after the save: a corrupt disk or download, or an edit); save or "
+                                     "download the checkpoint again")
+    return True
+
+
+def verify_checkpoint_files(files) -> None:
+    """`verify_safetensors` every *.safetensors file of `files`."""
+    for f in files:
+        if str(f).endswith(".safetensors"):
+            verify_safetensors(f)
+
+
+__all__ = ["DIGEST_METADATA", "IntegrityError", "seal_safetensors", "stored_digests", "verify_checkpoint_files",
+           "verify_safetensors"]
