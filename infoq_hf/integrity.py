@@ -8,7 +8,9 @@ characters each), so the header is written last, in front of the data.
 
 `verify_safetensors(path)` recomputes the digests and raises, naming the tensor, on a mismatch (a flipped
 bit, two same-shape tensors swapped, a tensor added or removed). It guards against corruption, not against
-a deliberate edit: whoever can change the data can rewrite the digests too.
+a deliberate edit: whoever can change the data can rewrite the digests too. SHA-256 (hashlib, OpenSSL: hardware-accelerated on
+current CPUs) rather than a faster non-cryptographic hash: one dependency-free choice whose cost is
+measured by `benchmarks/integrity_cost.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 logger = logging.getLogger("infoq_hf")
 
+SKIP_ENV = "INFOQ_SKIP_DIGEST_CHECK"  # "1": load without checking digests (to measure what the check costs)
 DIGEST_METADATA = "infoq_sha256"  # safetensors header: {tensor key: sha256 hex of its stored bytes}
 _CHUNK = 1 << 24
 _MAX_HEADER = 100 * 1024 * 1024  # the bound safetensors itself enforces
@@ -122,8 +125,11 @@ def _digests_in(header: dict, path) -> dict[str, str] | None:
 
 
 def verify_safetensors(path: str | os.PathLike) -> bool:
-    """Check every tensor of `path` against its stored digest; False (and a logged note) when it has none."""
+    """Check every tensor of `path` against its stored digest; False (and a logged note) when it has none,
+    or when the environment variable INFOQ_SKIP_DIGEST_CHECK is "1"."""
     path = Path(path)
+    if os.environ.get(SKIP_ENV) == "1":
+        return False
     with open(path, "rb") as handle:
         header, data_start = _read_header(handle, path)
         digests = _digests_in(header, path)
@@ -158,5 +164,5 @@ def verify_checkpoint_files(files) -> None:
             verify_safetensors(f)
 
 
-__all__ = ["DIGEST_METADATA", "IntegrityError", "seal_safetensors", "stored_digests", "verify_checkpoint_files",
+__all__ = ["DIGEST_METADATA", "SKIP_ENV", "IntegrityError", "seal_safetensors", "stored_digests", "verify_checkpoint_files",
            "verify_safetensors"]
