@@ -306,6 +306,19 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON object file; ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt or was edited: save or "
+                         "download it again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; save or download the "
+                         "checkpoint again")
+    return data
+
+
 def read_infoq_config(directory: str | os.PathLike):
     """The `InfoQConfig` stored beside a checkpoint (infoq_config.json, else config.json's quantization_config)."""
     from .config import InfoQConfig
@@ -313,11 +326,11 @@ def read_infoq_config(directory: str | os.PathLike):
     directory = Path(directory)
     path = directory / INFOQ_CONFIG_NAME
     if path.is_file():
-        return InfoQConfig.from_dict(json.loads(path.read_text()))
+        return InfoQConfig.from_dict(read_json_object(path))
     cfg = directory / "config.json"
     if cfg.is_file():
-        data = json.loads(cfg.read_text()).get("quantization_config")
-        if data and data.get("quant_method") == "infoq":
+        data = read_json_object(cfg).get("quantization_config")
+        if isinstance(data, dict) and data.get("quant_method") == "infoq":
             return InfoQConfig.from_dict(data)
     raise FileNotFoundError(f"{directory} holds no {INFOQ_CONFIG_NAME} nor an infoq config.json: not an infoq checkpoint")
 

@@ -164,14 +164,32 @@ def _summary_from_headers(directory: Path, config, specs, skeleton) -> tuple[dic
 
 
 # ----------------------------------------------------------------------------- building and checking
+def _architecture_class(directory: Path, model_config: Mapping):
+    """The transformers model class config.json's `architectures` names, None when this transformers has
+    none of that name; ValueError naming the field when it names something that is not a model class."""
+    import transformers
+
+    archs = model_config.get("architectures") or [None]
+    arch = archs[0] if isinstance(archs, list) else archs
+    if arch is None:
+        return None
+    if not isinstance(arch, str):
+        raise ValueError(f"{directory / 'config.json'}: 'architectures' must be a list of model class names, "
+                         f"got {archs!r}")
+    cls = getattr(transformers, arch, None)
+    if cls is not None and not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ValueError(f"{directory / 'config.json'}: 'architectures' names {arch!r}, which is not a transformers "
+                         "model class; the file was edited: save or download the checkpoint again")
+    return cls
+
+
 def _load_checkpoint_model(directory: Path, kind: str, model_config: Mapping) -> nn.Module:
     if kind == "transformers":
         import transformers
 
         from . import integrations  # noqa: F401  (registers quant_method "infoq")
 
-        arch = (model_config.get("architectures") or [None])[0]
-        cls = getattr(transformers, arch, None) if arch else None
+        cls = _architecture_class(directory, model_config)
         return (cls or transformers.AutoModel).from_pretrained(directory)
     if kind == "timm":
         from .integrations.timm import load_quantized
@@ -197,8 +215,7 @@ def _check_tensor_headers(directory: Path, kind: str, model_config: Mapping, con
 
             from .integrations.transformers import _checkpoint_renamer
 
-            arch = (model_config.get("architectures") or [None])[0]
-            cls = getattr(transformers, arch, None) if arch else None
+            cls = _architecture_class(directory, model_config)
             if cls is None:
                 return None  # an architecture this transformers does not know: loading will say so
             model = cls._from_config(transformers.AutoConfig.from_pretrained(directory))

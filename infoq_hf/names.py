@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from .linear_regex import LinearRegex
+
 REGEX_PREFIX = "re:"
 
 
@@ -17,10 +19,11 @@ def is_regex(pattern: str) -> bool:
     return pattern.startswith(REGEX_PREFIX)
 
 
-def compile_regex(pattern: str) -> re.Pattern:
-    """The regex of a `re:` pattern; ValueError naming the pattern when it does not compile."""
+def compile_regex(pattern: str) -> LinearRegex:
+    """The regex of a `re:` pattern, matched in linear time (a pattern may come from a downloaded
+    config.json); ValueError naming the pattern when it does not compile or is not supported."""
     try:
-        return re.compile(pattern[len(REGEX_PREFIX):])
+        return LinearRegex(pattern[len(REGEX_PREFIX):])
     except re.error as e:
         raise ValueError(f"name pattern {pattern!r} is not a valid regex: {e}") from None
 

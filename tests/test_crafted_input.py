@@ -1,0 +1,99 @@
+"""Crafted input fails fast and clearly: policy regexes in linear time, JSON files and `architectures`
+named in the error. Tiny models; no network."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch.nn as nn
+from conftest import tiny_llama
+
+from infoq_hf import InfoQConfig, load_quantized, quantize_model, save_quantized
+from infoq_hf.checkpoint_info import read_checkpoint
+from infoq_hf.linear_regex import LinearRegex
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PATTERNS = [r"model\.layers\..*", r".*\.(q|k|v)_proj", r"layers\.\d+\.mlp\..*", r"(a|ab)*c?", r"[^.]+\.[0-9]{1,2}",
+            r"x{2,3}y*", r"^a.*b$", r".*?proj", r"[\w]+", r"\s*\S+", r"a(b|)+c", r"(a*)*b", r"(a|b)*\.c", r"a?b+\.",
+            r"[ab]{0,3}c", r"[^a-c]*Z"]
+
+
+def test_linear_regex_agrees_with_re_fullmatch():
+    rng = random.Random(0)
+    names = ["model.layers.0.mlp.up_proj", "model.layers.12.self_attn.q_proj", "lm_head", "ab", "ababc", "aab.12",
+             "xxy", "xxxyy", "Z", "..Z", "proj", "", " a", "ac", "abbc", "aaab"]
+    names += ["".join(rng.choice("ab.cxyZ1 ") for _ in range(rng.randint(0, 7))) for _ in range(300)]
+    for pattern in PATTERNS:
+        ours, theirs = LinearRegex(pattern), re.compile(pattern)
+        for name in names:
+            assert bool(ours.fullmatch(name)) == bool(theirs.fullmatch(name)), (pattern, name)
+    for unsupported in (r"(a)\1", r"(?=a)b", r"(?i)a", r"\bx"):
+        with pytest.raises(re.error, match="not supported"):
+            LinearRegex(unsupported)
+
+
+def test_a_catastrophic_policy_regex_in_config_json_does_not_hang(tmp_path):
+    folder = tmp_path / "c"
+    AutoModelForCausalLM.from_pretrained(_float_dir(tmp_path), quantization_config=InfoQConfig(
+        policy={"re:model\\.layers\\..*": 4}, group_size=32)).save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"]["policy"] = {"re:(.|.)*Z": 4, **cfg["quantization_config"]["policy"]}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import infoq_hf
+        from infoq_hf.policy import BitPolicy
+        names = ["model.layers.10.self_attn.q_proj" * 3, "aZ"]
+        resolved = BitPolicy({{"re:(.|.)*Z": 4, "re:.*": 8}}).resolve(names)
+        assert resolved[names[0]].w_bits == 8 and resolved["aZ"].w_bits == 4
+        from transformers import AutoModelForCausalLM
+        try:
+            AutoModelForCausalLM.from_pretrained({str(folder)!r})
+        except ValueError as e:
+            print(e)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "policy regex 're:(.|.)*Z' matches no quantizable layer" in done.stdout
+
+
+def _float_dir(tmp_path):
+    path = tmp_path / "float"
+    if not path.exists():
+        tiny_llama().save_pretrained(path)
+    return path
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+
+
+def test_a_json_file_that_is_not_json_is_named(tmp_path):
+    save_quantized(quantize_model(_mlp(), {"0": 4, "2": 4}), tmp_path / "m")
+    (tmp_path / "m" / "infoq_config.json").write_text("{not json")
+    for load in (lambda: load_quantized(tmp_path / "m", model=_mlp()), lambda: read_checkpoint(tmp_path / "m")):
+        with pytest.raises(ValueError, match=r"infoq_config\.json is not valid JSON"):
+            load()
+
+
+def test_crafted_architectures_are_refused_naming_the_field(tmp_path):
+    folder = tmp_path / "c"
+    AutoModelForCausalLM.from_pretrained(_float_dir(tmp_path), quantization_config=InfoQConfig(
+        policy={"re:model\\.layers\\..*": 4}, group_size=32)).save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    for archs in (["pipeline"], [3]):
+        cfg["architectures"] = archs
+        (folder / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ValueError, match="'architectures'"):
+            read_checkpoint(folder)
