@@ -97,3 +97,29 @@ def test_crafted_architectures_are_refused_naming_the_field(tmp_path):
         (folder / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(ValueError, match="'architectures'"):
             read_checkpoint(folder)
+
+
+def test_push_stages_only_the_checkpoints_own_files_and_never_follows_links(tmp_path, caplog):
+    from infoq_hf.hub import prepare_upload_folder
+
+    source = tmp_path / "ckpt"
+    save_quantized(quantize_model(_mlp(), {"0": 4, "2": 4}), source)
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    (source / "notes.txt").symlink_to(secret)
+    (source / "train.log").write_text("mine")
+    (source / "runs").mkdir()
+    (source / "runs" / "a.txt").write_text("run")
+    (source / "runs" / "key").symlink_to(secret)
+    with caplog.at_level("WARNING", logger="infoq_hf"):
+        prepare_upload_folder(source, tmp_path / "up", "user/m")
+    staged = sorted(p.name for p in (tmp_path / "up").iterdir())
+    assert not {"notes.txt", "train.log", "runs"} & set(staged)
+    assert {"model.safetensors", "infoq_config.json", "README.md"} <= set(staged)
+    assert "['notes.txt', 'runs', 'train.log']" in caplog.text
+    prepare_upload_folder(source, tmp_path / "up2", "user/m", include=["train.log", "runs"])
+    assert (tmp_path / "up2" / "train.log").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "up2" / "runs").iterdir()) == ["a.txt"]
+    assert not any("PRIVATE" in p.read_text(errors="replace") for p in (tmp_path / "up2").rglob("*") if p.is_file())
+    with pytest.raises(ValueError, match="symbolic link"):
+        prepare_upload_folder(source, tmp_path / "up3", "user/m", include=["notes.txt"])
