@@ -3,8 +3,7 @@
 `seal_safetensors(path)` rewrites a safetensors file with the SHA-256 of every stored tensor's bytes in its
 `__metadata__` (key DIGEST_METADATA, a JSON object key -> hex digest) and the metadata keys sorted, so two
 identical saves give identical bytes (safetensors itself writes the metadata in a random order). The data
-region is copied unchanged, in one pass: the header's length is known before the digests are (64 hex
-characters each), so the header is written last, in front of the data.
+region is hashed, then moved in place by the header's growth (no second copy of the file on disk).
 
 `verify_safetensors(path)` recomputes the digests and raises, naming the tensor, on a mismatch (a flipped
 bit, two same-shape tensors swapped, a tensor added or removed). It guards against corruption, not against
@@ -56,51 +55,63 @@ def _tensors_by_offset(header: dict) -> list[tuple[str, int, int]]:
     return sorted(spans, key=lambda s: (s[1], s[2], s[0]))
 
 
-def _hash_span(handle, n: int, out=None) -> str:
+def _hash_span(handle, n: int) -> str:
     digest = hashlib.sha256()
     while n > 0:
         chunk = handle.read(min(n, _CHUNK))
         if not chunk:
             raise ValueError("the file ends before its tensor data does")
         digest.update(chunk)
-        if out is not None:
-            out.write(chunk)
         n -= len(chunk)
     return digest.hexdigest()
 
 
 def seal_safetensors(path: str | os.PathLike) -> None:
-    """Rewrite `path` with every tensor's SHA-256 in its header and the metadata keys sorted (see module doc)."""
+    """Rewrite `path` in place with every tensor's SHA-256 in its header and the metadata keys sorted (see
+    module doc). The data moves by the header's growth, so the file needs no second copy's disk space."""
     path = Path(path)
-    sealed = path.with_name(path.name + ".sealing")
-    with open(path, "rb") as src:
-        header, data_start = _read_header(src, path)
+    with open(path, "r+b") as f:
+        header, data_start = _read_header(f, path)
         metadata = dict(header.pop("__metadata__", None) or {})
         spans = _tensors_by_offset(header)
-        placeholder = {key: "0" * 64 for key, _, _ in spans}
+        digests, position = {}, 0
+        f.seek(data_start)
+        for key, start, end in spans:
+            if start != position:
+                raise ValueError(f"{path}: tensor {key!r} does not follow the previous one; not a safetensors file")
+            digests[key] = _hash_span(f, end - start)
+            position = end
+        data_len = f.seek(0, os.SEEK_END) - data_start
+        if data_len != position:
+            raise ValueError(f"{path}: {data_len - position} bytes follow the last tensor; not a safetensors file")
+        meta = {**metadata, DIGEST_METADATA: json.dumps(digests, sort_keys=True, separators=(",", ":"))}
+        raw = json.dumps({"__metadata__": dict(sorted(meta.items())), **header}, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors does
+        _move_data(f, data_start, 8 + len(raw), data_len)
+        f.seek(0)
+        f.write(struct.pack("<Q", len(raw)) + raw)
 
-        def encode(digests) -> bytes:
-            meta = {**metadata, DIGEST_METADATA: json.dumps(digests, sort_keys=True, separators=(",", ":"))}
-            raw = json.dumps({"__metadata__": dict(sorted(meta.items())), **header}, separators=(",", ":")).encode()
-            return raw + b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors does
 
-        size = len(encode(placeholder))
-        digests = {}
-        with open(sealed, "wb") as out:
-            out.seek(8 + size)
-            src.seek(data_start)
-            position = 0
-            for key, start, end in spans:
-                if start != position:
-                    raise ValueError(f"{path}: tensor {key!r} does not follow the previous one; not a safetensors file")
-                digests[key] = _hash_span(src, end - start, out)
-                position = end
-            out.write(src.read())  # nothing, in a well-formed file
-            raw = encode(digests)
-            assert len(raw) == size
-            out.seek(0)
-            out.write(struct.pack("<Q", size) + raw)
-    os.replace(sealed, path)
+def _move_data(f, old: int, new: int, n: int) -> None:
+    """Move the `n` bytes at offset `old` of the open file `f` to offset `new` (overlapping ranges allowed)."""
+    if new > old:  # back to front, so no chunk overwrites bytes still to move
+        end = n
+        while end > 0:
+            size = min(_CHUNK, end)
+            f.seek(old + end - size)
+            chunk = f.read(size)
+            f.seek(new + end - size)
+            f.write(chunk)
+            end -= size
+    elif new < old:
+        done = 0
+        while done < n:
+            f.seek(old + done)
+            chunk = f.read(min(_CHUNK, n - done))
+            f.seek(new + done)
+            f.write(chunk)
+            done += len(chunk)
+        f.truncate(new + n)
 
 
 def stored_digests(path: str | os.PathLike) -> dict[str, str] | None:

@@ -534,9 +534,9 @@ def test_cli_bad_input_exits_2_with_one_line(cli_assets, tmp_path, capsys, monke
     ok = tmp_path / "ok"
     assert _cli([*quantize, "--method", "weight_mse", "--out", ok], capsys)[0] == 0
     with monkeypatch.context() as m:  # a read-only --out (root ignores file modes, so the refusal is simulated)
-        def refuse(home, name):
+        def refuse(home, prefix):
             raise PermissionError(errno.EACCES, "Permission denied", str(home))
-        m.setattr(infoq_hf.checkpoint, "_make_staging_dir", refuse)
+        m.setattr(infoq_hf.atomic_save, "_make_dir", refuse)
         code, err = _cli([*quantize, "--method", "weight_mse", "--out", ok], capsys)
         assert code == 2 and "permission denied writing" in err, err
     with monkeypatch.context() as m:
