@@ -44,6 +44,9 @@ IMPORT_HINT_KEY = "INFOQ_PACKED_CHECKPOINT__pip_install_infoq-hf__and_import_inf
 WEIGHTS_NAME = "model.safetensors"
 INFOQ_CONFIG_NAME = "infoq_config.json"
 TIED_METADATA = "infoq_tied"  # safetensors header: {alias key: stored key} for tied tensors stored once
+# safetensors header of `save_quantized`: {layer: [kind, weight shape]}, so a plain module's checkpoint can be
+# checked against its policy without the model (see `layer_skeleton`)
+LAYERS_METADATA = "infoq_layers"
 
 
 # ----------------------------------------------------------------------------- building
@@ -128,6 +131,44 @@ def cast_float_leftovers(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 def policy_of(model: nn.Module) -> BitPolicy:
     """The policy a packed model carries in its layers."""
     return BitPolicy({n: {"w_bits": m.w_bits, "a_bits": m.a_bits} for n, m in packed_layers(model).items()})
+
+
+def packed_layer_shapes(model: nn.Module) -> dict[str, list]:
+    """Layer -> [kind ("linear", "embedding", "conv2d"), weight shape] of a model's packed layers."""
+    def kind(m):
+        return "embedding" if isinstance(m, QuantEmbedding) else "conv2d" if isinstance(m, QuantConv2d) else "linear"
+
+    return {n: [kind(m), list(m.weight_shape)] for n, m in packed_layers(model).items()}
+
+
+def layer_skeleton(layers: Mapping[str, list], specs: Mapping) -> nn.Module:
+    """Float layers of the recorded kinds and shapes (see `packed_layer_shapes`) under their names, with a
+    bias where the checkpoint stores one: what a plain module's packed tensors are checked against."""
+    root = nn.Module()
+    for name, entry in layers.items():
+        try:
+            kind, shape = entry
+            shape = [int(d) for d in shape]
+            bias = f"{name}.bias" in specs
+            if kind == "embedding":
+                layer = nn.Embedding(*shape)
+            elif kind == "conv2d":
+                layer = nn.Conv2d(shape[1], shape[0], tuple(shape[2:]), bias=bias)
+            elif kind == "linear":
+                layer = nn.Linear(shape[1], shape[0], bias=bias)
+            else:
+                raise ValueError(kind)
+        except (TypeError, ValueError, IndexError, RuntimeError):
+            raise ValueError(f"the {LAYERS_METADATA!r} header entry of layer {name!r} is not [kind, shape]; the file "
+                             "is corrupt or was edited: save the checkpoint again") from None
+        parent = root
+        *path, leaf = name.split(".")
+        for part in path:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        parent.add_module(leaf, layer)
+    return root
 
 
 # ----------------------------------------------------------------------------- checking
@@ -338,7 +379,8 @@ def read_infoq_config(directory: str | os.PathLike):
 def save_packed(model: nn.Module, directory: str | os.PathLike, config, *, write_extra=None) -> Path:
     """Atomically write model.safetensors + infoq_config.json (+ whatever `write_extra(tmp_dir)` adds)."""
     with atomic_checkpoint(directory) as tmp:
-        write_safetensors(packed_state_dict(model), tmp / WEIGHTS_NAME, {"quant_method": "infoq"})
+        write_safetensors(packed_state_dict(model), tmp / WEIGHTS_NAME,
+                          {"quant_method": "infoq", LAYERS_METADATA: json.dumps(packed_layer_shapes(model))})
         (tmp / INFOQ_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=1))
         if write_extra is not None:
             write_extra(tmp)

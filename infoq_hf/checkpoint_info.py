@@ -22,7 +22,15 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from .checkpoint import GUARD, IMPORT_HINT_KEY, WEIGHTS_NAME, read_infoq_config, read_tensor_specs
+from .checkpoint import (
+    GUARD,
+    IMPORT_HINT_KEY,
+    LAYERS_METADATA,
+    WEIGHTS_NAME,
+    layer_skeleton,
+    read_infoq_config,
+    read_tensor_specs,
+)
 from .integrity import verify_checkpoint_files
 from .names import unique_match
 from .policy import BitPolicy
@@ -224,13 +232,37 @@ def _check_tensor_headers(directory: Path, kind: str, model_config: Mapping, con
             from .integrations.timm import _create_timm_model
 
             model, rename = _create_timm_model(directory), (lambda key: key)
-        else:
-            return None  # a plain module: its architecture is not recorded (load_quantized checks on load)
+        else:  # a plain module: the layers' kinds and shapes recorded by save_quantized, if it did
+            specs = specs if specs is not None else read_tensor_specs(sorted(directory.glob("*.safetensors")))
+            layers = _recorded_layers(directory)
+            if layers is None:
+                return None  # saved before they were recorded: load_quantized checks on load
+            model, rename = layer_skeleton(layers, specs), (lambda key: key)
     build_packed_modules(model, config.policy, config.scheme)
     specs = specs if specs is not None else read_tensor_specs(sorted(directory.glob("*.safetensors")))
     renamed = {rename(k): v for k, v in specs.items()}
     check_checkpoint_tensors(model, renamed)
     return model, renamed
+
+
+def _recorded_layers(directory: Path) -> dict | None:
+    from safetensors import safe_open
+
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        return None
+    with safe_open(str(weights), framework="pt") as handle:
+        raw = (handle.metadata() or {}).get(LAYERS_METADATA)
+    if raw is None:
+        return None
+    try:
+        layers = json.loads(raw)
+    except json.JSONDecodeError:
+        layers = None
+    if not isinstance(layers, dict):
+        raise ValueError(f"{weights}: its {LAYERS_METADATA!r} header entry is not a JSON object; the file is "
+                         "corrupt or was edited: save the checkpoint again")
+    return layers
 
 
 # ----------------------------------------------------------------------------- reading a folder

@@ -123,3 +123,18 @@ def test_push_stages_only_the_checkpoints_own_files_and_never_follows_links(tmp_
     assert not any("PRIVATE" in p.read_text(errors="replace") for p in (tmp_path / "up2").rglob("*") if p.is_file())
     with pytest.raises(ValueError, match="symbolic link"):
         prepare_upload_folder(source, tmp_path / "up3", "user/m", include=["notes.txt"])
+
+
+@pytest.mark.parametrize("bits", [8, 3, 2])
+def test_report_refuses_an_edited_plain_module_checkpoint_as_load_quantized_does(tmp_path, bits):
+    folder = tmp_path / "m"
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    save_quantized(quantize_model(model, {"0": 4, "2": 4}), folder)
+    read_checkpoint(folder)  # the unedited folder reads
+    cfg = json.loads((folder / "infoq_config.json").read_text())
+    cfg["policy"]["0"] = {**cfg["policy"]["0"], "w_bits": bits} if isinstance(cfg["policy"]["0"], dict) else bits
+    (folder / "infoq_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="does not match its policy: layer '0'"):
+        load_quantized(folder, model=nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8)))
+    with pytest.raises(ValueError, match="does not match its policy: layer '0'"):
+        read_checkpoint(folder)
