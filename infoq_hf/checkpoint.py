@@ -21,18 +21,16 @@ transformers lists it in the load report it prints in both cases.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Iterable, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from . import atomic_save
+from .integrity import verify_safetensors
 from .policy import BitPolicy
 from .quant.apply import _set_submodule, pack_embeddings, packed_layers, policy_layers
 from .quant.modules import QuantConv2d, QuantEmbedding, QuantLinear
@@ -45,6 +43,9 @@ IMPORT_HINT_KEY = "INFOQ_PACKED_CHECKPOINT__pip_install_infoq-hf__and_import_inf
 WEIGHTS_NAME = "model.safetensors"
 INFOQ_CONFIG_NAME = "infoq_config.json"
 TIED_METADATA = "infoq_tied"  # safetensors header: {alias key: stored key} for tied tensors stored once
+# safetensors header of `save_quantized`: {layer: [kind, weight shape]}, so a plain module's checkpoint can be
+# checked against its policy without the model (see `layer_skeleton`)
+LAYERS_METADATA = "infoq_layers"
 
 
 # ----------------------------------------------------------------------------- building
@@ -129,6 +130,44 @@ def cast_float_leftovers(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 def policy_of(model: nn.Module) -> BitPolicy:
     """The policy a packed model carries in its layers."""
     return BitPolicy({n: {"w_bits": m.w_bits, "a_bits": m.a_bits} for n, m in packed_layers(model).items()})
+
+
+def packed_layer_shapes(model: nn.Module) -> dict[str, list]:
+    """Layer -> [kind ("linear", "embedding", "conv2d"), weight shape] of a model's packed layers."""
+    def kind(m):
+        return "embedding" if isinstance(m, QuantEmbedding) else "conv2d" if isinstance(m, QuantConv2d) else "linear"
+
+    return {n: [kind(m), list(m.weight_shape)] for n, m in packed_layers(model).items()}
+
+
+def layer_skeleton(layers: Mapping[str, list], specs: Mapping) -> nn.Module:
+    """Float layers of the recorded kinds and shapes (see `packed_layer_shapes`) under their names, with a
+    bias where the checkpoint stores one: what a plain module's packed tensors are checked against."""
+    root = nn.Module()
+    for name, entry in layers.items():
+        try:
+            kind, shape = entry
+            shape = [int(d) for d in shape]
+            bias = f"{name}.bias" in specs
+            if kind == "embedding":
+                layer = nn.Embedding(*shape)
+            elif kind == "conv2d":
+                layer = nn.Conv2d(shape[1], shape[0], tuple(shape[2:]), bias=bias)
+            elif kind == "linear":
+                layer = nn.Linear(shape[1], shape[0], bias=bias)
+            else:
+                raise ValueError(kind)
+        except (TypeError, ValueError, IndexError, RuntimeError):
+            raise ValueError(f"the {LAYERS_METADATA!r} header entry of layer {name!r} is not [kind, shape]; the file "
+                             "is corrupt or was edited: save the checkpoint again") from None
+        parent = root
+        *path, leaf = name.split(".")
+        for part in path:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        parent.add_module(leaf, layer)
+    return root
 
 
 # ----------------------------------------------------------------------------- checking
@@ -238,124 +277,12 @@ def strip_guards(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[st
 # The files that decide what loads go in last (transformers reads config.json; `load_quantized` reads
 # infoq_config.json first), so while the others are renamed the folder still describes the old files.
 DECIDING_FILES = ("config.json", INFOQ_CONFIG_NAME)
-_STAGING_PREFIX = ".infoq-save-"
-_NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
-@contextmanager
 def atomic_checkpoint(target: str | os.PathLike):
-    """Yield an empty staging folder; on a clean exit, move what was written there into `target`.
-
-    Whole or nothing, for any exception (a full disk, a failing writer, Ctrl-C): a new `target` appears
-    by one rename of the complete, fsynced folder; an existing one has only the checkpoint's own files
-    replaced, one `os.replace` each, the deciding config files last, and every earlier replacement is
-    undone if a later one fails. Other files in `target` are never touched. A power loss or SIGKILL
-    between those final renames can leave old and new files mixed; the loader's header checks refuse such a
-    folder when the two saves differ in bits or scheme (see README, "Reliability"). The staging folder never
-    outlives the call."""
-    target = Path(os.path.abspath(target))  # "." and "dir/.." get their real names
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"cannot save a checkpoint into {target}: it is a file, not a folder; "
-                                 "pass a folder path (nothing was written)")
-    fresh = not target.exists()
-    # A new checkpoint is staged beside its target; an existing one inside it (same filesystem, and
-    # no write access to the parent needed, e.g. saving into ".").
-    home = target.parent if fresh else target
-    if not home.is_dir():
-        home.mkdir(parents=True)
-    staging = _make_staging_dir(home, target.name)
-    try:
-        yield staging
-        _settle_tree(staging)
-        if not (fresh and _rename_new_folder(staging, target)):
-            _replace_files(staging, target)
-    except Exception as e:
-        if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):  # safetensors' own error
-            raise OSError(errno.ENOSPC, f"no space left on the device while saving the checkpoint into {target}; "
-                          "its previous files are unchanged. Free some space and save again") from e
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _make_staging_dir(home: Path, name: str) -> Path:
-    # os.mkdir (not tempfile.mkdtemp, which forces 0700) so the saved folder gets the umask's mode.
-    for _ in range(100):
-        path = home / f"{_STAGING_PREFIX}{name}.{secrets.token_hex(4)}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a staging folder in {home}")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _settle_tree(folder: Path) -> None:
-    """Give every staged file the mode a plain `open` would (safetensors writes 0600), then fsync it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for root, _, files in os.walk(folder):
-        for f in files:
-            os.chmod(Path(root) / f, 0o666 & ~umask)
-            _fsync(Path(root) / f)
-        _fsync(Path(root))
-
-
-def _rename_new_folder(staging: Path, target: Path) -> bool:
-    """Rename the staged folder to the (still absent) target; False if the target appeared meanwhile."""
-    try:
-        os.rename(staging, target)  # fails rather than replaces when a racing save created target
-    except OSError:
-        if target.is_dir():
-            return False
-        raise
-    _fsync(target.parent)
-    return True
-
-
-def _replace_files(staging: Path, target: Path) -> None:
-    """Move every entry of `staging` into the existing `target`, deciding files last; undo on failure."""
-    present = {p.name for p in staging.iterdir()}
-    names = sorted(present - set(DECIDING_FILES)) + [n for n in DECIDING_FILES if n in present]
-    backup = staging / f"{_STAGING_PREFIX}previous"
-    backup.mkdir()
-    done: list[tuple[str, bool]] = []  # (name, whether an old version was backed up)
-    try:
-        for name in names:
-            old = target / name
-            had_old = old.exists() or old.is_symlink()
-            if had_old:  # keep the old version (a hard link: the name never goes missing) to undo with
-                _keep_copy(old, backup / name)
-            done.append((name, had_old))
-            os.replace(staging / name, old)
-        _fsync(target)
-    except BaseException:
-        for name, had_old in reversed(done):
-            if had_old and (backup / name).exists():
-                os.replace(backup / name, target / name)
-            elif not had_old and (target / name).exists():
-                (shutil.rmtree if (target / name).is_dir() else os.unlink)(target / name)
-        raise
-
-
-def _keep_copy(path: Path, to: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        os.replace(path, to)  # a folder cannot be replaced in one rename: move the old one aside
-        return
-    try:
-        os.link(path, to, follow_symlinks=False)
-    except OSError as e:
-        if e.errno not in _NO_HARD_LINKS:
-            raise
-        shutil.copy2(path, to, follow_symlinks=False)
+    """`atomic_save.atomic_checkpoint` with this format's deciding files: whole or nothing, the previous
+    checkpoint kept until the new one is complete."""
+    return atomic_save.atomic_checkpoint(target, DECIDING_FILES)
 
 
 def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping | None = None):
@@ -384,11 +311,39 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as handle:
-        aliases = json.loads((handle.metadata() or {}).get(TIED_METADATA, "{}"))
+        raw = (handle.metadata() or {}).get(TIED_METADATA, "{}")
+        stored_keys = set(handle.keys())
+    try:
+        aliases = json.loads(raw)
+    except json.JSONDecodeError:
+        aliases = None
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise ValueError(f"{path}: its {TIED_METADATA!r} header entry is not a JSON object of tensor names; the "
+                         "file is corrupt or was edited: save the checkpoint again")
+    for alias, stored in aliases.items():
+        if alias in stored_keys:
+            raise ValueError(f"{path}: its {TIED_METADATA!r} header names the stored tensor {alias!r} as a copy of "
+                             f"{stored!r}, which would overwrite it; the file was edited: save the checkpoint again")
+        if stored not in stored_keys:
+            raise ValueError(f"{path}: its {TIED_METADATA!r} header ties {alias!r} to {stored!r}, which the file "
+                             "does not store; the file is corrupt or was edited: save the checkpoint again")
     state = load_file(str(path))
     for alias, stored in aliases.items():
         state[alias] = state[stored]
     return state
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object file; ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt or was edited: save or "
+                         "download it again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; save or download the "
+                         "checkpoint again")
+    return data
 
 
 def read_infoq_config(directory: str | os.PathLike):
@@ -398,11 +353,11 @@ def read_infoq_config(directory: str | os.PathLike):
     directory = Path(directory)
     path = directory / INFOQ_CONFIG_NAME
     if path.is_file():
-        return InfoQConfig.from_dict(json.loads(path.read_text()))
+        return InfoQConfig.from_dict(read_json_object(path))
     cfg = directory / "config.json"
     if cfg.is_file():
-        data = json.loads(cfg.read_text()).get("quantization_config")
-        if data and data.get("quant_method") == "infoq":
+        data = read_json_object(cfg).get("quantization_config")
+        if isinstance(data, dict) and data.get("quant_method") == "infoq":
             return InfoQConfig.from_dict(data)
     raise FileNotFoundError(f"{directory} holds no {INFOQ_CONFIG_NAME} nor an infoq config.json: not an infoq checkpoint")
 
@@ -416,7 +371,8 @@ def save_packed(model: nn.Module, directory: str | os.PathLike, config, *, write
 
 def write_packed(model: nn.Module, folder: Path, config, *, write_extra=None) -> None:
     """`save_packed`'s files, written straight into `folder` (a staging folder the caller's transaction owns)."""
-    write_safetensors(packed_state_dict(model), folder / WEIGHTS_NAME, {"quant_method": "infoq"})
+    write_safetensors(packed_state_dict(model), folder / WEIGHTS_NAME,
+                      {"quant_method": "infoq", LAYERS_METADATA: json.dumps(packed_layer_shapes(model))})
     (folder / INFOQ_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=1))
     if write_extra is not None:
         write_extra(folder)
@@ -430,6 +386,7 @@ def load_packed_into(model: nn.Module, directory: str | os.PathLike, config) -> 
         raise FileNotFoundError(f"{weights} is missing; the checkpoint is incomplete")
     build_packed_modules(model, config.policy, config.scheme)
     check_checkpoint_tensors(model, read_tensor_specs([weights]))
+    verify_safetensors(weights)
     state = strip_guards(read_safetensors(weights), model)
     model.load_state_dict(state, strict=True)
     return model

@@ -22,7 +22,16 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from .checkpoint import GUARD, IMPORT_HINT_KEY, WEIGHTS_NAME, read_infoq_config, read_tensor_specs
+from .checkpoint import (
+    GUARD,
+    IMPORT_HINT_KEY,
+    LAYERS_METADATA,
+    WEIGHTS_NAME,
+    layer_skeleton,
+    read_infoq_config,
+    read_tensor_specs,
+)
+from .integrity import verify_checkpoint_files
 from .names import unique_match
 from .policy import BitPolicy
 from .quant.modules import packed_weight_bytes
@@ -163,14 +172,32 @@ def _summary_from_headers(directory: Path, config, specs, skeleton) -> tuple[dic
 
 
 # ----------------------------------------------------------------------------- building and checking
+def _architecture_class(directory: Path, model_config: Mapping):
+    """The transformers model class config.json's `architectures` names, None when this transformers has
+    none of that name; ValueError naming the field when it names something that is not a model class."""
+    import transformers
+
+    archs = model_config.get("architectures") or [None]
+    arch = archs[0] if isinstance(archs, list) else archs
+    if arch is None:
+        return None
+    if not isinstance(arch, str):
+        raise ValueError(f"{directory / 'config.json'}: 'architectures' must be a list of model class names, "
+                         f"got {archs!r}")
+    cls = getattr(transformers, arch, None)
+    if cls is not None and not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ValueError(f"{directory / 'config.json'}: 'architectures' names {arch!r}, which is not a transformers "
+                         "model class; the file was edited: save or download the checkpoint again")
+    return cls
+
+
 def _load_checkpoint_model(directory: Path, kind: str, model_config: Mapping) -> nn.Module:
     if kind == "transformers":
         import transformers
 
         from . import integrations  # noqa: F401  (registers quant_method "infoq")
 
-        arch = (model_config.get("architectures") or [None])[0]
-        cls = getattr(transformers, arch, None) if arch else None
+        cls = _architecture_class(directory, model_config)
         return (cls or transformers.AutoModel).from_pretrained(directory)
     if kind == "timm":
         from .integrations.timm import load_quantized
@@ -196,8 +223,7 @@ def _check_tensor_headers(directory: Path, kind: str, model_config: Mapping, con
 
             from .integrations.transformers import _checkpoint_renamer
 
-            arch = (model_config.get("architectures") or [None])[0]
-            cls = getattr(transformers, arch, None) if arch else None
+            cls = _architecture_class(directory, model_config)
             if cls is None:
                 return None  # an architecture this transformers does not know: loading will say so
             model = cls._from_config(transformers.AutoConfig.from_pretrained(directory))
@@ -206,13 +232,37 @@ def _check_tensor_headers(directory: Path, kind: str, model_config: Mapping, con
             from .integrations.timm import _create_timm_model
 
             model, rename = _create_timm_model(directory), (lambda key: key)
-        else:
-            return None  # a plain module: its architecture is not recorded (load_quantized checks on load)
+        else:  # a plain module: the layers' kinds and shapes recorded by save_quantized, if it did
+            specs = specs if specs is not None else read_tensor_specs(sorted(directory.glob("*.safetensors")))
+            layers = _recorded_layers(directory)
+            if layers is None:
+                return None  # saved before they were recorded: load_quantized checks on load
+            model, rename = layer_skeleton(layers, specs), (lambda key: key)
     build_packed_modules(model, config.policy, config.scheme)
     specs = specs if specs is not None else read_tensor_specs(sorted(directory.glob("*.safetensors")))
     renamed = {rename(k): v for k, v in specs.items()}
     check_checkpoint_tensors(model, renamed)
     return model, renamed
+
+
+def _recorded_layers(directory: Path) -> dict | None:
+    from safetensors import safe_open
+
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        return None
+    with safe_open(str(weights), framework="pt") as handle:
+        raw = (handle.metadata() or {}).get(LAYERS_METADATA)
+    if raw is None:
+        return None
+    try:
+        layers = json.loads(raw)
+    except json.JSONDecodeError:
+        layers = None
+    if not isinstance(layers, dict):
+        raise ValueError(f"{weights}: its {LAYERS_METADATA!r} header entry is not a JSON object; the file is "
+                         "corrupt or was edited: save the checkpoint again")
+    return layers
 
 
 # ----------------------------------------------------------------------------- reading a folder
@@ -244,6 +294,7 @@ def read_checkpoint(directory: str | os.PathLike, *, table: SensitivityTable | N
         else:
             params, measured = _summary_from_headers(directory, config, specs, skeleton)
         summary = {**measured, **(summary or {}), "params": params}
+    verify_checkpoint_files(sorted(directory.glob("*.safetensors")))
     policy = _in_model_order(config.policy, params, table)
     return CheckpointInfo(kind, config.to_dict(), policy, params, summary, model_config, table)
 

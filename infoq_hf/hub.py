@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,6 +54,7 @@ from .checkpoint_info import (  # noqa: F401  (SUMMARY_FILE: importable from her
 from .policy import BitPolicy
 from .saving import write_checkpoint_folder
 from .sensitivity.table import SensitivityTable
+from .upload_files import checkpoint_files, copy_without_links
 
 _LOGIN_HINT = "set the HF_TOKEN environment variable to a write token, run `hf auth login`, or pass token=..."
 
@@ -78,17 +78,18 @@ class RepoExistsError(HubPublishError, ValueError):
 
 # ----------------------------------------------------------------------------- staging
 def prepare_upload_folder(model_or_dir, folder: str | os.PathLike, repo_id: str, *, table=None, policy=None,
-                          base_model=None, calibration=None, template=None, tokenizer=None) -> str:
-    """Assemble everything `push_to_hub` uploads into the empty `folder`; returns the model card text."""
+                          base_model=None, calibration=None, template=None, tokenizer=None, include=()) -> str:
+    """Assemble everything `push_to_hub` uploads into the empty `folder`; returns the model card text.
+    From a checkpoint folder only its own files go (see `upload_files`), and those named in `include`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(table, (str, os.PathLike)):
         table = SensitivityTable.load(table)
-    info = _stage_checkpoint(model_or_dir, folder, table, policy, tokenizer)
+    info = _stage_checkpoint(model_or_dir, folder, table, policy, tokenizer, include)
     return write_model_card(folder, info, repo_id, base_model=base_model, calibration=calibration, template=template)
 
 
-def _stage_checkpoint(model_or_dir, folder: Path, table, policy, tokenizer=None) -> CheckpointInfo:
+def _stage_checkpoint(model_or_dir, folder: Path, table, policy, tokenizer=None, include=()) -> CheckpointInfo:
     """Write the checkpoint into the empty `folder` and describe it."""
     if isinstance(model_or_dir, (str, os.PathLike)):
         if tokenizer is not None:
@@ -96,10 +97,9 @@ def _stage_checkpoint(model_or_dir, folder: Path, table, policy, tokenizer=None)
                              "tokenizer= is for a model")
         source = Path(model_or_dir)
         info = read_checkpoint(source, table=table)  # validates before copying
-        for item in source.iterdir():
-            if item.name == CARD_FILE or item.name in PLOT_FILES.values() or item.name.startswith("."):
-                continue  # regenerated below
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, folder / item.name)
+        keep, _ = checkpoint_files(source, include, regenerated={CARD_FILE, *PLOT_FILES.values()})
+        for item in keep:
+            copy_without_links(item, folder / item.name)
     elif isinstance(model_or_dir, nn.Module):  # the same files `infoq_hf.save` writes
         info = write_checkpoint_folder(model_or_dir, folder, tokenizer=tokenizer, table=table, policy=policy)
     else:
@@ -167,7 +167,7 @@ def _describe(e: BaseException) -> str:
 def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private: bool = False,
                 overwrite: bool = False, table: SensitivityTable | str | os.PathLike | None = None,
                 policy: BitPolicy | Mapping | None = None, base_model: str | None = None, calibration=None,
-                commit_message: str | None = None, revision: str | None = None, tokenizer=None):
+                commit_message: str | None = None, revision: str | None = None, tokenizer=None, include=()):
     """Publish a quantized model (or a checkpoint folder) with its model card and plots in one commit.
 
     This, not transformers' `model.push_to_hub`, writes the InfoQ card (transformers' would upload its
@@ -182,6 +182,8 @@ def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private
     calibration: the calibration data description (CalibrationSpec, dict or dataset name).
     revision: the branch to commit to (created if missing).
     tokenizer: uploaded with a model (a folder uploads the tokenizer files it holds).
+    include: names of other files or folders in `model_or_dir` to upload; by default only the checkpoint's
+        own files go, the rest is listed in a warning (symbolic links never).
 
     Returns the `CommitInfo` of the upload (`.oid`, `.commit_url`). Raises `MissingTokenError`,
     `RepoExistsError` (pass overwrite=True), `ModelCardError`, `HubPublishError` (unreachable Hub,
@@ -198,7 +200,8 @@ def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private
     with tempfile.TemporaryDirectory(prefix="infoq-push-") as tmp:
         folder = Path(tmp) / "upload"
         card_text = prepare_upload_folder(model_or_dir, folder, repo_id, table=table, policy=policy,
-                                          base_model=base_model, calibration=calibration, tokenizer=tokenizer)
+                                          base_model=base_model, calibration=calibration, tokenizer=tokenizer,
+                                          include=include)
         from huggingface_hub import ModelCard
 
         try:  # the Hub's own metadata check (also proves the endpoint answers before anything is created)

@@ -7,8 +7,11 @@ prefix names the bare path), or, written `re:<regex>`, when the regex matches th
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
+
+from .linear_regex import LinearRegex
 
 REGEX_PREFIX = "re:"
 
@@ -17,10 +20,12 @@ def is_regex(pattern: str) -> bool:
     return pattern.startswith(REGEX_PREFIX)
 
 
-def compile_regex(pattern: str) -> re.Pattern:
-    """The regex of a `re:` pattern; ValueError naming the pattern when it does not compile."""
+@functools.lru_cache(maxsize=1024)
+def compile_regex(pattern: str) -> LinearRegex:
+    """The regex of a `re:` pattern, matched in linear time (a pattern may come from a downloaded
+    config.json); ValueError naming the pattern when it does not compile or is not supported."""
     try:
-        return re.compile(pattern[len(REGEX_PREFIX):])
+        return LinearRegex(pattern[len(REGEX_PREFIX):])
     except re.error as e:
         raise ValueError(f"name pattern {pattern!r} is not a valid regex: {e}") from None
 
@@ -30,6 +35,7 @@ def suffix_related(a: str, b: str) -> bool:
     return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a policy is matched against the same names again and again
 def name_matches(pattern: str, name: str) -> bool:
     if is_regex(pattern):
         return compile_regex(pattern).fullmatch(name) is not None

@@ -37,7 +37,7 @@ from .sensitivity.table import SensitivityTable
 
 def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer=None, table: SensitivityTable | None = None,
          policy=None, config=None, summary: Mapping | None = None, base_model: str | None = None,
-         metrics: Sequence[Mapping] | None = None) -> Path:
+         metrics: Sequence[Mapping] | None = None, max_shard_size: int | str | None = None) -> Path:
     """Save a packed model with its tokenizer, summary, sensitivity table, plots and model card.
 
     model: an InfoQ transformers model (quantized on load, by `quantize_pretrained`, or loaded from an
@@ -53,6 +53,7 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer=None, table: 
         its local folder's `config.json` names).
     metrics: what you measured, shown in the card, e.g. `[{"metric": "perplexity", "data": "wikitext-2",
         "quantized": 14.2, "float": 12.9}]`.
+    max_shard_size: as in transformers' `save_pretrained` (transformers models only).
 
     The folder is written whole or not at all; files in it that this save does not write are kept.
     Returns the folder."""
@@ -62,7 +63,8 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer=None, table: 
         table = SensitivityTable.load(beside)
     with atomic_checkpoint(folder) as staging:
         info = write_checkpoint_folder(model, staging, tokenizer=tokenizer, table=table, policy=policy, config=config,
-                                       summary=summary, base_model=base_model, metrics=metrics)
+                                       summary=summary, base_model=base_model, metrics=metrics,
+                                       max_shard_size=max_shard_size)
         write_model_card(staging, info, card_location(folder), base_model=base_model)
     return Path(folder)
 
@@ -75,7 +77,8 @@ def card_location(folder: str | os.PathLike) -> str:
 
 def write_checkpoint_folder(model: nn.Module, folder: Path, *, tokenizer=None, table=None, policy=None, config=None,
                             summary: Mapping | None = None, base_model: str | None = None,
-                            metrics: Sequence[Mapping] | None = None) -> CheckpointInfo:
+                            metrics: Sequence[Mapping] | None = None,
+                            max_shard_size: int | str | None = None) -> CheckpointInfo:
     """Write the checkpoint, tokenizer, summary and table of `model` into the empty `folder` (no card)."""
     folder = Path(folder)
     _packed_layers_summary(model)  # refuses a model without packed layers before anything is written
@@ -86,7 +89,7 @@ def write_checkpoint_folder(model: nn.Module, folder: Path, *, tokenizer=None, t
             raise ValueError("this transformers model was not quantized with InfoQ through transformers; quantize it "
                              "with from_pretrained(..., quantization_config=InfoQConfig(...)) or "
                              "infoq_hf.quantize_pretrained(model, config) before saving it with infoq_hf.save")
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
     else:
         write_quantized(model, folder, policy, config=config)
     if tokenizer is None:

@@ -123,5 +123,13 @@ def test_plain_module_with_an_undecidable_layer_is_refused(tmp_path):
     quantize_model(model, {"0": {"w_bits": 2}})
     save_quantized(model, tmp_path / "q")
     assert read_tensor_specs([tmp_path / "q" / "model.safetensors"])["0.weight_packed"][0] == (3,)
+    assert read_checkpoint(tmp_path / "q").params == {"0": 10}  # the save records the layer's shape
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "q" / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as handle:
+        meta = {k: v for k, v in handle.metadata().items() if k not in ("infoq_layers", "infoq_sha256")}
+    save_file(load_file(weights), weights, metadata=meta)  # as a save before shapes were recorded
     with pytest.raises(ValueError, match="push the quantized model object"):
         read_checkpoint(tmp_path / "q")

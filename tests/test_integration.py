@@ -37,7 +37,14 @@ def _mixed_policy(names, offset=0):
 
 
 def _file_bytes(directory):
-    return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory) if f.endswith(".safetensors"))
+    """Tensor bytes of the safetensors files (without their JSON headers, which hold names and digests)."""
+    total = 0
+    for f in os.listdir(directory):
+        if f.endswith(".safetensors"):
+            with open(os.path.join(directory, f), "rb") as handle:
+                header_len = int.from_bytes(handle.read(8), "little")
+            total += os.path.getsize(os.path.join(directory, f)) - 8 - header_len
+    return total
 
 
 def _assert_size_close(directory, model):

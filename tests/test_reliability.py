@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from conftest import make_calibration_text, make_tiny_llama, tiny_llama, tiny_ll
 
 import infoq_hf
 from infoq_hf import InfoQConfig, load_quantized, quantize_model, save_quantized
+from infoq_hf.atomic_save import RestoreFailedError
 from infoq_hf.checkpoint import atomic_checkpoint
 
 transformers = pytest.importorskip("transformers")
@@ -72,10 +74,11 @@ def _llama_logits(directory) -> torch.Tensor:
 
 class FaultAt:
     """Count every write step of a save (file opens for writing, safetensors writes, mkdir, link,
-    rename, replace, fsync) and raise ENOSPC at step `k` (never, with k=0)."""
+    rename, replace, fsync) and raise ENOSPC at step `k` (never, with k=0), or at every step from `k` on
+    when `persistent` (a disk that keeps failing)."""
 
-    def __init__(self, monkeypatch, k: int = 0):
-        self.k, self.count, self._mkdir = k, 0, os.mkdir
+    def __init__(self, monkeypatch, k: int = 0, persistent: bool = False):
+        self.k, self.count, self._mkdir, self.persistent = k, 0, os.mkdir, persistent
         for owner, name in ((os, "replace"), (os, "rename"), (os, "link"), (os, "fsync"), (os, "mkdir"),
                             (safetensors.torch, "save_file"), (modeling_utils, "safe_save_file")):
             monkeypatch.setattr(owner, name, self._wrap(getattr(owner, name)))
@@ -89,7 +92,7 @@ class FaultAt:
                 mode = "r"  # makedirs(exist_ok=True) on an existing folder writes nothing
             if isinstance(mode, str) and any(c in mode for c in "wax+"):
                 self.count += 1
-                if self.count == self.k:
+                if self.count == self.k or (self.persistent and 0 < self.k <= self.count):
                     raise OSError(errno.ENOSPC, f"injected: no space left (write step {self.k})")
             return fn(*args, **kwargs)
         return step
@@ -158,7 +161,36 @@ def test_save_into_dot_mode_follows_umask_and_racing_saves_leave_no_staging(tmp_
     assert not [p for p in tmp_path.rglob(".infoq-save-*")]
 
 
-def test_a_save_killed_at_every_write_step_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+def _save_with_fault(save, monkeypatch, k, persistent):
+    """Run `save` with a fault from write step k; return "raised", "restore failed" (with the error) or
+    "warned" (only the flush after the last rename failed: the new checkpoint is in)."""
+    with monkeypatch.context() as m:
+        FaultAt(m, k, persistent)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                save()
+        except RestoreFailedError as e:
+            assert "no space left" in str(e) and str(e.backup) in str(e), k
+            return "restore failed", e
+        except OSError as e:
+            assert "no space left" in str(e), (k, e)
+            return "raised", None
+    assert any("flushing the folder to disk failed" in str(w.message) for w in caught), k
+    return "warned", None
+
+
+def _recover(target: Path, error: RestoreFailedError) -> None:
+    """What a RestoreFailedError's message tells the user to do: move the backup's files back, delete the new."""
+    for name in error.new:
+        (shutil.rmtree if (target / name).is_dir() else os.unlink)(target / name)
+    for item in list(error.backup.iterdir()):
+        os.replace(item, target / item.name)
+    error.backup.rmdir()
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["one-off", "persistent"])
+def test_a_save_failing_at_every_write_step_keeps_the_previous_checkpoint(tmp_path, monkeypatch, persistent):
     target = tmp_path / "ckpt"
     save_quantized(_packed_mlp(4, seed=0), target)
     (target / "notes.txt").write_text("mine")
@@ -168,22 +200,29 @@ def test_a_save_killed_at_every_write_step_keeps_the_previous_checkpoint(tmp_pat
     steps = _count_steps(monkeypatch, lambda: save_quantized(new, tmp_path / "probe"))
     fresh_steps = _count_steps(monkeypatch, lambda: save_quantized(new, tmp_path / "probe_new"))
     assert steps >= 12 and fresh_steps >= 8  # mkdirs, two file writes, fsyncs, links and renames
+    outcomes = []
     for k in range(1, steps + 1):
-        with monkeypatch.context() as m:
-            FaultAt(m, k)
-            with pytest.raises(OSError, match="no space left"):
-                save_quantized(new, target)
-        assert _listing(target) == before, k
-        assert torch.equal(_mlp_output(target), expected), k
+        outcome, error = _save_with_fault(lambda: save_quantized(new, target), monkeypatch, k, persistent)
+        outcomes.append(outcome)
+        if outcome == "warned":  # only the flush after the last rename failed: the new checkpoint is in
+            assert k == steps and torch.equal(_mlp_output(target), new(X)), k
+            assert (target / "notes.txt").read_text() == "mine", k
+        else:
+            if outcome == "restore failed":
+                assert error.backup.parent == target and error.backup.is_dir(), k
+                _recover(target, error)
+            assert _listing(target) == before, k
+            assert torch.equal(_mlp_output(target), expected), k
         assert sorted(os.listdir(tmp_path)) == ["ckpt", "probe", "probe_new"], k  # no staging folder left
         assert not [p for p in target.iterdir() if p.name.startswith(".")], k
+    assert outcomes[-1] == "warned" and outcomes.count("warned") == 1
+    assert ("restore failed" in outcomes) == persistent  # a persistent fault defeats the undo: the backup is kept
     for k in range(1, fresh_steps + 1):
         fresh = tmp_path / f"new{k}"
-        with monkeypatch.context() as m:  # into a new folder: nothing, or the whole new checkpoint
-            FaultAt(m, k)
-            with pytest.raises(OSError, match="no space left"):
-                save_quantized(new, fresh)
-        if fresh.exists():  # failed after the one rename (the parent's fsync): the new folder is whole
+        outcome, _ = _save_with_fault(lambda: save_quantized(new, fresh), monkeypatch, k, persistent)
+        assert outcome != "restore failed"  # into a new folder: nothing, or the whole new checkpoint
+        assert (outcome == "warned") == (k == fresh_steps), k  # the parent's flush after the rename only warns
+        if outcome == "warned":  # failed after the one rename (the parent's fsync): the new folder is whole
             assert torch.equal(_mlp_output(fresh), new(X)), k
             shutil.rmtree(fresh)
         assert sorted(os.listdir(tmp_path)) == ["ckpt", "probe", "probe_new"], k
@@ -191,23 +230,32 @@ def test_a_save_killed_at_every_write_step_keeps_the_previous_checkpoint(tmp_pat
     assert torch.equal(_mlp_output(target), new(X)) and (target / "notes.txt").read_text() == "mine"
 
 
-def test_transformers_save_killed_at_every_write_step_keeps_the_previous_checkpoint(llama_float_dir, tmp_path,
-                                                                                     monkeypatch):
+@pytest.mark.parametrize("persistent", [False, True], ids=["one-off", "persistent"])
+def test_transformers_save_failing_at_every_write_step_keeps_the_previous_checkpoint(llama_float_dir, tmp_path,
+                                                                                     monkeypatch, persistent):
     target = tmp_path / "ckpt"
     infoq_hf.save(_llama_on_load(llama_float_dir, 4), target)
     before, expected = _listing(target), _llama_logits(target)
     new = _llama_on_load(llama_float_dir, 2)
+    with torch.no_grad():
+        new_logits = new(IDS).logits
     shutil.copytree(target, tmp_path / "probe")
+    shutil.copytree(target, tmp_path / "old")
     steps = _count_steps(monkeypatch, lambda: infoq_hf.save(new, tmp_path / "probe"))
     assert steps >= 6
     for k in range(1, steps + 1):
-        with monkeypatch.context() as m:
-            FaultAt(m, k)
-            with pytest.raises(OSError, match="no space left"):
-                infoq_hf.save(new, target)
+        outcome, error = _save_with_fault(lambda: infoq_hf.save(new, target), monkeypatch, k, persistent)
+        if outcome == "warned":  # a flush after a complete rename failed: the new checkpoint is in
+            assert torch.equal(_llama_logits(target), new_logits), k
+            shutil.rmtree(target)
+            shutil.copytree(tmp_path / "old", target)
+        if outcome == "restore failed":
+            _recover(target, error)
         assert _listing(target) == before, k
-        assert sorted(os.listdir(tmp_path)) == ["ckpt", "probe"], k
-    assert torch.equal(_llama_logits(target), expected)
+        assert sorted(os.listdir(tmp_path)) == ["ckpt", "old", "probe"], k
+        assert not [p for p in target.iterdir() if p.name.startswith(".")], k
+    new.save_pretrained(target)
+    assert torch.equal(_llama_logits(target), new_logits)
 
 
 def _mount_tmpfs(mount: Path, size_bytes: int) -> None:
@@ -487,9 +535,9 @@ def test_cli_bad_input_exits_2_with_one_line(cli_assets, tmp_path, capsys, monke
     ok = tmp_path / "ok"
     assert _cli([*quantize, "--method", "weight_mse", "--out", ok], capsys)[0] == 0
     with monkeypatch.context() as m:  # a read-only --out (root ignores file modes, so the refusal is simulated)
-        def refuse(home, name):
+        def refuse(home, prefix):
             raise PermissionError(errno.EACCES, "Permission denied", str(home))
-        m.setattr(infoq_hf.checkpoint, "_make_staging_dir", refuse)
+        m.setattr(infoq_hf.atomic_save, "_make_dir", refuse)
         code, err = _cli([*quantize, "--method", "weight_mse", "--out", ok], capsys)
         assert code == 2 and "permission denied writing" in err, err
     with monkeypatch.context() as m:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import re
+from pathlib import Path
 import sys
 
 import torch
@@ -35,6 +36,7 @@ from ..checkpoint import (
     read_tensor_specs,
 )
 from ..config import QUANT_METHOD, InfoQConfig
+from ..integrity import DIGEST_METADATA, tensor_digests, verify_checkpoint_files
 from ..quant.apply import dequantize_model
 
 logger = logging.getLogger("infoq_hf")
@@ -70,9 +72,11 @@ class InfoQQuantizer(HfQuantizer):
             return model
         built = build_packed_modules(model, cfg.policy, cfg.scheme)
         if checkpoint_files:  # fail before loading, naming the layer, rather than load a wrong model
+            refuse_mixed_saves(checkpoint_files)
             specs = read_tensor_specs(checkpoint_files)
             rename = _checkpoint_renamer(model, self)
             check_checkpoint_tensors(model, {rename(k): v for k, v in specs.items()})
+            verify_checkpoint_files(checkpoint_files)  # every tensor's bytes against the digests saved with them
         # Some `_init_weights` reach from a parent into its child's `.weight` (GPT-2: `mlp.c_proj.weight`),
         # which a packed layer lacks. A parent holding no tensors of its own has nothing to initialise.
         for name in built:
@@ -114,10 +118,11 @@ class InfoQQuantizer(HfQuantizer):
     def get_state_dict_and_metadata(self, model):
         """The packed state dict, and the header metadata every shard carries: the quant method and the
         run's summary (so `quantization_result` answers after a reload)."""
-        metadata = {"quant_method": QUANT_METHOD}
+        state = packed_state_dict(model)
+        metadata = {"quant_method": QUANT_METHOD, DIGEST_METADATA: tensor_digests(state)}
         if getattr(self, "summary", None) is not None:
             metadata[SUMMARY_METADATA] = json.dumps(_jsonable(self.summary))
-        return packed_state_dict(model), metadata
+        return state, metadata
 
     def _dequantize(self, model, dtype=None):
         dequantize_model(model)
@@ -134,6 +139,16 @@ class InfoQQuantizer(HfQuantizer):
 
     def param_element_size(self, model, param_name, param):
         return param.element_size()
+
+
+def refuse_mixed_saves(checkpoint_files) -> None:
+    """A folder holding an unsharded `model.safetensors` beside a shard index holds two saves' weights
+    (transformers' `save_pretrained` leaves the other form in place); which one loads is not the user's choice."""
+    for folder in {Path(f).parent for f in checkpoint_files}:
+        if (folder / "model.safetensors").is_file() and (folder / "model.safetensors.index.json").is_file():
+            raise ValueError(f"{folder} holds both model.safetensors and model.safetensors.index.json: weights of "
+                             "two different saves. Delete the older of the two (or save again with infoq_hf.save, "
+                             "which removes the weights of earlier saves)")
 
 
 def modules_kept_float(model, modules_to_not_convert=None, quantize_embeddings: bool = False) -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -30,7 +32,7 @@ from .infoq import InfoQOptions, InfoQScorer
 from .llamacpp import PRESETS, preference_weights, preset_types
 from .probe import REFERENCE_BITS, Prober
 from .table import SensitivityTable
-from .task import check_calibration, detect_task
+from .task import check_calibration, detect_task, refuse_meta
 
 logger = logging.getLogger(__name__)
 METHODS = ("infoq", "hawq", "weight_mse", "size_only", "llamacpp", "random", "oracle")
@@ -56,6 +58,20 @@ def as_batches(calibration, name="calibration") -> list:
     return list(calibration)
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def public_model_name(name: str | None) -> str | None:
+    """A model's name fit to publish: a Hub id as given, a local folder by its base name only (a saved
+    table is uploaded with the checkpoint; an absolute path would leak user and folder names)."""
+    if not name:
+        return None
+    name = str(name)
+    if _HUB_ID.match(name) and not os.path.exists(name):
+        return name
+    return os.path.basename(os.path.normpath(name)) or None
+
+
 def model_identity(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict:
     h = hashlib.sha256()
     for name, layer in layers.items():
@@ -63,7 +79,8 @@ def model_identity(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict:
         h.update(layer.weight.detach().float().cpu().numpy().tobytes())
     config = getattr(model, "config", None)
     return {
-        "name_or_path": getattr(config, "_name_or_path", None) or getattr(model, "default_cfg", {}).get("architecture"),
+        "name_or_path": public_model_name(getattr(config, "_name_or_path", None))
+        or getattr(model, "default_cfg", {}).get("architecture"),
         "class": type(model).__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
         "quantized_weights_sha256": h.hexdigest()[:16],
@@ -130,7 +147,9 @@ def search(
         layers = {n: m for n, m in layers.items() if n not in tied}
     if not layers:
         raise ValueError("the model has no quantizable Linear/Conv2d layers (after skip_modules/skip_types)")
-    batches = [batch_to_model_device(b, model) for b in as_batches(calibration)]
+    batches = as_batches(calibration)
+    refuse_meta(model, batches)
+    batches = [batch_to_model_device(b, model) for b in batches]
     needs_data = method not in DATA_FREE_METHODS
     if needs_data and not batches:
         raise ValueError(f"method {method!r} needs calibration batches, and the calibration set is empty")
@@ -146,7 +165,8 @@ def search(
     task = detect_task(model, batches[0]) if task == "auto" and batches else (task if task != "auto" else "classification")
     if task not in ("classification", "causal_lm"):
         raise ValueError(f"task must be 'auto', 'classification' or 'causal_lm', got {task!r}")
-    check_calibration(model, batches, _first_sample(batches[0]) if batches else None, forward, task, method)
+    check_calibration(model, batches, _first_sample(batches[0]) if batches else None, forward, task, method,
+                      sample_of=_first_sample)
 
     def schemes(name: str, b: int) -> WeightScheme:
         return scheme.weight_scheme(layers[name], b)
@@ -195,6 +215,10 @@ def search(
             w_scores = {n: {b: alpha[n] * t2[n][b] for b in bits} for n in layers}
             calibrated_info = (alpha, t2)
     elapsed = time.perf_counter() - started
+    if len(layers) > 1 and all(w_scores[n] == w_scores[next(iter(layers))] for n in layers):
+        warnings.warn(f"every layer got the same {method} scores {w_scores[next(iter(layers))]}: the search cannot "
+                      "tell the layers apart, so an allocation from this table means nothing (vanishing or constant "
+                      "activations? check the calibration data and the model's outputs)", RuntimeWarning, stacklevel=2)
 
     table_layers = {}
     for name, layer in layers.items():

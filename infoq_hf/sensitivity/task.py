@@ -50,20 +50,54 @@ def _batch_tensors(batch) -> dict[str, torch.Tensor]:
     return {}
 
 
-def check_calibration(model, batches: list, sample, forward, task: str, method: str) -> None:
+def _structure(batch):
+    """What every calibration batch must share: its kind (tensor, tuple, mapping) and its keys."""
+    if isinstance(batch, Mapping):
+        return "a mapping", tuple(sorted(map(str, batch)))
+    if isinstance(batch, (tuple, list)):
+        return f"a {type(batch).__name__}", len(batch)
+    return type(batch).__name__, None
+
+
+def _run_one(model, forward, sample, i: int, shapes) -> torch.Tensor:
+    try:
+        with torch.no_grad():
+            return output_tensor(forward(model, sample))
+    except (RuntimeError, IndexError, TypeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"the model cannot run calibration batch {i} (tensor shapes {shapes}): {first_line}. Give "
+                         "inputs of the shape and kind the model takes (channels, features, sequence length)") from e
+
+
+def refuse_meta(model, batches: list) -> None:
+    """Refuse a model or calibration tensors on the meta device (they hold no data) before anything runs."""
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("the model's weights are on the meta device (an empty or offloaded model); load real "
+                         "weights (e.g. from_pretrained without a device_map that offloads) before searching")
+    for i, batch in enumerate(batches):
+        for key, t in _batch_tensors(batch).items():
+            if t.is_meta:
+                raise ValueError(f"calibration batch {i}: {key!r} is on the meta device (it holds no data); pass "
+                                 "real tensors")
+
+
+def check_calibration(model, batches: list, sample, forward, task: str, method: str, sample_of=None) -> None:
     """Refuse, with the problem and the fix, what would otherwise surface as a raw torch error or a silently
     wrong table: a model on the meta device, empty or non-finite tensors, token ids outside the vocabulary,
     inputs the model cannot run, labels that are not integer classes of the model's output (constant
     labels too, for InfoQ, whose task term then carries no information). `sample`: one sample of the first
     batch, run once to learn the output's class count."""
-    if any(p.is_meta for p in model.parameters()):
-        raise ValueError("the model's weights are on the meta device (an empty or offloaded model); load real "
-                         "weights (e.g. from_pretrained without a device_map that offloads) before searching")
+    refuse_meta(model, batches)
     if not batches:
         return
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     vocab = getattr(embeddings, "num_embeddings", None)
+    first = _structure(batches[0])
     for i, batch in enumerate(batches):
+        if _structure(batch) != first:
+            raise ValueError(f"calibration batch {i} is {_structure(batch)[0]} {_structure(batch)[1] or ''}, but batch "
+                             f"0 is {first[0]} {first[1] or ''}; give every batch the same structure (all dicts "
+                             "with the same keys, or all tuples)")
         for key, t in _batch_tensors(batch).items():
             if t.numel() == 0:
                 raise ValueError(f"calibration batch {i}: {key!r} is empty (shape {list(t.shape)}); drop empty batches")
@@ -73,14 +107,17 @@ def check_calibration(model, batches: list, sample, forward, task: str, method: 
         if isinstance(ids, torch.Tensor) and vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
             raise ValueError(f"calibration batch {i}: token ids range over [{int(ids.min())}, {int(ids.max())}], but the "
                              f"model's vocabulary has {vocab} entries; tokenize with the model's own tokenizer")
-    shapes = {k: list(v.shape) for k, v in _batch_tensors(batches[0]).items()}
-    try:
-        with torch.no_grad():
-            classes = output_tensor(forward(model, sample)).shape[-1]
-    except (RuntimeError, IndexError, TypeError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"the model cannot run calibration batch 0 (tensor shapes {shapes}): {first_line}. Give "
-                         "inputs of the shape and kind the model takes (channels, features, sequence length)") from e
+    def shapes_of(batch):
+        return {k: list(v.shape) for k, v in _batch_tensors(batch).items()}
+
+    classes = _run_one(model, forward, sample, 0, shapes_of(batches[0])).shape[-1]
+    if sample_of is not None:  # a batch whose samples are shaped otherwise than batch 0's: run one of them too
+        seen = {tuple((k, tuple(v[1:])) for k, v in sorted(shapes_of(batches[0]).items()))}
+        for i, batch in enumerate(batches[1:], start=1):
+            per_sample = tuple((k, tuple(v[1:])) for k, v in sorted(shapes_of(batch).items()))
+            if per_sample not in seen:
+                _run_one(model, forward, sample_of(batch), i, shapes_of(batch))
+                seen.add(per_sample)
     if task != "classification" or method not in ("infoq", "hawq", "oracle"):
         return
     labels = [batch_labels(b) for b in batches]
