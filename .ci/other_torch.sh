@@ -4,10 +4,11 @@
 # test suite runs. Shows that the lower bounds in pyproject.toml install and pass.
 #
 # Usage: .ci/other_torch.sh VENV_DIR
-#   TORCH        torch requirement to test          (default: torch==2.13.0, the lower bound)
+#   TORCH        torch requirement (or wheel file) to test   (default: torch==2.13.0, the lower bound)
 #   TORCHVISION  the torchvision built for it        (default: torchvision==0.28.0)
 #   PINS         more requirements that override constraints.txt, space-separated, e.g. the oldest
 #                transformers: "transformers==5.0.0 huggingface-hub<2 tokenizers<=0.23.0"
+#   TEST_PREFIX  a command the test run is wrapped in (e.g. "flock /tmp/some.lock"); default none
 # VENV_DIR must not exist yet (nothing of yours is overwritten).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,8 @@ before=$("$venv/bin/python" -c 'import torch; print(torch.__version__)')
 "$venv/bin/python" - "$venv/constraints.txt" "$before" "$torch_req" "$vision_req" $pins <<'EOF'
 import re, sys
 out, torch_version, *chosen = sys.argv[1:]
-def name(req):
+def name(req):  # a requirement's project name; for a wheel file, the part of its file name before "-"
+    req = req.rsplit("/", 1)[-1].split("-", 1)[0] if req.endswith(".whl") else req
     return re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower().replace("_", "-")
 skip = {name(r) for r in chosen}
 kept = [line for line in open("constraints.txt") if not line.startswith("#") and line.strip()
@@ -45,4 +47,5 @@ if [ "$before" != "$after" ]; then
 fi
 echo "torch $after kept; versions under test:"
 "$venv/bin/pip" freeze | grep -iE '^(torch|torchvision|transformers|huggingface.hub|timm|accelerate)=='
-"$venv/bin/python" -m pytest -q
+# shellcheck disable=SC2086
+${TEST_PREFIX:-} "$venv/bin/python" -m pytest -q
