@@ -27,17 +27,20 @@ python3 -m venv "$venv"
 "$venv/bin/pip" install -q "$torch_req" "$vision_req" $pins
 before=$("$venv/bin/python" -c 'import torch; print(torch.__version__)')
 
-# constraints.txt less every package chosen above, plus the torch just installed, held fixed
-"$venv/bin/python" - "$venv/constraints.txt" "$before" "$torch_req" "$vision_req" $pins <<'EOF'
+# constraints.txt less every package chosen above or installed with them, plus what is installed now,
+# held fixed (torch and the libraries it brought)
+"$venv/bin/pip" list --format=freeze > "$venv/installed.txt"
+"$venv/bin/python" - "$venv/constraints.txt" "$venv/installed.txt" "$torch_req" "$vision_req" $pins <<'EOF'
 import re, sys
-out, torch_version, *chosen = sys.argv[1:]
+out, installed, *chosen = sys.argv[1:]
 def name(req):  # a requirement's project name; for a wheel file, the part of its file name before "-"
     req = req.rsplit("/", 1)[-1].split("-", 1)[0] if req.endswith(".whl") else req
     return re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower().replace("_", "-")
-skip = {name(r) for r in chosen}
+held = [line for line in open(installed) if line.strip() and name(line) not in {"pip", "setuptools"}]
+skip = {name(r) for r in chosen} | {name(line) for line in held}
 kept = [line for line in open("constraints.txt") if not line.startswith("#") and line.strip()
         and name(line) not in skip]
-open(out, "w").write("".join(kept) + f"torch=={torch_version}\n")
+open(out, "w").write("".join(kept + held))
 EOF
 "$venv/bin/pip" install -q -e ".[dev]" -c "$venv/constraints.txt"
 after=$("$venv/bin/python" -c 'import torch; print(torch.__version__)')
