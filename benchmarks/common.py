@@ -14,6 +14,7 @@ from . import assets
 
 def machine() -> str:
     import os
+
     return f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
 
 
@@ -30,7 +31,7 @@ def lm_windows(texts: dict[str, str], tokenizer, n_seqs: int, seq_len: int, offs
             break
     if len(ids) < need:
         raise ValueError(f"the texts hold {len(ids)} tokens, {need} needed")
-    return torch.tensor(ids[offset * seq_len: need]).view(n_seqs, seq_len)
+    return torch.tensor(ids[offset * seq_len : need]).view(n_seqs, seq_len)
 
 
 def lm_batches(windows: torch.Tensor, batch_size: int) -> list[dict]:
@@ -63,8 +64,9 @@ def window_nll(model, batches: list[dict]) -> tuple[torch.Tensor, int]:
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         targets = b["input_ids"][:, 1:]
         # flat (tokens, vocab) logits: cross_entropy on the transposed, strided layout is 10x less precise in float32
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                               reduction="none")
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none"
+        )
         sums.append(loss.double().view(targets.shape).sum(dim=1))
     return torch.cat(sums), batches[0]["input_ids"].shape[1] - 1
 
@@ -89,6 +91,7 @@ def mnist_data(n_calib: int, n_dev: int, n_test: int, batch_size: int = 64, seed
         idx = torch.randperm(len(x), generator=gen)[:n]
         imgs = (torch.as_tensor(x)[idx].float().view(-1, 1, 28, 28) - assets.MNIST_MEAN) / assets.MNIST_STD
         return [(a, b) for a, b in zip(imgs.split(batch_size), torch.as_tensor(y)[idx].long().split(batch_size))]
+
     return model, pick(xtr, ytr, n_calib), pick(xva, yva, n_dev), pick(xte, yte, n_test)
 
 
@@ -104,4 +107,5 @@ def top1(model, batches) -> float:
 
 def spearman(a: list[float], b: list[float]) -> float:
     from scipy.stats import spearmanr
+
     return float(spearmanr(a, b).statistic)

@@ -64,8 +64,11 @@ def lm_tables(key: str, model, calib, args, out: Path, kw: dict) -> dict[str, Se
     for label, opts in searches.items():
         method = label.split()[0]
         name = method + "".join(f"_{k}{v}" for k, v in opts.items())
-        tables[label] = cached_table(out / "tables" / f"{key}_{name}_c{len(calib)}_s{args.seed}.json", args.fresh,
-                                     lambda m=method, o=opts: search(model, calib, method=m, **kw, **o))
+        tables[label] = cached_table(
+            out / "tables" / f"{key}_{name}_c{len(calib)}_s{args.seed}.json",
+            args.fresh,
+            lambda m=method, o=opts: search(model, calib, method=m, **kw, **o),
+        )
     return tables
 
 
@@ -76,51 +79,90 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     bits = (2, 3, 4, 8)
     kw = dict(bits=bits, group_size=64, skip_modules=skip, seed=args.seed)
     tables = lm_tables(key, model, calib, args, out, kw)
-    base = dict(bits=bits, group_size=64, calibration=calib, rounding=args.rounding, refine_passes=args.refine_passes,
-                seed=args.seed, search_samples=args.search_samples)
+    base = dict(
+        bits=bits,
+        group_size=64,
+        calibration=calib,
+        rounding=args.rounding,
+        refine_passes=args.refine_passes,
+        seed=args.seed,
+        search_samples=args.search_samples,
+    )
 
     def packed(config, table=None):
         m = copy.deepcopy(model)
         result = quantize_with_infoq(m, config, table=table, skip_modules=skip, progress=False)
         return result, (common.perplexity(m, dev) if dev else float("nan")), common.perplexity(m, test)
 
-    rows = [("fp32", "-", 32.0, common.perplexity(model, dev) if dev else float("nan"), common.perplexity(model, test),
-             "", "")]
+    rows = [
+        (
+            "fp32",
+            "-",
+            32.0,
+            common.perplexity(model, dev) if dev else float("nan"),
+            common.perplexity(model, test),
+            "",
+            "",
+        )
+    ]
     refinements = []
     names = list(quantizable_layers(model, skip_modules=skip))
     for budget in args.budgets:
         width = best_uniform_width(budget, bits)
         uniform = BitPolicy({n: {"w_bits": width, "a_bits": None} for n in names})
         result, ppl_dev, ppl_test = packed(InfoQConfig(**base, policy=uniform))
-        rows.append((f"uniform {width}-bit", budget, result.summary["avg_bits"], ppl_dev, ppl_test, "",
-                     result.summary["rounding"]))
+        rows.append(
+            (
+                f"uniform {width}-bit",
+                budget,
+                result.summary["avg_bits"],
+                ppl_dev,
+                ppl_test,
+                "",
+                result.summary["rounding"],
+            )
+        )
         print(rows[-1], flush=True)
         for label, table in tables.items():
             config = InfoQConfig(**base, budget={"avg_bits": budget}, method=table.method)
             result, ppl_dev, ppl_test = packed(config, table)
             r = result.policy.report.refinement
             note = "" if r is None else f"KL {r.kl_ilp:.3f} -> {r.kl_final:.3f} (from {r.start})"
-            rows.append((label, budget, result.summary["avg_bits"], ppl_dev, ppl_test, note, result.summary["rounding"]))
+            rows.append(
+                (label, budget, result.summary["avg_bits"], ppl_dev, ppl_test, note, result.summary["rounding"])
+            )
             if r is not None:
                 refinements.append((budget, label, r))
             print(rows[-1], flush=True)
-    header = (f"{name}; weight-only, group 64, candidates {{2,3,4,8}}, `lm_head` float; every row through "
-              f"`quantize_with_infoq` (rounding {args.rounding}, {args.refine_passes} refinement passes judged by KL "
-              f"to fp32 on the calibration tokens, the product's chains and held-out check); seed {args.seed}; "
-              f"{common.machine()}")
-    table_md = ["| allocation | budget (avg bits) | achieved avg bits | dev perplexity | test perplexity | "
-                "refinement (calibration KL) | rounding |", "|---|---|---|---|---|---|---|"]
+    header = (
+        f"{name}; weight-only, group 64, candidates {{2,3,4,8}}, `lm_head` float; every row through "
+        f"`quantize_with_infoq` (rounding {args.rounding}, {args.refine_passes} refinement passes judged by KL "
+        f"to fp32 on the calibration tokens, the product's chains and held-out check); seed {args.seed}; "
+        f"{common.machine()}"
+    )
+    table_md = [
+        "| allocation | budget (avg bits) | achieved avg bits | dev perplexity | test perplexity | "
+        "refinement (calibration KL) | rounding |",
+        "|---|---|---|---|---|---|---|",
+    ]
     table_md += [f"| {a} | {b} | {c:.3f} | {d:.2f} | {e:.2f} | {f} | {g} |" for a, b, c, d, e, f, g in rows]
-    table_md += ["", "Refinement cost (whole-model passes on the calibration tokens):", "",
-                 "| budget | method | passes | accepted | start | wall s |", "|---|---|---|---|---|---|"]
+    table_md += [
+        "",
+        "Refinement cost (whole-model passes on the calibration tokens):",
+        "",
+        "| budget | method | passes | accepted | start | wall s |",
+        "|---|---|---|---|---|---|",
+    ]
     table_md += [f"| {b} | {m} | {r.passes} | {r.accepted} | {r.start} | {r.wall_s:.0f} |" for b, m, r in refinements]
     return header, table_md, tables
 
 
 def run_smollm2(args, out: Path):
     model, _, calib, dev, test = common.smollm2_data(args.calib or 4, args.dev, args.eval or 32)
-    name = (f"SmolLM2-135M, calibration {len(calib) * 4}x128 tokens (comedies/histories), perplexity on "
-            f"{args.dev}x128 dev and {args.eval or 32}x128 test tokens (tragedies)")
+    name = (
+        f"SmolLM2-135M, calibration {len(calib) * 4}x128 tokens (comedies/histories), perplexity on "
+        f"{args.dev}x128 dev and {args.eval or 32}x128 test tokens (tragedies)"
+    )
     return run_lm("smollm2", name, model, calib, dev, test, args, out)
 
 
@@ -130,17 +172,31 @@ def run_tiny_llama(args, out: Path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(args.seed)
-    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = LlamaForCausalLM(config).eval()
     gen = torch.Generator().manual_seed(args.seed)
 
     def batches(n):
-        return [{"input_ids": (ids := torch.randint(0, 256, (4, 32), generator=gen)),
-                 "attention_mask": torch.ones_like(ids)} for _ in range(n)]
+        return [
+            {
+                "input_ids": (ids := torch.randint(0, 256, (4, 32), generator=gen)),
+                "attention_mask": torch.ones_like(ids),
+            }
+            for _ in range(n)
+        ]
+
     calib, dev, test = batches(args.calib or 2), batches(1), batches(1)
-    return run_lm("tiny_llama", "a random tiny Llama (8 blocks, width 64) on random tokens", model, calib, dev, test,
-                  args, out)
+    return run_lm(
+        "tiny_llama", "a random tiny Llama (8 blocks, width 64) on random tokens", model, calib, dev, test, args, out
+    )
 
 
 def run_mnist(args, out: Path):
@@ -152,9 +208,12 @@ def run_mnist(args, out: Path):
 def run_fashion_resnet(args, out: Path):
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
-        raise SystemExit(f"skipped: no Fashion-MNIST ResNet checkpoint at {ckpt}; train one with "
-                         f"`python recipes/qat/train_fashion_mnist.py --epochs 3 --train-samples 20000 --out {ckpt}`")
+        raise SystemExit(
+            f"skipped: no Fashion-MNIST ResNet checkpoint at {ckpt}; train one with "
+            f"`python recipes/qat/train_fashion_mnist.py --epochs 3 --train-samples 20000 --out {ckpt}`"
+        )
     import sys
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from recipes.common import fashion_mnist, tuple_batches
     from recipes.qat.resnet import load_checkpoint
@@ -162,8 +221,10 @@ def run_fashion_resnet(args, out: Path):
     model, _ = load_checkpoint(ckpt)
     xtr, ytr, xte, yte = fashion_mnist(subsample_train=args.calib or 512, subsample_test=args.eval, seed=args.seed)
     calib, test = tuple_batches(xtr, ytr, 64), tuple_batches(xte, yte, 500)
-    name = (f"Fashion-MNIST ResNet-8 ({ckpt.name}, trained by recipes/qat), calibration {len(ytr)} train images, "
-            f"top-1 on {len(yte)} test images")
+    name = (
+        f"Fashion-MNIST ResNet-8 ({ckpt.name}, trained by recipes/qat), calibration {len(ytr)} train images, "
+        f"top-1 on {len(yte)} test images"
+    )
     return run_classifier("fashion_resnet", name, model.eval(), calib, test, args, out)
 
 
@@ -173,8 +234,11 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     tables = {}
     for m in CLASSIFIER_METHODS:
         opts = {"score_activations": False} if m != "infoq" else {}
-        tables[m] = cached_table(out / "tables" / f"{key}_{m}_c{len(calib)}_s{args.seed}.json", args.fresh,
-                                 lambda m=m, opts=opts: search(model, calib, method=m, **{**kw, **opts}))
+        tables[m] = cached_table(
+            out / "tables" / f"{key}_{m}_c{len(calib)}_s{args.seed}.json",
+            args.fresh,
+            lambda m=m, opts=opts: search(model, calib, method=m, **{**kw, **opts}),
+        )
     x0 = calib[0][0][:1]
     rows = [("fp32", "-", 32.0, "-", common.top1(model, test))]
     names = list(quantizable_layers(model))
@@ -191,6 +255,7 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
             rows.append((method + suffix, "3.0 avg bits (10.67x)", policy.report.avg_bits, "-", common.top1(m, test)))
     # W/A: BitOps budget = that of uniform W4A4, activations chosen from {4, 8} where scored.
     from infoq_hf import bitops, calibrate_activation_ranges
+
     w4a4 = BitPolicy({n: {"w_bits": 4, "a_bits": 4} for n in names})
     budget_ops = bitops(model, w4a4, x0)
     m = copy.deepcopy(model)
@@ -206,10 +271,19 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
             ranges = calibrate_activation_ranges(m, [b[0] for b in calib], policy)
             quantize_model(m, policy, act_ranges=ranges)
             a_mean = sum(lb.a_bits for lb in policy.values()) / len(policy)
-            rows.append((label + suffix, f"BitOps {budget_ops / 1e6:.1f}M", policy.report.avg_bits, round(a_mean, 2),
-                         common.top1(m, test)))
-    header = (f"{name}; candidates {{2,3,4,8}}, first/last not pinned; refinement {args.refine_passes} passes judged by "
-              f"KL to fp32 on the calibration images; seed {args.seed}; {common.machine()}")
+            rows.append(
+                (
+                    label + suffix,
+                    f"BitOps {budget_ops / 1e6:.1f}M",
+                    policy.report.avg_bits,
+                    round(a_mean, 2),
+                    common.top1(m, test),
+                )
+            )
+    header = (
+        f"{name}; candidates {{2,3,4,8}}, first/last not pinned; refinement {args.refine_passes} passes judged by "
+        f"KL to fp32 on the calibration images; seed {args.seed}; {common.machine()}"
+    )
     table_md = ["| allocation | budget | avg weight bits | mean act bits | top-1 % |", "|---|---|---|---|---|"]
     table_md += [f"| {a} | {b} | {c:.3f} | {d} | {e:.2f} |" for a, b, c, d, e in rows]
     return header, table_md, tables
@@ -236,20 +310,33 @@ def main(argv=None):
     p.add_argument("--with-eq4", action="store_true", help="LLMs: also InfoQ with the paper's Eq. 4 scores")
     p.add_argument("--dev", type=int, default=32, help="smollm2: dev windows of 128 tokens (default 32)")
     p.add_argument("--budgets", type=float, nargs="+", default=list(LM_BUDGETS), help="LLMs: average-bits budgets")
-    p.add_argument("--rounding", default="auto", choices=["auto", "rtn", "gptq"],
-                   help="LLMs: the pipeline's rounding (default the product's 'auto')")
-    p.add_argument("--search-samples", type=int, default=None,
-                   help="LLMs: InfoQConfig.search_samples (the refinement's held-out split); default all")
+    p.add_argument(
+        "--rounding",
+        default="auto",
+        choices=["auto", "rtn", "gptq"],
+        help="LLMs: the pipeline's rounding (default the product's 'auto')",
+    )
+    p.add_argument(
+        "--search-samples",
+        type=int,
+        default=None,
+        help="LLMs: InfoQConfig.search_samples (the refinement's held-out split); default all",
+    )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    runner = {"smollm2": run_smollm2, "tiny_llama": run_tiny_llama, "mnist_cnn": run_mnist,
-              "fashion_resnet": run_fashion_resnet}[args.model]
+    runner = {
+        "smollm2": run_smollm2,
+        "tiny_llama": run_tiny_llama,
+        "mnist_cnn": run_mnist,
+        "fashion_resnet": run_fashion_resnet,
+    }[args.model]
     header, rows, tables = runner(args, out)
-    text = "\n".join([header, "", *rows, "", "Search cost (from the run that produced each table):", "",
-                      *cost_table(tables)])
+    text = "\n".join(
+        [header, "", *rows, "", "Search cost (from the run that produced each table):", "", *cost_table(tables)]
+    )
     print(text)
     (out / f"compare_{args.model}.md").write_text(text + "\n")
 

@@ -39,9 +39,15 @@ from . import assets, common
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--avg-bits", type=float, default=3.0)
-    p.add_argument("--calib", type=int, default=32, help="calibration windows of --seq-len tokens (GPTQ rounds with all)")
-    p.add_argument("--search-samples", type=int, default=4,
-                   help="of which the sensitivity search and the refinement use the first N")
+    p.add_argument(
+        "--calib", type=int, default=32, help="calibration windows of --seq-len tokens (GPTQ rounds with all)"
+    )
+    p.add_argument(
+        "--search-samples",
+        type=int,
+        default=4,
+        help="of which the sensitivity search and the refinement use the first N",
+    )
     p.add_argument("--eval", type=int, default=32, help="held-out windows for perplexity")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--group-size", type=int, default=64)
@@ -60,8 +66,14 @@ def main(argv=None):
     fp32 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ppl_fp32 = common.perplexity(fp32, test)
 
-    config = InfoQConfig(bits=[2, 3, 4, 8], budget={"avg_bits": args.avg_bits}, calibration=calib,
-                         search_samples=args.search_samples, group_size=args.group_size, seed=0)
+    config = InfoQConfig(
+        bits=[2, 3, 4, 8],
+        budget={"avg_bits": args.avg_bits},
+        calibration=calib,
+        search_samples=args.search_samples,
+        group_size=args.group_size,
+        seed=0,
+    )
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, quantization_config=config).eval()
     quantize_s = time.perf_counter() - t
@@ -69,8 +81,12 @@ def main(argv=None):
 
     out = Path(args.out)
     data = f"perplexity on {args.eval}x{args.seq_len} held-out tokens (Shakespeare tragedies)"
-    infoq_hf.save(model, out, tokenizer=tok, metrics=[{"metric": "perplexity", "data": data, "quantized": ppl_infoq,
-                                                       "float": ppl_fp32}])  # checkpoint, tokenizer and card
+    infoq_hf.save(
+        model,
+        out,
+        tokenizer=tok,
+        metrics=[{"metric": "perplexity", "data": data, "quantized": ppl_infoq, "float": ppl_fp32}],
+    )  # checkpoint, tokenizer and card
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         same = torch.equal(model(**test[0]).logits, reloaded(**test[0]).logits)
@@ -79,33 +95,60 @@ def main(argv=None):
     summary = infoq_hf.quantization_result(model).summary
     uniform = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     names = infoq_hf.quantizable_layers(uniform, skip_modules=["lm_head"])
-    infoq_hf.quantize_model(uniform, {n: round(args.avg_bits) for n in names}, group_size=args.group_size,
-                            rounding=summary["rounding"], calibration=calib, skip_modules=["lm_head"])
+    infoq_hf.quantize_model(
+        uniform,
+        {n: round(args.avg_bits) for n in names},
+        group_size=args.group_size,
+        rounding=summary["rounding"],
+        calibration=calib,
+        skip_modules=["lm_head"],
+    )
     ppl_uniform = common.perplexity(uniform, test)
 
     print()
     print(infoq_hf.format_summary(summary))
     print()
-    print(f"SmolLM2-135M, {args.calib}x{args.seq_len} calibration tokens (search and refinement on the first "
-          f"{args.search_samples} windows), perplexity on {args.eval}x{args.seq_len} "
-          f"held-out tokens (Shakespeare tragedies); {common.machine()}")
+    print(
+        f"SmolLM2-135M, {args.calib}x{args.seq_len} calibration tokens (search and refinement on the first "
+        f"{args.search_samples} windows), perplexity on {args.eval}x{args.seq_len} "
+        f"held-out tokens (Shakespeare tragedies); {common.machine()}"
+    )
     print("| model | avg weight bits | size MiB | perplexity |")
     print("|---|---|---|---|")
-    mib = 2 ** 20
+    mib = 2**20
     print(f"| fp32 (from Q4_1 GGUF) | 32 | {model_size_bytes(fp32) / mib:.1f} | {ppl_fp32:.2f} |")
     rounding = summary["rounding"]
-    print(f"| InfoQ @ {args.avg_bits} bits, {rounding} | {summary['avg_bits']:.2f} | {summary['size_bytes'] / mib:.1f} | "
-          f"{ppl_infoq:.2f} |")
-    print(f"| uniform {round(args.avg_bits)}-bit, {rounding} | {round(args.avg_bits)} | {model_size_bytes(uniform) / mib:.1f} | "
-          f"{ppl_uniform:.2f} |")
-    print(f"saved to {out} ({disk / mib:.1f} MiB on disk); reload bit-identical: {same}; "
-          f"quantize-on-load {quantize_s:.0f}s, total {time.perf_counter() - started:.0f}s")
-    (out / "demo_results.json").write_text(json.dumps({
-        "ppl_fp32": ppl_fp32, "ppl_infoq": ppl_infoq, "ppl_uniform": ppl_uniform, "avg_bits": summary["avg_bits"],
-        "rounding": summary["rounding"], "calib_windows": args.calib, "search_windows": args.search_samples,
-        "times_s": summary["times_s"],
-        "reload_identical": same, "disk_bytes": disk, "quantize_s": quantize_s, "machine": common.machine(),
-    }, indent=1))
+    print(
+        f"| InfoQ @ {args.avg_bits} bits, {rounding} | {summary['avg_bits']:.2f} | {summary['size_bytes'] / mib:.1f} | "
+        f"{ppl_infoq:.2f} |"
+    )
+    print(
+        f"| uniform {round(args.avg_bits)}-bit, {rounding} | {round(args.avg_bits)} | {model_size_bytes(uniform) / mib:.1f} | "
+        f"{ppl_uniform:.2f} |"
+    )
+    print(
+        f"saved to {out} ({disk / mib:.1f} MiB on disk); reload bit-identical: {same}; "
+        f"quantize-on-load {quantize_s:.0f}s, total {time.perf_counter() - started:.0f}s"
+    )
+    (out / "demo_results.json").write_text(
+        json.dumps(
+            {
+                "ppl_fp32": ppl_fp32,
+                "ppl_infoq": ppl_infoq,
+                "ppl_uniform": ppl_uniform,
+                "avg_bits": summary["avg_bits"],
+                "rounding": summary["rounding"],
+                "calib_windows": args.calib,
+                "search_windows": args.search_samples,
+                "times_s": summary["times_s"],
+                "reload_identical": same,
+                "disk_bytes": disk,
+                "quantize_s": quantize_s,
+                "machine": common.machine(),
+            },
+            indent=1,
+        )
+    )
     if not same:
         raise SystemExit("reloaded checkpoint differs from the quantized model")
 

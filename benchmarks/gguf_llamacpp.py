@@ -37,8 +37,16 @@ import torch
 
 from . import assets, common
 
-PRESET_FTYPES = {"Q8_0": 7, "Q6_K": 18, "Q5_K_M": 17, "Q5_0": 8, "Q4_K_M": 15, "Q4_0": 2, "Q3_K_M": 12,
-                 "Q2_K": 10}  # llama.h's enum llama_ftype (LLAMA_FTYPE_MOSTLY_*)
+PRESET_FTYPES = {
+    "Q8_0": 7,
+    "Q6_K": 18,
+    "Q5_K_M": 17,
+    "Q5_0": 8,
+    "Q4_K_M": 15,
+    "Q4_0": 2,
+    "Q3_K_M": 12,
+    "Q2_K": 10,
+}  # llama.h's enum llama_ftype (LLAMA_FTYPE_MOSTLY_*)
 SEQ_LEN = 128
 GROUP_SIZE = 32
 
@@ -76,12 +84,23 @@ def tiny(n_test: int, work: Path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        text,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(folder)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=320, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=320,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(config).eval()
     windows = torch.randint(0, 300, (n_test, SEQ_LEN), generator=torch.Generator().manual_seed(0))
     return model, folder, windows, "default"
@@ -94,8 +113,16 @@ def infoq_mix(model, avg_bits: float, bits, method: str, calib):
     from infoq_hf import Budget, allocate, quantize_model, search
 
     kw = dict(group_size=GROUP_SIZE, symmetric=True)
-    table = search(model, calib if method != "weight_mse" else None, bits=bits, method=method, embeddings=True,
-                   skip_modules=["lm_head"], progress=False, **kw)
+    table = search(
+        model,
+        calib if method != "weight_mse" else None,
+        bits=bits,
+        method=method,
+        embeddings=True,
+        skip_modules=["lm_head"],
+        progress=False,
+        **kw,
+    )
     policy = allocate(table, Budget(avg_bits=avg_bits), progress=False)
     return quantize_model(copy.deepcopy(model), policy, skip_modules=["lm_head"], **kw)
 
@@ -112,8 +139,15 @@ def quantize_preset(llama_cpp, src: Path, out: Path, preset: str, threads: int) 
 
 def score(llama_cpp, path: Path, windows: torch.Tensor, threads: int) -> dict:
     """Perplexity of `windows` under llama.cpp, prefill and decode tokens/s."""
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=SEQ_LEN + 64, n_batch=SEQ_LEN, n_threads=threads,
-                          n_threads_batch=threads, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=SEQ_LEN + 64,
+        n_batch=SEQ_LEN,
+        n_threads=threads,
+        n_threads_batch=threads,
+        logits_all=True,
+        verbose=False,
+    )
     nll, tokens, start = 0.0, 0, time.perf_counter()
     for window in windows.tolist():
         llm.reset()
@@ -163,14 +197,22 @@ def main(argv=None) -> int:
         model, tokenizer, windows, pre = tiny(args.n_test, work)
     calib = None
     if args.method != "weight_mse":
-        calib = common.smollm2_data(args.n_calib, 0, 0)[2] if args.model == "smollm2" else \
-            common.lm_batches(torch.randint(0, 300, (args.n_calib, SEQ_LEN)), 4)
+        calib = (
+            common.smollm2_data(args.n_calib, 0, 0)[2]
+            if args.model == "smollm2"
+            else common.lm_batches(torch.randint(0, 300, (args.n_calib, SEQ_LEN)), 4)
+        )
     rows = []
 
     def measure(label, path, **extra):
         s = gguf_summary(path)
-        row = {"model": label, "file_MB": s["file_bytes"] / 1e6, "quantized_bpw": s["quantized_bits_per_weight"],
-               **score(llama_cpp, path, windows, args.threads), **extra}
+        row = {
+            "model": label,
+            "file_MB": s["file_bytes"] / 1e6,
+            "quantized_bpw": s["quantized_bits_per_weight"],
+            **score(llama_cpp, path, windows, args.threads),
+            **extra,
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -190,14 +232,18 @@ def main(argv=None) -> int:
         path.unlink(missing_ok=True)
         export_gguf(packed, path, tokenizer=tokenizer, tokenizer_pre=pre)
         measure(f"InfoQ {args.method} {avg:g} bits", path, torch_perplexity=torch_perplexity(packed, windows))
-    print(f"\n{args.model}, {len(windows)} x {SEQ_LEN} held-out tokens, llama-cpp-python {llama_cpp.__version__}, "
-          f"{args.threads} threads; {common.machine()}")
+    print(
+        f"\n{args.model}, {len(windows)} x {SEQ_LEN} held-out tokens, llama-cpp-python {llama_cpp.__version__}, "
+        f"{args.threads} threads; {common.machine()}"
+    )
     print("| model | file MB | bpw (quantized tensors) | perplexity | prefill tok/s | decode tok/s |")
     print("|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: r["file_MB"]):
         bpw = "-" if r["quantized_bpw"] is None else f"{r['quantized_bpw']:.3f}"
-        print(f"| {r['model']} | {r['file_MB']:.2f} | {bpw} | {r['perplexity']:.3f} | "
-              f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} |")
+        print(
+            f"| {r['model']} | {r['file_MB']:.2f} | {bpw} | {r['perplexity']:.3f} | "
+            f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0

@@ -46,8 +46,12 @@ def main(argv=None):
     p.add_argument("--eval", type=int, default=32, help="held-out test windows (default 32, as compare.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="recompute the cached InfoQ sensitivity table")
-    p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES,
-                   help=f"the InfoQ allocations' whole-model refinement (default {DEFAULT_REFINE_PASSES}, as the product)")
+    p.add_argument(
+        "--refine-passes",
+        type=int,
+        default=DEFAULT_REFINE_PASSES,
+        help=f"the InfoQ allocations' whole-model refinement (default {DEFAULT_REFINE_PASSES}, as the product)",
+    )
     p.add_argument("--uniform-only", action="store_true", help="only the uniform rows (e.g. to compare --calib sizes)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
@@ -60,36 +64,71 @@ def main(argv=None):
     names = list(quantizable_layers(model, skip_modules=SKIP))
 
     def infoq_policy(avg_bits: float):  # the table is searched (or read from the cache) when first needed
-        table = cached_table(out / "tables" / f"smollm2_infoq_calibrated_c{len(search_calib)}_s{args.seed}.json",
-                             args.fresh, lambda: search(model, search_calib, method="infoq", bits=(2, 3, 4, 8),
-                                                        group_size=GROUP, skip_modules=SKIP, seed=args.seed))
-        return refine(allocate(table, Budget(avg_bits=avg_bits)), model, search_calib, passes=args.refine_passes,
-                      seed=args.seed)
+        table = cached_table(
+            out / "tables" / f"smollm2_infoq_calibrated_c{len(search_calib)}_s{args.seed}.json",
+            args.fresh,
+            lambda: search(
+                model,
+                search_calib,
+                method="infoq",
+                bits=(2, 3, 4, 8),
+                group_size=GROUP,
+                skip_modules=SKIP,
+                seed=args.seed,
+            ),
+        )
+        return refine(
+            allocate(table, Budget(avg_bits=avg_bits)), model, search_calib, passes=args.refine_passes, seed=args.seed
+        )
 
     policies = [("uniform 4-bit", lambda: {n: 4 for n in names}), ("uniform 3-bit", lambda: {n: 3 for n in names})]
     if not args.uniform_only:
         policies += [(f"InfoQ {b} avg bits", lambda b=b: infoq_policy(b)) for b in (4.0, 3.0, 2.5)]
 
     rss_loaded = peak_rss_mib()
-    rows = [("fp32 (from Q4_1 GGUF)", "-", 32.0, common.perplexity(model, dev), common.perplexity(model, test), None, None, None)]
+    rows = [
+        (
+            "fp32 (from Q4_1 GGUF)",
+            "-",
+            32.0,
+            common.perplexity(model, dev),
+            common.perplexity(model, test),
+            None,
+            None,
+            None,
+        )
+    ]
     print(rows[-1], flush=True)
     for label, make_policy in policies:
         policy = make_policy()
-        avg = sum(model.get_submodule(n).weight.numel() * (policy[n] if isinstance(policy[n], int) else policy[n].w_bits)
-                  for n in names) / sum(model.get_submodule(n).weight.numel() for n in names)
+        avg = sum(
+            model.get_submodule(n).weight.numel() * (policy[n] if isinstance(policy[n], int) else policy[n].w_bits)
+            for n in names
+        ) / sum(model.get_submodule(n).weight.numel() for n in names)
         for rounding in ("rtn", "gptq"):
             m = copy.deepcopy(model)
             t = time.perf_counter()
             act_mib = None
             if rounding == "gptq":
-                report = gptq_quantize_model(m, policy, calib, scheme={"group_size": GROUP}, skip_modules=SKIP,
-                                             progress=True)
+                report = gptq_quantize_model(
+                    m, policy, calib, scheme={"group_size": GROUP}, skip_modules=SKIP, progress=True
+                )
                 act_mib = report.max_activation_bytes / 2**20
             else:
                 quantize_model(m, policy, group_size=GROUP, skip_modules=SKIP)
             wall = time.perf_counter() - t
-            rows.append((label, rounding, avg, common.perplexity(m, dev), common.perplexity(m, test), wall,
-                         peak_rss_mib() if rounding == "gptq" else None, act_mib))
+            rows.append(
+                (
+                    label,
+                    rounding,
+                    avg,
+                    common.perplexity(m, dev),
+                    common.perplexity(m, test),
+                    wall,
+                    peak_rss_mib() if rounding == "gptq" else None,
+                    act_mib,
+                )
+            )
             print(rows[-1], flush=True)
             del m
             write(out, args, calib, search_calib, rss_loaded, rows, total=2 * len(policies))
@@ -98,18 +137,24 @@ def main(argv=None):
 def write(out: Path, args, calib, search_calib, rss_loaded: float, rows: list, total: int) -> None:
     """Write the table so far (a run cut short still leaves its finished rows, marked partial)."""
     n_tokens = sum(b["input_ids"].numel() for b in calib)
-    header = (f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; GPTQ damp 0.01, block 128, "
-              f"no act-order, calibration {n_tokens // 128}x128 tokens (calibration works); InfoQ policies: default "
-              f"search, ILP and {args.refine_passes} refinement passes on {len(search_calib) * 4}x128 calibration "
-              f"tokens, candidates {{2,3,4,8}}; perplexity on {args.dev}x128 dev and {args.eval}x128 held-out test tokens (evaluation "
-              f"works, test after dev); seed {args.seed}; {common.machine()}. The fp32 weights come from a Q4_1 GGUF. "
-              f"Peak RSS after loading the model and data: {rss_loaded:.0f} MiB.")
-    md = ["| policy | rounding | avg bits | dev ppl | test ppl | quantize wall s | peak RSS MiB | largest activation buffer MiB |",
-          "|---|---|---|---|---|---|---|---|"]
+    header = (
+        f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; GPTQ damp 0.01, block 128, "
+        f"no act-order, calibration {n_tokens // 128}x128 tokens (calibration works); InfoQ policies: default "
+        f"search, ILP and {args.refine_passes} refinement passes on {len(search_calib) * 4}x128 calibration "
+        f"tokens, candidates {{2,3,4,8}}; perplexity on {args.dev}x128 dev and {args.eval}x128 held-out test tokens (evaluation "
+        f"works, test after dev); seed {args.seed}; {common.machine()}. The fp32 weights come from a Q4_1 GGUF. "
+        f"Peak RSS after loading the model and data: {rss_loaded:.0f} MiB."
+    )
+    md = [
+        "| policy | rounding | avg bits | dev ppl | test ppl | quantize wall s | peak RSS MiB | largest activation buffer MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for label, rounding, avg, pdev, ptest, wall, rss, act in rows:
-        md.append(f"| {label} | {rounding} | {avg:.3f} | {pdev:.2f} | {ptest:.2f} | "
-                  f"{'-' if wall is None else f'{wall:.1f}'} | {'-' if rss is None else f'{rss:.0f}'} | "
-                  f"{'-' if act is None else f'{act:.1f}'} |")
+        md.append(
+            f"| {label} | {rounding} | {avg:.3f} | {pdev:.2f} | {ptest:.2f} | "
+            f"{'-' if wall is None else f'{wall:.1f}'} | {'-' if rss is None else f'{rss:.0f}'} | "
+            f"{'-' if act is None else f'{act:.1f}'} |"
+        )
     done = len(rows) == 1 + total
     partial = [] if done else ["", f"PARTIAL: {len(rows) - 1} of {total} quantized rows so far."]
     command = " ".join(["python -m benchmarks.gptq", *sys.argv[1:]])

@@ -57,35 +57,65 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES)
     p.add_argument("--budgets", default="4.0,3.0,2.5")
-    p.add_argument("--judge-batches", type=int, default=SEARCH_BATCHES,
-                   help="calibration batches of 4 windows the refinement judges on (default: the search's)")
-    p.add_argument("--held-out-batches", type=int, default=None,
-                   help="calibration batches after the judge's for the refinement's held-out check (default: as many "
-                        "as the judge's; 0: none)")
-    p.add_argument("--rows", default="all", choices=["all", "refined", "baselines"],
-                   help="refined: only the GPTQ-aware refined rows; baselines: InfoQ's and the other methods' tables "
-                        "(the `benchmarks.compare` searches), GPTQ-scaled, ILP only")
-    p.add_argument("--refine-chains", type=int, default=1,
-                   help="chains per refined row (the product's default is 3; the held-out check picks among them)")
-    p.add_argument("--refine-seeds", default=None,
-                   help="comma-separated seeds of the refinement's random moves (default: --seed); one row each")
-    p.add_argument("--candidate-inputs", default="auto", choices=["auto", "prefix", "float", "split"],
-                   help="GPTQ candidates rounded on the inputs of the budget's uniform start, or on the float model's; "
-                        "split: the costs (and so the ILP start) from the prefix ones, the refinement judging the float"
-                        " ones; auto, the pipeline's choice: ILP only on the prefix ones; refining, float ones for the "
-                        "costs and the judge, the ILP on the prefix costs one more start")
-    p.add_argument("--cache", default=None,
-                   help="a folder to keep the GPTQ candidates in (about 0.5 GB per kind of inputs), so later runs on "
-                        "the same data skip them; default: computed every run")
+    p.add_argument(
+        "--judge-batches",
+        type=int,
+        default=SEARCH_BATCHES,
+        help="calibration batches of 4 windows the refinement judges on (default: the search's)",
+    )
+    p.add_argument(
+        "--held-out-batches",
+        type=int,
+        default=None,
+        help="calibration batches after the judge's for the refinement's held-out check (default: as many "
+        "as the judge's; 0: none)",
+    )
+    p.add_argument(
+        "--rows",
+        default="all",
+        choices=["all", "refined", "baselines"],
+        help="refined: only the GPTQ-aware refined rows; baselines: InfoQ's and the other methods' tables "
+        "(the `benchmarks.compare` searches), GPTQ-scaled, ILP only",
+    )
+    p.add_argument(
+        "--refine-chains",
+        type=int,
+        default=1,
+        help="chains per refined row (the product's default is 3; the held-out check picks among them)",
+    )
+    p.add_argument(
+        "--refine-seeds",
+        default=None,
+        help="comma-separated seeds of the refinement's random moves (default: --seed); one row each",
+    )
+    p.add_argument(
+        "--candidate-inputs",
+        default="auto",
+        choices=["auto", "prefix", "float", "split"],
+        help="GPTQ candidates rounded on the inputs of the budget's uniform start, or on the float model's; "
+        "split: the costs (and so the ILP start) from the prefix ones, the refinement judging the float"
+        " ones; auto, the pipeline's choice: ILP only on the prefix ones; refining, float ones for the "
+        "costs and the judge, the ILP on the prefix costs one more start",
+    )
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="a folder to keep the GPTQ candidates in (about 0.5 GB per kind of inputs), so later runs on "
+        "the same data skip them; default: computed every run",
+    )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
     torch.manual_seed(args.seed)
     model, _, calib, dev, test = common.smollm2_data(args.calib, args.dev, args.eval)
     search_calib = calib[:SEARCH_BATCHES]
-    table = cached_table(out / "tables" / f"smollm2_infoq_calibrated_c{len(search_calib)}_s{args.seed}.json", False,
-                         lambda: search(model, search_calib, method="infoq", bits=(2, 3, 4, 8), group_size=GROUP,
-                                        skip_modules=SKIP, seed=args.seed))
+    table = cached_table(
+        out / "tables" / f"smollm2_infoq_calibrated_c{len(search_calib)}_s{args.seed}.json",
+        False,
+        lambda: search(
+            model, search_calib, method="infoq", bits=(2, 3, 4, 8), group_size=GROUP, skip_modules=SKIP, seed=args.seed
+        ),
+    )
     candidates_s: dict[str, float] = {}  # wall time per kind of inputs
     computed: dict = {}  # candidates by prefix (None: float inputs); about 0.5 GB each
 
@@ -93,7 +123,8 @@ def main(argv=None):
         """GPTQ's candidates for the ILP's costs (`role="costs"`) or the refinement's judge (`"judge"`): rounded
         on the inputs of the budget's uniform start or on the float model's, as `--candidate-inputs` says."""
         inputs = {"auto": "float" if refined else "prefix", "split": "prefix" if role == "costs" else "float"}.get(
-            args.candidate_inputs, args.candidate_inputs)
+            args.candidate_inputs, args.candidate_inputs
+        )
         prefix = uniform_start(table, Budget(avg_bits=bits)) if inputs == "prefix" else None
         key = None if prefix is None else tuple(sorted(prefix.items()))
         cached = None if args.cache is None else Path(args.cache) / candidates_file(args.calib, prefix)
@@ -102,40 +133,68 @@ def main(argv=None):
             print(f"candidates ({computed[key].meta['inputs']} inputs) read from {cached}", flush=True)
         if key not in computed:
             t = time.perf_counter()
-            computed[key] = gptq_candidates(model, {n: table.bits for n in table.layers}, calib,
-                                          scheme=PackingScheme(group_size=GROUP, rounding="gptq"), prefix_bits=prefix)
+            computed[key] = gptq_candidates(
+                model,
+                {n: table.bits for n in table.layers},
+                calib,
+                scheme=PackingScheme(group_size=GROUP, rounding="gptq"),
+                prefix_bits=prefix,
+            )
             inputs = computed[key].meta["inputs"]
             candidates_s[inputs] = time.perf_counter() - t
-            print(f"candidates ({inputs} inputs): {candidates_s[inputs]:.0f} s, peak RSS {peak_rss_mib():.0f} MiB",
-                  flush=True)
+            print(
+                f"candidates ({inputs} inputs): {candidates_s[inputs]:.0f} s, peak RSS {peak_rss_mib():.0f} MiB",
+                flush=True,
+            )
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(computed[key], cached)
         return computed[key]
 
     held_out = args.judge_batches if args.held_out_batches is None else args.held_out_batches
-    validation = calib[args.judge_batches:args.judge_batches + held_out] or None
+    validation = calib[args.judge_batches : args.judge_batches + held_out] or None
 
     tables = {"rtn": table, "gptq": table}
     if args.rows == "baselines":
         for method in ("hawq", "weight_mse", "random"):
-            tables[method] = cached_table(out / "tables" / f"smollm2_{method}_c{len(search_calib)}_s{args.seed}.json",
-                                          False, lambda m=method: search(model, search_calib, method=m,
-                                                                         bits=(2, 3, 4, 8), group_size=GROUP,
-                                                                         skip_modules=SKIP, seed=args.seed))
+            tables[method] = cached_table(
+                out / "tables" / f"smollm2_{method}_c{len(search_calib)}_s{args.seed}.json",
+                False,
+                lambda m=method: search(
+                    model,
+                    search_calib,
+                    method=m,
+                    bits=(2, 3, 4, 8),
+                    group_size=GROUP,
+                    skip_modules=SKIP,
+                    seed=args.seed,
+                ),
+            )
 
     def policy(costs: str, judge: str, bits: float, seed: int):
         refined = judge != "none"
-        kw = {} if not refined else dict(passes=args.refine_passes, seed=seed, chains=args.refine_chains,
-                                         gptq=candidates_for(bits, refined, "judge") if judge == "gptq" else None,
-                                         validation=validation if judge == "gptq" else None)
+        kw = (
+            {}
+            if not refined
+            else dict(
+                passes=args.refine_passes,
+                seed=seed,
+                chains=args.refine_chains,
+                gptq=candidates_for(bits, refined, "judge") if judge == "gptq" else None,
+                validation=validation if judge == "gptq" else None,
+            )
+        )
         if judge == "gptq" and args.candidate_inputs == "auto":  # as the pipeline: the prefix costs' ILP a start
-            kw["starts"] = {"ilp-prefix": allocate(
-                with_gptq_costs(tables[costs], candidates_for(bits, False, "costs")), Budget(avg_bits=bits))}
-        scored = (tables[costs] if costs == "rtn"
-                  else with_gptq_costs(tables[costs], candidates_for(bits, refined, "costs")))
+            kw["starts"] = {
+                "ilp-prefix": allocate(
+                    with_gptq_costs(tables[costs], candidates_for(bits, False, "costs")), Budget(avg_bits=bits)
+                )
+            }
+        scored = (
+            tables[costs] if costs == "rtn" else with_gptq_costs(tables[costs], candidates_for(bits, refined, "costs"))
+        )
         ilp = allocate(scored, Budget(avg_bits=bits))
-        return refine(ilp, model, calib[:args.judge_batches], **kw) if refined else ilp
+        return refine(ilp, model, calib[: args.judge_batches], **kw) if refined else ilp
 
     seeds = [args.seed] if args.refine_seeds is None else [int(x) for x in args.refine_seeds.split(",")]
     plan = []
@@ -145,11 +204,16 @@ def main(argv=None):
         if args.rows in ("all", "baselines"):
             plan.append(("GPTQ costs, ILP only", "gptq", "none", bits, args.seed))
         if args.rows == "baselines":
-            plan += [(f"{m}, GPTQ costs, ILP only", m, "none", bits, args.seed) for m in ("hawq", "weight_mse", "random")]
+            plan += [
+                (f"{m}, GPTQ costs, ILP only", m, "none", bits, args.seed) for m in ("hawq", "weight_mse", "random")
+            ]
             continue
         for seed in seeds:
-            label = ("GPTQ costs + GPTQ-judged refinement" + ("" if args.refine_seeds is None else f", seed {seed}")
-                     + ("" if args.refine_chains == 1 else f", {args.refine_chains} chains"))
+            label = (
+                "GPTQ costs + GPTQ-judged refinement"
+                + ("" if args.refine_seeds is None else f", seed {seed}")
+                + ("" if args.refine_chains == 1 else f", {args.refine_chains} chains")
+            )
             plan.append((label, "gptq", "gptq", bits, seed))
     rows = []
     policies = {}  # row -> the widths it packed, for benchmarks.ppl_spread
@@ -160,10 +224,20 @@ def main(argv=None):
         m = copy.deepcopy(model)
         gptq_quantize_model(m, pol, calib, scheme={"group_size": GROUP}, skip_modules=SKIP, progress=False)
         r = pol.report.refinement
-        rows.append((bits, label, pol.report.avg_bits, common.perplexity(m, dev), common.perplexity(m, test), alloc_s,
-                     "-" if r is None else f"{r.kl_ilp:.3f} -> {r.kl_final:.3f} ({r.start}, {r.accepted} accepted)",
-                     "-" if not (r and r.kl_validation) else
-                     f"kept {r.kept}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.kl_validation.items())))
+        rows.append(
+            (
+                bits,
+                label,
+                pol.report.avg_bits,
+                common.perplexity(m, dev),
+                common.perplexity(m, test),
+                alloc_s,
+                "-" if r is None else f"{r.kl_ilp:.3f} -> {r.kl_final:.3f} ({r.start}, {r.accepted} accepted)",
+                "-"
+                if not (r and r.kl_validation)
+                else f"kept {r.kept}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.kl_validation.items()),
+            )
+        )
         print(rows[-1], flush=True)
         del m
         policies[f"{bits} | {label}"] = {name: lb.w_bits for name, lb in pol.items()}
@@ -175,25 +249,34 @@ def candidates_file(windows: int, prefix: dict | None) -> str:
     if prefix is None:
         return f"gptq_candidates_smollm2_c{windows}.pt"
     widths = set(prefix.values())
-    tag = str(widths.pop()) if len(widths) == 1 else hashlib.sha256(
-        json.dumps(sorted(prefix.items())).encode()).hexdigest()[:12]
+    tag = (
+        str(widths.pop())
+        if len(widths) == 1
+        else hashlib.sha256(json.dumps(sorted(prefix.items())).encode()).hexdigest()[:12]
+    )
     return f"gptq_candidates_smollm2_c{windows}_prefix{tag}.pt"
 
 
 def write(out: Path, args, candidates_s: dict, rows: list, total: int, policies: dict) -> None:
     held_out = args.judge_batches if args.held_out_batches is None else args.held_out_batches
-    md = [f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; every row packed with sequential "
-          f"GPTQ (damp 0.01, block 128) on {args.calib}x128 calibration tokens; InfoQ table of `benchmarks/gptq.py` "
-          f"(4x128 search calibration), ILP, {args.refine_passes} refinement passes on the first "
-          f"{4 * args.judge_batches}x128 calibration windows, held-out check on the next {4 * held_out}x128; perplexity "
-          f"on {args.dev}x128 dev and {args.eval}x128 test tokens (test after dev); seed {args.seed}; "
-          f"{common.machine()}. GPTQ candidates (every layer at 2/3/4/8 bits): "
-          + "; ".join(f"{inputs} inputs {wall:.0f} s" for inputs, wall in candidates_s.items()) + ".", "",
-          "| avg bits budget | allocation | avg bits | dev ppl | test ppl | allocation wall s | refinement KL (calibration) "
-          "| held-out check (KL) |",
-          "|---|---|---|---|---|---|---|---|"]
-    md += [f"| {b} | {label} | {avg:.3f} | {d:.2f} | {t:.2f} | {s:.0f} | {kl} | {v} |"
-           for b, label, avg, d, t, s, kl, v in rows]
+    md = [
+        f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; every row packed with sequential "
+        f"GPTQ (damp 0.01, block 128) on {args.calib}x128 calibration tokens; InfoQ table of `benchmarks/gptq.py` "
+        f"(4x128 search calibration), ILP, {args.refine_passes} refinement passes on the first "
+        f"{4 * args.judge_batches}x128 calibration windows, held-out check on the next {4 * held_out}x128; perplexity "
+        f"on {args.dev}x128 dev and {args.eval}x128 test tokens (test after dev); seed {args.seed}; "
+        f"{common.machine()}. GPTQ candidates (every layer at 2/3/4/8 bits): "
+        + "; ".join(f"{inputs} inputs {wall:.0f} s" for inputs, wall in candidates_s.items())
+        + ".",
+        "",
+        "| avg bits budget | allocation | avg bits | dev ppl | test ppl | allocation wall s | refinement KL (calibration) "
+        "| held-out check (KL) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {b} | {label} | {avg:.3f} | {d:.2f} | {t:.2f} | {s:.0f} | {kl} | {v} |"
+        for b, label, avg, d, t, s, kl, v in rows
+    ]
     if len(rows) < total:
         md += ["", f"PARTIAL: {len(rows)} of {total} rows so far."]
     md += ["", f"Command: `{' '.join(['python -m benchmarks.gptq_aware', *sys.argv[1:]])}`"]

@@ -53,8 +53,9 @@ def per_width_candidates(model, names, batches, scheme, options) -> tuple[dict, 
                 qw = quantize_layer_gptq(name, layer, hessian, ws, options)
                 e_rtn = output_error(fake_quantize_weight(w, ws, name) - w, hessian)
                 ratios[name][b] = output_error(qw.dequantize() - w, hessian) / e_rtn if e_rtn > 0 else 1.0
-                stored += sum(t.numel() * t.element_size() for t in (qw.codes, qw.scale, qw.zero_point)
-                              if t is not None)
+                stored += sum(
+                    t.numel() * t.element_size() for t in (qw.codes, qw.scale, qw.zero_point) if t is not None
+                )
     return ratios, stored
 
 
@@ -63,8 +64,14 @@ def load(model_name: str, n_calib: int):
         from transformers import LlamaConfig, LlamaForCausalLM
 
         torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=640, num_hidden_layers=4,
-                             num_attention_heads=4, num_key_value_heads=2)
+        config = LlamaConfig(
+            vocab_size=512,
+            hidden_size=256,
+            intermediate_size=640,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
         model = LlamaForCausalLM(config).eval()
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(0, 512, (n_calib, 128), generator=g)
@@ -94,19 +101,32 @@ def main(argv=None):
     t = time.perf_counter()
     new = gptq_candidates(model, {n: BITS for n in names}, batches, scheme=scheme, options=options, progress=False)
     one_pass_s = time.perf_counter() - t
-    row = {"model": args.model, "calibration_windows": args.calib, "group_size": args.group_size, "widths": BITS,
-           "threads": torch.get_num_threads(), "per_width_s": round(per_width_s, 2),
-           "one_pass_s": round(one_pass_s, 2), "speedup": round(per_width_s / one_pass_s, 2),
-           "same_ratios": old_ratios == new.error_ratio,
-           "bytes_per_weight_before": round(old_bytes / weights, 4),
-           "bytes_per_weight_after": round(new.nbytes() / weights, 4)}
+    row = {
+        "model": args.model,
+        "calibration_windows": args.calib,
+        "group_size": args.group_size,
+        "widths": BITS,
+        "threads": torch.get_num_threads(),
+        "per_width_s": round(per_width_s, 2),
+        "one_pass_s": round(one_pass_s, 2),
+        "speedup": round(per_width_s / one_pass_s, 2),
+        "same_ratios": old_ratios == new.error_ratio,
+        "bytes_per_weight_before": round(old_bytes / weights, 4),
+        "bytes_per_weight_after": round(new.nbytes() / weights, 4),
+    }
     print(json.dumps(row), flush=True)
     if not args.no_pipeline:
         t = time.perf_counter()
         gptq_quantize_model(copy.deepcopy(model), {n: 3 for n in names}, batches, scheme=scheme, progress=False)
         row["uniform_3bit_gptq_s"] = round(time.perf_counter() - t, 2)
-        config = InfoQConfig(bits=list(BITS), budget={"avg_bits": 3.0}, group_size=args.group_size,
-                             calibration=batches, rounding="gptq", modules_to_not_convert=["lm_head"])
+        config = InfoQConfig(
+            bits=list(BITS),
+            budget={"avg_bits": 3.0},
+            group_size=args.group_size,
+            calibration=batches,
+            rounding="gptq",
+            modules_to_not_convert=["lm_head"],
+        )
         t = time.perf_counter()
         result = quantize_with_infoq(copy.deepcopy(model), config, progress=False)
         row["pipeline_s"] = round(time.perf_counter() - t, 2)

@@ -13,8 +13,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from infoq_hf import InfoQConfig
 from infoq_hf.integrity import SKIP_ENV
 
@@ -42,8 +40,12 @@ def load_seconds(folder: Path, check: bool) -> float:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, help="a saved infoq checkpoint folder (default: build SmolLM2 3-bit)")
-    p.add_argument("--work", type=Path, default=Path("/tmp/infoq-smollm2-3bit"),
-                   help="where the 3-bit checkpoint is built once (default %(default)s)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/infoq-smollm2-3bit"),
+        help="where the 3-bit checkpoint is built once (default %(default)s)",
+    )
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args(argv)
     folder = args.checkpoint or build_checkpoint(args.work)

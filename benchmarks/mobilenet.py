@@ -63,12 +63,14 @@ def calibration_set(model, images, views: int, px: int, seed: int, batch_size: i
     """`views` seeded random-resized-crop + flip views per image, labelled by the fp32 model's top-1."""
     from torchvision import transforms
 
-    aug = transforms.Compose([
-        transforms.RandomResizedCrop(px, scale=(0.25, 1.0)),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(assets.IMAGENET_MEAN, assets.IMAGENET_STD),
-    ])
+    aug = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(px, scale=(0.25, 1.0)),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(assets.IMAGENET_MEAN, assets.IMAGENET_STD),
+        ]
+    )
     torch.manual_seed(seed)  # torchvision's random transforms draw from the global generator
     xs, truth = [], []
     for img, label in images:
@@ -80,8 +82,11 @@ def calibration_set(model, images, views: int, px: int, seed: int, batch_size: i
         y = torch.cat([model(c).argmax(-1) for c in x.split(batch_size)])
     truth = torch.tensor(truth)
     batches = [(a, b) for a, b in zip(x.split(batch_size), y.split(batch_size))]
-    info = {"samples": len(y), "distinct_labels": int(y.unique().numel()),
-            "label_is_true_class": int((y == truth).sum())}
+    info = {
+        "samples": len(y),
+        "distinct_labels": int(y.unique().numel()),
+        "label_is_true_class": int((y == truth).sum()),
+    }
     return batches, info
 
 
@@ -122,7 +127,9 @@ def main(argv=None):
     p.add_argument("--methods", default="infoq,hawq,weight_mse,random")
     p.add_argument("--avg-bits", type=float, default=2.29)
     p.add_argument("--compression", type=float, default=14.0)
-    p.add_argument("--context-bits", default="4,6", help="looser avg-bits budgets for context, comma-separated ('' for none)")
+    p.add_argument(
+        "--context-bits", default="4,6", help="looser avg-bits budgets for context, comma-separated ('' for none)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=40)
     p.add_argument("--threads", type=int, default=2)
@@ -156,7 +163,9 @@ def main(argv=None):
         tables[method] = infoq_hf.search(model, calib, bits=bits, method=method, seed=args.seed, progress=False, **kw)
         cost[method] = time.perf_counter() - t0
         print(f"search {method}: {cost[method]:.1f} s", flush=True)
-        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), f"{method} search changed the model"
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), (
+            f"{method} search changed the model"
+        )
 
     # Pinning first and last at 8 bits: infeasible at 14x.
     infeasible = []
@@ -170,7 +179,10 @@ def main(argv=None):
             infeasible.append(f"{budget.to_dict()} with first+last pinned at 8 bits: {e}")
         print(infeasible[-1], flush=True)
 
-    budgets = [("avg 2.29 b", Budget(avg_bits=args.avg_bits)), (f"{args.compression:g}x incl. scales", Budget(compression=args.compression))]
+    budgets = [
+        ("avg 2.29 b", Budget(avg_bits=args.avg_bits)),
+        (f"{args.compression:g}x incl. scales", Budget(compression=args.compression)),
+    ]
     for cb in (float(c) for c in args.context_bits.split(",") if c.strip()):
         budgets.append((f"context: avg {cb:g} b", Budget(avg_bits=cb)))
 
@@ -188,11 +200,20 @@ def main(argv=None):
             r = evaluate(q, x_eval, ref_logits, labels)
             wb = {n: policy[n].w_bits for n in names}
             avg = sum(wb[n] * layers[n].weight.numel() for n in names) / n_weights
-            rows.append({
-                "method": method, "budget": label, "clip": clip, **r, "avg_bits": avg,
-                "compression": infoq_hf.compression_ratio(q), "size_mb": infoq_hf.model_size_bytes(q) / 1e6,
-                "first": wb[FIRST], "last": wb[LAST], "hist": dict(sorted(Counter(wb.values()).items())),
-            })
+            rows.append(
+                {
+                    "method": method,
+                    "budget": label,
+                    "clip": clip,
+                    **r,
+                    "avg_bits": avg,
+                    "compression": infoq_hf.compression_ratio(q),
+                    "size_mb": infoq_hf.model_size_bytes(q) / 1e6,
+                    "first": wb[FIRST],
+                    "last": wb[LAST],
+                    "hist": dict(sorted(Counter(wb.values()).items())),
+                }
+            )
             print(rows[-1], flush=True)
     total = time.perf_counter() - started
 
@@ -209,7 +230,8 @@ def main(argv=None):
         f"classes; {cinfo['label_is_true_class']}/{cinfo['samples']} equal the image's true label). "
         f"Candidate bits {bits}; per-output-channel asymmetric weights; activations fp32.",
         "",
-        "Search cost (s, this machine): " + ", ".join(f"{m} {cost[m]:.0f}" for m in methods)
+        "Search cost (s, this machine): "
+        + ", ".join(f"{m} {cost[m]:.0f}" for m in methods)
         + f" (hawq: {args.hutchinson} Hutchinson samples).",
         "",
         "First and last layer pinned at 8 bits:",
@@ -226,10 +248,16 @@ def main(argv=None):
     ]
     for r in rows:
         hist = ", ".join(f"{b}b:{c}" for b, c in r["hist"].items())
-        out.append(f"| {r['method']} | {r['budget']} | {'yes' if r['clip'] else 'no'} | {r['agree']} | {r['correct']} | "
-                   f"{r['kl']:.3f} | {r['p_ref']:.3f} | {r['avg_bits']:.3f} | {r['compression']:.2f}x | "
-                   f"{r['size_mb']:.3f} | {r['first']} | {r['last']} | {hist} |")
-    out += ["", "Per-layer weight bits (module order, 53 layers: features.0.0 ... features.18.0, classifier.1 last):", ""]
+        out.append(
+            f"| {r['method']} | {r['budget']} | {'yes' if r['clip'] else 'no'} | {r['agree']} | {r['correct']} | "
+            f"{r['kl']:.3f} | {r['p_ref']:.3f} | {r['avg_bits']:.3f} | {r['compression']:.2f}x | "
+            f"{r['size_mb']:.3f} | {r['first']} | {r['last']} | {hist} |"
+        )
+    out += [
+        "",
+        "Per-layer weight bits (module order, 53 layers: features.0.0 ... features.18.0, classifier.1 last):",
+        "",
+    ]
     for (method, label), s in bitstrings.items():
         out.append(f"- {method:10s} {label:22s} `{s}`")
     out += [
@@ -256,9 +284,11 @@ def main(argv=None):
     if "hawq" in tables:
         traces = tables["hawq"].meta.get("hessian_trace", {})
         neg = [n for n, v in traces.items() if v <= 0]
-        out.append(f"- hawq: {len(neg)} of {len(traces)} Hutchinson trace estimates are <= 0 with {args.hutchinson} "
-                   f"samples ({', '.join(neg[:6])}{', ...' if len(neg) > 6 else ''}); a non-positive trace makes the "
-                   "score of every bit-width <= 0, so the ILP sends those layers to 2 bits whatever the budget.")
+        out.append(
+            f"- hawq: {len(neg)} of {len(traces)} Hutchinson trace estimates are <= 0 with {args.hutchinson} "
+            f"samples ({', '.join(neg[:6])}{', ...' if len(neg) > 6 else ''}); a non-positive trace makes the "
+            "score of every bit-width <= 0, so the ILP sends those layers to 2 bits whatever the budget."
+        )
     text = "\n".join(out) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -67,19 +67,32 @@ def main(argv=None):
         report(method, infoq_hf.allocate(table, budget), search_s)
         if method == "infoq":
             t = time.perf_counter()
-            policy = infoq_hf.refine(infoq_hf.allocate(table, budget), model, calib, passes=args.refine_passes,
-                                     seed=args.seed, progress=False)
+            policy = infoq_hf.refine(
+                infoq_hf.allocate(table, budget),
+                model,
+                calib,
+                passes=args.refine_passes,
+                seed=args.seed,
+                progress=False,
+            )
             r = policy.report.refinement
-            report("infoq + refinement", policy, search_s + time.perf_counter() - t,
-                   f"calibration KL {r.kl_ilp:.3f} (ILP) -> {r.kl_final:.3f}, start {r.start}, "
-                   f"{r.accepted}/{r.passes} accepted")
+            report(
+                "infoq + refinement",
+                policy,
+                search_s + time.perf_counter() - t,
+                f"calibration KL {r.kl_ilp:.3f} (ILP) -> {r.kl_final:.3f}, start {r.start}, "
+                f"{r.accepted}/{r.passes} accepted",
+            )
     cmd = "python -m benchmarks.mobilenet_4bit " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = [f"MobileNetV2 (ImageNet weights) at {args.avg_bits} average bits, weight-only, per channel; calibration "
-           f"{cinfo['samples']} views of 10 foolbox images, evaluation on the 10 other images (never searched on); "
-           f"refinement {args.refine_passes} passes; `{cmd.strip()}`; {common.machine()}; "
-           f"{time.perf_counter() - started:.0f} s in all", "",
-           "| allocation | mean KL(fp32 \\|\\| q), eval images | top-1 agreement /10 | correct /10 | search s | note |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        f"MobileNetV2 (ImageNet weights) at {args.avg_bits} average bits, weight-only, per channel; calibration "
+        f"{cinfo['samples']} views of 10 foolbox images, evaluation on the 10 other images (never searched on); "
+        f"refinement {args.refine_passes} passes; `{cmd.strip()}`; {common.machine()}; "
+        f"{time.perf_counter() - started:.0f} s in all",
+        "",
+        "| allocation | mean KL(fp32 \\|\\| q), eval images | top-1 agreement /10 | correct /10 | search s | note |",
+        "|---|---|---|---|---|---|",
+    ]
     out += [f"| {a} | {b:.4f} | {c} | {d} | {e:.0f} | {f} |" for a, b, c, d, e, f in rows]
     text = "\n".join(out) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

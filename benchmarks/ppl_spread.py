@@ -29,12 +29,14 @@ from . import common
 from .gptq import GROUP, SKIP
 
 
-def paired_bootstrap(nll_a: torch.Tensor, nll_b: torch.Tensor, per_window: int, resamples: int,
-                     seed: int = 0) -> torch.Tensor:
+def paired_bootstrap(
+    nll_a: torch.Tensor, nll_b: torch.Tensor, per_window: int, resamples: int, seed: int = 0
+) -> torch.Tensor:
     """ppl(a) / ppl(b) on `resamples` resamplings of the windows (the same windows for a and b)."""
     if nll_a.shape != nll_b.shape:
-        raise ValueError(f"the two models were scored on different windows: {tuple(nll_a.shape)} vs "
-                         f"{tuple(nll_b.shape)}")
+        raise ValueError(
+            f"the two models were scored on different windows: {tuple(nll_a.shape)} vs {tuple(nll_b.shape)}"
+        )
     n = len(nll_a)
     pick = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(seed))
     return torch.exp((nll_a - nll_b)[pick].sum(dim=1) / (n * per_window))
@@ -59,17 +61,23 @@ def main(argv=None):
 
     def scored(widths: dict[str, int]) -> dict:
         m = copy.deepcopy(model)
-        gptq_quantize_model(m, BitPolicy(widths), calib, scheme={"group_size": GROUP}, skip_modules=SKIP,
-                            progress=False)
+        gptq_quantize_model(
+            m, BitPolicy(widths), calib, scheme={"group_size": GROUP}, skip_modules=SKIP, progress=False
+        )
         return {"dev": common.window_nll(m, dev), "test": common.window_nll(m, test)}
 
     uniform = {}  # budget -> scores of the uniform allocation
-    md = [(f"Paired bootstrap over windows ({args.resamples} resamples, seed 0) of ppl(row) / ppl(uniform), SmolLM2-135M, "
-          f"every model packed with sequential GPTQ on {args.calib}x128 calibration tokens, group 64, `lm_head` float; "
-          f"{args.dev}x128 dev windows; test windows (after dev) the first {args.eval}, and all {wide}; rows from "
-          f"`{args.policies}`; {common.machine()}."), "",
-          "| budget | row | windows | ppl row | ppl uniform | ratio | 90% interval | resamples < 1 | resamples <= 0.9 |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    md = [
+        (
+            f"Paired bootstrap over windows ({args.resamples} resamples, seed 0) of ppl(row) / ppl(uniform), SmolLM2-135M, "
+            f"every model packed with sequential GPTQ on {args.calib}x128 calibration tokens, group 64, `lm_head` float; "
+            f"{args.dev}x128 dev windows; test windows (after dev) the first {args.eval}, and all {wide}; rows from "
+            f"`{args.policies}`; {common.machine()}."
+        ),
+        "",
+        "| budget | row | windows | ppl row | ppl uniform | ratio | 90% interval | resamples < 1 | resamples <= 0.9 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, widths in rows.items():
         budget, label = key.split(" | ", 1)
         bits = float(budget)
@@ -85,9 +93,11 @@ def main(argv=None):
             ratios = paired_bootstrap(nll_r, nll_u, per_window, args.resamples)
             lo, hi = torch.quantile(ratios, torch.tensor([0.05, 0.95], dtype=ratios.dtype)).tolist()
             ppl_r, ppl_u = (common.perplexity_from_nll(x, per_window) for x in (nll_r, nll_u))
-            md.append(f"| {budget} | {label} | {split} | {ppl_r:.2f} | {ppl_u:.2f} | {ppl_r / ppl_u:.3f} | "
-                      f"{lo:.3f} - {hi:.3f} | {float((ratios < 1).double().mean()):.3f} | "
-                      f"{float((ratios <= 0.9).double().mean()):.3f} |")
+            md.append(
+                f"| {budget} | {label} | {split} | {ppl_r:.2f} | {ppl_u:.2f} | {ppl_r / ppl_u:.3f} | "
+                f"{lo:.3f} - {hi:.3f} | {float((ratios < 1).double().mean()):.3f} | "
+                f"{float((ratios <= 0.9).double().mean()):.3f} |"
+            )
             print(md[-1], flush=True)
     md += ["", f"Command: `{' '.join(['python -m benchmarks.ppl_spread', *sys.argv[1:]])}`"]
     Path(args.out).write_text("\n".join(md) + "\n")

@@ -27,22 +27,33 @@ def main(argv=None):
     args = p.parse_args(argv)
     model, _, calib, _, _ = common.smollm2_data(args.calib, 0, 0)
     bits = [int(b) for b in args.bits.split(",")]
-    keep = re.compile(rf"model\.layers\.(\d+)\..*")
-    skip = ["lm_head"] + [n for n in quantizable_layers(model)
-                          if not (m := keep.fullmatch(n)) or int(m.group(1)) % args.every]
+    keep = re.compile(r"model\.layers\.(\d+)\..*")
+    skip = ["lm_head"] + [
+        n for n in quantizable_layers(model) if not (m := keep.fullmatch(n)) or int(m.group(1)) % args.every
+    ]
     kw = dict(bits=bits, group_size=64, skip_modules=skip, progress=False)
     rows = []
-    for label, method, extra in (("infoq, prefix cache", "infoq", {}),
-                                 ("infoq, no cache (the paper's count)", "infoq", {"prefix_cache": False}),
-                                 ("hawq (8 Hutchinson samples)", "hawq", {})):
+    for label, method, extra in (
+        ("infoq, prefix cache", "infoq", {}),
+        ("infoq, no cache (the paper's count)", "infoq", {"prefix_cache": False}),
+        ("hawq (8 Hutchinson samples)", "hawq", {}),
+    ):
         table = search(model, calib, method=method, **kw, **extra)
         c = table.meta["cost"]
-        rows.append(f"| {label} | {len(table.layers)} | {c['wall_s']:.1f} | {c['forward_passes']} | {c['layer_evals']} |")
+        rows.append(
+            f"| {label} | {len(table.layers)} | {c['wall_s']:.1f} | {c['forward_passes']} | {c['layer_evals']} |"
+        )
         print(rows[-1], flush=True)
-    text = "\n".join([
-        f"SmolLM2-135M search cost, layers of every {args.every}th block, bits {bits}, {args.calib}x128 calibration "
-        f"tokens; {common.machine()}", "",
-        "| run | layers | wall s | forward passes | layer evals |", "|---|---|---|---|---|", *rows])
+    text = "\n".join(
+        [
+            f"SmolLM2-135M search cost, layers of every {args.every}th block, bits {bits}, {args.calib}x128 calibration "
+            f"tokens; {common.machine()}",
+            "",
+            "| run | layers | wall s | forward passes | layer evals |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     print(text)
     Path(args.out).write_text(text + "\n")
 

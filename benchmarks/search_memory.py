@@ -73,8 +73,12 @@ print(json.dumps({"infoq_hf": infoq_hf.__file__, "rss_loaded_mib": loaded, "wall
 
 
 def run_side(tree: Path, batches_file: Path, model_dir: Path, child: str = CHILD, extra=()) -> dict:
-    out = subprocess.run([sys.executable, "-c", child, str(tree), str(batches_file), str(model_dir), *map(str, extra)],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", child, str(tree), str(batches_file), str(model_dir), *map(str, extra)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"the search in {tree} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -83,8 +87,12 @@ def run_side(tree: Path, batches_file: Path, model_dir: Path, child: str = CHILD
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", default=DEFAULT_BEFORE, help=f"the earlier commit (default {DEFAULT_BEFORE})")
-    p.add_argument("--calib", type=int, default=None,
-                   help="calibration windows: of 128 tokens (default 16), with --tiny of 256 tokens (default 32)")
+    p.add_argument(
+        "--calib",
+        type=int,
+        default=None,
+        help="calibration windows: of 128 tokens (default 16), with --tiny of 256 tokens (default 32)",
+    )
     p.add_argument("--only-this-tree", action="store_true", help="skip the earlier commit")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--tiny", action="store_true", help="the tiny Llama (no assets needed) instead of SmolLM2")
@@ -102,21 +110,29 @@ def main(argv=None):
         batches_file = tmp / "calib.pt"
         torch.save(calib, batches_file)
         worktree = tmp / "before"
-        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(worktree), args.before],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(repo), "worktree", "add", "--detach", str(worktree), args.before],
+            check=True,
+            capture_output=True,
+        )
         try:
-            rev = subprocess.run(["git", "-C", str(worktree), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True, check=True).stdout.strip()
+            rev = subprocess.run(
+                ["git", "-C", str(worktree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ).stdout.strip()
             sides = [(f"before ({args.before} = {rev})", worktree)] if not args.only_this_tree else []
             for label, tree in sides + [("this tree", repo)]:
                 rows[label] = run_side(tree, batches_file, smollm2_dir())
                 print(label, rows[label], flush=True)
         finally:
             subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(worktree)], check=False)
-    lines = [f"InfoQ search on SmolLM2-135M fp32, {args.calib}x128 calibration tokens (batches of 4), candidates "
-             f"{{2,3,4,8}}, group 64, `lm_head` float, each tree's defaults; one fresh process per tree; "
-             f"{common.machine()}.", "",
-             "| tree | RSS after load MiB | peak RSS MiB | search wall s |", "|---|---|---|---|"]
+    lines = [
+        f"InfoQ search on SmolLM2-135M fp32, {args.calib}x128 calibration tokens (batches of 4), candidates "
+        f"{{2,3,4,8}}, group 64, `lm_head` float, each tree's defaults; one fresh process per tree; "
+        f"{common.machine()}.",
+        "",
+        "| tree | RSS after load MiB | peak RSS MiB | search wall s |",
+        "|---|---|---|---|",
+    ]
     for label, r in rows.items():
         lines.append(f"| {label} | {r['rss_loaded_mib']:.0f} | {r['peak_rss_mib']:.0f} | {r['wall_s']:.1f} |")
     lines += ["", f"Command: `{' '.join(['python -m benchmarks.search_memory', *sys.argv[1:]])}`"]
@@ -132,12 +148,19 @@ def with_tree(repo: Path, before: str | None, measure) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         worktree = Path(tmp) / "before"
         if before:
-            subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(worktree), before],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(repo), "worktree", "add", "--detach", str(worktree), before],
+                check=True,
+                capture_output=True,
+            )
         try:
             if before:
-                rev = subprocess.run(["git", "-C", str(worktree), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True, check=True).stdout.strip()
+                rev = subprocess.run(
+                    ["git", "-C", str(worktree), "rev-parse", "--short", "HEAD"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
                 rows[f"before ({before} = {rev})"] = measure(worktree)
             rows["this tree"] = measure(repo)
         finally:
@@ -149,17 +172,25 @@ def with_tree(repo: Path, before: str | None, measure) -> dict:
 def main_tiny(args, repo: Path):
     windows = args.calib or 32
     logits_mib = windows * 256 * args.vocab * 4 / 2**20
-    rows = with_tree(repo, None if args.only_this_tree else args.before,
-                     lambda tree: run_side(tree, Path(), Path(), TINY_CHILD, (args.vocab, windows, args.batch)))
-    lines = [f"InfoQ search (defaults, candidates {{2,3,4,8}}, `lm_head` float) on a tiny Llama (2 blocks, width 64, "
-             f"vocabulary {args.vocab}), {windows}x256 calibration tokens in batches of {args.batch}: the calibration "
-             f"set's logits take {logits_mib:.0f} MiB in fp32; one fresh process per tree; {common.machine()}.", "",
-             "| tree | RSS after load MiB | peak RSS MiB | peak increase MiB | increase / set's logits | search wall s |",
-             "|---|---|---|---|---|---|"]
+    rows = with_tree(
+        repo,
+        None if args.only_this_tree else args.before,
+        lambda tree: run_side(tree, Path(), Path(), TINY_CHILD, (args.vocab, windows, args.batch)),
+    )
+    lines = [
+        f"InfoQ search (defaults, candidates {{2,3,4,8}}, `lm_head` float) on a tiny Llama (2 blocks, width 64, "
+        f"vocabulary {args.vocab}), {windows}x256 calibration tokens in batches of {args.batch}: the calibration "
+        f"set's logits take {logits_mib:.0f} MiB in fp32; one fresh process per tree; {common.machine()}.",
+        "",
+        "| tree | RSS after load MiB | peak RSS MiB | peak increase MiB | increase / set's logits | search wall s |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, r in rows.items():
         rise = r["peak_rss_mib"] - r["rss_loaded_mib"]
-        lines.append(f"| {label} | {r['rss_loaded_mib']:.0f} | {r['peak_rss_mib']:.0f} | {rise:.0f} | "
-                     f"{rise / logits_mib:.2f} | {r['wall_s']:.1f} |")
+        lines.append(
+            f"| {label} | {r['rss_loaded_mib']:.0f} | {r['peak_rss_mib']:.0f} | {rise:.0f} | "
+            f"{rise / logits_mib:.2f} | {r['wall_s']:.1f} |"
+        )
     lines += ["", f"Command: `{' '.join(['python -m benchmarks.search_memory', *sys.argv[1:]])}`"]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "search_memory_tiny_llama.md").write_text("\n".join(lines) + "\n")

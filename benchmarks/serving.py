@@ -59,11 +59,19 @@ def packed_checkpoint(folder: Path, avg_bits: float, embedding, out: Path, polic
 
     common_kw = dict(group_size=GROUP_SIZE, float_dtype="bfloat16")
     if isinstance(embedding, int):
-        config = InfoQConfig(policy={**policies[avg_bits].to_dict(), "model.embed_tokens": embedding},
-                             quantize_embeddings=True, **common_kw)
+        config = InfoQConfig(
+            policy={**policies[avg_bits].to_dict(), "model.embed_tokens": embedding},
+            quantize_embeddings=True,
+            **common_kw,
+        )
     else:
-        config = InfoQConfig(bits=[2, 3, 4, 8], budget={"avg_bits": avg_bits}, method="weight_mse",
-                             quantize_embeddings=embedding == "ilp", **common_kw)
+        config = InfoQConfig(
+            bits=[2, 3, 4, 8],
+            budget={"avg_bits": avg_bits},
+            method="weight_mse",
+            quantize_embeddings=embedding == "ilp",
+            **common_kw,
+        )
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, quantization_config=config)
     if embedding is None:
         policies[avg_bits] = model.config.quantization_config.policy
@@ -83,8 +91,15 @@ def fused_projection_cost(folder: Path, windows: torch.Tensor, avg_bits: float =
     def fresh():
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
-    table = search(fresh(), None, bits=[2, 3, 4, 8], method="weight_mse", group_size=GROUP_SIZE,
-                   skip_modules=["lm_head"], progress=False)
+    table = search(
+        fresh(),
+        None,
+        bits=[2, 3, 4, 8],
+        method="weight_mse",
+        group_size=GROUP_SIZE,
+        skip_modules=["lm_head"],
+        progress=False,
+    )
     out = {}
     for label, tie in (("independent", None), ("fused q/k/v, gate/up", fused_projection_groups(table.layers))):
         policy = allocate(table, Budget(avg_bits=avg_bits), tie=tie)
@@ -202,9 +217,19 @@ def measure_and_report(args, windows, prompt, work):
 
     memory = {}
     for v in variants:
-        child = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--memory-child", v,
-                                json.dumps({k: str(f) for k, f in folders.items()})],
-                               capture_output=True, text=True, check=True)
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.serving",
+                "--memory-child",
+                v,
+                json.dumps({k: str(f) for k, f in folders.items()}),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         memory[v] = json.loads(child.stdout.strip().splitlines()[-1])
     checkpoint = {name: (folders[name] / "model.safetensors").stat().st_size for name in PACKED}
     del models
@@ -226,7 +251,7 @@ def write_report(args, variants, decode, prefill_s, ppl, memory, checkpoint, flo
         f"torch threads {torch.get_num_threads()}).",
         "",
         f"Packed policies: data-free `weight_mse` search over bits 2/3/4/8, group size {GROUP_SIZE}, ILP "
-        "allocation at the average bits shown; leftovers in bf16 (`InfoQConfig(float_dtype=\"bfloat16\")`), "
+        'allocation at the average bits shown; leftovers in bf16 (`InfoQConfig(float_dtype="bfloat16")`), '
         "the tied embedding / lm_head float, except: `+ embedding 4-bit` adds the tied embedding at 4 bits to the "
         "3.0-bit policy; `embedding in the ILP` searches and allocates it as a layer (`quantize_embeddings=True`) "
         "under the same 3.0 average. Saved and reloaded with `from_pretrained` before timing. "
@@ -238,8 +263,10 @@ def write_report(args, variants, decode, prefill_s, ppl, memory, checkpoint, flo
     for v in variants:
         name, compute = describe(v)
         d, s = med(decode[v]), med(prefill_s[v])
-        lines.append(f"| {name} | {compute} | {d:.2f} | {d / base_decode:.2f}x | {s:.2f} | {base_prefill / s:.2f}x "
-                     f"| {ppl[v]:.2f} |")
+        lines.append(
+            f"| {name} | {compute} | {d:.2f} | {d / base_decode:.2f}x | {s:.2f} | {base_prefill / s:.2f}x "
+            f"| {ppl[v]:.2f} |"
+        )
     lines += [
         "",
         f"The packed float32 row runs the exact path on {args.exact_tokens} new tokens (it is the reference, not "
@@ -254,15 +281,27 @@ def write_report(args, variants, decode, prefill_s, ppl, memory, checkpoint, flo
     for v in variants:
         m, name = memory[v], describe(v)[0]
         ratio = f"{(m['held'] + m['kernel_layouts']) / m['packed']:.2f}x" if m["packed"] else "-"
-        lines.append(f"| {name} | {m['rss_delta'] / 1e6:.1f} | {m['state_dict'] / 1e6:.1f} | {m['packed'] / 1e6:.1f} "
-                     f"| {m['held'] / 1e6:.1f} | {m['kernel_layouts'] / 1e6:.1f} | {ratio} |")
-    lines += ["", "Checkpoint bytes (model.safetensors):", "",
-              "| checkpoint | bytes | MB | vs the Q4_1 GGUF (93 MB) |", "|---|---:|---:|---:|",
-              f"| float32 folder | {float_bytes} | {float_bytes / 1e6:.1f} | {float_bytes / GGUF_Q4_1_BYTES:.2f}x |"]
+        lines.append(
+            f"| {name} | {m['rss_delta'] / 1e6:.1f} | {m['state_dict'] / 1e6:.1f} | {m['packed'] / 1e6:.1f} "
+            f"| {m['held'] / 1e6:.1f} | {m['kernel_layouts'] / 1e6:.1f} | {ratio} |"
+        )
+    lines += [
+        "",
+        "Checkpoint bytes (model.safetensors):",
+        "",
+        "| checkpoint | bytes | MB | vs the Q4_1 GGUF (93 MB) |",
+        "|---|---:|---:|---:|",
+        f"| float32 folder | {float_bytes} | {float_bytes / 1e6:.1f} | {float_bytes / GGUF_Q4_1_BYTES:.2f}x |",
+    ]
     for name, n in checkpoint.items():
         lines.append(f"| {describe(name)[0]}, bf16 leftovers | {n} | {n / 1e6:.1f} | {n / GGUF_Q4_1_BYTES:.2f}x |")
-    lines += ["", "vLLM's fused-projection rule at 3.0 bits (same data-free table; perplexity on the 8 windows, bf16):",
-              "", "| allocation | ppl |", "|---|---:|"]
+    lines += [
+        "",
+        "vLLM's fused-projection rule at 3.0 bits (same data-free table; perplexity on the 8 windows, bf16):",
+        "",
+        "| allocation | ppl |",
+        "|---|---:|",
+    ]
     lines += [f"| {label} | {value:.2f} |" for label, value in fused.items()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
@@ -275,7 +314,8 @@ def describe(variant: str) -> tuple[str, str]:
     name, _, dtype = variant.partition(" ")
     bits, embedding = PACKED[name]
     label = f"packed {bits:.1f} bits" + {None: "", "ilp": ", embedding in the ILP"}.get(
-        embedding, f" + embedding {embedding}-bit")
+        embedding, f" + embedding {embedding}-bit"
+    )
     if dtype:
         return f"{label}, float32", "float32, exact dequantize + matmul"
     return label, "bf16, int4 kernel"

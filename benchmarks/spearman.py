@@ -49,7 +49,8 @@ def load_setup(model_name: str, calib: int | None, heldout: int | None, only: st
         kwargs = {"group_size": 64, "skip_modules": ["lm_head"]}
     if only:
         kwargs["skip_modules"] = kwargs.get("skip_modules", []) + [
-            n for n in quantizable_layers(model) if not re.fullmatch(only, n)]
+            n for n in quantizable_layers(model) if not re.fullmatch(only, n)
+        ]
     return model, calib_b, dev, test, kwargs, calib_n, held_n
 
 
@@ -63,15 +64,23 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["mnist_cnn", "smollm2"], required=True)
     p.add_argument("--bits", default="2,3,4")
-    p.add_argument("--methods", default="infoq,infoq:eq4,hawq,weight_mse,random",
-                   help="comma-separated; infoq:eq4 is InfoQ with the paper's Eq. 4 scores")
+    p.add_argument(
+        "--methods",
+        default="infoq,infoq:eq4,hawq,weight_mse,random",
+        help="comma-separated; infoq:eq4 is InfoQ with the paper's Eq. 4 scores",
+    )
     p.add_argument("--calib", type=int, default=None, help="calibration samples (images or 128-token windows)")
     p.add_argument("--heldout", type=int, default=None, help="held-out samples for the oracle")
     p.add_argument("--split", choices=["dev", "test"], default="test")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--infoq", default="{}", help="JSON dict of InfoQ options, e.g. '{\"lm_target\": \"reference_prediction\"}'")
-    p.add_argument("--only", default=None,
-                   help="regex of layer names to probe (others stay at the reference), e.g. 'model\\.layers\\.(0|10|20|29)\\..*'")
+    p.add_argument(
+        "--infoq", default="{}", help='JSON dict of InfoQ options, e.g. \'{"lm_target": "reference_prediction"}\''
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        help="regex of layer names to probe (others stay at the reference), e.g. 'model\\.layers\\.(0|10|20|29)\\..*'",
+    )
     p.add_argument("--tag", default="", help="suffix of the output file names")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
@@ -99,22 +108,28 @@ def main(argv=None):
     lines = [
         f"Spearman correlation with the oracle, {args.model}, bits {bits}, {calib_n} calibration samples, "
         f"oracle on {held_n} held-out samples ({args.split} split), seed {args.seed}"
-        + (f", layers matching {args.only!r}" if args.only else "") + f", InfoQ options {args.infoq}; {common.machine()}",
+        + (f", layers matching {args.only!r}" if args.only else "")
+        + f", InfoQ options {args.infoq}; {common.machine()}",
         "",
         "| method | Spearman, all (layer, bits) | Spearman within a bit-width (mean) | wall s | layer evals | forward passes |",
         "|---|---|---|---|---|---|",
     ]
     for method, overall, per_bit, cost in rows:
-        lines.append(f"| {method} | {overall:.3f} | {per_bit:.3f} | {cost['wall_s']:.1f} | {cost['layer_evals']} | "
-                     f"{cost['forward_passes']} |")
+        lines.append(
+            f"| {method} | {overall:.3f} | {per_bit:.3f} | {cost['wall_s']:.1f} | {cost['layer_evals']} | "
+            f"{cost['forward_passes']} |"
+        )
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"spearman_{args.model}_{args.split}" + ("_subset" if args.only else "") + (f"_{args.tag}" if args.tag else "")
+    stem = (
+        f"spearman_{args.model}_{args.split}" + ("_subset" if args.only else "") + (f"_{args.tag}" if args.tag else "")
+    )
     (out / f"{stem}.md").write_text(text + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "tables": tables,
-                                                  "wall_s": time.perf_counter() - started}, indent=1))
+    (out / f"{stem}.json").write_text(
+        json.dumps({"args": vars(args), "tables": tables, "wall_s": time.perf_counter() - started}, indent=1)
+    )
 
 
 if __name__ == "__main__":

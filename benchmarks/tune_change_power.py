@@ -27,13 +27,17 @@ def main():
     model, _, _, dev, _ = common.smollm2_data(4, 16, 0)
     base = SensitivityTable.load(TABLE)
     b0 = base.meta["options"]["probe_bits"]
-    lines = [f"change_power by dev perplexity (16x128 dev tokens), SmolLM2-135M, RTN group 64, ILP only; {common.machine()}",
-             "", "| change_power | 4.0 bits | 3.0 bits |", "|---|---|---|"]
+    lines = [
+        f"change_power by dev perplexity (16x128 dev tokens), SmolLM2-135M, RTN group 64, ILP only; {common.machine()}",
+        "",
+        "| change_power | 4.0 bits | 3.0 bits |",
+        "|---|---|---|",
+    ]
     for power in (1.0, 1.5, 2.0):
         table = SensitivityTable.from_dict(base.to_dict())
         for info in table.layers.values():
             change = math.sqrt(info["alpha"] * info["t2"][b0])
-            alpha = change ** power / info["t2"][b0]
+            alpha = change**power / info["t2"][b0]
             info["w"] = {b: alpha * info["t2"][b] for b in table.bits}
         ppl = []
         for budget in (4.0, 3.0):

@@ -54,8 +54,13 @@ def calibrated_choices(model, calib, kwargs, bits, oracle, seed, out: Path) -> l
     from .compare import cached_table
 
     key = f"c{sum(len(b['input_ids']) for b in calib)}_s{seed}_b{''.join(map(str, bits))}_n{len(kwargs.get('skip_modules', []))}"
-    raw = cached_table(out / "tables" / f"tune_raw_{key}.json", False, lambda: search(
-        model, calib, bits=bits, method="infoq", seed=seed, progress=False, scores="eq4", inv_bits=False, **kwargs))
+    raw = cached_table(
+        out / "tables" / f"tune_raw_{key}.json",
+        False,
+        lambda: search(
+            model, calib, bits=bits, method="infoq", seed=seed, progress=False, scores="eq4", inv_bits=False, **kwargs
+        ),
+    )
     mse = search(model, calib, bits=bits, method="weight_mse", seed=seed, progress=False, **kwargs)
     names = list(raw.layers)
     t2 = {n: {b: mse.w(n, b) / _sq_norm(model, n) for b in bits} for n in names}
@@ -66,12 +71,15 @@ def calibrated_choices(model, calib, kwargs, bits, oracle, seed, out: Path) -> l
         ys = [math.log(max(raw.w(n, b), 1e-300)) for b in bits]
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         slopes.append(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs))
-    lines = [f"Exponent gamma of D(l, b) ~ t2(l, b)^gamma, fitted per layer over widths {bits}: median "
-             f"{statistics.median(slopes):.3f}, quartiles {statistics.quantiles(slopes, n=4)[0]:.3f} / "
-             f"{statistics.quantiles(slopes, n=4)[2]:.3f} (1 = D proportional to t2; 0.5 = first order in the "
-             "perturbation's amplitude)", "",
-             "| alpha_l from | probe width | median alpha / alpha at the other widths | Spearman of its alphas with the others' (mean) |",
-             "|---|---|---|---|"]
+    lines = [
+        f"Exponent gamma of D(l, b) ~ t2(l, b)^gamma, fitted per layer over widths {bits}: median "
+        f"{statistics.median(slopes):.3f}, quartiles {statistics.quantiles(slopes, n=4)[0]:.3f} / "
+        f"{statistics.quantiles(slopes, n=4)[2]:.3f} (1 = D proportional to t2; 0.5 = first order in the "
+        "perturbation's amplitude)",
+        "",
+        "| alpha_l from | probe width | median alpha / alpha at the other widths | Spearman of its alphas with the others' (mean) |",
+        "|---|---|---|---|",
+    ]
     for power, label in ((1, "D / t2"), (2, "D^2 / t2")):
         alpha = {b: [raw.w(n, b) ** power / t2[n][b] for n in names] for b in bits}
         for b in bits:
@@ -82,8 +90,13 @@ def calibrated_choices(model, calib, kwargs, bits, oracle, seed, out: Path) -> l
             print(lines[-1], flush=True)
     if oracle is None:
         return lines
-    lines += ["", "Against the dev-split oracle:", "", "| alpha from | Spearman, all | Spearman within a bit-width |",
-              "|---|---|---|"]
+    lines += [
+        "",
+        "Against the dev-split oracle:",
+        "",
+        "| alpha from | Spearman, all | Spearman within a bit-width |",
+        "|---|---|---|",
+    ]
     for power in (1, 2):
         for b in bits:
             table = SensitivityTable.from_dict(raw.to_dict())
@@ -107,7 +120,9 @@ def main(argv=None):
     p.add_argument("--heldout", type=int, default=None)
     p.add_argument("--only", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--candidates", default=";".join(CANDIDATES), help=";-separated names from CANDIDATES, or JSON dicts")
+    p.add_argument(
+        "--candidates", default=";".join(CANDIDATES), help=";-separated names from CANDIDATES, or JSON dicts"
+    )
     p.add_argument("--calibrated", action="store_true", help="choose the probe width of the calibrated costs")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
@@ -118,9 +133,12 @@ def main(argv=None):
     cache = oracle_cache(args.out, args.model, bits, calib_n, held_n, "dev", args.seed, args.only)
     if args.calibrated:
         oracle = SensitivityTable.load(cache) if cache.exists() else None
-        lines = [f"Calibrated InfoQ costs: which probe width, {args.model}, bits {bits}, {calib_n} calibration "
-                 f"samples, layers {args.only or 'all'}; {common.machine()}", "",
-                 *calibrated_choices(model, calib, kwargs, bits, oracle, args.seed, Path(args.out))]
+        lines = [
+            f"Calibrated InfoQ costs: which probe width, {args.model}, bits {bits}, {calib_n} calibration "
+            f"samples, layers {args.only or 'all'}; {common.machine()}",
+            "",
+            *calibrated_choices(model, calib, kwargs, bits, oracle, args.seed, Path(args.out)),
+        ]
         text = "\n".join(lines)
         print(text)
         (Path(args.out) / f"tune_calibrated_{args.model}.md").write_text(text + "\n")
@@ -128,14 +146,20 @@ def main(argv=None):
     if not cache.exists():
         raise SystemExit(f"no cached dev oracle at {cache}; run benchmarks.spearman --split dev with the same settings")
     oracle = SensitivityTable.load(cache)
-    lines = [f"InfoQ option sets vs the dev-split oracle, {args.model}, bits {bits}, {calib_n} calibration samples, "
-             f"oracle on {held_n} dev samples, layers {args.only or 'all'}; {common.machine()}", "",
-             "| options | Spearman, all | Spearman within a bit-width | wall s |", "|---|---|---|---|"]
+    lines = [
+        f"InfoQ option sets vs the dev-split oracle, {args.model}, bits {bits}, {calib_n} calibration samples, "
+        f"oracle on {held_n} dev samples, layers {args.only or 'all'}; {common.machine()}",
+        "",
+        "| options | Spearman, all | Spearman within a bit-width | wall s |",
+        "|---|---|---|---|",
+    ]
     for name in args.candidates.split(";"):
         opts = CANDIDATES[name] if name in CANDIDATES else json.loads(name)
         table = search(model, calib, bits=bits, method="infoq", seed=args.seed, progress=False, **kwargs, **opts)
         overall, per_bit = correlations(table, oracle, bits)
-        lines.append(f"| {name} `{json.dumps(opts)}` | {overall:.3f} | {per_bit:.3f} | {table.meta['cost']['wall_s']:.1f} |")
+        lines.append(
+            f"| {name} `{json.dumps(opts)}` | {overall:.3f} | {per_bit:.3f} | {table.meta['cost']['wall_s']:.1f} |"
+        )
         print(lines[-1], flush=True)
     text = "\n".join(lines)
     print(text)

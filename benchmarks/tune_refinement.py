@@ -43,9 +43,13 @@ HELD_OUT_WINDOWS = (4, 12, 28)  # after the judge's 4; batches of 4 windows
 def cached_candidates(path: Path, model, table, calib, prefix: int | None):
     if path.exists():
         return torch.load(path, weights_only=False)
-    candidates = gptq_candidates(model, {n: table.bits for n in table.layers}, calib,
-                                 scheme=PackingScheme(group_size=GROUP, rounding="gptq"),
-                                 prefix_bits=None if prefix is None else {n: prefix for n in table.layers})
+    candidates = gptq_candidates(
+        model,
+        {n: table.bits for n in table.layers},
+        calib,
+        scheme=PackingScheme(group_size=GROUP, rounding="gptq"),
+        prefix_bits=None if prefix is None else {n: prefix for n in table.layers},
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(candidates, path)
     return candidates
@@ -95,22 +99,36 @@ def main(argv=None):
     p.add_argument("--gammas", default="0,0.25,0.5,1")
     p.add_argument("--refine-passes", type=int, default=64)
     p.add_argument("--packed", action="store_true", help="also score every configuration packed with sequential GPTQ")
-    p.add_argument("--prefix-bits", type=int, default=None,
-                   help="candidates rounded on the inputs of a prefix at this uniform width (default: float inputs)")
+    p.add_argument(
+        "--prefix-bits",
+        type=int,
+        default=None,
+        help="candidates rounded on the inputs of a prefix at this uniform width (default: float inputs)",
+    )
     p.add_argument("--cache", default="out/gptq_candidates_smollm2_c32.pt")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
     torch.manual_seed(0)
     model, _, calib, dev, _ = common.smollm2_data(32, 16, 0)
-    table = cached_table(out / "tables" / f"smollm2_infoq_calibrated_c{SEARCH_BATCHES}_s0.json", False,
-                         lambda: search(model, calib[:SEARCH_BATCHES], method="infoq", bits=(2, 3, 4, 8),
-                                        group_size=GROUP, skip_modules=SKIP, seed=0))
+    table = cached_table(
+        out / "tables" / f"smollm2_infoq_calibrated_c{SEARCH_BATCHES}_s0.json",
+        False,
+        lambda: search(
+            model,
+            calib[:SEARCH_BATCHES],
+            method="infoq",
+            bits=(2, 3, 4, 8),
+            group_size=GROUP,
+            skip_modules=SKIP,
+            seed=0,
+        ),
+    )
     cache = Path(args.cache if args.prefix_bits is None else args.cache.replace(".pt", f"_prefix{args.prefix_bits}.pt"))
     candidates = cached_candidates(cache, model, table, calib, args.prefix_bits)
     gptq_table = with_gptq_costs(table, candidates)
     judge = calib[:SEARCH_BATCHES]
-    held_out = {w: calib[SEARCH_BATCHES:SEARCH_BATCHES + w // 4] for w in HELD_OUT_WINDOWS}
+    held_out = {w: calib[SEARCH_BATCHES : SEARCH_BATCHES + w // 4] for w in HELD_OUT_WINDOWS}
     a_of = {n: None for n in table.layers}
     longest = held_out[max(HELD_OUT_WINDOWS)]
     reference = None  # the float model's log-probs on the held-out windows, for the packed scores (~0.7 GB)
@@ -125,8 +143,15 @@ def main(argv=None):
             pol = allocate(gamma_table(gptq_table, gamma), Budget(avg_bits=bits))
             configs[f"ILP, alpha^{gamma:g} x t2"] = pol
         for seed in (int(s) for s in args.seeds.split(",")):
-            pol = refine(allocate(gptq_table, Budget(avg_bits=bits)), model, judge, passes=args.refine_passes,
-                         seed=seed, gptq=candidates, progress=False)
+            pol = refine(
+                allocate(gptq_table, Budget(avg_bits=bits)),
+                model,
+                judge,
+                passes=args.refine_passes,
+                seed=seed,
+                gptq=candidates,
+                progress=False,
+            )
             r = pol.report.refinement
             configs[f"refined, seed {seed} (from {r.start}, judge KL {r.kl_final:.3f})"] = pol
         uniform = {n: int(bits) for n in table.layers}
@@ -152,19 +177,38 @@ def main(argv=None):
 
 def write(out: Path, args, rows) -> None:
     inputs = "float-input" if args.prefix_bits is None else f"{args.prefix_bits}-bit-prefix-input"
-    md = [(f"Refinement ends and ILP cost forms, SmolLM2-135M, GPTQ candidates (32x128 calibration, {inputs} "
-          f"Hessians, group {GROUP}); refinement judged on calibration windows 0-3, {args.refine_passes} passes, one "
-          f"chain per seed; KL to fp32 on held-out calibration windows 4..(4+n); perplexity on 16x128 DEV windows "
-          f"with the candidates' weights; test windows never loaded; {common.machine()}."), "",
-          "| avg bits | configuration | " + " | ".join(f"held-out KL, {w} windows" for w in HELD_OUT_WINDOWS)
-          + " | dev ppl |", "|---|---|" + "---|" * (len(HELD_OUT_WINDOWS) + 1)]
-    md += [f"| {b} | {label} | " + " | ".join(f"{k:.4f}" for k in kls) + f" | {ppl:.2f} |" for b, label, kls, ppl, _ in rows]
+    md = [
+        (
+            f"Refinement ends and ILP cost forms, SmolLM2-135M, GPTQ candidates (32x128 calibration, {inputs} "
+            f"Hessians, group {GROUP}); refinement judged on calibration windows 0-3, {args.refine_passes} passes, one "
+            f"chain per seed; KL to fp32 on held-out calibration windows 4..(4+n); perplexity on 16x128 DEV windows "
+            f"with the candidates' weights; test windows never loaded; {common.machine()}."
+        ),
+        "",
+        "| avg bits | configuration | "
+        + " | ".join(f"held-out KL, {w} windows" for w in HELD_OUT_WINDOWS)
+        + " | dev ppl |",
+        "|---|---|" + "---|" * (len(HELD_OUT_WINDOWS) + 1),
+    ]
+    md += [
+        f"| {b} | {label} | " + " | ".join(f"{k:.4f}" for k in kls) + f" | {ppl:.2f} |"
+        for b, label, kls, ppl, _ in rows
+    ]
     if any(packed for *_, packed in rows):
-        md += ["", "Packed with sequential GPTQ on the 32 calibration windows (as the product packs):", "",
-               "| avg bits | configuration | " + " | ".join(f"held-out KL, {w} windows" for w in HELD_OUT_WINDOWS)
-               + " | dev ppl |", "|---|---|" + "---|" * (len(HELD_OUT_WINDOWS) + 1)]
-        md += [f"| {b} | {label} | " + " | ".join(f"{k:.4f}" for k in packed[0]) + f" | {packed[1]:.2f} |"
-               for b, label, _, _, packed in rows if packed]
+        md += [
+            "",
+            "Packed with sequential GPTQ on the 32 calibration windows (as the product packs):",
+            "",
+            "| avg bits | configuration | "
+            + " | ".join(f"held-out KL, {w} windows" for w in HELD_OUT_WINDOWS)
+            + " | dev ppl |",
+            "|---|---|" + "---|" * (len(HELD_OUT_WINDOWS) + 1),
+        ]
+        md += [
+            f"| {b} | {label} | " + " | ".join(f"{k:.4f}" for k in packed[0]) + f" | {packed[1]:.2f} |"
+            for b, label, _, _, packed in rows
+            if packed
+        ]
     md += ["", f"Command: `{' '.join(['python -m benchmarks.tune_refinement', *sys.argv[1:]])}`"]
     suffix = ("" if args.prefix_bits is None else f"_prefix{args.prefix_bits}") + ("_packed" if args.packed else "")
     (out / f"tune_refinement_smollm2_b{args.budgets.replace(',', '-')}{suffix}.md").write_text("\n".join(md) + "\n")

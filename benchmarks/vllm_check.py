@@ -72,8 +72,9 @@ def check(export_dir: Path, vllm_python: str) -> int:
         ref_path = Path(tmp) / "reference.pt"
         torch.save(reference_weights(export_dir), ref_path)
         env = dict(os.environ, VLLM_BATCH_INVARIANT="1", PYTHONPATH="")
-        return subprocess.run([vllm_python, __file__, "--inside-vllm", str(export_dir), str(ref_path)],
-                              env=env, cwd=tmp).returncode
+        return subprocess.run(
+            [vllm_python, __file__, "--inside-vllm", str(export_dir), str(ref_path)], env=env, cwd=tmp
+        ).returncode
 
 
 def demo(vllm_python: str) -> int:
@@ -119,18 +120,25 @@ def smollm2(vllm_python: str, keep: Path | None) -> int:
     def fresh():
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
-    table = search(fresh(), None, bits=[2, 3, 4, 8], method="weight_mse", group_size=64, skip_modules=["lm_head"],
-                   progress=False)
+    table = search(
+        fresh(), None, bits=[2, 3, 4, 8], method="weight_mse", group_size=64, skip_modules=["lm_head"], progress=False
+    )
     constraints = vllm_allocation_constraints(table.layers, symmetric=False)
     status = 0
     with tempfile.TemporaryDirectory() as tmp:
         for avg_bits in (3.0, 4.0):
-            policy = allocate(table, Budget(avg_bits=avg_bits), tie=constraints["tie"],
-                              bits=[b for b in table.bits if b in constraints["bits"]], progress=False)
+            policy = allocate(
+                table,
+                Budget(avg_bits=avg_bits),
+                tie=constraints["tie"],
+                bits=[b for b in table.bits if b in constraints["bits"]],
+                progress=False,
+            )
             widths = {n: policy[n].w_bits for n in table.layers}
             model = quantize_model(fresh(), widths, group_size=64, skip_modules=["lm_head"])
-            out = export_compressed_tensors(model, (keep or Path(tmp)) / f"smollm2-{avg_bits}-vllm", target="vllm",
-                                            tokenizer_dir=folder)
+            out = export_compressed_tensors(
+                model, (keep or Path(tmp)) / f"smollm2-{avg_bits}-vllm", target="vllm", tokenizer_dir=folder
+            )
             counts = {b: sum(1 for w in widths.values() if w == b) for b in sorted(set(widths.values()))}
             print(f"== SmolLM2-135M at {avg_bits} average bits (layers per width {counts}): {out}")
             status |= check(out, vllm_python)
@@ -169,15 +177,23 @@ def inside_vllm(export_dir: Path, ref_path: Path) -> int:
     for vname, shards in layers.items():
         try:
             scheme = config.get_scheme(layer=torch.nn.Module(), layer_name=vname)
-            keys = {(s.num_bits, s.group_size, s.symmetric) for s in
-                    (config.get_scheme(layer=torch.nn.Module(), layer_name=sh) for sh in shards)}
+            keys = {
+                (s.num_bits, s.group_size, s.symmetric)
+                for s in (config.get_scheme(layer=torch.nn.Module(), layer_name=sh) for sh in shards)
+            }
             if len(keys) > 1:
                 raise ValueError(f"shards have different schemes {sorted(keys)}; vLLM would use the first")
             result = _run_layer(scheme, shards, state, refs)
-            kernel = ("Marlin" if scheme.quant_type in marlin_types[scheme.symmetric]
-                      and scheme.group_size in MARLIN_SUPPORTED_GROUP_SIZES else "Humming")
-            print(f"ok   {vname}: {type(scheme).__name__} {scheme.num_bits}-bit group={scheme.group_size} "
-                  f"{'sym' if scheme.symmetric else 'asym'} ({scheme.quant_type}), CUDA kernel {kernel}; {result}")
+            kernel = (
+                "Marlin"
+                if scheme.quant_type in marlin_types[scheme.symmetric]
+                and scheme.group_size in MARLIN_SUPPORTED_GROUP_SIZES
+                else "Humming"
+            )
+            print(
+                f"ok   {vname}: {type(scheme).__name__} {scheme.num_bits}-bit group={scheme.group_size} "
+                f"{'sym' if scheme.symmetric else 'asym'} ({scheme.quant_type}), CUDA kernel {kernel}; {result}"
+            )
         except Exception as error:  # report every layer, then fail
             failures += 1
             print(f"FAIL {vname}: {type(error).__name__}: {error}")
@@ -200,16 +216,25 @@ def _run_layer(scheme, shards, state, refs) -> str:
     outs = [int(state[f"{s}.weight_shape"][0]) for s in shards]
     fan_in = int(state[f"{shards[0]}.weight_shape"][1])
     layer = torch.nn.Module()
-    scheme.create_weights(layer, output_size=sum(outs), input_size=fan_in, output_partition_sizes=outs,
-                          input_size_per_partition=fan_in, params_dtype=torch.float32, weight_loader=None)
+    scheme.create_weights(
+        layer,
+        output_size=sum(outs),
+        input_size=fan_in,
+        output_partition_sizes=outs,
+        input_size_per_partition=fan_in,
+        params_dtype=torch.float32,
+        weight_loader=None,
+    )
     for leaf in ("weight_packed", "weight_scale", "weight_zero_point"):
         if not hasattr(layer, leaf):
             continue
         stored = torch.cat([state[f"{s}.{leaf}"] for s in shards], dim=0)
         param = getattr(layer, leaf)
         if stored.shape != param.shape or (leaf != "weight_scale" and stored.dtype != param.dtype):
-            raise ValueError(f"{leaf}: checkpoint {tuple(stored.shape)} {stored.dtype}, vLLM allocates "
-                             f"{tuple(param.shape)} {param.dtype}")
+            raise ValueError(
+                f"{leaf}: checkpoint {tuple(stored.shape)} {stored.dtype}, vLLM allocates "
+                f"{tuple(param.shape)} {param.dtype}"
+            )
         param.data.copy_(stored)
     layer.weight_shape.data.copy_(torch.tensor([sum(outs), fan_in]))
     scheme.process_weights_after_loading(layer)

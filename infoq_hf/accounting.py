@@ -85,8 +85,10 @@ def count_macs(model: nn.Module, example_inputs, forward=None) -> dict[str, int]
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, kinds) and not isinstance(module, QuantEmbedding):
+
             def hook(m, args, out, name=name):
                 macs[name] = macs.get(name, 0) + _layer_macs(m, out)
+
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()

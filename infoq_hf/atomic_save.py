@@ -60,8 +60,10 @@ def atomic_checkpoint(target: str | os.PathLike, deciding_files=("config.json", 
     module doc). `deciding_files` are the files that decide what loads: moved in last."""
     target = Path(os.path.abspath(target))  # "." and "dir/.." get their real names
     if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"cannot save a checkpoint into {target}: it is a file, not a folder; "
-                                 "pass a folder path (nothing was written)")
+        raise NotADirectoryError(
+            f"cannot save a checkpoint into {target}: it is a file, not a folder; "
+            "pass a folder path (nothing was written)"
+        )
     fresh = not target.exists()
     # A new checkpoint is staged beside its target; an existing one inside it (same filesystem, and
     # no write access to the parent needed, e.g. saving into ".").
@@ -81,8 +83,11 @@ def atomic_checkpoint(target: str | os.PathLike, deciding_files=("config.json", 
         raise
     except Exception as e:
         if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):  # safetensors' own error
-            raise OSError(errno.ENOSPC, f"no space left on the device while saving the checkpoint into {target}; "
-                          "its previous files are unchanged. Free some space and save again") from e
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on the device while saving the checkpoint into {target}; "
+                "its previous files are unchanged. Free some space and save again",
+            ) from e
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -138,8 +143,12 @@ def _fsync_complete_folder(folder: Path) -> None:
     try:
         _fsync(folder)
     except OSError as e:
-        warnings.warn(f"the checkpoint in {folder} is complete, but flushing the folder to disk failed ({e}); "
-                      "a power loss now could undo the save", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"the checkpoint in {folder} is complete, but flushing the folder to disk failed ({e}); "
+            "a power loss now could undo the save",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _settle_tree(folder: Path) -> None:
@@ -171,8 +180,9 @@ def _replace_files(staging: Path, target: Path, deciding_files) -> None:
     present = {p.name for p in staging.iterdir()}
     names = sorted(present - set(deciding_files)) + [n for n in deciding_files if n in present]
     writes_weights = any(_WEIGHT_FILE.match(n) for n in present)  # a save of other files (a card) retires none
-    retired = sorted(p.name for p in target.iterdir()
-                     if writes_weights and _WEIGHT_FILE.match(p.name) and p.name not in present)
+    retired = sorted(
+        p.name for p in target.iterdir() if writes_weights and _WEIGHT_FILE.match(p.name) and p.name not in present
+    )
     backup = _make_dir(target, BACKUP_PREFIX)
     done: list[tuple[str, bool]] = []  # (name, whether an old version was backed up)
     try:
@@ -208,10 +218,14 @@ def _restore(done, backup: Path, target: Path, failure: BaseException) -> None:
             kept = sorted(n for n, old in undo[i:] if old and (backup / n).exists())
             new = sorted(n for n, old in undo[i:] if not old and (target / n).exists())
             raise RestoreFailedError(
-                backup, new, e.errno, f"saving the checkpoint into {target} failed ({failure}), and putting its previous files "
+                backup,
+                new,
+                e.errno,
+                f"saving the checkpoint into {target} failed ({failure}), and putting its previous files "
                 f"back failed too ({e}). The previous checkpoint is kept: its files {kept} are in {backup}. To "
                 f"restore it, move every file of that folder back into {target}"
-                + (f" and delete the new {new} there" if new else "") + "; or save again once the disk works"
+                + (f" and delete the new {new} there" if new else "")
+                + "; or save again once the disk works",
             ) from failure
     shutil.rmtree(backup, ignore_errors=True)
 

@@ -10,8 +10,10 @@ def check_bits(bits: int, where: str = "") -> int:
     are refused rather than rounded, so a typo never silently becomes another width."""
     place = f" for {where}" if where else ""
     if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
-        raise ValueError(f"bit-width {bits!r}{place} must be an integer, got a {type(bits).__name__}; "
-                         f"pick one of {MIN_BITS}..{MAX_BITS}")
+        raise ValueError(
+            f"bit-width {bits!r}{place} must be an integer, got a {type(bits).__name__}; "
+            f"pick one of {MIN_BITS}..{MAX_BITS}"
+        )
     if not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(
             f"bit-width {bits!r}{place} is not supported: infoq_hf packs integer widths "

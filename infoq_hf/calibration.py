@@ -35,9 +35,9 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -58,8 +58,15 @@ __all__ = [
 _LOCAL_BUILDERS = ("text", "json", "csv", "parquet", "imagefolder")
 _READ_CHUNK = 64  # rows tokenised per call: batched tokenisation is much faster than row by row
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-TEXT_BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json",
-                 ".csv": "csv", ".parquet": "parquet"}
+TEXT_BUILDERS = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
 RECORD_KEYS = ("source", "sha256")  # keys a calibration record adds to the spec's fields
 
 
@@ -152,8 +159,9 @@ def spec_from_string(source: str | os.PathLike, **options: Any) -> CalibrationSp
     if path.is_file():
         builder = TEXT_BUILDERS.get(path.suffix.lower())
         if builder is None:
-            raise ValueError(f"calibration file {text}: unknown file type {path.suffix!r}; use "
-                             f"{', '.join(sorted(TEXT_BUILDERS))}")
+            raise ValueError(
+                f"calibration file {text}: unknown file type {path.suffix!r}; use {', '.join(sorted(TEXT_BUILDERS))}"
+            )
         return CalibrationSpec.from_dict({"dataset": builder, "data_files": str(path.resolve()), **options})
     if path.is_dir():
         if _is_saved_to_disk(str(path)):
@@ -163,8 +171,10 @@ def spec_from_string(source: str | os.PathLike, **options: Any) -> CalibrationSp
             return CalibrationSpec.from_dict({"dataset": "imagefolder", "data_dir": str(path.resolve()), **options})
         builders = {TEXT_BUILDERS[p.suffix.lower()] for p in files if p.suffix.lower() in TEXT_BUILDERS}
         if len(builders) != 1:
-            raise ValueError(f"calibration folder {text} must hold images or one kind of .txt/.json/.csv/.parquet "
-                             f"files, found {sorted(builders) or 'none'}")
+            raise ValueError(
+                f"calibration folder {text} must hold images or one kind of .txt/.json/.csv/.parquet "
+                f"files, found {sorted(builders) or 'none'}"
+            )
         builder = builders.pop()
         data_files = [str(p.resolve()) for p in files if TEXT_BUILDERS.get(p.suffix.lower()) == builder]
         return CalibrationSpec.from_dict({"dataset": builder, "data_files": data_files, **options})
@@ -229,8 +239,10 @@ def load_calibration(
         spec = _as_spec(source, options)
         ds = _load_dataset(spec)
     else:
-        raise ValueError(f"cannot calibrate on a {type(source).__name__} from the datasets package; pass a "
-                         "Dataset or IterableDataset")
+        raise ValueError(
+            f"cannot calibrate on a {type(source).__name__} from the datasets package; pass a "
+            "Dataset or IterableDataset"
+        )
 
     columns, image_columns = _inspect_columns(ds)
     if spec.label_column is not None and spec.label_column not in columns:
@@ -440,13 +452,18 @@ def _text_batches(ds: Any, spec: CalibrationSpec, tokenizer: Any, format: str, l
             break
     samples = min(spec.num_samples, len(stream) // spec.seq_len)
     if samples < spec.num_samples:
-        what = (f"the dataset yielded only {samples} window(s) of seq_len={spec.seq_len} tokens "
-                f"({len(stream)} tokens from {documents} documents), fewer than num_samples={spec.num_samples}")
+        what = (
+            f"the dataset yielded only {samples} window(s) of seq_len={spec.seq_len} tokens "
+            f"({len(stream)} tokens from {documents} documents), fewer than num_samples={spec.num_samples}"
+        )
         if samples == 0:
             raise ValueError(f"{what}; set seq_len to at most {len(stream)}, or use more data")
-        warnings.warn(f"{what}; calibrating on those {samples}. Set num_samples={samples} (or a lower seq_len, "
-                      "or more data) to silence this", stacklevel=3)
-    input_ids = torch.tensor(stream[:samples * spec.seq_len], dtype=torch.long).view(samples, spec.seq_len)
+        warnings.warn(
+            f"{what}; calibrating on those {samples}. Set num_samples={samples} (or a lower seq_len, "
+            "or more data) to silence this",
+            stacklevel=3,
+        )
+    input_ids = torch.tensor(stream[: samples * spec.seq_len], dtype=torch.long).view(samples, spec.seq_len)
 
     batches = []
     for ids in input_ids.split(spec.batch_size):
@@ -561,17 +578,21 @@ def _image_batches(ds: Any, spec: CalibrationSpec, transform: Callable, format: 
         if len(xs) == spec.num_samples:
             break
     if len(xs) < spec.num_samples:
-        what = (f"the dataset yielded only {len(xs)} usable image(s) (of {seen} rows read), fewer than "
-                f"num_samples={spec.num_samples}")
+        what = (
+            f"the dataset yielded only {len(xs)} usable image(s) (of {seen} rows read), fewer than "
+            f"num_samples={spec.num_samples}"
+        )
         if not xs:
             raise ValueError(f"{what}; check image_column= / label_column=, or use more data")
-        warnings.warn(f"{what}; calibrating on those {len(xs)}. Set num_samples={len(xs)} (or use more data) "
-                      "to silence this", stacklevel=3)
+        warnings.warn(
+            f"{what}; calibrating on those {len(xs)}. Set num_samples={len(xs)} (or use more data) to silence this",
+            stacklevel=3,
+        )
 
     batches = []
     for start in range(0, len(xs), spec.batch_size):
-        x = torch.stack(xs[start:start + spec.batch_size]).float()
-        y = _labels_tensor(ys[start:start + spec.batch_size], spec.label_column) if spec.label_column else None
+        x = torch.stack(xs[start : start + spec.batch_size]).float()
+        y = _labels_tensor(ys[start : start + spec.batch_size], spec.label_column) if spec.label_column else None
         if format == "tuple":
             batches.append((x, y))
         else:
@@ -607,14 +628,25 @@ def calibration_identity(source: Any, *, spec: CalibrationSpec | None = None) ->
         spec = spec or getattr(source, "spec", None)
 
     identity: dict[str, Any] = {
-        "dataset": None, "config": None, "split": None, "data_files": None,
-        "num_samples": None, "seq_len": None, "seed": None, "sha256": None,
+        "dataset": None,
+        "config": None,
+        "split": None,
+        "data_files": None,
+        "num_samples": None,
+        "seq_len": None,
+        "seed": None,
+        "sha256": None,
     }
     if spec is not None:
         clean = spec.to_dict()
         identity.update(
-            dataset=clean["dataset"], config=spec.config, split=spec.split, data_files=clean["data_files"],
-            num_samples=spec.num_samples, seq_len=spec.seq_len, seed=spec.seed,
+            dataset=clean["dataset"],
+            config=spec.config,
+            split=spec.split,
+            data_files=clean["data_files"],
+            num_samples=spec.num_samples,
+            seq_len=spec.seq_len,
+            seed=spec.seed,
         )
     if batches is not None:
         digest = hashlib.sha256()
@@ -706,8 +738,10 @@ def describe_batches(batches: Iterable) -> str:
         first = _first_tensor(batch)
         sizes.append(first.shape[0] if first is not None and first.dim() else 1)
     head = batches[0]
-    items = head.items() if isinstance(head, Mapping) else (
-        zip(("x", "y"), head) if isinstance(head, (tuple, list)) else [("x", head)]
+    items = (
+        head.items()
+        if isinstance(head, Mapping)
+        else (zip(("x", "y"), head) if isinstance(head, (tuple, list)) else [("x", head)])
     )
     shapes = ", ".join(
         f"{k} {str(v.dtype).removeprefix('torch.')}{list(v.shape)}" if isinstance(v, torch.Tensor) else f"{k} {v!r}"

@@ -56,8 +56,12 @@ def render_model_card(context: Mapping, template: str | os.PathLike | None = Non
     path = Path(template) if template is not None else TEMPLATE_PATH
     if not path.is_file():
         raise ModelCardError(f"model card template {path} does not exist")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(path.parent)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
     try:
         return env.get_template(path.name).render(**context)
     except jinja2.TemplateSyntaxError as e:
@@ -75,13 +79,18 @@ def is_repo_id(value) -> bool:
 
 def _default_base_model(info: CheckpointInfo) -> str | None:
     """The Hub id of the float model, when the checkpoint remembers one (never a local path)."""
-    candidates = [info.summary.get("base_model"), info.model_config.get("_name_or_path"),
-                  (info.model_config.get("pretrained_cfg") or {}).get("hf_hub_id")]
+    candidates = [
+        info.summary.get("base_model"),
+        info.model_config.get("_name_or_path"),
+        (info.model_config.get("pretrained_cfg") or {}).get("hf_hub_id"),
+    ]
     return next((c for c in candidates if is_repo_id(c)), None)
 
 
 def _calibration_dict(calibration, info: CheckpointInfo) -> dict | None:
-    value = calibration if calibration is not None else (info.summary.get("calibration") or info.config.get("calibration"))
+    value = (
+        calibration if calibration is not None else (info.summary.get("calibration") or info.config.get("calibration"))
+    )
     if value is None:
         return None
     if hasattr(value, "to_dict"):
@@ -89,8 +98,20 @@ def _calibration_dict(calibration, info: CheckpointInfo) -> dict | None:
     if isinstance(value, str):
         return {"dataset": value}
     if isinstance(value, Mapping):
-        keep = ("dataset", "data_files", "config", "split", "text_column", "image_column", "num_samples", "seq_len",
-                "seed", "batches", "samples", "sha256")
+        keep = (
+            "dataset",
+            "data_files",
+            "config",
+            "split",
+            "text_column",
+            "image_column",
+            "num_samples",
+            "seq_len",
+            "seed",
+            "batches",
+            "samples",
+            "sha256",
+        )
         return {k: value[k] for k in keep if value.get(k) is not None}
     raise ValueError(f"calibration must be a CalibrationSpec, a dict or a dataset name, got {type(value).__name__}")
 
@@ -117,8 +138,12 @@ def _calibration_text(cal: dict | None, search_method: str) -> str:
 def _budget_text(budget: Mapping | None) -> str:
     if not budget:
         return "a given policy (no search)"
-    units = {"avg_bits": lambda v: f"average bits <= {v:g}", "size_bytes": lambda v: f"size <= {v / 1e6:.3f} MB",
-             "bitops": lambda v: f"BitOps <= {v:.4g}", "compression": lambda v: f"compression >= {v:g}x"}
+    units = {
+        "avg_bits": lambda v: f"average bits <= {v:g}",
+        "size_bytes": lambda v: f"size <= {v / 1e6:.3f} MB",
+        "bitops": lambda v: f"BitOps <= {v:.4g}",
+        "compression": lambda v: f"compression >= {v:g}x",
+    }
     return ", ".join(units[k](v) for k, v in budget.items() if k in units)
 
 
@@ -128,28 +153,38 @@ def _usage(kind: str, location: str, model_config: Mapping, *, has_tokenizer: bo
     if kind == "transformers":
         arch = (model_config.get("architectures") or [""])[0]
         auto = "AutoModel"
-        for suffix, cls in (("ForCausalLM", "AutoModelForCausalLM"), ("ForSequenceClassification",
-                            "AutoModelForSequenceClassification"), ("ForImageClassification",
-                            "AutoModelForImageClassification"), ("ForMaskedLM", "AutoModelForMaskedLM")):
+        for suffix, cls in (
+            ("ForCausalLM", "AutoModelForCausalLM"),
+            ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+            ("ForImageClassification", "AutoModelForImageClassification"),
+            ("ForMaskedLM", "AutoModelForMaskedLM"),
+        ):
             if arch.endswith(suffix):
                 auto = cls
         head = 'import infoq_hf  # registers the "infoq" quantization method with transformers\n'
         if auto == "AutoModelForCausalLM" and (has_tokenizer or base_model):
             source, note = (location, "") if has_tokenizer else (base_model, "  # the base model's (none saved here)")
-            return (f"{head}from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-                    f'tokenizer = AutoTokenizer.from_pretrained("{source}"){note}\n'
-                    f'model = AutoModelForCausalLM.from_pretrained("{location}")\n'
-                    'inputs = tokenizer("The quick brown fox", return_tensors="pt")\n'
-                    "output = model.generate(**inputs, max_new_tokens=32, do_sample=False)\n"
-                    "print(tokenizer.decode(output[0], skip_special_tokens=True))")
+            return (
+                f"{head}from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                f'tokenizer = AutoTokenizer.from_pretrained("{source}"){note}\n'
+                f'model = AutoModelForCausalLM.from_pretrained("{location}")\n'
+                'inputs = tokenizer("The quick brown fox", return_tensors="pt")\n'
+                "output = model.generate(**inputs, max_new_tokens=32, do_sample=False)\n"
+                "print(tokenizer.decode(output[0], skip_special_tokens=True))"
+            )
         if auto == "AutoModelForCausalLM":
-            return (f"{head}import torch\nfrom transformers import AutoModelForCausalLM\n\n"
-                    f'model = AutoModelForCausalLM.from_pretrained("{location}")\n'
-                    "ids = torch.tensor([[1, 2, 3, 4]])  # token ids of the base model's tokenizer (none saved here)\n"
-                    "print(model.generate(ids, max_new_tokens=8, do_sample=False))")
+            return (
+                f"{head}import torch\nfrom transformers import AutoModelForCausalLM\n\n"
+                f'model = AutoModelForCausalLM.from_pretrained("{location}")\n'
+                "ids = torch.tensor([[1, 2, 3, 4]])  # token ids of the base model's tokenizer (none saved here)\n"
+                "print(model.generate(ids, max_new_tokens=8, do_sample=False))"
+            )
         return f'{head}from transformers import {auto}\n\nmodel = {auto}.from_pretrained("{location}")'
-    loader = (f'model = load_quantized("{location}")  # a timm model, packed' if kind == "timm" else
-              f'model = load_quantized("{location}", model=MyModel())  # MyModel: your float architecture')
+    loader = (
+        f'model = load_quantized("{location}")  # a timm model, packed'
+        if kind == "timm"
+        else f'model = load_quantized("{location}", model=MyModel())  # MyModel: your float architecture'
+    )
     if is_repo_id(location):
         return "from infoq_hf.hub import load_from_hub\n\n" + loader.replace("load_quantized(", "load_from_hub(")
     return f"from infoq_hf import load_quantized\n\n{loader}"
@@ -161,8 +196,10 @@ FILE_ROLES = {
     "generation_config.json": "generation defaults",
     TABLE_FILE: "sensitivity table the bits were allocated from",
     SUMMARY_FILE: "quantization summary (sizes, times, what was measured)",
-    "tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer settings",
-    "special_tokens_map.json": "tokenizer special tokens", "chat_template.jinja": "chat template",
+    "tokenizer.json": "tokenizer",
+    "tokenizer_config.json": "tokenizer settings",
+    "special_tokens_map.json": "tokenizer special tokens",
+    "chat_template.jinja": "chat template",
 }
 
 
@@ -206,16 +243,24 @@ def _model_name(info: CheckpointInfo, base_model: str | None) -> str:
 
 def _license(info: CheckpointInfo) -> str | None:
     """The base model's license: its card's (recorded at save), its config's, or timm's `pretrained_cfg`'s."""
-    for value in (info.summary.get("license"), info.model_config.get("license"),
-                  (info.model_config.get("pretrained_cfg") or {}).get("license")):
+    for value in (
+        info.summary.get("license"),
+        info.model_config.get("license"),
+        (info.model_config.get("pretrained_cfg") or {}).get("license"),
+    ):
         if isinstance(value, str) and value:
             return value
     return None
 
 
-PIPELINE_TAGS = {"ForCausalLM": "text-generation", "ForSequenceClassification": "text-classification",
-                 "ForImageClassification": "image-classification", "ForMaskedLM": "fill-mask",
-                 "ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering"}
+PIPELINE_TAGS = {
+    "ForCausalLM": "text-generation",
+    "ForSequenceClassification": "text-classification",
+    "ForImageClassification": "image-classification",
+    "ForMaskedLM": "fill-mask",
+    "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering",
+}
 
 
 def _pipeline_tag(info: CheckpointInfo) -> str | None:
@@ -279,8 +324,10 @@ def _group_size_text(cfg: Mapping, summary: Mapping) -> str:
             sizes[lb["group_size"]] = sizes.get(lb["group_size"], 0) + 1
     if not sizes:
         return f"{cfg['group_size']} weights per scale" if cfg.get("group_size") else "one scale per output channel"
-    parts = [("one scale per output channel" if g is None else f"{g} weights per scale") + f" ({n} layers)"
-             for g, n in sorted(sizes.items(), key=lambda kv: -(kv[0] or 0))]
+    parts = [
+        ("one scale per output channel" if g is None else f"{g} weights per scale") + f" ({n} layers)"
+        for g, n in sorted(sizes.items(), key=lambda kv: -(kv[0] or 0))
+    ]
     if cfg.get("group_size") and set(sizes) != {cfg["group_size"]}:
         return f"requested {cfg['group_size']}, where it divides a layer's width; packed: " + ", ".join(parts)
     return ", ".join(parts)
@@ -322,16 +369,31 @@ def _metric_rows(summary: Mapping) -> list[dict]:
     rows = []
     for m in summary.get("metrics") or []:
         if not isinstance(m, Mapping) or "metric" not in m or "quantized" not in m:
-            raise ValueError(f"{SUMMARY_FILE} metrics entries need 'metric' and 'quantized' (and 'float', 'data'), "
-                             f"got {m!r}")
-        rows.append({"metric": str(m["metric"]), "data": str(m.get("data", "–")), "quantized": float(m["quantized"]),
-                     "float": None if m.get("float") is None else float(m["float"])})
+            raise ValueError(
+                f"{SUMMARY_FILE} metrics entries need 'metric' and 'quantized' (and 'float', 'data'), got {m!r}"
+            )
+        rows.append(
+            {
+                "metric": str(m["metric"]),
+                "data": str(m.get("data", "–")),
+                "quantized": float(m["quantized"]),
+                "float": None if m.get("float") is None else float(m["float"]),
+            }
+        )
     return rows
 
 
-def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None = None, calibration=None,
-                 plots: Mapping[str, str] | None = None, weights_bytes: int | None = None,
-                 tags: list[str] | None = None, files: list[dict] | None = None) -> dict:
+def card_context(
+    info: CheckpointInfo,
+    repo_id: str,
+    *,
+    base_model: str | None = None,
+    calibration=None,
+    plots: Mapping[str, str] | None = None,
+    weights_bytes: int | None = None,
+    tags: list[str] | None = None,
+    files: list[dict] | None = None,
+) -> dict:
     """The template variables and the YAML metadata of a checkpoint's model card. `repo_id`: where the
     snippet loads from (a Hub id, or a local folder as the user names it); `files`: `checkpoint_files`."""
     from . import __version__
@@ -340,8 +402,11 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
     base_model = base_model if base_model is not None else _default_base_model(info)
     if base_model is not None and not is_repo_id(base_model):
         raise ValueError(f"base_model must be a Hub model id such as 'meta-llama/Llama-3.2-1B', got {base_model!r}")
-    search_method = (summary.get("method") if summary.get("method") not in (None, "policy (no search)")
-                     else (table.method if table is not None else cfg.get("method", "infoq")))
+    search_method = (
+        summary.get("method")
+        if summary.get("method") not in (None, "policy (no search)")
+        else (table.method if table is not None else cfg.get("method", "infoq"))
+    )
     cal = _calibration_dict(calibration, info)
     budget = cfg.get("budget") or (summary.get("allocation") or {}).get("budget")
     size_bytes = int(weights_bytes if weights_bytes is not None else summary.get("size_bytes", 0))
@@ -354,8 +419,10 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
             tname = unique_match(name, table.layers)
             if tname is not None:
                 sens[name] = table.layers[tname]["w"].get(lb.w_bits)
-    rows = [{"name": n, "params": info.params.get(n), "w_bits": lb.w_bits, "a_bits": lb.a_bits,
-             "sensitivity": sens.get(n)} for n, lb in policy.items()]
+    rows = [
+        {"name": n, "params": info.params.get(n), "w_bits": lb.w_bits, "a_bits": lb.a_bits, "sensitivity": sens.get(n)}
+        for n, lb in policy.items()
+    ]
     hist = {}
     for lb in policy.values():
         hist[lb.w_bits] = hist.get(lb.w_bits, 0) + 1
@@ -396,17 +463,29 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
     float_size = summary.get("float_size_bytes")
     size_text = f"{size_bytes / 1e6:.3f} MB" + (f" (float: {float_size / 1e6:.3f} MB)" if float_size else "")
     grouping = [f"linear: {_group_size_text(cfg, summary)}"]
-    grouping.append(f"conv: {cfg['conv_group_size']} per scale" if cfg.get("conv_group_size") else "conv: per output channel")
+    grouping.append(
+        f"conv: {cfg['conv_group_size']} per scale" if cfg.get("conv_group_size") else "conv: per output channel"
+    )
     grouping.append("symmetric" if cfg.get("symmetric") else "asymmetric (zero points)")
-    search_texts = {"infoq": "InfoQ information-flow sensitivity (how much a layer's quantization changes "
-                             "the information its output carries about the model's prediction)",
-                    "hawq": "HAWQ (Hessian-trace) sensitivity", "weight_mse": "weight quantization error (MSE)",
-                    "oracle": "the measured loss change of each layer", "random": "random scores (a control)",
-                    "size_only": "each layer's share of the weights times its relative weight error (no probing)",
-                    "llamacpp": "llama.cpp's K-quant mix rules (more bits for v_proj / down_proj in chosen blocks)"}
-    plot_list = [{"file": f, "alt": alt} for key, alt in (("bits", "bits per layer"), ("heatmap", "sensitivity heatmap"),
-                                                          ("pareto", "sensitivity vs size"))
-                 if (f := (plots or {}).get(key))]
+    search_texts = {
+        "infoq": "InfoQ information-flow sensitivity (how much a layer's quantization changes "
+        "the information its output carries about the model's prediction)",
+        "hawq": "HAWQ (Hessian-trace) sensitivity",
+        "weight_mse": "weight quantization error (MSE)",
+        "oracle": "the measured loss change of each layer",
+        "random": "random scores (a control)",
+        "size_only": "each layer's share of the weights times its relative weight error (no probing)",
+        "llamacpp": "llama.cpp's K-quant mix rules (more bits for v_proj / down_proj in chosen blocks)",
+    }
+    plot_list = [
+        {"file": f, "alt": alt}
+        for key, alt in (
+            ("bits", "bits per layer"),
+            ("heatmap", "sensitivity heatmap"),
+            ("pareto", "sensitivity vs size"),
+        )
+        if (f := (plots or {}).get(key))
+    ]
     return {
         "metadata": metadata,
         "metadata_yaml": yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip("\n"),
@@ -426,9 +505,13 @@ def card_context(info: CheckpointInfo, repo_id: str, *, base_model: str | None =
         "grouping_text": "; ".join(grouping),
         "calibration_text": _calibration_text(cal, search_method),
         "seed": quantization["seed"],
-        "usage": _usage(info.kind, repo_id, info.model_config, base_model=base_model,
-                        has_tokenizer=any(f["name"] in ("tokenizer.json", "tokenizer_config.json")
-                                          for f in files or [])),
+        "usage": _usage(
+            info.kind,
+            repo_id,
+            info.model_config,
+            base_model=base_model,
+            has_tokenizer=any(f["name"] in ("tokenizer.json", "tokenizer_config.json") for f in files or []),
+        ),
         "files": list(files or []),
         "reproduce": _reproduce_command(info, cal, base_model),
         "metrics": _metric_rows(summary),
@@ -450,8 +533,10 @@ def check_model_card(text: str, expected: Mapping | None = None):
     data = card.data.to_dict()
     for key, value in (expected or {}).items():
         if data.get(key) != value:
-            raise ModelCardError(f"model card metadata {key!r} reads back as {data.get(key)!r}, expected {value!r}; "
-                                 f"check the template {TEMPLATE_PATH.name}'s front matter")
+            raise ModelCardError(
+                f"model card metadata {key!r} reads back as {data.get(key)!r}, expected {value!r}; "
+                f"check the template {TEMPLATE_PATH.name}'s front matter"
+            )
     return card
 
 
@@ -465,34 +550,67 @@ def write_plots(directory: str | os.PathLike, info: CheckpointInfo) -> dict[str,
     written = {"bits": plot_bits_per_layer(info.policy, directory / PLOT_FILES["bits"], params=info.params).name}
     if info.table is not None:
         written["heatmap"] = plot_sensitivity_heatmap(info.table, directory / PLOT_FILES["heatmap"], info.policy).name
-        kwargs = {"solver": info.config.get("solver", "auto"), "pin_first_last": info.config.get("pin_first_last", "auto")}
+        kwargs = {
+            "solver": info.config.get("solver", "auto"),
+            "pin_first_last": info.config.get("pin_first_last", "auto"),
+        }
         try:
-            written["pareto"] = plot_pareto_curve(info.table, directory / PLOT_FILES["pareto"], info.policy, **kwargs).name
+            written["pareto"] = plot_pareto_curve(
+                info.table, directory / PLOT_FILES["pareto"], info.policy, **kwargs
+            ).name
         except ValueError:  # e.g. every budget pinned infeasible: the card simply has no curve
             pass
     return written
 
 
-def write_model_card(directory: str | os.PathLike, info: CheckpointInfo, repo_id: str, *, base_model=None,
-                     calibration=None, template=None, tags: list[str] | None = None) -> str:
+def write_model_card(
+    directory: str | os.PathLike,
+    info: CheckpointInfo,
+    repo_id: str,
+    *,
+    base_model=None,
+    calibration=None,
+    template=None,
+    tags: list[str] | None = None,
+) -> str:
     """Plots + README.md into `directory` (a checkpoint folder); returns the card text. `repo_id`: the Hub id
     the card's snippet loads from, or the local folder as the user would name it."""
     directory = Path(directory)
     plots = write_plots(directory, info)
     weights = directory / WEIGHTS_NAME
-    context = card_context(info, repo_id, base_model=base_model, calibration=calibration, plots=plots,
-                           weights_bytes=weights.stat().st_size if weights.is_file() else None, tags=tags,
-                           files=checkpoint_files(directory))
+    context = card_context(
+        info,
+        repo_id,
+        base_model=base_model,
+        calibration=calibration,
+        plots=plots,
+        weights_bytes=weights.stat().st_size if weights.is_file() else None,
+        tags=tags,
+        files=checkpoint_files(directory),
+    )
     text = render_model_card(context, template)
-    expected = {k: context["metadata"][k] for k in ("base_model", "base_model_relation", "library_name", "license",
-                                                    "pipeline_tag", "tags") if k in context["metadata"]}
+    expected = {
+        k: context["metadata"][k]
+        for k in ("base_model", "base_model_relation", "library_name", "license", "pipeline_tag", "tags")
+        if k in context["metadata"]
+    }
     check_model_card(text, expected)
     (directory / CARD_FILE).write_text(text)
     return text
 
 
 __all__ = [
-    "CARD_FILE", "PLOT_FILES", "TEMPLATE_PATH", "ModelCardError", "base_card_metadata", "card_context",
-    "check_model_card", "checkpoint_files", "float_model_origin", "is_repo_id", "render_model_card",
-    "write_model_card", "write_plots",
+    "CARD_FILE",
+    "PLOT_FILES",
+    "TEMPLATE_PATH",
+    "ModelCardError",
+    "base_card_metadata",
+    "card_context",
+    "check_model_card",
+    "checkpoint_files",
+    "float_model_origin",
+    "is_repo_id",
+    "render_model_card",
+    "write_model_card",
+    "write_plots",
 ]

@@ -31,11 +31,11 @@ import torch.nn as nn
 
 from . import atomic_save
 from .integrity import verify_safetensors
+from .names import unique_match
 from .policy import BitPolicy
 from .quant.apply import _set_submodule, pack_embeddings, packed_layers, policy_layers
 from .quant.modules import QuantConv2d, QuantEmbedding, QuantLinear
 from .quant.packing import packed_nbytes
-from .names import unique_match
 from .quant.scheme import PackingScheme
 
 GUARD = "weight"
@@ -61,18 +61,38 @@ def build_packed_modules(model: nn.Module, policy: BitPolicy | Mapping, scheme: 
     built = {}
 
     def empty(name, layer, bits) -> nn.Module:
-        kwargs = dict(w_bits=bits.w_bits, symmetric=scheme.symmetric, a_bits=bits.a_bits, where=name,
-                      group_size=scheme.group_for(layer))
+        kwargs = dict(
+            w_bits=bits.w_bits,
+            symmetric=scheme.symmetric,
+            a_bits=bits.a_bits,
+            where=name,
+            group_size=scheme.group_for(layer),
+        )
         with torch.device(layer.weight.device):
             if isinstance(layer, nn.Embedding):
                 if bits.a_bits is not None:
                     raise ValueError(f"policy gives the embedding {name!r} a_bits={bits.a_bits}; token ids take none")
                 del kwargs["a_bits"]
-                q = QuantEmbedding(layer.num_embeddings, layer.embedding_dim, layer.padding_idx,
-                                   output_dtype=layer.weight.dtype, **kwargs)
+                q = QuantEmbedding(
+                    layer.num_embeddings,
+                    layer.embedding_dim,
+                    layer.padding_idx,
+                    output_dtype=layer.weight.dtype,
+                    **kwargs,
+                )
             elif isinstance(layer, nn.Conv2d):
-                q = QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                                layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, **kwargs)
+                q = QuantConv2d(
+                    layer.in_channels,
+                    layer.out_channels,
+                    layer.kernel_size,
+                    layer.stride,
+                    layer.padding,
+                    layer.dilation,
+                    layer.groups,
+                    layer.bias is not None,
+                    layer.padding_mode,
+                    **kwargs,
+                )
             elif isinstance(layer, nn.Linear):
                 q = QuantLinear(layer.in_features, layer.out_features, layer.bias is not None, **kwargs)
             else:  # transformers Conv1D keeps its weight as [in, out]
@@ -98,12 +118,16 @@ def packed_settings(model: nn.Module) -> dict:
     def one(values, what):
         values = set(values)
         if len(values) > 1:
-            raise ValueError(f"the packed layers mix {what} {sorted(values, key=str)}; the checkpoint format stores one")
+            raise ValueError(
+                f"the packed layers mix {what} {sorted(values, key=str)}; the checkpoint format stores one"
+            )
         return values.pop() if values else None
 
     return {
         "group_size": one((m.group_size for m in layers.values() if isinstance(m, QuantLinear)), "linear group sizes"),
-        "conv_group_size": one((m.group_size for m in layers.values() if isinstance(m, QuantConv2d)), "conv group sizes"),
+        "conv_group_size": one(
+            (m.group_size for m in layers.values() if isinstance(m, QuantConv2d)), "conv group sizes"
+        ),
         "symmetric": bool(one((m.symmetric for m in layers.values()), "symmetric and asymmetric codes")),
     }
 
@@ -134,6 +158,7 @@ def policy_of(model: nn.Module) -> BitPolicy:
 
 def packed_layer_shapes(model: nn.Module) -> dict[str, list]:
     """Layer -> [kind ("linear", "embedding", "conv2d"), weight shape] of a model's packed layers."""
+
     def kind(m):
         return "embedding" if isinstance(m, QuantEmbedding) else "conv2d" if isinstance(m, QuantConv2d) else "linear"
 
@@ -158,8 +183,10 @@ def layer_skeleton(layers: Mapping[str, list], specs: Mapping) -> nn.Module:
             else:
                 raise ValueError(kind)
         except (TypeError, ValueError, IndexError, RuntimeError):
-            raise ValueError(f"the {LAYERS_METADATA!r} header entry of layer {name!r} is not [kind, shape]; the file "
-                             "is corrupt or was edited: save the checkpoint again") from None
+            raise ValueError(
+                f"the {LAYERS_METADATA!r} header entry of layer {name!r} is not [kind, shape]; the file "
+                "is corrupt or was edited: save the checkpoint again"
+            ) from None
         parent = root
         *path, leaf = name.split(".")
         for part in path:
@@ -201,8 +228,10 @@ def read_tensor_specs(files: Iterable[str | os.PathLike]) -> dict[str, tuple[tup
                     sl = handle.get_slice(key)
                     specs[key] = (tuple(sl.get_shape()), sl.get_dtype())
         except SafetensorError as e:
-            raise ValueError(f"{f} is not a readable safetensors file ({e}); it is truncated or corrupt: save or "
-                             "download the checkpoint again") from None
+            raise ValueError(
+                f"{f} is not a readable safetensors file ({e}); it is truncated or corrupt: save or "
+                "download the checkpoint again"
+            ) from None
     return specs
 
 
@@ -234,10 +263,12 @@ def check_checkpoint_tensors(model: nn.Module, specs: Mapping[str, tuple[tuple[i
                     f"{'symmetric' if module.symmetric else 'asymmetric'}) needs {dtype} {list(shape)}. "
                     "Its bits or grouping in config.json differ from the saved tensors."
                 )
-        stored = {k[len(where) + 1:] for k in specs if k.startswith(where + ".") and "." not in k[len(where) + 1:]}
+        stored = {k[len(where) + 1 :] for k in specs if k.startswith(where + ".") and "." not in k[len(where) + 1 :]}
         allowed = set(expected_tensors(module)) | {GUARD} | ({"bias"} if module.bias is not None else set())
-        scheme = (f"{'symmetric' if module.symmetric else 'asymmetric'}, "
-                  f"{'float activations' if module.a_bits is None else f'{module.a_bits}-bit activations'}")
+        scheme = (
+            f"{'symmetric' if module.symmetric else 'asymmetric'}, "
+            f"{'float activations' if module.a_bits is None else f'{module.a_bits}-bit activations'}"
+        )
         if stored - allowed:
             raise ValueError(
                 f"checkpoint does not match its policy: layer {name!r} stores {sorted(stored - allowed)}, which its "
@@ -248,8 +279,10 @@ def check_checkpoint_tensors(model: nn.Module, specs: Mapping[str, tuple[tuple[i
             if "bias" not in stored:
                 raise ValueError(f"checkpoint does not match its policy: layer {name!r} ({bits}) lacks 'bias'")
             if tuple(specs[f"{where}.bias"][0]) != (module.bias.shape[0],):
-                raise ValueError(f"checkpoint does not match its policy: layer {name!r} stores bias as "
-                                 f"{list(specs[f'{where}.bias'][0])}, but the layer needs [{module.bias.shape[0]}]")
+                raise ValueError(
+                    f"checkpoint does not match its policy: layer {name!r} stores bias as "
+                    f"{list(specs[f'{where}.bias'][0])}, but the layer needs [{module.bias.shape[0]}]"
+                )
     extra = sorted(ckpt_packed - seen)
     if extra:
         raise ValueError(
@@ -318,15 +351,21 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except json.JSONDecodeError:
         aliases = None
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
-        raise ValueError(f"{path}: its {TIED_METADATA!r} header entry is not a JSON object of tensor names; the "
-                         "file is corrupt or was edited: save the checkpoint again")
+        raise ValueError(
+            f"{path}: its {TIED_METADATA!r} header entry is not a JSON object of tensor names; the "
+            "file is corrupt or was edited: save the checkpoint again"
+        )
     for alias, stored in aliases.items():
         if alias in stored_keys:
-            raise ValueError(f"{path}: its {TIED_METADATA!r} header names the stored tensor {alias!r} as a copy of "
-                             f"{stored!r}, which would overwrite it; the file was edited: save the checkpoint again")
+            raise ValueError(
+                f"{path}: its {TIED_METADATA!r} header names the stored tensor {alias!r} as a copy of "
+                f"{stored!r}, which would overwrite it; the file was edited: save the checkpoint again"
+            )
         if stored not in stored_keys:
-            raise ValueError(f"{path}: its {TIED_METADATA!r} header ties {alias!r} to {stored!r}, which the file "
-                             "does not store; the file is corrupt or was edited: save the checkpoint again")
+            raise ValueError(
+                f"{path}: its {TIED_METADATA!r} header ties {alias!r} to {stored!r}, which the file "
+                "does not store; the file is corrupt or was edited: save the checkpoint again"
+            )
     state = load_file(str(path))
     for alias, stored in aliases.items():
         state[alias] = state[stored]
@@ -338,11 +377,13 @@ def read_json_object(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt or was edited: save or "
-                         "download it again") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({e}); the checkpoint is corrupt or was edited: save or download it again"
+        ) from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; save or download the "
-                         "checkpoint again")
+        raise ValueError(
+            f"{path} holds a JSON {type(data).__name__}, not an object; save or download the checkpoint again"
+        )
     return data
 
 
@@ -359,7 +400,9 @@ def read_infoq_config(directory: str | os.PathLike):
         data = read_json_object(cfg).get("quantization_config")
         if isinstance(data, dict) and data.get("quant_method") == "infoq":
             return InfoQConfig.from_dict(data)
-    raise FileNotFoundError(f"{directory} holds no {INFOQ_CONFIG_NAME} nor an infoq config.json: not an infoq checkpoint")
+    raise FileNotFoundError(
+        f"{directory} holds no {INFOQ_CONFIG_NAME} nor an infoq config.json: not an infoq checkpoint"
+    )
 
 
 def save_packed(model: nn.Module, directory: str | os.PathLike, config, *, write_extra=None) -> Path:
@@ -371,8 +414,11 @@ def save_packed(model: nn.Module, directory: str | os.PathLike, config, *, write
 
 def write_packed(model: nn.Module, folder: Path, config, *, write_extra=None) -> None:
     """`save_packed`'s files, written straight into `folder` (a staging folder the caller's transaction owns)."""
-    write_safetensors(packed_state_dict(model), folder / WEIGHTS_NAME,
-                      {"quant_method": "infoq", LAYERS_METADATA: json.dumps(packed_layer_shapes(model))})
+    write_safetensors(
+        packed_state_dict(model),
+        folder / WEIGHTS_NAME,
+        {"quant_method": "infoq", LAYERS_METADATA: json.dumps(packed_layer_shapes(model))},
+    )
     (folder / INFOQ_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=1))
     if write_extra is not None:
         write_extra(folder)

@@ -41,8 +41,23 @@ from .sensitivity.table import SensitivityTable
 TABLE_FILE = "infoq_sensitivity.json"
 SUMMARY_FILE = "infoq_summary.json"
 # safetensors dtype -> bytes per element
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-                "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "I16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "U32": 4,
+    "I32": 4,
+    "F32": 4,
+    "U64": 8,
+    "I64": 8,
+    "F64": 8,
+}
 
 
 @dataclass
@@ -80,8 +95,10 @@ def _packed_layers_summary(model: nn.Module) -> tuple[dict[str, int], dict]:
 
     layers = packed_layers(model)
     if not layers:
-        raise ValueError("the model has no packed layers: quantize it first (infoq quantize, "
-                         "infoq_hf.quantize_model, or from_pretrained(..., quantization_config=InfoQConfig(...)))")
+        raise ValueError(
+            "the model has no packed layers: quantize it first (infoq quantize, "
+            "infoq_hf.quantize_model, or from_pretrained(..., quantization_config=InfoQConfig(...)))"
+        )
     params = {n: math.prod(m.weight_shape) for n, m in layers.items()}
     summary = {
         "quantized_layers": len(layers),
@@ -94,8 +111,9 @@ def _packed_layers_summary(model: nn.Module) -> tuple[dict[str, int], dict]:
 
 
 # ----------------------------------------------------------------------------- ... and of a checkpoint, from its headers
-def packed_weight_numel(specs: Mapping[str, tuple[tuple[int, ...], str]], prefix: str, w_bits: int,
-                        group_sizes=()) -> int | None:
+def packed_weight_numel(
+    specs: Mapping[str, tuple[tuple[int, ...], str]], prefix: str, w_bits: int, group_sizes=()
+) -> int | None:
     """The weight count of packed layer `prefix` from its stored shapes: the codes take ceil(n*w_bits/8)
     bytes, so n is one of at most ceil(8/w_bits) consecutive counts, and a multiple of `out` (the scale
     rows); where several fit (a layer with fewer than 8/w_bits output rows), the one whose grouping under
@@ -110,8 +128,12 @@ def packed_weight_numel(specs: Mapping[str, tuple[tuple[int, ...], str]], prefix
     return fits[0] if len(fits) == 1 else None
 
 
-def _header_summary(specs: Mapping[str, tuple[tuple[int, ...], str]], layers: Mapping[str, tuple[str, int]],
-                    numels: Mapping[str, int], symmetric: bool) -> tuple[dict[str, int], dict]:
+def _header_summary(
+    specs: Mapping[str, tuple[tuple[int, ...], str]],
+    layers: Mapping[str, tuple[str, int]],
+    numels: Mapping[str, int],
+    symmetric: bool,
+) -> tuple[dict[str, int], dict]:
     """`_packed_layers_summary` of the model a checkpoint loads into, from its tensor headers: `layers` maps a
     model layer to (its checkpoint prefix, w_bits), `numels` a model layer to its weight count."""
     from .accounting import mean_weight_bits
@@ -124,9 +146,11 @@ def _header_summary(specs: Mapping[str, tuple[tuple[int, ...], str]], layers: Ma
         float_bytes += numels[name] * 4
         fan_in = numels[name] // out  # n_groups full groups along it (the stored scales' columns)
         packed_bytes += packed_weight_bytes((out, fan_in), w_bits, fan_in // n_groups, symmetric)
-        stored_weight_bytes += sum(math.prod(specs[k][0]) * _DTYPE_BYTES[specs[k][1]] for k in
-                                   (f"{prefix}.weight_packed", f"{prefix}.weight_scale", f"{prefix}.weight_zero_point")
-                                   if k in specs)
+        stored_weight_bytes += sum(
+            math.prod(specs[k][0]) * _DTYPE_BYTES[specs[k][1]]
+            for k in (f"{prefix}.weight_packed", f"{prefix}.weight_scale", f"{prefix}.weight_zero_point")
+            if k in specs
+        )
     params = {name: numels[name] for name in layers}
     summary = {
         "quantized_layers": len(layers),
@@ -155,8 +179,10 @@ def _summary_from_headers(directory: Path, config, specs, skeleton) -> tuple[dic
         resolved = config.policy.resolve(ckpt_packed)  # in policy order: infoq_config.json keeps the model's
         unlisted = sorted(set(ckpt_packed) - set(resolved))
         if unlisted:
-            raise ValueError(f"{directory}: checkpoint has packed tensors for layers {unlisted[:5]} that its policy "
-                             "does not list; the policy and the weights come from different saves")
+            raise ValueError(
+                f"{directory}: checkpoint has packed tensors for layers {unlisted[:5]} that its policy "
+                "does not list; the policy and the weights come from different saves"
+            )
         layers = {n: (n, lb.w_bits) for n, lb in resolved.items()}
     if not layers:
         raise ValueError(f"{directory} holds no packed layers: quantize the model first")
@@ -165,9 +191,11 @@ def _summary_from_headers(directory: Path, config, specs, skeleton) -> tuple[dic
         if numel is None and name in modules:  # a layer of under 8/bits rows: the architecture says
             numels[name] = math.prod(modules[name].weight_shape)
         elif numel is None:
-            raise ValueError(f"{directory}: the stored codes of layer {name!r} do not fit the {layers[name][1]}-bit "
-                             "weight its policy gives it (or fit more than one weight size); push the quantized "
-                             "model object instead of the folder")
+            raise ValueError(
+                f"{directory}: the stored codes of layer {name!r} do not fit the {layers[name][1]}-bit "
+                "weight its policy gives it (or fit more than one weight size); push the quantized "
+                "model object instead of the folder"
+            )
     return _header_summary(specs, layers, numels, config.symmetric)
 
 
@@ -182,12 +210,15 @@ def _architecture_class(directory: Path, model_config: Mapping):
     if arch is None:
         return None
     if not isinstance(arch, str):
-        raise ValueError(f"{directory / 'config.json'}: 'architectures' must be a list of model class names, "
-                         f"got {archs!r}")
+        raise ValueError(
+            f"{directory / 'config.json'}: 'architectures' must be a list of model class names, got {archs!r}"
+        )
     cls = getattr(transformers, arch, None)
     if cls is not None and not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        raise ValueError(f"{directory / 'config.json'}: 'architectures' names {arch!r}, which is not a transformers "
-                         "model class; the file was edited: save or download the checkpoint again")
+        raise ValueError(
+            f"{directory / 'config.json'}: 'architectures' names {arch!r}, which is not a transformers "
+            "model class; the file was edited: save or download the checkpoint again"
+        )
     return cls
 
 
@@ -203,8 +234,10 @@ def _load_checkpoint_model(directory: Path, kind: str, model_config: Mapping) ->
         from .integrations.timm import load_quantized
 
         return load_quantized(directory)
-    raise ValueError(f"{directory} holds a plain PyTorch checkpoint; load it into its float model with "
-                     "infoq_hf.load_quantized(directory, model=...)")
+    raise ValueError(
+        f"{directory} holds a plain PyTorch checkpoint; load it into its float model with "
+        "infoq_hf.load_quantized(directory, model=...)"
+    )
 
 
 def _check_tensor_headers(directory: Path, kind: str, model_config: Mapping, config, specs=None):
@@ -260,8 +293,10 @@ def _recorded_layers(directory: Path) -> dict | None:
     except json.JSONDecodeError:
         layers = None
     if not isinstance(layers, dict):
-        raise ValueError(f"{weights}: its {LAYERS_METADATA!r} header entry is not a JSON object; the file is "
-                         "corrupt or was edited: save the checkpoint again")
+        raise ValueError(
+            f"{weights}: its {LAYERS_METADATA!r} header entry is not a JSON object; the file is "
+            "corrupt or was edited: save the checkpoint again"
+        )
     return layers
 
 

@@ -163,14 +163,18 @@ class InfoQConfig(QuantizationConfigMixin):
             given_options = dict(gptq_options or {}) if isinstance(gptq_options, Mapping) else gptq_options
             for key, value in aliased.get("gptq_options", {}).items():
                 if isinstance(given_options, Mapping) and key in given_options:
-                    raise ValueError(f"InfoQConfig got gptq_options[{key!r}] and its GPTQConfig name "
-                                     f"({'desc_act' if key == 'act_order' else 'damp_percent'}); pass one")
+                    raise ValueError(
+                        f"InfoQConfig got gptq_options[{key!r}] and its GPTQConfig name "
+                        f"({'desc_act' if key == 'act_order' else 'damp_percent'}); pass one"
+                    )
                 given_options = {**(given_options or {}), key: value}
             gptq_options = given_options
         if dataset is not None:
             if calibration is not None:
-                raise ValueError("InfoQConfig got both calibration= and dataset= (GPTQConfig's name for it); "
-                                 "pass the calibration data once")
+                raise ValueError(
+                    "InfoQConfig got both calibration= and dataset= (GPTQConfig's name for it); "
+                    "pass the calibration data once"
+                )
             calibration = dataset
         if format_version != FORMAT_VERSION:
             raise ValueError(
@@ -186,7 +190,9 @@ class InfoQConfig(QuantizationConfigMixin):
             )
         self.bits = self._check_bits(bits)
         self.budget = self._check_budget(budget)
-        self.policy = None if policy is None else (policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy))
+        self.policy = (
+            None if policy is None else (policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy))
+        )
         if self.budget is None and self.policy is None and self.uniform_bits is None:
             raise ValueError(
                 "InfoQConfig needs a budget to search for a policy, e.g. InfoQConfig(budget={'avg_bits': 4}), "
@@ -197,7 +203,9 @@ class InfoQConfig(QuantizationConfigMixin):
             raise ValueError(f"InfoQConfig.alpha must be a number >= 0, got {alpha!r}")
         self.alpha = float(alpha)
         if not isinstance(method, str) or not method:
-            raise ValueError(f"InfoQConfig.method must be a method name such as 'infoq' or 'weight_mse', got {method!r}")
+            raise ValueError(
+                f"InfoQConfig.method must be a method name such as 'infoq' or 'weight_mse', got {method!r}"
+            )
         self.method = method
         if method_options is not None and not isinstance(method_options, Mapping):
             raise ValueError(f"InfoQConfig.method_options must be a dict of search options, got {method_options!r}")
@@ -209,8 +217,12 @@ class InfoQConfig(QuantizationConfigMixin):
         self.search_samples = _check_count("search_samples", search_samples, "all calibration samples")
         # Unset packing fields come from the scheme an allocated policy was budgeted with, else the defaults.
         budgeted = self.policy.scheme if self.policy is not None and self.policy.scheme is not None else DEFAULT_SCHEME
-        given = {"group_size": group_size, "conv_group_size": conv_group_size, "symmetric": symmetric,
-                 "clip_search": clip_search}
+        given = {
+            "group_size": group_size,
+            "conv_group_size": conv_group_size,
+            "symmetric": symmetric,
+            "clip_search": clip_search,
+        }
         given = {k: (getattr(budgeted, k) if v is UNSET else v) for k, v in given.items()}
         self.group_size = _check_group_size("group_size", given["group_size"])
         self.conv_group_size = _check_group_size("conv_group_size", given["conv_group_size"])
@@ -219,7 +231,9 @@ class InfoQConfig(QuantizationConfigMixin):
         self.rounding, self.gptq_options = self._check_rounding(rounding, gptq_options)
         if modules_to_not_convert is not None:
             if isinstance(modules_to_not_convert, str) or not all(isinstance(m, str) for m in modules_to_not_convert):
-                raise ValueError(f"InfoQConfig.modules_to_not_convert must be a list of names, got {modules_to_not_convert!r}")
+                raise ValueError(
+                    f"InfoQConfig.modules_to_not_convert must be a list of names, got {modules_to_not_convert!r}"
+                )
             modules_to_not_convert = list(modules_to_not_convert)
         self.modules_to_not_convert = modules_to_not_convert
         if not isinstance(quantize_embeddings, bool):
@@ -253,12 +267,16 @@ class InfoQConfig(QuantizationConfigMixin):
         if isinstance(bits, int) and not isinstance(bits, bool):
             return [check_bits(bits, "InfoQConfig.bits")]  # one width: every layer at it (no budget)
         if bits is None or isinstance(bits, (str, bytes)):
-            raise ValueError(f"InfoQConfig.bits must be an int in {MIN_BITS}..{MAX_BITS} (every layer at that width) "
-                             f"or a list of candidate widths for the search, got {bits!r}")
+            raise ValueError(
+                f"InfoQConfig.bits must be an int in {MIN_BITS}..{MAX_BITS} (every layer at that width) "
+                f"or a list of candidate widths for the search, got {bits!r}"
+            )
         try:
             values = sorted({check_bits(b, "InfoQConfig.bits") for b in bits})
         except TypeError:
-            raise ValueError(f"InfoQConfig.bits must be a list of ints in {MIN_BITS}..{MAX_BITS}, got {bits!r}") from None
+            raise ValueError(
+                f"InfoQConfig.bits must be a list of ints in {MIN_BITS}..{MAX_BITS}, got {bits!r}"
+            ) from None
         if not values:
             raise ValueError(f"InfoQConfig.bits needs at least one candidate in {MIN_BITS}..{MAX_BITS}")
         return values
@@ -286,8 +304,10 @@ class InfoQConfig(QuantizationConfigMixin):
     def _check_tokenizer(tokenizer):
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) or callable(tokenizer):
             return tokenizer
-        raise ValueError("InfoQConfig.tokenizer must be a tokenizer (e.g. AutoTokenizer.from_pretrained(...)), or its "
-                         f"Hub name or folder, got {type(tokenizer).__name__}")
+        raise ValueError(
+            "InfoQConfig.tokenizer must be a tokenizer (e.g. AutoTokenizer.from_pretrained(...)), or its "
+            f"Hub name or folder, got {type(tokenizer).__name__}"
+        )
 
     @staticmethod
     def _check_calibration(calibration):
@@ -352,7 +372,9 @@ class InfoQConfig(QuantizationConfigMixin):
             "clip_search": self.clip_search,
             "rounding": self.rounding,
             "gptq_options": copy.deepcopy(self.gptq_options),
-            "modules_to_not_convert": None if self.modules_to_not_convert is None else list(self.modules_to_not_convert),
+            "modules_to_not_convert": None
+            if self.modules_to_not_convert is None
+            else list(self.modules_to_not_convert),
             "quantize_embeddings": self.quantize_embeddings,
             "solver": self.solver,
             "seed": self.seed,

@@ -19,8 +19,10 @@ SAME_MEANING = {
     "damp_percent": ("gptq_options", "damp"),  # both a fraction of the mean Hessian diagonal
 }
 
-_OWN_LAYOUT = ("none: InfoQ packs its own layout and runs its own kernels; for other runtimes export the packed "
-               "model (infoq_hf.export_compressed_tensors, `infoq export`)")
+_OWN_LAYOUT = (
+    "none: InfoQ packs its own layout and runs its own kernels; for other runtimes export the packed "
+    "model (infoq_hf.export_compressed_tensors, `infoq export`)"
+)
 
 # names of GPTQConfig / AwqConfig / BitsAndBytesConfig / TorchAoConfig / QuantoConfig -> the closest InfoQ spelling
 CLOSEST = {
@@ -31,7 +33,7 @@ CLOSEST = {
     "num_calibration_samples": "num_samples=... (calibration samples)",
     "batch_size": "calibration=CalibrationSpec(..., batch_size=...)",
     "true_sequential": "none needed: rounding='gptq' rounds the blocks in order, each on the outputs of the "
-                       "blocks already rounded",
+    "blocks already rounded",
     "static_groups": "none: with gptq_options={'act_order': True} the groups stay contiguous",
     "damp_auto_increment": "gptq_options={'damp': ...}",
     "modules_in_block_to_quantize": "modules_to_not_convert=[...] (the layers kept in float)",
@@ -44,9 +46,24 @@ CLOSEST = {
     "load_in_4bit": "bits=4",
     "load_in_8bit": "bits=8",
     "llm_int8_skip_modules": "modules_to_not_convert=[...]",
-    **{name: _OWN_LAYOUT for name in ("use_exllama", "exllama_config", "disable_exllama", "use_cuda_fp16", "use_marlin",
-                                      "backend", "checkpoint_format", "meta", "version", "cache_block_outputs",
-                                      "do_fuse", "fuse_max_seq_len", "modules_to_fuse")},
+    **{
+        name: _OWN_LAYOUT
+        for name in (
+            "use_exllama",
+            "exllama_config",
+            "disable_exllama",
+            "use_cuda_fp16",
+            "use_marlin",
+            "backend",
+            "checkpoint_format",
+            "meta",
+            "version",
+            "cache_block_outputs",
+            "do_fuse",
+            "fuse_max_seq_len",
+            "modules_to_fuse",
+        )
+    },
 }
 
 
@@ -63,8 +80,9 @@ def infoq_settings(given: Mapping, accepted: Iterable[str]) -> dict:
             else:
                 near = difflib.get_close_matches(name, list(accepted), n=3)
                 lines.append(f"{name!r}: not a setting" + (f"; did you mean {' or '.join(near)}?" if near else ""))
-        raise ValueError("InfoQConfig got unknown settings: " + "; ".join(lines)
-                         + " (see help(InfoQConfig) for the accepted ones)")
+        raise ValueError(
+            "InfoQConfig got unknown settings: " + "; ".join(lines) + " (see help(InfoQConfig) for the accepted ones)"
+        )
     settings: dict = {}
     for name, value in given.items():
         target = SAME_MEANING[name]

@@ -54,9 +54,18 @@ from .vllm_rules import VLLM_VERSION, checkpoint_shapes, fused_groups, vllm_prob
 
 COMPRESSED_TENSORS_VERSION = "0.20.1"
 TARGETS = ("transformers", "vllm")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                   "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "generation_config.json",
+)
 
 
 def pack_rows_int32(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -69,9 +78,14 @@ def pack_rows_int32(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return words[:, : math.ceil(cols * bits / 32)].contiguous()
 
 
-def export_compressed_tensors(src: str | os.PathLike | nn.Module, out_dir: str | os.PathLike, *,
-                              target: str = "transformers", kernels: str = "any",
-                              tokenizer_dir: str | os.PathLike | None = None) -> Path:
+def export_compressed_tensors(
+    src: str | os.PathLike | nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    target: str = "transformers",
+    kernels: str = "any",
+    tokenizer_dir: str | os.PathLike | None = None,
+) -> Path:
     """Write the packed model (or the infoq checkpoint folder `src`) to `out_dir` in compressed-tensors'
     `pack-quantized` format, atomically. Raises, naming the layer and the alternatives, for what the
     format cannot hold.
@@ -113,8 +127,10 @@ def export_compressed_tensors(src: str | os.PathLike | nn.Module, out_dir: str |
     if target == "vllm":
         problems = vllm_problems(config["quantization_config"], checkpoint_shapes(state), kernels)
         if problems:
-            raise ValueError(f"vLLM {VLLM_VERSION} would not run this export ({len(problems)} problem(s)), "
-                             "nothing written:\n- " + "\n- ".join(problems))
+            raise ValueError(
+                f"vLLM {VLLM_VERSION} would not run this export ({len(problems)} problem(s)), "
+                "nothing written:\n- " + "\n- ".join(problems)
+            )
     with atomic_checkpoint(out_dir) as tmp:
         write_safetensors(state, tmp / "model.safetensors", {"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
@@ -149,13 +165,17 @@ def fused_projection_groups(names) -> list[tuple[str, ...]]:
     return fused_groups(names)
 
 
-def compressed_tensors_config(groups: dict[tuple, list[str]], ignore: list[str], packed_zero_points: bool = False) -> dict:
+def compressed_tensors_config(
+    groups: dict[tuple, list[str]], ignore: list[str], packed_zero_points: bool = False
+) -> dict:
     """The `quantization_config` of a pack-quantized checkpoint: one scheme per (bits, group size, symmetric,
     input width); the input width matters only when a group spans the whole row (per channel).
     packed_zero_points: asymmetric schemes as "group"/"channel" (zero points packed, vLLM's layout) rather
     than one-row "block"s (transformers' layout)."""
     config_groups = {}
-    for i, ((bits, group_size, symmetric, fan_in), targets) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+    for i, ((bits, group_size, symmetric, fan_in), targets) in enumerate(
+        sorted(groups.items(), key=lambda kv: str(kv[0]))
+    ):
         weights = {"num_bits": bits, "type": "int", "symmetric": symmetric, "dynamic": False}
         if not symmetric and not packed_zero_points:  # see the module docstring: blocks of one row by one group
             weights.update(strategy="block", block_structure=[1, group_size], zp_dtype="torch.int8")
@@ -163,28 +183,47 @@ def compressed_tensors_config(groups: dict[tuple, list[str]], ignore: list[str],
             weights.update(strategy="channel")
         else:
             weights.update(strategy="group", group_size=group_size)
-        config_groups[f"group_{i}"] = {"targets": sorted(targets), "weights": weights, "input_activations": None,
-                                       "output_activations": None, "format": "pack-quantized"}
-    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
-            "config_groups": config_groups, "ignore": sorted(ignore), "kv_cache_scheme": None,
-            "version": COMPRESSED_TENSORS_VERSION}
+        config_groups[f"group_{i}"] = {
+            "targets": sorted(targets),
+            "weights": weights,
+            "input_activations": None,
+            "output_activations": None,
+            "format": "pack-quantized",
+        }
+    return {
+        "quant_method": "compressed-tensors",
+        "format": "pack-quantized",
+        "quantization_status": "compressed",
+        "config_groups": config_groups,
+        "ignore": sorted(ignore),
+        "kv_cache_scheme": None,
+        "version": COMPRESSED_TENSORS_VERSION,
+    }
 
 
 def _check_exportable(name: str, layer: nn.Module) -> None:
     if isinstance(layer, QuantEmbedding):
-        raise ValueError(f"layer {name!r} is a packed embedding; compressed-tensors quantizes Linear layers only. "
-                         "Re-quantize without quantize_embeddings (the embedding stays float) or use the infoq "
-                         "checkpoint")
+        raise ValueError(
+            f"layer {name!r} is a packed embedding; compressed-tensors quantizes Linear layers only. "
+            "Re-quantize without quantize_embeddings (the embedding stays float) or use the infoq "
+            "checkpoint"
+        )
     if isinstance(layer, QuantConv2d):
-        raise ValueError(f"layer {name!r} is a packed Conv2d; the compressed-tensors export holds Linear layers only. "
-                         "Keep convolutions float (skip_modules / modules_to_not_convert) or use the infoq checkpoint")
+        raise ValueError(
+            f"layer {name!r} is a packed Conv2d; the compressed-tensors export holds Linear layers only. "
+            "Keep convolutions float (skip_modules / modules_to_not_convert) or use the infoq checkpoint"
+        )
     if isinstance(layer, QuantLinear) and layer.transposed_source:
-        raise ValueError(f"layer {name!r} replaces a transformers Conv1D (GPT-2 style, weight stored [in, out]); "
-                         "compressed-tensors targets nn.Linear. Keep it float or use the infoq checkpoint")
+        raise ValueError(
+            f"layer {name!r} replaces a transformers Conv1D (GPT-2 style, weight stored [in, out]); "
+            "compressed-tensors targets nn.Linear. Keep it float or use the infoq checkpoint"
+        )
     if layer.a_bits is not None:
-        raise ValueError(f"layer {name!r} quantizes its input activations (a_bits={layer.a_bits}, static per-tensor "
-                         "asymmetric); the export writes weight-only schemes. Re-quantize with float activations "
-                         "(a_bits=None) or use the infoq checkpoint")
+        raise ValueError(
+            f"layer {name!r} quantizes its input activations (a_bits={layer.a_bits}, static per-tensor "
+            "asymmetric); the export writes weight-only schemes. Re-quantize with float activations "
+            "(a_bits=None) or use the infoq checkpoint"
+        )
 
 
 def _is_packed_buffer(key: str, layers) -> bool:
@@ -200,18 +239,23 @@ def _load(directory) -> nn.Module:
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} has no config.json; pass a transformers infoq checkpoint folder "
-                                "or the packed model itself")
+        raise FileNotFoundError(
+            f"{directory} has no config.json; pass a transformers infoq checkpoint folder or the packed model itself"
+        )
     config = transformers.AutoConfig.from_pretrained(directory)
     quant = getattr(config, "quantization_config", None) or {}
     quant = quant if isinstance(quant, dict) else quant.to_dict()
     if quant.get("quant_method") != "infoq":
-        raise ValueError(f"{directory} is not an infoq checkpoint (its config.json has no infoq quantization_config); "
-                         "save one with from_pretrained(..., quantization_config=InfoQConfig(...)).save_pretrained, "
-                         "or pass the packed model itself")
+        raise ValueError(
+            f"{directory} is not an infoq checkpoint (its config.json has no infoq quantization_config); "
+            "save one with from_pretrained(..., quantization_config=InfoQConfig(...)).save_pretrained, "
+            "or pass the packed model itself"
+        )
     architectures = getattr(config, "architectures", None) or []
     model_class = getattr(transformers, architectures[0], None) if architectures else None
     if model_class is None:
-        raise ValueError(f"{directory}/config.json names no transformers architecture ({architectures}); load the "
-                         "model yourself and pass it to export_compressed_tensors")
+        raise ValueError(
+            f"{directory}/config.json names no transformers architecture ({architectures}); load the "
+            "model yourself and pass it to export_compressed_tensors"
+        )
     return model_class.from_pretrained(directory).eval()

@@ -116,9 +116,11 @@ def find_ggml_library(library: str | os.PathLike | None = None) -> Path:
         except ImportError:
             pass
     if not candidates:
-        raise ValueError("K-quant types are rounded by llama.cpp's own quantizer: pass ggml_library= (or set "
-                         f"${GGML_LIBRARY_ENV}) to libggml-base.so, e.g. llama_cpp/lib/ of a llama-cpp-python install "
-                         "(benchmarks/setup_llamacpp.sh builds one), or choose a 32-block type (Q4_0 ... Q8_0)")
+        raise ValueError(
+            "K-quant types are rounded by llama.cpp's own quantizer: pass ggml_library= (or set "
+            f"${GGML_LIBRARY_ENV}) to libggml-base.so, e.g. llama_cpp/lib/ of a llama-cpp-python install "
+            "(benchmarks/setup_llamacpp.sh builds one), or choose a 32-block type (Q4_0 ... Q8_0)"
+        )
     return candidates[0]
 
 
@@ -133,8 +135,15 @@ def llamacpp_quantize(weight: np.ndarray, type_name: str, library: str | os.Path
         raise ValueError(f"{t.name} needs an importance matrix, which this export does not compute")
     quantize = lib.ggml_quantize_chunk
     quantize.restype = ctypes.c_size_t
-    quantize.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                         ctypes.c_int64, ctypes.c_void_p]
+    quantize.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
     src = np.ascontiguousarray(weight, dtype=np.float32)
     rows, cols = src.shape
     out = np.zeros((rows, tensor_nbytes(t.name, src.shape) // rows), dtype=np.uint8)
@@ -156,8 +165,10 @@ def _check_model(model: nn.Module) -> None:
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) != "llama" or not hasattr(model, "lm_head"):
         kind = getattr(config, "model_type", type(model).__name__)
-        raise ValueError(f"the GGUF export writes Llama-architecture causal LMs (LlamaForCausalLM); got {kind!r}. "
-                         "Use export_compressed_tensors or the infoq checkpoint for other models")
+        raise ValueError(
+            f"the GGUF export writes Llama-architecture causal LMs (LlamaForCausalLM); got {kind!r}. "
+            "Use export_compressed_tensors or the infoq checkpoint for other models"
+        )
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"rope type {rope.get('rope_type')!r} is not written by this export (default rope only)")
@@ -165,8 +176,10 @@ def _check_model(model: nn.Module) -> None:
         if isinstance(layer, QuantConv2d) or getattr(layer, "transposed_source", False):
             raise ValueError(f"layer {name!r} is not a Linear/Embedding; a Llama GGUF holds neither")
         if layer.a_bits is not None:
-            raise ValueError(f"layer {name!r} quantizes its inputs (a_bits={layer.a_bits}); llama.cpp runs "
-                             "weight-only types. Re-quantize with a_bits=None")
+            raise ValueError(
+                f"layer {name!r} quantizes its inputs (a_bits={layer.a_bits}); llama.cpp runs "
+                "weight-only types. Re-quantize with a_bits=None"
+            )
     for name, m in model.named_modules():
         if isinstance(m, (nn.Linear, QuantLinear)) and getattr(m, "bias", None) is not None:
             raise ValueError(f"layer {name!r} has a bias; the Llama GGUF layout this export writes has none")
@@ -190,8 +203,7 @@ def _tensors(model: nn.Module, types, float_type: str, library):
     unknown = set(types) - set(packed) - {n for n, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"types= names layers the model does not have: {sorted(unknown)}")
-    tied_float = (isinstance(model.lm_head, nn.Linear)
-                  and model.lm_head.weight is model.get_input_embeddings().weight)
+    tied_float = isinstance(model.lm_head, nn.Linear) and model.lm_head.weight is model.get_input_embeddings().weight
     for name, module in model.named_modules():
         if isinstance(module, QuantTiedLinear) or (module is model.lm_head and tied_float):
             continue  # llama.cpp reuses token_embd when output.weight is absent
@@ -200,8 +212,9 @@ def _tensors(model: nn.Module, types, float_type: str, library):
             continue
         gguf_name = names.get_name(f"{name}.weight", try_suffixes=(".weight",))
         if gguf_name is None:
-            raise ValueError(f"tensor {name}.weight has no llama.cpp name in LLM_ARCH_LLAMA; the export cannot "
-                             "place it")
+            raise ValueError(
+                f"tensor {name}.weight has no llama.cpp name in LLM_ARCH_LLAMA; the export cannot place it"
+            )
         leaf = name.rpartition(".")[2]
         heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}.get(leaf)
         if isinstance(module, QuantLinear):  # QuantEmbedding included
@@ -233,8 +246,14 @@ def _packed_tensor(name: str, layer: QuantLinear, requested: str | None, library
     if heads:
         array = array[_rope_row_order(rows, heads)]
     group = cols if layer.group_size is None else layer.group_size
-    entry = {"w_bits": layer.w_bits, "group_size": group, "symmetric": layer.symmetric, "type": target,
-             "rounding": how, "embedding": isinstance(layer, QuantEmbedding)}
+    entry = {
+        "w_bits": layer.w_bits,
+        "group_size": group,
+        "symmetric": layer.symmetric,
+        "type": target,
+        "rounding": how,
+        "embedding": isinstance(layer, QuantEmbedding),
+    }
     return array, target, entry
 
 
@@ -279,9 +298,11 @@ def _tokenizer_from_folder(writer, folder: Path, pre: str):
     try:
         vocab = gguf.vocab.BpeVocab(folder)
     except (FileNotFoundError, KeyError) as exc:
-        raise ValueError(f"{folder} has no byte-level BPE tokenizer (tokenizer.json of type BPE with a ByteLevel "
-                         f"decoder, or vocab.json + merges.txt), the one kind this export converts ({exc}); pass "
-                         "tokenizer= a GGUF file that holds the model's tokenizer") from None
+        raise ValueError(
+            f"{folder} has no byte-level BPE tokenizer (tokenizer.json of type BPE with a ByteLevel "
+            f"decoder, or vocab.json + merges.txt), the one kind this export converts ({exc}); pass "
+            "tokenizer= a GGUF file that holds the model's tokenizer"
+        ) from None
     tokens, types = [], []
     for text, _score, kind in vocab.all_tokens():
         tokens.append(text.decode("utf-8") if isinstance(text, bytes) else text)
@@ -312,10 +333,17 @@ def _write_tokenizer(writer, tokenizer: Path, vocab_size: int, pre: str) -> None
 
 
 # ----------------------------------------------------------------------------- the export
-def export_gguf(src: str | os.PathLike | nn.Module, out_file: str | os.PathLike, *,
-                tokenizer: str | os.PathLike | None = None, types: dict[str, str] | None = None,
-                float_type: str = "F16", tokenizer_pre: str = "default",
-                ggml_library: str | os.PathLike | None = None, require_packed: bool = True) -> Path:
+def export_gguf(
+    src: str | os.PathLike | nn.Module,
+    out_file: str | os.PathLike,
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    types: dict[str, str] | None = None,
+    float_type: str = "F16",
+    tokenizer_pre: str = "default",
+    ggml_library: str | os.PathLike | None = None,
+    require_packed: bool = True,
+) -> Path:
     """Write the packed model (or the infoq checkpoint folder `src`) to the new GGUF file `out_file`.
 
     tokenizer: a GGUF file whose `tokenizer.*` keys are copied (e.g. the GGUF the model came from), or
@@ -391,9 +419,19 @@ def gguf_summary(path: str | os.PathLike) -> dict:
         row["bytes"] += int(t.n_bytes)
     quantized = [r for name, r in by_type.items() if name not in ("F32", "F16", "BF16")]
     q_weights, q_bytes = sum(r["weights"] for r in quantized), sum(r["bytes"] for r in quantized)
-    return {"file_bytes": os.path.getsize(path), "types": by_type,
-            "quantized_bits_per_weight": 8 * q_bytes / q_weights if q_weights else None}
+    return {
+        "file_bytes": os.path.getsize(path),
+        "types": by_type,
+        "quantized_bits_per_weight": 8 * q_bytes / q_weights if q_weights else None,
+    }
 
 
-__all__ = ["POLICY_KEY", "export_gguf", "find_ggml_library", "gguf_summary", "llamacpp_quantize",
-           "load_checkpoint_folder", "reblock_codes"]
+__all__ = [
+    "POLICY_KEY",
+    "export_gguf",
+    "find_ggml_library",
+    "gguf_summary",
+    "llamacpp_quantize",
+    "load_checkpoint_folder",
+    "reblock_codes",
+]

@@ -34,14 +34,26 @@ class GGMLType:
         return self.block_bytes * 8 / self.block
 
 
-GGML_TYPES = {t.name: t for t in (
-    GGMLType("F32", 0, 1, 4), GGMLType("F16", 1, 1, 2), GGMLType("BF16", 30, 1, 2),
-    GGMLType("Q4_0", 2, 32, 18), GGMLType("Q4_1", 3, 32, 20), GGMLType("Q5_0", 6, 32, 22),
-    GGMLType("Q5_1", 7, 32, 24), GGMLType("Q8_0", 8, 32, 34),
-    GGMLType("Q2_K", 10, 256, 84), GGMLType("Q3_K", 11, 256, 110), GGMLType("Q4_K", 12, 256, 144),
-    GGMLType("Q5_K", 13, 256, 176), GGMLType("Q6_K", 14, 256, 210),
-    GGMLType("IQ4_NL", 20, 32, 18), GGMLType("IQ4_XS", 23, 256, 136),
-)}
+GGML_TYPES = {
+    t.name: t
+    for t in (
+        GGMLType("F32", 0, 1, 4),
+        GGMLType("F16", 1, 1, 2),
+        GGMLType("BF16", 30, 1, 2),
+        GGMLType("Q4_0", 2, 32, 18),
+        GGMLType("Q4_1", 3, 32, 20),
+        GGMLType("Q5_0", 6, 32, 22),
+        GGMLType("Q5_1", 7, 32, 24),
+        GGMLType("Q8_0", 8, 32, 34),
+        GGMLType("Q2_K", 10, 256, 84),
+        GGMLType("Q3_K", 11, 256, 110),
+        GGMLType("Q4_K", 12, 256, 144),
+        GGMLType("Q5_K", 13, 256, 176),
+        GGMLType("Q6_K", 14, 256, 210),
+        GGMLType("IQ4_NL", 20, 32, 18),
+        GGMLType("IQ4_XS", 23, 256, 136),
+    )
+}
 
 # llama.cpp's `tensor_type_fallback` (src/llama-quant.cpp): the type a tensor gets when its row length is
 # not a multiple of the requested type's block; F16 when the fallback's block does not divide it either.
@@ -56,8 +68,9 @@ def ggml_type(name: str) -> GGMLType:
     try:
         return GGML_TYPES[name.upper()]
     except KeyError:
-        raise ValueError(f"unknown or unsupported llama.cpp tensor type {name!r}; use one of "
-                         f"{', '.join(GGML_TYPES)}") from None
+        raise ValueError(
+            f"unknown or unsupported llama.cpp tensor type {name!r}; use one of {', '.join(GGML_TYPES)}"
+        ) from None
 
 
 def fallback_type(name: str, row_length: int) -> str:
@@ -124,6 +137,17 @@ def gguf_weight_bytes(shapes, bits, symmetric: bool, group_size: int | None) -> 
     return sum(tensor_nbytes(layer_type(bits[n], symmetric, group_size, shapes[n]), shapes[n]) for n in bits)
 
 
-__all__ = ["FALLBACKS", "GGML_TYPES", "GGMLType", "WIDTH_TYPES", "exact_type", "fallback_type", "ggml_type",
-           "gguf_weight_bytes", "layer_type",
-           "tensor_nbytes", "width_candidates", "width_type"]
+__all__ = [
+    "FALLBACKS",
+    "GGML_TYPES",
+    "GGMLType",
+    "WIDTH_TYPES",
+    "exact_type",
+    "fallback_type",
+    "ggml_type",
+    "gguf_weight_bytes",
+    "layer_type",
+    "tensor_nbytes",
+    "width_candidates",
+    "width_type",
+]

@@ -77,8 +77,19 @@ class RepoExistsError(HubPublishError, ValueError):
 
 
 # ----------------------------------------------------------------------------- staging
-def prepare_upload_folder(model_or_dir, folder: str | os.PathLike, repo_id: str, *, table=None, policy=None,
-                          base_model=None, calibration=None, template=None, tokenizer=None, include=()) -> str:
+def prepare_upload_folder(
+    model_or_dir,
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    table=None,
+    policy=None,
+    base_model=None,
+    calibration=None,
+    template=None,
+    tokenizer=None,
+    include=(),
+) -> str:
     """Assemble everything `push_to_hub` uploads into the empty `folder`; returns the model card text.
     From a checkpoint folder only its own files go (see `upload_files`), and those named in `include`."""
     folder = Path(folder)
@@ -93,8 +104,9 @@ def _stage_checkpoint(model_or_dir, folder: Path, table, policy, tokenizer=None,
     """Write the checkpoint into the empty `folder` and describe it."""
     if isinstance(model_or_dir, (str, os.PathLike)):
         if tokenizer is not None:
-            raise ValueError("push_to_hub of a folder uploads the tokenizer the folder holds; "
-                             "tokenizer= is for a model")
+            raise ValueError(
+                "push_to_hub of a folder uploads the tokenizer the folder holds; tokenizer= is for a model"
+            )
         source = Path(model_or_dir)
         info = read_checkpoint(source, table=table)  # validates before copying
         keep, _ = checkpoint_files(source, include, regenerated={CARD_FILE, *PLOT_FILES.values()})
@@ -103,14 +115,18 @@ def _stage_checkpoint(model_or_dir, folder: Path, table, policy, tokenizer=None,
     elif isinstance(model_or_dir, nn.Module):  # the same files `infoq_hf.save` writes
         info = write_checkpoint_folder(model_or_dir, folder, tokenizer=tokenizer, table=table, policy=policy)
     else:
-        raise ValueError(f"push_to_hub takes a quantized model or a checkpoint folder, got {type(model_or_dir).__name__}")
+        raise ValueError(
+            f"push_to_hub takes a quantized model or a checkpoint folder, got {type(model_or_dir).__name__}"
+        )
     if info.table is not None and not (folder / TABLE_FILE).exists():
         info.table.save(folder / TABLE_FILE)
     if policy is not None:
         given = policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy)
         if given.to_dict() != info.policy.to_dict():
-            raise ValueError("the policy passed to push_to_hub differs from the one stored in the checkpoint; "
-                             "pass the policy the model was quantized with (or none)")
+            raise ValueError(
+                "the policy passed to push_to_hub differs from the one stored in the checkpoint; "
+                "pass the policy the model was quantized with (or none)"
+            )
         report = getattr(given, "report", None)
         if report is not None and hasattr(report, "to_dict"):
             info.summary.setdefault("allocation", report.to_dict())
@@ -151,9 +167,11 @@ def _unreachable_or_refused(e: BaseException, endpoint: str, repo_id: str) -> Hu
     bad input, anything else an unreachable Hub."""
     status = getattr(getattr(e, "response", None), "status_code", None)
     if status in (401, 403):
-        return TokenRefusedError(f"the Hub at {endpoint} refused the token (HTTP {status}): it is invalid, expired, "
-                                 f"or may not write to {repo_id.split('/')[0]!r}; {_LOGIN_HINT}. Nothing was created "
-                                 "or uploaded")
+        return TokenRefusedError(
+            f"the Hub at {endpoint} refused the token (HTTP {status}): it is invalid, expired, "
+            f"or may not write to {repo_id.split('/')[0]!r}; {_LOGIN_HINT}. Nothing was created "
+            "or uploaded"
+        )
     return HubPublishError(f"cannot reach the Hub at {endpoint} ({_describe(e)}); nothing was created or uploaded")
 
 
@@ -164,10 +182,22 @@ def _describe(e: BaseException) -> str:
     return f"HTTP {status}: {first}" if status and str(status) not in first else first
 
 
-def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private: bool = False,
-                overwrite: bool = False, table: SensitivityTable | str | os.PathLike | None = None,
-                policy: BitPolicy | Mapping | None = None, base_model: str | None = None, calibration=None,
-                commit_message: str | None = None, revision: str | None = None, tokenizer=None, include=()):
+def push_to_hub(
+    model_or_dir,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    overwrite: bool = False,
+    table: SensitivityTable | str | os.PathLike | None = None,
+    policy: BitPolicy | Mapping | None = None,
+    base_model: str | None = None,
+    calibration=None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    tokenizer=None,
+    include=(),
+):
     """Publish a quantized model (or a checkpoint folder) with its model card and plots in one commit.
 
     This, not transformers' `model.push_to_hub`, writes the InfoQ card (transformers' would upload its
@@ -199,9 +229,17 @@ def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private
 
     with tempfile.TemporaryDirectory(prefix="infoq-push-") as tmp:
         folder = Path(tmp) / "upload"
-        card_text = prepare_upload_folder(model_or_dir, folder, repo_id, table=table, policy=policy,
-                                          base_model=base_model, calibration=calibration, tokenizer=tokenizer,
-                                          include=include)
+        card_text = prepare_upload_folder(
+            model_or_dir,
+            folder,
+            repo_id,
+            table=table,
+            policy=policy,
+            base_model=base_model,
+            calibration=calibration,
+            tokenizer=tokenizer,
+            include=include,
+        )
         from huggingface_hub import ModelCard
 
         try:  # the Hub's own metadata check (also proves the endpoint answers before anything is created)
@@ -216,8 +254,10 @@ def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private
         except network as e:
             raise _unreachable_or_refused(e, endpoint, repo_id) from e
         if exists and not overwrite:
-            raise RepoExistsError(f"the Hub repo {repo_id} already exists; pass overwrite=True (CLI: --overwrite) to "
-                                  "replace its files with this checkpoint in one new commit")
+            raise RepoExistsError(
+                f"the Hub repo {repo_id} already exists; pass overwrite=True (CLI: --overwrite) to "
+                "replace its files with this checkpoint in one new commit"
+            )
         created = False
         try:
             if not exists:
@@ -226,7 +266,9 @@ def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private
             if revision not in (None, "main"):
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
             info = api.upload_folder(
-                repo_id=repo_id, folder_path=folder, revision=revision,
+                repo_id=repo_id,
+                folder_path=folder,
+                revision=revision,
                 commit_message=commit_message or f"Upload InfoQ mixed-precision checkpoint ({_card_bits(card_text)})",
                 delete_patterns="*" if exists else None,  # overwrite: drop stale files, in the same commit
             )
@@ -242,7 +284,8 @@ def push_to_hub(model_or_dir, repo_id: str, *, token: str | None = None, private
                     cleanup = f" The repo {repo_id} was created but holds no model files; retry with overwrite=True."
             raise HubPublishError(
                 f"pushing to {repo_id} at {endpoint} failed ({_describe(e)}). The upload is a single atomic commit, "
-                f"so none of its files were stored and nothing was published.{cleanup}") from e
+                f"so none of its files were stored and nothing was published.{cleanup}"
+            ) from e
     return info
 
 
@@ -252,8 +295,15 @@ def _card_bits(card_text: str) -> str:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_from_hub(repo_id: str, revision: str | None = None, *, model: nn.Module | None = None,
-                  token: str | None = None, cache_dir: str | os.PathLike | None = None, **create_kwargs) -> nn.Module:
+def load_from_hub(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    model: nn.Module | None = None,
+    token: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    **create_kwargs,
+) -> nn.Module:
     """Download a pushed infoq checkpoint (at `revision`: branch, tag or commit sha) and load it.
 
     timm checkpoints rebuild their architecture; plain PyTorch ones load into the float `model` you
@@ -264,8 +314,10 @@ def load_from_hub(repo_id: str, revision: str | None = None, *, model: nn.Module
     directory = Path(snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir))
     model_config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
     if not (directory / INFOQ_CONFIG_NAME).is_file() and "quantization_config" not in model_config:
-        raise ValueError(f"{repo_id} (revision {revision or 'main'}) is not an infoq checkpoint: it has neither "
-                         f"{INFOQ_CONFIG_NAME} nor a quantization_config")
+        raise ValueError(
+            f"{repo_id} (revision {revision or 'main'}) is not an infoq checkpoint: it has neither "
+            f"{INFOQ_CONFIG_NAME} nor a quantization_config"
+        )
     kind = _checkpoint_kind(model_config)
     if kind == "transformers":
         if model is not None:
@@ -274,13 +326,28 @@ def load_from_hub(repo_id: str, revision: str | None = None, *, model: nn.Module
     from .integrations.timm import load_quantized
 
     if kind == "pytorch" and model is None:
-        raise ValueError(f"{repo_id} holds a plain PyTorch checkpoint; pass model= (a float instance of its "
-                         "architecture) to load it into")
+        raise ValueError(
+            f"{repo_id} holds a plain PyTorch checkpoint; pass model= (a float instance of its "
+            "architecture) to load it into"
+        )
     return load_quantized(directory, model=model, **create_kwargs)
 
 
 __all__ = [
-    "CheckpointInfo", "HubPublishError", "MissingTokenError", "ModelCardError", "RepoExistsError", "TokenRefusedError",
-    "card_context", "check_model_card", "load_from_hub", "prepare_upload_folder", "push_to_hub",
-    "read_checkpoint", "render_model_card", "resolve_token", "write_model_card", "write_plots",
+    "CheckpointInfo",
+    "HubPublishError",
+    "MissingTokenError",
+    "ModelCardError",
+    "RepoExistsError",
+    "TokenRefusedError",
+    "card_context",
+    "check_model_card",
+    "load_from_hub",
+    "prepare_upload_folder",
+    "push_to_hub",
+    "read_checkpoint",
+    "render_model_card",
+    "resolve_token",
+    "write_model_card",
+    "write_plots",
 ]

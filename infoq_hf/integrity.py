@@ -36,8 +36,10 @@ class IntegrityError(ValueError):
 def _read_header(handle, path) -> tuple[dict, int]:
     raw_len = handle.read(8)
     if len(raw_len) != 8:
-        raise ValueError(f"{path} is not a safetensors file (shorter than its 8-byte header length); "
-                         "save or download the checkpoint again")
+        raise ValueError(
+            f"{path} is not a safetensors file (shorter than its 8-byte header length); "
+            "save or download the checkpoint again"
+        )
     (n,) = struct.unpack("<Q", raw_len)
     if n > _MAX_HEADER:
         raise ValueError(f"{path} is not a safetensors file (header length {n}); save or download it again")
@@ -143,8 +145,10 @@ def _digests_in(header: dict, path) -> dict[str, str] | None:
     except json.JSONDecodeError:
         digests = None
     if not isinstance(digests, dict):
-        raise IntegrityError(f"{path}: its {DIGEST_METADATA!r} header entry is not a JSON object of digests; "
-                             "the file is corrupt: save or download the checkpoint again")
+        raise IntegrityError(
+            f"{path}: its {DIGEST_METADATA!r} header entry is not a JSON object of digests; "
+            "the file is corrupt: save or download the checkpoint again"
+        )
     return digests
 
 
@@ -158,26 +162,34 @@ def verify_safetensors(path: str | os.PathLike) -> bool:
         header, data_start = _read_header(handle, path)
         digests = _digests_in(header, path)
         if digests is None:
-            logger.warning("%s holds no tensor digests (saved by an older infoq-hf or another tool): its tensors "
-                           "are loaded unchecked. Save it again to add them.", path)
+            logger.warning(
+                "%s holds no tensor digests (saved by an older infoq-hf or another tool): its tensors "
+                "are loaded unchecked. Save it again to add them.",
+                path,
+            )
             return False
         spans = _tensors_by_offset(header)
         keys = {key for key, _, _ in spans}
         if not keys <= set(digests):  # more digests than tensors: a shard, or a tie transformers stores once
             odd = sorted(keys - set(digests))
-            raise IntegrityError(f"{path}: tensors {odd[:5]} are stored without a saved digest; the file was "
-                                 "altered after it was saved: save or download the checkpoint again")
+            raise IntegrityError(
+                f"{path}: tensors {odd[:5]} are stored without a saved digest; the file was "
+                "altered after it was saved: save or download the checkpoint again"
+            )
         for key, start, end in spans:
             handle.seek(data_start + start)
             try:
                 got = _hash_span(handle, end - start)
             except ValueError:
-                raise IntegrityError(f"{path}: tensor {key!r} is cut short; the file is truncated: save or "
-                                     "download the checkpoint again") from None
+                raise IntegrityError(
+                    f"{path}: tensor {key!r} is cut short; the file is truncated: save or download the checkpoint again"
+                ) from None
             if got != digests[key]:
-                raise IntegrityError(f"{path}: tensor {key!r} does not match the digest saved with it (its bytes "
-                                     "changed after the save: a corrupt disk or download, or an edit); save or "
-                                     "download the checkpoint again")
+                raise IntegrityError(
+                    f"{path}: tensor {key!r} does not match the digest saved with it (its bytes "
+                    "changed after the save: a corrupt disk or download, or an edit); save or "
+                    "download the checkpoint again"
+                )
     return True
 
 
@@ -188,5 +200,12 @@ def verify_checkpoint_files(files) -> None:
             verify_safetensors(f)
 
 
-__all__ = ["DIGEST_METADATA", "SKIP_ENV", "IntegrityError", "seal_safetensors", "stored_digests", "verify_checkpoint_files",
-           "verify_safetensors"]
+__all__ = [
+    "DIGEST_METADATA",
+    "SKIP_ENV",
+    "IntegrityError",
+    "seal_safetensors",
+    "stored_digests",
+    "verify_checkpoint_files",
+    "verify_safetensors",
+]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 
 try:  # the parser `re` itself uses (named sre_parse before Python 3.11)
-    from re import _constants as sre, _parser as sre_parse  # noqa: PLC2701
+    from re import _constants as sre  # noqa: PLC2701
+    from re import _parser as sre_parse
 except ImportError:  # pragma: no cover
     import sre_constants as sre  # type: ignore[no-redef]
     import sre_parse  # type: ignore[no-redef]
@@ -26,9 +27,12 @@ def _word(ch: str) -> bool:
 
 
 _CATEGORIES = {
-    sre.CATEGORY_DIGIT: str.isdecimal, sre.CATEGORY_NOT_DIGIT: lambda c: not c.isdecimal(),
-    sre.CATEGORY_WORD: _word, sre.CATEGORY_NOT_WORD: lambda c: not _word(c),
-    sre.CATEGORY_SPACE: str.isspace, sre.CATEGORY_NOT_SPACE: lambda c: not c.isspace(),
+    sre.CATEGORY_DIGIT: str.isdecimal,
+    sre.CATEGORY_NOT_DIGIT: lambda c: not c.isdecimal(),
+    sre.CATEGORY_WORD: _word,
+    sre.CATEGORY_NOT_WORD: lambda c: not _word(c),
+    sre.CATEGORY_SPACE: str.isspace,
+    sre.CATEGORY_NOT_SPACE: lambda c: not c.isspace(),
 }
 
 
@@ -54,8 +58,9 @@ class LinearRegex:
     def _new(self, **kwargs) -> _State:
         self._count += 1
         if self._count > MAX_STATES:
-            raise re.error(f"the pattern is too large (over {MAX_STATES} automaton states); write it without "
-                           "large {m,n} repeats")
+            raise re.error(
+                f"the pattern is too large (over {MAX_STATES} automaton states); write it without large {{m,n}} repeats"
+            )
         return _State(**kwargs)
 
     def _sequence(self, items, nxt: _State) -> _State:
@@ -96,8 +101,10 @@ class LinearRegex:
             return self._new(at="^", out=[nxt])
         if op is sre.AT and arg in (sre.AT_END, sre.AT_END_STRING):
             return self._new(at="$", out=[nxt])
-        raise re.error(f"{str(op).lower()} (back-references, look-arounds, word boundaries) is not supported in a "
-                       "policy pattern: it cannot be matched in linear time")
+        raise re.error(
+            f"{str(op).lower()} (back-references, look-arounds, word boundaries) is not supported in a "
+            "policy pattern: it cannot be matched in linear time"
+        )
 
     def _char_class(self, items):
         negate, tests = False, []

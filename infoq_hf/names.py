@@ -25,7 +25,7 @@ def compile_regex(pattern: str) -> LinearRegex:
     """The regex of a `re:` pattern, matched in linear time (a pattern may come from a downloaded
     config.json); ValueError naming the pattern when it does not compile or is not supported."""
     try:
-        return LinearRegex(pattern[len(REGEX_PREFIX):])
+        return LinearRegex(pattern[len(REGEX_PREFIX) :])
     except re.error as e:
         raise ValueError(f"name pattern {pattern!r} is not a valid regex: {e}") from None
 
@@ -60,5 +60,13 @@ def any_matches(patterns: Iterable[str], name: str) -> bool:
     return any(name_matches(p, name) for p in patterns)
 
 
-__all__ = ["REGEX_PREFIX", "any_matches", "compile_regex", "is_regex", "matching_names", "name_matches",
-           "suffix_related", "unique_match"]
+__all__ = [
+    "REGEX_PREFIX",
+    "any_matches",
+    "compile_regex",
+    "is_regex",
+    "matching_names",
+    "name_matches",
+    "suffix_related",
+    "unique_match",
+]

@@ -59,11 +59,12 @@ def _as_policy(policy) -> BitPolicy:
 
 
 def _short(name: str, width: int = 40) -> str:
-    return name if len(name) <= width else "…" + name[-(width - 1):]
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
 
 
-def plot_bits_per_layer(policy: BitPolicy | Mapping, path: str | Path,
-                        params: Mapping[str, int] | None = None, title: str | None = None) -> Path:
+def plot_bits_per_layer(
+    policy: BitPolicy | Mapping, path: str | Path, params: Mapping[str, int] | None = None, title: str | None = None
+) -> Path:
     """Bar chart of each layer's weight bits, in model order; bar colour = bits. With `params`
     (layer -> parameter count) the title also gives the parameter-weighted average."""
     plt = _pyplot()
@@ -94,8 +95,9 @@ def plot_bits_per_layer(policy: BitPolicy | Mapping, path: str | Path,
     return _save(fig, path)
 
 
-def plot_sensitivity_heatmap(table: SensitivityTable, path: str | Path, policy: BitPolicy | Mapping | None = None,
-                             title: str | None = None) -> Path:
+def plot_sensitivity_heatmap(
+    table: SensitivityTable, path: str | Path, policy: BitPolicy | Mapping | None = None, title: str | None = None
+) -> Path:
     """Heatmap of weight sensitivity (log10, lower is better) with layers as rows and candidate bits as
     columns; the chosen bits of `policy` are outlined."""
     plt = _pyplot()
@@ -125,8 +127,13 @@ def plot_sensitivity_heatmap(table: SensitivityTable, path: str | Path, policy: 
             if name in chosen and chosen[name] in bits:
                 col = bits.index(chosen[name])
                 ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="tab:cyan", lw=1.5))
-    fit_title(fig, ax, title or f"{table.method} sensitivity per layer and bit-width"
-              + (" (outlined: chosen)" if policy is not None else ""))
+    fit_title(
+        fig,
+        ax,
+        title
+        or f"{table.method} sensitivity per layer and bit-width"
+        + (" (outlined: chosen)" if policy is not None else ""),
+    )
     return _save(fig, path)
 
 
@@ -155,14 +162,28 @@ def chosen_report(table: SensitivityTable, policy: BitPolicy | Mapping):
     assignment = {n: (lb.w_bits, lb.a_bits) for n, lb in resolved.items()}
     t = totals(table, assignment)
     return AllocationReport(
-        objective=objective(table, assignment, 1.0, False), size_bytes=t.size_bytes, bitops=t.bitops,
-        avg_bits=t.avg_bits, compression=t.compression, solver="given", solve_time_s=0.0, mip_gap=0.0,
-        status="given", budget=Budget(avg_bits=t.avg_bits),
+        objective=objective(table, assignment, 1.0, False),
+        size_bytes=t.size_bytes,
+        bitops=t.bitops,
+        avg_bits=t.avg_bits,
+        compression=t.compression,
+        solver="given",
+        solve_time_s=0.0,
+        mip_gap=0.0,
+        status="given",
+        budget=Budget(avg_bits=t.avg_bits),
     )
 
 
-def plot_pareto_curve(table: SensitivityTable, path: str | Path, chosen: BitPolicy | Mapping | None = None, *,
-                      points: int = 12, title: str | None = None, **allocate_kwargs) -> Path:
+def plot_pareto_curve(
+    table: SensitivityTable,
+    path: str | Path,
+    chosen: BitPolicy | Mapping | None = None,
+    *,
+    points: int = 12,
+    title: str | None = None,
+    **allocate_kwargs,
+) -> Path:
     """Total sensitivity vs model size: one optimal allocation per average-bits budget from the smallest
     to the largest candidate width (`allocation.pareto_sweep`), drawn by `allocation.plot_pareto`, with
     the `chosen` policy marked (its cost computed from the table when it carries no report)."""

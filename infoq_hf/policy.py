@@ -183,7 +183,9 @@ class Budget:
             if v is not None and not (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf")):
                 raise ValueError(f"Budget.{k} must be a positive finite number, got {v!r}")
         if self.compression is not None and self.compression < 1:
-            raise ValueError(f"Budget.compression is fp32 bytes / packed bytes and must be >= 1, got {self.compression}")
+            raise ValueError(
+                f"Budget.compression is fp32 bytes / packed bytes and must be >= 1, got {self.compression}"
+            )
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

@@ -35,9 +35,19 @@ from .integrations.transformers import quantization_result
 from .sensitivity.table import SensitivityTable
 
 
-def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer=None, table: SensitivityTable | None = None,
-         policy=None, config=None, summary: Mapping | None = None, base_model: str | None = None,
-         metrics: Sequence[Mapping] | None = None, max_shard_size: int | str | None = None) -> Path:
+def save(
+    model: nn.Module,
+    folder: str | os.PathLike,
+    *,
+    tokenizer=None,
+    table: SensitivityTable | None = None,
+    policy=None,
+    config=None,
+    summary: Mapping | None = None,
+    base_model: str | None = None,
+    metrics: Sequence[Mapping] | None = None,
+    max_shard_size: int | str | None = None,
+) -> Path:
     """Save a packed model with its tokenizer, summary, sensitivity table, plots and model card.
 
     model: an InfoQ transformers model (quantized on load, by `quantize_pretrained`, or loaded from an
@@ -62,9 +72,18 @@ def save(model: nn.Module, folder: str | os.PathLike, *, tokenizer=None, table: 
     if table is None and (result is None or result.table is None) and beside.is_file():
         table = SensitivityTable.load(beside)
     with atomic_checkpoint(folder) as staging:
-        info = write_checkpoint_folder(model, staging, tokenizer=tokenizer, table=table, policy=policy, config=config,
-                                       summary=summary, base_model=base_model, metrics=metrics,
-                                       max_shard_size=max_shard_size)
+        info = write_checkpoint_folder(
+            model,
+            staging,
+            tokenizer=tokenizer,
+            table=table,
+            policy=policy,
+            config=config,
+            summary=summary,
+            base_model=base_model,
+            metrics=metrics,
+            max_shard_size=max_shard_size,
+        )
         write_model_card(staging, info, card_location(folder), base_model=base_model)
     return Path(folder)
 
@@ -75,10 +94,19 @@ def card_location(folder: str | os.PathLike) -> str:
     return Path(folder).as_posix() if not Path(folder).is_absolute() else Path(folder).name
 
 
-def write_checkpoint_folder(model: nn.Module, folder: Path, *, tokenizer=None, table=None, policy=None, config=None,
-                            summary: Mapping | None = None, base_model: str | None = None,
-                            metrics: Sequence[Mapping] | None = None,
-                            max_shard_size: int | str | None = None) -> CheckpointInfo:
+def write_checkpoint_folder(
+    model: nn.Module,
+    folder: Path,
+    *,
+    tokenizer=None,
+    table=None,
+    policy=None,
+    config=None,
+    summary: Mapping | None = None,
+    base_model: str | None = None,
+    metrics: Sequence[Mapping] | None = None,
+    max_shard_size: int | str | None = None,
+) -> CheckpointInfo:
     """Write the checkpoint, tokenizer, summary and table of `model` into the empty `folder` (no card)."""
     folder = Path(folder)
     _packed_layers_summary(model)  # refuses a model without packed layers before anything is written
@@ -86,9 +114,11 @@ def write_checkpoint_folder(model: nn.Module, folder: Path, *, tokenizer=None, t
         qcfg = getattr(model.config, "quantization_config", None)
         qdict = qcfg.to_dict() if hasattr(qcfg, "to_dict") else qcfg
         if not qdict or qdict.get("quant_method") != "infoq":
-            raise ValueError("this transformers model was not quantized with InfoQ through transformers; quantize it "
-                             "with from_pretrained(..., quantization_config=InfoQConfig(...)) or "
-                             "infoq_hf.quantize_pretrained(model, config) before saving it with infoq_hf.save")
+            raise ValueError(
+                "this transformers model was not quantized with InfoQ through transformers; quantize it "
+                "with from_pretrained(..., quantization_config=InfoQConfig(...)) or "
+                "infoq_hf.quantize_pretrained(model, config) before saving it with infoq_hf.save"
+            )
         model.save_pretrained(folder, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
     else:
         write_quantized(model, folder, policy, config=config)
@@ -127,9 +157,15 @@ def is_transformers_model(model) -> bool:
     return hasattr(model, "save_pretrained") and hasattr(model, "config") and not is_timm_model(model)
 
 
-def write_summary_and_table(model: nn.Module, folder: Path, table: SensitivityTable | None = None, *,
-                            summary: Mapping | None = None, base_model: str | None = None,
-                            metrics: Sequence[Mapping] | None = None) -> SensitivityTable | None:
+def write_summary_and_table(
+    model: nn.Module,
+    folder: Path,
+    table: SensitivityTable | None = None,
+    *,
+    summary: Mapping | None = None,
+    base_model: str | None = None,
+    metrics: Sequence[Mapping] | None = None,
+) -> SensitivityTable | None:
     """Beside a checkpoint just saved from `model`: `infoq_summary.json` (the run's summary, the measured
     sizes, the layer sizes, the float model's Hub id, name, license and pipeline_tag where known) and the
     sensitivity table (`table`, else the run's). Returns the table."""
@@ -143,8 +179,16 @@ def write_summary_and_table(model: nn.Module, folder: Path, table: SensitivityTa
         # loaded from an InfoQ checkpoint: keep what its own files said about its float model and its run
         saved = _checkpoint_file(source, SUMMARY_FILE)
         prior = _read_json(saved) if saved is not None else {}
-        for key in ("base_model", "model_name", "license", "pipeline_tag", "metrics", "method", "calibration",
-                    "allocation"):
+        for key in (
+            "base_model",
+            "model_name",
+            "license",
+            "pipeline_tag",
+            "metrics",
+            "method",
+            "calibration",
+            "allocation",
+        ):
             if prior.get(key) is not None:
                 record.setdefault(key, prior[key])
         saved_table = _checkpoint_file(source, TABLE_FILE) if table is None else None

@@ -26,8 +26,9 @@ OWN_FILES = re.compile(
 )
 
 
-def checkpoint_files(folder: Path, include: Iterable[str] = (), *, regenerated: Iterable[str] = ()) -> tuple[
-        list[Path], list[str]]:
+def checkpoint_files(
+    folder: Path, include: Iterable[str] = (), *, regenerated: Iterable[str] = ()
+) -> tuple[list[Path], list[str]]:
     """(entries to upload, names left out) of `folder`: its own files and those named in `include`;
     hidden entries and `regenerated` names (the card and plots, written afresh) are neither."""
     include, regenerated = set(include), set(regenerated)
@@ -41,16 +42,20 @@ def checkpoint_files(folder: Path, include: Iterable[str] = (), *, regenerated: 
             continue
         if path.is_symlink():
             if name in include:
-                raise ValueError(f"{path} is a symbolic link; a push never follows links: copy the file into the "
-                                 "folder instead")
+                raise ValueError(
+                    f"{path} is a symbolic link; a push never follows links: copy the file into the folder instead"
+                )
             left_out.append(name)
         elif (OWN_FILES.match(name) and path.is_file()) or name in include:
             keep.append(path)
         else:
             left_out.append(name)
     if left_out:
-        logger.warning("push leaves out what is not part of the checkpoint in %s: %s; name them in include=[...] "
-                       "to upload them", folder, left_out)
+        logger.warning(
+            "push leaves out what is not part of the checkpoint in %s: %s; name them in include=[...] to upload them",
+            folder,
+            left_out,
+        )
     return keep, left_out
 
 

@@ -79,41 +79,49 @@ def vllm_problems(quantization_config: Mapping, shapes: Mapping[str, tuple], ker
     for group_name, group in qc.get("config_groups", {}).items():
         fmt = group.get("format") or qc.get("format")
         for target in group.get("targets", []):
-            schemes[target] = dict(group.get("weights") or {}, format=fmt,
-                                   input_activations=group.get("input_activations"))
+            schemes[target] = dict(
+                group.get("weights") or {}, format=fmt, input_activations=group.get("input_activations")
+            )
     ignored = set(qc.get("ignore", []))
     for name, scheme in schemes.items():
         problems += _scheme_problems(name, scheme, shapes, kernels)
     for group in fused_groups(list(schemes) + [n for n in ignored if n not in schemes]):
         quantized = [n for n in group if n in schemes]
         if quantized and len(quantized) < len(group):
-            problems.append(f"fused layers {list(group)}: {sorted(set(group) - set(quantized))} are float but "
-                            f"{quantized} are quantized; vLLM runs them as one matmul and refuses a partly "
-                            "quantized one. Quantize all of them or none")
+            problems.append(
+                f"fused layers {list(group)}: {sorted(set(group) - set(quantized))} are float but "
+                f"{quantized} are quantized; vLLM runs them as one matmul and refuses a partly "
+                "quantized one. Quantize all of them or none"
+            )
             continue
         if not quantized:
             continue
         keys = {n: _scheme_key(schemes[n]) for n in group}
         if len(set(keys.values())) > 1:
             widths = ", ".join(f"{n.rpartition('.')[2]}={_describe(schemes[n])}" for n in group)
-            problems.append(f"fused layers {list(group)} have different schemes ({widths}); vLLM runs them as one "
-                            "matmul with the first one's scheme. Give them one width (tie them in the allocation: "
-                            "vllm_allocation_constraints)")
+            problems.append(
+                f"fused layers {list(group)} have different schemes ({widths}); vLLM runs them as one "
+                "matmul with the first one's scheme. Give them one width (tie them in the allocation: "
+                "vllm_allocation_constraints)"
+            )
         elif not schemes[group[0]].get("symmetric", True):
             bits = schemes[group[0]].get("num_bits")
             odd = [n for n in group if _out(shapes, n) is not None and _out(shapes, n) * bits % 32]
             if odd:
-                problems.append(f"fused layers {list(group)}: asymmetric {bits}-bit zero points of {odd} end inside "
-                                "a 32-bit word (out_features * bits not a multiple of 32), which vLLM's fused "
-                                "loader cannot slice. Use symmetric quantization or another width for them")
+                problems.append(
+                    f"fused layers {list(group)}: asymmetric {bits}-bit zero points of {odd} end inside "
+                    "a 32-bit word (out_features * bits not a multiple of 32), which vLLM's fused "
+                    "loader cannot slice. Use symmetric quantization or another width for them"
+                )
     return problems
 
 
 def checkpoint_shapes(tensors: Mapping) -> dict[str, tuple]:
     """The `shapes` argument of `vllm_problems` from {name: tensor}: each tensor's shape, and the value of
     every `*.weight_shape`."""
-    return {k: tuple(int(d) for d in (t.tolist() if k.endswith(".weight_shape") else t.shape))
-            for k, t in tensors.items()}
+    return {
+        k: tuple(int(d) for d in (t.tolist() if k.endswith(".weight_shape") else t.shape)) for k, t in tensors.items()
+    }
 
 
 def _scheme_problems(name: str, w: Mapping, shapes: Mapping, kernels: str) -> list[str]:
@@ -123,24 +131,32 @@ def _scheme_problems(name: str, w: Mapping, shapes: Mapping, kernels: str) -> li
     if w.get("format") != "pack-quantized":
         return [f"{where}: format {w.get('format')!r}; vLLM's WNA16 scheme reads 'pack-quantized'"]
     if w.get("input_activations"):
-        return [f"{where}: quantized input activations; vLLM's WNA16 scheme is weight-only. Re-quantize with a_bits=None"]
+        return [
+            f"{where}: quantized input activations; vLLM's WNA16 scheme is weight-only. Re-quantize with a_bits=None"
+        ]
     if w.get("type", "int") != "int" or w.get("dynamic"):
         return [f"{where}: weights type={w.get('type')!r} dynamic={w.get('dynamic')!r}; WNA16 needs static int weights"]
     if strategy not in ("group", "channel"):
-        return [f"{where}: strategy {strategy!r}; vLLM's WNA16 scheme takes 'group' or 'channel' only (export with "
-                "target='vllm', which writes asymmetric layers as 'group' with packed zero points)"]
+        return [
+            f"{where}: strategy {strategy!r}; vLLM's WNA16 scheme takes 'group' or 'channel' only (export with "
+            "target='vllm', which writes asymmetric layers as 'group' with packed zero points)"
+        ]
     if strategy == "group" and not (isinstance(group_size, int) and group_size > 0):
         return [f"{where}: strategy 'group' without a positive group_size"]
     if w.get("actorder") in ("group", "dynamic"):
         return [f"{where}: actorder {w.get('actorder')!r} is refused by vLLM; use static or no activation ordering"]
     if bits not in allowed_bits(kernels, symmetric):
-        return [f"{where}: {bits}-bit {'symmetric' if symmetric else 'asymmetric'} weights; vLLM's "
-                f"{'Marlin kernel runs' if kernels == 'marlin' else 'kernels run'} {list(allowed_bits(kernels, symmetric))} "
-                "bits here. Re-allocate with those widths (vllm_allocation_constraints)"]
+        return [
+            f"{where}: {bits}-bit {'symmetric' if symmetric else 'asymmetric'} weights; vLLM's "
+            f"{'Marlin kernel runs' if kernels == 'marlin' else 'kernels run'} {list(allowed_bits(kernels, symmetric))} "
+            "bits here. Re-allocate with those widths (vllm_allocation_constraints)"
+        ]
     gs = -1 if strategy == "channel" else group_size
     if kernels == "marlin" and gs not in MARLIN_GROUP_SIZES:
-        return [f"{where}: group size {gs}; Marlin takes {list(MARLIN_GROUP_SIZES)} (-1 = per channel). "
-                "Re-quantize with group_size 32, 64 or 128"]
+        return [
+            f"{where}: group size {gs}; Marlin takes {list(MARLIN_GROUP_SIZES)} (-1 = per channel). "
+            "Re-quantize with group_size 32, 64 or 128"
+        ]
     return _tensor_problems(name, bits, gs, symmetric, shapes)
 
 

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from infoq_hf.checkpoint import WEIGHTS_NAME
 from infoq_hf.card import checkpoint_files
+from infoq_hf.checkpoint import WEIGHTS_NAME
 from infoq_hf.hub import card_context, check_model_card, read_checkpoint, render_model_card, write_plots
 
 HERE = Path(__file__).parent
@@ -33,8 +33,14 @@ def demo_metrics(folder: Path) -> list[dict]:
         return []
     r = json.loads(results.read_text())
     data = f"perplexity on held-out Shakespeare tragedies (benchmarks.demo; {r['machine']})"
-    return [{"metric": "perplexity (fp32 weights from a Q4_1 GGUF)", "data": data, "quantized": r["ppl_infoq"],
-             "float": r["ppl_fp32"]}]
+    return [
+        {
+            "metric": "perplexity (fp32 weights from a Q4_1 GGUF)",
+            "data": data,
+            "quantized": r["ppl_infoq"],
+            "float": r["ppl_fp32"],
+        }
+    ]
 
 
 def main(folder: str) -> Path:
@@ -48,9 +54,14 @@ def main(folder: str) -> Path:
         for kind, name in written.items():
             shutil.copy(Path(tmp) / name, HERE / plots[kind])
     weights = folder / WEIGHTS_NAME
-    context = card_context(info, REPO_ID, base_model=BASE_MODEL, plots=plots,
-                           weights_bytes=weights.stat().st_size if weights.is_file() else None,
-                           files=checkpoint_files(folder))
+    context = card_context(
+        info,
+        REPO_ID,
+        base_model=BASE_MODEL,
+        plots=plots,
+        weights_bytes=weights.stat().st_size if weights.is_file() else None,
+        files=checkpoint_files(folder),
+    )
     text = render_model_card(context)
     check_model_card(text, {"base_model": BASE_MODEL, "base_model_relation": "quantized"})
     path = HERE / f"{NAME}.md"

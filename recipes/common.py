@@ -92,7 +92,7 @@ def fashion_mnist(subsample_train: int | None = None, subsample_test: int | None
 
 
 def tuple_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
 
 
 @torch.no_grad()
@@ -103,9 +103,9 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 5
     device = device or next(model.parameters(), torch.empty(0)).device
     correct = 0
     for i in range(0, len(y), batch_size):
-        logits = model(x[i:i + batch_size].to(device))
+        logits = model(x[i : i + batch_size].to(device))
         logits = getattr(logits, "logits", logits)
-        correct += int((logits.argmax(-1).cpu() == y[i:i + batch_size]).sum())
+        correct += int((logits.argmax(-1).cpu() == y[i : i + batch_size]).sum())
     model.train(was_training)
     return 100.0 * correct / max(len(y), 1)
 
@@ -116,7 +116,9 @@ def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = Non
 
     api = HfApi(token=token)
     api.create_repo(repo_id, exist_ok=True, private=private)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="InfoQ mixed-precision checkpoint")
+    info = api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, commit_message="InfoQ mixed-precision checkpoint"
+    )
     return getattr(info, "commit_url", str(info))
 
 
@@ -125,8 +127,18 @@ def write_json(path: str | os.PathLike, data) -> None:
     Path(path).write_text(json.dumps(data, indent=1))
 
 
-def save_table_and_allocate(accelerator, table, out, avg_bits: float, solver: str = "auto", *, model=None,
-                            calibration=None, refine_passes: int = 0, progress: bool = True):
+def save_table_and_allocate(
+    accelerator,
+    table,
+    out,
+    avg_bits: float,
+    solver: str = "auto",
+    *,
+    model=None,
+    calibration=None,
+    refine_passes: int = 0,
+    progress: bool = True,
+):
     """Every process, after the search: allocate `avg_bits` (refined on `model` over `calibration` with
     the candidates split over the processes when `refine_passes` > 0); the main process writes the table
     (under the name `infoq report` and the model card read) and policy.json."""

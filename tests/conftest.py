@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-
 from hub_fixtures import hub_server  # noqa: F401  (the loopback Hub fixture)
 
 
@@ -24,13 +23,30 @@ def _seed(seed: int | None) -> None:
 
 
 # ----------------------------------------------------------------------------- Llama
-def tiny_llama_config(*, vocab: int = 128, hidden: int = 64, intermediate: int = 128, layers: int = 2, heads: int = 4,
-                      kv_heads: int = 2, pad_token_id: int | None = 0, **config):
+def tiny_llama_config(
+    *,
+    vocab: int = 128,
+    hidden: int = 64,
+    intermediate: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    pad_token_id: int | None = 0,
+    **config,
+):
     """A 2-layer, 64-wide Llama config with grouped-query attention (4 heads, 2 key/value heads)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=kv_heads, pad_token_id=pad_token_id, **config)
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        pad_token_id=pad_token_id,
+        **config,
+    )
 
 
 def tiny_llama(*, seed: int | None = 0, **config):
@@ -70,17 +86,20 @@ def make_tiny_llama(directory: Path) -> Path:
     text = make_calibration_text(directory.parent / f"{directory.name}-vocab.txt").read_text()
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(text.splitlines(),
-                            trainers.WordLevelTrainer(vocab_size=250, special_tokens=["<pad>", "<unk>", "</s>"]))
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="<pad>") \
-        .save_pretrained(directory)
+    tok.train_from_iterator(
+        text.splitlines(), trainers.WordLevelTrainer(vocab_size=250, special_tokens=["<pad>", "<unk>", "</s>"])
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="<pad>"
+    ).save_pretrained(directory)
     tiny_llama(vocab=256, eos_token_id=2, bos_token_id=None).save_pretrained(directory)
     return directory
 
 
 # ----------------------------------------------------------------------------- GPT-2, BERT, ViT
-def tiny_gpt2_config(*, vocab: int = 64, hidden: int = 32, layers: int = 1, heads: int = 2, positions: int = 32,
-                     **config):
+def tiny_gpt2_config(
+    *, vocab: int = 64, hidden: int = 32, layers: int = 1, heads: int = 2, positions: int = 32, **config
+):
     """A 1-layer, 32-wide GPT-2 config (its projections are transformers' transposed `Conv1D`)."""
     from transformers import GPT2Config
 
@@ -96,23 +115,46 @@ def tiny_gpt2(*, seed: int | None = 0, lm_head: bool = True, **config):
     return (GPT2LMHeadModel if lm_head else GPT2Model)(cfg).eval()
 
 
-def tiny_bert_config(*, vocab: int = 256, hidden: int = 128, layers: int = 2, heads: int = 4, intermediate: int = 256,
-                     **config):
+def tiny_bert_config(
+    *, vocab: int = 256, hidden: int = 128, layers: int = 2, heads: int = 4, intermediate: int = 256, **config
+):
     """A 2-layer, 128-wide BERT config."""
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                      intermediate_size=intermediate, **config)
+    return BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        **config,
+    )
 
 
-def tiny_vit_config(*, hidden: int = 8, layers: int = 1, heads: int = 2, intermediate: int = 8, image_size: int = 32,
-                    patch_size: int = 16, num_labels: int = 3, **config):
+def tiny_vit_config(
+    *,
+    hidden: int = 8,
+    layers: int = 1,
+    heads: int = 2,
+    intermediate: int = 8,
+    image_size: int = 32,
+    patch_size: int = 16,
+    num_labels: int = 3,
+    **config,
+):
     """A 1-layer, 8-wide ViT classifier config on 32x32 images."""
     from transformers import ViTConfig
 
-    return ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=intermediate, image_size=image_size, patch_size=patch_size,
-                     num_labels=num_labels, **config)
+    return ViTConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        image_size=image_size,
+        patch_size=patch_size,
+        num_labels=num_labels,
+        **config,
+    )
 
 
 def tiny_vit(*, seed: int | None = 0, **config):
@@ -125,8 +167,14 @@ def tiny_vit(*, seed: int | None = 0, **config):
 
 
 # ----------------------------------------------------------------------------- timm
-def tiny_timm(architecture: str = "test_resnet", *, num_classes: int = 10, seed: int | None = 0,
-              directory: Path | None = None, **create_kwargs) -> nn.Module:
+def tiny_timm(
+    architecture: str = "test_resnet",
+    *,
+    num_classes: int = 10,
+    seed: int | None = 0,
+    directory: Path | None = None,
+    **create_kwargs,
+) -> nn.Module:
     """A randomly initialised timm model (`test_resnet`: timm's own tiny test net), saved with
     `timm.models.save_for_hf` into `directory` when one is given."""
     import timm
@@ -146,8 +194,15 @@ def small_cnn() -> nn.Sequential:
     """Three convolutions and a 4-class head on 1x12x12 inputs (see `labelled_batches`)."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
     ).eval()
 
 

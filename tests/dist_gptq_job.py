@@ -35,15 +35,22 @@ def run(out: str, use_accelerate: bool) -> None:
     model = tiny_llama(vocab=96, layers=2, pad_token_id=None, max_position_embeddings=64)
     names = [n for n in quantizable_layers(model) if n != "lm_head"]
     widths = {n: (2, 3, 4, 8) for n in names}
-    kw = dict(scheme=PackingScheme(group_size=32), options={"act_order": True}, progress=False,
-              accelerator=accelerator)
-    runs = {"float": gptq_candidates(model, widths, lm_batches(), **kw),
-            "prefix": gptq_candidates(model, widths, lm_batches(), prefix_bits={n: (3, 2)[i % 2] for i, n in
-                                                                                enumerate(names)}, **kw)}
+    kw = dict(scheme=PackingScheme(group_size=32), options={"act_order": True}, progress=False, accelerator=accelerator)
+    runs = {
+        "float": gptq_candidates(model, widths, lm_batches(), **kw),
+        "prefix": gptq_candidates(
+            model, widths, lm_batches(), prefix_bits={n: (3, 2)[i % 2] for i, n in enumerate(names)}, **kw
+        ),
+    }
     if accelerator is None or accelerator.is_main_process:
-        data = {k: {"ratios": c.error_ratio, "meta": c.meta,
-                    "rounded": {key: (r.packed, r.scale, r.zero_point) for key, r in c.rounded.items()}}
-                for k, c in runs.items()}
+        data = {
+            k: {
+                "ratios": c.error_ratio,
+                "meta": c.meta,
+                "rounded": {key: (r.packed, r.scale, r.zero_point) for key, r in c.rounded.items()},
+            }
+            for k, c in runs.items()
+        }
         torch.save(data, out)
     if accelerator is not None:
         torch.distributed.barrier()  # not wait_for_everyone: see dist_probe_job.py

@@ -43,8 +43,17 @@ def seeded_batches(n_batches: int, batch_size: int, classes: int = 10, size: int
     return batches
 
 
-def run(out: str, *, width: int, depth: int, n_batches: int, batch_size: int, directions: int, use_accelerate: bool,
-        refine: int = 0):
+def run(
+    out: str,
+    *,
+    width: int,
+    depth: int,
+    n_batches: int,
+    batch_size: int,
+    directions: int,
+    use_accelerate: bool,
+    refine: int = 0,
+):
     from infoq_hf import Budget, allocate
     from infoq_hf import refine as refine_policy
     from infoq_hf.sensitivity import search
@@ -58,13 +67,26 @@ def run(out: str, *, width: int, depth: int, n_batches: int, batch_size: int, di
     model = tiny_cnn(width, depth)
     batches = seeded_batches(n_batches, batch_size)
     started = time.perf_counter()
-    table = search(model, batches, bits=(2, 3, 4, 8), method="infoq", accelerator=accelerator, progress=False,
-                   num_directions=directions)
+    table = search(
+        model,
+        batches,
+        bits=(2, 3, 4, 8),
+        method="infoq",
+        accelerator=accelerator,
+        progress=False,
+        num_directions=directions,
+    )
     wall = time.perf_counter() - started
     policy = None
     if refine:  # candidates split over the processes; the result must not depend on how many
-        policy = refine_policy(allocate(table, Budget(avg_bits=3.0), pin_first_last=False), model, batches,
-                               passes=refine, accelerator=accelerator, progress=False)
+        policy = refine_policy(
+            allocate(table, Budget(avg_bits=3.0), pin_first_last=False),
+            model,
+            batches,
+            passes=refine,
+            accelerator=accelerator,
+            progress=False,
+        )
     if accelerator is None or accelerator.is_main_process:
         data = table.to_dict()
         if policy is not None:
@@ -92,8 +114,16 @@ def main(argv=None):
     p.add_argument("--no-accelerate", action="store_true", help="plain single process, no Accelerator at all")
     p.add_argument("--refine", type=int, default=0, help="refinement passes of an allocation at 3.0 average bits")
     a = p.parse_args(argv)
-    run(a.out, width=a.width, depth=a.depth, n_batches=a.batches, batch_size=a.batch_size,
-        directions=a.directions, use_accelerate=not a.no_accelerate, refine=a.refine)
+    run(
+        a.out,
+        width=a.width,
+        depth=a.depth,
+        n_batches=a.batches,
+        batch_size=a.batch_size,
+        directions=a.directions,
+        use_accelerate=not a.no_accelerate,
+        refine=a.refine,
+    )
 
 
 if __name__ == "__main__":

@@ -81,8 +81,10 @@ class GPTQOptions:
 
     def __post_init__(self):
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0.0 <= self.damp < 10.0:
-            raise ValueError(f"GPTQ damp must be a number in [0, 10) (a fraction of the mean Hessian diagonal, "
-                             f"e.g. 0.01), got {self.damp!r}")
+            raise ValueError(
+                f"GPTQ damp must be a number in [0, 10) (a fraction of the mean Hessian diagonal, "
+                f"e.g. 0.01), got {self.damp!r}"
+            )
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"GPTQ block_size must be a positive int (e.g. 128), got {self.block_size!r}")
         if not isinstance(self.act_order, bool):
@@ -106,19 +108,31 @@ class GPTQOptions:
 # ----------------------------------------------------------------------------- one weight matrix
 
 
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, *, damp: float = 0.01,
-                  block_size: int = 128, act_order: bool = False, where: str = "") -> QuantizedWeight:
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    scheme: WeightScheme,
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+    where: str = "",
+) -> QuantizedWeight:
     """Round `weight` [out, in] with GPTQ given the input Hessian `hessian` [in, in] (2 X^T X / N).
 
     Returns the same `QuantizedWeight` the RTN quantizer gives (codes in the original column order),
     so it packs with `_PackedWeightLayer.set_quantized`. `where` names the layer in errors."""
     GPTQOptions(damp, block_size, act_order)  # validates
     if weight.dim() != 2:
-        raise ValueError(f"layer {where!r}: gptq_quantize takes a 2-D weight [out, in], got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"layer {where!r}: gptq_quantize takes a 2-D weight [out, in], got shape {tuple(weight.shape)}"
+        )
     out, cols = weight.shape
     if tuple(hessian.shape) != (cols, cols):
-        raise ValueError(f"layer {where!r}: Hessian shape {tuple(hessian.shape)} does not match the weight's "
-                         f"input width {cols} (expected ({cols}, {cols}))")
+        raise ValueError(
+            f"layer {where!r}: Hessian shape {tuple(hessian.shape)} does not match the weight's "
+            f"input width {cols} (expected ({cols}, {cols}))"
+        )
     if not torch.isfinite(weight).all():
         raise ValueError(f"weight of layer {where!r} contains NaN or inf; fix the checkpoint before quantizing")
     if not torch.isfinite(hessian).all():
@@ -136,11 +150,17 @@ def _gptq(weight, hessian, scheme, damp, block_size, act_order, where) -> Quanti
     diag = H.diagonal()
     dead = diag == 0
     if dead.any():
-        logger.warning("layer %r: %d input channels are zero on every calibration sample; their weights are "
-                       "rounded to nearest (no error compensation)", where, int(dead.sum()))
+        logger.warning(
+            "layer %r: %d input channels are zero on every calibration sample; their weights are "
+            "rounded to nearest (no error compensation)",
+            where,
+            int(dead.sum()),
+        )
         diag[dead] = 1.0
     diag.add_(damp * float(diag.mean()))
-    order = torch.argsort(H.diagonal(), descending=True, stable=True) if act_order else torch.arange(cols, device=W.device)
+    order = (
+        torch.argsort(H.diagonal(), descending=True, stable=True) if act_order else torch.arange(cols, device=W.device)
+    )
     if act_order:
         W, H = W[:, order], H[order][:, order]
     try:  # the upper Cholesky factor of H^-1: row i holds the updates column i's error makes
@@ -196,7 +216,7 @@ def _sweep(W, U, codes, scale, zero, order, group_of, gsize, block, static, qmin
             col = i1 + i
             g = int(group_of[col])
             if not static and col % gsize == 0:  # the sweep reaches a new group: its parameters now
-                p = quantize_weight(W1[:, i:i + gsize].float(), group_scheme, where)
+                p = quantize_weight(W1[:, i : i + gsize].float(), group_scheme, where)
                 scale[:, g], zero[:, g] = p.scale[:, 0], _zero(p)[:, 0]
             s, z = scale[:, g], zero[:, g]
             q = torch.clamp(torch.round(W1[:, i].float() / s) + z, qmin, qmax)
@@ -241,13 +261,15 @@ class _HessianAccumulator:
             h, n = self.memo["h"], self.memo["n"]
         else:
             if not torch.isfinite(x).all():
-                raise ValueError(f"layer {self.name!r}: a calibration input contains NaN or inf; GPTQ needs finite "
-                                 "activations (check the model in float and the calibration batches)")
+                raise ValueError(
+                    f"layer {self.name!r}: a calibration input contains NaN or inf; GPTQ needs finite "
+                    "activations (check the model in float and the calibration batches)"
+                )
             h, n = None, 0
-            for chunk in (x.split(8) if self.is_conv else [x.reshape(-1, x.shape[-1])]):
+            for chunk in x.split(8) if self.is_conv else [x.reshape(-1, x.shape[-1])]:
                 rows = self._rows(chunk)  # [groups, n, d] float32
                 for r in range(0, rows.shape[1], self._ROWS):
-                    part = rows[:, r:r + self._ROWS]
+                    part = rows[:, r : r + self._ROWS]
                     prod = (2.0 * part.transpose(1, 2) @ part).double()
                     h = prod if h is None else h + prod
                 n += rows.shape[1]
@@ -268,8 +290,10 @@ class _HessianAccumulator:
 
     def hessian(self) -> torch.Tensor:
         if self.count == 0:
-            raise ValueError(f"no calibration data reached layer {self.name!r}; check the batches and the forward "
-                             "function (is the layer used by the model's forward pass?)")
+            raise ValueError(
+                f"no calibration data reached layer {self.name!r}; check the batches and the forward "
+                "function (is the layer used by the model's forward pass?)"
+            )
         return self.sum / self.count
 
 
@@ -287,15 +311,18 @@ def _conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
     return (pw, pw, ph, ph)
 
 
-def quantize_layer_gptq(name: str, layer: nn.Module, hessian: torch.Tensor, scheme: WeightScheme,
-                        options: GPTQOptions) -> QuantizedWeight:
+def quantize_layer_gptq(
+    name: str, layer: nn.Module, hessian: torch.Tensor, scheme: WeightScheme, options: GPTQOptions
+) -> QuantizedWeight:
     """GPTQ for one float Linear / transformers Conv1D / Conv2d given its accumulated Hessian(s)
     ([groups, d, d]); the result has the shape the packed layer stores ([out, in] or the conv's)."""
     kw = dict(damp=options.damp, block_size=options.block_size, act_order=options.act_order, where=name)
     if isinstance(layer, nn.Conv2d):
         w = layer.weight.detach()
-        parts = [gptq_quantize(wg.reshape(wg.shape[0], -1), hg, scheme, **kw)
-                 for wg, hg in zip(w.chunk(layer.groups), hessian)]
+        parts = [
+            gptq_quantize(wg.reshape(wg.shape[0], -1), hg, scheme, **kw)
+            for wg, hg in zip(w.chunk(layer.groups), hessian)
+        ]
         codes = torch.cat([p.codes for p in parts])
         zp = None if scheme.symmetric else torch.cat([p.zero_point for p in parts])
         return QuantizedWeight(codes, torch.cat([p.scale for p in parts]), zp, scheme, tuple(w.shape))
@@ -369,12 +396,18 @@ def _trace_stages(model, blocks: dict[str, nn.Module], layer_names: list[str], b
         events: list[tuple[str, str, object]] = []  # the tensors are kept alive, so `is` is a safe test
         hooks = []
         for b, m in blocks.items():
-            hooks.append(m.register_forward_pre_hook(
-                lambda mod, args, b=b: events.append(("start", b, args[0] if args else None))))
+            hooks.append(
+                m.register_forward_pre_hook(
+                    lambda mod, args, b=b: events.append(("start", b, args[0] if args else None))
+                )
+            )
             hooks.append(m.register_forward_hook(lambda mod, args, out, b=b: events.append(("end", b, _first(out)))))
         for n in outside:
-            hooks.append(model.get_submodule(n).register_forward_pre_hook(
-                lambda mod, args, n=n: events.append(("layer", n, None))))
+            hooks.append(
+                model.get_submodule(n).register_forward_pre_hook(
+                    lambda mod, args, n=n: events.append(("layer", n, None))
+                )
+            )
         try:
             forward(model, batch)
         finally:
@@ -414,7 +447,7 @@ def _trace_stages(model, blocks: dict[str, nn.Module], layer_names: list[str], b
             holds = [i for i, b in enumerate(names) if any(_owner_block(n, [b]) for n in layer_names)]
             if not holds:
                 continue
-            names = names[holds[0]: holds[-1] + 1]
+            names = names[holds[0] : holds[-1] + 1]
         trimmed.append((kind, names))
     return trimmed
 
@@ -440,8 +473,14 @@ def gptq_quantize_model(
     is a list of batches run with `forward(model, batch)` (default `quant.apply.default_forward`).
     Embeddings in the policy are rounded to nearest (a lookup has no Hessian), before the blocks they feed.
     On an error the float layers are put back. Returns a `GPTQReport`."""
-    from infoq_hf.quant.apply import (_set_submodule as set_submodule, default_forward, pack_embeddings, packed_layer,
-                        packing_scheme_for, resolve_policy)
+    from infoq_hf.quant.apply import (
+        _set_submodule as set_submodule,
+        default_forward,
+        pack_embeddings,
+        packed_layer,
+        packing_scheme_for,
+        resolve_policy,
+    )
 
     t0 = time.perf_counter()
     scheme = packing_scheme_for(policy, scheme)
@@ -504,8 +543,13 @@ class GPTQCandidates:
     input Hessian (per conv group, summed). The final packing rounds block by block on inputs from the
     already quantized blocks, so its codes differ slightly from these (float-input) ones."""
 
-    def __init__(self, error_ratio: dict[str, dict[int, float]], weights: dict[tuple[str, int], QuantizedWeight],
-                 transposed: set[str], meta: dict):
+    def __init__(
+        self,
+        error_ratio: dict[str, dict[int, float]],
+        weights: dict[tuple[str, int], QuantizedWeight],
+        transposed: set[str],
+        meta: dict,
+    ):
         self.error_ratio, self._weights, self._transposed, self.meta = error_ratio, weights, transposed, meta
 
     def has_weights(self) -> bool:
@@ -516,8 +560,10 @@ class GPTQCandidates:
         try:
             qw = self._weights[(name, bits)]
         except KeyError:
-            raise KeyError(f"no GPTQ rounding of layer {name!r} at {bits} bits was computed; computed widths: "
-                           f"{sorted(b for n, b in self._weights if n == name)}") from None
+            raise KeyError(
+                f"no GPTQ rounding of layer {name!r} at {bits} bits was computed; computed widths: "
+                f"{sorted(b for n, b in self._weights if n == name)}"
+            ) from None
         w = qw.dequantize()
         return w.t() if name in self._transposed else w
 
@@ -530,10 +576,18 @@ def _output_error(delta: torch.Tensor, hessian: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calibration: Iterable, *, scheme,
-                    options: GPTQOptions | Mapping | None = None, forward: Callable | None = None,
-                    keep_weights: bool = True, prefix_bits: Mapping[str, int] | None = None,
-                    progress: bool = True) -> GPTQCandidates:
+def gptq_candidates(
+    model: nn.Module,
+    widths: Mapping[str, Iterable[int]],
+    calibration: Iterable,
+    *,
+    scheme,
+    options: GPTQOptions | Mapping | None = None,
+    forward: Callable | None = None,
+    keep_weights: bool = True,
+    prefix_bits: Mapping[str, int] | None = None,
+    progress: bool = True,
+) -> GPTQCandidates:
     """GPTQ-round every layer of `widths` ({name: [bits, ...]}) at each of its widths, on Hessians of the
     model's inputs collected one block at a time (the model is not changed). `scheme`: the
     `PackingScheme` the model will be packed with. `keep_weights=False` keeps only the error ratios
@@ -556,14 +610,17 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
     forward = forward or default_forward
     batches = None if calibration is None else list(calibration)
     if not batches:
-        raise ValueError("GPTQ-aware costs need calibration batches (the ones GPTQ will round with); pass "
-                         "calibration=[batch, ...]")
+        raise ValueError(
+            "GPTQ-aware costs need calibration batches (the ones GPTQ will round with); pass calibration=[batch, ...]"
+        )
     widths = {n: sorted({int(b) for b in bs}) for n, bs in widths.items()}
     prefix_bits = dict(prefix_bits or {})
     wrong = {n: b for n, b in prefix_bits.items() if n not in widths or int(b) not in widths[n]}
     if wrong:
-        raise ValueError(f"prefix_bits {dict(list(wrong.items())[:3])} name layers or widths the candidates do not "
-                         "compute; give each layer one of its own widths")
+        raise ValueError(
+            f"prefix_bits {dict(list(wrong.items())[:3])} name layers or widths the candidates do not "
+            "compute; give each layer one of its own widths"
+        )
     ratios: dict[str, dict[int, float]] = {}
     weights: dict[tuple[str, int], QuantizedWeight] = {}
     float_weights: dict[str, torch.Tensor] = {}  # layers running at their prefix width, to put back
@@ -576,8 +633,11 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
         for name in [n for n in widths if n not in layer_names]:
             layer = model.get_submodule(name)
             ratios[name] = {b: 1.0 for b in widths[name]}
-            rounded = {b: quantize_weight(layer.weight.detach().float(), scheme.weight_scheme(layer, b), name)
-                       for b in widths[name] if keep_weights or prefix_bits.get(name) == b}
+            rounded = {
+                b: quantize_weight(layer.weight.detach().float(), scheme.weight_scheme(layer, b), name)
+                for b in widths[name]
+                if keep_weights or prefix_bits.get(name) == b
+            }
             if keep_weights:
                 weights.update({(name, b): qw for b, qw in rounded.items()})
             if name in prefix_bits:  # packing rounds embeddings first: the blocks see the rounded rows
@@ -585,8 +645,9 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
                 layer.weight.data.copy_(rounded[prefix_bits[name]].dequantize())
         stages = _trace_stages(model, find_blocks(model), layer_names, batches[0], forward)
         inputs = "float inputs" if not prefix_bits else f"inputs of {_describe_widths(prefix_bits)}"
-        with tqdm(total=_stage_count(stages), desc=f"GPTQ candidates on {inputs}", unit="block",
-                  disable=not progress) as bar:
+        with tqdm(
+            total=_stage_count(stages), desc=f"GPTQ candidates on {inputs}", unit="block", disable=not progress
+        ) as bar:
             for accs in _hessian_stages(model, stages, layer_names, batches, forward, report, bar):
                 for name, acc in accs.items():
                     layer, hessian = acc.layer, acc.hessian()
@@ -612,9 +673,13 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
         for name, weight in float_weights.items():
             model.get_submodule(name).weight.data.copy_(weight)
         model.train(was_training)
-    meta = {"calibration_batches": len(batches), "options": options.to_dict(),
-            "inputs": "float" if not prefix_bits else f"prefix at {_describe_widths(prefix_bits)}",
-            "wall_s": round(time.perf_counter() - t0, 3), "full_passes": report.full_passes}
+    meta = {
+        "calibration_batches": len(batches),
+        "options": options.to_dict(),
+        "inputs": "float" if not prefix_bits else f"prefix at {_describe_widths(prefix_bits)}",
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "full_passes": report.full_passes,
+    }
     return GPTQCandidates(ratios, weights, transposed, meta)
 
 
@@ -627,8 +692,9 @@ def _stage_count(stages) -> int:
     return sum(len(names) if kind == "chain" else 1 for kind, names in stages)
 
 
-def _hessian_stages(model: nn.Module, stages, layer_names: list[str], batches: list, forward: Callable,
-                    report: GPTQReport, bar):
+def _hessian_stages(
+    model: nn.Module, stages, layer_names: list[str], batches: list, forward: Callable, report: GPTQReport, bar
+):
     """Yield {layer name: accumulated Hessian} stage by stage (one block's layers, or a run of layers
     outside any block), in execution order. Each stage's inputs come from the model as the consumer
     left it after the previous stages: quantized blocks for GPTQ, the float model when nothing changes."""
@@ -693,10 +759,19 @@ def _capture_inputs(model: nn.Module, block_name: str, batches: list, forward: C
     finally:
         hook.remove()
     if len(captured) != len(batches):
-        raise ValueError(f"block {block_name!r} was reached by {len(captured)} of {len(batches)} calibration "
-                         "batches; check the batches and the forward function")
+        raise ValueError(
+            f"block {block_name!r} was reached by {len(captured)} of {len(batches)} calibration "
+            "batches; check the batches and the forward function"
+        )
     return captured
 
 
-__all__ = ["GPTQCandidates", "GPTQOptions", "GPTQReport", "gptq_candidates", "gptq_quantize", "gptq_quantize_model",
-           "quantize_layer_gptq"]
+__all__ = [
+    "GPTQCandidates",
+    "GPTQOptions",
+    "GPTQReport",
+    "gptq_candidates",
+    "gptq_quantize",
+    "gptq_quantize_model",
+    "quantize_layer_gptq",
+]

@@ -17,9 +17,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from huggingface_hub import constants, hf_api
-
 from hub_server import HubServer
+from huggingface_hub import constants, hf_api
 
 
 def point_clients_at(endpoint: str, hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,8 +31,15 @@ def point_clients_at(endpoint: str, hf_home: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HF_HOME", str(hf_home))
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
-                 "HF_OIDC_RESOURCE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_DISABLE_XET"):
+    for name in (
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_OIDC_RESOURCE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_HUB_DISABLE_XET",
+    ):
         monkeypatch.delenv(name, raising=False)
 
     # Values huggingface_hub computed at import time.

@@ -123,7 +123,7 @@ class HubServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.hub = self  # type: ignore[attr-defined]
@@ -136,7 +136,7 @@ class HubServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -331,10 +331,15 @@ class _Handler(BaseHTTPRequestHandler):
         if user is None:
             raise HubError(401, "Invalid username or password.")
         orgs = [{"name": org, "type": "org"} for org in self.hub.orgs] if user == self.hub.user else []
-        self._send_json({
-            "type": "user", "name": user, "fullname": user, "orgs": orgs,
-            "auth": {"type": "access_token", "accessToken": {"displayName": "loopback", "role": "write"}},
-        })
+        self._send_json(
+            {
+                "type": "user",
+                "name": user,
+                "fullname": user,
+                "orgs": orgs,
+                "auth": {"type": "access_token", "accessToken": {"displayName": "loopback", "role": "write"}},
+            }
+        )
 
     def create_repo(self, method):
         payload = self._json_body()
@@ -383,11 +388,23 @@ class _Handler(BaseHTTPRequestHandler):
             {"rfilename": path, "size": self.hub.blob_size(blob), "blobId": blob}
             for path, blob in sorted(commit.files.items())
         ]
-        self._send_json({
-            "id": repo.repo_id, "_id": repo.repo_id, "author": ns, "sha": commit.oid, "private": repo.private,
-            "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
-            "createdAt": repo.created_at, "lastModified": commit.date,
-        })
+        self._send_json(
+            {
+                "id": repo.repo_id,
+                "_id": repo.repo_id,
+                "author": ns,
+                "sha": commit.oid,
+                "private": repo.private,
+                "gated": False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "siblings": siblings,
+                "createdAt": repo.created_at,
+                "lastModified": commit.date,
+            }
+        )
 
     def tree(self, method, type, ns, name, rev, path=""):
         commit = self._repo(type, ns, name).resolve(rev)
@@ -397,17 +414,21 @@ class _Handler(BaseHTTPRequestHandler):
         for file_path, blob in commit.files.items():
             if not file_path.startswith(prefix):
                 continue
-            parts = file_path[len(prefix):].split("/")
+            parts = file_path[len(prefix) :].split("/")
             for depth in range(1, len(parts) if recursive else min(len(parts), 2)):
                 folders.add(prefix + "/".join(parts[:depth]))
             if recursive or len(parts) == 1:
                 files[file_path] = blob
         if prefix and not files and not folders:
             raise HubError(404, f"{path} does not exist at {rev}", "EntryNotFound")
-        entries = [{"type": "directory", "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0, "path": f}
-                   for f in sorted(folders)]
-        entries += [{"type": "file", "oid": blob, "size": self.hub.blob_size(blob), "path": p}
-                    for p, blob in sorted(files.items())]
+        entries = [
+            {"type": "directory", "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0, "path": f}
+            for f in sorted(folders)
+        ]
+        entries += [
+            {"type": "file", "oid": blob, "size": self.hub.blob_size(blob), "path": p}
+            for p, blob in sorted(files.items())
+        ]
         self._send_json(entries)
 
     def refs(self, method, type, ns, name):
@@ -419,8 +440,15 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._repo(type, ns, name)
         commit, history = repo.resolve(rev), []
         while commit is not None:
-            history.append({"id": commit.oid, "authors": [{"user": commit.author}], "date": commit.date,
-                            "title": commit.title, "message": commit.message})
+            history.append(
+                {
+                    "id": commit.oid,
+                    "authors": [{"user": commit.author}],
+                    "date": commit.date,
+                    "title": commit.title,
+                    "message": commit.message,
+                }
+            )
             commit = repo.commits.get(commit.parent) if commit.parent else None
         self._send_json(history)
 
@@ -478,7 +506,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 raise HubError(400, f"Unsupported commit operation {key!r} (this hub never asks for LFS)")
         commit = self.hub.add_commit(repo, rev, header.get("summary", ""), header.get("description", ""), user, files)
-        self._send_json({
-            "success": True, "commitOid": commit.oid, "pullRequestUrl": None,
-            "commitUrl": f"{self.hub.url_for(repo)}/commit/{commit.oid}",
-        })
+        self._send_json(
+            {
+                "success": True,
+                "commitOid": commit.oid,
+                "pullRequestUrl": None,
+                "commitUrl": f"{self.hub.url_for(repo)}/commit/{commit.oid}",
+            }
+        )

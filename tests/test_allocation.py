@@ -47,14 +47,18 @@ GUROBI_SKIP = gurobi_usable()
 SOLVERS = ["highs", pytest.param("gurobi", marks=pytest.mark.skipif(GUROBI_SKIP is not None, reason=str(GUROBI_SKIP)))]
 
 
-def random_table(rng: random.Random, n_layers: int, bits=(2, 3, 4, 8), with_a=False, first_kind="linear") -> SensitivityTable:
+def random_table(
+    rng: random.Random, n_layers: int, bits=(2, 3, 4, 8), with_a=False, first_kind="linear"
+) -> SensitivityTable:
     layers = {}
     for i in range(n_layers):
         out, inp = rng.choice([8, 16, 32]), rng.choice([16, 32, 64, 128])
         layers[f"block{i}.proj"] = {
-            "params": out * inp, "macs": out * inp * rng.randint(1, 50), "shape": [out, inp],
+            "params": out * inp,
+            "macs": out * inp * rng.randint(1, 50),
+            "shape": [out, inp],
             "kind": first_kind if i == 0 else "linear",
-            "w": {b: rng.uniform(0.1, 1.0) * 2.0 ** -b * rng.choice([1, 10]) for b in bits},
+            "w": {b: rng.uniform(0.1, 1.0) * 2.0**-b * rng.choice([1, 10]) for b in bits},
             **({"a": {b: rng.uniform(0.0, 1.0) / b for b in bits}} if with_a else {}),
         }
     meta = {"group_size": 16, "symmetric": rng.random() < 0.5, "float_bytes": rng.randint(0, 5000)}
@@ -64,8 +68,19 @@ def random_table(rng: random.Random, n_layers: int, bits=(2, 3, 4, 8), with_a=Fa
 # ---------------------------------------------------------------------------------------------- brute force
 
 
-def enumerate_all(table, *, bits=None, act_bits=None, fixed_a=None, alpha=1.0, pin=None, min_bits=None,
-                  max_bits=None, tie=None, tie_act=None):
+def enumerate_all(
+    table,
+    *,
+    bits=None,
+    act_bits=None,
+    fixed_a=None,
+    alpha=1.0,
+    pin=None,
+    min_bits=None,
+    max_bits=None,
+    tie=None,
+    tie_act=None,
+):
     """Every admissible assignment as arrays: objective and the four budget quantities (exact)."""
     names = list(table.layers)
     w_bits = list(bits or table.bits)
@@ -99,15 +114,20 @@ def enumerate_all(table, *, bits=None, act_bits=None, fixed_a=None, alpha=1.0, p
     wsum = np.zeros(len(combos), dtype=np.int64)
     for j, n in enumerate(names):
         info = table.layers[n]
-        obj += np.array([table.w(n, o[0]) + (alpha * table.a(n, o[1]) if act_bits else 0.0) for o in opts])[combos[:, j]]
+        obj += np.array([table.w(n, o[0]) + (alpha * table.a(n, o[1]) if act_bits else 0.0) for o in opts])[
+            combos[:, j]
+        ]
         packed += np.array([table.layer_bytes(n, o[0]) for o in opts])[combos[:, j]]
         ops += info["macs"] * W[:, j] * A[:, j]
         wsum += info["params"] * W[:, j]
     n_params = sum(i["params"] for i in table.layers.values())
     fp32 = 4 * n_params
     return {
-        "objective": obj, "size_bytes": packed + table.meta["float_bytes"], "bitops": ops,
-        "avg_bits": wsum / n_params, "compression": fp32 / packed,
+        "objective": obj,
+        "size_bytes": packed + table.meta["float_bytes"],
+        "bitops": ops,
+        "avg_bits": wsum / n_params,
+        "compression": fp32 / packed,
     }
 
 
@@ -162,11 +182,15 @@ def test_optimum_matches_brute_force(solver):
     rng = random.Random(1234)
     checked = 0
     for case in CASES:
-        table = random_table(rng, rng.randint(1, 8), bits=tuple(sorted(rng.sample([2, 3, 4, 5, 6, 8], rng.randint(2, 4)))))
+        table = random_table(
+            rng, rng.randint(1, 8), bits=tuple(sorted(rng.sample([2, 3, 4, 5, 6, 8], rng.randint(2, 4))))
+        )
         kw = random_constraints(rng, table)
         if not consistent(table, kw):
             kw = {}
-        all_ = enumerate_all(table, pin=kw.get("pin"), min_bits=kw.get("min_bits"), max_bits=kw.get("max_bits"), tie=kw.get("tie"))
+        all_ = enumerate_all(
+            table, pin=kw.get("pin"), min_bits=kw.get("min_bits"), max_bits=kw.get("max_bits"), tie=kw.get("tie")
+        )
         budget = random_budget(rng, all_)
         best = brute_optimum(all_, budget)
         if best is None:
@@ -191,8 +215,15 @@ def test_gurobi_and_highs_agree():
     rng = random.Random(99)
     for _ in range(12):
         table = random_table(rng, 8, bits=(2, 3, 4, 5, 6, 8), with_a=True)
-        budget = Budget(avg_bits=rng.uniform(2.5, 6.0), bitops=sum(i["macs"] for i in table.layers.values()) * rng.uniform(3, 6) * 6)
-        kw = dict(act_bits=[4, 8], alpha=rng.uniform(0, 2), tie=[["block1.proj", "block2.proj"]], tie_activations=[["block3.proj", "block4.proj"]])
+        budget = Budget(
+            avg_bits=rng.uniform(2.5, 6.0), bitops=sum(i["macs"] for i in table.layers.values()) * rng.uniform(3, 6) * 6
+        )
+        kw = dict(
+            act_bits=[4, 8],
+            alpha=rng.uniform(0, 2),
+            tie=[["block1.proj", "block2.proj"]],
+            tie_activations=[["block3.proj", "block4.proj"]],
+        )
         h = allocate(table, budget, solver="highs", **kw)
         g = allocate(table, budget, solver="gurobi", **kw)
         assert h.report.objective == pytest.approx(g.report.objective, rel=1e-9)
@@ -204,8 +235,12 @@ def test_weight_activation_pairs_with_alpha(solver):
     for alpha in (0.0, 0.5, 3.0):
         table = random_table(rng, 5, bits=(2, 4, 6, 8), with_a=True)
         kw = dict(act_bits=[4, 8], tie_activations=[["block0.proj", "block1.proj"]], pin={"block2.proj": (6, 8)})
-        all_ = enumerate_all(table, act_bits=[4, 8], alpha=alpha, pin={"block2.proj": (6, 8)}, tie_act=[["block0.proj", "block1.proj"]])
-        budget = Budget(bitops=float(np.quantile(all_["bitops"], 0.3)), avg_bits=float(np.quantile(all_["avg_bits"], 0.6)))
+        all_ = enumerate_all(
+            table, act_bits=[4, 8], alpha=alpha, pin={"block2.proj": (6, 8)}, tie_act=[["block0.proj", "block1.proj"]]
+        )
+        budget = Budget(
+            bitops=float(np.quantile(all_["bitops"], 0.3)), avg_bits=float(np.quantile(all_["avg_bits"], 0.6))
+        )
         best = brute_optimum(all_, budget)
         policy = allocate(table, budget, solver=solver, alpha=alpha, **kw)
         assert policy.report.objective == pytest.approx(best, rel=1e-9)
@@ -245,8 +280,11 @@ def test_auto_pins_only_small_end_layers():
     """A large classifier (MobileNetV2's holds 37% of the weights) is not pinned unless asked."""
     from infoq_hf.sensitivity import SensitivityTable
 
-    layers = {"stem": {"params": 10, "kind": "conv2d"}, "body": {"params": 600, "kind": "conv2d"},
-              "head": {"params": 400, "kind": "linear"}}
+    layers = {
+        "stem": {"params": 10, "kind": "conv2d"},
+        "body": {"params": 600, "kind": "conv2d"},
+        "head": {"params": 400, "kind": "linear"},
+    }
     for info in layers.values():
         info["w"] = {2: 1.0, 4: 0.1, 8: 0.01}
     table = SensitivityTable("weight_mse", [2, 4, 8], layers)

@@ -33,8 +33,14 @@ WRONG_SHA = "0" * 64
 
 
 def _fake_asset(**kw) -> A.Asset:
-    fields = dict(name="fake", package="fake-pkg", version="9.9.9", registry="pypi",
-                  member="fake_pkg/data/w.bin", member_sha256=PAYLOAD_SHA)
+    fields = dict(
+        name="fake",
+        package="fake-pkg",
+        version="9.9.9",
+        registry="pypi",
+        member="fake_pkg/data/w.bin",
+        member_sha256=PAYLOAD_SHA,
+    )
     fields.update(kw)
     return A.Asset(**fields)
 
@@ -200,11 +206,19 @@ def test_deb_is_unpacked_without_dpkg(tmp_path, monkeypatch):
         info = tarfile.TarInfo("./usr/share/datasets/fake/w.bin")
         info.size = len(PAYLOAD)
         tf.addfile(info, io.BytesIO(PAYLOAD))
-    deb = (b"!<arch>\n" + _ar_member("debian-binary", b"2.0\n")
-           + _ar_member("control.tar.xz", b"x") + _ar_member("data.tar.xz", tar_buf.getvalue()))
+    deb = (
+        b"!<arch>\n"
+        + _ar_member("debian-binary", b"2.0\n")
+        + _ar_member("control.tar.xz", b"x")
+        + _ar_member("data.tar.xz", tar_buf.getvalue())
+    )
     monkeypatch.setattr(fetching, "_download", FakeDownloader(deb, "fake_9.9.9_all.deb"))
-    asset = _fake_asset(registry="debian", member="usr/share/datasets/fake/w.bin",
-                        member_sha256=None, archive_sha256=hashlib.sha256(deb).hexdigest())
+    asset = _fake_asset(
+        registry="debian",
+        member="usr/share/datasets/fake/w.bin",
+        member_sha256=None,
+        archive_sha256=hashlib.sha256(deb).hexdigest(),
+    )
     folder = A.fetch(asset, tmp_path)
     assert (folder / asset.member).read_bytes() == PAYLOAD
 

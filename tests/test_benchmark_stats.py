@@ -29,7 +29,7 @@ def test_window_nll_sums_each_windows_token_losses_and_perplexity_is_their_mean(
     assert per_window == 8 and sums.shape == (6,)
     with torch.no_grad():
         for w in range(6):  # one window at a time, token by token
-            logp = torch.log_softmax(model(input_ids=ids[w:w + 1]).logits[0].double(), dim=-1)
+            logp = torch.log_softmax(model(input_ids=ids[w : w + 1]).logits[0].double(), dim=-1)
             expected = -sum(float(logp[t, ids[w, t + 1]]) for t in range(8))
             assert float(sums[w]) == pytest.approx(expected, rel=1e-5)
     assert perplexity(model, batches) == pytest.approx(math.exp(float(sums.sum()) / 48), rel=1e-12)

@@ -65,7 +65,7 @@ def write_text_files(tmp_path, docs, parts=2):
     step = -(-len(docs) // parts)
     for p in range(parts):
         path = tmp_path / f"part{p}.txt"
-        path.write_text("\n".join(docs[p * step:(p + 1) * step]) + "\n")
+        path.write_text("\n".join(docs[p * step : (p + 1) * step]) + "\n")
         files.append(str(path))
     return files
 
@@ -231,8 +231,9 @@ def timm_resnet():
 
 def test_imagefolder_dict_and_tuple_formats_with_folder_labels(image_folder, timm_resnet):
     transform = image_transform_for(timm_resnet)
-    spec = CalibrationSpec("imagefolder", data_dir=str(image_folder), label_column="label",
-                           num_samples=10, batch_size=4)
+    spec = CalibrationSpec(
+        "imagefolder", data_dir=str(image_folder), label_column="label", num_samples=10, batch_size=4
+    )
 
     as_dict = load_calibration(spec, image_transform=transform)
     assert [b["pixel_values"].shape for b in as_dict] == [(4, 3, 64, 64), (4, 3, 64, 64), (2, 3, 64, 64)]
@@ -253,13 +254,14 @@ def test_images_without_label_column_have_no_labels(image_folder, timm_resnet):
     spec = dict(dataset="imagefolder", data_dir=str(image_folder), num_samples=3, batch_size=3)
     (batch,) = load_calibration(spec, image_transform=image_transform_for(timm_resnet))
     assert set(batch) == {"pixel_values"}
-    (x, y), = load_calibration(spec, model=timm_resnet, format="tuple")
+    ((x, y),) = load_calibration(spec, model=timm_resnet, format="tuple")
     assert x.shape == (3, 3, 64, 64) and y is None
 
 
 def test_image_stream_is_seeded(image_folder, timm_resnet):
-    spec = CalibrationSpec("imagefolder", data_dir=str(image_folder), streaming=True, label_column="label",
-                           num_samples=5, batch_size=5)
+    spec = CalibrationSpec(
+        "imagefolder", data_dir=str(image_folder), streaming=True, label_column="label", num_samples=5, batch_size=5
+    )
     a = load_calibration(spec, model=timm_resnet, seed=0)[0]
     b = load_calibration(spec, model=timm_resnet, seed=0)[0]
     assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"], b["labels"])
@@ -300,10 +302,13 @@ def test_wrong_text_column_lists_the_real_columns(tmp_path):
     path.write_text("".join(json.dumps({"body": d, "n": i}) + "\n" for i, d in enumerate(make_docs())))
     for streaming in (False, True):
         with pytest.raises(ValueError, match=r"text_column='text' is not a column.*\['body', 'n'\]"):
-            load_calibration(CalibrationSpec("json", data_files=str(path), streaming=streaming),
-                             tokenizer=make_tokenizer())
-    batches = load_calibration(CalibrationSpec("json", data_files=str(path), text_column="body", num_samples=2,
-                                               seq_len=4), tokenizer=make_tokenizer())
+            load_calibration(
+                CalibrationSpec("json", data_files=str(path), streaming=streaming), tokenizer=make_tokenizer()
+            )
+    batches = load_calibration(
+        CalibrationSpec("json", data_files=str(path), text_column="body", num_samples=2, seq_len=4),
+        tokenizer=make_tokenizer(),
+    )
     assert windows(batches).shape == (2, 4)
 
 
@@ -337,9 +342,14 @@ def test_too_few_samples_warns_uses_what_there_is_and_fails_only_when_none(tmp_p
     files = write_text_files(tmp_path, docs)
     stream = token_stream(docs)
     total = len(stream)
-    spec = CalibrationSpec("text", data_files=files, streaming=streaming, num_samples=1000, seq_len=16, shuffle_buffer=0)
-    with pytest.warns(UserWarning, match=rf"yielded only {total // 16} window\(s\) .*\({total} tokens from 38 "
-                                         rf"documents\).*Set num_samples={total // 16}"):
+    spec = CalibrationSpec(
+        "text", data_files=files, streaming=streaming, num_samples=1000, seq_len=16, shuffle_buffer=0
+    )
+    with pytest.warns(
+        UserWarning,
+        match=rf"yielded only {total // 16} window\(s\) .*\({total} tokens from 38 "
+        rf"documents\).*Set num_samples={total // 16}",
+    ):
         batches = load_calibration(spec, tokenizer=make_tokenizer())
     assert sum(b["input_ids"].shape[0] for b in batches) == total // 16
     with pytest.raises(ValueError, match=rf"set seq_len to at most {total}"):
@@ -366,8 +376,11 @@ def test_ready_batches_pass_through_and_empty_is_an_error():
 
 
 def test_unreachable_hub_points_at_local_files():
-    with pytest.raises(ValueError, match=r'hub is unreachable.*dataset="text"/"json"/"csv"/"parquet"/"imagefolder" '
-                                         r"and data_files="):
+    with pytest.raises(
+        ValueError,
+        match=r'hub is unreachable.*dataset="text"/"json"/"csv"/"parquet"/"imagefolder" '
+        r"and data_files=",
+    ):
         load_calibration(CalibrationSpec("wikitext", config="wikitext-2-raw-v1"), tokenizer=make_tokenizer())
 
 

@@ -28,9 +28,19 @@ def _same(from_headers, loaded):
 
 
 def _tiny_llama_policy():
-    names = [f"model.layers.{i}.{part}" for i in range(2) for part in
-             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-              "mlp.up_proj", "mlp.down_proj")]
+    names = [
+        f"model.layers.{i}.{part}"
+        for i in range(2)
+        for part in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    ]
     return BitPolicy({n: {"w_bits": (2, 3, 4, 5, 8)[i % 5]} for i, n in enumerate(names)})
 
 
@@ -38,8 +48,17 @@ def test_transformers_counts_from_headers_equal_the_loaded_model(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=2, bos_token_id=None)
+    cfg = LlamaConfig(
+        vocab_size=96,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=None,
+    )
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "float")
     config = InfoQConfig(bits=[2, 3, 4, 5, 8], group_size=16, policy=_tiny_llama_policy())
     infoq_hf.save(LlamaForCausalLM.from_pretrained(tmp_path / "float", quantization_config=config), tmp_path / "q")
@@ -106,8 +125,10 @@ def test_packed_weight_numel_is_exact_from_four_output_rows():
             for fan_in in (1, 3, 5, 8, 9, 16, 27, 33):
                 for group in (None, 8):
                     numel = out * fan_in
-                    specs = {"l.weight_packed": ((packed_nbytes(numel, bits),), "U8"),
-                             "l.weight_scale": ((out, group_count((out, fan_in), group)), "F32")}
+                    specs = {
+                        "l.weight_packed": ((packed_nbytes(numel, bits),), "U8"),
+                        "l.weight_scale": ((out, group_count((out, fan_in), group)), "F32"),
+                    }
                     found = packed_weight_numel(specs, "l", bits, (group,))
                     if out >= math.ceil(8 / bits):
                         assert found == numel, (bits, out, fan_in, group)

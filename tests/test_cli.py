@@ -32,8 +32,25 @@ def _logits(model_dir, ids):
 def test_cli_end_to_end(assets, hub_server, monkeypatch, capsys):
     llama, calib, root = assets
     fast = root / "fast"
-    assert main(["quantize", str(llama), "--bits", "2,4,8", "--avg-bits", "4", "--method", "weight_mse",
-                 "--group-size", "32", "--out", str(fast)]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(llama),
+                "--bits",
+                "2,4,8",
+                "--avg-bits",
+                "4",
+                "--method",
+                "weight_mse",
+                "--group-size",
+                "32",
+                "--out",
+                str(fast),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "average weight bits 4.000" in out and "layers per width" in out
     policy = BitPolicy.from_dict(json.loads((fast / "config.json").read_text())["quantization_config"]["policy"])
@@ -41,8 +58,26 @@ def test_cli_end_to_end(assets, hub_server, monkeypatch, capsys):
 
     # InfoQ itself, on a very small calibration set (4 samples of 12 tokens), then push it.
     infoq_dir = root / "infoq"
-    assert main(["quantize", str(llama), "--bits", "2,8", "--avg-bits", "5", "--calib", str(calib), *FAST_CALIB,
-                 "--group-size", "32", "--out", str(infoq_dir)]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(llama),
+                "--bits",
+                "2,8",
+                "--avg-bits",
+                "5",
+                "--calib",
+                str(calib),
+                *FAST_CALIB,
+                "--group-size",
+                "32",
+                "--out",
+                str(infoq_dir),
+            ]
+        )
+        == 0
+    )
     table = SensitivityTable.load(infoq_dir / "infoq_sensitivity.json")
     assert table.method == "infoq" and table.meta["calibration"]["batches"] == 1
     summary = json.loads((infoq_dir / "infoq_summary.json").read_text())
@@ -50,8 +85,23 @@ def test_cli_end_to_end(assets, hub_server, monkeypatch, capsys):
 
     # search -> allocate from the scores JSON alone (no model) -> a policy file.
     scores, policy_file = root / "scores.json", root / "policy.json"
-    assert main(["search", str(llama), "--bits", "2,3,4,8", "--method", "weight_mse", "--group-size", "32",
-                 "--out", str(scores)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(llama),
+                "--bits",
+                "2,3,4,8",
+                "--method",
+                "weight_mse",
+                "--group-size",
+                "32",
+                "--out",
+                str(scores),
+            ]
+        )
+        == 0
+    )
     assert main(["allocate", str(scores), "--avg-bits", "3", "--solver", "highs", "--out", str(policy_file)]) == 0
     allocated = BitPolicy.from_json(policy_file)
     params = {n: SensitivityTable.load(scores).layers[n]["params"] for n in allocated}
@@ -84,8 +134,28 @@ def test_cli_timm_quantize_data_free_and_push_flag(tmp_path, hub_server, monkeyp
     float_model = tiny_timm(directory=src)
     monkeypatch.setenv("HF_TOKEN", hub_server.token)
     out = tmp_path / "q"
-    assert main(["quantize", f"timm:{src}", "--bits", "4,8", "--compression", "5", "--method", "weight_mse", "--group-size", "none",
-                 "--out", str(out), "--push", "test-org/cli-resnet", "--private"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                f"timm:{src}",
+                "--bits",
+                "4,8",
+                "--compression",
+                "5",
+                "--method",
+                "weight_mse",
+                "--group-size",
+                "none",
+                "--out",
+                str(out),
+                "--push",
+                "test-org/cli-resnet",
+                "--private",
+            ]
+        )
+        == 0
+    )
     loaded = infoq_hf.load_quantized(out)
     assert infoq_hf.compression_ratio(loaded) >= 5 - 1e-6
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -102,23 +172,45 @@ def _error(capsys) -> str:
     return err[-1] if err else ""
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["quantize", "{llama}", "--avg-bits", "3", "--out", "{tmp}/o", "--bits", "2,9"], "between 2 and 8"),
-    (["quantize", "{llama}", "--out", "{tmp}/o", "--method", "weight_mse"], "give a budget"),
-    (["quantize", "{llama}", "--avg-bits", "3", "--out", "{tmp}/o"], "needs calibration data"),
-    (["quantize", "{llama}", "--avg-bits", "3", "--out", "{tmp}/o", "--calib", "{tmp}/missing.txt"], "no such file"),
-    (["quantize", "{tmp}/not-a-model", "--avg-bits", "3", "--out", "{tmp}/o"], "neither a model folder nor a Hub id"),
-    (["quantize", "{llama}", "--avg-bits", "3", "--out", "{tmp}/o", "--calib", "{llama}/config.json",
-      "--method", "infoq"], "text_column"),
-    (["search", "{llama}", "--out", "{tmp}/s.json"], "needs calibration data"),
-    (["allocate", "{tmp}/nothing.json", "--avg-bits", "3", "--out", "{tmp}/p.json"], "no such sensitivity table"),
-    (["allocate", "{scores}", "--avg-bits", "1.5", "--out", "{tmp}/p.json"], "infeasible"),
-    (["allocate", "{scores}", "--out", "{tmp}/p.json"], "give a budget"),
-    (["report", "{tmp}/nothing"], "not a folder"),
-    (["push", "{tmp}", "test-user/x"], "HF_TOKEN"),
-    (["frobnicate"], "invalid choice"),
-    (["allocate", "{scores}", "--avg-bits", "-1", "--out", "{tmp}/p.json"], "positive number"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["quantize", "{llama}", "--avg-bits", "3", "--out", "{tmp}/o", "--bits", "2,9"], "between 2 and 8"),
+        (["quantize", "{llama}", "--out", "{tmp}/o", "--method", "weight_mse"], "give a budget"),
+        (["quantize", "{llama}", "--avg-bits", "3", "--out", "{tmp}/o"], "needs calibration data"),
+        (
+            ["quantize", "{llama}", "--avg-bits", "3", "--out", "{tmp}/o", "--calib", "{tmp}/missing.txt"],
+            "no such file",
+        ),
+        (
+            ["quantize", "{tmp}/not-a-model", "--avg-bits", "3", "--out", "{tmp}/o"],
+            "neither a model folder nor a Hub id",
+        ),
+        (
+            [
+                "quantize",
+                "{llama}",
+                "--avg-bits",
+                "3",
+                "--out",
+                "{tmp}/o",
+                "--calib",
+                "{llama}/config.json",
+                "--method",
+                "infoq",
+            ],
+            "text_column",
+        ),
+        (["search", "{llama}", "--out", "{tmp}/s.json"], "needs calibration data"),
+        (["allocate", "{tmp}/nothing.json", "--avg-bits", "3", "--out", "{tmp}/p.json"], "no such sensitivity table"),
+        (["allocate", "{scores}", "--avg-bits", "1.5", "--out", "{tmp}/p.json"], "infeasible"),
+        (["allocate", "{scores}", "--out", "{tmp}/p.json"], "give a budget"),
+        (["report", "{tmp}/nothing"], "not a folder"),
+        (["push", "{tmp}", "test-user/x"], "HF_TOKEN"),
+        (["frobnicate"], "invalid choice"),
+        (["allocate", "{scores}", "--avg-bits", "-1", "--out", "{tmp}/p.json"], "positive number"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(argv, message, assets, tmp_path, capsys, monkeypatch, hub_server):
     llama, _, root = assets
     scores = tmp_path / "scores.json"
@@ -154,8 +246,25 @@ def test_unexpected_failures_exit_1(assets, tmp_path, capsys, monkeypatch, hub_s
 
     # A refused commit is not bad input: exit 1, and the message says nothing was stored.
     out = tmp_path / "q"
-    assert main(["quantize", f"timm:{make_tiny_timm_dir(tmp_path)}", "--bits", "4,8", "--avg-bits", "6", "--group-size", "none",
-                 "--method", "weight_mse", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                f"timm:{make_tiny_timm_dir(tmp_path)}",
+                "--bits",
+                "4,8",
+                "--avg-bits",
+                "6",
+                "--group-size",
+                "none",
+                "--method",
+                "weight_mse",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     monkeypatch.setenv("HF_TOKEN", hub_server.token)
     hub_server.fail_commits = 403
     assert main(["push", str(out), "test-user/refused"]) == 1

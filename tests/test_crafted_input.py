@@ -23,15 +23,46 @@ transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PATTERNS = [r"model\.layers\..*", r".*\.(q|k|v)_proj", r"layers\.\d+\.mlp\..*", r"(a|ab)*c?", r"[^.]+\.[0-9]{1,2}",
-            r"x{2,3}y*", r"^a.*b$", r".*?proj", r"[\w]+", r"\s*\S+", r"a(b|)+c", r"(a*)*b", r"(a|b)*\.c", r"a?b+\.",
-            r"[ab]{0,3}c", r"[^a-c]*Z"]
+PATTERNS = [
+    r"model\.layers\..*",
+    r".*\.(q|k|v)_proj",
+    r"layers\.\d+\.mlp\..*",
+    r"(a|ab)*c?",
+    r"[^.]+\.[0-9]{1,2}",
+    r"x{2,3}y*",
+    r"^a.*b$",
+    r".*?proj",
+    r"[\w]+",
+    r"\s*\S+",
+    r"a(b|)+c",
+    r"(a*)*b",
+    r"(a|b)*\.c",
+    r"a?b+\.",
+    r"[ab]{0,3}c",
+    r"[^a-c]*Z",
+]
 
 
 def test_linear_regex_agrees_with_re_fullmatch():
     rng = random.Random(0)
-    names = ["model.layers.0.mlp.up_proj", "model.layers.12.self_attn.q_proj", "lm_head", "ab", "ababc", "aab.12",
-             "xxy", "xxxyy", "Z", "..Z", "proj", "", " a", "ac", "abbc", "aaab"]
+    names = [
+        "model.layers.0.mlp.up_proj",
+        "model.layers.12.self_attn.q_proj",
+        "lm_head",
+        "ab",
+        "ababc",
+        "aab.12",
+        "xxy",
+        "xxxyy",
+        "Z",
+        "..Z",
+        "proj",
+        "",
+        " a",
+        "ac",
+        "abbc",
+        "aaab",
+    ]
     names += ["".join(rng.choice("ab.cxyZ1 ") for _ in range(rng.randint(0, 7))) for _ in range(300)]
     for pattern in PATTERNS:
         ours, theirs = LinearRegex(pattern), re.compile(pattern)
@@ -44,8 +75,9 @@ def test_linear_regex_agrees_with_re_fullmatch():
 
 def test_a_catastrophic_policy_regex_in_config_json_does_not_hang(tmp_path):
     folder = tmp_path / "c"
-    AutoModelForCausalLM.from_pretrained(_float_dir(tmp_path), quantization_config=InfoQConfig(
-        policy={"re:model\\.layers\\..*": 4}, group_size=32)).save_pretrained(folder)
+    AutoModelForCausalLM.from_pretrained(
+        _float_dir(tmp_path), quantization_config=InfoQConfig(policy={"re:model\\.layers\\..*": 4}, group_size=32)
+    ).save_pretrained(folder)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["quantization_config"]["policy"] = {"re:(.|.)*Z": 4, **cfg["quantization_config"]["policy"]}
     (folder / "config.json").write_text(json.dumps(cfg))
@@ -89,8 +121,9 @@ def test_a_json_file_that_is_not_json_is_named(tmp_path):
 
 def test_crafted_architectures_are_refused_naming_the_field(tmp_path):
     folder = tmp_path / "c"
-    AutoModelForCausalLM.from_pretrained(_float_dir(tmp_path), quantization_config=InfoQConfig(
-        policy={"re:model\\.layers\\..*": 4}, group_size=32)).save_pretrained(folder)
+    AutoModelForCausalLM.from_pretrained(
+        _float_dir(tmp_path), quantization_config=InfoQConfig(policy={"re:model\\.layers\\..*": 4}, group_size=32)
+    ).save_pretrained(folder)
     cfg = json.loads((folder / "config.json").read_text())
     for archs in (["pipeline"], [3]):
         cfg["architectures"] = archs

@@ -31,15 +31,32 @@ def job_env() -> dict:
 def accelerate_command(processes: int, out: Path, *job_args: str) -> list[str]:
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     base = [launcher] if launcher else [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
-    return [*base, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-            str(JOB), str(out), *job_args]
+    return [
+        *base,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(JOB),
+        str(out),
+        *job_args,
+    ]
 
 
 def run_job(cmd: list[str], timeout: float = 120) -> None:
     proc = subprocess.run(cmd, env=job_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
 
 
 def comparable(path: Path) -> tuple[dict, dict]:

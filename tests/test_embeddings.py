@@ -18,6 +18,7 @@ from infoq_hf.integrations.transformers import quantize_pretrained
 from infoq_hf.quant import WeightScheme, fake_quantize_weight, quantize_weight
 from infoq_hf.quant.modules import QuantEmbedding, QuantTiedLinear
 
+
 def _tied_llama():
     return tiny_llama(tie_word_embeddings=True, vocab=96, pad_token_id=None)
 
@@ -70,8 +71,9 @@ def test_regexes_never_reach_embeddings_and_bad_policies_are_refused():
 
 def test_the_search_and_the_ilp_take_the_tied_pair_as_one_layer():
     model, batches = _tied_llama(), lm_batches()
-    table = search(model, batches, bits=(2, 3, 4, 8), group_size=32, skip_modules=["lm_head"], embeddings=True,
-                   progress=False)
+    table = search(
+        model, batches, bits=(2, 3, 4, 8), group_size=32, skip_modules=["lm_head"], embeddings=True, progress=False
+    )
     entry = table.layers["model.embed_tokens"]
     assert "lm_head" not in table.layers and entry["kind"] == "embedding" and entry["params"] == 96 * 64
     one_sample = {"input_ids": batches[0]["input_ids"][:1]}  # the table counts MACs per sample
@@ -90,16 +92,21 @@ def test_quantize_embeddings_end_to_end_saves_once_and_reloads_bit_identically(t
 
     model, batches = _tied_llama(), lm_batches()
     float_embedding = model.model.embed_tokens.weight.detach().clone()
-    config = InfoQConfig(budget={"avg_bits": 3.0}, group_size=32, calibration=batches, rounding="gptq",
-                         quantize_embeddings=True, refine_passes=2)
+    config = InfoQConfig(
+        budget={"avg_bits": 3.0},
+        group_size=32,
+        calibration=batches,
+        rounding="gptq",
+        quantize_embeddings=True,
+        refine_passes=2,
+    )
     result = quantize_pretrained(model, config, progress=False)
     embedding = model.model.embed_tokens
     assert isinstance(embedding, QuantEmbedding) and isinstance(model.lm_head, QuantTiedLinear)
     # GPTQ has no Hessian for a lookup: the embedding is rounded to nearest, the decoder by GPTQ
     rtn = quantize_weight(float_embedding, WeightScheme(embedding.w_bits, 32, False))
     assert torch.equal(embedding.codes(), rtn.codes)
-    params = {n: m.weight_shape[0] * m.weight_shape[1] for n, m in
-              ((n, model.get_submodule(n)) for n in result.policy)}
+    params = {n: m.weight_shape[0] * m.weight_shape[1] for n, m in ((n, model.get_submodule(n)) for n in result.policy)}
     mean = sum(params[n] * result.policy[n].w_bits for n in params) / sum(params.values())
     assert result.summary["avg_bits"] == pytest.approx(mean) and mean <= 3.0 + 1e-9
     model.save_pretrained(tmp_path)

@@ -55,8 +55,11 @@ def test_export_loads_in_plain_transformers_with_the_same_logits(tmp_path, symme
     assert sorted(g["weights"]["num_bits"] for g in qc["config_groups"].values()) == list(range(2, 9))
     ids = torch.randint(0, 128, (2, 11), generator=torch.Generator().manual_seed(1))
     torch.save(ids, tmp_path / "ids.pt")
-    subprocess.run([sys.executable, "-c", _READER, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt")],
-                   check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", _READER, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt")],
+        check=True,
+        timeout=300,
+    )
     theirs = torch.load(tmp_path / "logits.pt")
     with torch.no_grad():
         ours = model(input_ids=ids).logits
@@ -91,9 +94,13 @@ def test_export_from_a_saved_checkpoint_folder(tmp_path):
     # The CLI writes the same files.
     from infoq_hf.cli import main
 
-    assert main(["export", str(tmp_path / "infoq"), "--format", "compressed-tensors", "--out", str(tmp_path / "cli")]) == 0
+    assert (
+        main(["export", str(tmp_path / "infoq"), "--format", "compressed-tensors", "--out", str(tmp_path / "cli")]) == 0
+    )
     assert (tmp_path / "cli" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
-    assert main(["export", str(tmp_path / "missing"), "--format", "compressed-tensors", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["export", str(tmp_path / "missing"), "--format", "compressed-tensors", "--out", str(tmp_path / "x")]) == 2
+    )
 
 
 def test_what_the_format_cannot_hold_is_refused_naming_the_layer(tmp_path):
@@ -114,14 +121,15 @@ def test_fused_projection_groups_tie_qkv_and_gate_up_in_the_allocation():
 
     model = tiny_llama()
     groups = fused_projection_groups(model)
-    assert groups == [("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
-                       "model.layers.0.self_attn.v_proj"),
-                      ("model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj",
-                       "model.layers.1.self_attn.v_proj"),
-                      ("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"),
-                      ("model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj")]
-    table = search(model, None, bits=[2, 3, 4, 8], method="weight_mse", group_size=32, skip_modules=["lm_head"],
-                   progress=False)
+    assert groups == [
+        ("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj"),
+        ("model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.v_proj"),
+        ("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"),
+        ("model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"),
+    ]
+    table = search(
+        model, None, bits=[2, 3, 4, 8], method="weight_mse", group_size=32, skip_modules=["lm_head"], progress=False
+    )
     free = allocate(table, Budget(avg_bits=3.5))
     assert any(len({free[n].w_bits for n in group}) > 1 for group in groups)  # untied, the widths differ here
     tied = allocate(table, Budget(avg_bits=3.5), tie=fused_projection_groups(table.layers))

@@ -12,8 +12,14 @@ import torch
 from conftest import make_calibration_text, make_tiny_llama, tiny_gpt2, tiny_llama
 
 from infoq_hf import quantizable_layers, quantize_model
-from infoq_hf.gguf_types import (GGML_TYPES, exact_type, fallback_type, gguf_weight_bytes, tensor_nbytes,
-                                 width_candidates)
+from infoq_hf.gguf_types import (
+    GGML_TYPES,
+    exact_type,
+    fallback_type,
+    gguf_weight_bytes,
+    tensor_nbytes,
+    width_candidates,
+)
 
 gguf = pytest.importorskip("gguf")
 
@@ -30,8 +36,12 @@ def bpe_tokenizer_folder(folder, vocab: int = 300):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(text.splitlines(), trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        text.splitlines(),
+        trainers.BpeTrainer(
+            vocab_size=vocab, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", chat_template=template)
     fast.save_pretrained(folder)
@@ -42,8 +52,9 @@ def packed_llama(symmetric: bool, group_size=32, vocab: int = 320):
     """A tiny Llama with every layer but lm_head packed at the widths 2..8 in turn."""
     model = tiny_llama(vocab=vocab)
     names = [n for n in quantizable_layers(model) if n != "lm_head"]
-    return quantize_model(model, {n: 2 + i % 7 for i, n in enumerate(names)}, group_size=group_size,
-                          symmetric=symmetric)
+    return quantize_model(
+        model, {n: 2 + i % 7 for i, n in enumerate(names)}, group_size=group_size, symmetric=symmetric
+    )
 
 
 def rows_back(array: np.ndarray, name: str, model) -> np.ndarray:
@@ -80,8 +91,13 @@ def test_type_table_is_the_gguf_packages():
 
 def test_llamacpp_fallbacks_for_rows_a_block_does_not_divide():
     # SmolLM2's width 576 is 2.25 blocks of 256: llama.cpp's own fallbacks apply, as in llama-quant.cpp.
-    assert [fallback_type(t, 576) for t in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")] == \
-           ["Q4_0", "Q4_0", "Q5_0", "Q5_1", "Q8_0"]
+    assert [fallback_type(t, 576) for t in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")] == [
+        "Q4_0",
+        "Q4_0",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+    ]
     assert fallback_type("Q4_K", 1536) == "Q4_K"
     assert fallback_type("Q4_K", 48) == "F16" and fallback_type("Q8_0", 48) == "F16"
     assert width_candidates([2, 3, 4, 8], (10, 576)) == {2: ("Q4_0", 4.5), 4: ("Q5_0", 5.5), 8: ("Q8_0", 8.5)}
@@ -107,15 +123,19 @@ def test_every_tensor_is_read_back_with_our_weights(tmp_path, tokenizer_dir, sym
     policy = json.loads(reader.fields[POLICY_KEY].contents())
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
     expected_names = {tmap.get_name(n, try_suffixes=(".weight",)) for n, _ in model.named_parameters()}
-    expected_names |= {tmap.get_name(f"{n}.weight", try_suffixes=(".weight",))
-                       for n, m in model.named_modules() if hasattr(m, "w_bits")}
+    expected_names |= {
+        tmap.get_name(f"{n}.weight", try_suffixes=(".weight",))
+        for n, m in model.named_modules()
+        if hasattr(m, "w_bits")
+    }
     assert set(tensors) == expected_names and "output.weight" in tensors
     assert tensors["token_embd.weight"].tensor_type.name == "F16"
     assert all(tensors[n].tensor_type.name == "F32" for n in tensors if n.endswith("norm.weight"))
     assert len(policy) == sum(hasattr(m, "w_bits") for m in model.modules())
     layers = {n: m for n, m in model.named_modules() if hasattr(m, "w_bits")}
-    predicted = gguf_weight_bytes({n: m.weight_shape for n, m in layers.items()},
-                                  {n: m.w_bits for n, m in layers.items()}, symmetric, group_size)
+    predicted = gguf_weight_bytes(
+        {n: m.weight_shape for n, m in layers.items()}, {n: m.w_bits for n, m in layers.items()}, symmetric, group_size
+    )
     assert predicted == sum(int(tensors[n].n_bytes) for n in policy)  # the budget's bytes are the file's
     for name, layer in model.named_modules():
         if not hasattr(layer, "w_bits"):
@@ -135,18 +155,18 @@ def test_every_tensor_is_read_back_with_our_weights(tmp_path, tokenizer_dir, sym
             # bit for bit: our codes times our scale rounded to float16, as the format stores it
             q = codes - (1 << (bits - 1))
             assert torch.equal(theirs, (q * half(s)).reshape(rows, cols))
-            bound = q.abs() * s * 2 ** -11  # float16 rounds a scale by at most 2^-11 of itself
+            bound = q.abs() * s * 2**-11  # float16 rounds a scale by at most 2^-11 of itself
         elif entry["rounding"] == "exact":
             z = layer.weight_zero_point.float().repeat_interleave(cols // g // 32, dim=1)[..., None]
             if want == "Q8_0":
-                expect, bound = (codes - z) * half(s), (codes - z).abs() * s * 2 ** -11
+                expect, bound = (codes - z) * half(s), (codes - z).abs() * s * 2**-11
             else:  # d * c + m, with d = s and m = -z s each rounded to float16
-                expect, bound = codes * half(s) + half(-z * s), (codes + z) * s * 2 ** -11
+                expect, bound = codes * half(s) + half(-z * s), (codes + z) * s * 2**-11
             assert torch.equal(theirs, expect.reshape(rows, cols))
         else:  # asymmetric 8 bits: no int8 container for c - z; the gguf package's Q8_0 rounds our weight
             assert (bits, entry["rounding"]) == (8, "requantized (gguf)")
             step = ours.abs().reshape(rows, -1, 32).amax(-1, keepdim=True) / 127
-            bound = step / 2 * (1 + 2 ** -10) + ours.abs().reshape(rows, -1, 32) * 2 ** -10
+            bound = step / 2 * (1 + 2**-10) + ours.abs().reshape(rows, -1, 32) * 2**-10
         # ... and against our float32 weights: within that float16 rounding (or half a Q8_0 step)
         assert ((theirs - ours).abs().reshape(rows, -1, 32) <= bound * (1 + 1e-5) + 1e-9).all(), name
 
@@ -181,13 +201,24 @@ def test_metadata_tokenizer_and_chat_template(tmp_path, tokenizer_dir):
     assert fields["tokenizer.ggml.model"].contents() == "gpt2" and fields["tokenizer.ggml.merges"].contents()
     assert "messages" in fields["tokenizer.chat_template"].contents()
     policy = json.loads(fields[POLICY_KEY].contents())
-    assert policy["blk.0.attn_q.weight"] == {"w_bits": 2, "group_size": 32, "symmetric": True, "type": "Q4_0",
-                                             "rounding": "exact", "embedding": False}
+    assert policy["blk.0.attn_q.weight"] == {
+        "w_bits": 2,
+        "group_size": 32,
+        "symmetric": True,
+        "type": "Q4_0",
+        "rounding": "exact",
+        "embedding": False,
+    }
     # a GGUF as the tokenizer source: its tokenizer.* keys are copied as they are
     second = export_gguf(model, tmp_path / "b.gguf", tokenizer=first)
     again = gguf.GGUFReader(second).fields
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-                "tokenizer.chat_template", "tokenizer.ggml.eos_token_id"):
+    for key in (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.chat_template",
+        "tokenizer.ggml.eos_token_id",
+    ):
         assert again[key].contents() == fields[key].contents(), key
     assert gguf_summary(second)["file_bytes"] == os.path.getsize(second)
 
@@ -202,16 +233,19 @@ def test_packed_embedding_is_token_embd_and_the_tied_head_is_not_written(tmp_pat
     assert "output.weight" not in tensors and tensors["token_embd.weight"].tensor_type.name == "Q4_0"
     theirs = gguf.quants.dequantize(tensors["token_embd.weight"].data, tensors["token_embd.weight"].tensor_type)
     emb = model.get_input_embeddings()
-    assert torch.equal(torch.from_numpy(theirs), (emb.codes().float().reshape(320, -1, 32) - 8).mul(
-        half(emb.weight_scale)[..., None]).reshape(320, -1))
+    assert torch.equal(
+        torch.from_numpy(theirs),
+        (emb.codes().float().reshape(320, -1, 32) - 8).mul(half(emb.weight_scale)[..., None]).reshape(320, -1),
+    )
 
 
 # ----------------------------------------------------------------------------- refusals and routing
 def test_clear_errors(tmp_path, tokenizer_dir, monkeypatch):
     model = packed_llama(symmetric=True)
     with pytest.raises(ValueError, match="Llama-architecture"):
-        export_gguf(quantize_model(tiny_gpt2(), {"transformer.h.0.mlp.c_fc": 4}), tmp_path / "g.gguf",
-                    tokenizer=tokenizer_dir)
+        export_gguf(
+            quantize_model(tiny_gpt2(), {"transformer.h.0.mlp.c_fc": 4}), tmp_path / "g.gguf", tokenizer=tokenizer_dir
+        )
     with pytest.raises(ValueError, match="no packed layers"):
         export_gguf(tiny_llama(vocab=320), tmp_path / "f.gguf", tokenizer=tokenizer_dir)
     word_level = make_tiny_llama(tmp_path / "wl")
@@ -221,12 +255,21 @@ def test_clear_errors(tmp_path, tokenizer_dir, monkeypatch):
         export_gguf(model, tmp_path / "t.gguf")
     monkeypatch.delenv("INFOQ_GGML_LIBRARY", raising=False)
     with pytest.raises(ValueError, match="ggml_library"):
-        export_gguf(model, tmp_path / "k.gguf", tokenizer=tokenizer_dir, ggml_library=tmp_path / "nowhere",
-                    types={"model.layers.0.mlp.down_proj": "Q4_K"})
+        export_gguf(
+            model,
+            tmp_path / "k.gguf",
+            tokenizer=tokenizer_dir,
+            ggml_library=tmp_path / "nowhere",
+            types={"model.layers.0.mlp.down_proj": "Q4_K"},
+        )
     with pytest.raises(ValueError, match="unknown or unsupported llama.cpp tensor type 'Q9_0'"):
         export_gguf(model, tmp_path / "k.gguf", tokenizer=tokenizer_dir, types={"model.layers.0.mlp.up_proj": "Q9_0"})
-    act = quantize_model(tiny_llama(vocab=320), {"model.layers.0.mlp.up_proj": {"w_bits": 4, "a_bits": 8}},
-                         group_size=32, act_ranges={"model.layers.0.mlp.up_proj": (-1.0, 1.0)})
+    act = quantize_model(
+        tiny_llama(vocab=320),
+        {"model.layers.0.mlp.up_proj": {"w_bits": 4, "a_bits": 8}},
+        group_size=32,
+        act_ranges={"model.layers.0.mlp.up_proj": (-1.0, 1.0)},
+    )
     with pytest.raises(ValueError, match="a_bits=8"):
         export_gguf(act, tmp_path / "a.gguf", tokenizer=tokenizer_dir)
     (tmp_path / "exists.gguf").write_bytes(b"mine")
@@ -240,8 +283,7 @@ def test_a_layer_without_an_exact_container_takes_llamacpps_type_for_its_width(t
     """Groups of 16 split a 32-block: the layer takes llama.cpp's type for 4 bits (Q4_K, whose 256-block
     does not divide rows of 64, so its fallback Q5_0), rounded from our dequantized weight."""
     model = quantize_model(tiny_llama(vocab=320), {"model.layers.0.mlp.up_proj": 4}, group_size=16, symmetric=True)
-    out = export_gguf(model, tmp_path / "m.gguf", tokenizer=tokenizer_dir,
-                      types={"model.layers.1.mlp.up_proj": "Q8_0"})
+    out = export_gguf(model, tmp_path / "m.gguf", tokenizer=tokenizer_dir, types={"model.layers.1.mlp.up_proj": "Q8_0"})
     reader = gguf.GGUFReader(out)
     policy = json.loads(reader.fields[POLICY_KEY].contents())
     assert policy["blk.0.ffn_up.weight"]["type"] == "Q5_0"
@@ -256,13 +298,17 @@ def test_a_layer_without_an_exact_container_takes_llamacpps_type_for_its_width(t
     assert (theirs - ours).abs().max() > 0
 
 
-@pytest.mark.skipif(not os.environ.get("INFOQ_GGML_LIBRARY"), reason="needs llama.cpp's libggml-base "
-                    "(INFOQ_GGML_LIBRARY, see benchmarks/setup_llamacpp.sh)")
+@pytest.mark.skipif(
+    not os.environ.get("INFOQ_GGML_LIBRARY"),
+    reason="needs llama.cpp's libggml-base (INFOQ_GGML_LIBRARY, see benchmarks/setup_llamacpp.sh)",
+)
 def test_kquants_are_rounded_by_llamacpp(tmp_path, tokenizer_dir):
-    model = quantize_model(tiny_llama(vocab=320, intermediate=256), {"model.layers.0.mlp.down_proj": 4},
-                           group_size=32, symmetric=True)
-    out = export_gguf(model, tmp_path / "m.gguf", tokenizer=tokenizer_dir,
-                      types={"model.layers.0.mlp.down_proj": "Q4_K"})
+    model = quantize_model(
+        tiny_llama(vocab=320, intermediate=256), {"model.layers.0.mlp.down_proj": 4}, group_size=32, symmetric=True
+    )
+    out = export_gguf(
+        model, tmp_path / "m.gguf", tokenizer=tokenizer_dir, types={"model.layers.0.mlp.down_proj": "Q4_K"}
+    )
     t = next(t for t in gguf.GGUFReader(out).tensors if t.name == "blk.0.ffn_down.weight")
     assert t.tensor_type.name == "Q4_K"
     ours = model.get_submodule("model.layers.0.mlp.down_proj").dequantized_weight()
@@ -282,8 +328,16 @@ def test_cli_exports_a_saved_checkpoint_folder(tmp_path, tokenizer_dir):
     config = InfoQConfig(policy={n: 2 + i % 7 for i, n in enumerate(names)}, group_size=32, symmetric=True)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=config)
     model.save_pretrained(tmp_path / "infoq")
-    argv = ["export", str(tmp_path / "infoq"), "--format", "gguf", "--out", str(tmp_path / "m.gguf"),
-            "--tokenizer", str(tokenizer_dir)]
+    argv = [
+        "export",
+        str(tmp_path / "infoq"),
+        "--format",
+        "gguf",
+        "--out",
+        str(tmp_path / "m.gguf"),
+        "--tokenizer",
+        str(tokenizer_dir),
+    ]
     assert main(argv) == 0
     direct = export_gguf(model, tmp_path / "direct.gguf", tokenizer=tokenizer_dir)
     cli_tensors = {t.name: t.data.tobytes() for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}

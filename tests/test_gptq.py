@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from infoq_hf import InfoQConfig, quantizable_layers, quantize_model
 from infoq_hf.quant import QuantConv2d, QuantLinear, WeightScheme, quantize_weight
@@ -138,9 +137,13 @@ def test_conv2d_hessian_is_the_unfolded_closed_form():
     """For every conv (padded, strided, grouped, depthwise) the output error equals the quadratic
     form of the weight error in the accumulated Hessian: sum_o dW_o H dW_o^T * count / 2."""
     g = torch.Generator().manual_seed(4)
-    for conv in (nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 6, (3, 2), stride=2, padding=(1, 0), dilation=(1, 2)),
-                 nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.Conv2d(4, 4, 3, padding="same", groups=4),
-                 nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect")):
+    for conv in (
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.Conv2d(4, 6, (3, 2), stride=2, padding=(1, 0), dilation=(1, 2)),
+        nn.Conv2d(4, 6, 3, padding=1, groups=2),
+        nn.Conv2d(4, 4, 3, padding="same", groups=4),
+        nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"),
+    ):
         x = torch.randn(3, 4, 9, 8, generator=g)
         acc = HessianAccumulator("c", conv)
         acc.add(x)
@@ -149,15 +152,33 @@ def test_conv2d_hessian_is_the_unfolded_closed_form():
         moved.weight.data += dw
         lhs = float(((moved(x) - conv(x)) ** 2).sum())
         h = acc.hessian()
-        rhs = sum(float(torch.einsum("oi,ij,oj->", d.reshape(d.shape[0], -1).double(), hg, d.reshape(d.shape[0], -1).double()))
-                  for d, hg in zip(dw.chunk(conv.groups), h)) * acc.count / 2
+        rhs = (
+            sum(
+                float(
+                    torch.einsum(
+                        "oi,ij,oj->", d.reshape(d.shape[0], -1).double(), hg, d.reshape(d.shape[0], -1).double()
+                    )
+                )
+                for d, hg in zip(dw.chunk(conv.groups), h)
+            )
+            * acc.count
+            / 2
+        )
         assert abs(lhs - rhs) <= 1e-4 * lhs, (conv, lhs, rhs)
 
 
 def _convnet():
     torch.manual_seed(5)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 7 * 7, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 7 * 7, 10),
+    ).eval()
 
 
 @torch.no_grad()
@@ -247,8 +268,9 @@ def test_sequential_gptq_lowers_the_final_output_error(llama):
 
 def test_activation_buffer_is_one_block(llama):
     model, calib, names = llama
-    report = gptq_quantize_model(copy.deepcopy(model), {n: 4 for n in names}, calib, scheme={"group_size": 32},
-                                 progress=False)
+    report = gptq_quantize_model(
+        copy.deepcopy(model), {n: 4 for n in names}, calib, scheme={"group_size": 32}, progress=False
+    )
     hidden = sum(b["input_ids"].numel() for b in calib) * 64 * 4  # tokens x hidden x fp32
     assert report.layers == len(names) and report.blocks == 2 and report.full_passes == 1
     assert hidden <= report.max_activation_bytes < 2 * hidden  # hidden states + per-batch mask/rotary
@@ -256,12 +278,17 @@ def test_activation_buffer_is_one_block(llama):
 
 def test_missing_calibration_and_nan_name_the_layer_and_leave_the_model_float(llama):
     model, calib, names = llama
-    with pytest.raises(ValueError, match=r"rounding='gptq' needs calibration batches to round layer "
-                                         r"'model.layers.0.self_attn.q_proj' \(and 13 more\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"rounding='gptq' needs calibration batches to round layer "
+        r"'model.layers.0.self_attn.q_proj' \(and 13 more\)",
+    ):
         quantize_model(copy.deepcopy(model), {n: 4 for n in names}, rounding="gptq")
     broken = copy.deepcopy(model)
     broken.model.layers[1].post_attention_layernorm.weight.data[3] = float("nan")
-    with pytest.raises(ValueError, match=r"layer 'model.layers.1.mlp.(gate|up)_proj': a calibration input contains NaN"):
+    with pytest.raises(
+        ValueError, match=r"layer 'model.layers.1.mlp.(gate|up)_proj': a calibration input contains NaN"
+    ):
         quantize_model(broken, {n: 4 for n in names}, rounding="gptq", calibration=calib)
     assert not any(isinstance(m, QuantLinear) for m in broken.modules())  # block 0 was put back in float
 
@@ -271,8 +298,9 @@ def test_gptq_checkpoint_reloads_bit_identically_and_records_the_rounding(llama,
     model, calib, names = llama
     model.save_pretrained(tmp_path / "float")
     policy = {n: {"w_bits": 2 + i % 7, "a_bits": None} for i, n in enumerate(names)}
-    config = InfoQConfig(policy=policy, group_size=32, rounding="gptq", calibration=calib,
-                         gptq_options={"act_order": True})
+    config = InfoQConfig(
+        policy=policy, group_size=32, rounding="gptq", calibration=calib, gptq_options={"act_order": True}
+    )
     q = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=config)
     q.save_pretrained(tmp_path / "q")
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "q")

@@ -66,8 +66,9 @@ def test_candidates_on_a_rounded_prefix_are_what_sequential_packing_rounds(setup
     model, batches, names, on_float, _ = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prefix = {n: (3, 2, 4)[i % 3] for i, n in enumerate(names)}  # a mixed configuration
-    candidates = gptq_candidates(model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits=prefix,
-                                 progress=False)
+    candidates = gptq_candidates(
+        model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits=prefix, progress=False
+    )
     packed = copy.deepcopy(model)
     gptq_quantize_model(packed, {n: b for n, b in prefix.items()}, batches, scheme=SCHEME, progress=False)
     for n in names:
@@ -81,8 +82,9 @@ def test_candidates_on_a_rounded_prefix_are_what_sequential_packing_rounds(setup
     assert on_float.meta["inputs"] == "float"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is put back
     with pytest.raises(ValueError, match="prefix_bits"):
-        gptq_candidates(model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits={names[0]: 5},
-                        progress=False)
+        gptq_candidates(
+            model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits={names[0]: 5}, progress=False
+        )
 
 
 def test_costs_are_rescaled_exactly_and_converting_twice_changes_nothing(setup, tmp_path):
@@ -126,16 +128,23 @@ def test_the_refinement_judges_gptqs_weights(setup):
             ref, q = (F.log_softmax(m(**b).logits.float(), -1) for m in (model, judged))
             total, count = total + float((ref.exp() * (ref - q)).sum()), count + ref.shape[0] * ref.shape[1]
     assert total / count == pytest.approx(r.kl_final, rel=1e-4)
-    rtn_only = gptq_candidates(model, {n: BITS for n in names}, batches, scheme=SCHEME, keep_weights=False,
-                               progress=False)
+    rtn_only = gptq_candidates(
+        model, {n: BITS for n in names}, batches, scheme=SCHEME, keep_weights=False, progress=False
+    )
     with pytest.raises(ValueError, match="keep_weights=True"):
         refine(allocate(table, Budget(avg_bits=3.0)), model, batches, passes=2, gptq=rtn_only)
 
 
 def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
     model, batches, names, _, _ = setup
-    kw = dict(bits=list(BITS), budget={"avg_bits": 3.0}, group_size=32, calibration=batches, refine_passes=3,
-              modules_to_not_convert=["lm_head"])
+    kw = dict(
+        bits=list(BITS),
+        budget={"avg_bits": 3.0},
+        group_size=32,
+        calibration=batches,
+        refine_passes=3,
+        modules_to_not_convert=["lm_head"],
+    )
     gptq = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="gptq", **kw), progress=False)
     rtn = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="rtn", **kw), progress=False)
     assert gptq.table.meta["costs_rounding"] == "gptq" and "costs_rounding" not in rtn.table.meta
@@ -143,24 +152,41 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
     assert "gptq-aware costs" in gptq.summary["times_s"] and gptq.summary["rounding"] == "gptq"
     # the same probes: only the quantizer's error differs between the two tables
     assert all(gptq.table.layers[n]["alpha"] == rtn.table.layers[n]["alpha"] for n in names)
-    expected = quantize_model(copy.deepcopy(model), gptq.policy, rounding="gptq", calibration=batches,
-                              skip_modules=["lm_head"], progress=False)
+    expected = quantize_model(
+        copy.deepcopy(model),
+        gptq.policy,
+        rounding="gptq",
+        calibration=batches,
+        skip_modules=["lm_head"],
+        progress=False,
+    )
     for n in names:
         assert torch.equal(gptq.model.get_submodule(n).weight_packed, expected.get_submodule(n).weight_packed), n
     # ILP only: the costs from candidates on the inputs of the budget's uniform start. Refining: the judge's
     # weights and the table's costs on float inputs, the ILP on the prefix costs one more start
-    ilp_only = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="gptq", **{**kw, "refine_passes": 0}),
-                                   progress=False)
-    prefixed = gptq_candidates(model, {n: BITS for n in names}, batches, scheme=SCHEME, keep_weights=False,
-                               prefix_bits={n: 3 for n in names}, progress=False)
+    ilp_only = quantize_with_infoq(
+        copy.deepcopy(model), InfoQConfig(rounding="gptq", **{**kw, "refine_passes": 0}), progress=False
+    )
+    prefixed = gptq_candidates(
+        model,
+        {n: BITS for n in names},
+        batches,
+        scheme=SCHEME,
+        keep_weights=False,
+        prefix_bits={n: 3 for n in names},
+        progress=False,
+    )
     assert ilp_only.table.meta["gptq_costs"]["inputs"] == f"prefix at 3 bits x{len(names)}"
-    assert all(ilp_only.table.layers[n]["gptq_error_ratio"][b] == prefixed.error_ratio[n][b] for n in names
-               for b in BITS)
+    assert all(
+        ilp_only.table.layers[n]["gptq_error_ratio"][b] == prefixed.error_ratio[n][b] for n in names for b in BITS
+    )
     r = gptq.policy.report.refinement
     assert gptq.table.meta["gptq_costs"]["inputs"] == "float" and r.judge_inputs == "float"
     on_prefix = {n: lb.w_bits for n, lb in ilp_only.policy.items()}
-    others = ({n: lb.w_bits for n, lb in allocate(gptq.table, Budget(avg_bits=3.0)).items()},
-              uniform_start(gptq.table, Budget(avg_bits=3.0)))
+    others = (
+        {n: lb.w_bits for n, lb in allocate(gptq.table, Budget(avg_bits=3.0)).items()},
+        uniform_start(gptq.table, Budget(avg_bits=3.0)),
+    )
     assert "ilp-prefix" in r.kl_starts or on_prefix in others  # a start equal to an earlier one is skipped
     line = next(x for x in format_summary(gptq.summary).splitlines() if "refinement on the whole model" in x)
     assert f"start {r.start} (of " in line and all(f"{name} {kl:.4g}" in line for name, kl in r.kl_starts.items())
@@ -169,17 +195,32 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
 
 def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):
     model, batches, names, _, _ = setup
-    config = InfoQConfig(bits=list(BITS), budget={"avg_bits": 3.0}, group_size=32, calibration=batches,
-                         refine_passes=2, rounding="gptq", search_samples=4, modules_to_not_convert=["lm_head"])
+    config = InfoQConfig(
+        bits=list(BITS),
+        budget={"avg_bits": 3.0},
+        group_size=32,
+        calibration=batches,
+        refine_passes=2,
+        rounding="gptq",
+        search_samples=4,
+        modules_to_not_convert=["lm_head"],
+    )
     result = quantize_with_infoq(copy.deepcopy(model), config, progress=False)
     assert result.table.meta["calibration"]["batches"] == 1  # the first batch holds the 4 samples
     assert result.policy.report.refinement.calibration_batches == 1
     assert result.policy.report.refinement.validation_batches == 1  # the next 4 samples: the held-out check
     assert result.table.meta["gptq_costs"]["calibration_batches"] == 2  # GPTQ: all of them
-    expected = quantize_model(copy.deepcopy(model), result.policy, rounding="gptq", calibration=batches,
-                              skip_modules=["lm_head"], progress=False)
-    assert all(torch.equal(result.model.get_submodule(n).weight_packed, expected.get_submodule(n).weight_packed)
-               for n in names)
+    expected = quantize_model(
+        copy.deepcopy(model),
+        result.policy,
+        rounding="gptq",
+        calibration=batches,
+        skip_modules=["lm_head"],
+        progress=False,
+    )
+    assert all(
+        torch.equal(result.model.get_submodule(n).weight_packed, expected.get_submodule(n).weight_packed) for n in names
+    )
     with pytest.raises(ValueError, match="search_samples must be a positive int or None"):
         InfoQConfig(budget={"avg_bits": 3.0}, search_samples=0)
 

@@ -30,8 +30,9 @@ def test_offloaded_llama_gets_the_same_candidates_and_codes():
     for kw in ({}, {"prefix_bits": prefix, "options": {"act_order": True}}):
         a = gptq_candidates(model, widths, batches, scheme=SCHEME, progress=False, **kw)
         b = gptq_candidates(offloaded, widths, batches, scheme=SCHEME, progress=False, **kw)
-        assert a.error_ratio == b.error_ratio and set(a.rounded) == set(b.rounded) == {(n, w) for n in names
-                                                                                        for w in BITS}
+        assert a.error_ratio == b.error_ratio and set(a.rounded) == set(b.rounded) == {
+            (n, w) for n in names for w in BITS
+        }
         for key in a.rounded:
             assert torch.equal(a.weight(*key), b.weight(*key)), key
     for n in names:  # the prefix runs wrote through the hooks' copies and put them back

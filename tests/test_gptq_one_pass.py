@@ -23,9 +23,15 @@ BITS = (2, 3, 4, 8)
 
 def same_rounding(a, b) -> bool:
     zeros = (a.zero_point is None and b.zero_point is None) or (
-        a.zero_point is not None and b.zero_point is not None and torch.equal(a.zero_point, b.zero_point))
-    return (torch.equal(a.codes, b.codes) and torch.equal(a.scale, b.scale) and zeros and a.scheme == b.scheme
-            and tuple(a.shape) == tuple(b.shape))
+        a.zero_point is not None and b.zero_point is not None and torch.equal(a.zero_point, b.zero_point)
+    )
+    return (
+        torch.equal(a.codes, b.codes)
+        and torch.equal(a.scale, b.scale)
+        and zeros
+        and a.scheme == b.scheme
+        and tuple(a.shape) == tuple(b.shape)
+    )
 
 
 def correlated(n, d, g):
@@ -76,8 +82,9 @@ def test_tiny_llama_candidates_equal_the_per_width_pass(llama, options):
     widths = {n: BITS for n in names + ["model.embed_tokens"]}
     scheme = PackingScheme(group_size=48)  # 64 wide: falls back to 32; 128 wide (down_proj): falls back to 32
     kw = dict(scheme=scheme, options=options, progress=False)
-    assert_same_candidates(gptq_candidates(model, widths, batches, **kw),
-                           reference.gptq_candidates(model, widths, batches, **kw), widths)
+    assert_same_candidates(
+        gptq_candidates(model, widths, batches, **kw), reference.gptq_candidates(model, widths, batches, **kw), widths
+    )
     prefix = {n: (3, 2, 4, 8)[i % 4] for i, n in enumerate(widths)}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     new = gptq_candidates(model, widths, batches, prefix_bits=prefix, **kw)
@@ -93,23 +100,38 @@ def test_gpt2_conv1d_and_a_conv_net_equal_the_per_width_pass():
     batches = [{"input_ids": torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))}]
     widths = {n: BITS for n in quantizable_layers(gpt2) if n != "lm_head"}
     kw = dict(scheme=PackingScheme(group_size=16), progress=False)
-    assert_same_candidates(gptq_candidates(gpt2, widths, batches, **kw),
-                           reference.gptq_candidates(gpt2, widths, batches, **kw), widths)
+    assert_same_candidates(
+        gptq_candidates(gpt2, widths, batches, **kw), reference.gptq_candidates(gpt2, widths, batches, **kw), widths
+    )
 
     torch.manual_seed(5)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.ReLU(),
-                        nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 7 * 7, 10)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 7 * 7, 10),
+    ).eval()
     g = torch.Generator().manual_seed(6)
     calib = [(torch.randn(8, 3, 16, 16, generator=g).cumsum(-1) / 4, None) for _ in range(2)]
     widths = {n: BITS for n in quantizable_layers(net)}
-    for scheme, options in ((PackingScheme(group_size=32, conv_group_size=8), None),
-                            (PackingScheme(conv_group_size=None, symmetric=True), {"act_order": True})):
+    for scheme, options in (
+        (PackingScheme(group_size=32, conv_group_size=8), None),
+        (PackingScheme(conv_group_size=None, symmetric=True), {"act_order": True}),
+    ):
         kw = dict(scheme=scheme, options=options, progress=False)
-        assert_same_candidates(gptq_candidates(net, widths, calib, **kw),
-                               reference.gptq_candidates(net, widths, calib, **kw), widths)
+        assert_same_candidates(
+            gptq_candidates(net, widths, calib, **kw), reference.gptq_candidates(net, widths, calib, **kw), widths
+        )
         prefix = {n: 3 for n in widths}
-        assert_same_candidates(gptq_candidates(net, widths, calib, prefix_bits=prefix, **kw),
-                               reference.gptq_candidates(net, widths, calib, prefix_bits=prefix, **kw), widths)
+        assert_same_candidates(
+            gptq_candidates(net, widths, calib, prefix_bits=prefix, **kw),
+            reference.gptq_candidates(net, widths, calib, prefix_bits=prefix, **kw),
+            widths,
+        )
 
 
 def test_the_store_takes_packed_codes_plus_scales(llama):

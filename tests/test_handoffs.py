@@ -72,8 +72,12 @@ def test_no_transformers_method_is_replaced_on_the_model_or_in_the_library(float
     assert not {"save_pretrained", "push_to_hub", "forward"} & set(vars(model))
     assert model.save_pretrained.__func__ is type(model).save_pretrained
     package = Path(infoq_hf.__file__).parent
-    assigned = [f"{p.relative_to(package)}:{line}" for p in package.rglob("*.py") for line in p.read_text().splitlines()
-                if re.search(r"(?<!self)\.(save_pretrained|push_to_hub|forward)\s*=[^=]", line)]
+    assigned = [
+        f"{p.relative_to(package)}:{line}"
+        for p in package.rglob("*.py")
+        for line in p.read_text().splitlines()
+        if re.search(r"(?<!self)\.(save_pretrained|push_to_hub|forward)\s*=[^=]", line)
+    ]
     assert assigned == []
 
 
@@ -113,9 +117,9 @@ def test_the_runs_summary_is_visible_without_logging_setup(float_folder, capsys)
 
 
 def test_the_refinement_bar_ends_at_its_total(monkeypatch):
-    from tqdm.auto import tqdm
-
     import importlib
+
+    from tqdm.auto import tqdm
 
     refine_module = importlib.import_module("infoq_hf.allocation.refine")  # the package re-exports the function
     bars = []
@@ -136,8 +140,9 @@ def test_the_refinement_bar_ends_at_its_total(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- infoq_hf.save and its card
-def test_save_writes_one_transaction_with_the_tokenizer_and_a_card_that_runs_as_pasted(float_folder, tmp_path,
-                                                                                       monkeypatch):
+def test_save_writes_one_transaction_with_the_tokenizer_and_a_card_that_runs_as_pasted(
+    float_folder, tmp_path, monkeypatch
+):
     model = _quantize_on_load(float_folder)
     staged = []
     mkdir = os.mkdir
@@ -149,19 +154,25 @@ def test_save_writes_one_transaction_with_the_tokenizer_and_a_card_that_runs_as_
 
     monkeypatch.setattr(os, "mkdir", counting_mkdir)
     monkeypatch.chdir(tmp_path)
-    infoq_hf.save(model, "out", tokenizer=_word_tokenizer(),
-                  metrics=[{"metric": "perplexity", "data": "held-out text", "quantized": 61.25, "float": 40.5}])
+    infoq_hf.save(
+        model,
+        "out",
+        tokenizer=_word_tokenizer(),
+        metrics=[{"metric": "perplexity", "data": "held-out text", "quantized": 61.25, "float": 40.5}],
+    )
     monkeypatch.setattr(os, "mkdir", mkdir)
     assert len(set(staged)) == 1  # one save transaction, not one inside another
     out = tmp_path / "out"
-    assert {"tokenizer.json", "tokenizer_config.json", "README.md", "infoq_summary.json"} <= {p.name for p in out.iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "README.md", "infoq_summary.json"} <= {
+        p.name for p in out.iterdir()
+    }
     card = (out / "README.md").read_text()
     meta = _front_matter(card)
     assert meta["base_model"] == "test-org/tiny-llama" and meta["base_model_relation"] == "quantized"
     assert "\n# tiny-llama, InfoQ mixed precision (4.00 bits average)\n" in card  # the model's name, not "out"
     size = (out / "model.safetensors").stat().st_size
     assert f"| `model.safetensors` | {size / 1e3:.2f} kB |" in card
-    assert f"| `tokenizer.json` | " in card and "| `README.md` |" not in card
+    assert "| `tokenizer.json` | " in card and "| `README.md` |" not in card
     assert "| perplexity | held-out text | 61.25 | 40.5 |" in card and "measured no quality metric" not in card
     assert "<user>" not in card and str(tmp_path) not in card
     # the snippet runs as pasted, from the folder's parent
@@ -235,8 +246,23 @@ def test_cli_quantize_saves_the_tokenizer_and_a_card_for_the_folder(float_folder
     from infoq_hf.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["quantize", str(float_folder), "--bits", "2,4,8", "--avg-bits", "4", "--method", "weight_mse",
-                 "--out", "cli-out"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(float_folder),
+                "--bits",
+                "2,4,8",
+                "--avg-bits",
+                "4",
+                "--method",
+                "weight_mse",
+                "--out",
+                "cli-out",
+            ]
+        )
+        == 0
+    )
     card = (tmp_path / "cli-out" / "README.md").read_text()
     assert (tmp_path / "cli-out" / "tokenizer.json").is_file()
     assert 'AutoTokenizer.from_pretrained("cli-out")' in card and "<user>" not in card

@@ -38,8 +38,9 @@ def llama_quantized_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("llama")
     src = make_tiny_llama(root / "float")
     model = LlamaForCausalLM.from_pretrained(src)
-    table = search(model, None, bits=[2, 4, 8], method="weight_mse", group_size=32, skip_modules=["lm_head"],
-                   progress=False)
+    table = search(
+        model, None, bits=[2, 4, 8], method="weight_mse", group_size=32, skip_modules=["lm_head"], progress=False
+    )
     policy = allocate(table, Budget(avg_bits=4))
     config = InfoQConfig(bits=[2, 4, 8], budget={"avg_bits": 4}, method="weight_mse", group_size=32, policy=policy)
     quantized = LlamaForCausalLM.from_pretrained(src, quantization_config=config)
@@ -69,11 +70,25 @@ def test_transformers_round_trip_through_the_hub(hub_server, llama_quantized_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out, quantized, table, policy = llama_quantized_dir
-    commit = push_to_hub(out, "test-user/tiny-llama-infoq", token=hub_server.token, policy=policy,
-                         base_model="test-org/tiny-llama", calibration="wikitext")
+    commit = push_to_hub(
+        out,
+        "test-user/tiny-llama-infoq",
+        token=hub_server.token,
+        policy=policy,
+        base_model="test-org/tiny-llama",
+        calibration="wikitext",
+    )
     files = hub_server.files("test-user/tiny-llama-infoq")
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "infoq_sensitivity.json",
-                 "infoq_bits_per_layer.png", "infoq_sensitivity_heatmap.png", "infoq_pareto.png"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "README.md",
+        "infoq_sensitivity.json",
+        "infoq_bits_per_layer.png",
+        "infoq_sensitivity_heatmap.png",
+        "infoq_pareto.png",
+    ):
         assert name in files, name
     assert files["infoq_pareto.png"][:4] == b"\x89PNG"
     commits = hub_server.commits("test-user/tiny-llama-infoq")
@@ -198,8 +213,12 @@ def test_bad_inputs(hub_server, tmp_path, timm_quantized):
 # ----------------------------------------------------------------------------- the template
 def test_model_card_template_exists_once():
     """The package data the code renders is the only template: model_cards/ and the docs point at it."""
-    templates = sorted(p for top in REPO_ROOT.iterdir() if top.is_dir() and not top.name.startswith(".")
-                       and top.name not in ("build", "dist") for p in top.rglob("*.j2"))
+    templates = sorted(
+        p
+        for top in REPO_ROOT.iterdir()
+        if top.is_dir() and not top.name.startswith(".") and top.name not in ("build", "dist")
+        for p in top.rglob("*.j2")
+    )
     assert templates == [TEMPLATE_PATH.resolve()], templates
 
 

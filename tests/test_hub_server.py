@@ -11,6 +11,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import huggingface_hub  # noqa: E402
+from conftest import tiny_gpt2  # noqa: E402
+from hub_fixtures import hub_server  # noqa: E402,F401
 from huggingface_hub import HfApi, ModelCard, constants, hf_hub_download, snapshot_download  # noqa: E402
 from huggingface_hub.errors import (  # noqa: E402
     EntryNotFoundError,
@@ -18,9 +20,6 @@ from huggingface_hub.errors import (  # noqa: E402
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-
-from conftest import tiny_gpt2  # noqa: E402
-from hub_fixtures import hub_server  # noqa: E402,F401
 
 BINARY = bytes(range(256)) * 40 + b"\x00\xff"
 
@@ -176,8 +175,9 @@ def test_model_card_push_and_module_level_functions(hub_server, monkeypatch):
     loaded = ModelCard.load("test-user/carded")
     assert loaded.data.license == "mit"
     with pytest.raises(ValueError, match="Invalid metadata"):
-        huggingface_hub.upload_file(path_or_fileobj=b"---\n- not a mapping\n---\n", path_in_repo="README.md",
-                                    repo_id="test-user/carded")
+        huggingface_hub.upload_file(
+            path_or_fileobj=b"---\n- not a mapping\n---\n", path_in_repo="README.md", repo_id="test-user/carded"
+        )
 
 
 def test_transformers_push_to_hub_and_from_pretrained(hub_server):

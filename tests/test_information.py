@@ -218,6 +218,8 @@ def test_gaussian_estimator_matches_closed_form_and_rises_with_separation():
         assert abs(est - (-0.5 * math.log(1 - rho**2))) < 0.05, (rho, est)
     y = torch.randint(0, 2, (2000,), generator=gen)
     noise = torch.randn(2000, 1, generator=gen)
-    values = [float(sliced_mi_discrete(noise + s * (y[:, None] - 0.5), y, eye, estimator="gaussian")[0])
-              for s in (0.0, 0.5, 1.0, 2.0)]
+    values = [
+        float(sliced_mi_discrete(noise + s * (y[:, None] - 0.5), y, eye, estimator="gaussian")[0])
+        for s in (0.0, 0.5, 1.0, 2.0)
+    ]
     assert values[0] < 0.01 and all(a < b for a, b in zip(values, values[1:])), values

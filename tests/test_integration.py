@@ -53,7 +53,9 @@ def _assert_size_close(directory, model):
 
 
 def _stored_policy(directory):
-    return BitPolicy.from_dict(json.loads(open(os.path.join(directory, "config.json")).read())["quantization_config"]["policy"])
+    return BitPolicy.from_dict(
+        json.loads(open(os.path.join(directory, "config.json")).read())["quantization_config"]["policy"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,9 @@ def llama_policy(llama_dir):
 @pytest.fixture(scope="module")
 def llama_quantized(llama_dir, llama_policy, tmp_path_factory):
     """Policy-on-load, then save: (model, saved dir, input ids)."""
-    model = AutoModelForCausalLM.from_pretrained(llama_dir, quantization_config=InfoQConfig(policy=llama_policy, group_size=32))
+    model = AutoModelForCausalLM.from_pretrained(
+        llama_dir, quantization_config=InfoQConfig(policy=llama_policy, group_size=32)
+    )
     out = tmp_path_factory.mktemp("llama_q")
     model.save_pretrained(out)
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -82,8 +86,15 @@ def llama_quantized(llama_dir, llama_policy, tmp_path_factory):
 # ----------------------------------------------------------------------------- config
 def test_config_round_trip_keeps_policy_and_drops_in_memory_batches():
     spec = {"dataset": "text", "data_files": "x.txt", "num_samples": 8, "seq_len": 16}
-    cfg = InfoQConfig(bits=[8, 2, 4], budget={"avg_bits": 3.5}, calibration=spec, group_size=64, symmetric=True,
-                      policy={"a.b": 4, "re:c\\..*": {"w_bits": 2, "a_bits": 8}}, method="hawq")
+    cfg = InfoQConfig(
+        bits=[8, 2, 4],
+        budget={"avg_bits": 3.5},
+        calibration=spec,
+        group_size=64,
+        symmetric=True,
+        policy={"a.b": 4, "re:c\\..*": {"w_bits": 2, "a_bits": 8}},
+        method="hawq",
+    )
     data = json.loads(json.dumps(cfg.to_dict()))
     back = InfoQConfig.from_dict(data)
     assert back == cfg and back.bits == [2, 4, 8] and back.policy == cfg.policy
@@ -93,17 +104,20 @@ def test_config_round_trip_keeps_policy_and_drops_in_memory_batches():
     assert InfoQConfig.from_dict(in_memory.to_dict()).calibration is None
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({}, "needs a budget"),
-    ({"budget": {"avg_bits": 4}, "bits": [2, 9]}, "from 2 to 8"),
-    ({"budget": {"avg_bits": 4}, "bits": [1]}, "from 2 to 8"),
-    ({"budget": {"avg_bits": 4}, "group_size": 0}, "group_size must be a positive int"),
-    ({"budget": {"avg_bits": 4}, "group_size": 12.5}, "group_size must be a positive int"),
-    ({"budget": {"bits": 4}}, "unknown budget keys"),
-    ({"policy": {"x": {"w_bits": 12}}}, "policy entry 'x'"),
-    ({"budget": {"avg_bits": 4}, "groupsize": 64}, "unknown settings"),
-    ({"budget": {"avg_bits": 4}, "pin_first_last": "yes"}, "pin_first_last"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "needs a budget"),
+        ({"budget": {"avg_bits": 4}, "bits": [2, 9]}, "from 2 to 8"),
+        ({"budget": {"avg_bits": 4}, "bits": [1]}, "from 2 to 8"),
+        ({"budget": {"avg_bits": 4}, "group_size": 0}, "group_size must be a positive int"),
+        ({"budget": {"avg_bits": 4}, "group_size": 12.5}, "group_size must be a positive int"),
+        ({"budget": {"bits": 4}}, "unknown budget keys"),
+        ({"policy": {"x": {"w_bits": 12}}}, "policy entry 'x'"),
+        ({"budget": {"avg_bits": 4}, "groupsize": 64}, "unknown settings"),
+        ({"budget": {"avg_bits": 4}, "pin_first_last": "yes"}, "pin_first_last"),
+    ],
+)
 def test_bad_configs_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         InfoQConfig(**kwargs)
@@ -183,7 +197,9 @@ def test_tensors_that_do_not_match_the_policy_name_the_layer(llama_quantized, tm
         AutoModelForCausalLM.from_pretrained(bad)
 
 
-@pytest.mark.filterwarnings("ignore:You passed `quantization_config`:UserWarning")  # the warning is the documented precedence
+@pytest.mark.filterwarnings(
+    "ignore:You passed `quantization_config`:UserWarning"
+)  # the warning is the documented precedence
 def test_passed_config_on_a_quantized_checkpoint(llama_quantized):
     model, out, ids = llama_quantized
     with pytest.raises(ValueError, match="differs from the one stored"):
@@ -223,9 +239,12 @@ def test_activation_bits_need_calibration_and_round_trip(llama_dir, llama_policy
     policy[first] = {"w_bits": 4, "a_bits": 8}
     with pytest.raises(ValueError, match="needs calibration data"):
         AutoModelForCausalLM.from_pretrained(llama_dir, quantization_config=InfoQConfig(policy=policy, group_size=32))
-    batches = [{"input_ids": torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(s))} for s in range(2)]
+    batches = [
+        {"input_ids": torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(s))} for s in range(2)
+    ]
     model = AutoModelForCausalLM.from_pretrained(
-        llama_dir, quantization_config=InfoQConfig(policy=policy, group_size=32, calibration=batches))
+        llama_dir, quantization_config=InfoQConfig(policy=policy, group_size=32, calibration=batches)
+    )
     assert model.get_submodule(first).a_bits == 8
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["quantization_config"]["calibration"] is None
@@ -239,8 +258,9 @@ def test_activation_bits_need_calibration_and_round_trip(llama_dir, llama_policy
 def test_gpt2_conv1d_layers_round_trip_and_dequantize(tmp_path):
     tiny_gpt2(vocab=256, hidden=128, layers=2, heads=4, positions=64).save_pretrained(tmp_path / "float")
     policy = {"re:.*\\.(c_attn|c_proj|c_fc)": 3, "transformer.h.0.mlp.c_fc": 5}
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "float",
-                                                 quantization_config=InfoQConfig(policy=policy, group_size=64))
+    model = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "float", quantization_config=InfoQConfig(policy=policy, group_size=64)
+    )
     assert model.transformer.h[0].mlp.c_fc.transposed_source and model.transformer.h[0].mlp.c_fc.w_bits == 5
     model.save_pretrained(tmp_path / "q")
     ids = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(0))
@@ -261,7 +281,8 @@ def test_bert_classifier_round_trip_and_base_model_loading(tmp_path):
     BertForSequenceClassification(cfg).save_pretrained(tmp_path / "float")
     names = [n for n in quantizable_layers(BertForSequenceClassification(cfg)) if n != "classifier"]
     model = AutoModelForSequenceClassification.from_pretrained(
-        tmp_path / "float", quantization_config=InfoQConfig(policy=_mixed_policy(names, 2), group_size=32))
+        tmp_path / "float", quantization_config=InfoQConfig(policy=_mixed_policy(names, 2), group_size=32)
+    )
     assert type(model.classifier) is torch.nn.Linear
     model.save_pretrained(tmp_path / "q")
     ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
@@ -275,12 +296,14 @@ def test_bert_classifier_round_trip_and_base_model_loading(tmp_path):
 
 
 def test_vit_image_classifier_round_trip(tmp_path):
-    tiny_vit(image_size=32, patch_size=8, hidden=256, layers=2, heads=4, intermediate=512, num_labels=5) \
-        .save_pretrained(tmp_path / "float")
+    tiny_vit(
+        image_size=32, patch_size=8, hidden=256, layers=2, heads=4, intermediate=512, num_labels=5
+    ).save_pretrained(tmp_path / "float")
     # The patch projection stays float: ViT's forward reads `projection.weight.dtype`, which packed layers lack.
     policy = {"re:vit\\.layers\\..*": 4, "vit.layers.1.mlp.fc2": 2, "vit.layers.0.attention.q_proj": 8}
     model = AutoModelForImageClassification.from_pretrained(
-        tmp_path / "float", quantization_config=InfoQConfig(policy=policy, group_size=64, conv_group_size=None))
+        tmp_path / "float", quantization_config=InfoQConfig(policy=policy, group_size=64, conv_group_size=None)
+    )
     model.save_pretrained(tmp_path / "q")
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "q")
@@ -343,11 +366,14 @@ def test_timm_wrapper_policy_on_load_round_trip(tmp_path):
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
     torch.manual_seed(0)
-    TimmWrapperForImageClassification(TimmWrapperConfig(architecture="resnet10t", num_labels=10)).save_pretrained(tmp_path / "float")
+    TimmWrapperForImageClassification(TimmWrapperConfig(architecture="resnet10t", num_labels=10)).save_pretrained(
+        tmp_path / "float"
+    )
     timm_names = [n for n in quantizable_layers(tiny_timm("resnet10t")) if n != "fc"]
     policy = _mixed_policy(timm_names, 1)  # timm names, matched inside the wrapper's `timm_model.`
     model = AutoModelForImageClassification.from_pretrained(
-        tmp_path / "float", quantization_config=InfoQConfig(policy=policy, group_size=None))
+        tmp_path / "float", quantization_config=InfoQConfig(policy=policy, group_size=None)
+    )
     assert len(packed_layers(model)) == len(policy)
     model.save_pretrained(tmp_path / "q")
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "q")

@@ -22,17 +22,37 @@ def _tiny_llama(hidden=576, intermediate=1024, vocab=128):
     """SmolLM2's 576-wide shape, scaled down: attention and gate/up layers take `hidden` inputs (128 does
     not divide 576), down_proj takes `intermediate`."""
     heads = hidden // 64
-    return tiny_llama(vocab=vocab, hidden=hidden, intermediate=intermediate, heads=heads,
-                      kv_heads=3 if heads % 3 == 0 else 1, pad_token_id=None, head_dim=64, max_position_embeddings=64,
-                      tie_word_embeddings=True)
+    return tiny_llama(
+        vocab=vocab,
+        hidden=hidden,
+        intermediate=intermediate,
+        heads=heads,
+        kv_heads=3 if heads % 3 == 0 else 1,
+        pad_token_id=None,
+        head_dim=64,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
 
 
 # ----------------------------------------------------------------------------- 1. group sizes
-@pytest.mark.parametrize("shape, requested, expected", [
-    ((8, 576), 128, 64), ((8, 704), 128, 64), ((8, 1024), 128, 128), ((8, 768), 256, 256),
-    ((8, 576), 256, 64), ((8, 96), 64, 32), ((8, 100), 128, None), ((8, 40), 32, None),
-    ((8, 96), 96, 96), ((8, 64), 128, 64), ((8, 3, 3, 3), 32, None), ((8, 576), None, None),
-])
+@pytest.mark.parametrize(
+    "shape, requested, expected",
+    [
+        ((8, 576), 128, 64),
+        ((8, 704), 128, 64),
+        ((8, 1024), 128, 128),
+        ((8, 768), 256, 256),
+        ((8, 576), 256, 64),
+        ((8, 96), 64, 32),
+        ((8, 100), 128, None),
+        ((8, 40), 32, None),
+        ((8, 96), 96, 96),
+        ((8, 64), 128, 64),
+        ((8, 3, 3, 3), 32, None),
+        ((8, 576), None, None),
+    ],
+)
 def test_effective_group_size_is_the_largest_fitting_size_not_above_the_request(shape, requested, expected):
     got = effective_group_size(shape, requested)
     assert got == expected
@@ -62,7 +82,10 @@ def test_quantize_on_load_with_default_group_size_reloads_identically_and_says_w
     groups = {n: s["group_size"] for n, s in infoq_hf.quantization_result(model).summary["layers"].items()}
     assert groups["model.layers.1.self_attn.o_proj"] == 64 and groups["model.layers.1.mlp.down_proj"] == 128
     text = infoq_hf.pipeline.format_summary(infoq_hf.quantization_result(model).summary)
-    assert "64 weights per scale: 12 layers" in text and "128 weights per scale: 2 layers (model.layers.*.mlp.down_proj)" in text
+    assert (
+        "64 weights per scale: 12 layers" in text
+        and "128 weights per scale: 2 layers (model.layers.*.mlp.down_proj)" in text
+    )
     model.save_pretrained(tmp_path / "q")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "q").eval()
     ids = torch.randint(0, 128, (2, 16))
@@ -113,7 +136,10 @@ def test_calibration_as_a_list_of_strings_with_sizes_set_on_the_config(llama_wit
     record = _saved_calibration(model, tmp_path)
     assert record["source"] == "a list of 12 texts" and len(record["sha256"]) == 64
     assert (record["num_samples"], record["seq_len"]) == (4, 16)
-    assert infoq_hf.quantization_result(model).summary["method"] == "hawq" and len(infoq_hf.quantization_result(model).summary["layers"]) == 14
+    assert (
+        infoq_hf.quantization_result(model).summary["method"] == "hawq"
+        and len(infoq_hf.quantization_result(model).summary["layers"]) == 14
+    )
 
 
 def test_calibration_as_a_plain_path_records_only_its_base_name(llama_with_tokenizer, tmp_path):
@@ -133,8 +159,11 @@ def test_calibration_as_a_plain_path_records_only_its_base_name(llama_with_token
 def test_calibration_from_a_small_dataset_warns_and_uses_what_it_has(llama_with_tokenizer, tmp_path):
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_dict({"text": _docs(n=3)})  # 63 tokens: 3 windows of 16, not 8
-    with pytest.warns(UserWarning, match=r"only 3 window\(s\) of seq_len=16.*fewer than num_samples=8.*"
-                                         r"Set num_samples=3"):
+    with pytest.warns(
+        UserWarning,
+        match=r"only 3 window\(s\) of seq_len=16.*fewer than num_samples=8.*"
+        r"Set num_samples=3",
+    ):
         model = _quantize_on_load(llama_with_tokenizer, ds, num_samples=8, seq_len=16)
     record = _saved_calibration(model, tmp_path)
     assert record["source"] == "a datasets.Dataset of 3 rows" and record["num_samples"] == 8
@@ -193,9 +222,29 @@ def test_cli_quantizes_a_timm_model_calibrated_on_a_folder_of_images(tmp_path, c
     from infoq_hf.cli import main
 
     images, model_dir, out = _png_folder(tmp_path / "images"), _tiny_timm_dir(tmp_path / "resnet"), tmp_path / "q"
-    assert main(["quantize", f"timm:{model_dir}", "--bits", "2,4,8", "--avg-bits", "4", "--calib", str(images),
-                 "--samples", "32", "--batch-size", "16", "--group-size", "none", "--out", str(out)]) == 0, \
-        capsys.readouterr().err
+    assert (
+        main(
+            [
+                "quantize",
+                f"timm:{model_dir}",
+                "--bits",
+                "2,4,8",
+                "--avg-bits",
+                "4",
+                "--calib",
+                str(images),
+                "--samples",
+                "32",
+                "--batch-size",
+                "16",
+                "--group-size",
+                "none",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     summary = json.loads((out / "infoq_summary.json").read_text())
     assert summary["method"] == "infoq" and summary["avg_bits"] <= 4 + 1e-9
     assert summary["calibration"]["dataset"] == "imagefolder" and summary["calibration"]["data_dir"] == "images"
@@ -212,7 +261,9 @@ def test_cli_quantizes_a_timm_model_calibrated_on_a_folder_of_images(tmp_path, c
 def test_cli_refuses_an_average_above_the_widest_packed_width(tmp_path, capsys, value):
     from infoq_hf.cli import main
 
-    assert main(["allocate", str(tmp_path / "scores.json"), "--avg-bits", value, "--out", str(tmp_path / "p.json")]) == 2
+    assert (
+        main(["allocate", str(tmp_path / "scores.json"), "--avg-bits", value, "--out", str(tmp_path / "p.json")]) == 2
+    )
     assert f"--avg-bits is an average of packed widths, at most 8 bits; got {value}" in _error_line(capsys)
     assert main(["allocate", str(tmp_path / "scores.json"), "--avg-bits", "8", "--out", str(tmp_path / "p.json")]) == 2
     assert "no such sensitivity table" in _error_line(capsys)  # 8 itself passes the parser
@@ -237,14 +288,39 @@ def test_report_lists_layers_in_block_order_not_alphabetically(tmp_path, capsys)
     folder = tmp_path / "float"
     _tiny_llama(hidden=128, intermediate=192).save_pretrained(folder)
     _word_tokenizer().save_pretrained(folder)
-    assert main(["quantize", str(folder), "--bits", "4,8", "--avg-bits", "6", "--method", "weight_mse",
-                 "--out", str(tmp_path / "q")]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(folder),
+                "--bits",
+                "4,8",
+                "--avg-bits",
+                "6",
+                "--method",
+                "weight_mse",
+                "--out",
+                str(tmp_path / "q"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["report", str(tmp_path / "q")]) == 0
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("model.layers.")]
-    expected = [f"model.layers.{i}.{m}" for i in range(2) for m in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    expected = [
+        f"model.layers.{i}.{m}"
+        for i in range(2)
+        for m in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    ]
     assert rows == expected
 
 
@@ -300,11 +376,18 @@ def hub_llama(hub_server, monkeypatch, tmp_path):
 
 def test_push_to_hub_writes_the_infoq_card_with_base_model_license_and_sensitivities(hub_server, hub_llama, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(
-        hub_llama, quantization_config=InfoQConfig(bits=[2, 4, 8], budget={"avg_bits": 4}, method="weight_mse"))
+        hub_llama, quantization_config=InfoQConfig(bits=[2, 4, 8], budget={"avg_bits": 4}, method="weight_mse")
+    )
     infoq_hf.push_to_hub(model, "test-user/tiny-llama-infoq", token=hub_server.token)
     files = hub_server.files("test-user/tiny-llama-infoq")
-    assert {"model.safetensors", "config.json", "infoq_sensitivity.json", "infoq_summary.json",
-            "infoq_sensitivity_heatmap.png", "README.md"} <= set(files)
+    assert {
+        "model.safetensors",
+        "config.json",
+        "infoq_sensitivity.json",
+        "infoq_summary.json",
+        "infoq_sensitivity_heatmap.png",
+        "README.md",
+    } <= set(files)
     card = files["README.md"].decode()
     meta = _front_matter(card)
     assert meta["base_model"] == hub_llama and meta["base_model_relation"] == "quantized"
@@ -332,10 +415,17 @@ def test_push_to_hub_writes_the_infoq_card_with_base_model_license_and_sensitivi
 
 def test_save_writes_the_card_files_and_reloads(tmp_path, llama_with_tokenizer):
     model = AutoModelForCausalLM.from_pretrained(
-        llama_with_tokenizer, quantization_config=InfoQConfig(bits=[2, 4, 8], budget={"avg_bits": 3}, method="weight_mse"))
+        llama_with_tokenizer,
+        quantization_config=InfoQConfig(bits=[2, 4, 8], budget={"avg_bits": 3}, method="weight_mse"),
+    )
     infoq_hf.save(model, tmp_path / "q")
-    for name in ("README.md", "infoq_sensitivity.json", "infoq_summary.json", "infoq_bits_per_layer.png",
-                 "infoq_sensitivity_heatmap.png"):
+    for name in (
+        "README.md",
+        "infoq_sensitivity.json",
+        "infoq_summary.json",
+        "infoq_bits_per_layer.png",
+        "infoq_sensitivity_heatmap.png",
+    ):
         assert (tmp_path / "q" / name).is_file(), name
     meta = _front_matter((tmp_path / "q" / "README.md").read_text())
     assert "base_model" not in meta  # a local float model: no Hub id to name
@@ -352,16 +442,22 @@ def test_card_carries_install_generate_quality_speed_and_the_command(tmp_path, l
     from infoq_hf.hub import SUMMARY_FILE, read_checkpoint, write_model_card
 
     model = AutoModelForCausalLM.from_pretrained(
-        llama_with_tokenizer, quantization_config=InfoQConfig(bits=[2, 4, 8], budget={"avg_bits": 3}, method="weight_mse"))
+        llama_with_tokenizer,
+        quantization_config=InfoQConfig(bits=[2, 4, 8], budget={"avg_bits": 3}, method="weight_mse"),
+    )
     infoq_hf.save(model, tmp_path / "q", tokenizer=_word_tokenizer())
     card = (tmp_path / "q" / "README.md").read_text()
     assert "pip install infoq-hf" in card and "import infoq_hf" in card
     assert "AutoTokenizer.from_pretrained(" in card and "model.generate(**inputs" in card
     assert "Not measured when this checkpoint was made" in card and "## Speed" in card and "can run slower" in card
-    assert ("infoq quantize FLOAT_MODEL_DIR --bits 2,4,8 --avg-bits 3 --method weight_mse --group-size 128 "
-            "--seed 0 --out OUT_DIR") in card
-    assert ("requested 128, where it divides a layer's width; packed: 128 weights per scale (12 layers), "
-            "64 weights per scale (2 layers)") in card  # the down_proj layers are 192 wide
+    assert (
+        "infoq quantize FLOAT_MODEL_DIR --bits 2,4,8 --avg-bits 3 --method weight_mse --group-size 128 "
+        "--seed 0 --out OUT_DIR"
+    ) in card
+    assert (
+        "requested 128, where it divides a layer's width; packed: 128 weights per scale (12 layers), "
+        "64 weights per scale (2 layers)"
+    ) in card  # the down_proj layers are 192 wide
 
     summary = json.loads((tmp_path / "q" / SUMMARY_FILE).read_text())  # a run that measured its quality
     summary["metrics"] = [{"metric": "perplexity", "data": "held-out text", "quantized": 61.25, "float": 40.5}]
@@ -379,8 +475,9 @@ def test_recipes_save_the_table_under_the_name_report_reads(tmp_path):
     model = _tiny_llama(hidden=128, intermediate=192)
     model.save_pretrained(tmp_path / "float")
     table = search(model, None, bits=(2, 4, 8), method="weight_mse", skip_modules=["lm_head"])
-    out, policy = save_table_and_allocate(SimpleNamespace(is_main_process=True), table, tmp_path / "r", 4.0,
-                                          progress=False)
+    out, policy = save_table_and_allocate(
+        SimpleNamespace(is_main_process=True), table, tmp_path / "r", 4.0, progress=False
+    )
     assert (out / TABLE_FILE).is_file()
     packed = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=InfoQConfig(policy=policy))
     infoq_hf.save(packed, out)  # as the recipe does, into the folder that holds the table
@@ -397,9 +494,14 @@ def test_example_card_of_the_demo_model_has_the_hub_metadata():
     path = Path(__file__).parent.parent / "model_cards" / "example_smollm2_infoq.md"
     text = path.read_text()
     meta = check_model_card(text).data.to_dict()  # parses as a Hub model card
-    assert {k: _front_matter(text)[k] for k in ("base_model", "license")} == {k: meta[k] for k in ("base_model", "license")}
+    assert {k: _front_matter(text)[k] for k in ("base_model", "license")} == {
+        k: meta[k] for k in ("base_model", "license")
+    }
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta["base_model_relation"] == "quantized"
     assert meta["library_name"] == "transformers" and meta["license"] == "apache-2.0"
     assert meta["pipeline_tag"] == "text-generation"
     for plot in ("bits_per_layer", "sensitivity_heatmap"):
-        assert f"(example_smollm2_infoq_{plot}.png)" in text and (path.parent / f"example_smollm2_infoq_{plot}.png").is_file()
+        assert (
+            f"(example_smollm2_infoq_{plot}.png)" in text
+            and (path.parent / f"example_smollm2_infoq_{plot}.png").is_file()
+        )

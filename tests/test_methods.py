@@ -32,8 +32,9 @@ def test_size_only_is_the_layer_share_times_its_relative_weight_error():
         w = layer.weight.detach()
         assert info["alpha"] == pytest.approx(w.numel() / total, rel=1e-12)
         for b in BITS:
-            err = float(((fake_quantize_layer(layer, w, WeightScheme(b, group_size=16), name) - w) ** 2).sum()
-                        / (w ** 2).sum())
+            err = float(
+                ((fake_quantize_layer(layer, w, WeightScheme(b, group_size=16), name) - w) ** 2).sum() / (w**2).sum()
+            )
             assert info["t2"][b] == pytest.approx(err, rel=1e-6) or info["t2"][b] >= err  # non-increasing envelope
             assert info["w"][b] == pytest.approx(info["alpha"] * info["t2"][b], rel=1e-12)
         assert all(info["w"][a] >= info["w"][b] for a, b in zip(BITS, BITS[1:]))
@@ -64,17 +65,18 @@ def favoured(name: str, blocks: int) -> bool:
 def test_llamacpp_allocation_at_q4_k_m_shape_gives_the_favoured_tensors_the_higher_width():
     blocks = 8
     model = tiny_llama(layers=blocks, hidden=64, intermediate=128)
-    table = search(model, None, bits=BITS, method="llamacpp", group_size=16, skip_modules=["lm_head"],
-                   progress=False)
+    table = search(model, None, bits=BITS, method="llamacpp", group_size=16, skip_modules=["lm_head"], progress=False)
     shape = {n: 8 if favoured(n, blocks) else 4 for n in table.layers}  # Q6_K -> 8, Q4_K -> 4 of {2, 3, 4, 8}
-    assert {n for n, info in table.layers.items() if info["llamacpp_type"] == "Q6_K"} == \
-        {n for n, b in shape.items() if b == 8}
+    assert {n for n, info in table.layers.items() if info["llamacpp_type"] == "Q6_K"} == {
+        n for n, b in shape.items() if b == 8
+    }
     params = {n: info["params"] for n, info in table.layers.items()}
     budget = sum(params[n] * b for n, b in shape.items()) / sum(params.values())
     policy = allocate(table, Budget(avg_bits=budget), pin_first_last=False, refine_passes=0, progress=False)
     assert {n: lb.w_bits for n, lb in policy.items()} == shape
-    size_only = search(model, None, bits=BITS, method="size_only", group_size=16, skip_modules=["lm_head"],
-                       progress=False)
+    size_only = search(
+        model, None, bits=BITS, method="size_only", group_size=16, skip_modules=["lm_head"], progress=False
+    )
     plain = allocate(size_only, Budget(avg_bits=budget), pin_first_last=False, refine_passes=0, progress=False)
     assert {n: lb.w_bits for n, lb in plain.items()} != shape  # the preference comes from the preset, not sizes
 
@@ -98,8 +100,7 @@ def test_llamacpp_preference_holds_at_every_budget_by_brute_force():
     unfavoured one of its shape."""
     blocks = 8
     model = tiny_llama(layers=blocks)
-    full = search(model, None, bits=BITS, method="llamacpp", group_size=16, skip_modules=["lm_head"],
-                  progress=False)
+    full = search(model, None, bits=BITS, method="llamacpp", group_size=16, skip_modules=["lm_head"], progress=False)
     pick = [f"model.layers.{i}.{kind}" for kind in ("self_attn.v_proj", "mlp.down_proj") for i in (0, 1, 3)]
     table = SensitivityTable("llamacpp", BITS, {n: full.layers[n] for n in pick}, full.meta)
     for budget in [2.0 + 0.25 * k for k in range(25)]:
@@ -142,8 +143,15 @@ def test_llamacpp_on_a_model_without_its_roles_warns_and_equals_size_only():
 def test_new_methods_run_through_the_whole_pipeline_with_the_refinement(method):
     torch.manual_seed(0)
     model = tiny_llama(vocab=96, layers=2, pad_token_id=None)
-    config = InfoQConfig(bits=(2, 4, 8), budget={"avg_bits": 3.0}, method=method, group_size=16,
-                         calibration=lm_batches(), refine_passes=2, rounding="rtn")
+    config = InfoQConfig(
+        bits=(2, 4, 8),
+        budget={"avg_bits": 3.0},
+        method=method,
+        group_size=16,
+        calibration=lm_batches(),
+        refine_passes=2,
+        rounding="rtn",
+    )
     result = quantize_with_infoq(model, config, skip_modules=["lm_head"], progress=False)
     assert result.table.method == method and result.summary["method"] == method
     assert result.policy.report.refinement is not None  # the same whole-model refinement as every method
@@ -183,8 +191,14 @@ def test_search_memory_does_not_grow_with_the_number_of_batches():
     if not Path("/proc/self/clear_refs").exists() or sys.platform != "linux":
         pytest.skip("needs Linux /proc to reset the peak RSS")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20), "PYTHONPATH": "."}
-    out = subprocess.run([sys.executable, "-c", PEAK_CHILD], capture_output=True, text=True, env=env,
-                         cwd=Path(__file__).resolve().parents[1], check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_CHILD],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     peaks = dict(line.split() for line in out.stdout.strip().splitlines())
     extra_logits = 12 * 2 * 64 * 16000 * 4 / 2**20

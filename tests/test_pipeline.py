@@ -11,8 +11,8 @@ from conftest import make_calibration_text, make_tiny_llama, tiny_llama
 
 import infoq_hf
 from infoq_hf import Budget, InfoQConfig, allocate, quantization_result, refine, search
-from infoq_hf.defaults import DEFAULT_REFINE_CHAINS
 from infoq_hf.cli import main as cli_main
+from infoq_hf.defaults import DEFAULT_REFINE_CHAINS
 from infoq_hf.pipeline import load_calibration_batches
 
 transformers = pytest.importorskip("transformers")
@@ -29,14 +29,22 @@ def _reference_policy(model_dir, calib, refine_passes):
     """search + allocate + refine by hand, on the batches the pipeline loads for the same spec."""
     model = transformers.LlamaForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    batches = load_calibration_batches({"dataset": "text", "data_files": str(calib), **SPEC}, model,
-                                       tokenizer=tokenizer)
-    table = search(model, batches, bits=(2, 4, 8), method="infoq", group_size=16, skip_modules=["lm_head"],
-                   progress=False)
+    batches = load_calibration_batches(
+        {"dataset": "text", "data_files": str(calib), **SPEC}, model, tokenizer=tokenizer
+    )
+    table = search(
+        model, batches, bits=(2, 4, 8), method="infoq", group_size=16, skip_modules=["lm_head"], progress=False
+    )
     policy = allocate(table, Budget(avg_bits=3.0))
     if refine_passes:
-        policy = refine(policy, model, batches, passes=refine_passes, chains=DEFAULT_REFINE_CHAINS,  # InfoQConfig's
-                        progress=False)
+        policy = refine(
+            policy,
+            model,
+            batches,
+            passes=refine_passes,
+            chains=DEFAULT_REFINE_CHAINS,  # InfoQConfig's
+            progress=False,
+        )
     return table, policy
 
 
@@ -57,8 +65,14 @@ def test_quantize_on_load_loads_once_and_equals_search_plus_allocate(llama_dir, 
     model_dir, calib = llama_dir
     table, expected = _reference_policy(model_dir, calib, refine_passes=3)
     loads = _count_loads(monkeypatch)
-    config = InfoQConfig(bits=(2, 4, 8), budget={"avg_bits": 3.0}, method="infoq", group_size=16,
-                         calibration={"dataset": "text", "data_files": str(calib), **SPEC}, refine_passes=3)
+    config = InfoQConfig(
+        bits=(2, 4, 8),
+        budget={"avg_bits": 3.0},
+        method="infoq",
+        group_size=16,
+        calibration={"dataset": "text", "data_files": str(calib), **SPEC},
+        refine_passes=3,
+    )
     model = transformers.LlamaForCausalLM.from_pretrained(model_dir, quantization_config=config)
     assert loads == ["LlamaForCausalLM"]
     result = quantization_result(model)
@@ -74,8 +88,28 @@ def test_cli_quantize_loads_the_float_model_once(llama_dir, tmp_path, monkeypatc
     _, expected = _reference_policy(model_dir, calib, refine_passes=0)
     loads = _count_loads(monkeypatch)
     out = tmp_path / "q"
-    argv = ["quantize", str(model_dir), "--calib", str(calib), "--samples", "6", "--seq-len", "16", "--batch-size",
-            "2", "--bits", "2,4,8", "--group-size", "16", "--avg-bits", "3", "--refine-passes", "0", "--out", str(out)]
+    argv = [
+        "quantize",
+        str(model_dir),
+        "--calib",
+        str(calib),
+        "--samples",
+        "6",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--bits",
+        "2,4,8",
+        "--group-size",
+        "16",
+        "--avg-bits",
+        "3",
+        "--refine-passes",
+        "0",
+        "--out",
+        str(out),
+    ]
     assert cli_main(argv) == 0
     assert loads == ["LlamaForCausalLM"]
     monkeypatch.undo()
@@ -91,8 +125,9 @@ def test_search_and_refinement_keep_accelerate_device_hooks():
     from accelerate.hooks import AlignDevicesHook, attach_align_device_hook
 
     model = tiny_llama(vocab=96)
-    batches = [{"input_ids": torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(i))}
-               for i in range(2)]
+    batches = [
+        {"input_ids": torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(i))} for i in range(2)
+    ]
     attach_align_device_hook(model, execution_device=torch.device("cpu"))
     hooks = {name: m._hf_hook for name, m in model.named_modules() if hasattr(m, "_hf_hook")}
     assert hooks and all(isinstance(h, AlignDevicesHook) for h in hooks.values())

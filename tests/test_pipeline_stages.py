@@ -24,32 +24,69 @@ def setup():
 
 def _record_stages(monkeypatch) -> list:
     ran = []
-    for name in ("check_budget", "calibrate", "choose_rounding", "score", "gptq_costs", "allocate", "refine",
-                 "given_policy", "uniform", "activation_ranges", "pack"):
+    for name in (
+        "check_budget",
+        "calibrate",
+        "choose_rounding",
+        "score",
+        "gptq_costs",
+        "allocate",
+        "refine",
+        "given_policy",
+        "uniform",
+        "activation_ranges",
+        "pack",
+    ):
+
         def wrapped(run, config, stage=getattr(stages, name), name=name):
             ran.append(name)
             return stage(run, config)
+
         monkeypatch.setattr(stages, name, wrapped)
     return ran
 
 
-@pytest.mark.parametrize("settings, table, expected", [
-    ({"budget": {"avg_bits": 3}, "refine_passes": 2, "rounding": "rtn", "calibration": "batches"}, False,
-     ["check_budget", "calibrate", "choose_rounding", "score", "gptq_costs", "allocate", "refine",
-      "activation_ranges", "pack"]),
-    ({"budget": {"avg_bits": 3}, "method": "weight_mse"}, True,  # a saved table, no calibration: the ILP only
-     ["calibrate", "choose_rounding", "gptq_costs", "allocate", "activation_ranges", "pack"]),
-    ({"bits": 4}, False, ["calibrate", "choose_rounding", "uniform", "activation_ranges", "pack"]),
-    ({"policy": {"model.layers.0.mlp.up_proj": 4}}, False,
-     ["calibrate", "choose_rounding", "given_policy", "activation_ranges", "pack"]),
-])
+@pytest.mark.parametrize(
+    "settings, table, expected",
+    [
+        (
+            {"budget": {"avg_bits": 3}, "refine_passes": 2, "rounding": "rtn", "calibration": "batches"},
+            False,
+            [
+                "check_budget",
+                "calibrate",
+                "choose_rounding",
+                "score",
+                "gptq_costs",
+                "allocate",
+                "refine",
+                "activation_ranges",
+                "pack",
+            ],
+        ),
+        (
+            {"budget": {"avg_bits": 3}, "method": "weight_mse"},
+            True,  # a saved table, no calibration: the ILP only
+            ["calibrate", "choose_rounding", "gptq_costs", "allocate", "activation_ranges", "pack"],
+        ),
+        ({"bits": 4}, False, ["calibrate", "choose_rounding", "uniform", "activation_ranges", "pack"]),
+        (
+            {"policy": {"model.layers.0.mlp.up_proj": 4}},
+            False,
+            ["calibrate", "choose_rounding", "given_policy", "activation_ranges", "pack"],
+        ),
+    ],
+)
 def test_each_config_runs_the_stages_it_selects(setup, monkeypatch, settings, table, expected):
     model, batches = setup
     settings = {**KW, **settings}
     if settings.get("calibration") == "batches":
         settings["calibration"] = batches
-    saved = search(model, None, bits=[2, 4, 8], method="weight_mse", group_size=32, skip_modules=SKIP,
-                   progress=False) if table else None
+    saved = (
+        search(model, None, bits=[2, 4, 8], method="weight_mse", group_size=32, skip_modules=SKIP, progress=False)
+        if table
+        else None
+    )
     ran = _record_stages(monkeypatch)
     result = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(**settings), table=saved, progress=False)
     assert ran == expected
@@ -61,8 +98,15 @@ def test_the_stages_composed_by_hand_give_the_pipelines_result(setup):
     config = InfoQConfig(**KW, budget={"avg_bits": 3}, calibration=batches, refine_passes=3, search_samples=4)
     expected = quantize_with_infoq(copy.deepcopy(model), config, progress=False)
     run = Run(copy.deepcopy(model), SKIP, progress=False)
-    for stage in (stages.calibrate, stages.choose_rounding, stages.score, stages.gptq_costs, stages.allocate,
-                  stages.refine, stages.pack):
+    for stage in (
+        stages.calibrate,
+        stages.choose_rounding,
+        stages.score,
+        stages.gptq_costs,
+        stages.allocate,
+        stages.refine,
+        stages.pack,
+    ):
         before = run
         run = stage(run, config)
         assert run is not before or stage is stages.gptq_costs  # each stage returns a new run (rtn: no GPTQ costs)

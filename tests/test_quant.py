@@ -67,8 +67,10 @@ def test_per_group_beats_per_channel_on_outlier_columns():
     w = torch.randn(32, 256, generator=gen) * 0.02
     w[:, 5] *= 200.0  # a few outlier input columns, as in LLM weights
     w[:, 200] *= 100.0
+
     def mse(scheme):
         return float(((quantize_weight(w, scheme).dequantize() - w) ** 2).mean())
+
     assert mse(WeightScheme(4, 64)) < 0.5 * mse(WeightScheme(4, None))
 
 
@@ -98,8 +100,11 @@ def test_group_size_falls_back_per_layer_and_bits_must_be_valid():
 def test_packed_layers_match_dequantized_float_layers():
     torch.manual_seed(0)
     x = torch.randn(4, 16, 12, 12)
-    for conv in (nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(16, 16, 3, stride=2, groups=16, bias=False),
-                 nn.Conv2d(16, 8, 1, groups=4)):
+    for conv in (
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.Conv2d(16, 16, 3, stride=2, groups=16, bias=False),
+        nn.Conv2d(16, 8, 1, groups=4),
+    ):
         q = QuantConv2d.from_float(conv, w_bits=3)
         assert torch.allclose(q(x), q.to_float()(x), atol=1e-5)
     lin = nn.Linear(64, 10)
@@ -135,8 +140,9 @@ def test_timm_resnet18_random_policy_size_and_outputs():
     theory_packed = sum(math.ceil(m.weight.numel() * policy[n].w_bits / 8) for n, m in layers.items())
     scale_bytes = sum(m.weight.shape[0] * 5 for m in layers.values())  # fp32 scale + uint8 zero per channel
     quantized_ids = {id(m.weight) for m in layers.values()}
-    leftovers = sum(t.numel() * t.element_size() for t in model.state_dict(keep_vars=True).values()
-                    if id(t) not in quantized_ids)
+    leftovers = sum(
+        t.numel() * t.element_size() for t in model.state_dict(keep_vars=True).values() if id(t) not in quantized_ids
+    )
     quantize_model(model, policy)
     size = model_size_bytes(model)
     assert abs(size - (theory_packed + scale_bytes + leftovers)) <= 0.03 * size
@@ -170,8 +176,11 @@ def _llama_logit_error(bits):
     layers = quantizable_layers(model, skip_modules=["lm_head"])
     fp16_bytes = sum(m.weight.numel() * 2 for m in layers.values())
     quantize_model(model, {n: bits for n in layers}, group_size=64, skip_modules=["lm_head"])
-    packed = sum(packed_weight_bytes(m.weight_shape, bits, 64, False) for _, m in model.named_modules()
-                 if isinstance(m, QuantLinear))
+    packed = sum(
+        packed_weight_bytes(m.weight_shape, bits, 64, False)
+        for _, m in model.named_modules()
+        if isinstance(m, QuantLinear)
+    )
     with torch.no_grad():
         out = model(input_ids=ids).logits
     return float((out - ref).norm() / ref.norm()), packed / fp16_bytes, model
@@ -180,7 +189,9 @@ def _llama_logit_error(bits):
 def test_tiny_llama_4bit_group64_logits_and_bytes():
     rel4, ratio4, model = _llama_logit_error(4)
     rel8, _, _ = _llama_logit_error(8)
-    print(f"tiny llama g64: relative logit error 4-bit {rel4:.4f}, 8-bit {rel8:.4f}; packed/fp16 at 4 bits = {ratio4:.3f}")
+    print(
+        f"tiny llama g64: relative logit error 4-bit {rel4:.4f}, 8-bit {rel8:.4f}; packed/fp16 at 4 bits = {ratio4:.3f}"
+    )
     # Random-init logits are nearly flat, so the relative error is large in absolute terms (~0.18 at 4 bits);
     # the ground truth is the scaling: uniform quantization noise shrinks ~2x per extra bit.
     assert rel4 < 0.25 and rel8 < 0.02 and rel4 / rel8 > 8

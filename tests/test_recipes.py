@@ -28,9 +28,16 @@ from infoq_hf.quant.lsq import (
 def small_cnn() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
     )
 
 
@@ -41,8 +48,12 @@ def data(n=64, seed=1):
     return x, y
 
 
-POLICY = {"0": {"w_bits": 3, "a_bits": None}, "3": {"w_bits": 2, "a_bits": 4},
-          "7": {"w_bits": 4, "a_bits": 3}, "9": {"w_bits": 8, "a_bits": 8}}
+POLICY = {
+    "0": {"w_bits": 3, "a_bits": None},
+    "3": {"w_bits": 2, "a_bits": 4},
+    "7": {"w_bits": 4, "a_bits": 3},
+    "9": {"w_bits": 8, "a_bits": 8},
+}
 
 
 def trained_qat_model(steps=5, group_size=None):
@@ -171,9 +182,12 @@ def tiny_llama_dir(tmp_path_factory):
     from transformers import PreTrainedTokenizerFast
 
     root = tmp_path_factory.mktemp("tiny_llama")
-    text = "\n".join(f"the {a} cat sat on the {b} mat number {i} and then it {c}"
-                     for i, (a, b, c) in enumerate(zip(["black", "white", "small"] * 20, ["red", "blue"] * 30,
-                                                       ["slept", "ran", "ate", "sang"] * 15)))
+    text = "\n".join(
+        f"the {a} cat sat on the {b} mat number {i} and then it {c}"
+        for i, (a, b, c) in enumerate(
+            zip(["black", "white", "small"] * 20, ["red", "blue"] * 30, ["slept", "ran", "ate", "sang"] * 15)
+        )
+    )
     calib = root / "calib.txt"
     calib.write_text(text)
     words = sorted(set(text.split()))
@@ -188,17 +202,38 @@ def tiny_llama_dir(tmp_path_factory):
 
 
 def test_causal_lm_recipe_smoke(tiny_llama_dir, tmp_path):
-    import infoq_hf  # noqa: F401
     from transformers import AutoModelForCausalLM
 
+    import infoq_hf  # noqa: F401
     from infoq_hf import QuantLinear
     from recipes.causal_lm.quantize_causal_lm import main
 
     model_dir, calib = tiny_llama_dir
     out = tmp_path / "q"
-    result = main(["--model", str(model_dir), "--calib", str(calib), "--num-samples", "4", "--seq-len", "16",
-                   "--batch-size", "2", "--avg-bits", "3", "--group-size", "32", "--num-directions", "8",
-                   "--out", str(out), "--cpu", "--no-progress"])
+    result = main(
+        [
+            "--model",
+            str(model_dir),
+            "--calib",
+            str(calib),
+            "--num-samples",
+            "4",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--avg-bits",
+            "3",
+            "--group-size",
+            "32",
+            "--num-directions",
+            "8",
+            "--out",
+            str(out),
+            "--cpu",
+            "--no-progress",
+        ]
+    )
     assert result["allocation"]["avg_bits"] <= 3.0 + 1e-9
     policy = json.loads((out / "policy.json").read_text())
     assert "lm_head" not in policy and len(policy) == 14  # 2 layers x 7 projections
@@ -227,8 +262,26 @@ def test_image_classifier_recipe_smoke(tmp_path):
     from recipes.image_classifier.quantize_classifier import main
 
     out = tmp_path / "ic"
-    result = main(["--model", "test_resnet", "--data", "fashion-mnist", "--num-samples", "32", "--eval-samples", "64",
-                   "--batch-size", "16", "--avg-bits", "4", "--out", str(out), "--cpu", "--no-progress"])
+    result = main(
+        [
+            "--model",
+            "test_resnet",
+            "--data",
+            "fashion-mnist",
+            "--num-samples",
+            "32",
+            "--eval-samples",
+            "64",
+            "--batch-size",
+            "16",
+            "--avg-bits",
+            "4",
+            "--out",
+            str(out),
+            "--cpu",
+            "--no-progress",
+        ]
+    )
     assert result["allocation"]["avg_bits"] <= 4.0 + 1e-9 and 0 <= result["quantized_top1"] <= 100
     reloaded = load_quantized(out / "checkpoint")
     policy = json.loads((out / "policy.json").read_text())
@@ -243,13 +296,48 @@ def test_qat_recipe_smoke(tmp_path):
     from recipes.qat.train_fashion_mnist import main as train_main
 
     ckpt = tmp_path / "fp32.pt"
-    trained = train_main(["--epochs", "1", "--train-samples", "256", "--test-samples", "128", "--width", "4",
-                          "--batch-size", "64", "--out", str(ckpt), "--cpu"])
+    trained = train_main(
+        [
+            "--epochs",
+            "1",
+            "--train-samples",
+            "256",
+            "--test-samples",
+            "128",
+            "--width",
+            "4",
+            "--batch-size",
+            "64",
+            "--out",
+            str(ckpt),
+            "--cpu",
+        ]
+    )
     assert ckpt.is_file() and 0 <= trained["top1"] <= 100
     out = tmp_path / "qat" / "results.json"
-    result = qat_main(["--checkpoint", str(ckpt), "--calib-samples", "64", "--calib-batch-size", "32",
-                       "--train-samples", "128", "--test-samples", "128", "--qat-epochs", "1", "--batch-size", "64",
-                       "--bits", "2,3,4,8", "--out", str(out), "--cpu"])
+    result = qat_main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--calib-samples",
+            "64",
+            "--calib-batch-size",
+            "32",
+            "--train-samples",
+            "128",
+            "--test-samples",
+            "128",
+            "--qat-epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--bits",
+            "2,3,4,8",
+            "--out",
+            str(out),
+            "--cpu",
+        ]
+    )
     saved = json.loads(out.read_text())
     assert set(saved["runs"]) == {"infoq@3", "uniform-3"}
     infoq, uniform = saved["runs"]["infoq@3"], saved["runs"]["uniform-3"]

@@ -12,8 +12,8 @@ from conftest import labelled_batches, lm_batches, small_cnn, tiny_llama
 
 from infoq_hf import BitPolicy, Budget, allocate, model_size_bytes, quantize_model, refine
 from infoq_hf.allocation import costs
-from infoq_hf.allocation.spec import resolve_spec
 from infoq_hf.allocation.moves import BudgetRows, MoveUnits, propose
+from infoq_hf.allocation.spec import resolve_spec
 from infoq_hf.sensitivity import search
 
 
@@ -57,7 +57,8 @@ def test_refinement_is_deterministic_and_table_only_allocation_still_works(setup
     plain = allocate(table, Budget(avg_bits=2.5))
     a, b = refine(plain, model, batches, **kw), refine(allocate(table, Budget(avg_bits=2.5)), model, batches, **kw)
     assert a.to_dict() == b.to_dict() and a.report.refinement == b.report.refinement.__class__(
-        **{**b.report.refinement.to_dict(), "wall_s": a.report.refinement.wall_s})
+        **{**b.report.refinement.to_dict(), "wall_s": a.report.refinement.wall_s}
+    )
     assert plain.report.refinement is None  # refine returns a new policy; the ILP's is as it was
     assert a.report.solver == plain.report.solver and a.report.budget == plain.report.budget
     with pytest.raises(ValueError, match="needs calibration"):
@@ -138,8 +139,15 @@ def test_the_held_out_check_keeps_what_is_best_on_other_data(setup, seed, kept):
     the held-out batches, and the KLs reported there are the packed models' true KLs on them."""
     model, batches, table = setup
     held_out = _other_batches()
-    policy = refine(allocate(table, Budget(avg_bits=3.5)), model, batches[:1], validation=held_out, passes=12,
-                    seed=seed, progress=False)
+    policy = refine(
+        allocate(table, Budget(avg_bits=3.5)),
+        model,
+        batches[:1],
+        validation=held_out,
+        passes=12,
+        seed=seed,
+        progress=False,
+    )
     r = policy.report.refinement
     assert r.kept == kept and r.validation_batches == 2 and (r.accepted > 0) == (kept == "refined")
     assert set(r.kl_validation) == {"refined", "ilp", "uniform-3"}
@@ -196,7 +204,9 @@ def test_a_callers_start_is_judged_refined_from_when_best_and_checked_on_held_ou
     assert checked.report.avg_bits <= 3.5 + 1e-9
     ilp = {n: lb.w_bits for n, lb in ilp_policy.items()}  # a start equal to the ILP's is skipped
     assert set(refine(ilp_policy, model, batches[:1], starts={"same": ilp}, **kw).report.refinement.kl_starts) == {
-        "ilp", "uniform-3"}
+        "ilp",
+        "uniform-3",
+    }
 
 
 def test_a_callers_start_that_breaks_a_constraint_is_refused(setup):
@@ -214,8 +224,9 @@ def test_a_callers_start_that_breaks_a_constraint_is_refused(setup):
 
 def test_checked_on_its_own_data_the_refined_configuration_is_kept(setup):
     model, batches, table = setup
-    policy = refine(allocate(table, Budget(avg_bits=3.5)), model, batches, validation=batches, passes=12, seed=0,
-                    progress=False)
+    policy = refine(
+        allocate(table, Budget(avg_bits=3.5)), model, batches, validation=batches, passes=12, seed=0, progress=False
+    )
     r = policy.report.refinement
     assert r.accepted > 0 and r.kept == "refined"
     assert r.kl_validation["refined"] == pytest.approx(r.kl_final, rel=1e-6)
@@ -258,11 +269,19 @@ def test_refinement_with_activation_bits_judges_the_model_that_is_packed():
     table = search(model, batches, bits=(2, 4, 8), score_activations=True, progress=False)
     names = list(table.layers)
     macs = sum(table.layers[n]["macs"] for n in names)
-    policy = refine(allocate(table, Budget(bitops=macs * 4 * 8), act_bits=[4, 8], pin_first_last=False), model,
-                    batches, passes=10, seed=2, progress=False)
+    policy = refine(
+        allocate(table, Budget(bitops=macs * 4 * 8), act_bits=[4, 8], pin_first_last=False),
+        model,
+        batches,
+        passes=10,
+        seed=2,
+        progress=False,
+    )
     r = policy.report.refinement
     assert policy.report.bitops <= macs * 4 * 8 and r.kl_final <= r.kl_ilp
-    q = quantize_model(copy.deepcopy(model), policy, act_ranges=calibrate_activation_ranges(model, [x for x, _ in batches], policy))
+    q = quantize_model(
+        copy.deepcopy(model), policy, act_ranges=calibrate_activation_ranges(model, [x for x, _ in batches], policy)
+    )
     with torch.no_grad():
         total = 0.0
         for x, _ in batches:

@@ -26,8 +26,11 @@ from infoq_hf.atomic_save import RestoreFailedError
 from infoq_hf.checkpoint import atomic_checkpoint
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, LlamaForCausalLM  # noqa: E402
-from transformers import modeling_utils  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    LlamaForCausalLM,
+    modeling_utils,  # noqa: E402
+)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -61,7 +64,9 @@ def llama_float_dir(tmp_path_factory):
 
 def _llama_on_load(float_dir, bits):
     policy = {"re:model\\.layers\\..*": bits}
-    return AutoModelForCausalLM.from_pretrained(float_dir, quantization_config=InfoQConfig(policy=policy, group_size=32))
+    return AutoModelForCausalLM.from_pretrained(
+        float_dir, quantization_config=InfoQConfig(policy=policy, group_size=32)
+    )
 
 
 IDS = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
@@ -79,11 +84,18 @@ class FaultAt:
 
     def __init__(self, monkeypatch, k: int = 0, persistent: bool = False):
         self.k, self.count, self._mkdir, self.persistent = k, 0, os.mkdir, persistent
-        for owner, name in ((os, "replace"), (os, "rename"), (os, "link"), (os, "fsync"), (os, "mkdir"),
-                            (safetensors.torch, "save_file"), (modeling_utils, "safe_save_file")):
+        for owner, name in (
+            (os, "replace"),
+            (os, "rename"),
+            (os, "link"),
+            (os, "fsync"),
+            (os, "mkdir"),
+            (safetensors.torch, "save_file"),
+            (modeling_utils, "safe_save_file"),
+        ):
             monkeypatch.setattr(owner, name, self._wrap(getattr(owner, name)))
         for owner in (builtins, io):
-            monkeypatch.setattr(owner, "open", self._wrap(getattr(owner, "open"), opener=True))
+            monkeypatch.setattr(owner, "open", self._wrap(owner.open, opener=True))
 
     def _wrap(self, fn, opener=False):
         def step(*args, **kwargs):
@@ -95,6 +107,7 @@ class FaultAt:
                 if self.count == self.k or (self.persistent and 0 < self.k <= self.count):
                     raise OSError(errno.ENOSPC, f"injected: no space left (write step {self.k})")
             return fn(*args, **kwargs)
+
         return step
 
 
@@ -231,8 +244,9 @@ def test_a_save_failing_at_every_write_step_keeps_the_previous_checkpoint(tmp_pa
 
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["one-off", "persistent"])
-def test_transformers_save_failing_at_every_write_step_keeps_the_previous_checkpoint(llama_float_dir, tmp_path,
-                                                                                     monkeypatch, persistent):
+def test_transformers_save_failing_at_every_write_step_keeps_the_previous_checkpoint(
+    llama_float_dir, tmp_path, monkeypatch, persistent
+):
     target = tmp_path / "ckpt"
     infoq_hf.save(_llama_on_load(llama_float_dir, 4), target)
     before, expected = _listing(target), _llama_logits(target)
@@ -260,11 +274,14 @@ def test_transformers_save_failing_at_every_write_step_keeps_the_previous_checkp
 
 def _mount_tmpfs(mount: Path, size_bytes: int) -> None:
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); the ENOSPC case is "
-                    "covered by the fault-injection tests")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); the ENOSPC case is "
+            "covered by the fault-injection tests"
+        )
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(llama_float_dir, tmp_path):
@@ -324,19 +341,23 @@ def llama_checkpoint(llama_float_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("edit, message", [
-    ({"symmetric": True}, r"stores \['weight_zero_point'\], which its config.json scheme"),
-    ({"symmetric": False, "_from": {"symmetric": True}}, "lacks 'weight_zero_point'"),
-    ({"policy_a_bits": 8}, "lacks 'input_scale'"),
-    ({"group_size": 64}, "stores weight_scale as F32"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"symmetric": True}, r"stores \['weight_zero_point'\], which its config.json scheme"),
+        ({"symmetric": False, "_from": {"symmetric": True}}, "lacks 'weight_zero_point'"),
+        ({"policy_a_bits": 8}, "lacks 'input_scale'"),
+        ({"group_size": 64}, "stores weight_scale as F32"),
+    ],
+)
 def test_every_stored_tensor_is_checked_against_config_json(llama_float_dir, llama_checkpoint, tmp_path, edit, message):
     source = llama_checkpoint
     if "_from" in edit:  # a symmetric checkpoint, then its config claims asymmetric
         source = tmp_path / "sym"
         policy = {"re:model\\.layers\\..*": 4}
-        AutoModelForCausalLM.from_pretrained(llama_float_dir, quantization_config=InfoQConfig(
-            policy=policy, group_size=32, symmetric=True)).save_pretrained(source)
+        AutoModelForCausalLM.from_pretrained(
+            llama_float_dir, quantization_config=InfoQConfig(policy=policy, group_size=32, symmetric=True)
+        ).save_pretrained(source)
     bad = tmp_path / "bad"
     shutil.copytree(source, bad)
     config = json.loads((bad / "config.json").read_text())
@@ -388,8 +409,13 @@ print("RESULT " + json.dumps(result))
 def test_loading_without_infoq_hf_names_the_fix(llama_checkpoint):
     from infoq_hf.checkpoint import IMPORT_HINT_KEY
 
-    done = subprocess.run([sys.executable, "-c", PLAIN_TRANSFORMERS, str(llama_checkpoint)], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "TRANSFORMERS_VERBOSITY": "warning"})
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_TRANSFORMERS, str(llama_checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "warning"},
+    )
     result = json.loads(done.stdout.split("RESULT ", 1)[1])
     assert result["infoq_hf imported"] is False
     assert result["{}"].startswith("raised")
@@ -414,12 +440,15 @@ def _labelled(n_batches=2, size=32, labels=None):
     return out
 
 
-@pytest.mark.parametrize("labels, message", [
-    (lambda n: torch.randint(0, 4, (n,)).float(), "must be integer class indices"),
-    (lambda n: torch.full((n,), 2), "every calibration label is the same class"),
-    (lambda n: torch.randint(-1, 3, (n,)), r"labels range over \[-1, "),
-    (lambda n: torch.randint(0, 6, (n,)), r"the model outputs 4 classes; labels must lie in \[0, 4\)"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (lambda n: torch.randint(0, 4, (n,)).float(), "must be integer class indices"),
+        (lambda n: torch.full((n,), 2), "every calibration label is the same class"),
+        (lambda n: torch.randint(-1, 3, (n,)), r"labels range over \[-1, "),
+        (lambda n: torch.randint(0, 6, (n,)), r"the model outputs 4 classes; labels must lie in \[0, 4\)"),
+    ],
+)
 def test_infoq_labels_must_be_integer_classes_of_the_model(labels, message):
     from infoq_hf import search
 
@@ -438,7 +467,10 @@ def test_bit_widths_are_never_rounded():
         with pytest.raises(ValueError, match="must be an integer"):
             BitPolicy({"0": entry})
     np = pytest.importorskip("numpy")
-    assert BitPolicy({"0": {"w_bits": np.int64(4)}})["0"].w_bits == 4 and type(BitPolicy({"0": {"w_bits": np.int64(4)}})["0"].w_bits) is int
+    assert (
+        BitPolicy({"0": {"w_bits": np.int64(4)}})["0"].w_bits == 4
+        and type(BitPolicy({"0": {"w_bits": np.int64(4)}})["0"].w_bits) is int
+    )
 
 
 def test_hawq_refuses_non_finite_inputs_and_traces():
@@ -464,8 +496,14 @@ def test_raw_torch_errors_become_errors_that_name_the_fix():
         search(_classifier(), [(torch.randn(0, 16), torch.zeros(0, dtype=torch.long))], bits=[2, 4], progress=False)
     for method in ("hawq", "oracle"):
         with pytest.raises(ValueError, match="the model outputs 4 classes"):
-            search(_classifier(), _labelled(1, labels=lambda n: torch.full((n,), 7)), bits=[2, 4], method=method,
-                   hutchinson_samples=1, progress=False)
+            search(
+                _classifier(),
+                _labelled(1, labels=lambda n: torch.full((n,), 7)),
+                bits=[2, 4],
+                method=method,
+                hutchinson_samples=1,
+                progress=False,
+            )
     llama = tiny_llama()
     ids = torch.randint(0, 200, (4, 12))
     with pytest.raises(ValueError, match=r"token ids range over \[\d+, \d+\], but the model's vocabulary has 128"):
@@ -488,14 +526,20 @@ def test_an_infeasible_budget_is_refused_before_any_probing(monkeypatch):
 
     monkeypatch.setattr(search_module, "_probe_all", no_probing)
     config = InfoQConfig(bits=[4, 8], budget={"avg_bits": 3}, calibration=_labelled(2))
-    with pytest.raises(InfeasibleBudgetError, match=r"average bits 3 is infeasible: the smallest achievable average .* is 4 bits"):
+    with pytest.raises(
+        InfeasibleBudgetError, match=r"average bits 3 is infeasible: the smallest achievable average .* is 4 bits"
+    ):
         quantize_with_infoq(_classifier(), config, progress=False)
     with pytest.raises(InfeasibleBudgetError, match="size budget"):
-        quantize_with_infoq(_classifier(), InfoQConfig(bits=[2, 4], budget={"size_bytes": 100},
-                                                       calibration=_labelled(2)), progress=False)
+        quantize_with_infoq(
+            _classifier(),
+            InfoQConfig(bits=[2, 4], budget={"size_bytes": 100}, calibration=_labelled(2)),
+            progress=False,
+        )
     with pytest.raises(AssertionError, match="probed"):  # a feasible budget goes on to the search
-        quantize_with_infoq(_classifier(), InfoQConfig(bits=[2, 4], budget={"avg_bits": 3},
-                                                       calibration=_labelled(2)), progress=False)
+        quantize_with_infoq(
+            _classifier(), InfoQConfig(bits=[2, 4], budget={"avg_bits": 3}, calibration=_labelled(2)), progress=False
+        )
 
 
 # ----------------------------------------------------------------------------- 10, 11: the CLI
@@ -535,17 +579,32 @@ def test_cli_bad_input_exits_2_with_one_line(cli_assets, tmp_path, capsys, monke
     ok = tmp_path / "ok"
     assert _cli([*quantize, "--method", "weight_mse", "--out", ok], capsys)[0] == 0
     with monkeypatch.context() as m:  # a read-only --out (root ignores file modes, so the refusal is simulated)
+
         def refuse(home, prefix):
             raise PermissionError(errno.EACCES, "Permission denied", str(home))
+
         m.setattr(infoq_hf.atomic_save, "_make_dir", refuse)
         code, err = _cli([*quantize, "--method", "weight_mse", "--out", ok], capsys)
         assert code == 2 and "permission denied writing" in err, err
     with monkeypatch.context() as m:
+
         def size_limited(*args, **kwargs):
             raise SolverUnavailableError("solver='gurobi' cannot solve this model: size-limited license")
+
         m.setattr(infoq_hf.allocation, "allocate", size_limited)
-        code, err = _cli(["allocate", ok / "infoq_sensitivity.json", "--avg-bits", "3", "--solver", "gurobi",
-                          "--out", tmp_path / "p.json"], capsys)
+        code, err = _cli(
+            [
+                "allocate",
+                ok / "infoq_sensitivity.json",
+                "--avg-bits",
+                "3",
+                "--solver",
+                "gurobi",
+                "--out",
+                tmp_path / "p.json",
+            ],
+            capsys,
+        )
         assert code == 2 and "size-limited" in err, err
 
     truncated = tmp_path / "truncated"
@@ -568,16 +627,52 @@ def test_cli_reuses_a_table_or_a_policy_and_records_no_local_paths(cli_assets, t
     llama, calib, _ = cli_assets
     first = tmp_path / "first"
     common = ["--bits", "2,4,8", "--group-size", "32"]
-    assert _cli(["quantize", llama, *common, "--avg-bits", "5", "--calib", calib, "--samples", "4", "--seq-len", "12",
-                 "--batch-size", "4", "--out", first], capsys)[0] == 0
+    assert (
+        _cli(
+            [
+                "quantize",
+                llama,
+                *common,
+                "--avg-bits",
+                "5",
+                "--calib",
+                calib,
+                "--samples",
+                "4",
+                "--seq-len",
+                "12",
+                "--batch-size",
+                "4",
+                "--out",
+                first,
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
 
     def no_search(*args, **kwargs):
         raise AssertionError("searched again")
 
     monkeypatch.setattr(infoq_hf.sensitivity, "search", no_search)
     from_table = tmp_path / "from_table"
-    assert _cli(["quantize", llama, *common, "--avg-bits", "3", "--table", first / "infoq_sensitivity.json",
-                 "--out", from_table], capsys)[0] == 0
+    assert (
+        _cli(
+            [
+                "quantize",
+                llama,
+                *common,
+                "--avg-bits",
+                "3",
+                "--table",
+                first / "infoq_sensitivity.json",
+                "--out",
+                from_table,
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     policy_file = tmp_path / "policy.json"
     assert _cli(["allocate", first / "infoq_sensitivity.json", "--avg-bits", "3", "--out", policy_file], capsys)[0] == 0
     from_policy = tmp_path / "from_policy"
@@ -587,8 +682,9 @@ def test_cli_reuses_a_table_or_a_policy_and_records_no_local_paths(cli_assets, t
         return BitPolicy.from_dict(json.loads((folder / "config.json").read_text())["quantization_config"]["policy"])
 
     assert stored(from_policy) == BitPolicy.from_json(policy_file) == stored(from_table)
-    code, err = _cli(["quantize", llama, *common, "--avg-bits", "3", "--policy", policy_file, "--out", tmp_path / "x"],
-                     capsys)
+    code, err = _cli(
+        ["quantize", llama, *common, "--avg-bits", "3", "--policy", policy_file, "--out", tmp_path / "x"], capsys
+    )
     assert code == 2 and "--policy applies a given policy as it is" in err
 
     monkeypatch.undo()

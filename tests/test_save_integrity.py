@@ -13,12 +13,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-import infoq_hf
 import torch
 import torch.nn as nn
 from conftest import tiny_llama
 
+import infoq_hf
 from infoq_hf import InfoQConfig, load_quantized, quantize_model, save_quantized
 from infoq_hf.checkpoint_info import read_checkpoint
 
@@ -48,7 +47,8 @@ def llama_float_dir(tmp_path_factory):
 
 def _packed_llama(float_dir, bits):
     return AutoModelForCausalLM.from_pretrained(
-        float_dir, quantization_config=InfoQConfig(policy={"re:model\\.layers\\..*": bits}, group_size=32))
+        float_dir, quantization_config=InfoQConfig(policy={"re:model\\.layers\\..*": bits}, group_size=32)
+    )
 
 
 def _logits(directory) -> torch.Tensor:
@@ -59,7 +59,7 @@ def _logits(directory) -> torch.Tensor:
 def _header(path: Path) -> tuple[dict, int]:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), 8 + n
+    return json.loads(raw[8 : 8 + n]), 8 + n
 
 
 # ----------------------------------------------------------------------------- stale files
@@ -84,8 +84,10 @@ def test_no_weights_of_a_previous_save_survive_beside_a_new_one(llama_float_dir,
     infoq_hf.save(old, target)  # and back to one file: the shards and their index go
     with torch.no_grad():
         old_logits = old(IDS).logits
-    assert sorted(p.name for p in target.iterdir() if "safetensors" in p.name) == ["model.safetensors",
-                                                                                   "notes.safetensors"]
+    assert sorted(p.name for p in target.iterdir() if "safetensors" in p.name) == [
+        "model.safetensors",
+        "notes.safetensors",
+    ]
     assert torch.equal(_logits(target), old_logits)
 
 
@@ -140,7 +142,10 @@ def _swap(path: Path, a: str, b: str) -> None:
     (a0, a1), (b0, b1) = header[a]["data_offsets"], header[b]["data_offsets"]
     assert a1 - a0 == b1 - b0
     raw = bytearray(path.read_bytes())
-    raw[start + a0:start + a1], raw[start + b0:start + b1] = raw[start + b0:start + b1], raw[start + a0:start + a1]
+    raw[start + a0 : start + a1], raw[start + b0 : start + b1] = (
+        raw[start + b0 : start + b1],
+        raw[start + a0 : start + a1],
+    )
     path.write_bytes(bytes(raw))
 
 
@@ -200,11 +205,14 @@ def _with_tied_header(path: Path, aliases: dict) -> None:
     save_file(load_file(path), path, metadata=meta)
 
 
-@pytest.mark.parametrize("aliases, message", [
-    ({"2.bias": "0.bias"}, "names the stored tensor '2.bias' as a copy"),
-    ({"3.bias": "missing.bias"}, "which the file does not store"),
-    (["0.bias"], "not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "aliases, message",
+    [
+        ({"2.bias": "0.bias"}, "names the stored tensor '2.bias' as a copy"),
+        ({"3.bias": "missing.bias"}, "which the file does not store"),
+        (["0.bias"], "not a JSON object"),
+    ],
+)
 def test_crafted_tied_aliases_are_refused(tmp_path, aliases, message):
     save_quantized(_packed_mlp(), tmp_path / "m")
     _with_tied_header(tmp_path / "m" / "model.safetensors", aliases)

@@ -55,8 +55,10 @@ def test_calibrated_scores_are_alpha_times_relative_weight_error():
     for name, info in cal.layers.items():
         w = model.get_submodule(name).weight.detach()
         for b in bits:
-            exact = float(((fake_quantize_layer(model.get_submodule(name), w, WeightScheme(b), name) - w) ** 2).sum()
-                          / (w ** 2).sum())
+            exact = float(
+                ((fake_quantize_layer(model.get_submodule(name), w, WeightScheme(b), name) - w) ** 2).sum()
+                / (w**2).sum()
+            )
             assert info["t2"][b] == pytest.approx(exact, rel=1e-6) or info["t2"][b] >= exact  # monotone envelope
         assert info["alpha"] == pytest.approx(eq4.w(name, 3) / info["t2"][3], rel=1e-9)
         assert squared.layers[name]["alpha"] == pytest.approx(eq4.w(name, 3) ** 2 / info["t2"][3], rel=1e-9)

@@ -16,7 +16,7 @@ from infoq_hf.quant import QuantLinear, packed_layers, quantizable_layers
 from infoq_hf.quant.kernels import KERNEL_GROUPS, int4_linear
 from infoq_hf.quant.packing import unpack
 
-U_BF16 = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits)
+U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
 
 
 def _layer(bits, group_size, symmetric, out=64, fan_in=256, seed=0):
@@ -33,15 +33,19 @@ def _kernel_error_bound(layer, x, w):
     layout = layer._kernel_cache[1]
     zero = layout.scale_zero[..., 1].float().t()  # [out, groups]
     if layout.split:  # the hi half carries no zero term
-        zero = zero[:, zero.shape[1] // 2:]
+        zero = zero[:, zero.shape[1] // 2 :]
     g = layout.kernel_group
     xg = x.float().reshape(*x.shape[:-1], -1, g)  # [..., groups, g]
     wg = w.reshape(w.shape[0], -1, g)  # [out, groups, g]
     partial = torch.einsum("...gk,ngk->...ng", xg, wg)
     sums = xg.sum(-1)  # [..., groups]
     product, bias = F.linear(x.float(), w), layer.bias.detach()
-    return (U_BF16 * partial.abs().sum(-1) + 2 * U_BF16 * (sums.abs() @ zero.abs().t())
-            + U_BF16 * (product.abs() + bias.abs() + (product + bias).abs()) + 1e-5)
+    return (
+        U_BF16 * partial.abs().sum(-1)
+        + 2 * U_BF16 * (sums.abs() @ zero.abs().t())
+        + U_BF16 * (product.abs() + bias.abs() + (product + bias).abs())
+        + 1e-5
+    )
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -60,7 +64,7 @@ def test_int4_kernel_matches_the_dequantized_weight(bits, group_size, symmetric,
         assert (err <= bound).all(), float((err - bound).max())
         # The bound is tight enough to catch one code step of error in any single group of a row.
         step = layer.weight_scale.repeat_interleave(256 // layer.weight_scale.shape[1], dim=1)[:, :64]
-        one_step = (x.float()[..., :64].abs() @ step.t())
+        one_step = x.float()[..., :64].abs() @ step.t()
         assert (bound < one_step).float().mean() > 0.9
 
 
@@ -89,8 +93,10 @@ def test_repacking_is_exact_against_an_identity_probe(bits, group_size):
     probe = int4_linear(eye, dataclasses.replace(layout, scale_zero=unit)).float()  # [K, N]
     lo = layout.scale_zero[half:].float()
     shift = (lo[..., 1] / lo[..., 0]).round().t().repeat_interleave(layout.kernel_group, dim=1)  # [N, K]
-    assert torch.equal(probe.t() + shift, codes - layer.weight_zero_point.float().repeat_interleave(
-        64 if group_size is None else group_size, dim=1))
+    assert torch.equal(
+        probe.t() + shift,
+        codes - layer.weight_zero_point.float().repeat_interleave(64 if group_size is None else group_size, dim=1),
+    )
 
 
 def test_float32_inputs_take_the_exact_path():
@@ -100,11 +106,14 @@ def test_float32_inputs_take_the_exact_path():
     assert torch.equal(layer(x), F.linear(x, layer.dequantized_weight(), layer.bias))
 
 
-@pytest.mark.parametrize("out, fan_in, group_size, reason", [
-    (24, 256, None, "not a multiple of 16"),
-    (32, 256, 16, "none of the kernel group sizes"),
-    (32, 48, None, "none of the kernel group sizes"),
-])
+@pytest.mark.parametrize(
+    "out, fan_in, group_size, reason",
+    [
+        (24, 256, None, "not a multiple of 16"),
+        (32, 256, 16, "none of the kernel group sizes"),
+        (32, 48, None, "none of the kernel group sizes"),
+    ],
+)
 def test_shapes_the_kernel_cannot_take_fall_back_to_the_exact_path(out, fan_in, group_size, reason):
     layer = _layer(4, group_size, symmetric=False, out=out, fan_in=fan_in)
     assert reason in layer.kernel_fallback_reason
@@ -160,13 +169,18 @@ def test_the_kernel_layout_replaces_the_stream_and_gives_back_the_exact_codes(bi
         exact, w = layer(x), layer.dequantized_weight()
         layer(x.bfloat16())
         assert layer.holds_kernel_layout_only and layer.weight_packed.is_meta
-        assert torch.equal(codes_from_int4_layout(layer._kernel_cache[1]), unpack(stream, bits, 64 * 256).reshape(64, 256))
+        assert torch.equal(
+            codes_from_int4_layout(layer._kernel_cache[1]), unpack(stream, bits, 64 * 256).reshape(64, 256)
+        )
         after = layer.state_dict()
-        assert set(after) == set(state) and all(torch.equal(after[k], state[k]) and after[k].dtype == state[k].dtype
-                                                for k in state)
+        assert set(after) == set(state) and all(
+            torch.equal(after[k], state[k]) and after[k].dtype == state[k].dtype for k in state
+        )
         assert torch.equal(layer.dequantized_weight(), w) and torch.equal(layer(x), exact)
         layer(x.half())  # another kernel dtype: rebuilt from the layout it replaces, still exact
-        assert layer._kernel_cache[1].dtype == torch.float16 and torch.equal(layer.state_dict()["weight_packed"], stream)
+        assert layer._kernel_cache[1].dtype == torch.float16 and torch.equal(
+            layer.state_dict()["weight_packed"], stream
+        )
     # The layout holds the codes once: codes at 4 bits (or two 4-bit halves above 4), bf16 scale and zero and an
     # offset per kernel group (int8, int16 when split); the float32 scales (and zero points) stay.
     n_groups = layer._kernel_cache[1].code_offset.numel()
@@ -198,7 +212,9 @@ def test_torch_export_of_a_packed_llama_matches_eager(dtype):
     assert {m.w_bits for m in packed_layers(model).values()} == set(range(2, 9))
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        eager = model(input_ids=ids, use_cache=False).logits  # an eager forward builds the kernel layouts export then sees
+        eager = model(
+            input_ids=ids, use_cache=False
+        ).logits  # an eager forward builds the kernel layouts export then sees
         exported = torch.export.export(model, (), {"input_ids": ids, "use_cache": False}, strict=False)
         out = exported.module()(input_ids=ids, use_cache=False).logits
     assert torch.equal(out, eager)
@@ -248,7 +264,12 @@ def test_float_dtype_stores_leftovers_in_bf16_and_the_accounting_is_exact(tmp_pa
                 assert t.dtype == torch.float32
             elif t.is_floating_point():
                 assert t.dtype == torch.bfloat16, key
-    assert stored == model_size_bytes(model) == expected_size_bytes(model) == quantization_result(model).summary["size_bytes"]
+    assert (
+        stored
+        == model_size_bytes(model)
+        == expected_size_bytes(model)
+        == quantization_result(model).summary["size_bytes"]
+    )
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q").eval()
     assert reloaded.model.embed_tokens.weight.dtype == torch.bfloat16
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))

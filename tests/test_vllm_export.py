@@ -79,7 +79,7 @@ def test_vllm_export_decodes_with_compressed_tensors_to_the_packed_weights(tmp_p
         q = helpers.unpack_from_int32(stored[f"{name}.weight_packed"], layer.w_bits, torch.Size([rows, cols]))
         scale = stored[f"{name}.weight_scale"]
         zp = helpers.unpack_from_int32(stored[f"{name}.weight_zero_point"], layer.w_bits, scale.shape, packed_dim=0)
-        weight = ((q.float().view(rows, scale.shape[1], -1) - zp.float().unsqueeze(-1)) * scale.unsqueeze(-1))
+        weight = (q.float().view(rows, scale.shape[1], -1) - zp.float().unsqueeze(-1)) * scale.unsqueeze(-1)
         assert torch.equal(weight.reshape(rows, cols), layer.dequantized_weight()), name
 
 
@@ -94,14 +94,17 @@ def test_qkv_at_different_widths_is_refused_naming_the_layers(tmp_path):
 
 def test_widths_marlin_cannot_run_are_refused_naming_the_layer(tmp_path):
     model = _quantized(lambda n: 3)
-    with pytest.raises(ValueError, match=r"layer 'model\.layers\.0\.mlp\.down_proj': 3-bit symmetric.*Marlin.*\[4, 8\]"):
+    with pytest.raises(
+        ValueError, match=r"layer 'model\.layers\.0\.mlp\.down_proj': 3-bit symmetric.*Marlin.*\[4, 8\]"
+    ):
         export_compressed_tensors(model, tmp_path / "m", target="vllm", kernels="marlin")
     assert not (tmp_path / "m").exists()
     asym8 = _quantized(lambda n: 8, symmetric=False)
     with pytest.raises(ValueError, match=r"8-bit asymmetric.*\[4\]"):
         export_compressed_tensors(asym8, tmp_path / "m", target="vllm", kernels="marlin")
-    export_compressed_tensors(_quantized(lambda n: 8 if "mlp" in n else 4), tmp_path / "m", target="vllm",
-                              kernels="marlin")
+    export_compressed_tensors(
+        _quantized(lambda n: 8 if "mlp" in n else 4), tmp_path / "m", target="vllm", kernels="marlin"
+    )
     assert _problems_on_disk(tmp_path / "m", kernels="marlin") == []
 
 
@@ -115,8 +118,11 @@ def test_partly_float_fused_group_and_unsliceable_zero_points_are_refused(tmp_pa
     first = r"\['model\.layers\.0\.self_attn\.q_proj', 'model\.layers\.0\.self_attn\.k_proj'"
     with pytest.raises(ValueError, match=r"asymmetric 3-bit zero points of " + first):
         export_compressed_tensors(odd, tmp_path / "b", target="vllm")
-    export_compressed_tensors(_quantized(lambda n: 3, symmetric=True, hidden=48, heads=4, kv_heads=2,
-                                         intermediate=64), tmp_path / "c", target="vllm")
+    export_compressed_tensors(
+        _quantized(lambda n: 3, symmetric=True, hidden=48, heads=4, kv_heads=2, intermediate=64),
+        tmp_path / "c",
+        target="vllm",
+    )
 
 
 @pytest.mark.parametrize(("kernels", "symmetric"), [("any", False), ("marlin", True)])
@@ -124,14 +130,16 @@ def test_allocation_under_the_vllm_constraints_exports_for_vllm(tmp_path, kernel
     from infoq_hf import Budget, allocate, search
 
     model = tiny_llama()
-    table = search(model, None, bits=[2, 3, 4, 8], method="weight_mse", group_size=32, skip_modules=["lm_head"],
-                   progress=False)
+    table = search(
+        model, None, bits=[2, 3, 4, 8], method="weight_mse", group_size=32, skip_modules=["lm_head"], progress=False
+    )
     constraints = vllm_allocation_constraints(table.layers, kernels=kernels, symmetric=symmetric)
     assert constraints["tie"] == fused_groups(table.layers) and len(constraints["tie"]) == 4
     bits = [b for b in table.bits if b in constraints["bits"]]
     assert bits == ([2, 3, 4, 8] if kernels == "any" else [4, 8])
-    policy = allocate(table, Budget(avg_bits=5.0 if kernels == "marlin" else 3.5), tie=constraints["tie"], bits=bits,
-                      progress=False)
+    policy = allocate(
+        table, Budget(avg_bits=5.0 if kernels == "marlin" else 3.5), tie=constraints["tie"], bits=bits, progress=False
+    )
     widths = {n: policy[n].w_bits for n in table.layers}
     assert len(set(widths.values())) > 1  # a real mix
     quantize_model(model, widths, group_size=32, symmetric=symmetric)
@@ -155,8 +163,9 @@ def test_tokenizer_chat_template_and_generation_config_are_copied(tmp_path, targ
     source = make_tiny_llama(tmp_path / "float")
     (source / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     names = [n for n in quantizable_layers(tiny_llama(vocab=256)) if n != "lm_head"]
-    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=InfoQConfig(policy={n: 4 for n in names},
-                                                                                          group_size=32))
+    model = AutoModelForCausalLM.from_pretrained(
+        source, quantization_config=InfoQConfig(policy={n: 4 for n in names}, group_size=32)
+    )
     model.save_pretrained(tmp_path / "infoq")
     AutoTokenizer.from_pretrained(source).save_pretrained(tmp_path / "infoq")
     (tmp_path / "infoq" / "chat_template.jinja").write_text((source / "chat_template.jinja").read_text())
@@ -185,14 +194,41 @@ def test_cli_export_target_vllm(tmp_path, capsys):
     LlamaForCausalLM(tiny_llama_config()).save_pretrained(tmp_path / "float")
     names = _layers(tiny_llama())
     for label, policy in (("ok", {n: 4 for n in names}), ("bad", {n: 3 if "k_proj" in n else 4 for n in names})):
-        model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantization_config=InfoQConfig(
-            policy=policy, group_size=32))
+        model = AutoModelForCausalLM.from_pretrained(
+            tmp_path / "float", quantization_config=InfoQConfig(policy=policy, group_size=32)
+        )
         model.save_pretrained(tmp_path / label)
-    assert main(["export", str(tmp_path / "ok"), "--format", "compressed-tensors", "--target", "vllm",
-                 "--out", str(tmp_path / "ok-vllm")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "ok"),
+                "--format",
+                "compressed-tensors",
+                "--target",
+                "vllm",
+                "--out",
+                str(tmp_path / "ok-vllm"),
+            ]
+        )
+        == 0
+    )
     assert "passed the rules of vLLM 0.33.0" in capsys.readouterr().out
-    assert main(["export", str(tmp_path / "bad"), "--format", "compressed-tensors", "--target", "vllm",
-                 "--out", str(tmp_path / "bad-vllm")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "bad"),
+                "--format",
+                "compressed-tensors",
+                "--target",
+                "vllm",
+                "--out",
+                str(tmp_path / "bad-vllm"),
+            ]
+        )
+        == 2
+    )
     assert "different schemes" in capsys.readouterr().err and not (tmp_path / "bad-vllm").exists()
 
 
@@ -207,7 +243,8 @@ def test_vllm_itself_accepts_the_tiny_exports():
 
     if not Path(DEFAULT_VLLM_PYTHON).is_file():
         pytest.skip("no vLLM venv; build it with `bash benchmarks/vllm_venv.sh`")
-    done = subprocess.run([sys.executable, "benchmarks/vllm_check.py", "--demo"], capture_output=True, text=True,
-                          timeout=1800)
+    done = subprocess.run(
+        [sys.executable, "benchmarks/vllm_check.py", "--demo"], capture_output=True, text=True, timeout=1800
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("8/8 layers accepted by vLLM") == 4

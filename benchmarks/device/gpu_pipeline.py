@@ -26,10 +26,24 @@ import infoq_hf
 from infoq_hf import InfoQConfig
 
 MODELS = {
-    "smollm2-135m-shape": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                               num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
-    "llama-w2048-4blocks": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=4, num_attention_heads=16,
-                                num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False),
+    "smollm2-135m-shape": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "llama-w2048-4blocks": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=4,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -42,8 +56,10 @@ def build(shape: dict, device: str) -> LlamaForCausalLM:
 def windows(vocab: int, count: int, seq_len: int, device: str, batch: int = 4) -> list[dict]:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, vocab, (count, seq_len), generator=g)
-    return [{"input_ids": ids[i:i + batch].to(device), "attention_mask": torch.ones_like(ids[i:i + batch]).to(device)}
-            for i in range(0, count, batch)]
+    return [
+        {"input_ids": ids[i : i + batch].to(device), "attention_mask": torch.ones_like(ids[i : i + batch]).to(device)}
+        for i in range(0, count, batch)
+    ]
 
 
 def timed(model, config, device: str) -> dict:
@@ -55,9 +71,12 @@ def timed(model, config, device: str) -> dict:
     result = infoq_hf.quantize_pretrained(model, config)
     if cuda:
         torch.cuda.synchronize()
-    return {"wall_s": time.perf_counter() - t,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-            "stages_s": result.summary["times_s"], "avg_bits": result.summary["avg_bits"]}
+    return {
+        "wall_s": time.perf_counter() - t,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "stages_s": result.summary["times_s"],
+        "avg_bits": result.summary["avg_bits"],
+    }
 
 
 def main(argv=None):
@@ -72,12 +91,17 @@ def main(argv=None):
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu --small to check the script")
     if args.small:
-        MODELS["small"] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                               num_key_value_heads=2, vocab_size=256)
+        MODELS["small"] = dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=256,
+        )
         args.models = "small"
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
-    report = {"device": device_name, "torch": torch.__version__, "python": platform.python_version(),
-              "models": {}}
+    report = {"device": device_name, "torch": torch.__version__, "python": platform.python_version(), "models": {}}
     for name in args.models.split(","):
         row = {}
         for label in ("uniform-3bit-gptq", "infoq-default-3.0"):
@@ -85,11 +109,21 @@ def main(argv=None):
             calib = windows(model.config.vocab_size, args.calib, 128, args.device)
             if label.startswith("uniform"):
                 names = infoq_hf.quantizable_layers(model, skip_modules=["lm_head"])
-                config = InfoQConfig(policy={n: {"w_bits": 3, "a_bits": None} for n in names}, calibration=calib,
-                                     rounding="gptq", group_size=64)
+                config = InfoQConfig(
+                    policy={n: {"w_bits": 3, "a_bits": None} for n in names},
+                    calibration=calib,
+                    rounding="gptq",
+                    group_size=64,
+                )
             else:
-                config = InfoQConfig(bits=[2, 3, 4, 8], budget={"avg_bits": 3.0}, calibration=calib,
-                                     search_samples=args.search_samples, group_size=64, seed=0)
+                config = InfoQConfig(
+                    bits=[2, 3, 4, 8],
+                    budget={"avg_bits": 3.0},
+                    calibration=calib,
+                    search_samples=args.search_samples,
+                    group_size=64,
+                    seed=0,
+                )
             row[label] = timed(model, config, args.device)
             print(name, label, json.dumps(row[label]), flush=True)
             report["models"][name] = row

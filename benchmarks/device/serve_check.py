@@ -69,14 +69,21 @@ def main(argv=None) -> int:
     from infoq_hf import quantizable_layers, quantize_model
     from infoq_hf.export import export_compressed_tensors
 
-    config = LlamaConfig(vocab_size=32000, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3 // 64 * 64,
-                         num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                         num_key_value_heads=max(1, args.hidden // 256), pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 8 // 3 // 64 * 64,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=max(1, args.hidden // 256),
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     float_model = LlamaForCausalLM(config).eval()
     names = [n for n in quantizable_layers(float_model) if n != "lm_head"]
-    packed = quantize_model(_copy_of(float_model, config), {n: args.bits for n in names}, group_size=args.group_size,
-                            symmetric=True)
+    packed = quantize_model(
+        _copy_of(float_model, config), {n: args.bits for n in names}, group_size=args.group_size, symmetric=True
+    )
     prompt = torch.randint(1, config.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(1))
     result = {"torch": torch.__version__, "device": torch.cuda.get_device_name(), "config": vars(args) | {"out": None}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -49,13 +49,17 @@ class AllocationReport:
         return data
 
     def summary(self) -> str:
-        text = (f"objective {self.objective:.6g} | size {self.size_bytes / 1e6:.3f} MB | avg {self.avg_bits:.3f} bits | "
-                f"{self.compression:.2f}x | {self.bitops / 1e9:.4g} GBitOps | {self.solver} {self.status} "
-                f"(gap {self.mip_gap:.2g}) in {self.solve_time_s * 1e3:.1f} ms")
+        text = (
+            f"objective {self.objective:.6g} | size {self.size_bytes / 1e6:.3f} MB | avg {self.avg_bits:.3f} bits | "
+            f"{self.compression:.2f}x | {self.bitops / 1e9:.4g} GBitOps | {self.solver} {self.status} "
+            f"(gap {self.mip_gap:.2g}) in {self.solve_time_s * 1e3:.1f} ms"
+        )
         r = self.refinement
         if r is not None:
-            text += (f" | refined from {r.start}: KL {r.kl_ilp:.4g} (ILP) -> {r.kl_final:.4g}, {r.accepted} of "
-                     f"{r.passes} passes accepted in {r.wall_s:.0f} s")
+            text += (
+                f" | refined from {r.start}: KL {r.kl_ilp:.4g} (ILP) -> {r.kl_final:.4g}, {r.accepted} of "
+                f"{r.passes} passes accepted in {r.wall_s:.0f} s"
+            )
             if r.kl_validation:
                 text += f", held-out check kept {r.kept}"
         return text
@@ -103,9 +107,19 @@ def allocate(
     inconsistent arguments.
     """
     spec = resolve_spec(
-        table, budget, alpha=alpha, bits=bits, act_bits=act_bits, fixed_a_bits=fixed_a_bits, pin=pin,
-        pin_first_last=pin_first_last, first_last_bits=first_last_bits, min_bits=min_bits, max_bits=max_bits,
-        tie=tie, tie_activations=tie_activations,
+        table,
+        budget,
+        alpha=alpha,
+        bits=bits,
+        act_bits=act_bits,
+        fixed_a_bits=fixed_a_bits,
+        pin=pin,
+        pin_first_last=pin_first_last,
+        first_last_bits=first_last_bits,
+        min_bits=min_bits,
+        max_bits=max_bits,
+        tie=tie,
+        tie_activations=tie_activations,
     )
     layer_choices = choices(spec)
     ilp = build(table, spec, layer_choices)
@@ -133,5 +147,8 @@ def allocate(
         spec=spec,
         table=table,
     )
-    return BitPolicy({name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers},
-                     report=report, scheme=table.scheme)
+    return BitPolicy(
+        {name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers},
+        report=report,
+        scheme=table.scheme,
+    )

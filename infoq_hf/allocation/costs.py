@@ -110,7 +110,9 @@ def totals(table: SensitivityTable, assignment: Mapping[str, tuple[int, int | No
     )
 
 
-def objective(table: SensitivityTable, assignment: Mapping[str, tuple[int, int | None]], alpha: float, mixed: bool) -> float:
+def objective(
+    table: SensitivityTable, assignment: Mapping[str, tuple[int, int | None]], alpha: float, mixed: bool
+) -> float:
     """sum S_w(l, w_l) (+ alpha * S_a(l, a_l) when activations are allocated too)."""
     value = 0.0
     for name, (w, a) in assignment.items():

@@ -81,11 +81,17 @@ def infeasibility_error(
                 f"{_describe_limit(kind, limit)} is infeasible: the {word} achievable {_NAMES[kind]} "
                 f"under these constraints is {_describe(kind, best)}"
             )
-    constraints = "pins, min/max bits and ties" if (spec.pins_w or spec.min_bits or spec.max_bits or spec.w_ties) else "the candidate bits"
+    constraints = (
+        "pins, min/max bits and ties"
+        if (spec.pins_w or spec.min_bits or spec.max_bits or spec.w_ties)
+        else "the candidate bits"
+    )
     if violated:
         message = "; ".join(violated) + f" (given {constraints}). Loosen the budget or the constraints."
     else:
         each = ", ".join(f"{_NAMES[k]} {_describe(k, v)}" for k, v in achievable.items())
-        message = (f"the budgets {spec.budget.to_dict()} are each achievable alone (best: {each}) but not all "
-                   f"at once under {constraints}; loosen one of them")
+        message = (
+            f"the budgets {spec.budget.to_dict()} are each achievable alone (best: {each}) but not all "
+            f"at once under {constraints}; loosen one of them"
+        )
     return InfeasibleBudgetError(message, achievable)

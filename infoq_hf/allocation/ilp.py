@@ -66,7 +66,9 @@ def build(
     if minimise == "score":
         raw = np.array([_score(table, spec, n, c) for n, c in zip(var_layer, var_choice)])
     else:
-        raw = np.array([costs.layer_cost(table, minimise, n, *c) for n, c in zip(var_layer, var_choice)], dtype=np.float64)
+        raw = np.array(
+            [costs.layer_cost(table, minimise, n, *c) for n, c in zip(var_layer, var_choice)], dtype=np.float64
+        )
     # scale the objective to O(1) so solver tolerances mean the same for any score magnitude
     scale = float(np.max(np.abs(raw))) if raw.size and np.max(np.abs(raw)) > 0 else 1.0
     builder = MIPBuilder(raw / scale)

@@ -30,16 +30,24 @@ class KLJudge:
     table's scheme); layers with activation bits get their inputs fake-quantized per tensor, with the
     float model's ranges (as packing does)."""
 
-    def __init__(self, model, table, batches, forward: Callable, a_bits: Mapping[str, int | None],
-                 quantized_weight: Callable[[str, int], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        model,
+        table,
+        batches,
+        forward: Callable,
+        a_bits: Mapping[str, int | None],
+        quantized_weight: Callable[[str, int], torch.Tensor] | None = None,
+    ):
         self.model, self.table, self.batches, self.forward = model, table, batches, forward
         self.quantized_weight = quantized_weight or self._round_to_nearest
         self.layers = {n: model.get_submodule(n) for n in table.layers}
         self.float_weights = {n: m.weight.data.clone() for n, m in self.layers.items()}
         self.current: dict[str, int] = {}
         self.blocks = list(find_blocks(model))
-        self.block_of = {n: next((i for i, b in enumerate(self.blocks) if n.startswith(b + ".") or n == b), 0)
-                         for n in table.layers}
+        self.block_of = {
+            n: next((i for i, b in enumerate(self.blocks) if n.startswith(b + ".") or n == b), 0) for n in table.layers
+        }
         with torch.no_grad():
             self.reference = [self._log_probs(output_tensor(forward(model, b))) for b in batches]
         self.masks = [b.get("attention_mask") if isinstance(b, Mapping) else None for b in batches]
@@ -55,8 +63,11 @@ class KLJudge:
         hooks = []
         for name, bits in a_bits.items():
             scale, zero = activation_qparams(*ranges[name], bits)
-            hooks.append(self.layers[name].register_forward_pre_hook(
-                lambda m, args, s=scale, z=zero, b=bits: (fake_quantize_activation(args[0], s, z, b), *args[1:])))
+            hooks.append(
+                self.layers[name].register_forward_pre_hook(
+                    lambda m, args, s=scale, z=zero, b=bits: (fake_quantize_activation(args[0], s, z, b), *args[1:])
+                )
+            )
         return hooks
 
     @staticmethod
@@ -102,8 +113,12 @@ class KLJudge:
         changed = self._set(assignment)
         first = min((self.block_of[n] for n in changed), default=len(self.blocks)) if self.replay and self.cache else 0
         outputs: dict[str, list] = {b: [] for b in self.blocks[first:]}
-        hooks = [self.model.get_submodule(b).register_forward_hook(
-            lambda m, args, out, b=b: outputs[b].append(_detach_tree(out))) for b in self.blocks[first:]]
+        hooks = [
+            self.model.get_submodule(b).register_forward_hook(
+                lambda m, args, out, b=b: outputs[b].append(_detach_tree(out))
+            )
+            for b in self.blocks[first:]
+        ]
         try:
             kl = self._mean_kl(self.blocks[:first])
         finally:
@@ -122,8 +137,10 @@ class KLJudge:
         if not self.replay or any(len(self.cache.get(b, ())) != len(self.batches) for b in self.blocks):
             self.replay = False
         elif self._mean_kl(self.blocks) != kl:
-            logger.warning("refinement: replaying block outputs did not reproduce the model exactly; "
-                           "every candidate runs the full model")
+            logger.warning(
+                "refinement: replaying block outputs did not reproduce the model exactly; "
+                "every candidate runs the full model"
+            )
             self.replay = False
 
     def restore(self) -> None:

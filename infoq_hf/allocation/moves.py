@@ -30,12 +30,19 @@ class BudgetRows:
         self.capacity = {k: costs.row_capacity(table, k, getattr(spec.budget, k)) for k in self.kinds}
 
     def usage(self, assignment: Mapping[str, Choice]) -> dict[str, float]:
-        return {k: sum(costs.layer_cost(self.table, k, n, w, a) for n, (w, a) in assignment.items()) for k in self.kinds}
+        return {
+            k: sum(costs.layer_cost(self.table, k, n, w, a) for n, (w, a) in assignment.items()) for k in self.kinds
+        }
 
     def delta(self, names, old: int, new: int, a_of) -> dict[str, float]:
         """Change of every row when layers `names` go from `old` to `new` weight bits."""
-        return {k: sum(costs.layer_cost(self.table, k, n, new, a_of[n]) - costs.layer_cost(self.table, k, n, old, a_of[n])
-                       for n in names) for k in self.kinds}
+        return {
+            k: sum(
+                costs.layer_cost(self.table, k, n, new, a_of[n]) - costs.layer_cost(self.table, k, n, old, a_of[n])
+                for n in names
+            )
+            for k in self.kinds
+        }
 
     def fits(self, usage: Mapping[str, float]) -> bool:
         return all(usage[k] <= self.capacity[k] + BUDGET_REL_TOL * max(abs(self.capacity[k]), 1.0) for k in self.kinds)
@@ -62,8 +69,9 @@ class MoveUnits:
         self.groups = [g for g, ws in self.widths.items() if len(ws) > 1]
 
 
-def uniform_start(table: SensitivityTable, budget: Budget, *, pin_first_last="auto", first_last_bits=None,
-                  pin=None) -> dict[str, int] | None:
+def uniform_start(
+    table: SensitivityTable, budget: Budget, *, pin_first_last="auto", first_last_bits=None, pin=None
+) -> dict[str, int] | None:
     """The refinement's uniform start under `budget`, {layer: weight bits}: every free layer at the
     widest width they all admit whose configuration fits every budget, pinned layers at their pins
     (pins as `allocate` resolves them). None when no uniform width fits, or for W/A allocations.
@@ -95,12 +103,23 @@ def widest_uniform(units: MoveUnits, ilp: Mapping[str, int], budget: BudgetRows,
     return None
 
 
-def propose(rng: random.Random, units: MoveUnits, table: SensitivityTable, budget: BudgetRows,
-            current: Mapping[str, int], a_of, seen: set, tries: int = 20) -> dict[str, int] | None:
+def propose(
+    rng: random.Random,
+    units: MoveUnits,
+    table: SensitivityTable,
+    budget: BudgetRows,
+    current: Mapping[str, int],
+    a_of,
+    seen: set,
+    tries: int = 20,
+) -> dict[str, int] | None:
     """A new budget-feasible configuration one guided move away from `current`, or None."""
     for _ in range(tries):
-        move = _raise_first(rng, units, table, budget, current, a_of) if rng.random() < 0.5 else \
-            _lower_first(rng, units, table, budget, current, a_of)
+        move = (
+            _raise_first(rng, units, table, budget, current, a_of)
+            if rng.random() < 0.5
+            else _lower_first(rng, units, table, budget, current, a_of)
+        )
         if move is not None and tuple(sorted(move.items())) not in seen:
             return move
     return None
@@ -175,8 +194,11 @@ def _lower_first(rng, units, table, budget, current, a_of):
     config, usage, group = first
     raised = False
     while True:
-        fitting = [(g, w) for _, g, w in _options(units, table, budget, config, a_of, +1, {group})
-                   if budget.fits(_set_unit(budget, dict(config), usage, g, w, a_of))]
+        fitting = [
+            (g, w)
+            for _, g, w in _options(units, table, budget, config, a_of, +1, {group})
+            if budget.fits(_set_unit(budget, dict(config), usage, g, w, a_of))
+        ]
         if not fitting:
             return config if raised else None
         g, w = fitting[rng.randrange(min(TOP_CHOICES, len(fitting)))]

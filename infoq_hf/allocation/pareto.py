@@ -34,8 +34,9 @@ def pareto_sweep(
     return policies
 
 
-def plot_pareto(policies: list[BitPolicy], path: str | Path, chosen: BitPolicy | int | None = None,
-                title: str | None = None) -> Path:
+def plot_pareto(
+    policies: list[BitPolicy], path: str | Path, chosen: BitPolicy | int | None = None, title: str | None = None
+) -> Path:
     """Write a PNG of total sensitivity vs model size (MB) for allocated policies; mark `chosen`
     (a policy of the list or its index)."""
     import matplotlib
@@ -61,11 +62,20 @@ def plot_pareto(policies: list[BitPolicy], path: str | Path, chosen: BitPolicy |
     points = sorted((r.size_bytes / 1e6, r.objective) for r in reports)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     try:
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color="tab:blue", ms=4, label="optimal allocations")
+        ax.plot(
+            [p[0] for p in points], [p[1] for p in points], "o-", color="tab:blue", ms=4, label="optimal allocations"
+        )
         if chosen is not None:
             r = reports[chosen]
-            ax.plot(r.size_bytes / 1e6, r.objective, "*", color="tab:red", ms=14, zorder=3,
-                    label=f"chosen: {r.avg_bits:.2f} avg bits, {r.size_bytes / 1e6:.2f} MB")
+            ax.plot(
+                r.size_bytes / 1e6,
+                r.objective,
+                "*",
+                color="tab:red",
+                ms=14,
+                zorder=3,
+                label=f"chosen: {r.avg_bits:.2f} avg bits, {r.size_bytes / 1e6:.2f} MB",
+            )
         ax.set_xlabel("model size (MB)")
         ax.set_ylabel("total sensitivity (lower is better)")
         ax.set_title(title or "InfoQ allocation: sensitivity vs size")

@@ -104,8 +104,10 @@ def refine(
     `report.refinement` saying what the refinement did."""
     report = getattr(policy, "report", None)
     if getattr(report, "spec", None) is None or getattr(report, "table", None) is None:
-        raise ValueError("refine starts from a policy that allocate(table, budget, ...) returned: its report carries "
-                         "the constraints and the table the refinement keeps to")
+        raise ValueError(
+            "refine starts from a policy that allocate(table, budget, ...) returned: its report carries "
+            "the constraints and the table the refinement keeps to"
+        )
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"refine needs passes >= 1 (an int), got {passes!r}")
     table, spec = report.table, report.spec
@@ -113,14 +115,37 @@ def refine(
     batches = as_batches(calibration)
     checked = _checked_starts(table, spec, assignment, starts)
     assignment, refinement = _refine_assignment(
-        model, table, spec, assignment, batches, passes=passes, candidates=candidates, seed=seed, forward=forward,
-        gptq=gptq, validation=as_batches(validation), chains=chains, starts=checked, accelerator=accelerator,
-        progress=progress)
+        model,
+        table,
+        spec,
+        assignment,
+        batches,
+        passes=passes,
+        candidates=candidates,
+        seed=seed,
+        forward=forward,
+        gptq=gptq,
+        validation=as_batches(validation),
+        chains=chains,
+        starts=checked,
+        accelerator=accelerator,
+        progress=progress,
+    )
     totals, objective = verify(table, spec, assignment)
-    refined = replace(report, objective=objective, size_bytes=totals.size_bytes, bitops=totals.bitops,
-                      avg_bits=totals.avg_bits, compression=totals.compression, refinement=refinement)
-    return BitPolicy({name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers},
-                     report=refined, scheme=policy.scheme)
+    refined = replace(
+        report,
+        objective=objective,
+        size_bytes=totals.size_bytes,
+        bitops=totals.bitops,
+        avg_bits=totals.avg_bits,
+        compression=totals.compression,
+        refinement=refinement,
+    )
+    return BitPolicy(
+        {name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers},
+        report=refined,
+        scheme=policy.scheme,
+    )
 
 
 def _checked_starts(table, spec, ilp_assignment, starts) -> dict[str, dict[str, int]]:
@@ -133,8 +158,10 @@ def _checked_starts(table, spec, ilp_assignment, starts) -> dict[str, dict[str, 
         widths = {n: int(getattr(w, "w_bits", w)) for n, w in dict(widths).items()}
         missing, extra = [n for n in spec.layers if n not in widths], [n for n in widths if n not in spec.layers]
         if missing or extra:
-            raise ValueError(f"refine starts[{name!r}] must give every table layer a width: missing {missing[:3]}, "
-                             f"not in the table {extra[:3]}")
+            raise ValueError(
+                f"refine starts[{name!r}] must give every table layer a width: missing {missing[:3]}, "
+                f"not in the table {extra[:3]}"
+            )
         try:
             verify(table, spec, {n: (widths[n], ilp_assignment[n][1]) for n in spec.layers})
         except AllocationVerificationError as e:
@@ -172,8 +199,9 @@ def _refine_assignment(
         raise ValueError("the refinement needs calibration batches; pass some, or leave the refinement out")
     missing = [n for n in table.layers if n not in dict(model.named_modules())]
     if missing:
-        raise ValueError(f"the table's layers {missing[:3]} are not in the model; refine with the model the table "
-                         "was searched on")
+        raise ValueError(
+            f"the table's layers {missing[:3]} are not in the model; refine with the model the table was searched on"
+        )
     started = time.perf_counter()
     forward = forward or default_forward
     rank = accelerator.process_index if accelerator is not None else 0
@@ -246,6 +274,7 @@ def _refine_assignment(
                         kls[i], outs[i] = evaluator.evaluate(move)
                 if world > 1:
                     from accelerate.utils import gather_object  # optional: only with an accelerator
+
                     kls = {i: v for part in gather_object([kls]) for i, v in part.items()}
                 chain_used += len(round_moves)
                 bar.update(len(round_moves))
@@ -266,8 +295,15 @@ def _refine_assignment(
         kept = min(ends, key=lambda name: ends[name][1])  # the chain that ended lowest on the judge
         kl_validation = None
         if validation and moved:
-            kept, kl_validation = _held_out_choice(model, table, validation, forward, a_of, rounded,
-                                                   {**{n: end[0] for n, end in moved.items()}, **compared})
+            kept, kl_validation = _held_out_choice(
+                model,
+                table,
+                validation,
+                forward,
+                a_of,
+                rounded,
+                {**{n: end[0] for n, end in moved.items()}, **compared},
+            )
         if kept in ends:
             current, kl_current, accepted = ends[kept]
         else:
@@ -277,13 +313,25 @@ def _refine_assignment(
         replay = evaluator.replay
         evaluator.restore()
         model.train(was_training)
-    report = RefinementReport(passes=used, accepted=accepted, start=start, kl_ilp=kl_ilp, kl_uniform=kl_uniform,
-                              kl_final=kl_current, calibration_batches=len(batches), prefix_replay=replay,
-                              wall_s=round(time.perf_counter() - started, 3), seed=seed,
-                              rounding="rtn" if gptq is None else "gptq",
-                              judge_inputs=None if gptq is None else gptq.meta.get("inputs"), kept=kept,
-                              kl_validation=kl_validation, validation_batches=len(validation or ()), chains=chains,
-                              kl_starts=kl_starts)
+    report = RefinementReport(
+        passes=used,
+        accepted=accepted,
+        start=start,
+        kl_ilp=kl_ilp,
+        kl_uniform=kl_uniform,
+        kl_final=kl_current,
+        calibration_batches=len(batches),
+        prefix_replay=replay,
+        wall_s=round(time.perf_counter() - started, 3),
+        seed=seed,
+        rounding="rtn" if gptq is None else "gptq",
+        judge_inputs=None if gptq is None else gptq.meta.get("inputs"),
+        kept=kept,
+        kl_validation=kl_validation,
+        validation_batches=len(validation or ()),
+        chains=chains,
+        kl_starts=kl_starts,
+    )
     return {n: (current[n], a_of[n]) for n in assignment}, report
 
 

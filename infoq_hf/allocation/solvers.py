@@ -107,8 +107,14 @@ class Solution:
 # ---------------------------------------------------------------------------------------------- entry
 
 
-def solve(mip: MIP, solver: str = "auto", *, time_limit: float | None = None, verbose: bool = False,
-          start: np.ndarray | None = None) -> Solution:
+def solve(
+    mip: MIP,
+    solver: str = "auto",
+    *,
+    time_limit: float | None = None,
+    verbose: bool = False,
+    start: np.ndarray | None = None,
+) -> Solution:
     """Solve `mip` with the named backend ("auto": Gurobi when it can, else HiGHS).
     `start`: an optional feasible 0/1 vector the solver may begin from (speed only)."""
     if solver not in SOLVERS:
@@ -180,7 +186,9 @@ def _import_gurobipy():
     try:
         import gurobipy
     except ImportError as e:  # also raised when sys.modules["gurobipy"] is None
-        raise _GurobiUnusable(f"gurobipy cannot be imported ({e}); install it with `pip install gurobipy`", quiet=True) from None
+        raise _GurobiUnusable(
+            f"gurobipy cannot be imported ({e}); install it with `pip install gurobipy`", quiet=True
+        ) from None
     return gurobipy
 
 
@@ -231,15 +239,21 @@ def _solve_gurobi(mip: MIP, time_limit, verbose, start) -> Solution:
             elif status == GRB.TIME_LIMIT and model.SolCount > 0:
                 kind = "time_limit"
             elif status == GRB.TIME_LIMIT:
-                raise RuntimeError(f"Gurobi found no feasible bit allocation within time_limit={time_limit} s; raise it")
+                raise RuntimeError(
+                    f"Gurobi found no feasible bit allocation within time_limit={time_limit} s; raise it"
+                )
             else:
                 raise RuntimeError(f"Gurobi stopped with status code {status} (see GRB.Status); try solver='highs'")
-            return Solution(kind, "gurobi", elapsed, x=np.array(x.X), objective=float(model.ObjVal), mip_gap=float(model.MIPGap))
+            return Solution(
+                kind, "gurobi", elapsed, x=np.array(x.X), objective=float(model.ObjVal), mip_gap=float(model.MIPGap)
+            )
     except gp.GurobiError as e:
         if e.errno == _GRB_SIZE_LIMIT:
             raise _GurobiUnusable(
                 f"the model ({mip.num_vars} variables, {mip.num_rows} constraints) is too large for the "
-                f"size-limited Gurobi license", size_limit=True) from None
+                f"size-limited Gurobi license",
+                size_limit=True,
+            ) from None
         if e.errno in _GRB_LICENSE_ERRORS:
             raise _GurobiUnusable(f"the Gurobi license was refused (error {e.errno}: {e})") from None
         raise
@@ -335,4 +349,6 @@ def _solve_highs(mip: MIP, time_limit, verbose, start) -> Solution:
     else:
         raise RuntimeError(f"HiGHS stopped with status {h.modelStatusToString(status)!r}; try solver='gurobi'")
     x = np.asarray(h.getSolution().col_value, dtype=np.float64)
-    return Solution(kind, "highs", elapsed, x=x, objective=float(info.objective_function_value), mip_gap=float(info.mip_gap))
+    return Solution(
+        kind, "highs", elapsed, x=x, objective=float(info.objective_function_value), mip_gap=float(info.mip_gap)
+    )

@@ -68,8 +68,10 @@ def _bits_subset(value, table: SensitivityTable, what: str) -> tuple[int, ...]:
         raise ValueError(f"{what} is empty; give at least one bit-width from the table's {table.bits}")
     missing = [b for b in chosen if b not in table.bits]
     if missing:
-        raise ValueError(f"{what} {missing} are not scored in the table (its bits are {table.bits}); "
-                         f"re-run search with these bits or pick from {table.bits}")
+        raise ValueError(
+            f"{what} {missing} are not scored in the table (its bits are {table.bits}); "
+            f"re-run search with these bits or pick from {table.bits}"
+        )
     return tuple(chosen)
 
 
@@ -138,8 +140,9 @@ def _parse_pin(name: str, value, mixed: bool, fixed_a) -> tuple[int, int | None,
     return w, a, a_given and mixed
 
 
-def _end_pins(table: SensitivityTable, pin_first_last, first_last_bits, w_candidates, a_candidates,
-              mixed: bool) -> tuple[dict[str, int], dict[str, int]]:
+def _end_pins(
+    table: SensitivityTable, pin_first_last, first_last_bits, w_candidates, a_candidates, mixed: bool
+) -> tuple[dict[str, int], dict[str, int]]:
     """The first/last layer pins (HAWQ/LIMPQ convention for CNNs) as (pins_w, pins_a); explicit pins override them.
 
     "auto" pins them on CNNs only where they are small: a large pinned layer (MobileNetV2's
@@ -196,8 +199,10 @@ def resolve_spec(
     if not (isinstance(alpha, (int, float)) and alpha >= 0 and alpha == alpha and alpha != float("inf")):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
     if budget.bitops is not None and not any(info["macs"] for info in table.layers.values()):
-        raise ValueError("a bitops budget needs MAC counts, but every layer of the table has macs=0; "
-                         "re-run search with example inputs that count MACs")
+        raise ValueError(
+            "a bitops budget needs MAC counts, but every layer of the table has macs=0; "
+            "re-run search with example inputs that count MACs"
+        )
     if budget.avg_bits is not None and costs.total_params(table) == 0:
         raise ValueError("an avg_bits budget needs parameter counts, but every layer of the table has params=0")
 
@@ -205,11 +210,15 @@ def resolve_spec(
     mixed = act_bits is not None
     if mixed:
         if fixed_a_bits is not None:
-            raise ValueError("give either act_bits (allocate activation bits) or fixed_a_bits (one width for all), not both")
+            raise ValueError(
+                "give either act_bits (allocate activation bits) or fixed_a_bits (one width for all), not both"
+            )
         lacking = [n for n, info in table.layers.items() if info.get("a") is None]
         if lacking:
-            raise ValueError(f"act_bits needs activation scores, but {len(lacking)} layer(s) have none "
-                             f"(e.g. {lacking[:3]}); re-run search with activation scoring, or drop act_bits")
+            raise ValueError(
+                f"act_bits needs activation scores, but {len(lacking)} layer(s) have none "
+                f"(e.g. {lacking[:3]}); re-run search with activation scoring, or drop act_bits"
+            )
         a_candidates = _bits_subset(act_bits, table, "act_bits")
     else:
         if fixed_a_bits is not None:
@@ -233,7 +242,9 @@ def resolve_spec(
 
     for name, w in pins_w.items():
         if w not in w_candidates:
-            raise ValueError(f"layer {name!r} is pinned to {w} weight bits, outside the candidate bits {list(w_candidates)}")
+            raise ValueError(
+                f"layer {name!r} is pinned to {w} weight bits, outside the candidate bits {list(w_candidates)}"
+            )
     for name, a in pins_a.items():
         if a not in a_candidates:
             raise ValueError(f"layer {name!r} is pinned to {a} activation bits, outside act_bits {list(a_candidates)}")
@@ -244,19 +255,36 @@ def resolve_spec(
         if name in lo and name in hi and lo[name] > hi[name]:
             raise ValueError(f"layer {name!r}: min_bits {lo[name]} > max_bits {hi[name]}")
         if name in pins_w and not lo.get(name, 0) <= pins_w[name] <= hi.get(name, 99):
-            raise ValueError(f"layer {name!r} is pinned to {pins_w[name]} bits, outside its bounds "
-                             f"min_bits={lo.get(name)} max_bits={hi.get(name)}"
-                             + ("; pass pin_first_last=False to unpin the first/last layers" if pin is None or name not in pin else ""))
+            raise ValueError(
+                f"layer {name!r} is pinned to {pins_w[name]} bits, outside its bounds "
+                f"min_bits={lo.get(name)} max_bits={hi.get(name)}"
+                + (
+                    "; pass pin_first_last=False to unpin the first/last layers"
+                    if pin is None or name not in pin
+                    else ""
+                )
+            )
 
     spec = AllocationSpec(
-        layers=layers, w_candidates=w_candidates, a_candidates=a_candidates, mixed=mixed, alpha=float(alpha),
-        budget=budget, pins_w=pins_w, pins_a=pins_a, min_bits=lo, max_bits=hi,
-        w_ties=_merge_groups(tie, table, "tie"), a_ties=_merge_groups(tie_activations, table, "tie_activations"),
+        layers=layers,
+        w_candidates=w_candidates,
+        a_candidates=a_candidates,
+        mixed=mixed,
+        alpha=float(alpha),
+        budget=budget,
+        pins_w=pins_w,
+        pins_a=pins_a,
+        min_bits=lo,
+        max_bits=hi,
+        w_ties=_merge_groups(tie, table, "tie"),
+        a_ties=_merge_groups(tie_activations, table, "tie_activations"),
     )
     for name in layers:
         if not spec.w_options(name):
-            raise ValueError(f"layer {name!r} has no admissible weight bits: candidates {list(w_candidates)}, "
-                             f"min_bits={lo.get(name)}, max_bits={hi.get(name)}")
+            raise ValueError(
+                f"layer {name!r} has no admissible weight bits: candidates {list(w_candidates)}, "
+                f"min_bits={lo.get(name)}, max_bits={hi.get(name)}"
+            )
     return spec
 
 

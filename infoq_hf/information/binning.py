@@ -58,11 +58,7 @@ def _mi_from_cells(cx: torch.Tensor, cz: torch.Tensor, nx: int, nz: int) -> torc
     joint = torch.bincount((offs * (nx * nz) + cx * nz + cz).reshape(-1), minlength=K * nx * nz)
     px = torch.bincount((offs * nx + cx).reshape(-1), minlength=K * nx)
     pz = torch.bincount((offs * nz + cz).reshape(-1), minlength=K * nz)
-    return (
-        _entropy_mm(px.view(K, nx), n)
-        + _entropy_mm(pz.view(K, nz), n)
-        - _entropy_mm(joint.view(K, nx * nz), n)
-    )
+    return _entropy_mm(px.view(K, nx), n) + _entropy_mm(pz.view(K, nz), n) - _entropy_mm(joint.view(K, nx * nz), n)
 
 
 def _check_bins(n: int, bins: int | None, continuous: bool) -> int:
@@ -70,9 +66,7 @@ def _check_bins(n: int, bins: int | None, continuous: bool) -> int:
     if b < 2:
         raise ValueError(f"bins must be >= 2, got {b}")
     if n < 2 * b:
-        raise ValueError(
-            f"binning estimator with {b} bins needs at least {2 * b} samples, got n={n}"
-        )
+        raise ValueError(f"binning estimator with {b} bins needs at least {2 * b} samples, got n={n}")
     return b
 
 

@@ -12,9 +12,7 @@ import torch
 __all__ = ["random_directions"]
 
 
-def random_directions(
-    dim: int, k: int, seed: int, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
+def random_directions(dim: int, k: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Return ``k`` unit vectors in ``R^dim`` as a ``[k, dim]`` CPU tensor.
 
     The draw always happens on the CPU in float64 with its own

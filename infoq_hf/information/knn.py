@@ -115,11 +115,7 @@ def mi_knn_discrete(a: torch.Tensor, y: torch.Tensor, k: int = 3, seed: int = 0)
     m = m.clamp_min(k).to(torch.float64)  # the k same-class neighbours are inside
     n_y = class_sizes[labs].to(torch.float64)
     const = float(torch.digamma(torch.tensor([float(n), float(k)], dtype=torch.float64)).sum())
-    return (
-        const
-        - torch.digamma(n_y).mean(dim=1)
-        - torch.digamma(m).mean(dim=1)
-    )
+    return const - torch.digamma(n_y).mean(dim=1) - torch.digamma(m).mean(dim=1)
 
 
 def _kth_maxnorm(xs: torch.Tensor, zs: torch.Tensor, k: int, first: int = 48, block: int = 32) -> torch.Tensor:

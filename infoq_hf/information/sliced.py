@@ -71,10 +71,7 @@ def project(x: torch.Tensor, directions: torch.Tensor, name: str = "x") -> torch
     if not isinstance(directions, torch.Tensor) or directions.ndim != 2:
         raise ValueError(f"directions for {name} must be a [K, d] tensor")
     if directions.shape[1] != x.shape[1]:
-        raise ValueError(
-            f"directions have dim {directions.shape[1]} but {name} has "
-            f"{x.shape[1]} features per sample"
-        )
+        raise ValueError(f"directions have dim {directions.shape[1]} but {name} has {x.shape[1]} features per sample")
     if not bool(torch.isfinite(directions).all()):
         raise ValueError(f"directions for {name} contain NaN/inf")
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -172,8 +169,6 @@ def smi_discrete(x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor, **k
     return float(sliced_mi_discrete(x, y, directions, **kwargs).mean())
 
 
-def smi_continuous(
-    x: torch.Tensor, z: torch.Tensor, dir_x: torch.Tensor, dir_z: torch.Tensor, **kwargs
-) -> float:
+def smi_continuous(x: torch.Tensor, z: torch.Tensor, dir_x: torch.Tensor, dir_z: torch.Tensor, **kwargs) -> float:
     """Sliced MI SMI(x; z) in nats: mean of ``sliced_mi_continuous`` over pairs."""
     return float(sliced_mi_continuous(x, z, dir_x, dir_z, **kwargs).mean())

@@ -32,8 +32,14 @@ def is_timm_model(model: nn.Module) -> bool:
     return type(model).__module__.startswith("timm.") and hasattr(model, "pretrained_cfg")
 
 
-def save_quantized(model: nn.Module, directory: str | os.PathLike, policy: BitPolicy | Mapping | None = None, *,
-                   extra_config: Mapping | None = None, config: InfoQConfig | None = None) -> Path:
+def save_quantized(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    policy: BitPolicy | Mapping | None = None,
+    *,
+    extra_config: Mapping | None = None,
+    config: InfoQConfig | None = None,
+) -> Path:
     """Atomically save a packed model: it is written in a temporary sibling folder and renamed.
 
     `policy` (default: read from the packed layers) must be the one the model was packed with.
@@ -44,8 +50,14 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike, policy: BitPo
     return Path(directory)
 
 
-def write_quantized(model: nn.Module, folder: Path, policy: BitPolicy | Mapping | None = None, *,
-                    extra_config: Mapping | None = None, config: InfoQConfig | None = None) -> None:
+def write_quantized(
+    model: nn.Module,
+    folder: Path,
+    policy: BitPolicy | Mapping | None = None,
+    *,
+    extra_config: Mapping | None = None,
+    config: InfoQConfig | None = None,
+) -> None:
     """`save_quantized`'s files, written straight into `folder` (a staging folder the caller's transaction owns)."""
     actual = policy_of(model)
     if policy is not None:
@@ -71,7 +83,9 @@ def write_quantized(model: nn.Module, folder: Path, policy: BitPolicy | Mapping 
             extra["quantization_config"] = infoq_config.to_dict()
             save_config_for_hf(model, str(tmp / "config.json"), model_config=extra)
         elif extra:
-            (tmp / "config.json").write_text(json.dumps({**extra, "quantization_config": infoq_config.to_dict()}, indent=1))
+            (tmp / "config.json").write_text(
+                json.dumps({**extra, "quantization_config": infoq_config.to_dict()}, indent=1)
+            )
 
     write_packed(model, Path(folder), infoq_config, write_extra=write_model_config)
 
@@ -91,8 +105,10 @@ def load_quantized(directory: str | os.PathLike, model: nn.Module | None = None,
 
 def _create_timm_model(directory: Path, **create_kwargs) -> nn.Module:
     if not (directory / "config.json").is_file():
-        raise ValueError(f"{directory} has no config.json naming a timm architecture; pass load_quantized(dir, model=...) "
-                         "with a float instance of the model")
+        raise ValueError(
+            f"{directory} has no config.json naming a timm architecture; pass load_quantized(dir, model=...) "
+            "with a float instance of the model"
+        )
     try:
         import timm
         from timm.models._hub import load_model_config_from_path

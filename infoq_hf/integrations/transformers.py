@@ -18,8 +18,8 @@ import dataclasses
 import json
 import logging
 import re
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import torch
 from safetensors import safe_open
@@ -58,12 +58,16 @@ class InfoQQuantizer(HfQuantizer):
     def validate_environment(self, *args, **kwargs):
         cfg = self.quantization_config
         if self.pre_quantized and cfg.policy is None:
-            raise ValueError("this checkpoint's config.json has an infoq quantization_config without a policy; "
-                             "it was not saved after quantization. Re-save the quantized model.")
+            raise ValueError(
+                "this checkpoint's config.json has an infoq quantization_config without a policy; "
+                "it was not saved after quantization. Re-save the quantized model."
+            )
         device_map = kwargs.get("device_map")
         if isinstance(device_map, dict) and "disk" in device_map.values() and not self.pre_quantized:
-            raise ValueError("quantizing on load with InfoQ needs the whole float model in memory; "
-                             "a device_map with disk offloading is not supported")
+            raise ValueError(
+                "quantizing on load with InfoQ needs the whole float model in memory; "
+                "a device_map with disk offloading is not supported"
+            )
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         cfg = self.quantization_config
@@ -81,7 +85,9 @@ class InfoQQuantizer(HfQuantizer):
         # which a packed layer lacks. A parent holding no tensors of its own has nothing to initialise.
         for name in built:
             parent = model.get_submodule(name.rpartition(".")[0])
-            if not any(True for _ in parent.parameters(recurse=False)) and not any(True for _ in parent.buffers(recurse=False)):
+            if not any(True for _ in parent.parameters(recurse=False)) and not any(
+                True for _ in parent.buffers(recurse=False)
+            ):
                 parent._is_hf_initialized = True
         # The one-byte format guards (see infoq_hf.checkpoint) are expected, not unexpected, keys.
         guards = {rf"(^|\.){re.escape(name)}\.{GUARD}$" for name in built} | {rf"^{IMPORT_HINT_KEY}$"}
@@ -89,8 +95,9 @@ class InfoQQuantizer(HfQuantizer):
         self.summary = stored_summary(checkpoint_files or ())
         return model
 
-    def _process_model_after_weight_loading(self, model, tokenizer=None, table=None, accelerator=None,
-                                            progress=True, **kwargs):
+    def _process_model_after_weight_loading(
+        self, model, tokenizer=None, table=None, accelerator=None, progress=True, **kwargs
+    ):
         if self.pre_quantized:
             if self.summary is not None:  # the run that packed this checkpoint, as its header recorded it
                 from ..pipeline import QuantizationResult
@@ -100,9 +107,15 @@ class InfoQQuantizer(HfQuantizer):
         from ..pipeline import quantize_with_infoq
 
         cfg = self.quantization_config
-        self.result = quantize_with_infoq(model, cfg, table=table, tokenizer=tokenizer,
-                                          skip_modules=self.modules_to_not_convert, accelerator=accelerator,
-                                          progress=progress)
+        self.result = quantize_with_infoq(
+            model,
+            cfg,
+            table=table,
+            tokenizer=tokenizer,
+            skip_modules=self.modules_to_not_convert,
+            accelerator=accelerator,
+            progress=progress,
+        )
         cfg.policy = self.result.policy
         cfg.rounding = self.result.summary["rounding"]  # "auto" made concrete: config.json says what was done
         if cfg.float_dtype is not None:  # config.json records the dtype the leftovers now have
@@ -146,16 +159,19 @@ def refuse_mixed_saves(checkpoint_files) -> None:
     (transformers' `save_pretrained` leaves the other form in place); which one loads is not the user's choice."""
     for folder in {Path(f).parent for f in checkpoint_files}:
         if (folder / "model.safetensors").is_file() and (folder / "model.safetensors.index.json").is_file():
-            raise ValueError(f"{folder} holds both model.safetensors and model.safetensors.index.json: weights of "
-                             "two different saves. Delete the older of the two (or save again with infoq_hf.save, "
-                             "which removes the weights of earlier saves)")
+            raise ValueError(
+                f"{folder} holds both model.safetensors and model.safetensors.index.json: weights of "
+                "two different saves. Delete the older of the two (or save again with infoq_hf.save, "
+                "which removes the weights of earlier saves)"
+            )
 
 
 def modules_kept_float(model, modules_to_not_convert=None, quantize_embeddings: bool = False) -> list[str]:
     """What stays float: the user's list, else transformers' default (output embeddings, tied and last
     layers, norms), without the input and output embeddings when `quantize_embeddings`."""
-    skip = InfoQQuantizer.get_modules_to_not_convert(model, modules_to_not_convert,
-                                                     getattr(model, "_keep_in_fp32_modules", None))
+    skip = InfoQQuantizer.get_modules_to_not_convert(
+        model, modules_to_not_convert, getattr(model, "_keep_in_fp32_modules", None)
+    )
     if quantize_embeddings and modules_to_not_convert is None:
         modules = {id(m): n for n, m in model.named_modules()}
         embeddings = {modules.get(id(get())) for get in (model.get_input_embeddings, model.get_output_embeddings)}
@@ -175,8 +191,9 @@ def _checkpoint_renamer(model, quantizer):
     return (lambda key: apply_renamings(key, renamings)) if renamings else (lambda key: key)
 
 
-def quantize_pretrained(model, config: InfoQConfig, *, tokenizer=None, table=None, accelerator=None,
-                        progress: bool = True):
+def quantize_pretrained(
+    model, config: InfoQConfig, *, tokenizer=None, table=None, accelerator=None, progress: bool = True
+):
     """Quantize a transformers model already loaded in float, in place, exactly as
     `from_pretrained(..., quantization_config=config)` would have (the model is not loaded again);
     returns the `QuantizationResult`. `tokenizer` builds text calibration batches (default: the one
@@ -209,9 +226,11 @@ def final_line(summary) -> str:
     float_size = summary.get("float_size_bytes")
     of = f" (float {float_size * mib:.2f} MiB)" if float_size else ""
     seconds = sum(v for v in (summary.get("times_s") or {}).values() if isinstance(v, (int, float)))
-    return (f"InfoQ: {summary['quantized_layers']} layers packed at {summary['avg_bits']:.2f} average weight bits, "
-            f"{summary['size_bytes'] * mib:.2f} MiB{of}, in {seconds:.1f}s; details: "
-            "infoq_hf.format_summary(infoq_hf.quantization_result(model).summary)")
+    return (
+        f"InfoQ: {summary['quantized_layers']} layers packed at {summary['avg_bits']:.2f} average weight bits, "
+        f"{summary['size_bytes'] * mib:.2f} MiB{of}, in {seconds:.1f}s; details: "
+        "infoq_hf.format_summary(infoq_hf.quantization_result(model).summary)"
+    )
 
 
 def stored_summary(checkpoint_files) -> dict | None:
@@ -226,8 +245,9 @@ def stored_summary(checkpoint_files) -> dict | None:
         try:
             summary = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{f}: its header's {SUMMARY_METADATA!r} is not valid JSON ({e}); "
-                             "re-save the model") from None
+            raise ValueError(
+                f"{f}: its header's {SUMMARY_METADATA!r} is not valid JSON ({e}); re-save the model"
+            ) from None
         if not isinstance(summary, dict):
             raise ValueError(f"{f}: its header's {SUMMARY_METADATA!r} is not a JSON object; re-save the model")
         return summary

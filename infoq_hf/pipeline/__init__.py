@@ -13,6 +13,16 @@ from .run import QuantizationResult, Run
 from .stages import check_budget_feasible
 from .summary import condensed_policy, format_summary, group_size_lines, summarize
 
-__all__ = ["GPTQ_MIN_TOKENS", "QuantizationResult", "Run", "check_budget_feasible", "condensed_policy",
-           "format_summary", "group_size_lines", "load_calibration_batches", "quantize_with_infoq",
-           "resolve_rounding", "summarize"]
+__all__ = [
+    "GPTQ_MIN_TOKENS",
+    "QuantizationResult",
+    "Run",
+    "check_budget_feasible",
+    "condensed_policy",
+    "format_summary",
+    "group_size_lines",
+    "load_calibration_batches",
+    "quantize_with_infoq",
+    "resolve_rounding",
+    "summarize",
+]

@@ -18,8 +18,7 @@ from ..sensitivity.task import is_causal_lm
 GPTQ_MIN_TOKENS = 4096  # "auto" rounds with GPTQ from this many calibration tokens on (see resolve_rounding)
 
 
-def load_calibration_batches(calibration, model: nn.Module, *, tokenizer=None, image_transform=None,
-                             **options) -> list:
+def load_calibration_batches(calibration, model: nn.Module, *, tokenizer=None, image_transform=None, **options) -> list:
     """The batches `calibration` (anything `calibration.load_calibration` takes) names, in the form the
     model takes: dicts of model inputs, or `(images, labels)` tuples for a timm model. Images without
     labels get the float model's own top-1 class (the sensitivity methods score how quantization
@@ -30,8 +29,14 @@ def load_calibration_batches(calibration, model: nn.Module, *, tokenizer=None, i
 
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
-    batches = load_calibration(calibration, tokenizer=tokenizer, image_transform=image_transform, model=model,
-                               format="tuple" if is_timm_model(model) else "dict", **options)
+    batches = load_calibration(
+        calibration,
+        tokenizer=tokenizer,
+        image_transform=image_transform,
+        model=model,
+        format="tuple" if is_timm_model(model) else "dict",
+        **options,
+    )
     if not isinstance(batches, CalibrationSet):
         return batches
     labelled = []

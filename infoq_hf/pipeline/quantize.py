@@ -16,9 +16,17 @@ from .summary import format_summary, summarize
 logger = logging.getLogger("infoq_hf")
 
 
-def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: SensitivityTable | None = None,
-                        tokenizer=None, image_transform=None, skip_modules: Iterable[str] | None = None,
-                        accelerator=None, progress: bool = True) -> QuantizationResult:
+def quantize_with_infoq(
+    model: nn.Module,
+    config: InfoQConfig,
+    *,
+    table: SensitivityTable | None = None,
+    tokenizer=None,
+    image_transform=None,
+    skip_modules: Iterable[str] | None = None,
+    accelerator=None,
+    progress: bool = True,
+) -> QuantizationResult:
     """Quantize `model` in place as `config` says (the transformers quantizer, the CLI and the recipes
     call it): with a budget, check it, calibrate, search (or use `table`, a saved search of this model),
     allocate, refine on the whole model (when calibration data is given) and pack; with `bits` an int,
@@ -29,22 +37,45 @@ def quantize_with_infoq(model: nn.Module, config: InfoQConfig, *, table: Sensiti
     same packed model (the caller saves it from the main process)."""
     search = stages.searching(config)
     if table is not None and not search:
-        raise ValueError("pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...) or "
-                         "InfoQConfig(bits=<int>)), not both")
+        raise ValueError(
+            "pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...) or "
+            "InfoQConfig(bits=<int>)), not both"
+        )
     skip = list(config.modules_to_not_convert or []) if skip_modules is None else list(skip_modules)
-    run = Run(model, skip, tokenizer=config.tokenizer if tokenizer is None else tokenizer,
-              image_transform=image_transform, accelerator=accelerator, progress=progress, table=table)
+    run = Run(
+        model,
+        skip,
+        tokenizer=config.tokenizer if tokenizer is None else tokenizer,
+        image_transform=image_transform,
+        accelerator=accelerator,
+        progress=progress,
+        table=table,
+    )
     if search:
-        chosen = [*([stages.check_budget] if table is None else []), stages.calibrate, stages.choose_rounding,
-                  *([stages.score] if table is None else []), stages.gptq_costs, stages.allocate,
-                  *([stages.refine] if stages.refining(config) else [])]
+        chosen = [
+            *([stages.check_budget] if table is None else []),
+            stages.calibrate,
+            stages.choose_rounding,
+            *([stages.score] if table is None else []),
+            stages.gptq_costs,
+            stages.allocate,
+            *([stages.refine] if stages.refining(config) else []),
+        ]
     else:
-        chosen = [stages.calibrate, stages.choose_rounding,
-                  stages.given_policy if config.policy is not None else stages.uniform]
+        chosen = [
+            stages.calibrate,
+            stages.choose_rounding,
+            stages.given_policy if config.policy is not None else stages.uniform,
+        ]
     for stage in [*chosen, stages.activation_ranges, stages.pack]:
         run = stage(run, config)
-    method = (config.method if search else "policy (no search)" if config.policy is not None
-              else f"uniform {config.uniform_bits}-bit (no search)")
+    method = (
+        config.method
+        if search
+        else "policy (no search)"
+        if config.policy is not None
+        else f"uniform {config.uniform_bits}-bit (no search)"
+    )
     summary = summarize(run.model, run.params, run.float_bytes, run.times, method=method, report=run.policy.report)
     summary["rounding"] = run.scheme.rounding
     logger.info("\n%s", format_summary(summary))

@@ -46,12 +46,29 @@ def refining(config: InfoQConfig) -> bool:
 
 def layer_table(model: nn.Module, bits, *, scheme: PackingScheme, skip_modules, embeddings: bool) -> SensitivityTable:
     """A table of the layers a search would score, with their sizes and random scores: no data, no forward pass."""
-    return search(model, None, bits=bits, method="random", scheme=scheme, skip_modules=skip_modules,
-                  embeddings=embeddings, progress=False)
+    return search(
+        model,
+        None,
+        bits=bits,
+        method="random",
+        scheme=scheme,
+        skip_modules=skip_modules,
+        embeddings=embeddings,
+        progress=False,
+    )
 
 
-def check_budget_feasible(model: nn.Module, budget, *, bits, scheme: PackingScheme, skip_modules=(), solver="auto",
-                          pin_first_last="auto", embeddings: bool = False) -> None:
+def check_budget_feasible(
+    model: nn.Module,
+    budget,
+    *,
+    bits,
+    scheme: PackingScheme,
+    skip_modules=(),
+    solver="auto",
+    pin_first_last="auto",
+    embeddings: bool = False,
+) -> None:
     """Raise `InfeasibleBudgetError` before any probing when no choice of the candidate bits meets the
     budget's size, average-bits or compression terms: they depend on layer sizes only, so the ILP on a
     table with the model's layer sizes (and random scores) decides it in milliseconds. BitOps need the
@@ -68,9 +85,16 @@ def check_budget_feasible(model: nn.Module, budget, *, bits, scheme: PackingSche
 
 def check_budget(run: Run, config: InfoQConfig) -> Run:
     """An impossible budget fails here, before any data is loaded."""
-    check_budget_feasible(run.model, config.budget, bits=config.bits, scheme=scoring_scheme(config),
-                          skip_modules=run.skip_modules, solver=config.solver, pin_first_last=config.pin_first_last,
-                          embeddings=config.quantize_embeddings)
+    check_budget_feasible(
+        run.model,
+        config.budget,
+        bits=config.bits,
+        scheme=scoring_scheme(config),
+        skip_modules=run.skip_modules,
+        solver=config.solver,
+        pin_first_last=config.pin_first_last,
+        embeddings=config.quantize_embeddings,
+    )
     return run
 
 
@@ -80,8 +104,10 @@ def calibration_needs(run: Run, config: InfoQConfig) -> list[str]:
     policy = config.policy or {}
     needs = [
         ("rounding='auto'", config.rounding == "auto" and given and is_causal_lm(run.model)),
-        (f"method {config.method!r}",
-         searching(config) and run.table is None and config.method not in DATA_FREE_METHODS),
+        (
+            f"method {config.method!r}",
+            searching(config) and run.table is None and config.method not in DATA_FREE_METHODS,
+        ),
         ("the refinement", refining(config)),
         ("a policy with activation bits (a_bits)", any(lb.a_bits is not None for lb in policy.values())),
         ("rounding='gptq'", config.rounding == "gptq"),
@@ -96,17 +122,23 @@ def calibrate(run: Run, config: InfoQConfig) -> Run:
     if not needs:
         return run
     if config.calibration is None:
-        raise ValueError(f"{needs[0]} needs calibration data: set InfoQConfig(calibration=CalibrationSpec(...) "
-                         "or a list of batches)")
+        raise ValueError(
+            f"{needs[0]} needs calibration data: set InfoQConfig(calibration=CalibrationSpec(...) or a list of batches)"
+        )
     started = time.perf_counter()
-    batches = load_calibration_batches(config.calibration, run.model, tokenizer=run.tokenizer,
-                                       image_transform=run.image_transform, **config.calibration_options)
+    batches = load_calibration_batches(
+        config.calibration,
+        run.model,
+        tokenizer=run.tokenizer,
+        image_transform=run.image_transform,
+        **config.calibration_options,
+    )
     loaded = run.timed("calibration", started)
     if not batches:
         raise ValueError(f"{needs[0]} needs calibration data, and the calibration set is empty")
     samples = config.search_samples
     search_batches = batches if samples is None else first_samples(batches, samples)
-    held_out = None if samples is None else (first_samples(batches[len(search_batches):], samples) or None)
+    held_out = None if samples is None else (first_samples(batches[len(search_batches) :], samples) or None)
     return replace(loaded, batches=batches, search_batches=search_batches, held_out=held_out)
 
 
@@ -119,9 +151,19 @@ def score(run: Run, config: InfoQConfig) -> Run:
     """The sensitivity search (`search`), on the search's share of the calibration data."""
     data = None if config.method in DATA_FREE_METHODS else run.search_batches
     started = time.perf_counter()
-    table = search(run.model, data, bits=config.bits, method=config.method, seed=config.seed,
-                   scheme=scoring_scheme(config), skip_modules=run.skip_modules, embeddings=config.quantize_embeddings,
-                   accelerator=run.accelerator, progress=run.progress, **config.method_options)
+    table = search(
+        run.model,
+        data,
+        bits=config.bits,
+        method=config.method,
+        seed=config.seed,
+        scheme=scoring_scheme(config),
+        skip_modules=run.skip_modules,
+        embeddings=config.quantize_embeddings,
+        accelerator=run.accelerator,
+        progress=run.progress,
+        **config.method_options,
+    )
     return run.timed("search", started, table=table)
 
 
@@ -139,24 +181,46 @@ def gptq_costs(run: Run, config: InfoQConfig) -> Run:
     table, model = run.table, run.model
     widths = {n: table.bits for n in table.layers}
     prefix = allocation.uniform_start(table, config.budget, pin_first_last=config.pin_first_last)
-    on_prefix = with_gptq_costs(table, gptq_candidates(model, widths, run.batches, scheme=run.scheme,
-                                                       options=config.gptq_options, keep_weights=False,
-                                                       prefix_bits=prefix, progress=run.progress))
+    on_prefix = with_gptq_costs(
+        table,
+        gptq_candidates(
+            model,
+            widths,
+            run.batches,
+            scheme=run.scheme,
+            options=config.gptq_options,
+            keep_weights=False,
+            prefix_bits=prefix,
+            progress=run.progress,
+        ),
+    )
     if not refining(config):
         return run.timed("gptq-aware costs", started, table=on_prefix)
-    candidates = gptq_candidates(model, widths, run.batches, scheme=run.scheme, options=config.gptq_options,
-                                 keep_weights=True, progress=run.progress)
-    starts = {"ilp-prefix": allocation.allocate(on_prefix, config.budget, solver=config.solver, alpha=config.alpha,
-                                                pin_first_last=config.pin_first_last)}
-    return run.timed("gptq-aware costs", started, table=with_gptq_costs(table, candidates), candidates=candidates,
-                     starts=starts)
+    candidates = gptq_candidates(
+        model,
+        widths,
+        run.batches,
+        scheme=run.scheme,
+        options=config.gptq_options,
+        keep_weights=True,
+        progress=run.progress,
+    )
+    starts = {
+        "ilp-prefix": allocation.allocate(
+            on_prefix, config.budget, solver=config.solver, alpha=config.alpha, pin_first_last=config.pin_first_last
+        )
+    }
+    return run.timed(
+        "gptq-aware costs", started, table=with_gptq_costs(table, candidates), candidates=candidates, starts=starts
+    )
 
 
 def allocate(run: Run, config: InfoQConfig) -> Run:
     """The ILP: the widths of least total cost under the budget (`allocation.allocate`)."""
     started = time.perf_counter()
-    policy = allocation.allocate(run.table, config.budget, solver=config.solver, alpha=config.alpha,
-                                 pin_first_last=config.pin_first_last)
+    policy = allocation.allocate(
+        run.table, config.budget, solver=config.solver, alpha=config.alpha, pin_first_last=config.pin_first_last
+    )
     return run.timed("allocation", started, policy=policy)
 
 
@@ -164,10 +228,19 @@ def refine(run: Run, config: InfoQConfig) -> Run:
     """The ILP's policy refined on the whole model (`allocation.refine`); GPTQ's candidates are let go
     after it (they take about a byte per weight and width)."""
     started = time.perf_counter()
-    policy = allocation.refine(run.policy, run.model, run.search_batches, passes=config.refine_passes,
-                               chains=config.refine_chains, validation=run.held_out, starts=run.starts,
-                               gptq=run.candidates, seed=config.seed, accelerator=run.accelerator,
-                               progress=run.progress)
+    policy = allocation.refine(
+        run.policy,
+        run.model,
+        run.search_batches,
+        passes=config.refine_passes,
+        chains=config.refine_chains,
+        validation=run.held_out,
+        starts=run.starts,
+        gptq=run.candidates,
+        seed=config.seed,
+        accelerator=run.accelerator,
+        progress=run.progress,
+    )
     return run.timed("refinement", started, policy=policy, candidates=None, starts=None)
 
 
@@ -178,8 +251,13 @@ def given_policy(run: Run, config: InfoQConfig) -> Run:
 
 def uniform(run: Run, config: InfoQConfig) -> Run:
     """Every layer a search would score at `config.uniform_bits`."""
-    layers = layer_table(run.model, [config.uniform_bits], scheme=scoring_scheme(config),
-                         skip_modules=run.skip_modules, embeddings=config.quantize_embeddings).layers
+    layers = layer_table(
+        run.model,
+        [config.uniform_bits],
+        scheme=scoring_scheme(config),
+        skip_modules=run.skip_modules,
+        embeddings=config.quantize_embeddings,
+    ).layers
     return replace(run, policy=BitPolicy({name: config.uniform_bits for name in layers}))
 
 
@@ -188,11 +266,14 @@ def activation_ranges(run: Run, config: InfoQConfig) -> Run:
     if not any(lb.a_bits is not None for lb in run.policy.values()):
         return run
     if run.batches is None:
-        raise ValueError("a policy with activation bits (a_bits) needs calibration data: set "
-                         "InfoQConfig(calibration=CalibrationSpec(...) or a list of batches)")
+        raise ValueError(
+            "a policy with activation bits (a_bits) needs calibration data: set "
+            "InfoQConfig(calibration=CalibrationSpec(...) or a list of batches)"
+        )
     started = time.perf_counter()
-    return run.timed("activation ranges", started,
-                     act_ranges=calibrate_activation_ranges(run.model, run.batches, run.policy))
+    return run.timed(
+        "activation ranges", started, act_ranges=calibrate_activation_ranges(run.model, run.batches, run.policy)
+    )
 
 
 def pack(run: Run, config: InfoQConfig) -> Run:
@@ -202,8 +283,16 @@ def pack(run: Run, config: InfoQConfig) -> Run:
     float_bytes = model_size_bytes(model)
     params = {n: m.weight.numel() for n, m in policy_layers(model, run.policy).items()}
     started = time.perf_counter()
-    quantize_model(model, run.policy, scheme=run.scheme, skip_modules=run.skip_modules, act_ranges=run.act_ranges,
-                   calibration=run.batches if gptq else None, gptq_options=config.gptq_options, progress=run.progress)
+    quantize_model(
+        model,
+        run.policy,
+        scheme=run.scheme,
+        skip_modules=run.skip_modules,
+        act_ranges=run.act_ranges,
+        calibration=run.batches if gptq else None,
+        gptq_options=config.gptq_options,
+        progress=run.progress,
+    )
     packed = run.timed("packing (gptq)" if gptq else "packing", started, float_bytes=float_bytes, params=params)
     if config.float_dtype is not None:  # the leftovers are stored (and run) in it
         cast_float_leftovers(model, getattr(torch, config.float_dtype))

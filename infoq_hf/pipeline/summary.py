@@ -12,16 +12,23 @@ from ..quant.apply import packed_layers
 from ..quant.quantizer import effective_group_size
 
 
-def summarize(model: nn.Module, params: dict[str, int], float_bytes: int, times: dict, *, method=None,
-              report=None) -> dict:
+def summarize(
+    model: nn.Module, params: dict[str, int], float_bytes: int, times: dict, *, method=None, report=None
+) -> dict:
     """The summary of a packed `model`: per-layer widths and group sizes, average bits, sizes (`params`:
     weights per layer, `float_bytes`: the size before packing), `times` and the allocation's `report`."""
     layers = packed_layers(model)
     avg_bits = mean_weight_bits({k: params.get(k, 0) for k in layers}, {k: m.w_bits for k, m in layers.items()})
     return {
         "method": method or "policy (no search)",
-        "layers": {k: {"w_bits": m.w_bits, "a_bits": m.a_bits,
-                       "group_size": effective_group_size(m.weight_shape, m.group_size)} for k, m in layers.items()},
+        "layers": {
+            k: {
+                "w_bits": m.w_bits,
+                "a_bits": m.a_bits,
+                "group_size": effective_group_size(m.weight_shape, m.group_size),
+            }
+            for k, m in layers.items()
+        },
         "quantized_layers": len(layers),
         "avg_bits": avg_bits,
         "size_bytes": model_size_bytes(model),
@@ -82,13 +89,22 @@ def format_summary(summary: dict) -> str:
     ]
     refined = (summary.get("allocation") or {}).get("refinement")
     if refined:
-        out.insert(-1, f"  refinement on the whole model: KL to float {refined['kl_ilp']:.4g} (ILP) -> "
-                       f"{refined['kl_final']:.4g}, start {refined['start']}"
-                       + ("" if not refined.get("kl_starts") else " (of " + ", ".join(
-                           f"{name} {kl:.4g}" for name, kl in refined["kl_starts"].items()) + ")")
-                       + f", {refined['accepted']} of "
-                       f"{refined['passes']} passes accepted"
-                       + (f"; {refined.get('chains', 1)} chains, the held-out check on "
-                          f"{refined['validation_batches']} more calibration batch(es) kept {refined['kept']}"
-                          if refined.get("kl_validation") else ""))
+        out.insert(
+            -1,
+            f"  refinement on the whole model: KL to float {refined['kl_ilp']:.4g} (ILP) -> "
+            f"{refined['kl_final']:.4g}, start {refined['start']}"
+            + (
+                ""
+                if not refined.get("kl_starts")
+                else " (of " + ", ".join(f"{name} {kl:.4g}" for name, kl in refined["kl_starts"].items()) + ")"
+            )
+            + f", {refined['accepted']} of "
+            f"{refined['passes']} passes accepted"
+            + (
+                f"; {refined.get('chains', 1)} chains, the held-out check on "
+                f"{refined['validation_batches']} more calibration batch(es) kept {refined['kept']}"
+                if refined.get("kl_validation")
+                else ""
+            ),
+        )
     return "\n".join(out)

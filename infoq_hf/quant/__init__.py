@@ -9,10 +9,17 @@ from .apply import (
     quantize_model,
     resolve_policy,
 )
-from .modules import (PACKED_TYPES, QuantConv2d, QuantEmbedding, QuantLinear, QuantTiedLinear, float_layer_types,
-                      packed_weight_bytes)
-from .packing import check_bits, pack, packed_nbytes, unpack
 from .lsq import LSQConv2d, LSQLinear, export_packed, prepare_qat, step_parameters  # noqa: F401  (QAT after the search)
+from .modules import (
+    PACKED_TYPES,
+    QuantConv2d,
+    QuantEmbedding,
+    QuantLinear,
+    QuantTiedLinear,
+    float_layer_types,
+    packed_weight_bytes,
+)
+from .packing import check_bits, pack, packed_nbytes, unpack
 from .quantizer import (
     QuantizedWeight,
     RangeObserver,
@@ -24,10 +31,29 @@ from .quantizer import (
 )
 
 __all__ = [
-    "PACKED_TYPES", "QuantConv2d", "QuantEmbedding", "QuantLinear", "QuantTiedLinear", "QuantizedWeight",
-    "RangeObserver", "WeightScheme",
-    "activation_qparams", "calibrate_activation_ranges", "check_bits", "default_forward", "dequantize_model",
-    "fake_quantize_activation", "fake_quantize_weight", "float_layer_types", "pack", "packed_layers",
-    "packed_nbytes", "packed_weight_bytes", "quantizable_layers", "quantize_model", "quantize_weight",
-    "resolve_policy", "unpack",
+    "PACKED_TYPES",
+    "QuantConv2d",
+    "QuantEmbedding",
+    "QuantLinear",
+    "QuantTiedLinear",
+    "QuantizedWeight",
+    "RangeObserver",
+    "WeightScheme",
+    "activation_qparams",
+    "calibrate_activation_ranges",
+    "check_bits",
+    "default_forward",
+    "dequantize_model",
+    "fake_quantize_activation",
+    "fake_quantize_weight",
+    "float_layer_types",
+    "pack",
+    "packed_layers",
+    "packed_nbytes",
+    "packed_weight_bytes",
+    "quantizable_layers",
+    "quantize_model",
+    "quantize_weight",
+    "resolve_policy",
+    "unpack",
 ]

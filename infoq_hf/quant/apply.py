@@ -17,8 +17,9 @@ def _skipped(name: str, module: nn.Module, skip_names: Iterable[str], skip_types
     return bool(skip_types and isinstance(module, skip_types)) or any_matches(skip_names, name)
 
 
-def quantizable_layers(model: nn.Module, skip_modules: Iterable[str] = (), skip_types: tuple = (),
-                       embeddings: bool = False) -> dict[str, nn.Module]:
+def quantizable_layers(
+    model: nn.Module, skip_modules: Iterable[str] = (), skip_types: tuple = (), embeddings: bool = False
+) -> dict[str, nn.Module]:
     """The float Linear / Conv2d / transformers-Conv1D layers of a model (and its `nn.Embedding`s when
     `embeddings`), in module order.
 
@@ -27,19 +28,24 @@ def quantizable_layers(model: nn.Module, skip_modules: Iterable[str] = (), skip_
     skip_names = list(skip_modules)
     kinds = float_layer_types(embeddings)
     return {
-        name: m for name, m in model.named_modules()
+        name: m
+        for name, m in model.named_modules()
         if type(m) in kinds and not _skipped(name, m, skip_names, tuple(skip_types))
     }
 
 
-def policy_layers(model: nn.Module, policy: Mapping, skip_modules: Iterable[str] = (),
-                  skip_types: tuple = ()) -> dict[str, nn.Module]:
+def policy_layers(
+    model: nn.Module, policy: Mapping, skip_modules: Iterable[str] = (), skip_types: tuple = ()
+) -> dict[str, nn.Module]:
     """The layers a policy can name: the quantizable layers, and the embeddings it names by path. A
     `re:` key never reaches an embedding, so a policy's regexes mean what they meant before embeddings
     were quantizable."""
     layers = quantizable_layers(model, skip_modules, skip_types)
-    embeddings = [n for n, m in quantizable_layers(model, skip_modules, skip_types, embeddings=True).items()
-                  if isinstance(m, nn.Embedding)]
+    embeddings = [
+        n
+        for n, m in quantizable_layers(model, skip_modules, skip_types, embeddings=True).items()
+        if isinstance(m, nn.Embedding)
+    ]
     named = {unique_match(k, embeddings) for k in policy if not is_regex(k)} - {None}
     return {n: m for n, m in model.named_modules() if n in layers or n in named}
 
@@ -57,8 +63,9 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def resolve_policy(model: nn.Module, policy: BitPolicy | Mapping, skip_modules: Iterable[str] = (),
-                   skip_types: tuple = ()) -> dict[str, LayerBits]:
+def resolve_policy(
+    model: nn.Module, policy: BitPolicy | Mapping, skip_modules: Iterable[str] = (), skip_types: tuple = ()
+) -> dict[str, LayerBits]:
     """Match a policy to the model's quantizable layers; clear errors for unknown or unsupported layers."""
     policy = policy if isinstance(policy, BitPolicy) else BitPolicy.from_dict(policy)
     layers = policy_layers(model, policy, skip_modules, skip_types)
@@ -79,8 +86,10 @@ def resolve_policy(model: nn.Module, policy: BitPolicy | Mapping, skip_modules: 
     heads = tied_heads(model, [n for n in resolved if isinstance(layers[n], nn.Embedding)])
     both = sorted(h for h in heads if h in resolved)
     if both:
-        raise ValueError(f"policy names {both}, whose weight is the embedding {heads[both[0]]!r}'s (tied): a tied head "
-                         "takes its embedding's width; remove it from the policy")
+        raise ValueError(
+            f"policy names {both}, whose weight is the embedding {heads[both[0]]!r}'s (tied): a tied head "
+            "takes its embedding's width; remove it from the policy"
+        )
     return resolved
 
 
@@ -89,8 +98,9 @@ def tied_heads(model: nn.Module, embeddings: Iterable[str]) -> dict[str, str]:
     the same parameter, or named tied by transformers (whose empty skeleton is tied only after loading)."""
     embeddings = list(embeddings)
     owner = {id(model.get_submodule(e).weight): e for e in embeddings}
-    heads = {n: owner[id(m.weight)] for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and id(m.weight) in owner}
+    heads = {
+        n: owner[id(m.weight)] for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m.weight) in owner
+    }
     by_key = {f"{e}.weight": e for e in embeddings}
     linear = {f"{n}.weight": n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     for a, b in (getattr(model, "all_tied_weights_keys", None) or {}).items():
@@ -100,8 +110,9 @@ def tied_heads(model: nn.Module, embeddings: Iterable[str]) -> dict[str, str]:
     return heads
 
 
-def pack_embeddings(model: nn.Module, resolved: Mapping[str, LayerBits], scheme: PackingScheme,
-                    builder=None) -> tuple[dict[str, LayerBits], dict[str, nn.Module]]:
+def pack_embeddings(
+    model: nn.Module, resolved: Mapping[str, LayerBits], scheme: PackingScheme, builder=None
+) -> tuple[dict[str, LayerBits], dict[str, nn.Module]]:
     """Pack the embeddings `resolved` names (round to nearest: a lookup has no Hessian for GPTQ to use) and
     make their tied heads `QuantTiedLinear`s, in place. Returns (the rest of `resolved`, the replaced float
     modules by name). `builder(name, layer, bits)` makes the packed embedding (default: quantized from the
@@ -177,14 +188,30 @@ def quantize_model(
     `infoq_hf.calibrate_activation_ranges`). `rounding` is "rtn" (round to nearest) or "gptq"
     (error-compensating, needs `calibration` batches run by `forward(model, batch)`; options
     `gptq_options={"damp": 0.01, "block_size": 128, "act_order": False}`; see `quant.gptq`)."""
-    scheme = packing_scheme_for(policy, scheme, group_size=group_size, conv_group_size=conv_group_size,
-                                symmetric=symmetric, clip_search=clip_search, rounding=rounding)
+    scheme = packing_scheme_for(
+        policy,
+        scheme,
+        group_size=group_size,
+        conv_group_size=conv_group_size,
+        symmetric=symmetric,
+        clip_search=clip_search,
+        rounding=rounding,
+    )
     if scheme.rounding == "gptq":
         from .gptq import gptq_quantize_model
 
-        gptq_quantize_model(model, policy, calibration, scheme=scheme, skip_modules=skip_modules,
-                            skip_types=skip_types, act_ranges=act_ranges, options=gptq_options, forward=forward,
-                            progress=progress)
+        gptq_quantize_model(
+            model,
+            policy,
+            calibration,
+            scheme=scheme,
+            skip_modules=skip_modules,
+            skip_types=skip_types,
+            act_ranges=act_ranges,
+            options=gptq_options,
+            forward=forward,
+            progress=progress,
+        )
         return model
     resolved, _ = pack_embeddings(model, resolve_policy(model, policy, skip_modules, skip_types), scheme)
     for name, bits in resolved.items():
@@ -194,8 +221,14 @@ def quantize_model(
 
 def packed_layer(name: str, layer: nn.Module, bits: LayerBits, scheme: PackingScheme, act_ranges) -> nn.Module:
     """The packed (round-to-nearest) replacement of one float layer, its input range set when it has a_bits."""
-    kwargs = dict(w_bits=bits.w_bits, symmetric=scheme.symmetric, a_bits=bits.a_bits, clip_search=scheme.clip_search,
-                  where=name, group_size=scheme.group_for(layer))
+    kwargs = dict(
+        w_bits=bits.w_bits,
+        symmetric=scheme.symmetric,
+        a_bits=bits.a_bits,
+        clip_search=scheme.clip_search,
+        where=name,
+        group_size=scheme.group_for(layer),
+    )
     if isinstance(layer, nn.Conv2d):
         q = QuantConv2d.from_float(layer, **kwargs)
     elif isinstance(layer, nn.Embedding):
@@ -230,8 +263,9 @@ def packed_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def calibrate_activation_ranges(model: nn.Module, batches: Iterable, policy: BitPolicy | Mapping,
-                                forward=None, percentile: float | None = None) -> dict[str, tuple[float, float]]:
+def calibrate_activation_ranges(
+    model: nn.Module, batches: Iterable, policy: BitPolicy | Mapping, forward=None, percentile: float | None = None
+) -> dict[str, tuple[float, float]]:
     """Observe the input range of every layer the policy gives `a_bits`, over calibration batches.
 
     `forward(model, batch)` runs one batch (default: `model(**batch)` for dicts, `model(batch[0])`

@@ -69,8 +69,14 @@ def unsupported_reason(shape: tuple[int, int], group_size: int | None) -> str | 
     return None
 
 
-def build_int4_layout(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, bits: int,
-                      group_size: int | None, dtype: torch.dtype) -> Int4Layout:
+def build_int4_layout(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None,
+    bits: int,
+    group_size: int | None,
+    dtype: torch.dtype,
+) -> Int4Layout:
     """Repack codes [N, K] (uint8), scale [N, n_groups] and zero points into the kernel's layout."""
     n, k = codes.shape
     reason = unsupported_reason((n, k), group_size)
@@ -81,8 +87,11 @@ def build_int4_layout(codes: torch.Tensor, scale: torch.Tensor, zero_point: torc
     kernel_group = kernel_group_for(k, group_size)
     repeat = (k if group_size is None else group_size) // kernel_group
     s = scale.float().repeat_interleave(repeat, dim=1)  # [N, K / kernel_group]
-    offset = (torch.full_like(s, 1 << (bits - 1)) if zero_point is None
-              else zero_point.float().repeat_interleave(repeat, dim=1)).to(torch.int32)
+    offset = (
+        torch.full_like(s, 1 << (bits - 1))
+        if zero_point is None
+        else zero_point.float().repeat_interleave(repeat, dim=1)
+    ).to(torch.int32)
     d = codes.to(torch.int32).reshape(n, -1, kernel_group) - offset[..., None]  # w = d * s
     split = bits > 4
     capacity, center = (256, 136) if split else (16, 8)
@@ -122,7 +131,7 @@ def codes_from_int4_layout(layout: Int4Layout) -> torch.Tensor:
     q = torch.empty(n * width, dtype=torch.int32)
     q[_int4pack_order(n, width)] = nibbles.to(torch.int32)
     q = q.reshape(n, width)
-    v = (q[:, : width // 2] << 4) + q[:, width // 2:] if layout.split else q
+    v = (q[:, : width // 2] << 4) + q[:, width // 2 :] if layout.split else q
     codes = v.reshape(n, -1, layout.kernel_group) - layout.code_offset.to(torch.int32)[..., None]
     return codes.reshape(n, -1).to(torch.uint8)
 
@@ -133,6 +142,7 @@ def int4_linear(x: torch.Tensor, layout: Int4Layout) -> torch.Tensor:
     x2 = x.reshape(-1, x.shape[-1])
     if layout.split:
         x2 = torch.cat([x2, x2], dim=1)
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), layout.packed, layout.kernel_group,
-                                                   layout.scale_zero)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        x2.contiguous(), layout.packed, layout.kernel_group, layout.scale_zero
+    )
     return y.reshape(*lead, y.shape[-1])

@@ -78,8 +78,9 @@ def weight_qrange(bits: int) -> tuple[int, int]:
     return 1 << (bits - 1), (1 << (bits - 1)) - 1
 
 
-def initial_weight_step(weight: torch.Tensor, bits: int, group_size: int | None, how: str = "best",
-                        where: str = "") -> torch.Tensor:
+def initial_weight_step(
+    weight: torch.Tensor, bits: int, group_size: int | None, how: str = "best", where: str = ""
+) -> torch.Tensor:
     """A step per output row (or per group), shape [out, n_groups], float32.
 
     "minmax": max|w| / Q_P, the range-covering step the post-training quantizer uses;
@@ -107,8 +108,16 @@ def initial_weight_step(weight: torch.Tensor, bits: int, group_size: int | None,
 class _LSQMixin:
     """Learned weight step (and optional learned input step) shared by the LSQ layers."""
 
-    def _init_lsq(self, weight: torch.Tensor, w_bits: int, group_size: int | None, a_bits: int | None,
-                  act_range: tuple[float, float] | None, step_init: str, where: str) -> None:
+    def _init_lsq(
+        self,
+        weight: torch.Tensor,
+        w_bits: int,
+        group_size: int | None,
+        a_bits: int | None,
+        act_range: tuple[float, float] | None,
+        step_init: str,
+        where: str,
+    ) -> None:
         self.w_bits = check_bits(int(w_bits), where)
         self.group_size = group_size
         self.where = where
@@ -117,8 +126,10 @@ class _LSQMixin:
         self.a_bits = None if a_bits is None else check_bits(int(a_bits), where)
         if self.a_bits is not None:
             if act_range is None:
-                raise ValueError(f"layer {where!r} has a_bits={a_bits} but no calibrated input range; pass "
-                                 "act_ranges=calibrate_activation_ranges(model, batches, policy) to prepare_qat")
+                raise ValueError(
+                    f"layer {where!r} has a_bits={a_bits} but no calibrated input range; pass "
+                    "act_ranges=calibrate_activation_ranges(model, batches, policy) to prepare_qat"
+                )
             scale, zero = activation_qparams(*act_range, self.a_bits)
             self.input_step = nn.Parameter(torch.tensor(scale, dtype=torch.float32, device=weight.device))
             self.register_buffer("input_zero_point", torch.tensor(zero, dtype=torch.int32, device=weight.device))
@@ -174,11 +185,30 @@ class LSQConv2d(_LSQMixin, nn.Conv2d):
     """`nn.Conv2d` with LSQ fake quantization of its weight (and input when `a_bits` is set)."""
 
     @classmethod
-    def from_float(cls, layer: nn.Conv2d, *, w_bits: int, group_size: int | None = None, a_bits: int | None = None,
-                   act_range=None, step_init: str = "best", where: str = "") -> LSQConv2d:
-        q = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
-                device=layer.weight.device, dtype=layer.weight.dtype)
+    def from_float(
+        cls,
+        layer: nn.Conv2d,
+        *,
+        w_bits: int,
+        group_size: int | None = None,
+        a_bits: int | None = None,
+        act_range=None,
+        step_init: str = "best",
+        where: str = "",
+    ) -> LSQConv2d:
+        q = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            layer.bias is not None,
+            layer.padding_mode,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+        )
         with torch.no_grad():
             q.weight.copy_(layer.weight)
             if layer.bias is not None:
@@ -190,10 +220,22 @@ class LSQConv2d(_LSQMixin, nn.Conv2d):
         return self._conv_forward(self.fake_quant_input(x), self.fake_quant_weight(), self.bias)
 
     def to_packed(self) -> QuantConv2d:
-        q = QuantConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                        self.dilation, self.groups, self.bias is not None, self.padding_mode, w_bits=self.w_bits,
-                        group_size=self.group_size, symmetric=True, a_bits=self.a_bits,
-                        where=self.where).to(self.weight.device)
+        q = QuantConv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            self.padding_mode,
+            w_bits=self.w_bits,
+            group_size=self.group_size,
+            symmetric=True,
+            a_bits=self.a_bits,
+            where=self.where,
+        ).to(self.weight.device)
         self._fill_packed(q)
         return q
 
@@ -208,8 +250,17 @@ class LSQLinear(_LSQMixin, nn.Linear):
     transposed_source = False
 
     @classmethod
-    def from_float(cls, layer: nn.Module, *, w_bits: int, group_size: int | None = None, a_bits: int | None = None,
-                   act_range=None, step_init: str = "best", where: str = "") -> LSQLinear:
+    def from_float(
+        cls,
+        layer: nn.Module,
+        *,
+        w_bits: int,
+        group_size: int | None = None,
+        a_bits: int | None = None,
+        act_range=None,
+        step_init: str = "best",
+        where: str = "",
+    ) -> LSQLinear:
         transposed = HFConv1D is not None and isinstance(layer, HFConv1D)
         weight = layer.weight.detach().t() if transposed else layer.weight.detach()
         out_f, in_f = weight.shape
@@ -226,9 +277,17 @@ class LSQLinear(_LSQMixin, nn.Linear):
         return F.linear(self.fake_quant_input(x), self.fake_quant_weight(), self.bias)
 
     def to_packed(self) -> QuantLinear:
-        q = QuantLinear(self.in_features, self.out_features, self.bias is not None, w_bits=self.w_bits,
-                        group_size=self.group_size, symmetric=True, a_bits=self.a_bits,
-                        transposed_source=self.transposed_source, where=self.where).to(self.weight.device)
+        q = QuantLinear(
+            self.in_features,
+            self.out_features,
+            self.bias is not None,
+            w_bits=self.w_bits,
+            group_size=self.group_size,
+            symmetric=True,
+            a_bits=self.a_bits,
+            transposed_source=self.transposed_source,
+            where=self.where,
+        ).to(self.weight.device)
         self._fill_packed(q)
         return q
 
@@ -262,12 +321,19 @@ def prepare_qat(
     resolved = resolve_policy(model, policy, skip_modules, skip_types)
     missing = [n for n, b in resolved.items() if b.a_bits is not None and (act_ranges is None or n not in act_ranges)]
     if missing:
-        raise ValueError(f"layers {missing[:5]} have a_bits but no calibrated input range; pass "
-                         "act_ranges=calibrate_activation_ranges(model, batches, policy)")
+        raise ValueError(
+            f"layers {missing[:5]} have a_bits but no calibrated input range; pass "
+            "act_ranges=calibrate_activation_ranges(model, batches, policy)"
+        )
     for name, bits in resolved.items():
         layer = model.get_submodule(name)
-        kwargs = dict(w_bits=bits.w_bits, a_bits=bits.a_bits, step_init=step_init, where=name,
-                      act_range=None if bits.a_bits is None else act_ranges[name])
+        kwargs = dict(
+            w_bits=bits.w_bits,
+            a_bits=bits.a_bits,
+            step_init=step_init,
+            where=name,
+            act_range=None if bits.a_bits is None else act_ranges[name],
+        )
         if isinstance(layer, nn.Conv2d):
             q = LSQConv2d.from_float(layer, group_size=conv_group_size, **kwargs)
         else:
@@ -303,5 +369,16 @@ def export_packed(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["LSQ_TYPES", "LSQConv2d", "LSQLinear", "export_packed", "grad_scale", "initial_weight_step",
-           "lsq_layers", "lsq_quantize", "prepare_qat", "round_ste", "step_parameters"]
+__all__ = [
+    "LSQ_TYPES",
+    "LSQConv2d",
+    "LSQLinear",
+    "export_packed",
+    "grad_scale",
+    "initial_weight_step",
+    "lsq_layers",
+    "lsq_quantize",
+    "prepare_qat",
+    "round_ste",
+    "step_parameters",
+]

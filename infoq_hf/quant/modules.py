@@ -31,8 +31,8 @@ from .quantizer import (
     WeightScheme,
     activation_qparams,
     dequantize_codes,
-    fake_quantize_activation,
     effective_group_size,
+    fake_quantize_activation,
     group_count,
     quantize_weight,
 )
@@ -119,8 +119,10 @@ class _PackedWeightLayer(nn.Module):
         mine = (self.weight_shape, self.w_bits, self.group_size, self.symmetric)
         theirs = (tuple(qw.shape), qw.scheme.bits, qw.scheme.group_size, qw.scheme.symmetric)
         if theirs != mine:
-            raise ValueError(f"layer {where!r}: quantized weight (shape, bits, group_size, symmetric) = {theirs} "
-                             f"does not match the packed layer's {mine}")
+            raise ValueError(
+                f"layer {where!r}: quantized weight (shape, bits, group_size, symmetric) = {theirs} "
+                f"does not match the packed layer's {mine}"
+            )
         self.weight_packed = pack(qw.codes, self.w_bits).to(self.weight_scale.device)
         self.weight_scale = qw.scale.to(self.weight_scale.device)
         if qw.zero_point is not None:
@@ -166,8 +168,19 @@ class QuantLinear(_PackedWeightLayer):
 
     drops_stream_for_kernel = True  # once the kernel layout is built it is the only copy of the codes
 
-    def __init__(self, in_features, out_features, bias=True, *, w_bits, group_size=None, symmetric=False,
-                 a_bits=None, transposed_source=False, where=""):
+    def __init__(
+        self,
+        in_features,
+        out_features,
+        bias=True,
+        *,
+        w_bits,
+        group_size=None,
+        symmetric=False,
+        a_bits=None,
+        transposed_source=False,
+        where="",
+    ):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.transposed_source = bool(transposed_source)  # rebuild a Conv1D on dequantize
@@ -178,13 +191,23 @@ class QuantLinear(_PackedWeightLayer):
         self._kernel_cache = None  # ([(weakref, version) of the buffers it came from], Int4Layout); never saved
 
     @classmethod
-    def from_float(cls, layer: nn.Module, *, w_bits, group_size=None, symmetric=False, a_bits=None,
-                   clip_search=False, where=""):
+    def from_float(
+        cls, layer: nn.Module, *, w_bits, group_size=None, symmetric=False, a_bits=None, clip_search=False, where=""
+    ):
         transposed = HFConv1D is not None and isinstance(layer, HFConv1D)
         weight = layer.weight.detach().t() if transposed else layer.weight.detach()
         out_f, in_f = weight.shape
-        q = cls(in_f, out_f, layer.bias is not None, w_bits=w_bits, group_size=group_size, symmetric=symmetric,
-                a_bits=a_bits, transposed_source=transposed, where=where).to(weight.device)
+        q = cls(
+            in_f,
+            out_f,
+            layer.bias is not None,
+            w_bits=w_bits,
+            group_size=group_size,
+            symmetric=symmetric,
+            a_bits=a_bits,
+            transposed_source=transposed,
+            where=where,
+        ).to(weight.device)
         q.set_weight(weight, clip_search, where)
         if layer.bias is not None:
             q.bias.data = layer.bias.detach().clone()  # a float leftover: kept in the model's dtype
@@ -210,9 +233,11 @@ class QuantLinear(_PackedWeightLayer):
     def codes(self) -> torch.Tensor:
         if self.holds_kernel_layout_only:
             if torch.compiler.is_compiling():
-                raise RuntimeError("this layer holds only its int4 kernel layout (a bf16/fp16 forward ran on CPU), "
-                                   "which a float32 trace cannot read; trace in bf16/fp16, or reload the checkpoint "
-                                   "before tracing in float32")
+                raise RuntimeError(
+                    "this layer holds only its int4 kernel layout (a bf16/fp16 forward ran on CPU), "
+                    "which a float32 trace cannot read; trace in bf16/fp16, or reload the checkpoint "
+                    "before tracing in float32"
+                )
             return codes_from_int4_layout(self._kernel_cache[1])
         return super().codes()
 
@@ -245,8 +270,9 @@ class QuantLinear(_PackedWeightLayer):
         buffers = [b for b in (self.weight_packed, self.weight_scale, self.weight_zero_point) if b is not None]
         cached = self._kernel_cache
         if cached is None or cached[1].dtype != x.dtype or not _built_from(cached[0], buffers):
-            layout = build_int4_layout(self.codes(), self.weight_scale, self.weight_zero_point, self.w_bits,
-                                       self.group_size, x.dtype)
+            layout = build_int4_layout(
+                self.codes(), self.weight_scale, self.weight_zero_point, self.w_bits, self.group_size, x.dtype
+            )
             if self.drops_stream_for_kernel:  # the layout holds the codes exactly: keep the weight once
                 self._buffers["weight_packed"] = torch.empty_like(self.weight_packed, device="meta")
                 buffers[0] = self.weight_packed
@@ -276,21 +302,47 @@ class QuantEmbedding(QuantLinear):
 
     drops_stream_for_kernel = False
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, w_bits, group_size=None,
-                 symmetric=False, where="", output_dtype: torch.dtype | None = None):
-        super().__init__(embedding_dim, num_embeddings, bias=False, w_bits=w_bits, group_size=group_size,
-                         symmetric=symmetric, where=where)
+    def __init__(
+        self,
+        num_embeddings,
+        embedding_dim,
+        padding_idx=None,
+        *,
+        w_bits,
+        group_size=None,
+        symmetric=False,
+        where="",
+        output_dtype: torch.dtype | None = None,
+    ):
+        super().__init__(
+            embedding_dim,
+            num_embeddings,
+            bias=False,
+            w_bits=w_bits,
+            group_size=group_size,
+            symmetric=symmetric,
+            where=where,
+        )
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
         self.padding_idx = padding_idx
         self.output_dtype = output_dtype or torch.get_default_dtype()
 
     @classmethod
-    def from_float(cls, layer: nn.Embedding, *, w_bits, group_size=None, symmetric=False, a_bits=None,
-                   clip_search=False, where=""):
+    def from_float(
+        cls, layer: nn.Embedding, *, w_bits, group_size=None, symmetric=False, a_bits=None, clip_search=False, where=""
+    ):
         if a_bits is not None:
             raise ValueError(f"layer {where!r} is an embedding: its inputs are token ids, which take no a_bits")
-        q = cls(layer.num_embeddings, layer.embedding_dim, layer.padding_idx, w_bits=w_bits, group_size=group_size,
-                symmetric=symmetric, where=where, output_dtype=layer.weight.dtype).to(layer.weight.device)
+        q = cls(
+            layer.num_embeddings,
+            layer.embedding_dim,
+            layer.padding_idx,
+            w_bits=w_bits,
+            group_size=group_size,
+            symmetric=symmetric,
+            where=where,
+            output_dtype=layer.weight.dtype,
+        ).to(layer.weight.device)
         q.set_weight(layer.weight.detach(), clip_search, where)
         return q
 
@@ -363,8 +415,24 @@ class QuantConv2d(_PackedWeightLayer):
     """A packed replacement for `nn.Conv2d` (grouped and depthwise included), one scale per output channel
     unless a group size is given."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", *, w_bits, group_size=None, symmetric=False, a_bits=None, where=""):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        *,
+        w_bits,
+        group_size=None,
+        symmetric=False,
+        a_bits=None,
+        where="",
+    ):
         super().__init__()
         ks = nn.modules.utils._pair(kernel_size)
         self.in_channels, self.out_channels, self.kernel_size = int(in_channels), int(out_channels), ks
@@ -376,11 +444,25 @@ class QuantConv2d(_PackedWeightLayer):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     @classmethod
-    def from_float(cls, layer: nn.Conv2d, *, w_bits, group_size=None, symmetric=False, a_bits=None,
-                   clip_search=False, where=""):
-        q = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, w_bits=w_bits,
-                group_size=group_size, symmetric=symmetric, a_bits=a_bits, where=where).to(layer.weight.device)
+    def from_float(
+        cls, layer: nn.Conv2d, *, w_bits, group_size=None, symmetric=False, a_bits=None, clip_search=False, where=""
+    ):
+        q = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            layer.bias is not None,
+            layer.padding_mode,
+            w_bits=w_bits,
+            group_size=group_size,
+            symmetric=symmetric,
+            a_bits=a_bits,
+            where=where,
+        ).to(layer.weight.device)
         q.set_weight(layer.weight.detach(), clip_search, where)
         if layer.bias is not None:
             q.bias.data = layer.bias.detach().clone()  # a float leftover: kept in the model's dtype
@@ -403,8 +485,17 @@ class QuantConv2d(_PackedWeightLayer):
         return (pw, pw, ph, ph)
 
     def to_float(self) -> nn.Conv2d:
-        layer = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                          self.dilation, self.groups, self.bias is not None, self.padding_mode)
+        layer = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            self.padding_mode,
+        )
         layer.weight.data.copy_(self.dequantized_weight())
         if self.bias is not None:
             layer.bias.data.copy_(self.bias.detach())
@@ -414,8 +505,9 @@ class QuantConv2d(_PackedWeightLayer):
 def _built_from(sources, buffers) -> bool:
     """Whether `buffers` are the very tensors `sources` recorded, unmodified since (identity via weak
     references, so a freed buffer whose address gets reused cannot pass for the old one)."""
-    return len(sources) == len(buffers) and all(ref() is b and version == b._version
-                                                for (ref, version), b in zip(sources, buffers))
+    return len(sources) == len(buffers) and all(
+        ref() is b and version == b._version for (ref, version), b in zip(sources, buffers)
+    )
 
 
 PACKED_TYPES = (QuantLinear, QuantConv2d)  # QuantEmbedding is a QuantLinear

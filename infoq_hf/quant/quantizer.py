@@ -131,7 +131,11 @@ def quantize_weight(weight: torch.Tensor, scheme: WeightScheme, where: str = "")
             s, z = _params_for_range(lo * ratio, hi * ratio, bits, sym)
             err = ((_fake(g, s, z, bits, sym) - g) ** 2).sum(dim=-1)
             better = err < best_err
-            scale, zero, best_err = torch.where(better, s, scale), torch.where(better, z, zero), torch.minimum(err, best_err)
+            scale, zero, best_err = (
+                torch.where(better, s, scale),
+                torch.where(better, z, zero),
+                torch.minimum(err, best_err),
+            )
     qmin, qmax = _qrange(bits, sym)
     q = torch.clamp(torch.round(g / scale[..., None]) + zero[..., None], qmin, qmax)
     codes = (q - qmin).to(torch.uint8).reshape(weight.shape[0], -1)
@@ -167,7 +171,9 @@ def activation_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
     return scale, zero
 
 
-def fake_quantize_activation(x: torch.Tensor, scale: float | torch.Tensor, zero: int | torch.Tensor, bits: int) -> torch.Tensor:
+def fake_quantize_activation(
+    x: torch.Tensor, scale: float | torch.Tensor, zero: int | torch.Tensor, bits: int
+) -> torch.Tensor:
     """Per-tensor asymmetric fake quantization of an activation."""
     qmax = (1 << bits) - 1
     q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)

@@ -67,9 +67,11 @@ class PackingScheme:
 
     def describe(self) -> str:
         group = "per output channel" if self.group_size is None else f"group {self.group_size}"
-        return (f"{group}, conv {self.conv_group_size or 'per channel'}, "
-                f"{'symmetric' if self.symmetric else 'asymmetric'}{', clip search' if self.clip_search else ''}, "
-                f"{self.rounding}")
+        return (
+            f"{group}, conv {self.conv_group_size or 'per channel'}, "
+            f"{'symmetric' if self.symmetric else 'asymmetric'}{', clip search' if self.clip_search else ''}, "
+            f"{self.rounding}"
+        )
 
 
 def resolve_scheme(scheme: PackingScheme | Mapping | None, default: PackingScheme, **shorthand) -> PackingScheme:

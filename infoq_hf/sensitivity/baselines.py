@@ -34,7 +34,9 @@ def weight_mse_scores(layers, bits, schemes) -> dict[str, dict[int, float]]:
     scores = {}
     for name, layer in layers.items():
         w = layer.weight.detach().float()
-        scores[name] = {b: float(((fake_quantize_layer(layer, w, schemes(name, b), name) - w) ** 2).sum()) for b in bits}
+        scores[name] = {
+            b: float(((fake_quantize_layer(layer, w, schemes(name, b), name) - w) ** 2).sum()) for b in bits
+        }
     return scores
 
 
@@ -64,7 +66,7 @@ def size_prior(layers) -> dict[str, float]:
 def random_scores(layers, bits, seed: int) -> dict[str, dict[int, float]]:
     gen = torch.Generator().manual_seed(seed)
     importance = torch.rand(len(layers), generator=gen).tolist()
-    return {name: {b: r * (2.0 ** -b - 2.0 ** -8) for b in bits} for name, r in zip(layers, importance)}
+    return {name: {b: r * (2.0**-b - 2.0**-8) for b in bits} for name, r in zip(layers, importance)}
 
 
 @contextlib.contextmanager
@@ -117,12 +119,19 @@ def hawq_scores(model, layers, bits, schemes, batches, forward, task, samples, s
     traces = hessian_traces(model, layers, batches, forward, task, samples, seed, progress)
     not_finite = [n for n, t in traces.items() if not math.isfinite(t)]
     if not_finite:
-        raise ValueError(f"hawq: the Hessian trace of {len(not_finite)} layers (e.g. {not_finite[0]!r}) is not finite; "
-                         "the model's loss on the calibration batches overflows or is NaN. Check the data and model")
+        raise ValueError(
+            f"hawq: the Hessian trace of {len(not_finite)} layers (e.g. {not_finite[0]!r}) is not finite; "
+            "the model's loss on the calibration batches overflows or is NaN. Check the data and model"
+        )
     nonpositive = [n for n, t in traces.items() if t <= 0]
     if nonpositive:  # Hutchinson noise (or a saddle): these layers will look free to quantize
-        logger.warning("hawq: %d of %d layers have a non-positive Hessian trace estimate (e.g. %s); raise "
-                       "hutchinson_samples for a steadier estimate", len(nonpositive), len(traces), nonpositive[0])
+        logger.warning(
+            "hawq: %d of %d layers have a non-positive Hessian trace estimate (e.g. %s); raise "
+            "hutchinson_samples for a steadier estimate",
+            len(nonpositive),
+            len(traces),
+            nonpositive[0],
+        )
     mse = weight_mse_scores(layers, bits, schemes)
     return {n: {b: traces[n] * mse[n][b] for b in bits} for n in layers}, traces
 
@@ -139,6 +148,7 @@ class OracleScorer:
 
         def on_output(i, out):
             total.append(float(task_loss(output_tensor(out), self.prober.batches[i], self.task)))
+
         self.prober.run(layer, on_output)
         return sum(total) / len(total)
 

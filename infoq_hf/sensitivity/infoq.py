@@ -85,12 +85,17 @@ class InfoQOptions:
         opts = cls(**options)
         if opts.scores not in ("calibrated", "eq4"):
             raise ValueError(f"scores must be 'calibrated' or 'eq4', got {opts.scores!r}")
-        if isinstance(opts.change_power, bool) or not isinstance(opts.change_power, (int, float)) or not opts.change_power > 0:
+        if (
+            isinstance(opts.change_power, bool)
+            or not isinstance(opts.change_power, (int, float))
+            or not opts.change_power > 0
+        ):
             raise ValueError(f"change_power must be a number > 0, got {opts.change_power!r}")
         widths = opts.probe_bits if isinstance(opts.probe_bits, (list, tuple)) else [opts.probe_bits]
         if not widths or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b < 8 for b in widths):
-            raise ValueError(f"probe_bits must be an int or a list of ints in 2..7 (8 is the reference), "
-                             f"got {opts.probe_bits!r}")
+            raise ValueError(
+                f"probe_bits must be an int or a list of ints in 2..7 (8 is the reference), got {opts.probe_bits!r}"
+            )
         if opts.lm_target not in ("next_token", "reference_prediction"):
             raise ValueError(f"lm_target must be 'next_token' or 'reference_prediction', got {opts.lm_target!r}")
         if opts.task_weight < 0 or opts.input_weight < 0 or opts.task_weight + opts.input_weight == 0:
@@ -109,7 +114,7 @@ def _select(names: list[str], how, fraction: tuple[float, float], limit: int) ->
         lo, hi = fraction
         n = len(names)
         start = int(math.floor(lo * n))
-        names = names[start:max(int(math.ceil(hi * n)), start + 1)]
+        names = names[start : max(int(math.ceil(hi * n)), start + 1)]
     if len(names) > limit:  # evenly spaced, always keeping the last
         step = len(names) / limit
         names = [names[len(names) - 1 - int(i * step)] for i in range(limit)][::-1]
@@ -139,6 +144,7 @@ class _Recorder:
     def _hook(self, name):
         def hook(module, args, out):
             self._record(name, output_tensor(out))
+
         return hook
 
     def _record(self, name, activation):
@@ -173,10 +179,20 @@ class InfoQScorer:
         blocks = list(find_blocks(model))
         # With fewer than two blocks there is no stack: observe the probed layers' outputs instead.
         candidates = blocks if len(blocks) >= 2 else list(prober.layers)
-        self.task_obs = _select(candidates, options.task_observers, (0.75, 1.0), options.max_observers) if options.task_weight else []
-        if options.task_weight and (not isinstance(options.task_observers, (list, tuple)) or OUTPUT in options.task_observers):
+        self.task_obs = (
+            _select(candidates, options.task_observers, (0.75, 1.0), options.max_observers)
+            if options.task_weight
+            else []
+        )
+        if options.task_weight and (
+            not isinstance(options.task_observers, (list, tuple)) or OUTPUT in options.task_observers
+        ):
             self.task_obs = [o for o in self.task_obs if o != OUTPUT] + [OUTPUT]
-        self.input_obs = _select(candidates, options.input_observers, (0.25, 0.75), options.max_observers) if options.input_weight else []
+        self.input_obs = (
+            _select(candidates, options.input_observers, (0.25, 0.75), options.max_observers)
+            if options.input_weight
+            else []
+        )
         self.first_block = blocks[0] if len(blocks) >= 2 else None
         self.output_module = self._output_module(model)
         self.output_module_name = next((n for n, m in model.named_modules() if m is self.output_module), None)
@@ -195,7 +211,9 @@ class InfoQScorer:
         names = dict(model.named_modules())
         bad = [o for o in self.observers if o != OUTPUT and o not in names]
         if bad:
-            raise ValueError(f"observer modules {bad} are not in the model; use module names from model.named_modules()")
+            raise ValueError(
+                f"observer modules {bad} are not in the model; use module names from model.named_modules()"
+            )
         if not self.observers:
             raise ValueError("no observers selected; enable the task term or pick input observers")
 
@@ -215,6 +233,7 @@ class InfoQScorer:
                 act = output_tensor(out) if out is not None else args[0]
                 dims[name] = self.samples.pool(act, self._batch).shape[1]
                 events.append(("end", name))
+
             return hook
 
         for name in self.observers:
@@ -222,9 +241,11 @@ class InfoQScorer:
                 probe_hooks.append(self.output_module.register_forward_pre_hook(dim_hook(OUTPUT)))
             elif name != OUTPUT:
                 probe_hooks.append(model.get_submodule(name).register_forward_hook(dim_hook(name)))
+
         def layer_start(name):
             def hook(module, args):  # hooks return None so they never alter the model
                 events.append(("start", name))
+
             return hook
 
         def record_xe(module, args, kwargs):
@@ -233,7 +254,9 @@ class InfoQScorer:
         for lname, layer in prober.layers.items():
             probe_hooks.append(layer.register_forward_pre_hook(layer_start(lname)))
         if self.first_block is not None:
-            probe_hooks.append(model.get_submodule(self.first_block).register_forward_pre_hook(record_xe, with_kwargs=True))
+            probe_hooks.append(
+                model.get_submodule(self.first_block).register_forward_pre_hook(record_xe, with_kwargs=True)
+            )
         predictions = []  # only the reference's argmax is ever read (lm_target="reference_prediction")
         try:
             for i, batch in enumerate(prober.batches):
@@ -255,8 +278,9 @@ class InfoQScorer:
                 first_start.setdefault(n, pos)
             else:
                 last_end[n] = pos
-        self.after = {l: {o for o in self.observers if last_end.get(o, -1) > first_start.get(l, 10**9)}
-                      for l in prober.layers}
+        self.after = {
+            l: {o for o in self.observers if last_end.get(o, -1) > first_start.get(l, 10**9)} for l in prober.layers
+        }
         k = self.opts.num_directions
         for idx, name in enumerate(self.observers):
             self.directions[name] = random_directions(dims[name], k, self.seed * 1009 + idx)
@@ -266,10 +290,11 @@ class InfoQScorer:
             if xe_chunks:
                 xe = torch.cat(xe_chunks)
             else:
-                xe = torch.cat([self.samples.pool(_model_input(b).float().flatten(1), i)
-                                for i, b in enumerate(prober.batches)])
+                xe = torch.cat(
+                    [self.samples.pool(_model_input(b).float().flatten(1), i) for i, b in enumerate(prober.batches)]
+                )
             self.xe_proj = (xe @ random_directions(xe.shape[1], k, self.seed * 1009 + 7919).to(xe.device).T).cpu()
-        n = (self.y.numel() if self.y is not None else self.xe_proj.shape[0])
+        n = self.y.numel() if self.y is not None else self.xe_proj.shape[0]
         if n < self.opts.min_samples:
             raise ValueError(
                 f"the calibration set gives {n} samples, but the InfoQ estimator needs at least "
@@ -299,9 +324,11 @@ class InfoQScorer:
         # the vocabulary-sized matmul, the costliest layer of a small LM once early blocks are replayed.
         head = {} if self.output_module is None else {self.output_module_name: _SkippedHead(self.output_module, rec)}
         try:
+
             def on_output(i, out):
                 rec.on_output(i, out)
                 rec.batch = i + 1
+
             rec.batch = 0
             with replaced_modules(self.prober.model, head):
                 self.prober.run(layer, on_output)
@@ -311,12 +338,16 @@ class InfoQScorer:
 
     def _smi_task(self, proj: torch.Tensor) -> float:
         k = proj.shape[1]
-        return float(sliced_mi_discrete(proj, self.y, torch.eye(k, dtype=proj.dtype), estimator=self.opts.estimator).mean())
+        return float(
+            sliced_mi_discrete(proj, self.y, torch.eye(k, dtype=proj.dtype), estimator=self.opts.estimator).mean()
+        )
 
     def _smi_input(self, proj: torch.Tensor) -> float:
         k = proj.shape[1]
         eye = torch.eye(k, dtype=proj.dtype)
-        return float(sliced_mi_continuous(self.xe_proj.to(proj.dtype), proj, eye, eye, estimator=self.opts.estimator).mean())
+        return float(
+            sliced_mi_continuous(self.xe_proj.to(proj.dtype), proj, eye, eye, estimator=self.opts.estimator).mean()
+        )
 
     # ------------------------------------------------------------------ probes
     def score_current(self, layer: str, bits: int) -> float:
@@ -340,8 +371,10 @@ class InfoQScorer:
             terms.append(d / max(abs(denom), MIN_REFERENCE_SMI))
             weights.append(weight)
         if not terms:
-            raise ValueError(f"layer {layer!r} has no observer after it; the model output always counts, "
-                             "so keep the task term on or add observers after this layer")
+            raise ValueError(
+                f"layer {layer!r} has no observer after it; the model output always counts, "
+                "so keep the task term on or add observers after this layer"
+            )
         return sum(t * w for t, w in zip(terms, weights)) / sum(weights)
 
 

@@ -91,8 +91,9 @@ def preset_types(model, names, preset: str, heads=()) -> dict[str, str]:
     if preset not in PRESETS:
         raise ValueError(f"unknown llama.cpp preset {preset!r}; choose one of {PRESETS}")
     blocks = stacks(model)
-    return {n: preset_type(preset, "output" if n in heads else tensor_role(n), block_position(n, blocks))
-            for n in names}
+    return {
+        n: preset_type(preset, "output" if n in heads else tensor_role(n), block_position(n, blocks)) for n in names
+    }
 
 
 def preference_weights(types: dict[str, str], preset: str) -> dict[str, float]:
@@ -101,5 +102,13 @@ def preference_weights(types: dict[str, str], preset: str) -> dict[str, float]:
     return {n: 4.0 ** (GGML_BITS[t] - base) for n, t in types.items()}
 
 
-__all__ = ["BASE_TYPE", "GGML_BITS", "PRESETS", "preference_weights", "preset_type", "preset_types", "tensor_role",
-           "use_more_bits"]
+__all__ = [
+    "BASE_TYPE",
+    "GGML_BITS",
+    "PRESETS",
+    "preference_weights",
+    "preset_type",
+    "preset_types",
+    "tensor_role",
+    "use_more_bits",
+]

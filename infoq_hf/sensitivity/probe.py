@@ -100,8 +100,15 @@ def find_blocks(model: nn.Module) -> dict[str, nn.Module]:
 class Prober:
     """The reference model plus the means to run it with one layer perturbed."""
 
-    def __init__(self, model: nn.Module, layers: dict[str, nn.Module], batches: list, forward: Callable,
-                 schemes: Callable[[str, int], WeightScheme], use_prefix_cache: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: dict[str, nn.Module],
+        batches: list,
+        forward: Callable,
+        schemes: Callable[[str, int], WeightScheme],
+        use_prefix_cache: bool = True,
+    ):
         self.model, self.layers, self.batches, self.forward = model, layers, batches, forward
         self.schemes = schemes
         self.use_prefix_cache = use_prefix_cache
@@ -150,16 +157,19 @@ class Prober:
         outputs: dict[str, list] = {n: [] for n in blocks}
         calls: dict[str, int] = {n: 0 for n in blocks}
         hooks = []
+
         def block_end(name):
             def hook(module, args, out):  # must return None: a returned value would replace the output
                 order.append(("end", name))
                 outputs[name].append(_detach_tree(out))
                 calls[name] += 1
+
             return hook
 
         def layer_start(name):
             def hook(module, args):
                 order.append(("start", "layer:" + name))
+
             return hook
 
         for n, b in blocks.items():
@@ -216,7 +226,9 @@ class Prober:
     def weight_at(self, layer: str, bits: int):
         """Only `layer` has its weight at `bits`; everything else stays at the reference."""
         module = self.layers[layer]
-        module.weight.data.copy_(fake_quantize_layer(module, self._float_weights[layer], self.schemes(layer, bits), layer))
+        module.weight.data.copy_(
+            fake_quantize_layer(module, self._float_weights[layer], self.schemes(layer, bits), layer)
+        )
         try:
             yield
         finally:
@@ -236,6 +248,7 @@ class Prober:
             bits = self._act_bits[name]
             scale, zero = activation_qparams(*self.act_ranges[name], bits)
             return (fake_quantize_activation(args[0], scale, zero, bits), *args[1:])
+
         return hook
 
     @contextlib.contextmanager

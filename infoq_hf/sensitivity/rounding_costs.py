@@ -35,20 +35,27 @@ def with_gptq_costs(table: SensitivityTable, candidates) -> SensitivityTable:
     `meta["costs_rounding"] = "rtn"`."""
     layers, meta = copy.deepcopy(table.layers), copy.deepcopy(table.meta)
     if not error_scaled(table):
-        logger.info("the %s scores are not a sensitivity times the quantizer's error; the allocation uses them "
-                    "as measured (round to nearest)", table.method)
+        logger.info(
+            "the %s scores are not a sensitivity times the quantizer's error; the allocation uses them "
+            "as measured (round to nearest)",
+            table.method,
+        )
         meta["costs_rounding"] = "rtn"
         return SensitivityTable(table.method, table.bits, layers, meta)
     missing = [n for n in table.layers if n not in candidates.error_ratio]
     if missing:
-        raise ValueError(f"no GPTQ error ratios for layers {missing[:3]}; compute the candidates on the model the "
-                         "table was searched on")
+        raise ValueError(
+            f"no GPTQ error ratios for layers {missing[:3]}; compute the candidates on the model the "
+            "table was searched on"
+        )
     for name, info in layers.items():
         ratio = candidates.error_ratio[name]
         absent = [b for b in table.bits if b not in ratio]
         if absent:
-            raise ValueError(f"no GPTQ error ratio for layer {name!r} at bits {absent}; compute the candidates at "
-                             f"the table's widths {table.bits}")
+            raise ValueError(
+                f"no GPTQ error ratio for layer {name!r} at bits {absent}; compute the candidates at "
+                f"the table's widths {table.bits}"
+            )
         if "t2" in info:
             info.setdefault("t2_rtn", dict(info["t2"]))
             info["t2"] = _non_increasing({b: info["t2_rtn"][b] * ratio[b] for b in table.bits})

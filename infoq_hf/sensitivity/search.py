@@ -125,13 +125,20 @@ def search(
     sharing the input embedding) is part of it: one tensor, one width, its MACs counted with it."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    scheme = resolve_scheme(scheme, PackingScheme(), group_size=group_size, conv_group_size=conv_group_size,
-                            symmetric=symmetric, clip_search=clip_search)
+    scheme = resolve_scheme(
+        scheme,
+        PackingScheme(),
+        group_size=group_size,
+        conv_group_size=conv_group_size,
+        symmetric=symmetric,
+        clip_search=clip_search,
+    )
     if isinstance(bits, int) and not isinstance(bits, bool):
         bits = [bits]  # one candidate width
     if bits is None or isinstance(bits, (str, bytes)) or not isinstance(bits, Iterable):
-        raise ValueError(f"bits must be the candidate bit-widths to score, an int or a list such as [2, 3, 4, 8], "
-                         f"got {bits!r}")
+        raise ValueError(
+            f"bits must be the candidate bit-widths to score, an int or a list such as [2, 3, 4, 8], got {bits!r}"
+        )
     bits = sorted({check_bits(b) for b in bits})
     if not bits:
         raise ValueError("bits must name at least one candidate bit-width")
@@ -141,9 +148,11 @@ def search(
     layers = {n: m for n, m in layers.items() if n not in heads}  # a tied head follows its embedding
     tied = {n: keys for n, keys in tied_weights(model, layers).items() if not isinstance(layers[n], nn.Embedding)}
     if tied:  # a packed copy of one side would store the tensor twice and silently untie the model
-        warnings.warn(f"layers {sorted(tied)} share their weight with {sorted({k for v in tied.values() for k in v})} "
-                      "(tied weights); they stay in float to keep the tie. Pass skip_modules to silence this.",
-                      stacklevel=2)
+        warnings.warn(
+            f"layers {sorted(tied)} share their weight with {sorted({k for v in tied.values() for k in v})} "
+            "(tied weights); they stay in float to keep the tie. Pass skip_modules to silence this.",
+            stacklevel=2,
+        )
         layers = {n: m for n, m in layers.items() if n not in tied}
     if not layers:
         raise ValueError("the model has no quantizable Linear/Conv2d layers (after skip_modules/skip_types)")
@@ -156,17 +165,22 @@ def search(
     unknown = sorted(set(options) - set(METHOD_OPTIONS.get(method, ())))
     if method != "infoq" and unknown:
         known = METHOD_OPTIONS.get(method)
-        raise ValueError(f"options {unknown} do not apply to method={method!r}; "
-                         + (f"it takes {list(known)}" if known else "InfoQ's options apply to method='infoq' only"))
+        raise ValueError(
+            f"options {unknown} do not apply to method={method!r}; "
+            + (f"it takes {list(known)}" if known else "InfoQ's options apply to method='infoq' only")
+        )
     infoq_options = InfoQOptions.from_dict(options) if method == "infoq" else None
     preset = options.get("preset", "q4_k_m") if method == "llamacpp" else None
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown llama.cpp preset {preset!r}; choose one of {PRESETS}")
-    task = detect_task(model, batches[0]) if task == "auto" and batches else (task if task != "auto" else "classification")
+    task = (
+        detect_task(model, batches[0]) if task == "auto" and batches else (task if task != "auto" else "classification")
+    )
     if task not in ("classification", "causal_lm"):
         raise ValueError(f"task must be 'auto', 'classification' or 'causal_lm', got {task!r}")
-    check_calibration(model, batches, _first_sample(batches[0]) if batches else None, forward, task, method,
-                      sample_of=_first_sample)
+    check_calibration(
+        model, batches, _first_sample(batches[0]) if batches else None, forward, task, method, sample_of=_first_sample
+    )
 
     def schemes(name: str, b: int) -> WeightScheme:
         return scheme.weight_scheme(layers[name], b)
@@ -189,44 +203,76 @@ def search(
             types = preset_types(model, layers, preset, heads=set(heads.values()))
             alpha = {n: a * w for (n, a), w in zip(alpha.items(), preference_weights(types, preset).values())}
             if all(t == types[next(iter(types))] for t in types.values()):
-                warnings.warn(f"llamacpp: no layer matched a tensor role the {preset} preset favours (v_proj, "
-                              "down_proj, ...); the scores equal size_only's", stacklevel=2)
+                warnings.warn(
+                    f"llamacpp: no layer matched a tensor role the {preset} preset favours (v_proj, "
+                    "down_proj, ...); the scores equal size_only's",
+                    stacklevel=2,
+                )
         w_scores = {n: {b: alpha[n] * t2[n][b] for b in bits} for n in layers}
         calibrated_info = (alpha, t2)
     elif method == "random":
         w_scores = random_scores(layers, bits, seed)
     elif method == "hawq":
         bar = tqdm(total=hutchinson_samples, desc="hawq: Hutchinson samples", disable=not (progress and is_main))
-        w_scores, traces = hawq_scores(model, layers, bits, schemes, batches, forward, task, hutchinson_samples, seed, bar)
+        w_scores, traces = hawq_scores(
+            model, layers, bits, schemes, batches, forward, task, hutchinson_samples, seed, bar
+        )
         bar.close()
-        cost = {"layer_evals": hutchinson_samples * len(batches) * len(layers),
-                "forward_passes": hutchinson_samples * len(batches)}
+        cost = {
+            "layer_evals": hutchinson_samples * len(batches) * len(layers),
+            "forward_passes": hutchinson_samples * len(batches),
+        }
     else:
         eval_batches = batches if method == "infoq" else (as_batches(heldout) or batches)
         calibrated = method == "infoq" and infoq_options.scores == "calibrated"
         probe_bits = _probe_widths(infoq_options) if calibrated else bits
-        w_scores, a_scores, cost = _probe_all(model, layers, eval_batches, forward, schemes, bits, method, task,
-                                              infoq_options, seed, prefix_cache, score_activations, accelerator,
-                                              progress and is_main, weight_bits=probe_bits)
+        w_scores, a_scores, cost = _probe_all(
+            model,
+            layers,
+            eval_batches,
+            forward,
+            schemes,
+            bits,
+            method,
+            task,
+            infoq_options,
+            seed,
+            prefix_cache,
+            score_activations,
+            accelerator,
+            progress and is_main,
+            weight_bits=probe_bits,
+        )
         if calibrated:  # activation scores keep the Eq. 4 form: an activation grid has no weight error
             t2 = relative_weight_errors(layers, sorted(set(bits) | set(probe_bits)), schemes)
             power = infoq_options.change_power
-            alpha = {n: _fit_alpha({b: v ** power for b, v in w_scores[n].items()}, t2[n], probe_bits) for n in layers}
+            alpha = {n: _fit_alpha({b: v**power for b, v in w_scores[n].items()}, t2[n], probe_bits) for n in layers}
             w_scores = {n: {b: alpha[n] * t2[n][b] for b in bits} for n in layers}
             calibrated_info = (alpha, t2)
     elapsed = time.perf_counter() - started
     if len(layers) > 1 and all(w_scores[n] == w_scores[next(iter(layers))] for n in layers):
-        warnings.warn(f"every layer got the same {method} scores {w_scores[next(iter(layers))]}: the search cannot "
-                      "tell the layers apart, so an allocation from this table means nothing (vanishing or constant "
-                      "activations? check the calibration data and the model's outputs)", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"every layer got the same {method} scores {w_scores[next(iter(layers))]}: the search cannot "
+            "tell the layers apart, so an allocation from this table means nothing (vanishing or constant "
+            "activations? check the calibration data and the model's outputs)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     table_layers = {}
     for name, layer in layers.items():
         weight = oriented_weight(layer)
         layer_macs = macs.get(name, 0) + sum(macs.get(h, 0) for h, e in heads.items() if e == name)
-        kind = "conv2d" if isinstance(layer, nn.Conv2d) else "embedding" if isinstance(layer, nn.Embedding) else "linear"
-        entry = {"params": weight.numel(), "macs": int(layer_macs), "shape": list(weight.shape), "kind": kind,
-                 "w": w_scores[name]}
+        kind = (
+            "conv2d" if isinstance(layer, nn.Conv2d) else "embedding" if isinstance(layer, nn.Embedding) else "linear"
+        )
+        entry = {
+            "params": weight.numel(),
+            "macs": int(layer_macs),
+            "shape": list(weight.shape),
+            "kind": kind,
+            "w": w_scores[name],
+        }
         if a_scores is not None:
             entry["a"] = a_scores[name]
         if calibrated_info is not None:
@@ -237,17 +283,24 @@ def search(
     weight_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers.values())
     meta = {
         "model": model_identity(model, layers),
-        "calibration": {"batches": len(batches), **calibration_identity(calibration if isinstance(calibration, CalibrationSet) else batches)}
-        if batches else None,
+        "calibration": {
+            "batches": len(batches),
+            **calibration_identity(calibration if isinstance(calibration, CalibrationSet) else batches),
+        }
+        if batches
+        else None,
         "task": task,
         "seed": seed,
         **{k: getattr(scheme, k) for k in FORMAT_FIELDS},  # the scores are of round-to-nearest packing
         "float_bytes": model_size_bytes(model) - weight_bytes,
         "reference_bits": REFERENCE_BITS,
         "options": vars(infoq_options) if infoq_options else ({"preset": preset} if preset else {}),
-        "cost": {"wall_s": round(elapsed, 3), "prefix_cache": prefix_cache,
-                 "processes": accelerator.num_processes if accelerator is not None else 1,
-                 **cost},
+        "cost": {
+            "wall_s": round(elapsed, 3),
+            "prefix_cache": prefix_cache,
+            "processes": accelerator.num_processes if accelerator is not None else 1,
+            **cost,
+        },
     }
     if traces is not None:
         meta["hessian_trace"] = traces
@@ -265,8 +318,23 @@ def _fit_alpha(change: dict[int, float], t2: dict[int, float], widths: list[int]
     return sum(change[b] * t2[b] for b in widths) / den if den > 0 else 0.0
 
 
-def _probe_all(model, layers, batches, forward, schemes, bits, method, task, infoq_options, seed, prefix_cache,
-               score_activations, accelerator, show_progress, weight_bits=None):
+def _probe_all(
+    model,
+    layers,
+    batches,
+    forward,
+    schemes,
+    bits,
+    method,
+    task,
+    infoq_options,
+    seed,
+    prefix_cache,
+    score_activations,
+    accelerator,
+    show_progress,
+    weight_bits=None,
+):
     """Run every (layer, bits) probe assigned to this process; gather all results. Returns the weight
     scores, the activation scores (None unless `score_activations`) and the cost counts.
 
@@ -287,7 +355,10 @@ def _probe_all(model, layers, batches, forward, schemes, bits, method, task, inf
             kind_jobs = [j for j in mine if j[0] == kind]
             if kind == "a":
                 from ..quant.apply import calibrate_activation_ranges
-                ranges = calibrate_activation_ranges(model, batches, {n: {"w_bits": 8, "a_bits": 8} for n in layers}, forward)
+
+                ranges = calibrate_activation_ranges(
+                    model, batches, {n: {"w_bits": 8, "a_bits": 8} for n in layers}, forward
+                )
                 prober.set_activation_reference(ranges)
             if not kind_jobs and world == 1:
                 continue
@@ -305,6 +376,7 @@ def _probe_all(model, layers, batches, forward, schemes, bits, method, task, inf
         layer_evals = prober.layer_evals
     if accelerator is not None and world > 1:
         from accelerate.utils import gather_object
+
         results = gather_object(results)
         layer_evals = sum(gather_object([layer_evals]))
     cost = {"layer_evals": layer_evals, "forward_passes": len(jobs) * len(batches)}

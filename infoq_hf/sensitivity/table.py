@@ -99,7 +99,9 @@ class SensitivityTable:
     @classmethod
     def from_dict(cls, data: Mapping) -> SensitivityTable:
         if data.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported sensitivity table format {data.get('format')!r}; this version reads {FORMAT_VERSION}")
+            raise ValueError(
+                f"unsupported sensitivity table format {data.get('format')!r}; this version reads {FORMAT_VERSION}"
+            )
         for key in ("method", "bits", "layers"):
             if key not in data:
                 raise ValueError(f"sensitivity table lacks {key!r}")
@@ -125,7 +127,9 @@ class SensitivityTable:
             for kind in ("w", "a") if info.get("a") is not None else ("w",):
                 missing = [b for b in self.bits if b not in info[kind]]
                 if missing:
-                    raise ValueError(f"layer {name!r} has no {kind}-score for bits {missing}; re-run search with these bits")
+                    raise ValueError(
+                        f"layer {name!r} has no {kind}-score for bits {missing}; re-run search with these bits"
+                    )
                 bad = [b for b, s in info[kind].items() if not math.isfinite(s)]
                 if bad:
                     raise ValueError(f"layer {name!r} has non-finite {kind}-scores at bits {bad}")

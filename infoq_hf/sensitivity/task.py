@@ -65,20 +65,25 @@ def _run_one(model, forward, sample, i: int, shapes) -> torch.Tensor:
             return output_tensor(forward(model, sample))
     except (RuntimeError, IndexError, TypeError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"the model cannot run calibration batch {i} (tensor shapes {shapes}): {first_line}. Give "
-                         "inputs of the shape and kind the model takes (channels, features, sequence length)") from e
+        raise ValueError(
+            f"the model cannot run calibration batch {i} (tensor shapes {shapes}): {first_line}. Give "
+            "inputs of the shape and kind the model takes (channels, features, sequence length)"
+        ) from e
 
 
 def refuse_meta(model, batches: list) -> None:
     """Refuse a model or calibration tensors on the meta device (they hold no data) before anything runs."""
     if any(p.is_meta for p in model.parameters()):
-        raise ValueError("the model's weights are on the meta device (an empty or offloaded model); load real "
-                         "weights (e.g. from_pretrained without a device_map that offloads) before searching")
+        raise ValueError(
+            "the model's weights are on the meta device (an empty or offloaded model); load real "
+            "weights (e.g. from_pretrained without a device_map that offloads) before searching"
+        )
     for i, batch in enumerate(batches):
         for key, t in _batch_tensors(batch).items():
             if t.is_meta:
-                raise ValueError(f"calibration batch {i}: {key!r} is on the meta device (it holds no data); pass "
-                                 "real tensors")
+                raise ValueError(
+                    f"calibration batch {i}: {key!r} is on the meta device (it holds no data); pass real tensors"
+                )
 
 
 def check_calibration(model, batches: list, sample, forward, task: str, method: str, sample_of=None) -> None:
@@ -95,18 +100,25 @@ def check_calibration(model, batches: list, sample, forward, task: str, method: 
     first = _structure(batches[0])
     for i, batch in enumerate(batches):
         if _structure(batch) != first:
-            raise ValueError(f"calibration batch {i} is {_structure(batch)[0]} {_structure(batch)[1] or ''}, but batch "
-                             f"0 is {first[0]} {first[1] or ''}; give every batch the same structure (all dicts "
-                             "with the same keys, or all tuples)")
+            raise ValueError(
+                f"calibration batch {i} is {_structure(batch)[0]} {_structure(batch)[1] or ''}, but batch "
+                f"0 is {first[0]} {first[1] or ''}; give every batch the same structure (all dicts "
+                "with the same keys, or all tuples)"
+            )
         for key, t in _batch_tensors(batch).items():
             if t.numel() == 0:
                 raise ValueError(f"calibration batch {i}: {key!r} is empty (shape {list(t.shape)}); drop empty batches")
             if t.is_floating_point() and not torch.isfinite(t).all():
-                raise ValueError(f"calibration batch {i}: {key!r} holds NaN/inf values; clean the data (or drop those samples)")
+                raise ValueError(
+                    f"calibration batch {i}: {key!r} holds NaN/inf values; clean the data (or drop those samples)"
+                )
         ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
         if isinstance(ids, torch.Tensor) and vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-            raise ValueError(f"calibration batch {i}: token ids range over [{int(ids.min())}, {int(ids.max())}], but the "
-                             f"model's vocabulary has {vocab} entries; tokenize with the model's own tokenizer")
+            raise ValueError(
+                f"calibration batch {i}: token ids range over [{int(ids.min())}, {int(ids.max())}], but the "
+                f"model's vocabulary has {vocab} entries; tokenize with the model's own tokenizer"
+            )
+
     def shapes_of(batch):
         return {k: list(v.shape) for k, v in _batch_tensors(batch).items()}
 
@@ -125,14 +137,20 @@ def check_calibration(model, batches: list, sample, forward, task: str, method: 
         return  # the methods that need labels say so themselves
     for i, y in enumerate(labels):
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"calibration batch {i}: labels have dtype {y.dtype}, but they must be integer class "
-                             "indices (torch.long); convert them, e.g. labels.long() if they hold whole numbers")
+            raise ValueError(
+                f"calibration batch {i}: labels have dtype {y.dtype}, but they must be integer class "
+                "indices (torch.long); convert them, e.g. labels.long() if they hold whole numbers"
+            )
         if int(y.min()) < 0 or int(y.max()) >= classes:
-            raise ValueError(f"calibration batch {i}: labels range over [{int(y.min())}, {int(y.max())}], but the model "
-                             f"outputs {classes} classes; labels must lie in [0, {classes})")
+            raise ValueError(
+                f"calibration batch {i}: labels range over [{int(y.min())}, {int(y.max())}], but the model "
+                f"outputs {classes} classes; labels must lie in [0, {classes})"
+            )
     if method == "infoq" and len(torch.unique(torch.cat([y.reshape(-1) for y in labels]))) < 2:
-        raise ValueError("every calibration label is the same class; InfoQ scores the information layers carry about "
-                         "the label, which a constant label has none of. Calibrate on samples of several classes")
+        raise ValueError(
+            "every calibration label is the same class; InfoQ scores the information layers carry about "
+            "the label, which a constant label has none of. Calibrate on samples of several classes"
+        )
 
 
 def is_causal_lm(model) -> bool:
@@ -175,7 +193,7 @@ class SampleIndex:
         keep[torch.randperm(total, generator=gen)[: min(max_samples, total)]] = True
         start = 0
         for c in candidates:
-            self.rows.append(c[keep[start:start + c.numel()]])
+            self.rows.append(c[keep[start : start + c.numel()]])
             start += c.numel()
 
     def pool(self, activation: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -213,8 +231,12 @@ def task_loss(logits: torch.Tensor, batch, task: str, reduction: str = "mean") -
         mask = batch.get("attention_mask")
         if mask is not None:
             target[~mask[:, 1:].bool()] = -100
-        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-                               ignore_index=-100, reduction=reduction)
+        return F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+            target.reshape(-1),
+            ignore_index=-100,
+            reduction=reduction,
+        )
     y = batch_labels(batch)
     if y is None:
         raise ValueError("this method needs labels: give batches as (inputs, labels) or dicts with 'labels'")

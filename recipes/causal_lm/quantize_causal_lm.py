@@ -32,8 +32,11 @@ _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a local transformers causal LM folder (or a Hub name you can reach)")
-    p.add_argument("--calib", required=True,
-                   help="calibration text: a .txt/.json/.jsonl/.csv/.parquet file, or a datasets name / save_to_disk folder")
+    p.add_argument(
+        "--calib",
+        required=True,
+        help="calibration text: a .txt/.json/.jsonl/.csv/.parquet file, or a datasets name / save_to_disk folder",
+    )
     p.add_argument("--text-column", default="text")
     p.add_argument("--split", default="train")
     p.add_argument("--num-samples", type=int, default=128, help="calibration windows of --seq-len tokens")
@@ -43,22 +46,44 @@ def parse_args(argv=None):
     p.add_argument("--bits", default="2,3,4,8", help="candidate bit-widths, comma separated")
     p.add_argument("--group-size", type=int, default=128, help="inputs per scale group (0: per output channel)")
     p.add_argument("--symmetric", action="store_true")
-    p.add_argument("--rounding", choices=["auto", "rtn", "gptq"], default="auto",
-                   help="rounding of the packed weights (default auto: gptq, from the calibration windows, when "
-                        "they hold >= 4096 tokens, else rtn)")
+    p.add_argument(
+        "--rounding",
+        choices=["auto", "rtn", "gptq"],
+        default="auto",
+        help="rounding of the packed weights (default auto: gptq, from the calibration windows, when "
+        "they hold >= 4096 tokens, else rtn)",
+    )
     p.add_argument("--method", default="infoq", help="infoq, hawq, weight_mse, random or oracle")
     p.add_argument("--num-directions", type=int, default=None, help="InfoQ: random projections per observer")
     p.add_argument("--solver", default="auto", help="auto, highs or gurobi")
-    p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES,
-                   help="whole-model passes refining the allocation (split over processes; 0 = ILP only)")
-    p.add_argument("--refine-chains", type=int, default=DEFAULT_REFINE_CHAINS,
-                   help="independent refinements; the best on held-out calibration data is kept")
-    p.add_argument("--search-samples", type=int, default=None,
-                   help="calibration samples (the first N) the search and refinement use; GPTQ uses all (default: all)")
+    p.add_argument(
+        "--refine-passes",
+        type=int,
+        default=DEFAULT_REFINE_PASSES,
+        help="whole-model passes refining the allocation (split over processes; 0 = ILP only)",
+    )
+    p.add_argument(
+        "--refine-chains",
+        type=int,
+        default=DEFAULT_REFINE_CHAINS,
+        help="independent refinements; the best on held-out calibration data is kept",
+    )
+    p.add_argument(
+        "--search-samples",
+        type=int,
+        default=None,
+        help="calibration samples (the first N) the search and refinement use; GPTQ uses all (default: all)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="dtype the float model is loaded (and probed) in")
-    p.add_argument("--out", required=True, help="folder for the packed checkpoint (+ infoq_sensitivity.json, policy.json)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype the float model is loaded (and probed) in",
+    )
+    p.add_argument(
+        "--out", required=True, help="folder for the packed checkpoint (+ infoq_sensitivity.json, policy.json)"
+    )
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload the folder to this Hub repo")
     p.add_argument("--hub-token", default=None)
     p.add_argument("--private", action="store_true")
@@ -69,8 +94,14 @@ def parse_args(argv=None):
 
 def calibration_spec(args) -> dict:
     path = Path(args.calib)
-    spec = dict(split=args.split, text_column=args.text_column, num_samples=args.num_samples, seq_len=args.seq_len,
-                batch_size=args.batch_size, seed=args.seed)
+    spec = dict(
+        split=args.split,
+        text_column=args.text_column,
+        num_samples=args.num_samples,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     if path.is_file():
         builder = _BUILDERS.get(path.suffix.lower())
         if builder is None:
@@ -81,9 +112,9 @@ def calibration_spec(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import infoq_hf  # registers quant_method "infoq" with transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import infoq_hf  # registers quant_method "infoq" with transformers
     from infoq_hf import Budget, InfoQConfig, quantize_pretrained
 
     bits = [int(b) for b in args.bits.split(",")]
@@ -94,24 +125,43 @@ def main(argv=None) -> dict:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
     model = model.to(accelerator.device).eval()
     options = {} if args.num_directions is None or args.method != "infoq" else {"num_directions": args.num_directions}
-    config = InfoQConfig(bits=bits, budget=Budget(avg_bits=args.avg_bits), method=args.method, method_options=options,
-                         calibration=calibration_spec(args), group_size=args.group_size or None,
-                         symmetric=args.symmetric, solver=args.solver, seed=args.seed, rounding=args.rounding,
-                         refine_passes=args.refine_passes, refine_chains=args.refine_chains,
-                         search_samples=args.search_samples)
-    log(accelerator, f"{accelerator.num_processes} process(es) on {accelerator.device}: calibration {args.num_samples} "
-                     f"x {args.seq_len} tokens of {args.calib}")
-    result = quantize_pretrained(model, config, tokenizer=tokenizer, accelerator=accelerator,
-                                 progress=not args.no_progress)
+    config = InfoQConfig(
+        bits=bits,
+        budget=Budget(avg_bits=args.avg_bits),
+        method=args.method,
+        method_options=options,
+        calibration=calibration_spec(args),
+        group_size=args.group_size or None,
+        symmetric=args.symmetric,
+        solver=args.solver,
+        seed=args.seed,
+        rounding=args.rounding,
+        refine_passes=args.refine_passes,
+        refine_chains=args.refine_chains,
+        search_samples=args.search_samples,
+    )
+    log(
+        accelerator,
+        f"{accelerator.num_processes} process(es) on {accelerator.device}: calibration {args.num_samples} "
+        f"x {args.seq_len} tokens of {args.calib}",
+    )
+    result = quantize_pretrained(
+        model, config, tokenizer=tokenizer, accelerator=accelerator, progress=not args.no_progress
+    )
     log(accelerator, f"allocation: {result.policy.report.summary()}")
     out = Path(args.out)
     summary = {}
     if accelerator.is_main_process:
         infoq_hf.save(model, out, tokenizer=tokenizer, table=result.table)  # checkpoint, tokenizer, table, card
         result.policy.to_json(out / "policy.json")
-        summary = {"out": str(out), "search_s": result.summary["times_s"].get("search"),
-                   "total_s": time.perf_counter() - started, "processes": accelerator.num_processes,
-                   "layers": len(result.table.layers), "allocation": result.policy.report.to_dict()}
+        summary = {
+            "out": str(out),
+            "search_s": result.summary["times_s"].get("search"),
+            "total_s": time.perf_counter() - started,
+            "processes": accelerator.num_processes,
+            "layers": len(result.table.layers),
+            "allocation": result.policy.report.to_dict(),
+        }
         write_json(out / "recipe_result.json", summary)
         log(accelerator, f"saved the packed checkpoint to {out} (search {summary['search_s']:.1f} s)")
         if args.push_to_hub:

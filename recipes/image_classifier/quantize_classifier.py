@@ -29,7 +29,15 @@ import torch.nn as nn  # noqa: E402
 
 from infoq_hf.defaults import DEFAULT_REFINE_PASSES  # noqa: E402
 from recipes.common import (  # noqa: E402
-    barrier, fashion_mnist, log, make_accelerator, push_folder, save_table_and_allocate, top1, tuple_batches, write_json,
+    barrier,
+    fashion_mnist,
+    log,
+    make_accelerator,
+    push_folder,
+    save_table_and_allocate,
+    top1,
+    tuple_batches,
+    write_json,
 )
 
 RECIPE = "recipes/image_classifier"
@@ -37,7 +45,9 @@ RECIPE = "recipes/image_classifier"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="timm name, torchvision:<name>, or recipes:resnet8 / recipes:resnet20")
+    p.add_argument(
+        "--model", required=True, help="timm name, torchvision:<name>, or recipes:resnet8 / recipes:resnet20"
+    )
     p.add_argument("--checkpoint", default=None, help="weights to load (state dict file)")
     p.add_argument("--pretrained", action="store_true", help="timm: download the architecture's pretrained weights")
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the data's classes)")
@@ -54,10 +64,16 @@ def parse_args(argv=None):
     p.add_argument("--method", default="infoq", help="infoq, hawq, weight_mse, random or oracle")
     p.add_argument("--symmetric", action="store_true")
     p.add_argument("--solver", default="auto")
-    p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES,
-                   help="whole-model passes refining the allocation (split over processes; 0 = ILP only)")
+    p.add_argument(
+        "--refine-passes",
+        type=int,
+        default=DEFAULT_REFINE_PASSES,
+        help="whole-model passes refining the allocation (split over processes; 0 = ILP only)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="folder for the packed checkpoint (+ infoq_sensitivity.json, policy.json)")
+    p.add_argument(
+        "--out", required=True, help="folder for the packed checkpoint (+ infoq_sensitivity.json, policy.json)"
+    )
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     p.add_argument("--hub-token", default=None)
     p.add_argument("--private", action="store_true")
@@ -88,7 +104,9 @@ def build_model(args, num_classes: int, in_chans: int) -> nn.Module:
             return load_checkpoint(args.checkpoint)[0]
         depth = {"resnet8": 1, "resnet14": 2, "resnet20": 3}.get(name.split(":", 1)[1])
         if depth is None:
-            raise SystemExit(f"--model {name}: the recipes models are recipes:resnet8, recipes:resnet14, recipes:resnet20")
+            raise SystemExit(
+                f"--model {name}: the recipes models are recipes:resnet8, recipes:resnet14, recipes:resnet20"
+            )
         return CifarResNet(depth, in_chans=in_chans, num_classes=num_classes)
     if name.startswith("torchvision:"):
         import torchvision
@@ -103,8 +121,10 @@ def build_model(args, num_classes: int, in_chans: int) -> nn.Module:
     if args.checkpoint:
         missing, unexpected = model.load_state_dict(load_state_dict(args.checkpoint), strict=False)
         if missing or unexpected:
-            raise SystemExit(f"--checkpoint {args.checkpoint} does not fit {name}: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+            raise SystemExit(
+                f"--checkpoint {args.checkpoint} does not fit {name}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
     return model
 
 
@@ -132,17 +152,28 @@ def folder_data(args, model: nn.Module):
     else:  # torchvision / plain modules: the ImageNet evaluation transform
         import torchvision.transforms as T
 
-        transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                               T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    spec = dict(dataset="imagefolder", data_dir=args.data, label_column="label", num_samples=args.num_samples,
-                batch_size=args.batch_size, seed=args.seed, image_column="image")
+        transform = T.Compose(
+            [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+        )
+    spec = dict(
+        dataset="imagefolder",
+        data_dir=args.data,
+        label_column="label",
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        image_column="image",
+    )
     calib = load_calibration(dict(spec, split=args.calib_split), image_transform=transform, format="tuple")
     held_out = None
     if args.eval_samples and args.eval_split:
-        batches = load_calibration(dict(spec, split=args.eval_split, num_samples=args.eval_samples),
-                                   image_transform=transform, format="tuple")
+        batches = load_calibration(
+            dict(spec, split=args.eval_split, num_samples=args.eval_samples), image_transform=transform, format="tuple"
+        )
         held_out = (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
-    classes = datasets.load_dataset("imagefolder", data_dir=args.data, split=args.calib_split).features["label"].num_classes
+    classes = (
+        datasets.load_dataset("imagefolder", data_dir=args.data, split=args.calib_split).features["label"].num_classes
+    )
     return calib, held_out, classes
 
 
@@ -167,15 +198,34 @@ def main(argv=None) -> dict:
         model = build_model(args, args.num_classes or classes, in_chans) if args.num_classes is None else probe_model
     model = model.to(accelerator.device).eval()
     calib = [(x.to(accelerator.device), y.to(accelerator.device)) for x, y in calib]
-    log(accelerator, f"{args.model}: {sum(p.numel() for p in model.parameters())} parameters, {len(calib)} calibration "
-                     f"batches, {accelerator.num_processes} process(es) on {accelerator.device}")
+    log(
+        accelerator,
+        f"{args.model}: {sum(p.numel() for p in model.parameters())} parameters, {len(calib)} calibration "
+        f"batches, {accelerator.num_processes} process(es) on {accelerator.device}",
+    )
 
-    table = search(model, calib, bits=[int(b) for b in args.bits.split(",")], method=args.method, seed=args.seed,
-                   symmetric=args.symmetric, accelerator=accelerator, progress=not args.no_progress)
+    table = search(
+        model,
+        calib,
+        bits=[int(b) for b in args.bits.split(",")],
+        method=args.method,
+        seed=args.seed,
+        symmetric=args.symmetric,
+        accelerator=accelerator,
+        progress=not args.no_progress,
+    )
     search_s = time.perf_counter() - started
-    out, policy = save_table_and_allocate(accelerator, table, args.out, args.avg_bits, args.solver, model=model,
-                                          calibration=calib, refine_passes=args.refine_passes,
-                                          progress=not args.no_progress)
+    out, policy = save_table_and_allocate(
+        accelerator,
+        table,
+        args.out,
+        args.avg_bits,
+        args.solver,
+        model=model,
+        calibration=calib,
+        refine_passes=args.refine_passes,
+        progress=not args.no_progress,
+    )
     result = {}
     if accelerator.is_main_process:
         result = {"search_s": search_s, "processes": accelerator.num_processes, "allocation": policy.report.to_dict()}
@@ -185,8 +235,11 @@ def main(argv=None) -> dict:
         if held_out is not None:
             result["quantized_top1"] = top1(model, *held_out, device=accelerator.device)
             result["eval_samples"] = len(held_out[1])
-            log(accelerator, f"top-1 on {len(held_out[1])} held-out images: fp32 {result['fp32_top1']:.2f}%, "
-                             f"InfoQ {args.avg_bits:g} bits {result['quantized_top1']:.2f}%")
+            log(
+                accelerator,
+                f"top-1 on {len(held_out[1])} held-out images: fp32 {result['fp32_top1']:.2f}%, "
+                f"InfoQ {args.avg_bits:g} bits {result['quantized_top1']:.2f}%",
+            )
         save_quantized(model.cpu(), out / "checkpoint", policy)
         write_json(out / "recipe_result.json", result)
         log(accelerator, f"saved {out}/checkpoint (search {search_s:.1f} s)")

@@ -78,9 +78,13 @@ def ptq_and_qat(name, fp32, policy, data, args, accelerator) -> dict:
     log(accelerator, f"{name}: PTQ top-1 {ptq_top1}")
 
     model = prepare_qat(copy.deepcopy(fp32), policy, step_init=args.step_init)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xtr, ytr), batch_size=args.batch_size,
-                                         shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(args.seed))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(xtr, ytr),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=args.qat_lr, momentum=0.9, nesterov=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     scheduler = cosine(optimizer, max(args.qat_epochs * len(loader), 1))
@@ -107,17 +111,33 @@ def main(argv=None) -> dict:
     fp32 = fp32.to(accelerator.device)
     xtr, ytr, xte, yte = fashion_mnist(args.train_samples, args.test_samples, args.seed)
     # Calibration: a seeded subset of the training split, disjoint from nothing we evaluate on.
-    idx = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(args.seed + 1))[:args.calib_samples]
-    calib = [(x.to(accelerator.device), y.to(accelerator.device))
-             for x, y in tuple_batches(xtr[idx], ytr[idx], args.calib_batch_size)]
-    result = {"checkpoint": str(args.checkpoint), "model": ckpt["config"], "fp32_train": ckpt.get("result"),
-              "args": vars(args), "processes": accelerator.num_processes, "device": str(accelerator.device)}
+    idx = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(args.seed + 1))[: args.calib_samples]
+    calib = [
+        (x.to(accelerator.device), y.to(accelerator.device))
+        for x, y in tuple_batches(xtr[idx], ytr[idx], args.calib_batch_size)
+    ]
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "model": ckpt["config"],
+        "fp32_train": ckpt.get("result"),
+        "args": vars(args),
+        "processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+    }
     result["fp32_top1"] = top1(fp32, xte, yte, device=accelerator.device) if accelerator.is_main_process else None
     log(accelerator, f"fp32 top-1 {result['fp32_top1']} on {len(yte)} test images")
 
     t = time.perf_counter()
-    table = search(fp32, calib, bits=[int(b) for b in args.bits.split(",")], method=args.method, seed=args.seed,
-                   symmetric=True, accelerator=accelerator, progress=False)
+    table = search(
+        fp32,
+        calib,
+        bits=[int(b) for b in args.bits.split(",")],
+        method=args.method,
+        seed=args.seed,
+        symmetric=True,
+        accelerator=accelerator,
+        progress=False,
+    )
     result["search_s"] = time.perf_counter() - t
     policy = allocate(table, Budget(avg_bits=args.avg_bits))  # every process: the same table, the same ILP
     policies = {f"{args.method}@{args.avg_bits:g}": policy.to_dict()}
@@ -135,10 +155,18 @@ def main(argv=None) -> dict:
         run = ptq_and_qat(name, fp32, pol, (xtr, ytr, xte, yte), args, accelerator)
         run.update(avg_bits=avg_bits(table, pol), policy={k: v["w_bits"] for k, v in pol.items()})
         result["runs"][name] = run
-    result.update(total_s=time.perf_counter() - started, train_samples=len(ytr), test_samples=len(yte),
-                  calib_samples=len(idx), machine={"host": platform.node(), "cpus": torch.get_num_threads(),
-                                                  "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-                  date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    result.update(
+        total_s=time.perf_counter() - started,
+        train_samples=len(ytr),
+        test_samples=len(yte),
+        calib_samples=len(idx),
+        machine={
+            "host": platform.node(),
+            "cpus": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     if accelerator.is_main_process:
         write_json(out, result)
         log(accelerator, summary_table(result))
@@ -147,8 +175,11 @@ def main(argv=None) -> dict:
 
 
 def summary_table(result: dict) -> str:
-    rows = ["| configuration | avg weight bits | PTQ top-1 (%) | QAT top-1 (%) |", "|---|---|---|---|",
-            f"| fp32 | 32 | {result['fp32_top1']:.2f} | - |"]
+    rows = [
+        "| configuration | avg weight bits | PTQ top-1 (%) | QAT top-1 (%) |",
+        "|---|---|---|---|",
+        f"| fp32 | 32 | {result['fp32_top1']:.2f} | - |",
+    ]
     for name, run in result["runs"].items():
         rows.append(f"| {name} | {run['avg_bits']:.3f} | {run['ptq_top1']:.2f} | {run['qat_top1']:.2f} |")
     return "\n".join(rows)

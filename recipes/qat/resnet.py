@@ -45,8 +45,12 @@ class CifarResNet(nn.Module):
         super().__init__()
         if blocks_per_stage < 1 or width < 1:
             raise ValueError(f"blocks_per_stage and width must be >= 1, got {blocks_per_stage}, {width}")
-        self.config = {"blocks_per_stage": blocks_per_stage, "width": width, "in_chans": in_chans,
-                       "num_classes": num_classes}
+        self.config = {
+            "blocks_per_stage": blocks_per_stage,
+            "width": width,
+            "in_chans": in_chans,
+            "num_classes": num_classes,
+        }
         layers: list[nn.Module] = [Stem(in_chans, width)]
         cin = width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):

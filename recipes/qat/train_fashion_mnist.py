@@ -63,12 +63,17 @@ def train_epochs(model, optimizer, scheduler, loader, accelerator, epochs: int, 
             scheduler.step()
             total, count = total + loss.item() * len(y), count + len(y)
         losses.append(total / max(count, 1))
-        log(accelerator, f"{tag} epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f} ({time.perf_counter() - started:.0f} s)")
+        log(
+            accelerator,
+            f"{tag} epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f} ({time.perf_counter() - started:.0f} s)",
+        )
     return losses
 
 
 def cosine(optimizer, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
 
 
 def main(argv=None) -> dict:
@@ -79,10 +84,16 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     xtr, ytr, xte, yte = fashion_mnist(args.train_samples, args.test_samples, args.seed)
     model = CifarResNet(args.blocks, args.width)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xtr, ytr), batch_size=args.batch_size,
-                                         shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(args.seed))
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                                weight_decay=args.weight_decay)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(xtr, ytr),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay
+    )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     scheduler = cosine(optimizer, args.epochs * len(loader))
     started = time.perf_counter()
@@ -93,8 +104,15 @@ def main(argv=None) -> dict:
         net = accelerator.unwrap_model(model)
         acc = top1(net, xte, yte, device=accelerator.device)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        result = {"top1": acc, "epochs": args.epochs, "train_samples": len(ytr), "test_samples": len(yte),
-                  "losses": losses, "train_s": train_s, "params": sum(p.numel() for p in net.parameters())}
+        result = {
+            "top1": acc,
+            "epochs": args.epochs,
+            "train_samples": len(ytr),
+            "test_samples": len(yte),
+            "losses": losses,
+            "train_s": train_s,
+            "params": sum(p.numel() for p in net.parameters()),
+        }
         save_checkpoint(net.cpu(), args.out, result=result)
         log(accelerator, f"fp32 top-1 {acc:.2f}% on {len(yte)} test images; saved {args.out}")
     barrier(accelerator)

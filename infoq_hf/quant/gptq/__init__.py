@@ -8,6 +8,16 @@ from .hessian import HessianAccumulator
 from .model import gptq_quantize_model
 from .walk import GPTQReport
 
-__all__ = ["GPTQCandidates", "GPTQOptions", "GPTQReport", "HessianAccumulator", "PackedCandidate", "gptq_candidates",
-           "gptq_quantize", "gptq_quantize_model", "gptq_quantize_widths", "quantize_layer_gptq",
-           "quantize_layer_gptq_widths"]
+__all__ = [
+    "GPTQCandidates",
+    "GPTQOptions",
+    "GPTQReport",
+    "HessianAccumulator",
+    "PackedCandidate",
+    "gptq_candidates",
+    "gptq_quantize",
+    "gptq_quantize_model",
+    "gptq_quantize_widths",
+    "quantize_layer_gptq",
+    "quantize_layer_gptq_widths",
+]

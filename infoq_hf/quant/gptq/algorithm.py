@@ -61,8 +61,10 @@ class GPTQOptions:
 
     def __post_init__(self):
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0.0 <= self.damp < 10.0:
-            raise ValueError(f"GPTQ damp must be a number in [0, 10) (a fraction of the mean Hessian diagonal, "
-                             f"e.g. 0.01), got {self.damp!r}")
+            raise ValueError(
+                f"GPTQ damp must be a number in [0, 10) (a fraction of the mean Hessian diagonal, "
+                f"e.g. 0.01), got {self.damp!r}"
+            )
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"GPTQ block_size must be a positive int (e.g. 128), got {self.block_size!r}")
         if not isinstance(self.act_order, bool):
@@ -83,29 +85,48 @@ class GPTQOptions:
         return asdict(self)
 
 
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, scheme: WeightScheme, *, damp: float = 0.01,
-                  block_size: int = 128, act_order: bool = False, where: str = "") -> QuantizedWeight:
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    scheme: WeightScheme,
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+    where: str = "",
+) -> QuantizedWeight:
     """Round `weight` [out, in] with GPTQ given the input Hessian `hessian` [in, in] (2 X^T X / N).
 
     Returns the same `QuantizedWeight` the RTN quantizer gives (codes in the original column order),
     so it packs with the packed layers' `set_quantized`. `where` names the layer in errors."""
-    return gptq_quantize_widths(weight, hessian, [scheme], damp=damp, block_size=block_size, act_order=act_order,
-                                where=where)[0]
+    return gptq_quantize_widths(
+        weight, hessian, [scheme], damp=damp, block_size=block_size, act_order=act_order, where=where
+    )[0]
 
 
-def gptq_quantize_widths(weight: torch.Tensor, hessian: torch.Tensor, schemes: Sequence[WeightScheme], *,
-                         damp: float = 0.01, block_size: int = 128, act_order: bool = False,
-                         where: str = "") -> list[QuantizedWeight]:
+def gptq_quantize_widths(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    schemes: Sequence[WeightScheme],
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+    where: str = "",
+) -> list[QuantizedWeight]:
     """`gptq_quantize` at every scheme of `schemes` (typically one per width) from one factorization of
     the Hessian; element k is bit-identical to `gptq_quantize(weight, hessian, schemes[k], ...)`."""
     GPTQOptions(damp, block_size, act_order)  # validates
     if weight.dim() != 2:
-        raise ValueError(f"layer {where!r}: gptq_quantize takes a 2-D weight [out, in], got shape "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"layer {where!r}: gptq_quantize takes a 2-D weight [out, in], got shape {tuple(weight.shape)}"
+        )
     cols = weight.shape[1]
     if tuple(hessian.shape) != (cols, cols):
-        raise ValueError(f"layer {where!r}: Hessian shape {tuple(hessian.shape)} does not match the weight's "
-                         f"input width {cols} (expected ({cols}, {cols}))")
+        raise ValueError(
+            f"layer {where!r}: Hessian shape {tuple(hessian.shape)} does not match the weight's "
+            f"input width {cols} (expected ({cols}, {cols}))"
+        )
     if not torch.isfinite(weight).all():
         raise ValueError(f"weight of layer {where!r} contains NaN or inf; fix the checkpoint before quantizing")
     if not torch.isfinite(hessian).all():
@@ -134,8 +155,12 @@ def _factor(hessian, damp, act_order, where, device) -> tuple[torch.Tensor, torc
     diag = H.diagonal()
     dead = diag == 0
     if dead.any():
-        logger.warning("layer %r: %d input channels are zero on every calibration sample; their weights are "
-                       "rounded to nearest (no error compensation)", where, int(dead.sum()))
+        logger.warning(
+            "layer %r: %d input channels are zero on every calibration sample; their weights are "
+            "rounded to nearest (no error compensation)",
+            where,
+            int(dead.sum()),
+        )
         diag[dead] = 1.0
     diag.add_(damp * float(diag.mean()))
     if act_order:
@@ -183,7 +208,7 @@ def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where
             g = int(group_of[col])
             if not static and col % gsize == 0:  # the sweep reaches a new group: its parameters now
                 for k, group_scheme in enumerate(group_schemes):
-                    p = quantize_weight(W1[k * out:(k + 1) * out, i:i + gsize].float(), group_scheme, where)
+                    p = quantize_weight(W1[k * out : (k + 1) * out, i : i + gsize].float(), group_scheme, where)
                     scale[k, :, g], zero[k, :, g] = p.scale[:, 0], _zero(p)[:, 0]
             s, z = scale[:, :, g].reshape(-1), zero[:, :, g].reshape(-1)
             q = torch.clamp(torch.round(W1[:, i].float() / s) + z, qmin, qmax)
@@ -193,10 +218,17 @@ def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where
             E1[:, i] = err
         if i2 < cols:
             for k in range(widths):  # each width's update is the single-width product, same shapes
-                W[k * out:(k + 1) * out, i2:] -= E1[k * out:(k + 1) * out].clone() @ U[i1:i2, i2:]
-    return [QuantizedWeight(codes[k * out:(k + 1) * out].clone(), scale[k].clone(),
-                            None if scheme.symmetric else zero[k].to(torch.uint8), scheme, tuple(weight.shape))
-            for k, scheme in enumerate(schemes)]
+                W[k * out : (k + 1) * out, i2:] -= E1[k * out : (k + 1) * out].clone() @ U[i1:i2, i2:]
+    return [
+        QuantizedWeight(
+            codes[k * out : (k + 1) * out].clone(),
+            scale[k].clone(),
+            None if scheme.symmetric else zero[k].to(torch.uint8),
+            scheme,
+            tuple(weight.shape),
+        )
+        for k, scheme in enumerate(schemes)
+    ]
 
 
 def _code_range(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -227,22 +259,31 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def quantize_layer_gptq(name: str, layer: nn.Module, hessian: torch.Tensor, scheme: WeightScheme,
-                        options: GPTQOptions) -> QuantizedWeight:
+def quantize_layer_gptq(
+    name: str, layer: nn.Module, hessian: torch.Tensor, scheme: WeightScheme, options: GPTQOptions
+) -> QuantizedWeight:
     """GPTQ for one float Linear / transformers Conv1D / Conv2d given its accumulated Hessian(s)
     ([groups, d, d]); the result has the shape the packed layer stores ([out, in] or the conv's)."""
     return quantize_layer_gptq_widths(name, layer, hessian, [scheme], options)[0]
 
 
-def quantize_layer_gptq_widths(name: str, layer: nn.Module, hessian: torch.Tensor, schemes: Sequence[WeightScheme],
-                               options: GPTQOptions, weight: torch.Tensor | None = None) -> list[QuantizedWeight]:
+def quantize_layer_gptq_widths(
+    name: str,
+    layer: nn.Module,
+    hessian: torch.Tensor,
+    schemes: Sequence[WeightScheme],
+    options: GPTQOptions,
+    weight: torch.Tensor | None = None,
+) -> list[QuantizedWeight]:
     """`quantize_layer_gptq` at every scheme of `schemes`, from one factorization per Hessian.
     `weight`: the layer's weight as it stores it, when it is not `layer.weight` (an offloaded layer)."""
     kw = dict(damp=options.damp, block_size=options.block_size, act_order=options.act_order, where=name)
     w = (layer.weight if weight is None else weight).detach()
     if isinstance(layer, nn.Conv2d):
-        parts = [gptq_quantize_widths(wg.reshape(wg.shape[0], -1), hg, schemes, **kw)
-                 for wg, hg in zip(w.chunk(layer.groups), hessian)]
+        parts = [
+            gptq_quantize_widths(wg.reshape(wg.shape[0], -1), hg, schemes, **kw)
+            for wg, hg in zip(w.chunk(layer.groups), hessian)
+        ]
         out = []
         for k, scheme in enumerate(schemes):
             group_parts = [p[k] for p in parts]

@@ -65,9 +65,13 @@ class GPTQCandidates:
     input Hessian (per conv group, summed). On float inputs the final packing, which rounds block by
     block on inputs from the already quantized blocks, gives slightly different codes."""
 
-    def __init__(self, error_ratio: dict[str, dict[int, float]],
-                 weights: Mapping[tuple[str, int], PackedCandidate | QuantizedWeight], transposed: set[str],
-                 meta: dict):
+    def __init__(
+        self,
+        error_ratio: dict[str, dict[int, float]],
+        weights: Mapping[tuple[str, int], PackedCandidate | QuantizedWeight],
+        transposed: set[str],
+        meta: dict,
+    ):
         self.error_ratio, self.transposed, self.meta = error_ratio, set(transposed), meta
         self.rounded = {k: w if isinstance(w, PackedCandidate) else PackedCandidate.of(w) for k, w in weights.items()}
 
@@ -79,8 +83,10 @@ class GPTQCandidates:
         try:
             return self.rounded[(name, bits)].quantized()
         except KeyError:
-            raise KeyError(f"no GPTQ rounding of layer {name!r} at {bits} bits was computed; computed widths: "
-                           f"{sorted(b for n, b in self.rounded if n == name)}") from None
+            raise KeyError(
+                f"no GPTQ rounding of layer {name!r} at {bits} bits was computed; computed widths: "
+                f"{sorted(b for n, b in self.rounded if n == name)}"
+            ) from None
 
     def weight(self, name: str, bits: int) -> torch.Tensor:
         """The dequantized GPTQ weight of `name` at `bits`, shaped and oriented as the layer stores it."""
@@ -93,10 +99,19 @@ class GPTQCandidates:
 
 
 @torch.no_grad()
-def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calibration: Iterable, *, scheme,
-                    options: GPTQOptions | Mapping | None = None, forward: Callable | None = None,
-                    keep_weights: bool = True, prefix_bits: Mapping[str, int] | None = None,
-                    progress: bool = True, accelerator=None) -> GPTQCandidates:
+def gptq_candidates(
+    model: nn.Module,
+    widths: Mapping[str, Iterable[int]],
+    calibration: Iterable,
+    *,
+    scheme,
+    options: GPTQOptions | Mapping | None = None,
+    forward: Callable | None = None,
+    keep_weights: bool = True,
+    prefix_bits: Mapping[str, int] | None = None,
+    progress: bool = True,
+    accelerator=None,
+) -> GPTQCandidates:
     """GPTQ-round every layer of `widths` ({name: [bits, ...]}) at each of its widths, on Hessians of the
     model's inputs collected one block at a time (the model is not changed). `scheme`: the
     `PackingScheme` the model will be packed with. `keep_weights=False` keeps only the error ratios.
@@ -116,14 +131,17 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
     forward = forward or default_forward
     batches = None if calibration is None else list(calibration)
     if not batches:
-        raise ValueError("GPTQ-aware costs need calibration batches (the ones GPTQ will round with); pass "
-                         "calibration=[batch, ...]")
+        raise ValueError(
+            "GPTQ-aware costs need calibration batches (the ones GPTQ will round with); pass calibration=[batch, ...]"
+        )
     widths = {n: sorted({int(b) for b in bs}) for n, bs in widths.items()}
     prefix_bits = dict(prefix_bits or {})
     wrong = {n: b for n, b in prefix_bits.items() if n not in widths or int(b) not in widths[n]}
     if wrong:
-        raise ValueError(f"prefix_bits {dict(list(wrong.items())[:3])} name layers or widths the candidates do not "
-                         "compute; give each layer one of its own widths")
+        raise ValueError(
+            f"prefix_bits {dict(list(wrong.items())[:3])} name layers or widths the candidates do not "
+            "compute; give each layer one of its own widths"
+        )
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     ratios: dict[str, dict[int, float]] = {}
@@ -145,16 +163,23 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
         for name in [n for n in widths if n not in layer_names]:
             layer = model.get_submodule(name)
             ratios[name] = {b: 1.0 for b in widths[name]}
-            rounded = {b: quantize_weight(stored_weight(layer).float(), scheme.weight_scheme(layer, b), name)
-                       for b in widths[name] if keep_weights or prefix_bits.get(name) == b}
+            rounded = {
+                b: quantize_weight(stored_weight(layer).float(), scheme.weight_scheme(layer, b), name)
+                for b in widths[name]
+                if keep_weights or prefix_bits.get(name) == b
+            }
             if keep_weights:
                 weights.update({(name, b): PackedCandidate.of(qw) for b, qw in rounded.items()})
             if name in prefix_bits:  # packing rounds embeddings first: the blocks see the rounded rows
                 run_at_prefix(name, layer, rounded[prefix_bits[name]].dequantize())
         stages = trace_stages(model, model_blocks(model), layer_names, batches[0], forward)
         inputs = "float inputs" if not prefix_bits else f"inputs of {_describe_widths(prefix_bits)}"
-        with tqdm(total=stage_count(stages), desc=f"GPTQ candidates on {inputs}", unit="block",
-                  disable=not progress or rank != 0) as bar:
+        with tqdm(
+            total=stage_count(stages),
+            desc=f"GPTQ candidates on {inputs}",
+            unit="block",
+            disable=not progress or rank != 0,
+        ) as bar:
             for accs in hessian_stages(model, stages, layer_names, batches, forward, report, bar):
                 mine = set(_share(accs, rank, world))
                 swept += len(mine)
@@ -164,8 +189,9 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
                     acc.sum = None  # free the Hessian
                     if hessian is not None:
                         kept = set(widths[name]) if keep_weights else {prefix_bits.get(name)}
-                        results[name] = _round_layer(name, acc.layer, hessian, widths[name], kept, scheme, options,
-                                                     name in transposed)
+                        results[name] = _round_layer(
+                            name, acc.layer, hessian, widths[name], kept, scheme, options, name in transposed
+                        )
                 if world > 1:
                     from accelerate.utils import gather_object
 
@@ -179,9 +205,13 @@ def gptq_candidates(model: nn.Module, widths: Mapping[str, Iterable[int]], calib
         for name, weight in float_weights.items():
             stored_weight(model.get_submodule(name)).copy_(weight)
         model.train(was_training)
-    meta = {"calibration_batches": len(batches), "options": options.to_dict(),
-            "inputs": "float" if not prefix_bits else f"prefix at {_describe_widths(prefix_bits)}",
-            "wall_s": round(time.perf_counter() - t0, 3), "full_passes": report.full_passes}
+    meta = {
+        "calibration_batches": len(batches),
+        "options": options.to_dict(),
+        "inputs": "float" if not prefix_bits else f"prefix at {_describe_widths(prefix_bits)}",
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "full_passes": report.full_passes,
+    }
     if world > 1:
         from accelerate.utils import gather_object
 

@@ -31,13 +31,15 @@ class HessianAccumulator:
             h, n = self.memo["h"], self.memo["n"]
         else:
             if not torch.isfinite(x).all():
-                raise ValueError(f"layer {self.name!r}: a calibration input contains NaN or inf; GPTQ needs finite "
-                                 "activations (check the model in float and the calibration batches)")
+                raise ValueError(
+                    f"layer {self.name!r}: a calibration input contains NaN or inf; GPTQ needs finite "
+                    "activations (check the model in float and the calibration batches)"
+                )
             h, n = None, 0
-            for chunk in (x.split(8) if self.is_conv else [x.reshape(-1, x.shape[-1])]):
+            for chunk in x.split(8) if self.is_conv else [x.reshape(-1, x.shape[-1])]:
                 rows = self._rows(chunk)  # [groups, n, d] float32
                 for r in range(0, rows.shape[1], self.ROWS):
-                    part = rows[:, r:r + self.ROWS]
+                    part = rows[:, r : r + self.ROWS]
                     prod = (2.0 * part.transpose(1, 2) @ part).double()
                     h = prod if h is None else h + prod
                 n += rows.shape[1]
@@ -59,8 +61,10 @@ class HessianAccumulator:
     def hessian(self) -> torch.Tensor:
         """The mean Hessian [groups, d, d] (groups = 1 except for grouped convs)."""
         if self.count == 0:
-            raise ValueError(f"no calibration data reached layer {self.name!r}; check the batches and the forward "
-                             "function (is the layer used by the model's forward pass?)")
+            raise ValueError(
+                f"no calibration data reached layer {self.name!r}; check the batches and the forward "
+                "function (is the layer used by the model's forward pass?)"
+            )
         return self.sum / self.count
 
 

@@ -80,8 +80,10 @@ def stored_weight(layer: nn.Module) -> torch.Tensor:
         return weight.data
     weights_map = getattr(getattr(layer, "_hf_hook", None), "weights_map", None)
     if weights_map is None:
-        raise ValueError(f"the weight of {type(layer).__name__} is on the meta device and no accelerate offload "
-                         "hook holds it; load the model's weights (or dispatch it with accelerate) before GPTQ")
+        raise ValueError(
+            f"the weight of {type(layer).__name__} is on the meta device and no accelerate offload "
+            "hook holds it; load the model's weights (or dispatch it with accelerate) before GPTQ"
+        )
     return weights_map["weight"].data
 
 
@@ -124,13 +126,20 @@ def trace_stages(model, blocks: dict[str, nn.Module], layer_names: list[str], ba
         events: list[tuple[str, str, object]] = []  # the tensors are kept alive, so `is` is a safe test
         hooks = []
         for b, m in blocks.items():
-            hooks.append(m.register_forward_pre_hook(
-                lambda mod, args, b=b: events.append(("start", b, args[0] if args else None))))
-            hooks.append(m.register_forward_hook(
-                lambda mod, args, out, b=b: events.append(("end", b, first_output(out)))))
+            hooks.append(
+                m.register_forward_pre_hook(
+                    lambda mod, args, b=b: events.append(("start", b, args[0] if args else None))
+                )
+            )
+            hooks.append(
+                m.register_forward_hook(lambda mod, args, out, b=b: events.append(("end", b, first_output(out))))
+            )
         for n in outside:
-            hooks.append(model.get_submodule(n).register_forward_pre_hook(
-                lambda mod, args, n=n: events.append(("layer", n, None))))
+            hooks.append(
+                model.get_submodule(n).register_forward_pre_hook(
+                    lambda mod, args, n=n: events.append(("layer", n, None))
+                )
+            )
         try:
             forward(model, batch)
         finally:
@@ -170,7 +179,7 @@ def trace_stages(model, blocks: dict[str, nn.Module], layer_names: list[str], ba
             holds = [i for i, b in enumerate(names) if any(owner_block(n, [b]) for n in layer_names)]
             if not holds:
                 continue
-            names = names[holds[0]: holds[-1] + 1]
+            names = names[holds[0] : holds[-1] + 1]
         trimmed.append((kind, names))
     return trimmed
 
@@ -179,8 +188,9 @@ def stage_count(stages) -> int:
     return sum(len(names) if kind == "chain" else 1 for kind, names in stages)
 
 
-def hessian_stages(model: nn.Module, stages, layer_names: list[str], batches: list, forward: Callable,
-                   report: GPTQReport, bar) -> Iterator[dict[str, HessianAccumulator]]:
+def hessian_stages(
+    model: nn.Module, stages, layer_names: list[str], batches: list, forward: Callable, report: GPTQReport, bar
+) -> Iterator[dict[str, HessianAccumulator]]:
     """Yield {layer name: accumulated Hessian} stage by stage (one block's layers, or a run of layers
     outside any block), in execution order. Each stage's inputs come from the model as the consumer
     left it after the previous stages: quantized blocks for GPTQ, the float model when nothing changes."""
@@ -245,10 +255,25 @@ def capture_inputs(model: nn.Module, block_name: str, batches: list, forward: Ca
     finally:
         hook.remove()
     if len(captured) != len(batches):
-        raise ValueError(f"block {block_name!r} was reached by {len(captured)} of {len(batches)} calibration "
-                         "batches; check the batches and the forward function")
+        raise ValueError(
+            f"block {block_name!r} was reached by {len(captured)} of {len(batches)} calibration "
+            "batches; check the batches and the forward function"
+        )
     return captured
 
 
-__all__ = ["GPTQReport", "StopForward", "capture_inputs", "first_output", "hessian_stages", "model_blocks",
-           "nbytes", "onloaded", "owner_block", "replayable", "stage_count", "stored_weight", "trace_stages"]
+__all__ = [
+    "GPTQReport",
+    "StopForward",
+    "capture_inputs",
+    "first_output",
+    "hessian_stages",
+    "model_blocks",
+    "nbytes",
+    "onloaded",
+    "owner_block",
+    "replayable",
+    "stage_count",
+    "stored_weight",
+    "trace_stages",
+]
