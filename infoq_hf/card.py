@@ -23,6 +23,7 @@ from .sensitivity.search import DATA_FREE_METHODS
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md.j2"
 CARD_FILE = "README.md"
+CARD_FILE_BESIDE_USERS = "INFOQ_CARD.md"  # where the card goes when the folder holds a README.md of the user's
 PLOT_FILES = {
     "bits": "infoq_bits_per_layer.png",
     "heatmap": "infoq_sensitivity_heatmap.png",
@@ -572,9 +573,11 @@ def write_model_card(
     calibration=None,
     template=None,
     tags: list[str] | None = None,
+    card_file: str = CARD_FILE,
 ) -> str:
-    """Plots + README.md into `directory` (a checkpoint folder); returns the card text. `repo_id`: the Hub id
-    the card's snippet loads from, or the local folder as the user would name it."""
+    """Plots + the card (`card_file`, see `card_file_for`) into `directory` (a checkpoint folder); returns the
+    card text. `repo_id`: the Hub id the card's snippet loads from, or the local folder as the user would
+    name it."""
     directory = Path(directory)
     plots = write_plots(directory, info)
     weights = directory / WEIGHTS_NAME
@@ -595,12 +598,29 @@ def write_model_card(
         if k in context["metadata"]
     }
     check_model_card(text, expected)
-    (directory / CARD_FILE).write_text(text)
+    (directory / card_file).write_text(text)
     return text
+
+
+def card_file_for(folder: str | os.PathLike) -> str:
+    """README.md, unless `folder` already holds a README.md that is not an InfoQ card: that one is the user's
+    and is kept, and the card goes to INFOQ_CARD.md beside it."""
+    from huggingface_hub import ModelCard
+
+    existing = Path(folder) / CARD_FILE
+    if not existing.is_file():
+        return CARD_FILE
+    try:
+        tags = ModelCard(existing.read_text(errors="replace")).data.to_dict().get("tags") or []
+    except Exception:  # not a card at all: the user's file
+        tags = []
+    return CARD_FILE if TAGS[0] in tags else CARD_FILE_BESIDE_USERS
 
 
 __all__ = [
     "CARD_FILE",
+    "CARD_FILE_BESIDE_USERS",
+    "card_file_for",
     "PLOT_FILES",
     "TEMPLATE_PATH",
     "ModelCardError",

@@ -531,7 +531,7 @@ def _format_table(info) -> str:
 
 
 def cmd_report(args) -> int:
-    from .card import CARD_FILE, write_model_card
+    from .card import card_file_for, write_model_card
     from .checkpoint_info import read_checkpoint
 
     directory = Path(args.dir)
@@ -541,7 +541,8 @@ def cmd_report(args) -> int:
     s = info.summary
     from .saving import card_location
 
-    write_model_card(directory, info, args.repo_id or card_location(args.dir))
+    card_file = card_file_for(directory)
+    write_model_card(directory, info, args.repo_id or card_location(args.dir), card_file=card_file)
     print(_format_table(info))
     hist = {}
     for lb in info.policy.values():
@@ -552,7 +553,7 @@ def cmd_report(args) -> int:
         f"compression {s.get('compression', float('nan')):.2f}x"
     )
     plots = sorted(p.name for p in directory.glob("infoq_*.png"))
-    print(f"wrote {CARD_FILE} and {', '.join(plots)} into {directory}")
+    print(f"wrote {card_file} and {', '.join(plots)} into {directory}")
     return EXIT_OK
 
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 from huggingface_hub import try_to_load_from_cache
 from transformers import AutoTokenizer
 
-from .card import float_model_origin, is_repo_id, write_model_card
+from .card import card_file_for, float_model_origin, is_repo_id, write_model_card
 from .checkpoint import atomic_checkpoint
 from .checkpoint_info import (
     SUMMARY_FILE,
@@ -84,7 +84,7 @@ def save(
             metrics=metrics,
             max_shard_size=max_shard_size,
         )
-        write_model_card(staging, info, card_location(folder), base_model=base_model)
+        write_model_card(staging, info, card_location(folder), base_model=base_model, card_file=card_file_for(folder))
     return Path(folder)
 
 

@@ -268,3 +268,24 @@ def test_cli_quantize_saves_the_tokenizer_and_a_card_for_the_folder(float_folder
     assert 'AutoTokenizer.from_pretrained("cli-out")' in card and "<user>" not in card
     assert "\n# tiny-llama, InfoQ mixed precision" in card
     assert _front_matter(card)["base_model"] == "test-org/tiny-llama"
+
+
+def test_a_users_readme_is_kept_and_the_card_goes_beside_it(float_folder, tmp_path, capsys):
+    from infoq_hf.cli import main
+
+    model = _quantize_on_load(float_folder)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("# my notes\n")
+    infoq_hf.save(model, out)
+    infoq_hf.save(model, out)  # a second save keeps it too
+    assert main(["report", str(out)]) == 0  # and so does the report
+    assert (out / "README.md").read_text() == "# my notes\n"
+    assert "infoq" in _front_matter((out / "INFOQ_CARD.md").read_text())["tags"]
+    assert "wrote INFOQ_CARD.md" in capsys.readouterr().out
+
+    ours = tmp_path / "ours"  # a card of an earlier InfoQ save is the library's own: replaced in place
+    infoq_hf.save(model, ours)
+    infoq_hf.save(model, ours)
+    assert "infoq" in _front_matter((ours / "README.md").read_text())["tags"]
+    assert not (ours / "INFOQ_CARD.md").exists()
