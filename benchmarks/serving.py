@@ -205,7 +205,7 @@ def measure_and_report(args, windows, prompt, work):
     models = {v: load(v, folders) for v in variants}
 
     decode, prefill_s, ppl = {v: [] for v in variants}, {v: [] for v in variants}, {}
-    for v, m in models.items():  # warm-up: first calls, kernel layouts built
+    for m in models.values():  # warm-up: first calls, kernel layouts built
         decode_tokens_per_s(m, prompt, 2)
     for _ in range(args.rounds):
         for v, m in models.items():

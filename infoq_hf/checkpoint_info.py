@@ -110,7 +110,7 @@ def _packed_layers_summary(model: nn.Module) -> tuple[dict[str, int], dict]:
     return params, summary
 
 
-# ----------------------------------------------------------------------------- ... and of a checkpoint, from its headers
+# ------------------------------------------------------------------------ ... and of a checkpoint, from its headers
 def packed_weight_numel(
     specs: Mapping[str, tuple[tuple[int, ...], str]], prefix: str, w_bits: int, group_sizes=()
 ) -> int | None:

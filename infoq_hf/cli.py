@@ -609,7 +609,8 @@ def cmd_export(args) -> int:
 EXAMPLES = {
     "quantize": """\
   # search, allocate and pack a causal LM at 3 bits on average, calibrated on a local text file
-  infoq quantize ./llama-1b --bits 2,3,4,8 --avg-bits 3 --calib wiki.txt --samples 64 --seq-len 512 --out ./llama-1b-infoq
+  infoq quantize ./llama-1b --bits 2,3,4,8 --avg-bits 3 --calib wiki.txt --samples 64 --seq-len 512 \\
+      --out ./llama-1b-infoq
 
   # a timm model under a size budget, images from a folder (class subfolders), then publish
   infoq quantize timm:resnet18.a1_in1k --size-mb 4 --calib ./imagenet-val-sample --samples 256 \\

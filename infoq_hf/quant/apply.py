@@ -184,8 +184,8 @@ def quantize_model(
     (e.g. 64/128 for LLMs; None = per output channel), conv layers use `conv_group_size`, then
     `symmetric`, `clip_search`, `rounding`. Default: the scheme a policy from `allocate` was budgeted
     with (a different one is an error, see `packing_scheme_for`), else per output channel, asymmetric,
-    round to nearest. Layers not in the policy stay float. A layer with `a_bits` needs its input range in `act_ranges` (see
-    `infoq_hf.calibrate_activation_ranges`). `rounding` is "rtn" (round to nearest) or "gptq"
+    round to nearest. Layers not in the policy stay float. A layer with `a_bits` needs its input range in
+    `act_ranges` (see `infoq_hf.calibrate_activation_ranges`). `rounding` is "rtn" (round to nearest) or "gptq"
     (error-compensating, needs `calibration` batches run by `forward(model, batch)`; options
     `gptq_options={"damp": 0.01, "block_size": 128, "act_order": False}`; see `quant.gptq`)."""
     scheme = packing_scheme_for(

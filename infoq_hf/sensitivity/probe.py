@@ -127,7 +127,7 @@ class Prober:
         for name, layer in self.layers.items():
             self._float_weights[name] = layer.weight.data.clone()
             layer.weight.data.copy_(self._reference_weight(name))
-        for name, layer in self.layers.items():
+        for layer in self.layers.values():
             self._hooks.append(layer.register_forward_hook(self._count_eval))
         return self
 

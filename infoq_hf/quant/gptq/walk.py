@@ -128,16 +128,18 @@ def trace_stages(model, blocks: dict[str, nn.Module], layer_names: list[str], ba
         for b, m in blocks.items():
             hooks.append(
                 m.register_forward_pre_hook(
-                    lambda mod, args, b=b: events.append(("start", b, args[0] if args else None))
+                    lambda mod, args, b=b, events=events: events.append(("start", b, args[0] if args else None))
                 )
             )
             hooks.append(
-                m.register_forward_hook(lambda mod, args, out, b=b: events.append(("end", b, first_output(out))))
+                m.register_forward_hook(
+                    lambda mod, args, out, b=b, events=events: events.append(("end", b, first_output(out)))
+                )
             )
         for n in outside:
             hooks.append(
                 model.get_submodule(n).register_forward_pre_hook(
-                    lambda mod, args, n=n: events.append(("layer", n, None))
+                    lambda mod, args, n=n, events=events: events.append(("layer", n, None))
                 )
             )
         try:
