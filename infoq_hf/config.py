@@ -34,7 +34,9 @@ from .calibration import (
 from .config_aliases import infoq_settings
 from .defaults import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES
 from .policy import BitPolicy, Budget
+from .quant.gptq import GPTQOptions
 from .quant.scheme import UNSET, PackingScheme
+from .version import __version__
 
 QUANT_METHOD = "infoq"
 FORMAT_VERSION = 1  # of the checkpoint layout: packed tensor names + this config's keys
@@ -178,7 +180,7 @@ class InfoQConfig(QuantizationConfigMixin):
             calibration = dataset
         if format_version != FORMAT_VERSION:
             raise ValueError(
-                f"this checkpoint uses infoq format {format_version}, but infoq_hf {_version()} reads format "
+                f"this checkpoint uses infoq format {format_version}, but infoq_hf {__version__} reads format "
                 f"{FORMAT_VERSION}; install the infoq_hf version that wrote it"
             )
         self.quant_method = QUANT_METHOD
@@ -283,8 +285,6 @@ class InfoQConfig(QuantizationConfigMixin):
 
     @staticmethod
     def _check_rounding(rounding, gptq_options) -> tuple[str, dict]:
-        from .quant.gptq import GPTQOptions
-
         if rounding not in ROUNDING_CHOICES:
             raise ValueError(f"InfoQConfig.rounding must be one of {ROUNDING_CHOICES}, got {rounding!r}")
         if gptq_options is not None and not isinstance(gptq_options, Mapping):
@@ -426,9 +426,3 @@ class InfoQConfig(QuantizationConfigMixin):
                 "pre-quantized checkpoint; its packed tensors fit only the stored policy. Load it without "
                 "quantization_config, or quantize the float model with your policy instead."
             )
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

@@ -474,7 +474,7 @@ def gptq_quantize_model(
     Embeddings in the policy are rounded to nearest (a lookup has no Hessian), before the blocks they feed.
     On an error the float layers are put back. Returns a `GPTQReport`."""
     from infoq_hf.quant.apply import (
-        _set_submodule as set_submodule,
+        set_submodule,
         default_forward,
         pack_embeddings,
         packed_layer,

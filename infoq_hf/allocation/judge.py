@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..quant.apply import calibrate_activation_ranges
 from ..quant.modules import fake_quantize_layer
 from ..quant.quantizer import activation_qparams, fake_quantize_activation
-from ..sensitivity.probe import Replay, _detach_tree, find_blocks, replaced_modules
+from ..sensitivity.probe import Replay, detach_tree, find_blocks, replaced_modules
 from ..sensitivity.task import output_tensor
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class KLJudge:
         outputs: dict[str, list] = {b: [] for b in self.blocks[first:]}
         hooks = [
             self.model.get_submodule(b).register_forward_hook(
-                lambda m, args, out, b=b: outputs[b].append(_detach_tree(out))
+                lambda m, args, out, b=b: outputs[b].append(detach_tree(out))
             )
             for b in self.blocks[first:]
         ]

@@ -23,7 +23,13 @@ from tqdm.auto import tqdm
 from ..accounting import count_macs, model_size_bytes, tied_weights
 from ..bitwidth import check_bits
 from ..calibration import CalibrationSet, calibration_identity
-from ..quant.apply import batch_to_model_device, default_forward, quantizable_layers, tied_heads
+from ..quant.apply import (
+    batch_to_model_device,
+    calibrate_activation_ranges,
+    default_forward,
+    quantizable_layers,
+    tied_heads,
+)
 from ..quant.modules import oriented_weight
 from ..quant.quantizer import WeightScheme
 from ..quant.scheme import FORMAT_FIELDS, UNSET, PackingScheme, resolve_scheme
@@ -355,8 +361,6 @@ def _probe_all(
         for kind in kinds:
             kind_jobs = [j for j in mine if j[0] == kind]
             if kind == "a":
-                from ..quant.apply import calibrate_activation_ranges
-
                 ranges = calibrate_activation_ranges(
                     model, batches, {n: {"w_bits": 8, "a_bits": 8} for n in layers}, forward
                 )

@@ -1,6 +1,6 @@
 """The calibration walk GPTQ rounds along: the model's layers' input Hessians, block by block.
 
-The blocks are those of `sensitivity.probe.find_blocks` (children of the outermost
+The blocks are those of `quant.apply.find_blocks` (children of the outermost
 Sequential/ModuleList: decoder layers, CNN stages). One traced forward pass on the first batch finds
 the chains of blocks that feed each other directly (block k+1 receives block k's output as its first
 argument). For each chain the inputs of its first block are captured (a forward pre-hook stops the
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..apply import find_blocks
 from .hessian import HessianAccumulator
 
 
@@ -111,8 +112,6 @@ def owner_block(name: str, blocks: Iterable[str]) -> str | None:
 
 def model_blocks(model: nn.Module) -> dict[str, nn.Module]:
     """The model's blocks, as the search and the refinement see them."""
-    from ...sensitivity.probe import find_blocks  # the one definition of a block lives with the probes
-
     return find_blocks(model)
 
 
