@@ -98,7 +98,7 @@ class InfoQConfig(QuantizationConfigMixin):
             from `allocate`, the ones left unset are those its table was scored and budgeted with.
         rounding: "rtn" (round to nearest), "gptq" (error-compensating rounding from the calibration
             data, `infoq_hf.quant.gptq`) or "auto" (default): gptq for a causal LM calibrated on at least
-            4096 tokens, rtn otherwise (chosen on dev perplexity: README, "GPTQ rounding"). After
+            4096 tokens, rtn otherwise (dev perplexity: benchmarks/RESULTS.md, `gptq`). After
             quantization the config holds the rounding used; checkpoints written before this setting
             existed read as "rtn".
         gptq_options: GPTQ settings `{"damp": 0.01, "block_size": 128, "act_order": False}` (any subset);
@@ -115,7 +115,7 @@ class InfoQConfig(QuantizationConfigMixin):
         refine_chains: independent refinements from the same start (seeds `seed`, `seed + 1`, ...), each
             `refine_passes` long; the one with the lowest KL on the held-out calibration samples (see
             `search_samples`; else on the searched ones) is kept. Default 3: one chain's outcome varies
-            with its seed (README, "GPTQ rounding").
+            with its seed (benchmarks/RESULTS.md, `gptq_aware`).
         policy: per-layer bits `{NAME: {"w_bits": int, "a_bits": int|null}}`; when set, no search runs.
         float_dtype: "bfloat16", "float16" or "float32": after packing, what stays float (embeddings, norms,
             biases, skipped layers) is cast to it, so it is stored and run in it (packed scales stay
