@@ -21,6 +21,8 @@ import torch.nn as nn
 from conftest import make_calibration_text, make_tiny_llama, tiny_llama, tiny_llama_config
 
 import infoq_hf
+import infoq_hf.cli
+import infoq_hf.pipeline.stages
 from infoq_hf import InfoQConfig, load_quantized, quantize_model, save_quantized
 from infoq_hf.atomic_save import RestoreFailedError
 from infoq_hf.checkpoint import atomic_checkpoint
@@ -654,7 +656,8 @@ def test_cli_reuses_a_table_or_a_policy_and_records_no_local_paths(cli_assets, t
     def no_search(*args, **kwargs):
         raise AssertionError("searched again")
 
-    monkeypatch.setattr(infoq_hf.sensitivity, "search", no_search)
+    monkeypatch.setattr(infoq_hf.pipeline.stages, "search", no_search)  # where the pipeline calls it
+    monkeypatch.setattr(infoq_hf.cli, "search", no_search)
     from_table = tmp_path / "from_table"
     assert (
         _cli(

@@ -1,7 +1,7 @@
 """The refinement's judge: the whole model run with every table layer fake-quantized as a configuration
 says, scored by the KL divergence of its outputs from the float model's.
 
-Blocks (see `sensitivity.probe.find_blocks`) before the first changed layer replay the current
+Blocks (see `quant.apply.find_blocks`) before the first changed layer replay the current
 configuration's recorded outputs instead of running; the replay is checked bit-exact once, and
 switched off (full passes) otherwise.
 """
