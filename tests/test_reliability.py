@@ -593,7 +593,7 @@ def test_cli_bad_input_exits_2_with_one_line(cli_assets, tmp_path, capsys, monke
         def size_limited(*args, **kwargs):
             raise SolverUnavailableError("solver='gurobi' cannot solve this model: size-limited license")
 
-        m.setattr(infoq_hf.allocation, "allocate", size_limited)
+        m.setattr(infoq_hf.cli, "allocate", size_limited)  # where the CLI calls it
         code, err = _cli(
             [
                 "allocate",
