@@ -80,7 +80,8 @@ def run(table, budget, solver, repeat, time_limit):
     hist = {b: sum(1 for v in policy.values() if v.w_bits == b) for b in BITS}
     print(
         f"  {solver:6s} -> {r.solver:6s} {r.status:8s} gap {r.mip_gap:.1e}  objective {r.objective:.6f}  "
-        f"solve {statistics.median(solve_times) * 1e3:7.1f} ms  allocate() median {statistics.median(times) * 1e3:7.1f} ms  "
+        f"solve {statistics.median(solve_times) * 1e3:7.1f} ms  "
+        f"allocate() median {statistics.median(times) * 1e3:7.1f} ms  "
         f"| {r.avg_bits:.3f} avg bits, {r.size_bytes / 1e9:.3f} GB, {r.compression:.2f}x  bits histogram {hist}"
     )
     return policy

@@ -201,7 +201,10 @@ def run_tiny_llama(args, out: Path):
 
 def run_mnist(args, out: Path):
     model, calib, _, test = common.mnist_data(args.calib or 512, 0, args.eval or 10000)
-    name = f"MNIST CNN (ccexam, 4 layers), calibration {args.calib or 512} train images, top-1 on {args.eval or 10000} test images"
+    name = (
+        f"MNIST CNN (ccexam, 4 layers), calibration {args.calib or 512} train images, "
+        f"top-1 on {args.eval or 10000} test images"
+    )
     return run_classifier("mnist_cnn", name, model, calib, test, args, out)
 
 

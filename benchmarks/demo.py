@@ -123,7 +123,8 @@ def main(argv=None):
         f"{ppl_infoq:.2f} |"
     )
     print(
-        f"| uniform {round(args.avg_bits)}-bit, {rounding} | {round(args.avg_bits)} | {model_size_bytes(uniform) / mib:.1f} | "
+        f"| uniform {round(args.avg_bits)}-bit, {rounding} | {round(args.avg_bits)} "
+        f"| {model_size_bytes(uniform) / mib:.1f} | "
         f"{ppl_uniform:.2f} |"
     )
     print(

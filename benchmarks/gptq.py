@@ -141,12 +141,14 @@ def write(out: Path, args, calib, search_calib, rss_loaded: float, rows: list, t
         f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; GPTQ damp 0.01, block 128, "
         f"no act-order, calibration {n_tokens // 128}x128 tokens (calibration works); InfoQ policies: default "
         f"search, ILP and {args.refine_passes} refinement passes on {len(search_calib) * 4}x128 calibration "
-        f"tokens, candidates {{2,3,4,8}}; perplexity on {args.dev}x128 dev and {args.eval}x128 held-out test tokens (evaluation "
+        f"tokens, candidates {{2,3,4,8}}; "
+        f"perplexity on {args.dev}x128 dev and {args.eval}x128 held-out test tokens (evaluation "
         f"works, test after dev); seed {args.seed}; {common.machine()}. The fp32 weights come from a Q4_1 GGUF. "
         f"Peak RSS after loading the model and data: {rss_loaded:.0f} MiB."
     )
     md = [
-        "| policy | rounding | avg bits | dev ppl | test ppl | quantize wall s | peak RSS MiB | largest activation buffer MiB |",
+        "| policy | rounding | avg bits | dev ppl | test ppl | "
+        "quantize wall s | peak RSS MiB | largest activation buffer MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for label, rounding, avg, pdev, ptest, wall, rss, act in rows:

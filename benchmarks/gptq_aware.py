@@ -269,7 +269,8 @@ def write(out: Path, args, candidates_s: dict, rows: list, total: int, policies:
         + "; ".join(f"{inputs} inputs {wall:.0f} s" for inputs, wall in candidates_s.items())
         + ".",
         "",
-        "| avg bits budget | allocation | avg bits | dev ppl | test ppl | allocation wall s | refinement KL (calibration) "
+        "| avg bits budget | allocation | avg bits | dev ppl | test ppl "
+        "| allocation wall s | refinement KL (calibration) "
         "| held-out check (KL) |",
         "|---|---|---|---|---|---|---|---|",
     ]

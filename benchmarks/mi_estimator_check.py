@@ -124,8 +124,8 @@ def main() -> None:
     print(f"\nfull sliced API, n={n}, d={d}, dz=384, K={K} (median of 3 runs, seconds):")
     for est in ("knn", "binning"):
         for label, call in (
-            ("discrete (10 classes)", lambda: sliced_mi_discrete(x, lab, dx, estimator=est)),
-            ("continuous", lambda: sliced_mi_continuous(x, z, dx, dz, estimator=est)),
+            ("discrete (10 classes)", lambda est=est: sliced_mi_discrete(x, lab, dx, estimator=est)),
+            ("continuous", lambda est=est: sliced_mi_continuous(x, z, dx, dz, estimator=est)),
         ):
             times = []
             for _ in range(3):

@@ -194,7 +194,7 @@ def main(argv=None):
             policy, first_pinned = allocate_14x(tables[method], budget)
             plans.append((method, label, policy, first_pinned))
             bitstrings[(method, label)] = bit_string(policy, names)
-    for method, label, policy, first_pinned in plans:
+    for method, label, policy, _first_pinned in plans:
         for clip in (False, True):
             q = infoq_hf.quantize_model(copy.deepcopy(model), policy, clip_search=clip)
             r = evaluate(q, x_eval, ref_logits, labels)
@@ -226,7 +226,8 @@ def main(argv=None):
         f"Date: {time.strftime('%Y-%m-%d %H:%M')}; total wall time {total:.0f} s",
         "",
         f"Calibration: {cinfo['samples']} views ({args.views} per foolbox image, RandomResizedCrop({args.calib_px}, "
-        f"scale 0.25-1) + flip, seed {args.seed}), labels = fp32 top-1 on each view ({cinfo['distinct_labels']} distinct "
+        f"scale 0.25-1) + flip, seed {args.seed}), "
+        f"labels = fp32 top-1 on each view ({cinfo['distinct_labels']} distinct "
         f"classes; {cinfo['label_is_true_class']}/{cinfo['samples']} equal the image's true label). "
         f"Candidate bits {bits}; per-output-channel asymmetric weights; activations fp32.",
         "",
@@ -241,7 +242,9 @@ def main(argv=None):
         f"fp32: {fp32['correct']}/20 correct, agreement 20/20, KL 0, p(fp32 top-1) = {fp32['p_ref']:.3f}. "
         "Policies: classifier free, first conv pinned at 8 bits (column `first`).",
         "",
-        "| method | budget | clip search | agree /20 | correct /20 | mean KL | p(fp32 top-1) | avg bits | compression incl. scales | size MB | first | classifier | layers per bit-width |",
+        "| method | budget | clip search | agree /20 | correct /20 "
+        "| mean KL | p(fp32 top-1) | avg bits | compression incl. scales | size MB | first | classifier "
+        "| layers per bit-width |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         f"| fp32 | - | - | 20 | {fp32['correct']} | 0 | {fp32['p_ref']:.3f} | 32 | 1.00x | "
         f"{infoq_hf.model_size_bytes(model) / 1e6:.2f} | 32 | 32 | - |",

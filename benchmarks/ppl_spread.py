@@ -1,6 +1,7 @@
 """Is a perplexity gap larger than the windows' sampling noise? A paired bootstrap over windows.
 
-    python -m benchmarks.ppl_spread      # ~25 min on 2 CPU cores (4 packed models); writes benchmarks/results/ppl_spread_smollm2.md
+    python -m benchmarks.ppl_spread      # ~25 min on 2 CPU cores (4 packed models)
+    # writes benchmarks/results/ppl_spread_smollm2.md
 
 Reads the widths each row of a `benchmarks.gptq_aware` run packed (`--policies`, written by that run),
 packs every row whose budget is a whole number of bits and the uniform allocation at that budget the
@@ -69,8 +70,9 @@ def main(argv=None):
     uniform = {}  # budget -> scores of the uniform allocation
     md = [
         (
-            f"Paired bootstrap over windows ({args.resamples} resamples, seed 0) of ppl(row) / ppl(uniform), SmolLM2-135M, "
-            f"every model packed with sequential GPTQ on {args.calib}x128 calibration tokens, group 64, `lm_head` float; "
+            f"Paired bootstrap over windows ({args.resamples} resamples, seed 0) of ppl(row) / ppl(uniform), "
+            f"SmolLM2-135M, every model packed with sequential GPTQ on {args.calib}x128 calibration tokens, "
+            f"group 64, `lm_head` float; "
             f"{args.dev}x128 dev windows; test windows (after dev) the first {args.eval}, and all {wide}; rows from "
             f"`{args.policies}`; {common.machine()}."
         ),

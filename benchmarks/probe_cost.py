@@ -46,7 +46,8 @@ def main(argv=None):
         print(rows[-1], flush=True)
     text = "\n".join(
         [
-            f"SmolLM2-135M search cost, layers of every {args.every}th block, bits {bits}, {args.calib}x128 calibration "
+            f"SmolLM2-135M search cost, layers of every {args.every}th block, "
+            f"bits {bits}, {args.calib}x128 calibration "
             f"tokens; {common.machine()}",
             "",
             "| run | layers | wall s | forward passes | layer evals |",

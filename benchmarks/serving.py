@@ -85,8 +85,8 @@ def fused_projection_cost(folder: Path, windows: torch.Tensor, avg_bits: float =
     from transformers import AutoModelForCausalLM
 
     from infoq_hf import Budget, allocate, quantize_model, search
-    from infoq_hf.checkpoint import cast_float_leftovers
     from infoq_hf.export import fused_projection_groups
+    from infoq_hf.quant.apply import cast_float_leftovers
 
     def fresh():
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -112,7 +112,7 @@ def load(variant: str, folders: dict[str, Path]):
     from transformers import AutoModelForCausalLM
 
     import infoq_hf  # noqa: F401  (registers quant_method "infoq")
-    from infoq_hf.checkpoint import cast_float_leftovers
+    from infoq_hf.quant.apply import cast_float_leftovers
 
     if variant in ("float32", "bfloat16"):
         return AutoModelForCausalLM.from_pretrained(folders["float"], dtype=getattr(torch, variant)).eval()
@@ -205,7 +205,7 @@ def measure_and_report(args, windows, prompt, work):
     models = {v: load(v, folders) for v in variants}
 
     decode, prefill_s, ppl = {v: [] for v in variants}, {v: [] for v in variants}, {}
-    for v, m in models.items():  # warm-up: first calls, kernel layouts built
+    for m in models.values():  # warm-up: first calls, kernel layouts built
         decode_tokens_per_s(m, prompt, 2)
     for _ in range(args.rounds):
         for v, m in models.items():

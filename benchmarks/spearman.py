@@ -111,7 +111,8 @@ def main(argv=None):
         + (f", layers matching {args.only!r}" if args.only else "")
         + f", InfoQ options {args.infoq}; {common.machine()}",
         "",
-        "| method | Spearman, all (layer, bits) | Spearman within a bit-width (mean) | wall s | layer evals | forward passes |",
+        "| method | Spearman, all (layer, bits) | Spearman within a bit-width (mean) "
+        "| wall s | layer evals | forward passes |",
         "|---|---|---|---|---|---|",
     ]
     for method, overall, per_bit, cost in rows:

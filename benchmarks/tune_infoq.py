@@ -53,7 +53,8 @@ def calibrated_choices(model, calib, kwargs, bits, oracle, seed, out: Path) -> l
 
     from .compare import cached_table
 
-    key = f"c{sum(len(b['input_ids']) for b in calib)}_s{seed}_b{''.join(map(str, bits))}_n{len(kwargs.get('skip_modules', []))}"
+    tokens, skipped = sum(len(b["input_ids"]) for b in calib), len(kwargs.get("skip_modules", []))
+    key = f"c{tokens}_s{seed}_b{''.join(map(str, bits))}_n{skipped}"
     raw = cached_table(
         out / "tables" / f"tune_raw_{key}.json",
         False,
@@ -77,7 +78,8 @@ def calibrated_choices(model, calib, kwargs, bits, oracle, seed, out: Path) -> l
         f"{statistics.quantiles(slopes, n=4)[2]:.3f} (1 = D proportional to t2; 0.5 = first order in the "
         "perturbation's amplitude)",
         "",
-        "| alpha_l from | probe width | median alpha / alpha at the other widths | Spearman of its alphas with the others' (mean) |",
+        "| alpha_l from | probe width "
+        "| median alpha / alpha at the other widths | Spearman of its alphas with the others' (mean) |",
         "|---|---|---|---|",
     ]
     for power, label in ((1, "D / t2"), (2, "D^2 / t2")):

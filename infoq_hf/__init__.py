@@ -6,8 +6,6 @@ Importing the package registers quant_method "infoq" with transformers, so pre-q
 checkpoints load with `from_pretrained` after `import infoq_hf`.
 """
 
-__version__ = "0.1.0"
-
 from .accounting import bitops, compression_ratio, count_macs, expected_size_bytes, model_size_bytes
 from .allocation import allocate, pareto_sweep, plot_pareto, refine
 from .calibration import CalibrationSpec, load_calibration
@@ -34,6 +32,7 @@ from .quant import (
 from .quant.gptq import GPTQOptions, gptq_quantize, gptq_quantize_model
 from .saving import save
 from .sensitivity import SensitivityTable, search
+from .version import __version__  # noqa: F401  (infoq_hf.__version__)
 
 _register_with_transformers()
 

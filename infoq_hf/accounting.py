@@ -20,7 +20,14 @@ import torch.nn as nn
 
 from .policy import BitPolicy, LayerBits
 from .quant.apply import default_forward, policy_layers, tied_heads
-from .quant.modules import PACKED_TYPES, QuantConv2d, QuantEmbedding, QuantTiedLinear, packed_weight_bytes
+from .quant.modules import (
+    PACKED_TYPES,
+    QuantConv2d,
+    QuantEmbedding,
+    QuantTiedLinear,
+    float_layer_types,
+    packed_weight_bytes,
+)
 
 FLOAT_BITS = 32
 
@@ -78,8 +85,6 @@ def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
 def count_macs(model: nn.Module, example_inputs, forward=None) -> dict[str, int]:
     """MACs per Linear / Conv2d layer (float or packed, tied heads included) for one forward pass of
     `example_inputs`; an embedding's lookup does none."""
-    from .quant.modules import float_layer_types
-
     kinds = float_layer_types() + PACKED_TYPES + (QuantTiedLinear,)
     macs: dict[str, int] = {}
     hooks = []

@@ -494,14 +494,13 @@ class ProcessorTransform:
         return f"ProcessorTransform({type(self.processor).__name__})"
 
 
-def _is_timm_model(obj: Any) -> bool:
-    from .integrations.timm import is_timm_model  # lazily: the integrations import this module
-
-    return is_timm_model(obj)
+def is_timm_model(model: Any) -> bool:
+    """Whether `model` is a timm model (its class comes from timm and it carries a `pretrained_cfg`)."""
+    return type(model).__module__.startswith("timm.") and hasattr(model, "pretrained_cfg")
 
 
 def _is_vision_model(model: Any) -> bool:
-    return _is_timm_model(model) or getattr(model, "main_input_name", None) == "pixel_values"
+    return is_timm_model(model) or getattr(model, "main_input_name", None) == "pixel_values"
 
 
 def image_transform_for(model_or_processor: Any) -> Callable[[Any], torch.Tensor]:
@@ -512,7 +511,7 @@ def image_transform_for(model_or_processor: Any) -> Callable[[Any], torch.Tensor
     locally (``name_or_path``).
     """
     obj = model_or_processor
-    if _is_timm_model(obj):
+    if is_timm_model(obj):
         import timm.data
 
         return timm.data.create_transform(**timm.data.resolve_data_config({}, model=obj))

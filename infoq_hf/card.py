@@ -12,17 +12,18 @@ transformers' `save_pretrained` / `push_to_hub`.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from .checkpoint import INFOQ_CONFIG_NAME, WEIGHTS_NAME
-from .checkpoint_info import SUMMARY_FILE, TABLE_FILE, CheckpointInfo, _read_json
+from .checkpoint_info import SUMMARY_FILE, TABLE_FILE, CheckpointInfo
 from .names import unique_match
+from .origin import CARD_FILE, base_card_metadata, float_model_origin, is_repo_id
+from .plots import plot_bits_per_layer, plot_pareto_curve, plot_sensitivity_heatmap
 from .sensitivity.search import DATA_FREE_METHODS
+from .version import __version__
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md.j2"
-CARD_FILE = "README.md"
 CARD_FILE_BESIDE_USERS = "INFOQ_CARD.md"  # where the card goes when the folder holds a README.md of the user's
 PLOT_FILES = {
     "bits": "infoq_bits_per_layer.png",
@@ -30,7 +31,6 @@ PLOT_FILES = {
     "pareto": "infoq_pareto.png",
 }
 TAGS = ["infoq", "mixed-precision", "quantized"]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelCardError(ValueError):
@@ -71,11 +71,6 @@ def render_model_card(context: Mapping, template: str | os.PathLike | None = Non
         line = _template_line(e.__traceback__, str(path.resolve())) or _template_line(e.__traceback__, str(path))
         where = f", line {line}" if line else ""
         raise ModelCardError(f"model card template {path}{where}: {type(e).__name__}: {e}") from None
-
-
-def is_repo_id(value) -> bool:
-    """Whether `value` reads as a Hub model id (user-or-org/name) and is not a local path."""
-    return isinstance(value, str) and bool(_REPO_ID.match(value)) and not os.path.exists(value)
 
 
 def _default_base_model(info: CheckpointInfo) -> str | None:
@@ -274,49 +269,6 @@ def _pipeline_tag(info: CheckpointInfo) -> str | None:
     return next((tag for suffix, tag in PIPELINE_TAGS.items() if arch.endswith(suffix)), None)
 
 
-def base_card_metadata(source) -> dict:
-    """`license` and `pipeline_tag` of the float model's own card: the README.md of a local model folder,
-    or of a Hub model id (the model was just loaded from there). {} when there is none or it cannot be read."""
-    from huggingface_hub import ModelCard
-
-    try:
-        if isinstance(source, (str, os.PathLike)) and (Path(source) / CARD_FILE).is_file():
-            data = ModelCard((Path(source) / CARD_FILE).read_text()).data.to_dict()
-        elif is_repo_id(source):
-            data = ModelCard.load(source).data.to_dict()
-        else:
-            return {}
-    except Exception:  # noqa: BLE001 - a base card that is missing, unreachable or unparsable adds nothing
-        return {}
-    return {k: data[k] for k in ("license", "pipeline_tag") if isinstance(data.get(k), str)}
-
-
-def float_model_origin(model, source: str | None, *, read_card: bool = True) -> dict:
-    """What is known of the float model `model` was quantized from: its Hub id (`base_model`: the id it was
-    loaded from, or the `_name_or_path` its local folder's config.json names), its name, and the license and
-    pipeline_tag of its card (`read_card`; or its config, or timm's `pretrained_cfg`)."""
-    origin: dict = {}
-    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
-    if source and is_repo_id(source):
-        origin["base_model"] = source
-    elif source and (Path(source) / "config.json").is_file():
-        try:
-            named = _read_json(Path(source) / "config.json").get("_name_or_path")
-        except ValueError:
-            named = None
-        if is_repo_id(named):
-            origin["base_model"] = named
-    name = origin.get("base_model") or source or pretrained_cfg.get("architecture")
-    if name:
-        origin["model_name"] = str(name).rstrip("/").split("/")[-1]
-    if source and read_card:
-        origin.update(base_card_metadata(source))
-    license_ = getattr(getattr(model, "config", None), "license", None) or pretrained_cfg.get("license")
-    if isinstance(license_, str):
-        origin.setdefault("license", license_)
-    return origin
-
-
 def _group_size_text(cfg: Mapping, summary: Mapping) -> str:
     """Linear grouping as packed: per layer, the requested size where it divides the layer's width."""
     sizes: dict = {}
@@ -397,8 +349,6 @@ def card_context(
 ) -> dict:
     """The template variables and the YAML metadata of a checkpoint's model card. `repo_id`: where the
     snippet loads from (a Hub id, or a local folder as the user names it); `files`: `checkpoint_files`."""
-    from . import __version__
-
     cfg, summary, table = info.config, info.summary, info.table
     base_model = base_model if base_model is not None else _default_base_model(info)
     if base_model is not None and not is_repo_id(base_model):
@@ -545,8 +495,6 @@ def check_model_card(text: str, expected: Mapping | None = None):
 def write_plots(directory: str | os.PathLike, info: CheckpointInfo) -> dict[str, str]:
     """Write the PNG plots for `info` into `directory`; returns {kind: file name}. Needs the table for the
     heatmap and the Pareto curve."""
-    from .plots import plot_bits_per_layer, plot_pareto_curve, plot_sensitivity_heatmap
-
     directory = Path(directory)
     written = {"bits": plot_bits_per_layer(info.policy, directory / PLOT_FILES["bits"], params=info.params).name}
     if info.table is not None:

@@ -30,10 +30,11 @@ import torch
 import torch.nn as nn
 
 from . import atomic_save
+from .config import InfoQConfig
 from .integrity import verify_safetensors
 from .names import unique_match
 from .policy import BitPolicy
-from .quant.apply import _set_submodule, pack_embeddings, packed_layers, policy_layers
+from .quant.apply import pack_embeddings, packed_layers, policy_layers, set_submodule
 from .quant.modules import QuantConv2d, QuantEmbedding, QuantLinear
 from .quant.packing import packed_nbytes
 from .quant.scheme import PackingScheme
@@ -105,7 +106,7 @@ def build_packed_modules(model: nn.Module, policy: BitPolicy | Mapping, scheme: 
 
     rest, _ = pack_embeddings(model, policy.resolve(layers), scheme, builder=empty)
     for name, bits in rest.items():
-        _set_submodule(model, name, empty(name, layers[name], bits))
+        set_submodule(model, name, empty(name, layers[name], bits))
     return built
 
 
@@ -130,25 +131,6 @@ def packed_settings(model: nn.Module) -> dict:
         ),
         "symmetric": bool(one((m.symmetric for m in layers.values()), "symmetric and asymmetric codes")),
     }
-
-
-def cast_float_leftovers(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Cast what a packed model stores in float (parameters and saved buffers: embeddings, norms, biases,
-    skipped layers) to `dtype`, in place. The packed layers' scales stay float32 (the format), and runtime
-    buffers (e.g. rotary frequencies) keep their dtype, as `from_pretrained(dtype=...)` leaves them."""
-    for module in model.modules():
-        keep = set(module._non_persistent_buffers_set)
-        if isinstance(module, (QuantLinear, QuantConv2d)):
-            keep |= {"weight_scale", "input_scale"}
-        for param in module._parameters.values():
-            if param is not None and param.is_floating_point():
-                param.data = param.data.to(dtype)  # a tied parameter is one object: cast once
-        for name, buf in module._buffers.items():
-            if buf is not None and buf.is_floating_point() and name not in keep:
-                module._buffers[name] = buf.to(dtype)
-        if isinstance(module, QuantEmbedding):  # its rows come out in the leftovers' dtype
-            module.output_dtype = dtype
-    return model
 
 
 def policy_of(model: nn.Module) -> BitPolicy:
@@ -387,10 +369,16 @@ def read_json_object(path: Path) -> dict:
     return data
 
 
+def read_json(path: Path) -> dict:
+    """The JSON object in `path`; ValueError naming the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
 def read_infoq_config(directory: str | os.PathLike):
     """The `InfoQConfig` stored beside a checkpoint (infoq_config.json, else config.json's quantization_config)."""
-    from .config import InfoQConfig
-
     directory = Path(directory)
     path = directory / INFOQ_CONFIG_NAME
     if path.is_file():

@@ -22,18 +22,26 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from . import integrations  # noqa: F401  (registers quant_method "infoq")
+from .accounting import compression_ratio, expected_size_bytes, mean_weight_bits, model_size_bytes
 from .checkpoint import (
     GUARD,
     IMPORT_HINT_KEY,
     LAYERS_METADATA,
     WEIGHTS_NAME,
+    build_packed_modules,
+    check_checkpoint_tensors,
     layer_skeleton,
     read_infoq_config,
+    read_json,
     read_tensor_specs,
 )
+from .integrations.timm import create_timm_model, load_quantized
+from .integrations.transformers import checkpoint_renamer
 from .integrity import verify_checkpoint_files
 from .names import unique_match
 from .policy import BitPolicy
+from .quant.apply import packed_layers
 from .quant.modules import packed_weight_bytes
 from .quant.quantizer import group_count
 from .sensitivity.table import SensitivityTable
@@ -73,14 +81,8 @@ class CheckpointInfo:
     table: SensitivityTable | None = None
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
-
-
-def _checkpoint_kind(model_config: Mapping) -> str:
+def checkpoint_kind(model_config: Mapping) -> str:
+    """The kind of checkpoint a folder's config.json describes: "transformers", "timm" or "pytorch"."""
     if "model_type" in model_config or "architectures" in model_config:
         return "transformers"
     if "architecture" in model_config:
@@ -89,10 +91,8 @@ def _checkpoint_kind(model_config: Mapping) -> str:
 
 
 # ----------------------------------------------------------------------------- layer sizes of a packed model
-def _packed_layers_summary(model: nn.Module) -> tuple[dict[str, int], dict]:
-    from .accounting import compression_ratio, expected_size_bytes, mean_weight_bits, model_size_bytes
-    from .quant.apply import packed_layers
-
+def packed_layers_summary(model: nn.Module) -> tuple[dict[str, int], dict]:
+    """Layer -> parameter count, and the size summary (bits, bytes, compression), of a packed model."""
     layers = packed_layers(model)
     if not layers:
         raise ValueError(
@@ -110,7 +110,7 @@ def _packed_layers_summary(model: nn.Module) -> tuple[dict[str, int], dict]:
     return params, summary
 
 
-# ----------------------------------------------------------------------------- ... and of a checkpoint, from its headers
+# ------------------------------------------------------------------------ ... and of a checkpoint, from its headers
 def packed_weight_numel(
     specs: Mapping[str, tuple[tuple[int, ...], str]], prefix: str, w_bits: int, group_sizes=()
 ) -> int | None:
@@ -134,10 +134,8 @@ def _header_summary(
     numels: Mapping[str, int],
     symmetric: bool,
 ) -> tuple[dict[str, int], dict]:
-    """`_packed_layers_summary` of the model a checkpoint loads into, from its tensor headers: `layers` maps a
+    """`packed_layers_summary` of the model a checkpoint loads into, from its tensor headers: `layers` maps a
     model layer to (its checkpoint prefix, w_bits), `numels` a model layer to its weight count."""
-    from .accounting import mean_weight_bits
-
     guards = {IMPORT_HINT_KEY} | {f"{p}.{GUARD}" if p else GUARD for p, _ in layers.values()}
     size = sum(math.prod(shape) * _DTYPE_BYTES[dtype] for key, (shape, dtype) in specs.items() if key not in guards)
     float_bytes = packed_bytes = stored_weight_bytes = 0
@@ -165,8 +163,6 @@ def _header_summary(
 def _summary_from_headers(directory: Path, config, specs, skeleton) -> tuple[dict[str, int], dict]:
     """Layer sizes and size summary of a checkpoint from its headers; `skeleton` (the checked meta model and
     the specs under its key names, or None for a plain module) names and orders the layers as the model does."""
-    from .quant.apply import packed_layers
-
     groups = (config.group_size, config.conv_group_size)
     modules = {}
     if skeleton is not None:
@@ -222,17 +218,14 @@ def _architecture_class(directory: Path, model_config: Mapping):
     return cls
 
 
-def _load_checkpoint_model(directory: Path, kind: str, model_config: Mapping) -> nn.Module:
+def load_checkpoint_model(directory: Path, kind: str, model_config: Mapping) -> nn.Module:
+    """The packed model of a transformers or timm checkpoint folder of `kind` (a plain one needs its float model)."""
     if kind == "transformers":
         import transformers
-
-        from . import integrations  # noqa: F401  (registers quant_method "infoq")
 
         cls = _architecture_class(directory, model_config)
         return (cls or transformers.AutoModel).from_pretrained(directory)
     if kind == "timm":
-        from .integrations.timm import load_quantized
-
         return load_quantized(directory)
     raise ValueError(
         f"{directory} holds a plain PyTorch checkpoint; load it into its float model with "
@@ -248,23 +241,17 @@ def _check_tensor_headers(directory: Path, kind: str, model_config: Mapping, con
     plain module, an architecture this transformers does not know)."""
     import torch
 
-    from .checkpoint import build_packed_modules, check_checkpoint_tensors
-
     with torch.device("meta"):
         if kind == "transformers":
             import transformers
-
-            from .integrations.transformers import _checkpoint_renamer
 
             cls = _architecture_class(directory, model_config)
             if cls is None:
                 return None  # an architecture this transformers does not know: loading will say so
             model = cls._from_config(transformers.AutoConfig.from_pretrained(directory))
-            rename = _checkpoint_renamer(model, None)
+            rename = checkpoint_renamer(model, None)
         elif kind == "timm":
-            from .integrations.timm import _create_timm_model
-
-            model, rename = _create_timm_model(directory), (lambda key: key)
+            model, rename = create_timm_model(directory), (lambda key: key)
         else:  # a plain module: the layers' kinds and shapes recorded by save_quantized, if it did
             specs = specs if specs is not None else read_tensor_specs(sorted(directory.glob("*.safetensors")))
             layers = _recorded_layers(directory)
@@ -313,11 +300,11 @@ def read_checkpoint(directory: str | os.PathLike, *, table: SensitivityTable | N
     config = read_infoq_config(directory)
     if config.policy is None:
         raise ValueError(f"{directory}: its infoq config has no policy; the model was saved before quantization")
-    model_config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
-    kind = _checkpoint_kind(model_config)
+    model_config = read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
+    kind = checkpoint_kind(model_config)
     if table is None and (directory / TABLE_FILE).is_file():
         table = SensitivityTable.load(directory / TABLE_FILE)
-    summary = _read_json(directory / SUMMARY_FILE) if (directory / SUMMARY_FILE).is_file() else None
+    summary = read_json(directory / SUMMARY_FILE) if (directory / SUMMARY_FILE).is_file() else None
     if summary is not None and summary.get("params"):
         _check_tensor_headers(directory, kind, model_config, config)
         params = {k: int(v) for k, v in summary["params"].items()}
@@ -325,7 +312,7 @@ def read_checkpoint(directory: str | os.PathLike, *, table: SensitivityTable | N
         specs = read_tensor_specs(sorted(directory.glob("*.safetensors")))
         skeleton = _check_tensor_headers(directory, kind, model_config, config, specs)
         if skeleton is None and kind != "pytorch":  # no architecture to name the layers by: load the model
-            params, measured = _packed_layers_summary(_load_checkpoint_model(directory, kind, model_config))
+            params, measured = packed_layers_summary(load_checkpoint_model(directory, kind, model_config))
         else:
             params, measured = _summary_from_headers(directory, config, specs, skeleton)
         summary = {**measured, **(summary or {}), "params": params}

@@ -14,10 +14,23 @@ import sys
 import time
 from pathlib import Path
 
+from .allocation import SolverUnavailableError, allocate
 from .bitwidth import MAX_BITS
-from .config import DEFAULT_SCHEME, ROUNDING_CHOICES
+from .calibration import calibration_record, spec_from_string
+from .card import card_file_for, is_repo_id, write_model_card
+from .checkpoint_info import SUMMARY_FILE, TABLE_FILE, read_checkpoint
+from .config import DEFAULT_SCHEME, ROUNDING_CHOICES, InfoQConfig
 from .defaults import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES
-from .quant.scheme import UNSET
+from .export import export_compressed_tensors
+from .gguf import export_gguf, gguf_summary
+from .hub import HubPublishError, push_to_hub
+from .integrations.transformers import modules_kept_float, quantize_pretrained
+from .names import unique_match
+from .pipeline import condensed_policy, format_summary, load_calibration_batches, quantize_with_infoq
+from .policy import BitPolicy, Budget
+from .quant.scheme import UNSET, resolve_scheme
+from .saving import card_location, save
+from .sensitivity import DATA_FREE_METHODS, SensitivityTable, search
 from .sensitivity.search import METHODS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -102,7 +115,6 @@ def _add_budget(parser: argparse.ArgumentParser) -> None:
 
 
 def _budget(args):
-    from .policy import Budget
 
     values = {
         "avg_bits": args.avg_bits,
@@ -240,8 +252,6 @@ class LoadedModel:
     def _load_transformers(self, path: str):
         import transformers
 
-        from .card import is_repo_id
-
         local = os.path.isdir(path)
         if local and not os.path.isfile(os.path.join(path, "config.json")):
             raise UsageError(
@@ -268,7 +278,6 @@ class LoadedModel:
         `quantize_embeddings`); timm: none."""
         if self.kind != "transformers":
             return []
-        from .integrations.transformers import modules_kept_float
 
         return modules_kept_float(self.model, None, quantize_embeddings)
 
@@ -289,7 +298,6 @@ def calibration_spec(args) -> dict | None:
         "label_column": args.label_column,
         "config": args.calib_config,
     }
-    from .calibration import spec_from_string
 
     path = Path(spec)
     if path.is_file() and (
@@ -304,8 +312,6 @@ def calibration_spec(args) -> dict | None:
 
 
 def load_batches(loaded: LoadedModel, spec: dict | None, method: str) -> list | None:
-    from .pipeline import load_calibration_batches
-    from .sensitivity import DATA_FREE_METHODS
 
     if method in DATA_FREE_METHODS and spec is None:
         return None
@@ -316,7 +322,6 @@ def load_batches(loaded: LoadedModel, spec: dict | None, method: str) -> list | 
 
 
 def run_search(args, loaded: LoadedModel, spec: dict | None, batches: list | None = None):
-    from .sensitivity import search
 
     batches = load_batches(loaded, spec, args.method) if batches is None else batches
     _say(f"scoring {args.method} sensitivity at bits {','.join(map(str, args.bits))}")
@@ -335,7 +340,6 @@ def run_search(args, loaded: LoadedModel, spec: dict | None, batches: list | Non
 
 def _packing_scheme(args, default):
     """The packing flags given on the command line over `default` (a table's scheme, or the defaults)."""
-    from .quant.scheme import resolve_scheme
 
     return resolve_scheme(
         None, default, group_size=args.group_size, conv_group_size=args.conv_group_size, symmetric=args.symmetric
@@ -355,7 +359,6 @@ def _read_json(path: str | os.PathLike, flag: str, what: str, writer: str):
 
 def read_table(path: str | os.PathLike, flag: str):
     """A sensitivity table JSON named on the command line; UsageError when it is not one."""
-    from .sensitivity import SensitivityTable
 
     path, data = _read_json(path, flag, "sensitivity table", "infoq search")
     if not isinstance(data, dict) or not isinstance(data.get("layers"), dict):
@@ -370,7 +373,6 @@ def read_table(path: str | os.PathLike, flag: str):
 
 def read_policy(path: str | os.PathLike, flag: str):
     """A policy JSON named on the command line; UsageError when it is not one."""
-    from .policy import BitPolicy
 
     path, data = _read_json(path, flag, "policy", "infoq allocate")
     policy = BitPolicy.from_dict(data)
@@ -394,12 +396,6 @@ def _given_table_and_policy(args):
 
 # ----------------------------------------------------------------------------- commands
 def cmd_quantize(args) -> int:
-    from .calibration import calibration_record
-    from .checkpoint_info import SUMMARY_FILE, TABLE_FILE
-    from .config import InfoQConfig
-    from .hub import push_to_hub
-    from .pipeline import format_summary, quantize_with_infoq
-    from .sensitivity import DATA_FREE_METHODS
 
     spec = calibration_spec(args)
     out = Path(args.out)
@@ -438,8 +434,6 @@ def cmd_quantize(args) -> int:
     else:
         _say(f"scoring {args.method} sensitivity at bits {','.join(map(str, args.bits))}, then allocating")
     if loaded.kind == "transformers":  # quantized in place, as from_pretrained(quantization_config=...) does
-        from .integrations.transformers import quantize_pretrained
-
         result = quantize_pretrained(loaded.model, config, tokenizer=loaded.tokenizer, table=table)
     else:
         result = quantize_with_infoq(loaded.model, config, table=table, progress=True)
@@ -447,7 +441,6 @@ def cmd_quantize(args) -> int:
     summary = dict(result.summary)
     summary["times_s"] = {"total": round(time.perf_counter() - started, 3), **summary.get("times_s", {})}
     summary["calibration"] = calibration_record(spec)
-    from .saving import save
 
     save(
         model,
@@ -493,8 +486,6 @@ def cmd_search(args) -> int:
 
 
 def cmd_allocate(args) -> int:
-    from .allocation import allocate
-    from .pipeline import condensed_policy
 
     budget = _budget(args)
     table = read_table(args.scores, "SCORES")
@@ -509,7 +500,6 @@ def cmd_allocate(args) -> int:
 
 
 def _format_table(info) -> str:
-    from .names import unique_match
 
     rows = []
     for name, lb in info.policy.items():
@@ -531,15 +521,12 @@ def _format_table(info) -> str:
 
 
 def cmd_report(args) -> int:
-    from .card import card_file_for, write_model_card
-    from .checkpoint_info import read_checkpoint
 
     directory = Path(args.dir)
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a folder; pass the --out folder of infoq quantize")
     info = read_checkpoint(directory)
     s = info.summary
-    from .saving import card_location
 
     card_file = card_file_for(directory)
     write_model_card(directory, info, args.repo_id or card_location(args.dir), card_file=card_file)
@@ -558,7 +545,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .hub import push_to_hub
 
     if not Path(args.dir).is_dir():
         raise UsageError(f"{args.dir} is not a folder; pass the --out folder of infoq quantize")
@@ -576,13 +562,10 @@ def cmd_push(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_compressed_tensors
 
     if not Path(args.dir).is_dir():
         raise UsageError(f"{args.dir} is not a folder; pass the --out folder of infoq quantize")
     if args.format == "gguf":
-        from .gguf import export_gguf, gguf_summary
-
         out = export_gguf(args.dir, args.out, tokenizer=args.tokenizer)
         summary = gguf_summary(out)
         print(
@@ -610,7 +593,8 @@ def cmd_export(args) -> int:
 EXAMPLES = {
     "quantize": """\
   # search, allocate and pack a causal LM at 3 bits on average, calibrated on a local text file
-  infoq quantize ./llama-1b --bits 2,3,4,8 --avg-bits 3 --calib wiki.txt --samples 64 --seq-len 512 --out ./llama-1b-infoq
+  infoq quantize ./llama-1b --bits 2,3,4,8 --avg-bits 3 --calib wiki.txt --samples 64 --seq-len 512 \\
+      --out ./llama-1b-infoq
 
   # a timm model under a size budget, images from a folder (class subfolders), then publish
   infoq quantize timm:resnet18.a1_in1k --size-mb 4 --calib ./imagenet-val-sample --samples 256 \\
@@ -814,8 +798,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, message already printed by argparse)
         return int(e.code or 0)
-    from .allocation import SolverUnavailableError
-    from .hub import HubPublishError
 
     bad_input_errors = (
         ValueError,

@@ -34,7 +34,9 @@ from .calibration import (
 from .config_aliases import infoq_settings
 from .defaults import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES
 from .policy import BitPolicy, Budget
+from .quant.gptq import GPTQOptions
 from .quant.scheme import UNSET, PackingScheme
+from .version import __version__
 
 QUANT_METHOD = "infoq"
 FORMAT_VERSION = 1  # of the checkpoint layout: packed tensor names + this config's keys
@@ -96,7 +98,7 @@ class InfoQConfig(QuantizationConfigMixin):
             from `allocate`, the ones left unset are those its table was scored and budgeted with.
         rounding: "rtn" (round to nearest), "gptq" (error-compensating rounding from the calibration
             data, `infoq_hf.quant.gptq`) or "auto" (default): gptq for a causal LM calibrated on at least
-            4096 tokens, rtn otherwise (chosen on dev perplexity: README, "GPTQ rounding"). After
+            4096 tokens, rtn otherwise (dev perplexity: benchmarks/RESULTS.md, `gptq`). After
             quantization the config holds the rounding used; checkpoints written before this setting
             existed read as "rtn".
         gptq_options: GPTQ settings `{"damp": 0.01, "block_size": 128, "act_order": False}` (any subset);
@@ -113,7 +115,7 @@ class InfoQConfig(QuantizationConfigMixin):
         refine_chains: independent refinements from the same start (seeds `seed`, `seed + 1`, ...), each
             `refine_passes` long; the one with the lowest KL on the held-out calibration samples (see
             `search_samples`; else on the searched ones) is kept. Default 3: one chain's outcome varies
-            with its seed (README, "GPTQ rounding").
+            with its seed (benchmarks/RESULTS.md, `gptq_aware`).
         policy: per-layer bits `{NAME: {"w_bits": int, "a_bits": int|null}}`; when set, no search runs.
         float_dtype: "bfloat16", "float16" or "float32": after packing, what stays float (embeddings, norms,
             biases, skipped layers) is cast to it, so it is stored and run in it (packed scales stay
@@ -178,7 +180,7 @@ class InfoQConfig(QuantizationConfigMixin):
             calibration = dataset
         if format_version != FORMAT_VERSION:
             raise ValueError(
-                f"this checkpoint uses infoq format {format_version}, but infoq_hf {_version()} reads format "
+                f"this checkpoint uses infoq format {format_version}, but infoq_hf {__version__} reads format "
                 f"{FORMAT_VERSION}; install the infoq_hf version that wrote it"
             )
         self.quant_method = QUANT_METHOD
@@ -283,8 +285,6 @@ class InfoQConfig(QuantizationConfigMixin):
 
     @staticmethod
     def _check_rounding(rounding, gptq_options) -> tuple[str, dict]:
-        from .quant.gptq import GPTQOptions
-
         if rounding not in ROUNDING_CHOICES:
             raise ValueError(f"InfoQConfig.rounding must be one of {ROUNDING_CHOICES}, got {rounding!r}")
         if gptq_options is not None and not isinstance(gptq_options, Mapping):
@@ -426,9 +426,3 @@ class InfoQConfig(QuantizationConfigMixin):
                 "pre-quantized checkpoint; its packed tensors fit only the stored policy. Load it without "
                 "quantization_config, or quantize the float model with your policy instead."
             )
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

@@ -4,5 +4,5 @@
 # under 10 minutes on 2 CPU cores.
 DEFAULT_REFINE_PASSES = 64
 # Independent refinement chains InfoQConfig runs (`allocation.refine` itself runs one): one chain's
-# outcome varies with its seed (benchmarks/RESULTS.md, "Refinement chains").
+# outcome varies with its seed (benchmarks/RESULTS.md, `gptq_aware`).
 DEFAULT_REFINE_CHAINS = 3

@@ -46,8 +46,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import integrations  # noqa: F401  (registers quant_method "infoq")
 from .checkpoint import atomic_checkpoint, write_safetensors
-from .quant.apply import packed_layers
+from .quant.apply import packed_layers, quantizable_layers
 from .quant.modules import QuantConv2d, QuantEmbedding, QuantLinear
 from .quant.packing import pack
 from .vllm_rules import VLLM_VERSION, checkpoint_shapes, fused_groups, vllm_problems
@@ -159,8 +160,6 @@ def fused_projection_groups(names) -> list[tuple[str, ...]]:
     share one scheme: pass them as `allocate(..., tie=fused_projection_groups(table.layers))`. `names`: layer
     names, or a model (its quantizable layers). See also `vllm_rules.vllm_allocation_constraints`."""
     if isinstance(names, nn.Module):
-        from .quant.apply import quantizable_layers
-
         names = quantizable_layers(names)
     return fused_groups(names)
 
@@ -234,8 +233,6 @@ def _is_packed_buffer(key: str, layers) -> bool:
 def _load(directory) -> nn.Module:
     """An infoq checkpoint folder written by transformers' `save_pretrained`, in the dtype it was saved in."""
     import transformers
-
-    from . import integrations  # noqa: F401  (registers quant_method "infoq")
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():

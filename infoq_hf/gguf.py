@@ -29,10 +29,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import __version__
+from . import integrations  # noqa: F401  (registers quant_method "infoq")
 from .gguf_types import GGML_TYPES, exact_type, ggml_type, tensor_nbytes, width_type
 from .quant.apply import packed_layers
 from .quant.modules import QuantConv2d, QuantEmbedding, QuantLinear, QuantTiedLinear
+from .version import __version__
 
 POLICY_KEY = "infoq.policy"
 GGUF_PACKAGE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")  # what gguf.quants can quantize among GGML_TYPES
@@ -397,8 +398,6 @@ def export_gguf(
 def load_checkpoint_folder(directory: str | os.PathLike) -> nn.Module:
     """An infoq checkpoint folder (transformers `save_pretrained` of a packed model), loaded with its packed layers."""
     import transformers
-
-    from . import integrations  # noqa: F401  (registers quant_method "infoq")
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():

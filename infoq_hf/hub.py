@@ -30,7 +30,6 @@ from pathlib import Path
 import torch.nn as nn
 
 from .card import (  # noqa: F401  (TEMPLATE_PATH ... write_plots: importable from here, as before the split)
-    _REPO_ID,
     CARD_FILE,
     PLOT_FILES,
     TEMPLATE_PATH,
@@ -41,16 +40,17 @@ from .card import (  # noqa: F401  (TEMPLATE_PATH ... write_plots: importable fr
     write_model_card,
     write_plots,
 )
-from .checkpoint import INFOQ_CONFIG_NAME
+from .checkpoint import INFOQ_CONFIG_NAME, read_json
 from .checkpoint_info import (  # noqa: F401  (SUMMARY_FILE: importable from here, as before the split)
     SUMMARY_FILE,
     TABLE_FILE,
     CheckpointInfo,
-    _checkpoint_kind,
-    _load_checkpoint_model,
-    _read_json,
+    checkpoint_kind,
+    load_checkpoint_model,
     read_checkpoint,
 )
+from .integrations.timm import load_quantized
+from .origin import REPO_ID
 from .policy import BitPolicy
 from .saving import write_checkpoint_folder
 from .sensitivity.table import SensitivityTable
@@ -220,7 +220,7 @@ def push_to_hub(
     refused commit: the single commit is atomic, nothing of it is stored)."""
     from huggingface_hub import HfApi, constants
 
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
+    if not isinstance(repo_id, str) or not REPO_ID.match(repo_id):
         raise ValueError(f"repo_id must look like 'user-or-org/name', got {repo_id!r}")
     token = resolve_token(token)
     api = HfApi(token=token)
@@ -312,19 +312,17 @@ def load_from_hub(
     from huggingface_hub import snapshot_download
 
     directory = Path(snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir))
-    model_config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
+    model_config = read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
     if not (directory / INFOQ_CONFIG_NAME).is_file() and "quantization_config" not in model_config:
         raise ValueError(
             f"{repo_id} (revision {revision or 'main'}) is not an infoq checkpoint: it has neither "
             f"{INFOQ_CONFIG_NAME} nor a quantization_config"
         )
-    kind = _checkpoint_kind(model_config)
+    kind = checkpoint_kind(model_config)
     if kind == "transformers":
         if model is not None:
             raise ValueError("a transformers checkpoint builds its own model; call load_from_hub without model=")
-        return _load_checkpoint_model(directory, kind, model_config).eval()
-    from .integrations.timm import load_quantized
-
+        return load_checkpoint_model(directory, kind, model_config).eval()
     if kind == "pytorch" and model is None:
         raise ValueError(
             f"{repo_id} holds a plain PyTorch checkpoint; pass model= (a float instance of its "

@@ -7,9 +7,9 @@ region is hashed, then moved in place by the header's growth (no second copy of 
 
 `verify_safetensors(path)` recomputes the digests and raises, naming the tensor, on a mismatch (a flipped
 bit, two same-shape tensors swapped, a tensor added or removed). It guards against corruption, not against
-a deliberate edit: whoever can change the data can rewrite the digests too. SHA-256 (hashlib, OpenSSL: hardware-accelerated on
-current CPUs) rather than a faster non-cryptographic hash: one dependency-free choice whose cost is
-measured by `benchmarks/integrity_cost.py`.
+a deliberate edit: whoever can change the data can rewrite the digests too. SHA-256 (hashlib, OpenSSL:
+hardware-accelerated on current CPUs) rather than a faster non-cryptographic hash: one dependency-free
+choice whose cost is measured by `benchmarks/integrity_cost.py`.
 """
 
 from __future__ import annotations

@@ -70,9 +70,11 @@ class LinearRegex:
 
     def _item(self, op, arg, nxt: _State) -> _State:
         if op is sre.LITERAL:
-            return self._new(test=lambda c, v=chr(arg): c == v, out=[nxt])
+            char = chr(arg)
+            return self._new(test=lambda c: c == char, out=[nxt])
         if op is sre.NOT_LITERAL:
-            return self._new(test=lambda c, v=chr(arg): c != v, out=[nxt])
+            char = chr(arg)
+            return self._new(test=lambda c: c != char, out=[nxt])
         if op is sre.ANY:
             return self._new(test=lambda c: c != "\n", out=[nxt])
         if op is sre.IN:
@@ -112,9 +114,11 @@ class LinearRegex:
             if op is sre.NEGATE:
                 negate = True
             elif op is sre.LITERAL:
-                tests.append(lambda c, v=chr(arg): c == v)
+                char = chr(arg)
+                tests.append(lambda c, v=char: c == v)
             elif op is sre.RANGE:
-                tests.append(lambda c, lo=chr(arg[0]), hi=chr(arg[1]): lo <= c <= hi)
+                low, high = chr(arg[0]), chr(arg[1])
+                tests.append(lambda c, lo=low, hi=high: lo <= c <= hi)
             elif op is sre.CATEGORY and arg in _CATEGORIES:
                 tests.append(_CATEGORIES[arg])
             else:

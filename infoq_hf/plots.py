@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .accounting import mean_weight_bits
+from .allocation import AllocationReport, pareto_sweep, plot_pareto
+from .allocation.costs import objective, totals
 from .policy import BitPolicy, Budget
 from .sensitivity.table import SensitivityTable
 
@@ -149,9 +151,6 @@ def chosen_report(table: SensitivityTable, policy: BitPolicy | Mapping):
     """An `AllocationReport` for a policy that was not allocated here (e.g. read back from a checkpoint):
     its size, BitOps, average bits, compression and objective computed from `table`. None when the
     policy does not cover every layer of the table (its totals would not be comparable)."""
-    from .allocation import AllocationReport
-    from .allocation.costs import objective, totals
-
     policy = _as_policy(policy)
     try:
         resolved = policy.resolve(list(table.layers))
@@ -187,8 +186,6 @@ def plot_pareto_curve(
     """Total sensitivity vs model size: one optimal allocation per average-bits budget from the smallest
     to the largest candidate width (`allocation.pareto_sweep`), drawn by `allocation.plot_pareto`, with
     the `chosen` policy marked (its cost computed from the table when it carries no report)."""
-    from .allocation import pareto_sweep, plot_pareto
-
     if points < 2:
         raise ValueError(f"plot_pareto_curve needs points >= 2, got {points}")
     low, high = min(table.bits), max(table.bits)

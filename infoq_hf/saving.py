@@ -20,18 +20,18 @@ import torch.nn as nn
 from huggingface_hub import try_to_load_from_cache
 from transformers import AutoTokenizer
 
-from .card import card_file_for, float_model_origin, is_repo_id, write_model_card
-from .checkpoint import atomic_checkpoint
+from .card import card_file_for, write_model_card
+from .checkpoint import atomic_checkpoint, read_json
 from .checkpoint_info import (
     SUMMARY_FILE,
     TABLE_FILE,
     CheckpointInfo,
-    _packed_layers_summary,
-    _read_json,
+    packed_layers_summary,
     read_checkpoint,
 )
 from .integrations.timm import is_timm_model, write_quantized
 from .integrations.transformers import quantization_result
+from .origin import float_model_origin, is_repo_id
 from .sensitivity.table import SensitivityTable
 
 
@@ -109,7 +109,7 @@ def write_checkpoint_folder(
 ) -> CheckpointInfo:
     """Write the checkpoint, tokenizer, summary and table of `model` into the empty `folder` (no card)."""
     folder = Path(folder)
-    _packed_layers_summary(model)  # refuses a model without packed layers before anything is written
+    packed_layers_summary(model)  # refuses a model without packed layers before anything is written
     if is_transformers_model(model):
         qcfg = getattr(model.config, "quantization_config", None)
         qdict = qcfg.to_dict() if hasattr(qcfg, "to_dict") else qcfg
@@ -170,7 +170,7 @@ def write_summary_and_table(
     sizes, the layer sizes, the float model's Hub id, name, license and pipeline_tag where known) and the
     sensitivity table (`table`, else the run's). Returns the table."""
     result = quantization_result(model)
-    params, measured = _packed_layers_summary(model)
+    params, measured = packed_layers_summary(model)
     run = summary if summary is not None else (result.summary if result is not None else {})
     record = {**_jsonable(run), **measured}
     quantizer = getattr(model, "hf_quantizer", None)
@@ -178,7 +178,7 @@ def write_summary_and_table(
     if getattr(quantizer, "pre_quantized", False) and source:
         # loaded from an InfoQ checkpoint: keep what its own files said about its float model and its run
         saved = _checkpoint_file(source, SUMMARY_FILE)
-        prior = _read_json(saved) if saved is not None else {}
+        prior = read_json(saved) if saved is not None else {}
         for key in (
             "base_model",
             "model_name",

@@ -76,7 +76,7 @@ def vllm_problems(quantization_config: Mapping, shapes: Mapping[str, tuple], ker
     if qc.get("quant_method") != "compressed-tensors":
         return [f"quant_method is {qc.get('quant_method')!r}, not 'compressed-tensors'"]
     schemes: dict[str, dict] = {}
-    for group_name, group in qc.get("config_groups", {}).items():
+    for group in qc.get("config_groups", {}).values():
         fmt = group.get("format") or qc.get("format")
         for target in group.get("targets", []):
             schemes[target] = dict(
@@ -146,9 +146,10 @@ def _scheme_problems(name: str, w: Mapping, shapes: Mapping, kernels: str) -> li
     if w.get("actorder") in ("group", "dynamic"):
         return [f"{where}: actorder {w.get('actorder')!r} is refused by vLLM; use static or no activation ordering"]
     if bits not in allowed_bits(kernels, symmetric):
+        runs = "Marlin kernel runs" if kernels == "marlin" else "kernels run"
         return [
             f"{where}: {bits}-bit {'symmetric' if symmetric else 'asymmetric'} weights; vLLM's "
-            f"{'Marlin kernel runs' if kernels == 'marlin' else 'kernels run'} {list(allowed_bits(kernels, symmetric))} "
+            f"{runs} {list(allowed_bits(kernels, symmetric))} "
             "bits here. Re-allocate with those widths (vllm_allocation_constraints)"
         ]
     gs = -1 if strategy == "channel" else group_size

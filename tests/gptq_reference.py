@@ -32,7 +32,7 @@ What is ours (and why):
   rows each. Codes are computed from float32 values with float32 scales, as the RTN quantizer does.
 
 Model level (`gptq_quantize_model`): sequential by block. The blocks are those of
-`sensitivity.probe.find_blocks` (children of the outermost Sequential/ModuleList: decoder layers,
+`quant.apply.find_blocks` (children of the outermost Sequential/ModuleList: decoder layers,
 CNN stages). One traced forward pass on the first batch finds the chains of blocks that feed each
 other directly (block k+1 receives block k's output as its first argument). For each chain the
 inputs of its first block are captured (a forward pre-hook stops the forward pass), then the
@@ -474,7 +474,7 @@ def gptq_quantize_model(
     Embeddings in the policy are rounded to nearest (a lookup has no Hessian), before the blocks they feed.
     On an error the float layers are put back. Returns a `GPTQReport`."""
     from infoq_hf.quant.apply import (
-        _set_submodule as set_submodule,
+        set_submodule,
         default_forward,
         pack_embeddings,
         packed_layer,

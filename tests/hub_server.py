@@ -293,7 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             return json.loads(self.body or b"{}")
         except ValueError:
-            raise HubError(400, "Request body is not valid JSON")
+            raise HubError(400, "Request body is not valid JSON") from None
 
     # -- auth and lookup ---------------------------------------------------------------------
 

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-# benchmarks/ is a top-level folder of the repo, not part of the installed package.
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
 from conftest import tiny_llama
 
 from benchmarks.common import perplexity, window_nll

@@ -13,13 +13,13 @@ import torch.nn as nn
 import infoq_hf
 from infoq_hf import BitPolicy, InfoQConfig
 from infoq_hf.checkpoint import read_tensor_specs
-from infoq_hf.checkpoint_info import SUMMARY_FILE, _packed_layers_summary, packed_weight_numel, read_checkpoint
+from infoq_hf.checkpoint_info import SUMMARY_FILE, packed_layers_summary, packed_weight_numel, read_checkpoint
 from infoq_hf.quant.packing import packed_nbytes
 from infoq_hf.quant.quantizer import group_count
 
 
 def _same(from_headers, loaded):
-    """read_checkpoint's params and summary against `_packed_layers_summary` of the loaded model."""
+    """read_checkpoint's params and summary against `packed_layers_summary` of the loaded model."""
     params, measured = loaded
     info = from_headers
     assert list(info.params.items()) == list(params.items())  # the same counts, in the model's order
@@ -66,7 +66,7 @@ def test_transformers_counts_from_headers_equal_the_loaded_model(tmp_path):
     (tmp_path / "q" / SUMMARY_FILE).unlink()  # a folder pushed from elsewhere: only the checkpoint
 
     info = read_checkpoint(tmp_path / "q")
-    loaded = _packed_layers_summary(LlamaForCausalLM.from_pretrained(tmp_path / "q"))
+    loaded = packed_layers_summary(LlamaForCausalLM.from_pretrained(tmp_path / "q"))
     _same(info, loaded)
     assert info.params == saved["params"]  # what the save measured on the model itself
     assert list(info.policy) == list(loaded[0])  # the card lists the layers in model order
@@ -89,7 +89,7 @@ def test_timm_counts_from_headers_equal_the_loaded_model(tmp_path):
     assert not (tmp_path / "q" / SUMMARY_FILE).exists()
 
     info = read_checkpoint(tmp_path / "q")
-    _same(info, _packed_layers_summary(load_quantized(tmp_path / "q")))
+    _same(info, packed_layers_summary(load_quantized(tmp_path / "q")))
     assert info.kind == "timm"
 
 
@@ -115,7 +115,7 @@ def test_plain_module_counts_from_headers_equal_the_loaded_model(tmp_path):
 
     info = read_checkpoint(tmp_path / "q")  # before the split: refused, its layer sizes were unknown
     assert info.kind == "pytorch"
-    _same(info, _packed_layers_summary(load_quantized(tmp_path / "q", model=_Plain())))
+    _same(info, packed_layers_summary(load_quantized(tmp_path / "q", model=_Plain())))
 
 
 def test_packed_weight_numel_is_exact_from_four_output_rows():

@@ -37,13 +37,16 @@ def _record_stages(monkeypatch) -> list:
         "activation_ranges",
         "pack",
     ):
-
-        def wrapped(run, config, stage=getattr(stages, name), name=name):
-            ran.append(name)
-            return stage(run, config)
-
-        monkeypatch.setattr(stages, name, wrapped)
+        monkeypatch.setattr(stages, name, _recorded(getattr(stages, name), name, ran))
     return ran
+
+
+def _recorded(stage, name: str, ran: list):
+    def wrapped(run, config):
+        ran.append(name)
+        return stage(run, config)
+
+    return wrapped
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """llm-compressor's GPTQ on SmolLM2-135M, side by side with ours: same model, data, group size, metric.
 
     bash benchmarks/peer_gptq/setup.sh                                   # the peer's own venv
-    /tmp/peer-venv/bin/python -m benchmarks.peer_gptq.run_llmcompressor  # writes benchmarks/results/gptq_peer_smollm2.md
+    /tmp/peer-venv/bin/python -m benchmarks.peer_gptq.run_llmcompressor
+    # writes benchmarks/results/gptq_peer_smollm2.md
 
 Run from the repository root with the PEER venv's python (it never imports infoq_hf). The float
 SmolLM2 folder is `assets.smollm2_dir()` (fp32, from the Q4_1 GGUF), the calibration and test windows

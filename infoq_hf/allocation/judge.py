@@ -1,7 +1,7 @@
 """The refinement's judge: the whole model run with every table layer fake-quantized as a configuration
 says, scored by the KL divergence of its outputs from the float model's.
 
-Blocks (see `sensitivity.probe.find_blocks`) before the first changed layer replay the current
+Blocks (see `quant.apply.find_blocks`) before the first changed layer replay the current
 configuration's recorded outputs instead of running; the replay is checked bit-exact once, and
 switched off (full passes) otherwise.
 """
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..quant.apply import calibrate_activation_ranges
 from ..quant.modules import fake_quantize_layer
 from ..quant.quantizer import activation_qparams, fake_quantize_activation
-from ..sensitivity.probe import Replay, _detach_tree, find_blocks, replaced_modules
+from ..sensitivity.probe import Replay, detach_tree, find_blocks, replaced_modules
 from ..sensitivity.task import output_tensor
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class KLJudge:
         outputs: dict[str, list] = {b: [] for b in self.blocks[first:]}
         hooks = [
             self.model.get_submodule(b).register_forward_hook(
-                lambda m, args, out, b=b: outputs[b].append(_detach_tree(out))
+                lambda m, args, out, b=b: outputs[b].append(detach_tree(out))
             )
             for b in self.blocks[first:]
         ]

@@ -91,7 +91,7 @@ def widest_uniform(units: MoveUnits, ilp: Mapping[str, int], budget: BudgetRows,
     """(width, configuration): the widest width every free unit admits that fits the budget (pinned layers
     keep their widths in `ilp`); None when none fits."""
     common = None
-    for group, ws in units.widths.items():
+    for ws in units.widths.values():
         common = set(ws) if common is None else common & set(ws)
     for w in sorted(common or (), reverse=True):
         candidate = dict(ilp)

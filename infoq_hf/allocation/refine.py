@@ -1,12 +1,11 @@
 """`refine`: improve an allocated policy on the whole model, within every constraint it was allocated under.
 
-Summing single-layer costs misses how layers' errors compound: on SmolLM2 an ILP over the TRUE
-single-layer loss changes loses to uniform 3-bit (benchmarks/RESULTS.md). So after the ILP, the
-refinement tries moves that raise some layers and lower others within every budget (pins, bounds and
-ties kept; `allocation.moves`), runs each candidate configuration as a complete fake-quantized model
-over the calibration batches (`allocation.judge`), and keeps a move only when the KL divergence of
-the model's outputs from the float model's goes down (EvoPress and CASA judge whole configurations
-the same way).
+Summing single-layer costs misses how layers' errors compound (benchmarks/RESULTS.md, `gptq_aware`).
+So after the ILP, the refinement tries moves that raise some layers and lower others within every
+budget (pins, bounds and ties kept; `allocation.moves`), runs each candidate configuration as a
+complete fake-quantized model over the calibration batches (`allocation.judge`), and keeps a move only
+when the KL divergence of the model's outputs from the float model's goes down (EvoPress and CASA
+judge whole configurations the same way).
 
 - Starts: the ILP's assignment, where one fits the budget the widest uniform assignment, and any
   other configurations the caller gives (`starts`: e.g. the ILP's solution on costs measured another

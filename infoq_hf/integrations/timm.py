@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from ..calibration import is_timm_model
 from ..checkpoint import (
     atomic_checkpoint,
     load_packed_into,
@@ -26,10 +27,6 @@ from ..checkpoint import (
 )
 from ..config import InfoQConfig
 from ..policy import BitPolicy
-
-
-def is_timm_model(model: nn.Module) -> bool:
-    return type(model).__module__.startswith("timm.") and hasattr(model, "pretrained_cfg")
 
 
 def save_quantized(
@@ -98,12 +95,13 @@ def load_quantized(directory: str | os.PathLike, model: nn.Module | None = None,
     directory = Path(directory)
     config = read_infoq_config(directory)
     if model is None:
-        model = _create_timm_model(directory, **create_kwargs)
+        model = create_timm_model(directory, **create_kwargs)
     load_packed_into(model, directory, config)
     return model.eval()
 
 
-def _create_timm_model(directory: Path, **create_kwargs) -> nn.Module:
+def create_timm_model(directory: Path, **create_kwargs) -> nn.Module:
+    """The float timm model (no weights) of the architecture a checkpoint folder's config.json names."""
     if not (directory / "config.json").is_file():
         raise ValueError(
             f"{directory} has no config.json naming a timm architecture; pass load_quantized(dir, model=...) "

@@ -26,7 +26,6 @@ from safetensors import safe_open
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers import auto as _auto
 
-from ..card import float_model_origin
 from ..checkpoint import (
     GUARD,
     IMPORT_HINT_KEY,
@@ -37,6 +36,8 @@ from ..checkpoint import (
 )
 from ..config import QUANT_METHOD, InfoQConfig
 from ..integrity import DIGEST_METADATA, tensor_digests, verify_checkpoint_files
+from ..origin import float_model_origin
+from ..pipeline import QuantizationResult, quantize_with_infoq
 from ..quant.apply import dequantize_model
 
 logger = logging.getLogger("infoq_hf")
@@ -78,7 +79,7 @@ class InfoQQuantizer(HfQuantizer):
         if checkpoint_files:  # fail before loading, naming the layer, rather than load a wrong model
             refuse_mixed_saves(checkpoint_files)
             specs = read_tensor_specs(checkpoint_files)
-            rename = _checkpoint_renamer(model, self)
+            rename = checkpoint_renamer(model, self)
             check_checkpoint_tensors(model, {rename(k): v for k, v in specs.items()})
             verify_checkpoint_files(checkpoint_files)  # every tensor's bytes against the digests saved with them
         # Some `_init_weights` reach from a parent into its child's `.weight` (GPT-2: `mlp.c_proj.weight`),
@@ -100,12 +101,8 @@ class InfoQQuantizer(HfQuantizer):
     ):
         if self.pre_quantized:
             if self.summary is not None:  # the run that packed this checkpoint, as its header recorded it
-                from ..pipeline import QuantizationResult
-
                 self.result = QuantizationResult(model, self.quantization_config.policy, None, self.summary)
             return model
-        from ..pipeline import quantize_with_infoq
-
         cfg = self.quantization_config
         self.result = quantize_with_infoq(
             model,
@@ -179,7 +176,7 @@ def modules_kept_float(model, modules_to_not_convert=None, quantize_embeddings: 
     return sorted(skip)
 
 
-def _checkpoint_renamer(model, quantizer):
+def checkpoint_renamer(model, quantizer):
     """Checkpoint key -> model key under the model's legacy renamings (e.g. ViT's `encoder.layer` ->
     `layers`), which `save_pretrained` applies in reverse; identity where there are none."""
     try:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from transformers import AutoTokenizer
 
-from ..calibration import CalibrationSet, load_calibration
+from ..calibration import CalibrationSet, is_timm_model, load_calibration
 from ..config import InfoQConfig
 from ..quant.apply import batch_to_model_device
 from ..sensitivity.task import is_causal_lm
@@ -25,8 +25,6 @@ def load_calibration_batches(calibration, model: nn.Module, *, tokenizer=None, i
     changes the task, and folder names need not match the model's class indices). The tensors are
     placed on the model's (first) device. Ready batches come back as they are. `tokenizer`: an object,
     or a Hub name or folder to load one from."""
-    from ..integrations.timm import is_timm_model
-
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
     batches = load_calibration(

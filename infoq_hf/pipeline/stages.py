@@ -16,11 +16,11 @@ import torch.nn as nn
 
 from .. import allocation
 from ..accounting import model_size_bytes
-from ..checkpoint import cast_float_leftovers
 from ..config import InfoQConfig
 from ..policy import BitPolicy, Budget
-from ..quant.apply import calibrate_activation_ranges, policy_layers, quantize_model
+from ..quant.apply import calibrate_activation_ranges, cast_float_leftovers, policy_layers
 from ..quant.gptq import gptq_candidates
+from ..quant.quantize import quantize_model
 from ..quant.scheme import PackingScheme
 from ..sensitivity import DATA_FREE_METHODS, SensitivityTable, search
 from ..sensitivity.rounding_costs import with_gptq_costs

@@ -6,7 +6,6 @@ from .apply import (
     dequantize_model,
     packed_layers,
     quantizable_layers,
-    quantize_model,
     resolve_policy,
 )
 from .lsq import LSQConv2d, LSQLinear, export_packed, prepare_qat, step_parameters  # noqa: F401  (QAT after the search)
@@ -20,6 +19,7 @@ from .modules import (
     packed_weight_bytes,
 )
 from .packing import check_bits, pack, packed_nbytes, unpack
+from .quantize import quantize_model
 from .quantizer import (
     QuantizedWeight,
     RangeObserver,

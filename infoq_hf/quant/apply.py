@@ -10,7 +10,8 @@ import torch.nn as nn
 from ..names import any_matches, is_regex, unique_match
 from ..policy import BitPolicy, LayerBits
 from .modules import PACKED_TYPES, QuantConv2d, QuantEmbedding, QuantLinear, QuantTiedLinear, float_layer_types
-from .scheme import UNSET, PackingScheme, resolve_scheme
+from .quantizer import RangeObserver
+from .scheme import PackingScheme, resolve_scheme
 
 
 def _skipped(name: str, module: nn.Module, skip_names: Iterable[str], skip_types: tuple) -> bool:
@@ -57,7 +58,20 @@ def _unquantizable_hint(name: str, module: nn.Module) -> str:
     )
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+def find_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Children of the outermost Sequential/ModuleList containers, in module order."""
+    blocks: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():  # parents come before their children
+        if any(name == b or name.startswith(b + ".") for b in blocks):
+            continue
+        if isinstance(module, (nn.Sequential, nn.ModuleList)):
+            for child_name, child in module.named_children():
+                blocks[f"{name}.{child_name}" if name else child_name] = child
+    return blocks
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` in place of the submodule `name` of `model` (a dotted path)."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -124,11 +138,11 @@ def pack_embeddings(
         layer = model.get_submodule(name)
         replaced[name] = layer
         q = builder(name, layer, bits) if builder else packed_layer(name, layer, bits, scheme, None)
-        _set_submodule(model, name, q)
+        set_submodule(model, name, q)
     for head, embedding in heads.items():
         layer = model.get_submodule(head)
         replaced[head] = layer
-        _set_submodule(model, head, QuantTiedLinear(model.get_submodule(embedding), embedding, layer.bias))
+        set_submodule(model, head, QuantTiedLinear(model.get_submodule(embedding), embedding, layer.bias))
     _forget_transformers_ties(model, heads)
     return {n: b for n, b in resolved.items() if n not in embeddings}, replaced
 
@@ -160,65 +174,6 @@ def packing_scheme_for(policy, scheme: PackingScheme | Mapping | None = None, **
     return chosen
 
 
-def quantize_model(
-    model: nn.Module,
-    policy: BitPolicy | Mapping,
-    *,
-    scheme: PackingScheme | Mapping | None = None,
-    group_size: int | None = UNSET,
-    symmetric: bool = UNSET,
-    clip_search: bool = UNSET,
-    skip_modules: Iterable[str] = (),
-    skip_types: tuple = (),
-    act_ranges: Mapping[str, tuple[float, float]] | None = None,
-    conv_group_size: int | None = UNSET,
-    rounding: str = UNSET,
-    calibration: Iterable | None = None,
-    gptq_options: Mapping | None = None,
-    forward=None,
-    progress: bool = False,
-) -> nn.Module:
-    """Replace the layers named by `policy` with packed low-bit layers, in place; returns the model.
-
-    `scheme`: a `PackingScheme`, or its fields as shorthand: `group_size` applies to Linear layers
-    (e.g. 64/128 for LLMs; None = per output channel), conv layers use `conv_group_size`, then
-    `symmetric`, `clip_search`, `rounding`. Default: the scheme a policy from `allocate` was budgeted
-    with (a different one is an error, see `packing_scheme_for`), else per output channel, asymmetric,
-    round to nearest. Layers not in the policy stay float. A layer with `a_bits` needs its input range in `act_ranges` (see
-    `infoq_hf.calibrate_activation_ranges`). `rounding` is "rtn" (round to nearest) or "gptq"
-    (error-compensating, needs `calibration` batches run by `forward(model, batch)`; options
-    `gptq_options={"damp": 0.01, "block_size": 128, "act_order": False}`; see `quant.gptq`)."""
-    scheme = packing_scheme_for(
-        policy,
-        scheme,
-        group_size=group_size,
-        conv_group_size=conv_group_size,
-        symmetric=symmetric,
-        clip_search=clip_search,
-        rounding=rounding,
-    )
-    if scheme.rounding == "gptq":
-        from .gptq import gptq_quantize_model
-
-        gptq_quantize_model(
-            model,
-            policy,
-            calibration,
-            scheme=scheme,
-            skip_modules=skip_modules,
-            skip_types=skip_types,
-            act_ranges=act_ranges,
-            options=gptq_options,
-            forward=forward,
-            progress=progress,
-        )
-        return model
-    resolved, _ = pack_embeddings(model, resolve_policy(model, policy, skip_modules, skip_types), scheme)
-    for name, bits in resolved.items():
-        _set_submodule(model, name, packed_layer(name, model.get_submodule(name), bits, scheme, act_ranges))
-    return model
-
-
 def packed_layer(name: str, layer: nn.Module, bits: LayerBits, scheme: PackingScheme, act_ranges) -> nn.Module:
     """The packed (round-to-nearest) replacement of one float layer, its input range set when it has a_bits."""
     kwargs = dict(
@@ -245,16 +200,35 @@ def packed_layer(name: str, layer: nn.Module, bits: LayerBits, scheme: PackingSc
     return q
 
 
+def cast_float_leftovers(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast what a packed model stores in float (parameters and saved buffers: embeddings, norms, biases,
+    skipped layers) to `dtype`, in place. The packed layers' scales stay float32 (the format), and runtime
+    buffers (e.g. rotary frequencies) keep their dtype, as `from_pretrained(dtype=...)` leaves them."""
+    for module in model.modules():
+        keep = set(module._non_persistent_buffers_set)
+        if isinstance(module, (QuantLinear, QuantConv2d)):
+            keep |= {"weight_scale", "input_scale"}
+        for param in module._parameters.values():
+            if param is not None and param.is_floating_point():
+                param.data = param.data.to(dtype)  # a tied parameter is one object: cast once
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.is_floating_point() and name not in keep:
+                module._buffers[name] = buf.to(dtype)
+        if isinstance(module, QuantEmbedding):  # its rows come out in the leftovers' dtype
+            module.output_dtype = dtype
+    return model
+
+
 def dequantize_model(model: nn.Module) -> nn.Module:
     """Replace every packed layer with an equivalent float layer, in place; returns the model. A tied head
     becomes a Linear sharing the float embedding's weight again."""
     modules = list(model.named_modules())
     for name, module in modules:
         if isinstance(module, PACKED_TYPES):
-            _set_submodule(model, name, module.to_float())
+            set_submodule(model, name, module.to_float())
     for name, module in modules:
         if isinstance(module, QuantTiedLinear):
-            _set_submodule(model, name, module.to_float(model.get_submodule(module.tied_to)))
+            set_submodule(model, name, module.to_float(model.get_submodule(module.tied_to)))
     return model
 
 
@@ -270,8 +244,6 @@ def calibrate_activation_ranges(
 
     `forward(model, batch)` runs one batch (default: `model(**batch)` for dicts, `model(batch[0])`
     for tuples, `model(batch)` otherwise)."""
-    from .quantizer import RangeObserver
-
     resolved = {n: b for n, b in resolve_policy(model, policy).items() if b.a_bits is not None}
     observers = {n: RangeObserver(percentile) for n in resolved}
     hooks = [

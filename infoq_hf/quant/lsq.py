@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..policy import BitPolicy
-from .apply import _set_submodule, resolve_policy
+from .apply import resolve_policy, set_submodule
 from .modules import HFConv1D, QuantConv2d, QuantLinear
 from .packing import check_bits, pack
 from .quantizer import activation_qparams, group_count
@@ -338,7 +338,7 @@ def prepare_qat(
             q = LSQConv2d.from_float(layer, group_size=conv_group_size, **kwargs)
         else:
             q = LSQLinear.from_float(layer, group_size=group_size, **kwargs)
-        _set_submodule(model, name, q)
+        set_submodule(model, name, q)
     return model
 
 
@@ -365,7 +365,7 @@ def export_packed(model: nn.Module) -> nn.Module:
     if not layers:
         raise ValueError("the model has no LSQ layers to export; call prepare_qat(model, policy) first")
     for name, layer in layers.items():
-        _set_submodule(model, name, layer.to_packed())
+        set_submodule(model, name, layer.to_packed())
     return model
 
 

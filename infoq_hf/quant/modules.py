@@ -33,6 +33,7 @@ from .quantizer import (
     dequantize_codes,
     effective_group_size,
     fake_quantize_activation,
+    fake_quantize_weight,
     group_count,
     quantize_weight,
 )
@@ -52,8 +53,6 @@ def oriented_weight(layer: nn.Module) -> torch.Tensor:
 
 def fake_quantize_layer(layer: nn.Module, weight: torch.Tensor, scheme: WeightScheme, where: str = "") -> torch.Tensor:
     """Quantize-dequantize `weight` (stored as `layer` stores it), grouping along its input axis."""
-    from .quantizer import fake_quantize_weight
-
     if HFConv1D is not None and isinstance(layer, HFConv1D):
         return fake_quantize_weight(weight.t(), scheme, where).t()
     return fake_quantize_weight(weight, scheme, where)

@@ -279,7 +279,8 @@ class InfoQScorer:
             else:
                 last_end[n] = pos
         self.after = {
-            l: {o for o in self.observers if last_end.get(o, -1) > first_start.get(l, 10**9)} for l in prober.layers
+            layer: {o for o in self.observers if last_end.get(o, -1) > first_start.get(layer, 10**9)}
+            for layer in prober.layers
         }
         k = self.opts.num_directions
         for idx, name in enumerate(self.observers):
@@ -359,7 +360,7 @@ class InfoQScorer:
         """D(l): the relative change of information at the observers after `layer`, as the model is now."""
         obs = self._observe(layer)
         terms, weights = [], []
-        for kind, observers, ref, smi, weight in (
+        for _kind, observers, ref, smi, weight in (
             ("task", self.task_obs, self.ref_task, self._smi_task, self.opts.task_weight),
             ("input", self.input_obs, self.ref_input, self._smi_input, self.opts.input_weight),
         ):

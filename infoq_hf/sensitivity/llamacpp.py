@@ -77,7 +77,7 @@ def preset_type(preset: str, role: str | None, position: tuple[int, int] | None)
 
 
 def stacks(model) -> dict[str, list[str]]:
-    """The model's block stacks: container name -> its blocks' names, in order (`probe.find_blocks`)."""
+    """The model's block stacks: container name -> its blocks' names, in order (`quant.apply.find_blocks`)."""
     out: dict[str, list[str]] = {}
     for block in find_blocks(model):
         container = block.rpartition(".")[0]

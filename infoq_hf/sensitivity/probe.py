@@ -25,8 +25,9 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from ..quant.apply import find_blocks
 from ..quant.modules import fake_quantize_layer
-from ..quant.quantizer import WeightScheme, fake_quantize_activation
+from ..quant.quantizer import WeightScheme, activation_qparams, fake_quantize_activation
 
 logger = logging.getLogger(__name__)
 REFERENCE_BITS = 8
@@ -49,7 +50,8 @@ def _clone_tree(obj):
     return _map_tree(torch.Tensor.clone, obj)
 
 
-def _detach_tree(obj):
+def detach_tree(obj):
+    """`obj` (a tensor, or tuples/lists/dicts of them) with every tensor detached."""
     return _map_tree(torch.Tensor.detach, obj)
 
 
@@ -85,18 +87,6 @@ def replaced_modules(model: nn.Module, replacements: dict[str, nn.Module]):
             setattr(parent, child, module)
 
 
-def find_blocks(model: nn.Module) -> dict[str, nn.Module]:
-    """Children of the outermost Sequential/ModuleList containers, in module order."""
-    blocks: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():  # parents come before their children
-        if any(name == b or name.startswith(b + ".") for b in blocks):
-            continue
-        if isinstance(module, (nn.Sequential, nn.ModuleList)):
-            for child_name, child in module.named_children():
-                blocks[f"{name}.{child_name}" if name else child_name] = child
-    return blocks
-
-
 class Prober:
     """The reference model plus the means to run it with one layer perturbed."""
 
@@ -127,7 +117,7 @@ class Prober:
         for name, layer in self.layers.items():
             self._float_weights[name] = layer.weight.data.clone()
             layer.weight.data.copy_(self._reference_weight(name))
-        for name, layer in self.layers.items():
+        for layer in self.layers.values():
             self._hooks.append(layer.register_forward_hook(self._count_eval))
         return self
 
@@ -161,7 +151,7 @@ class Prober:
         def block_end(name):
             def hook(module, args, out):  # must return None: a returned value would replace the output
                 order.append(("end", name))
-                outputs[name].append(_detach_tree(out))
+                outputs[name].append(detach_tree(out))
                 calls[name] += 1
 
             return hook
@@ -242,8 +232,6 @@ class Prober:
             self._hooks.append(layer.register_forward_pre_hook(self._quantize_input(name)))
 
     def _quantize_input(self, name):
-        from ..quant.quantizer import activation_qparams
-
         def hook(module, args):
             bits = self._act_bits[name]
             scale, zero = activation_qparams(*self.act_ranges[name], bits)

@@ -23,7 +23,13 @@ from tqdm.auto import tqdm
 from ..accounting import count_macs, model_size_bytes, tied_weights
 from ..bitwidth import check_bits
 from ..calibration import CalibrationSet, calibration_identity
-from ..quant.apply import batch_to_model_device, default_forward, quantizable_layers, tied_heads
+from ..quant.apply import (
+    batch_to_model_device,
+    calibrate_activation_ranges,
+    default_forward,
+    quantizable_layers,
+    tied_heads,
+)
 from ..quant.modules import oriented_weight
 from ..quant.quantizer import WeightScheme
 from ..quant.scheme import FORMAT_FIELDS, UNSET, PackingScheme, resolve_scheme
@@ -116,10 +122,11 @@ def search(
 
     `calibration`: a list/iterable of batches (dicts of model inputs with optional `labels`, or
     `(inputs, labels)` tuples). `method`: "infoq" (default), "hawq", "weight_mse", "size_only",
-    "llamacpp" (option `preset`: "q4_k_m" or "q3_k_m"), "random" or "oracle" (`baselines`). `scheme`: the `PackingScheme` the model will be packed with (default: one scale per
-    output channel, asymmetric, no clipping search), or its fields as shorthand (`group_size=`,
-    `conv_group_size=`, `symmetric=`, `clip_search=`); the table records it. `options` go to InfoQ (see `InfoQOptions`: num_directions, estimator, observers,
-    lm_target, inv_bits, ...). `heldout` is the oracle's evaluation data (default: calibration).
+    "llamacpp" (option `preset`: "q4_k_m" or "q3_k_m"), "random" or "oracle" (`baselines`). `scheme`: the
+    `PackingScheme` the model will be packed with (default: one scale per output channel, asymmetric, no
+    clipping search), or its fields as shorthand (`group_size=`, `conv_group_size=`, `symmetric=`,
+    `clip_search=`); the table records it. `options` go to InfoQ (see `InfoQOptions`: num_directions,
+    estimator, observers, lm_target, inv_bits, ...). `heldout` is the oracle's evaluation data (default: calibration).
     `accelerator`: an `accelerate.Accelerator`; probes are split over its processes. `embeddings`: score
     the `nn.Embedding`s too (rows grouped like a Linear's inputs); an output head tied to one (an LM head
     sharing the input embedding) is part of it: one tensor, one width, its MACs counted with it."""
@@ -354,8 +361,6 @@ def _probe_all(
         for kind in kinds:
             kind_jobs = [j for j in mine if j[0] == kind]
             if kind == "a":
-                from ..quant.apply import calibrate_activation_ranges
-
                 ranges = calibrate_activation_ranges(
                     model, batches, {n: {"w_bits": 8, "a_bits": 8} for n in layers}, forward
                 )

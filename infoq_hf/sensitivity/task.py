@@ -177,7 +177,7 @@ class SampleIndex:
             return
         # Candidate positions: every token that has a next token and is not padding.
         candidates = []
-        for bi, batch in enumerate(batches):
+        for batch in batches:
             ids = batch["input_ids"]
             mask = batch.get("attention_mask")
             valid = torch.ones_like(ids, dtype=torch.bool)

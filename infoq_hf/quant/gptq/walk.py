@@ -1,6 +1,6 @@
 """The calibration walk GPTQ rounds along: the model's layers' input Hessians, block by block.
 
-The blocks are those of `sensitivity.probe.find_blocks` (children of the outermost
+The blocks are those of `quant.apply.find_blocks` (children of the outermost
 Sequential/ModuleList: decoder layers, CNN stages). One traced forward pass on the first batch finds
 the chains of blocks that feed each other directly (block k+1 receives block k's output as its first
 argument). For each chain the inputs of its first block are captured (a forward pre-hook stops the
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..apply import find_blocks
 from .hessian import HessianAccumulator
 
 
@@ -111,8 +112,6 @@ def owner_block(name: str, blocks: Iterable[str]) -> str | None:
 
 def model_blocks(model: nn.Module) -> dict[str, nn.Module]:
     """The model's blocks, as the search and the refinement see them."""
-    from ...sensitivity.probe import find_blocks  # the one definition of a block lives with the probes
-
     return find_blocks(model)
 
 
@@ -128,16 +127,18 @@ def trace_stages(model, blocks: dict[str, nn.Module], layer_names: list[str], ba
         for b, m in blocks.items():
             hooks.append(
                 m.register_forward_pre_hook(
-                    lambda mod, args, b=b: events.append(("start", b, args[0] if args else None))
+                    lambda mod, args, b=b, events=events: events.append(("start", b, args[0] if args else None))
                 )
             )
             hooks.append(
-                m.register_forward_hook(lambda mod, args, out, b=b: events.append(("end", b, first_output(out))))
+                m.register_forward_hook(
+                    lambda mod, args, out, b=b, events=events: events.append(("end", b, first_output(out)))
+                )
             )
         for n in outside:
             hooks.append(
                 model.get_submodule(n).register_forward_pre_hook(
-                    lambda mod, args, n=n: events.append(("layer", n, None))
+                    lambda mod, args, n=n, events=events: events.append(("layer", n, None))
                 )
             )
         try:

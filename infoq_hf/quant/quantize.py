@@ -1,0 +1,69 @@
+"""`quantize_model`: pack a model's layers by a policy, rounding to nearest or with GPTQ (above both)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch.nn as nn
+
+from ..policy import BitPolicy
+from .apply import pack_embeddings, packed_layer, packing_scheme_for, resolve_policy, set_submodule
+from .gptq import gptq_quantize_model
+from .scheme import UNSET, PackingScheme
+
+
+def quantize_model(
+    model: nn.Module,
+    policy: BitPolicy | Mapping,
+    *,
+    scheme: PackingScheme | Mapping | None = None,
+    group_size: int | None = UNSET,
+    symmetric: bool = UNSET,
+    clip_search: bool = UNSET,
+    skip_modules: Iterable[str] = (),
+    skip_types: tuple = (),
+    act_ranges: Mapping[str, tuple[float, float]] | None = None,
+    conv_group_size: int | None = UNSET,
+    rounding: str = UNSET,
+    calibration: Iterable | None = None,
+    gptq_options: Mapping | None = None,
+    forward=None,
+    progress: bool = False,
+) -> nn.Module:
+    """Replace the layers named by `policy` with packed low-bit layers, in place; returns the model.
+
+    `scheme`: a `PackingScheme`, or its fields as shorthand: `group_size` applies to Linear layers
+    (e.g. 64/128 for LLMs; None = per output channel), conv layers use `conv_group_size`, then
+    `symmetric`, `clip_search`, `rounding`. Default: the scheme a policy from `allocate` was budgeted
+    with (a different one is an error, see `packing_scheme_for`), else per output channel, asymmetric,
+    round to nearest. Layers not in the policy stay float. A layer with `a_bits` needs its input range in
+    `act_ranges` (see `infoq_hf.calibrate_activation_ranges`). `rounding` is "rtn" (round to nearest) or "gptq"
+    (error-compensating, needs `calibration` batches run by `forward(model, batch)`; options
+    `gptq_options={"damp": 0.01, "block_size": 128, "act_order": False}`; see `quant.gptq`)."""
+    scheme = packing_scheme_for(
+        policy,
+        scheme,
+        group_size=group_size,
+        conv_group_size=conv_group_size,
+        symmetric=symmetric,
+        clip_search=clip_search,
+        rounding=rounding,
+    )
+    if scheme.rounding == "gptq":
+        gptq_quantize_model(
+            model,
+            policy,
+            calibration,
+            scheme=scheme,
+            skip_modules=skip_modules,
+            skip_types=skip_types,
+            act_ranges=act_ranges,
+            options=gptq_options,
+            forward=forward,
+            progress=progress,
+        )
+        return model
+    resolved, _ = pack_embeddings(model, resolve_policy(model, policy, skip_modules, skip_types), scheme)
+    for name, bits in resolved.items():
+        set_submodule(model, name, packed_layer(name, model.get_submodule(name), bits, scheme, act_ranges))
+    return model
