@@ -72,12 +72,12 @@ def test_llamacpp_allocation_at_q4_k_m_shape_gives_the_favoured_tensors_the_high
     }
     params = {n: info["params"] for n, info in table.layers.items()}
     budget = sum(params[n] * b for n, b in shape.items()) / sum(params.values())
-    policy = allocate(table, Budget(avg_bits=budget), pin_first_last=False, refine_passes=0, progress=False)
+    policy = allocate(table, Budget(avg_bits=budget), pin_first_last=False)
     assert {n: lb.w_bits for n, lb in policy.items()} == shape
     size_only = search(
         model, None, bits=BITS, method="size_only", group_size=16, skip_modules=["lm_head"], progress=False
     )
-    plain = allocate(size_only, Budget(avg_bits=budget), pin_first_last=False, refine_passes=0, progress=False)
+    plain = allocate(size_only, Budget(avg_bits=budget), pin_first_last=False)
     assert {n: lb.w_bits for n, lb in plain.items()} != shape  # the preference comes from the preset, not sizes
 
 
@@ -105,7 +105,7 @@ def test_llamacpp_preference_holds_at_every_budget_by_brute_force():
     table = SensitivityTable("llamacpp", BITS, {n: full.layers[n] for n in pick}, full.meta)
     for budget in [2.0 + 0.25 * k for k in range(25)]:
         best, widths = brute_force(table, budget)
-        policy = allocate(table, Budget(avg_bits=budget), pin_first_last=False, refine_passes=0, progress=False)
+        policy = allocate(table, Budget(avg_bits=budget), pin_first_last=False)
         assert policy.report.objective == pytest.approx(best, rel=1e-9, abs=1e-15), budget
         for a, b in itertools.permutations(pick, 2):
             if favoured(a, blocks) and not favoured(b, blocks) and a.rsplit(".", 1)[1] == b.rsplit(".", 1)[1]:

@@ -137,9 +137,7 @@ def test_allocation_under_the_vllm_constraints_exports_for_vllm(tmp_path, kernel
     assert constraints["tie"] == fused_groups(table.layers) and len(constraints["tie"]) == 4
     bits = [b for b in table.bits if b in constraints["bits"]]
     assert bits == ([2, 3, 4, 8] if kernels == "any" else [4, 8])
-    policy = allocate(
-        table, Budget(avg_bits=5.0 if kernels == "marlin" else 3.5), tie=constraints["tie"], bits=bits, progress=False
-    )
+    policy = allocate(table, Budget(avg_bits=5.0 if kernels == "marlin" else 3.5), tie=constraints["tie"], bits=bits)
     widths = {n: policy[n].w_bits for n in table.layers}
     assert len(set(widths.values())) > 1  # a real mix
     quantize_model(model, widths, group_size=32, symmetric=symmetric)

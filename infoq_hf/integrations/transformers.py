@@ -81,7 +81,7 @@ class InfoQQuantizer(HfQuantizer):
             specs = read_tensor_specs(checkpoint_files)
             rename = checkpoint_renamer(model, self)
             check_checkpoint_tensors(model, {rename(k): v for k, v in specs.items()})
-            verify_checkpoint_files(checkpoint_files)  # every tensor's bytes against the digests saved with them
+            verify_checkpoint_files(checkpoint_files, rename)  # every tensor's bytes against its saved digest
         # Some `_init_weights` reach from a parent into its child's `.weight` (GPT-2: `mlp.c_proj.weight`),
         # which a packed layer lacks. A parent holding no tensors of its own has nothing to initialise.
         for name in built:
