@@ -289,3 +289,22 @@ def test_a_users_readme_is_kept_and_the_card_goes_beside_it(float_folder, tmp_pa
     infoq_hf.save(model, ours)
     assert "infoq" in _front_matter((ours / "README.md").read_text())["tags"]
     assert not (ours / "INFOQ_CARD.md").exists()
+
+
+def test_quantize_model_then_plain_save_pretrained_reloads_packed(tmp_path):
+    model = tiny_llama()
+    names = infoq_hf.quantizable_layers(model, skip_modules=["lm_head"])
+    quantize_model(model, {n: 4 for n in names}, group_size=32)
+    model.save_pretrained(tmp_path / "packed")  # transformers' own save, no quantizer involved
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "packed")
+    ids = torch.randint(0, model.config.vocab_size, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
+    assert set(infoq_hf.quant.apply.packed_layers(reloaded)) == set(names)
+
+    infoq_hf.dequantize_model(model)  # back to float: saves and reloads as float
+    model.save_pretrained(tmp_path / "float")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "float")
+    assert getattr(again.config, "quantization_config", None) is None
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)

@@ -229,6 +229,10 @@ def dequantize_model(model: nn.Module) -> nn.Module:
     for name, module in modules:
         if isinstance(module, QuantTiedLinear):
             set_submodule(model, name, module.to_float(model.get_submodule(module.tied_to)))
+    config = getattr(model, "config", None)
+    recorded = getattr(config, "quantization_config", None)
+    if isinstance(recorded, dict) and recorded.get("quant_method") == "infoq":  # what `quantize_model` recorded
+        del config.quantization_config
     return model
 
 

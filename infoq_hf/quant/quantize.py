@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 import torch.nn as nn
 
 from ..policy import BitPolicy
-from .apply import pack_embeddings, packed_layer, packing_scheme_for, resolve_policy, set_submodule
+from .apply import pack_embeddings, packed_layer, packed_layers, packing_scheme_for, resolve_policy, set_submodule
 from .gptq import gptq_quantize_model
 from .scheme import UNSET, PackingScheme
 
@@ -62,8 +62,23 @@ def quantize_model(
             forward=forward,
             progress=progress,
         )
-        return model
-    resolved, _ = pack_embeddings(model, resolve_policy(model, policy, skip_modules, skip_types), scheme)
-    for name, bits in resolved.items():
-        set_submodule(model, name, packed_layer(name, model.get_submodule(name), bits, scheme, act_ranges))
+    else:
+        resolved, _ = pack_embeddings(model, resolve_policy(model, policy, skip_modules, skip_types), scheme)
+        for name, bits in resolved.items():
+            set_submodule(model, name, packed_layer(name, model.get_submodule(name), bits, scheme, act_ranges))
+    record_on_transformers_config(model, scheme)
     return model
+
+
+def record_on_transformers_config(model: nn.Module, scheme: PackingScheme) -> None:
+    """A transformers model packed here, outside its quantizer, records how as its config's
+    `quantization_config` (the policy of its packed layers and the scheme), so that a plain
+    `save_pretrained` writes a checkpoint `from_pretrained` reloads packed (after `import infoq_hf`)
+    instead of a float model with random weights. A model that already has one is left alone."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict") or getattr(model, "hf_quantizer", None) is not None:
+        return
+    if getattr(config, "quantization_config", None) is not None:
+        return
+    policy = {name: {"w_bits": m.w_bits, "a_bits": m.a_bits} for name, m in packed_layers(model).items()}
+    config.quantization_config = {"quant_method": "infoq", "policy": policy, **scheme.to_dict()}
