@@ -164,7 +164,7 @@ def test_corrupt_or_swapped_tensors_are_refused_by_from_pretrained(llama_float_d
     weights = tmp_path / "c" / "model.safetensors"
     clean = weights.read_bytes()
     header, _ = _header(weights)
-    assert set(json.loads(header["__metadata__"]["infoq_sha256"])) == set(header) - {"__metadata__"}
+    assert set(json.loads(header["__metadata__"]["infoq_xxh3_128"])) == set(header) - {"__metadata__"}
     _swap(weights, "model.layers.0.self_attn.q_proj.weight_packed", "model.layers.0.self_attn.o_proj.weight_packed")
     with pytest.raises(ValueError, match=r"self_attn\.(q|o)_proj\.weight_packed' does not match the digest"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "c")
@@ -185,7 +185,7 @@ def test_a_checkpoint_without_digests_loads_with_a_note(tmp_path, caplog):
     save_quantized(model, tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     header, _ = _header(weights)
-    meta = {k: v for k, v in header["__metadata__"].items() if k != "infoq_sha256"}
+    meta = {k: v for k, v in header["__metadata__"].items() if k != "infoq_xxh3_128"}
     save_file(load_file(weights), weights, metadata=meta)  # as an older version wrote it
     with caplog.at_level(logging.WARNING, logger="infoq_hf"):
         with torch.no_grad():
@@ -201,7 +201,7 @@ def _with_tied_header(path: Path, aliases: dict) -> None:
     with safe_open(str(path), framework="pt") as handle:
         meta = dict(handle.metadata())
     meta["infoq_tied"] = json.dumps(aliases)
-    meta.pop("infoq_sha256", None)
+    meta.pop("infoq_xxh3_128", None)
     save_file(load_file(path), path, metadata=meta)
 
 
