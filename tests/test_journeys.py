@@ -1,4 +1,4 @@
-"""The journeys a newcomer walks (issue 16), each on a tiny model built from a config (no network):
+"""The journeys a newcomer walks, each on a tiny model built from a config (no network):
 group sizes that do not divide every layer, the calibration inputs peers accept, transformers' own
 `infoq_hf.save` / `push_to_hub` writing the InfoQ card, the card's content, the CLI on a folder of images,
 small CLI fixes.

@@ -1,5 +1,5 @@
 """Nothing lost, nothing silently wrong: atomic saves, tied weights, header checks, the import guard,
-input validation and CLI exit codes (issue 15). Tiny models built from configs; no network."""
+input validation and CLI exit codes. Tiny models built from configs; no network."""
 
 from __future__ import annotations
 
