@@ -35,7 +35,7 @@ from .integrity import verify_safetensors
 from .names import unique_match
 from .policy import BitPolicy
 from .quant.apply import pack_embeddings, packed_layers, policy_layers, set_submodule
-from .quant.modules import QuantConv2d, QuantEmbedding, QuantLinear
+from .quant.modules import QuantConv2d, QuantEmbedding, QuantLinear, conv2d_args
 from .quant.packing import packed_nbytes
 from .quant.scheme import PackingScheme
 
@@ -83,15 +83,7 @@ def build_packed_modules(model: nn.Module, policy: BitPolicy | Mapping, scheme: 
                 )
             elif isinstance(layer, nn.Conv2d):
                 q = QuantConv2d(
-                    layer.in_channels,
-                    layer.out_channels,
-                    layer.kernel_size,
-                    layer.stride,
-                    layer.padding,
-                    layer.dilation,
-                    layer.groups,
-                    layer.bias is not None,
-                    layer.padding_mode,
+                    *conv2d_args(layer),
                     **kwargs,
                 )
             elif isinstance(layer, nn.Linear):

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from ..policy import BitPolicy
 from .apply import resolve_policy, set_submodule
-from .modules import HFConv1D, QuantConv2d, QuantLinear
+from .modules import HFConv1D, QuantConv2d, QuantLinear, conv2d_args
 from .packing import check_bits, pack
 from .quantizer import activation_qparams, group_count
 
@@ -197,15 +197,7 @@ class LSQConv2d(_LSQMixin, nn.Conv2d):
         where: str = "",
     ) -> LSQConv2d:
         q = cls(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            layer.stride,
-            layer.padding,
-            layer.dilation,
-            layer.groups,
-            layer.bias is not None,
-            layer.padding_mode,
+            *conv2d_args(layer),
             device=layer.weight.device,
             dtype=layer.weight.dtype,
         )

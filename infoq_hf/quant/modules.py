@@ -410,6 +410,21 @@ class QuantTiedLinear(nn.Module):
         return f"tied to {self.tied_to!r}, in={self.in_features}, out={self.out_features}"
 
 
+def conv2d_args(conv: nn.Conv2d) -> tuple:
+    """The positional `nn.Conv2d` constructor arguments that rebuild `conv`'s shape and settings."""
+    return (
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        conv.padding_mode,
+    )
+
+
 class QuantConv2d(_PackedWeightLayer):
     """A packed replacement for `nn.Conv2d` (grouped and depthwise included), one scale per output channel
     unless a group size is given."""
@@ -447,15 +462,7 @@ class QuantConv2d(_PackedWeightLayer):
         cls, layer: nn.Conv2d, *, w_bits, group_size=None, symmetric=False, a_bits=None, clip_search=False, where=""
     ):
         q = cls(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            layer.stride,
-            layer.padding,
-            layer.dilation,
-            layer.groups,
-            layer.bias is not None,
-            layer.padding_mode,
+            *conv2d_args(layer),
             w_bits=w_bits,
             group_size=group_size,
             symmetric=symmetric,
