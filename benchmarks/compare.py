@@ -26,7 +26,12 @@ from pathlib import Path
 import torch
 
 from infoq_hf import BitPolicy, Budget, InfoQConfig, allocate, quantizable_layers, quantize_model, refine, search
+from infoq_hf.allocation import uniform_start
+from infoq_hf.defaults import DEFAULT_REFINE_PASSES
 from infoq_hf.pipeline import quantize_with_infoq
+from infoq_hf.pipeline.data import first_samples, resolve_rounding
+from infoq_hf.quant.gptq import gptq_candidates
+from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity import SensitivityTable
 
 from . import common
@@ -56,8 +61,9 @@ def lm_tables(key: str, model, calib, args, out: Path, kw: dict) -> dict[str, Se
     from infoq_hf.sensitivity.infoq import InfoQOptions
 
     defaults = InfoQOptions()
-    searches = {m: {} for m in METHODS}
-    searches["infoq"] = {"probe_bits": defaults.probe_bits, "change_power": defaults.change_power}
+    searches = {m: {} for m in args.methods}
+    if "infoq" in searches:
+        searches["infoq"] = {"probe_bits": defaults.probe_bits, "change_power": defaults.change_power}
     if args.with_eq4:  # one probe per (layer, width): three times the calibrated search
         searches["infoq (paper Eq. 4)"] = {"scores": "eq4"}
     tables = {}
@@ -78,7 +84,9 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     skip = ["lm_head"]
     bits = (2, 3, 4, 8)
     kw = dict(bits=bits, group_size=64, skip_modules=skip, seed=args.seed)
-    tables = lm_tables(key, model, calib, args, out, kw)
+    # the tables are searched on what the pipeline searches on: the first `search_samples` samples
+    searched = calib if args.search_samples is None else first_samples(calib, args.search_samples)
+    tables = lm_tables(key, model, searched, args, out, kw)
     base = dict(
         bits=bits,
         group_size=64,
@@ -89,9 +97,23 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
         search_samples=args.search_samples,
     )
 
-    def packed(config, table=None):
+    rounding = resolve_rounding(InfoQConfig(**base, budget={"avg_bits": max(bits)}), model, calib)
+    computed = {}  # GPTQ's candidates by uniform start: the same for every method at budgets sharing one
+
+    def candidates_for(budget: float):
+        if rounding != "gptq":
+            return None
+        prefix = uniform_start(next(iter(tables.values())), Budget(avg_bits=budget))
+        key = tuple(sorted((prefix or {}).items()))
+        if key not in computed:
+            scheme = PackingScheme(group_size=64, rounding="gptq")
+            computed.clear()  # one set at a time (about 3 bytes per weight)
+            computed[key] = gptq_candidates(model, {n: bits for n in names}, calib, scheme=scheme, prefix_bits=prefix)
+        return computed[key]
+
+    def packed(config, table=None, candidates=None):
         m = copy.deepcopy(model)
-        result = quantize_with_infoq(m, config, table=table, skip_modules=skip, progress=False)
+        result = quantize_with_infoq(m, config, table=table, candidates=candidates, skip_modules=skip, progress=False)
         return result, (common.perplexity(m, dev) if dev else float("nan")), common.perplexity(m, test)
 
     rows = [
@@ -125,9 +147,9 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
         print(rows[-1], flush=True)
         for label, table in tables.items():
             config = InfoQConfig(**base, budget={"avg_bits": budget}, method=table.method)
-            result, ppl_dev, ppl_test = packed(config, table)
+            result, ppl_dev, ppl_test = packed(config, table, candidates_for(budget))
             r = result.policy.report.refinement
-            note = "" if r is None else f"KL {r.kl_ilp:.3f} -> {r.kl_final:.3f} (from {r.start})"
+            note = "" if r is None else f"kept {r.kept}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.kl_starts.items())
             rows.append(
                 (label, budget, result.summary["avg_bits"], ppl_dev, ppl_test, note, result.summary["rounding"])
             )
@@ -136,13 +158,13 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
             print(rows[-1], flush=True)
     header = (
         f"{name}; weight-only, group 64, candidates {{2,3,4,8}}, `lm_head` float; every row through "
-        f"`quantize_with_infoq` (rounding {args.rounding}, {args.refine_passes} refinement passes judged by KL "
-        f"to fp32 on the calibration tokens, the product's chains and held-out check); seed {args.seed}; "
+        f"`quantize_with_infoq` (rounding {args.rounding}; the ILP's allocation kept or replaced by uniform by KL "
+        f"to fp32 on the calibration tokens, {args.refine_passes} refinement moves); seed {args.seed}; "
         f"{common.machine()}"
     )
     table_md = [
         "| allocation | budget (avg bits) | achieved avg bits | dev perplexity | test perplexity | "
-        "refinement (calibration KL) | rounding |",
+        "whole-model check (calibration KL) | rounding |",
         "|---|---|---|---|---|---|---|",
     ]
     table_md += [f"| {a} | {b} | {c:.3f} | {d:.2f} | {e:.2f} | {f} | {g} |" for a, b, c, d, e, f, g in rows]
@@ -158,9 +180,12 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
 
 
 def run_smollm2(args, out: Path):
-    model, _, calib, dev, test = common.smollm2_data(args.calib or 4, args.dev, args.eval or 32)
+    if args.search_samples is None:
+        args.search_samples = 4  # as the main job (benchmarks/demo.py): search and judge on the first 4 windows
+    model, _, calib, dev, test = common.smollm2_data(args.calib or 32, args.dev, args.eval or 32)
     name = (
-        f"SmolLM2-135M, calibration {len(calib) * 4}x128 tokens (comedies/histories), perplexity on "
+        f"SmolLM2-135M, calibration {len(calib) * 4}x128 tokens (comedies/histories; search and refinement "
+        f"on the first {args.search_samples} windows), perplexity on "
         f"{args.dev}x128 dev and {args.eval or 32}x128 test tokens (tragedies)"
     )
     return run_lm("smollm2", name, model, calib, dev, test, args, out)
@@ -248,7 +273,8 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     m = copy.deepcopy(model)
     quantize_model(m, {n: 3 for n in names})
     rows.append(("uniform 3-bit", "3.0 avg bits (10.67x)", 3.0, "-", common.top1(m, test)))
-    refined = dict(passes=args.refine_passes, seed=args.seed, progress=False)
+    passes = args.refine_passes or 64  # the CNN rows compare the ILP with and without 64 refinement passes
+    refined = dict(passes=passes, seed=args.seed, progress=False)
     for method, table in tables.items():
         for suffix, extra in [("", None), (" + refinement", refined)]:  # the same refinement for every method
             policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False)
@@ -284,7 +310,7 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
                 )
             )
     header = (
-        f"{name}; candidates {{2,3,4,8}}, first/last not pinned; refinement {args.refine_passes} passes judged by "
+        f"{name}; candidates {{2,3,4,8}}, first/last not pinned; refinement {passes} passes judged by "
         f"KL to fp32 on the calibration images; seed {args.seed}; {common.machine()}"
     )
     table_md = ["| allocation | budget | avg weight bits | mean act bits | top-1 % |", "|---|---|---|---|---|"]
@@ -309,9 +335,20 @@ def main(argv=None):
     p.add_argument("--eval", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="recompute cached sensitivity tables")
-    p.add_argument("--refine-passes", type=int, default=64, help="whole-model passes of the refinement")
+    p.add_argument(
+        "--refine-passes",
+        type=int,
+        default=DEFAULT_REFINE_PASSES,
+        help=f"refinement moves (default the product's, {DEFAULT_REFINE_PASSES})",
+    )
     p.add_argument("--with-eq4", action="store_true", help="LLMs: also InfoQ with the paper's Eq. 4 scores")
-    p.add_argument("--dev", type=int, default=32, help="smollm2: dev windows of 128 tokens (default 32)")
+    p.add_argument(
+        "--dev",
+        type=int,
+        default=common.DEV_WINDOWS,
+        help=f"smollm2: dev windows of 128 tokens (at most {common.DEV_WINDOWS})",
+    )
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="LLMs: the methods compared")
     p.add_argument("--budgets", type=float, nargs="+", default=list(LM_BUDGETS), help="LLMs: average-bits budgets")
     p.add_argument(
         "--rounding",
@@ -323,7 +360,8 @@ def main(argv=None):
         "--search-samples",
         type=int,
         default=None,
-        help="LLMs: InfoQConfig.search_samples (the refinement's held-out split); default all",
+        help="LLMs: InfoQConfig.search_samples (the search's and refinement's share; the next as many are the "
+        "held-out check); smollm2 default 4 as the main job, else all",
     )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)

@@ -16,11 +16,10 @@ after them only report). Every row is packed with sequential GPTQ on the 32 wind
 - RTN costs + RTN-judged refinement: what the pipeline allocated for GPTQ packing before (3.0 bits only;
   the other budgets are in gptq_smollm2.md, produced by the same code);
 - GPTQ costs, ILP only: `with_gptq_costs` (the error ratios of `gptq_candidates` on the 32 windows,
-  rounded, as the pipeline does for an ILP-only allocation, on the inputs of the budget's uniform start:
-  `--candidate-inputs auto`; `float` for the float model's inputs, as before);
+  rounded, as the pipeline does, on the inputs of the budget's uniform start: `--candidate-inputs
+  prefix`; `float` for the float model's inputs);
 - GPTQ costs + GPTQ-judged refinement: the refinement evaluates candidates with GPTQ's rounded weights
-  (float-model inputs, as the pipeline does when it refines; with `--candidate-inputs auto` the ILP on
-  the uniform start's prefix costs is one more start, `ilp-prefix`, as in the pipeline), runs
+  (the same prefix-input candidates, as the pipeline does; `split` judges float-input ones), runs
   `--refine-chains` chains, and (as the pipeline does with `search_samples`) checks its result on the
   next calibration windows against its starts (`--held-out-batches`, 0 = no check).
 """
@@ -90,12 +89,11 @@ def main(argv=None):
     )
     p.add_argument(
         "--candidate-inputs",
-        default="auto",
-        choices=["auto", "prefix", "float", "split"],
-        help="GPTQ candidates rounded on the inputs of the budget's uniform start, or on the float model's; "
-        "split: the costs (and so the ILP start) from the prefix ones, the refinement judging the float"
-        " ones; auto, the pipeline's choice: ILP only on the prefix ones; refining, float ones for the "
-        "costs and the judge, the ILP on the prefix costs one more start",
+        default="prefix",
+        choices=["prefix", "float", "split"],
+        help="GPTQ candidates rounded on the inputs of the budget's uniform start (the pipeline's choice, for "
+        "the costs and the judge), or on the float model's; split: the costs (and so the ILP start) from the "
+        "prefix ones, the refinement judging the float ones",
     )
     p.add_argument(
         "--cache",
@@ -122,9 +120,7 @@ def main(argv=None):
     def candidates_for(bits: float, refined: bool, role: str):
         """GPTQ's candidates for the ILP's costs (`role="costs"`) or the refinement's judge (`"judge"`): rounded
         on the inputs of the budget's uniform start or on the float model's, as `--candidate-inputs` says."""
-        inputs = {"auto": "float" if refined else "prefix", "split": "prefix" if role == "costs" else "float"}.get(
-            args.candidate_inputs, args.candidate_inputs
-        )
+        inputs = {"split": "prefix" if role == "costs" else "float"}.get(args.candidate_inputs, args.candidate_inputs)
         prefix = uniform_start(table, Budget(avg_bits=bits)) if inputs == "prefix" else None
         key = None if prefix is None else tuple(sorted(prefix.items()))
         cached = None if args.cache is None else Path(args.cache) / candidates_file(args.calib, prefix)
@@ -184,12 +180,6 @@ def main(argv=None):
                 validation=validation if judge == "gptq" else None,
             )
         )
-        if judge == "gptq" and args.candidate_inputs == "auto":  # as the pipeline: the prefix costs' ILP a start
-            kw["starts"] = {
-                "ilp-prefix": allocate(
-                    with_gptq_costs(tables[costs], candidates_for(bits, False, "costs")), Budget(avg_bits=bits)
-                )
-            }
         scored = (
             tables[costs] if costs == "rtn" else with_gptq_costs(tables[costs], candidates_for(bits, refined, "costs"))
         )

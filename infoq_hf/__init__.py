@@ -7,7 +7,7 @@ checkpoints load with `from_pretrained` after `import infoq_hf`.
 """
 
 from .accounting import bitops, compression_ratio, count_macs, expected_size_bytes, model_size_bytes
-from .allocation import allocate, pareto_sweep, plot_pareto, refine
+from .allocation import allocate, compare_with_uniform, pareto_sweep, plot_pareto, refine
 from .calibration import CalibrationSpec, load_calibration
 from .checkpoint import build_packed_modules, check_checkpoint_tensors
 from .config import InfoQConfig
@@ -76,6 +76,7 @@ __all__ = [
     "quantize_model",
     "quantize_pretrained",
     "quantize_with_infoq",
+    "compare_with_uniform",
     "refine",
     "save",
     "save_quantized",

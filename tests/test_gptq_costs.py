@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from conftest import lm_batches, tiny_gpt2, tiny_llama
 
 from infoq_hf import Budget, InfoQConfig, allocate, quantizable_layers, quantize_model, refine
-from infoq_hf.allocation import uniform_start
 from infoq_hf.pipeline import format_summary, quantize_with_infoq
 from infoq_hf.quant.gptq import HessianAccumulator, gptq_candidates, gptq_quantize, gptq_quantize_model
 from infoq_hf.quant.quantizer import WeightScheme, fake_quantize_weight
@@ -162,8 +161,8 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
     )
     for n in names:
         assert torch.equal(gptq.model.get_submodule(n).weight_packed, expected.get_submodule(n).weight_packed), n
-    # ILP only: the costs from candidates on the inputs of the budget's uniform start. Refining: the judge's
-    # weights and the table's costs on float inputs, the ILP on the prefix costs one more start
+    # one candidate pass, on the inputs of the budget's uniform start: the ILP's costs and, refining, the
+    # weights the refinement judges (its meta says so); an ILP-only run gets the same costs
     ilp_only = quantize_with_infoq(
         copy.deepcopy(model), InfoQConfig(rounding="gptq", **{**kw, "refine_passes": 0}), progress=False
     )
@@ -176,21 +175,27 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
         prefix_bits={n: 3 for n in names},
         progress=False,
     )
-    assert ilp_only.table.meta["gptq_costs"]["inputs"] == f"prefix at 3 bits x{len(names)}"
-    assert all(
-        ilp_only.table.layers[n]["gptq_error_ratio"][b] == prefixed.error_ratio[n][b] for n in names for b in BITS
-    )
+    for run in (ilp_only, gptq):
+        assert run.table.meta["gptq_costs"]["inputs"] == f"prefix at 3 bits x{len(names)}"
+        assert all(
+            run.table.layers[n]["gptq_error_ratio"][b] == prefixed.error_ratio[n][b] for n in names for b in BITS
+        )
     r = gptq.policy.report.refinement
-    assert gptq.table.meta["gptq_costs"]["inputs"] == "float" and r.judge_inputs == "float"
-    on_prefix = {n: lb.w_bits for n, lb in ilp_only.policy.items()}
-    others = (
-        {n: lb.w_bits for n, lb in allocate(gptq.table, Budget(avg_bits=3.0)).items()},
-        uniform_start(gptq.table, Budget(avg_bits=3.0)),
+    assert r.judge_inputs == f"prefix at 3 bits x{len(names)}"
+    assert set(r.kl_starts) <= {"ilp", "uniform-3"}
+    # without moves (refine_passes=0) the ILP's policy is only compared with uniform on the whole model
+    compared = ilp_only.policy.report.refinement
+    assert (compared.passes, compared.accepted, compared.kept) == (2, 0, compared.start)
+    kept = (
+        {n: lb.w_bits for n, lb in allocate(gptq.table, Budget(avg_bits=3.0)).items()}
+        if compared.kept == "ilp"
+        else {n: 3 for n in names}
     )
-    assert "ilp-prefix" in r.kl_starts or on_prefix in others  # a start equal to an earlier one is skipped
+    assert {n: lb.w_bits for n, lb in ilp_only.policy.items()} == kept
+    assert compared.kl_final == min(compared.kl_starts.values())
+    assert gptq.summary["times_s"]["gptq-aware costs"] > 0
     line = next(x for x in format_summary(gptq.summary).splitlines() if "refinement on the whole model" in x)
     assert f"start {r.start} (of " in line and all(f"{name} {kl:.4g}" in line for name, kl in r.kl_starts.items())
-    assert ilp_only.policy.report.refinement is None
 
 
 def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):
@@ -235,3 +240,32 @@ def test_conv1d_candidates_are_returned_as_the_layer_stores_them():
         stored = model.get_submodule(n).weight  # transformers' Conv1D: [in, out]
         q = gptq_quantize(stored.detach().t(), hessians[n], WeightScheme(3, 32), where=n).dequantize()
         assert torch.equal(candidates.weight(n, 3), q.t()), n
+
+
+def test_candidates_from_an_earlier_pass_give_the_same_run_and_misfits_are_refused(setup):
+    model, batches, names, _, _ = setup
+    kw = dict(bits=list(BITS), group_size=32, calibration=batches, rounding="gptq", modules_to_not_convert=["lm_head"])
+    computed = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, **kw), progress=False)
+    given = gptq_candidates(
+        model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits={n: 3 for n in names}, progress=False
+    )
+    reused = quantize_with_infoq(
+        copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, **kw), candidates=given, progress=False
+    )
+    assert "gptq-aware costs" in reused.summary["times_s"]
+    assert reused.policy.to_dict() == computed.policy.to_dict()
+    for n in names:
+        a, b = (r.model.get_submodule(n).weight_packed for r in (computed, reused))
+        assert torch.equal(a, b), n
+    with pytest.raises(ValueError, match="other inputs than this budget's uniform start"):  # 4.0's start is 4-bit
+        quantize_with_infoq(copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 4.0}, **kw), candidates=given)
+    with pytest.raises(ValueError, match="calibration batches"):
+        quantize_with_infoq(
+            copy.deepcopy(model),
+            InfoQConfig(budget={"avg_bits": 3.5}, **{**kw, "calibration": batches[:1]}),
+            candidates=given,
+        )
+    with pytest.raises(ValueError, match="packs with 'rtn' rounding"):
+        quantize_with_infoq(
+            copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, **{**kw, "rounding": "rtn"}), candidates=given
+        )

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import labelled_batches, lm_batches, small_cnn, tiny_llama
 
-from infoq_hf import BitPolicy, Budget, allocate, model_size_bytes, quantize_model, refine
+from infoq_hf import BitPolicy, Budget, allocate, compare_with_uniform, model_size_bytes, quantize_model, refine
 from infoq_hf.allocation import costs
 from infoq_hf.allocation.moves import BudgetRows, MoveUnits, propose
 from infoq_hf.allocation.spec import resolve_spec
@@ -288,3 +288,26 @@ def test_refinement_with_activation_bits_judges_the_model_that_is_packed():
             ref, out = F.log_softmax(model(x), -1), F.log_softmax(q(x), -1)
             total += float((ref.exp() * (ref - out)).sum())
     assert total / sum(len(y) for _, y in batches) == pytest.approx(r.kl_final, rel=1e-4)
+
+
+@pytest.mark.parametrize("method,avg_bits", [("infoq", 2.5), ("infoq", 3.5), ("random", 3.0)])
+def test_compare_with_uniform_keeps_whichever_packed_model_is_closer_to_float(setup, method, avg_bits):
+    model, batches, table = setup
+    if method == "random":  # random costs: an allocation worse than uniform (seed 0 here), so uniform is kept
+        table = search(model, None, bits=(2, 3, 4, 8), group_size=32, skip_modules=["lm_head"], method="random")
+    ilp = allocate(table, Budget(avg_bits=avg_bits))
+    kept = compare_with_uniform(ilp, model, batches, progress=False)
+    r = kept.report.refinement
+    names = list(ilp)
+    uniform_bits = max(b for b in (2, 3, 4, 8) if b <= avg_bits)
+    uniform = BitPolicy({n: uniform_bits for n in names})
+    kl = {
+        name: true_kl(model, quantize_model(copy.deepcopy(model), p, group_size=32, skip_modules=["lm_head"]), batches)
+        for name, p in (("ilp", ilp), (f"uniform-{uniform_bits}", uniform))
+    }
+    best = min(kl, key=kl.get)
+    assert r.kept == best and r.accepted == 0 and r.passes == len(r.kl_starts) <= 2
+    assert {n: lb.w_bits for n, lb in kept.items()} == {n: (ilp if best == "ilp" else uniform)[n].w_bits for n in names}
+    assert r.kl_final == pytest.approx(kl[best], rel=1e-4)
+    assert kept.report.avg_bits <= avg_bits + 1e-9
+    assert best == ("ilp" if method == "infoq" else "uniform-3")  # both outcomes are exercised

@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
-from ..defaults import DEFAULT_REFINE_PASSES
 from ..policy import BitPolicy
 from ..quant.apply import default_forward
 from ..sensitivity.search import as_batches
@@ -75,7 +74,7 @@ def refine(
     model: torch.nn.Module,
     calibration,
     *,
-    passes: int = DEFAULT_REFINE_PASSES,
+    passes: int = 64,
     chains: int = 1,
     validation=None,
     starts: Mapping | None = None,
@@ -144,6 +143,26 @@ def refine(
         {name: {"w_bits": assignment[name][0], "a_bits": assignment[name][1]} for name in spec.layers},
         report=refined,
         scheme=policy.scheme,
+    )
+
+
+def compare_with_uniform(
+    policy: BitPolicy,
+    model: torch.nn.Module,
+    calibration,
+    *,
+    gptq=None,
+    forward: Callable | None = None,
+    accelerator=None,
+    progress: bool = True,
+) -> BitPolicy:
+    """`policy` (as `allocate` returned it) or the widest uniform configuration meeting the same
+    constraints, whichever runs closer to the float model on `calibration` (KL of the outputs, every
+    table layer fake-quantized; `gptq` as in `refine`). The ILP adds single-layer costs; where layers'
+    errors compound, an allocation that looks cheaper can be worse on the whole model than uniform.
+    It is `refine` with the two starts evaluated and no moves; `report.refinement` says which was kept."""
+    return refine(
+        policy, model, calibration, passes=2, gptq=gptq, forward=forward, accelerator=accelerator, progress=progress
     )
 
 
@@ -291,7 +310,8 @@ def _refine_assignment(
         bar.refresh()
         evaluator.restore()  # float weights back: the held-out judge starts from the float model
         moved = {name: end for name, end in ends.items() if end[2]}
-        kept = min(ends, key=lambda name: ends[name][1])  # the chain that ended lowest on the judge
+        # the chain that ended lowest on the judge; the start itself when no chain moved
+        kept = min(ends, key=lambda name: ends[name][1]) if moved else start
         kl_validation = None
         if validation and moved:
             kept, kl_validation = _held_out_choice(

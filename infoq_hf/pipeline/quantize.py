@@ -21,6 +21,7 @@ def quantize_with_infoq(
     config: InfoQConfig,
     *,
     table: SensitivityTable | None = None,
+    candidates=None,
     tokenizer=None,
     image_transform=None,
     skip_modules: Iterable[str] | None = None,
@@ -29,12 +30,14 @@ def quantize_with_infoq(
 ) -> QuantizationResult:
     """Quantize `model` in place as `config` says (the transformers quantizer, the CLI and the recipes
     call it): with a budget, check it, calibrate, search (or use `table`, a saved search of this model),
-    allocate, refine on the whole model (when calibration data is given) and pack; with `bits` an int,
-    pack every layer at that width; with `policy`, pack as it says. `skip_modules` (default
-    `config.modules_to_not_convert`) stay float. `tokenizer` (default `config.tokenizer`) or
-    `image_transform` turn calibration data into batches. `accelerator` (an `accelerate.Accelerator`)
-    splits the probes and the refinement's candidates over its processes; every process ends with the
-    same packed model (the caller saves it from the main process)."""
+    allocate, check (or refine) the allocation on the whole model when calibration data is given, and
+    pack; with `bits` an int, pack every layer at that width; with `policy`, pack as it says.
+    `candidates`: GPTQ's rounding of this model on this calibration data (`quant.gptq.gptq_candidates`,
+    checked to fit), so that runs on other tables or budgets with the same uniform start skip that pass.
+    `skip_modules` (default `config.modules_to_not_convert`) stay float. `tokenizer` (default
+    `config.tokenizer`) or `image_transform` turn calibration data into batches. `accelerator` (an
+    `accelerate.Accelerator`) splits the probes, GPTQ's candidates and the refinement's moves over its
+    processes; every process ends with the same packed model (the caller saves it from the main process)."""
     search = stages.searching(config)
     if table is not None and not search:
         raise ValueError(
@@ -50,6 +53,7 @@ def quantize_with_infoq(
         accelerator=accelerator,
         progress=progress,
         table=table,
+        candidates=candidates,
     )
     if search:
         chosen = [

@@ -31,8 +31,7 @@ class Run:
     scheme: PackingScheme | None = None  # the packing scheme, its rounding made concrete
     table: SensitivityTable | None = None
     policy: BitPolicy | None = None
-    candidates: Any = None  # GPTQ's rounded candidates, which the refinement judges
-    starts: dict | None = None  # more configurations the refinement starts from
+    candidates: Any = None  # GPTQ's rounded candidates (computed, or the caller's): the judge's weights
     act_ranges: dict | None = None  # input ranges of the layers with activation bits
     float_bytes: int | None = None  # the model's size before packing
     params: dict | None = None  # weights per policy layer, counted before packing

@@ -19,7 +19,7 @@ from ..accounting import model_size_bytes
 from ..config import InfoQConfig
 from ..policy import BitPolicy, Budget
 from ..quant.apply import calibrate_activation_ranges, cast_float_leftovers, policy_layers
-from ..quant.gptq import gptq_candidates
+from ..quant.gptq import GPTQOptions, gptq_candidates
 from ..quant.quantize import quantize_model
 from ..quant.scheme import PackingScheme
 from ..sensitivity import DATA_FREE_METHODS, SensitivityTable, search
@@ -40,8 +40,9 @@ def searching(config: InfoQConfig) -> bool:
 
 
 def refining(config: InfoQConfig) -> bool:
-    """The allocation is refined on the whole model: it searches, with calibration data (data-free runs: ILP only)."""
-    return searching(config) and config.calibration is not None and config.refine_passes > 0
+    """The allocation is checked on the whole model (`refine` below): it searches, with calibration data
+    (data-free runs: the ILP alone)."""
+    return searching(config) and config.calibration is not None
 
 
 def layer_table(model: nn.Module, bits, *, scheme: PackingScheme, skip_modules, embeddings: bool) -> SensitivityTable:
@@ -168,51 +169,66 @@ def score(run: Run, config: InfoQConfig) -> Run:
 
 
 def gptq_costs(run: Run, config: InfoQConfig) -> Run:
-    """When packing rounds with GPTQ, the allocation knows it: the table's costs are rescaled by GPTQ's
-    output error relative to round-to-nearest's (`sensitivity.rounding_costs`). Costs from candidates
-    rounded on the inputs the budget's uniform configuration gives rank the layers better, as
-    sequential packing rounds a configuration near it: the ILP alone uses those. A refinement instead
-    judges GPTQ's weights rounded on float inputs (which favour no configuration; prefix inputs make
-    their own configuration exact and every move look worse), allocates on their costs, and starts
-    also from the ILP on the prefix costs."""
+    """When packing rounds with GPTQ, the allocation knows it: one pass rounds every layer at every
+    candidate width (`gptq_candidates`) on the inputs the budget's widest uniform configuration gives
+    (sequential packing rounds a configuration near it on such inputs), and the table's costs are
+    rescaled by GPTQ's output error relative to round-to-nearest's (`sensitivity.rounding_costs`).
+    When the allocation is refined, the same rounded weights are what the refinement judges."""
     if run.scheme.rounding != "gptq":
+        if run.candidates is not None:
+            raise ValueError(
+                f"GPTQ candidates were passed but this run packs with {run.scheme.rounding!r} rounding; "
+                "set InfoQConfig(rounding='gptq') or pass no candidates"
+            )
         return run
     started = time.perf_counter()
-    table, model = run.table, run.model
+    table = run.table
+    refined = refining(config)
     widths = {n: table.bits for n in table.layers}
     prefix = allocation.uniform_start(table, config.budget, pin_first_last=config.pin_first_last)
-    on_prefix = with_gptq_costs(
-        table,
-        gptq_candidates(
-            model,
+    candidates = run.candidates
+    if candidates is not None:  # the caller's, from an earlier run on this model and data
+        check_candidates(candidates, widths, prefix, run.batches, config, weights=refined)
+    else:
+        candidates = gptq_candidates(
+            run.model,
             widths,
             run.batches,
             scheme=run.scheme,
             options=config.gptq_options,
-            keep_weights=False,
+            keep_weights=refined,
             prefix_bits=prefix,
+            accelerator=run.accelerator,
             progress=run.progress,
-        ),
-    )
-    if not refining(config):
-        return run.timed("gptq-aware costs", started, table=on_prefix)
-    candidates = gptq_candidates(
-        model,
-        widths,
-        run.batches,
-        scheme=run.scheme,
-        options=config.gptq_options,
-        keep_weights=True,
-        progress=run.progress,
-    )
-    starts = {
-        "ilp-prefix": allocation.allocate(
-            on_prefix, config.budget, solver=config.solver, alpha=config.alpha, pin_first_last=config.pin_first_last
         )
-    }
     return run.timed(
-        "gptq-aware costs", started, table=with_gptq_costs(table, candidates), candidates=candidates, starts=starts
+        "gptq-aware costs",
+        started,
+        table=with_gptq_costs(table, candidates),
+        candidates=candidates if refined else None,
     )
+
+
+def check_candidates(candidates, widths, prefix, batches, config: InfoQConfig, *, weights: bool) -> None:
+    """Raise unless `candidates` (a `GPTQCandidates` the caller passed) are what this run would compute:
+    every layer and width, rounded on the inputs of the same uniform start, with the same options and
+    number of calibration batches (the batches themselves cannot be checked: pass the same data)."""
+    meta, problems = candidates.meta, []
+    missing = [n for n, bs in widths.items() if set(bs) - set(candidates.error_ratio.get(n, {}))]
+    if missing:
+        problems.append(
+            f"no rounding of {missing[:3]} at every width {sorted({b for bs in widths.values() for b in bs})}"
+        )
+    if (meta.get("prefix_bits") or None) != (prefix or None):
+        problems.append("rounded on other inputs than this budget's uniform start (candidates serve one start)")
+    if meta.get("options") != GPTQOptions.from_dict(config.gptq_options).to_dict():
+        problems.append(f"GPTQ options {meta.get('options')} differ from the config's")
+    if meta.get("calibration_batches") != len(batches):
+        problems.append(f"{meta.get('calibration_batches')} calibration batches, this run has {len(batches)}")
+    if weights and not candidates.has_weights():
+        problems.append("no rounded weights (the refinement judges them: compute with keep_weights=True)")
+    if problems:
+        raise ValueError("the GPTQ candidates passed do not fit this run: " + "; ".join(problems))
 
 
 def allocate(run: Run, config: InfoQConfig) -> Run:
@@ -225,23 +241,34 @@ def allocate(run: Run, config: InfoQConfig) -> Run:
 
 
 def refine(run: Run, config: InfoQConfig) -> Run:
-    """The ILP's policy refined on the whole model (`allocation.refine`); GPTQ's candidates are let go
-    after it (they take about a byte per weight and width)."""
+    """The ILP's policy checked on the whole model: kept, or replaced by the widest uniform configuration
+    under the budget when that runs closer to the float model on the calibration samples
+    (`allocation.compare_with_uniform`); with `refine_passes` > 0, improved by random moves as well
+    (`allocation.refine`). GPTQ's candidates are let go after it (they take about a byte per weight)."""
     started = time.perf_counter()
-    policy = allocation.refine(
-        run.policy,
-        run.model,
-        run.search_batches,
-        passes=config.refine_passes,
-        chains=config.refine_chains,
-        validation=run.held_out,
-        starts=run.starts,
-        gptq=run.candidates,
-        seed=config.seed,
-        accelerator=run.accelerator,
-        progress=run.progress,
-    )
-    return run.timed("refinement", started, policy=policy, candidates=None, starts=None)
+    if config.refine_passes:
+        policy = allocation.refine(
+            run.policy,
+            run.model,
+            run.search_batches,
+            passes=config.refine_passes,
+            chains=config.refine_chains,
+            validation=run.held_out,
+            gptq=run.candidates,
+            seed=config.seed,
+            accelerator=run.accelerator,
+            progress=run.progress,
+        )
+    else:  # two configurations: the judge's and the held-out samples together
+        policy = allocation.compare_with_uniform(
+            run.policy,
+            run.model,
+            run.search_batches + (run.held_out or []),
+            gptq=run.candidates,
+            accelerator=run.accelerator,
+            progress=run.progress,
+        )
+    return run.timed("refinement", started, policy=policy, candidates=None)
 
 
 def given_policy(run: Run, config: InfoQConfig) -> Run:
