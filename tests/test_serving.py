@@ -68,6 +68,21 @@ def test_int4_kernel_matches_the_dequantized_weight(bits, group_size, symmetric,
         assert (bound < one_step).float().mean() > 0.9
 
 
+@pytest.mark.parametrize("requested,fan_in", [(128, 192), (256, 320)])
+def test_a_group_size_the_layer_reduced_takes_the_kernel_with_the_reduced_groups(requested, fan_in):
+    # 192 and 320 are not multiples of the request: the codes are grouped by 64 (see effective_group_size),
+    # and the kernel must repack them by those groups, not by the requested size
+    layer = _layer(4, requested, False, fan_in=fan_in)
+    assert layer.weight_scale.shape[1] == fan_in // 64 and layer.kernel_fallback_reason is None
+    x = torch.randn(3, fan_in, generator=torch.Generator().manual_seed(1)).bfloat16()
+    with torch.no_grad():
+        y = layer(x)
+        assert layer.kernel_layout(x) is not None
+        w = layer.dequantized_weight()
+        err = (y.float() - F.linear(x.float(), w, layer.bias)).abs()
+        assert (err <= _kernel_error_bound(layer, x, w)).all()
+
+
 @pytest.mark.parametrize("bits", [2, 3, 5, 6])
 def test_widths_that_fit_the_container_need_no_residual_zero(bits):
     """For widths 2, 3, 5, 6 every code difference c - o fits the container around the kernel's centre,

@@ -186,7 +186,10 @@ class QuantLinear(_PackedWeightLayer):
         self._init_packed((out_features, in_features), w_bits, group_size, symmetric, a_bits, where)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         # Why bf16/fp16 inputs on CPU cannot take the int4 kernel (None: they take it).
-        self.kernel_fallback_reason = unsupported_reason(self.weight_shape, group_size)
+        # (the group size the codes were made with: a request the layer's width does not divide is reduced)
+        self.kernel_fallback_reason = unsupported_reason(
+            self.weight_shape, effective_group_size(self.weight_shape, group_size)
+        )
         self._kernel_cache = None  # ([(weakref, version) of the buffers it came from], Int4Layout); never saved
 
     @classmethod
@@ -270,7 +273,12 @@ class QuantLinear(_PackedWeightLayer):
         cached = self._kernel_cache
         if cached is None or cached[1].dtype != x.dtype or not _built_from(cached[0], buffers):
             layout = build_int4_layout(
-                self.codes(), self.weight_scale, self.weight_zero_point, self.w_bits, self.group_size, x.dtype
+                self.codes(),
+                self.weight_scale,
+                self.weight_zero_point,
+                self.w_bits,
+                effective_group_size(self.weight_shape, self.group_size),
+                x.dtype,
             )
             if self.drops_stream_for_kernel:  # the layout holds the codes exactly: keep the weight once
                 self._buffers["weight_packed"] = torch.empty_like(self.weight_packed, device="meta")
