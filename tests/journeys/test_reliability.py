@@ -1,16 +1,15 @@
-"""Nothing lost, nothing silently wrong: atomic saves, tied weights, header checks, the import guard,
-input validation and CLI exit codes. Tiny models built from configs; no network."""
+"""Nothing lost: a save failing at any write step (once or for good) or on a full disk keeps the previous
+checkpoint; tied weights are one tensor in accounting, allocation and checkpoint. Tiny models built from
+configs; no network."""
 
 from __future__ import annotations
 
 import builtins
 import errno
 import io
-import json
 import os
 import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -20,12 +19,10 @@ import torch
 import torch.nn as nn
 
 import infoq_hf
-import infoq_hf.cli
-import infoq_hf.pipeline.stages
 from infoq_hf import InfoQConfig, load_quantized, quantize_model, save_quantized
 from infoq_hf.atomic_save import RestoreFailedError
 from infoq_hf.checkpoint import atomic_checkpoint
-from tests.helpers.models import make_calibration_text, make_tiny_llama, tiny_llama, tiny_llama_config
+from tests.helpers.models import tiny_llama, tiny_llama_config
 
 transformers = pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
@@ -120,7 +117,7 @@ def _count_steps(monkeypatch, save) -> int:
     return counter.count
 
 
-# ----------------------------------------------------------------------------- 1-3: saves
+# ----------------------------------------------------------------------------- saves
 def test_save_keeps_other_files_and_refuses_a_file_target(tmp_path):
     target = tmp_path / "d"
     target.mkdir()
@@ -308,7 +305,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(llama_float_dir, tmp_path):
         subprocess.run(["umount", "--lazy", str(mount)], check=False)
 
 
-# ----------------------------------------------------------------------------- 4: tied weights
+# ----------------------------------------------------------------------------- tied weights
 def test_tied_weights_are_one_tensor_in_accounting_allocation_and_checkpoint(tmp_path):
     from infoq_hf import Budget, allocate, model_size_bytes, search
     from infoq_hf.checkpoint import policy_of
@@ -333,366 +330,3 @@ def test_tied_weights_are_one_tensor_in_accounting_allocation_and_checkpoint(tmp
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight and policy_of(loaded) == policy_of(model)
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, model(IDS).logits)
-
-
-# ----------------------------------------------------------------------------- 5: header checks
-@pytest.fixture(scope="module")
-def llama_checkpoint(llama_float_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("llama_q")
-    _llama_on_load(llama_float_dir, 4).save_pretrained(out)
-    return out
-
-
-@pytest.mark.parametrize(
-    "edit, message",
-    [
-        ({"symmetric": True}, r"stores \['weight_zero_point'\], which its config.json scheme"),
-        ({"symmetric": False, "_from": {"symmetric": True}}, "lacks 'weight_zero_point'"),
-        ({"policy_a_bits": 8}, "lacks 'input_scale'"),
-        ({"group_size": 64}, "stores weight_scale as F32"),
-    ],
-)
-def test_every_stored_tensor_is_checked_against_config_json(llama_float_dir, llama_checkpoint, tmp_path, edit, message):
-    source = llama_checkpoint
-    if "_from" in edit:  # a symmetric checkpoint, then its config claims asymmetric
-        source = tmp_path / "sym"
-        policy = {"re:model\\.layers\\..*": 4}
-        AutoModelForCausalLM.from_pretrained(
-            llama_float_dir, quantization_config=InfoQConfig(policy=policy, group_size=32, symmetric=True)
-        ).save_pretrained(source)
-    bad = tmp_path / "bad"
-    shutil.copytree(source, bad)
-    config = json.loads((bad / "config.json").read_text())
-    q = config["quantization_config"]
-    if "policy_a_bits" in edit:
-        for entry in q["policy"].values():
-            entry["a_bits"] = edit["policy_a_bits"]
-    for key in ("symmetric", "group_size"):
-        if key in edit:
-            q[key] = edit[key]
-    (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=message):
-        AutoModelForCausalLM.from_pretrained(bad)
-
-
-def test_push_refuses_a_folder_whose_config_was_edited(llama_checkpoint, tmp_path, hub_server):
-    from infoq_hf.hub import SUMMARY_FILE, push_to_hub, read_checkpoint
-
-    bad = tmp_path / "bad"
-    shutil.copytree(llama_checkpoint, bad)
-    config = json.loads((bad / "config.json").read_text())
-    policy = config["quantization_config"]["policy"]
-    summary = {"params": {name: 1 for name in policy}, "avg_bits": 4.0, "size_bytes": 1}  # the fast path: no load
-    (bad / SUMMARY_FILE).write_text(json.dumps(summary))
-    assert read_checkpoint(bad).policy  # untampered: fine
-    config["quantization_config"]["symmetric"] = True
-    (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="weight_zero_point"):
-        push_to_hub(bad, "test-user/tampered", token=hub_server.token)
-    assert hub_server.repo("test-user/tampered") is None
-
-
-# ----------------------------------------------------------------------------- 7: the import guard
-PLAIN_TRANSFORMERS = """
-import json, sys
-from transformers import AutoModelForCausalLM
-result = {}
-for kwargs in ({}, {"ignore_mismatched_sizes": True}):
-    try:
-        AutoModelForCausalLM.from_pretrained(sys.argv[1], **kwargs)
-        result[str(kwargs)] = "loaded"
-    except RuntimeError as e:
-        result[str(kwargs)] = "raised: " + str(e)
-result["infoq_hf imported"] = "infoq_hf" in sys.modules
-print("RESULT " + json.dumps(result))
-"""
-
-
-def test_loading_without_infoq_hf_names_the_fix(llama_checkpoint):
-    from infoq_hf.checkpoint import IMPORT_HINT_KEY
-
-    done = subprocess.run(
-        [sys.executable, "-c", PLAIN_TRANSFORMERS, str(llama_checkpoint)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TRANSFORMERS_VERBOSITY": "warning"},
-    )
-    result = json.loads(done.stdout.split("RESULT ", 1)[1])
-    assert result["infoq_hf imported"] is False
-    assert result["{}"].startswith("raised")
-    # transformers re-initialises mismatched tensors when told to ignore them; its load report, printed
-    # for both calls, names the fix through the hint tensor.
-    assert done.stderr.count(IMPORT_HINT_KEY) == 2 and "pip_install_infoq-hf__and_import_infoq_hf" in IMPORT_HINT_KEY
-
-
-# ----------------------------------------------------------------------------- 6, 9: validation
-def _classifier(seed=0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
-
-
-def _labelled(n_batches=2, size=32, labels=None):
-    gen = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n_batches):
-        x = torch.randn(size, 16, generator=gen)
-        y = torch.randint(0, 4, (size,), generator=gen) if labels is None else labels(size)
-        out.append((x, y))
-    return out
-
-
-@pytest.mark.parametrize(
-    "labels, message",
-    [
-        (lambda n: torch.randint(0, 4, (n,)).float(), "must be integer class indices"),
-        (lambda n: torch.full((n,), 2), "every calibration label is the same class"),
-        (lambda n: torch.randint(-1, 3, (n,)), r"labels range over \[-1, "),
-        (lambda n: torch.randint(0, 6, (n,)), r"the model outputs 4 classes; labels must lie in \[0, 4\)"),
-    ],
-)
-def test_infoq_labels_must_be_integer_classes_of_the_model(labels, message):
-    from infoq_hf import search
-
-    torch.manual_seed(0)
-    with pytest.raises(ValueError, match=message):
-        search(_classifier(), _labelled(labels=labels), bits=[2, 4], progress=False)
-
-
-def test_bit_widths_are_never_rounded():
-    from infoq_hf import search
-    from infoq_hf.policy import BitPolicy
-
-    with pytest.raises(ValueError, match="bit-width 2.5 must be an integer, got a float"):
-        search(_classifier(), None, bits=(2.5, 4), method="weight_mse")
-    for entry in ({"w_bits": 4.7}, {"w_bits": "4"}, {"w_bits": 4, "a_bits": 8.0}):
-        with pytest.raises(ValueError, match="must be an integer"):
-            BitPolicy({"0": entry})
-    np = pytest.importorskip("numpy")
-    assert (
-        BitPolicy({"0": {"w_bits": np.int64(4)}})["0"].w_bits == 4
-        and type(BitPolicy({"0": {"w_bits": np.int64(4)}})["0"].w_bits) is int
-    )
-
-
-def test_hawq_refuses_non_finite_inputs_and_traces():
-    from infoq_hf import search
-
-    bad = [(torch.full((32, 16), float("nan")), torch.randint(0, 4, (32,)))]
-    with pytest.raises(ValueError, match="'inputs' holds NaN/inf"):
-        search(_classifier(), bad, bits=[2, 4], method="hawq", hutchinson_samples=1, progress=False)
-    model = _classifier()
-    with torch.no_grad():
-        model[2].bias[0] = float("inf")  # finite inputs, an overflowing loss
-    with pytest.raises(ValueError, match="Hessian trace .* is not finite"):
-        search(model, _labelled(1), bits=[2, 4], method="hawq", hutchinson_samples=1, progress=False)
-
-
-def test_raw_torch_errors_become_errors_that_name_the_fix():
-    from infoq_hf import search
-
-    wrong_width = [(torch.randn(32, 15), torch.randint(0, 4, (32,)))]
-    with pytest.raises(ValueError, match=r"cannot run calibration batch 0 \(tensor shapes \{'inputs': \[32, 15\]"):
-        search(_classifier(), wrong_width, bits=[2, 4], progress=False)
-    with pytest.raises(ValueError, match="'inputs' is empty"):
-        search(_classifier(), [(torch.randn(0, 16), torch.zeros(0, dtype=torch.long))], bits=[2, 4], progress=False)
-    for method in ("hawq", "oracle"):
-        with pytest.raises(ValueError, match="the model outputs 4 classes"):
-            search(
-                _classifier(),
-                _labelled(1, labels=lambda n: torch.full((n,), 7)),
-                bits=[2, 4],
-                method=method,
-                hutchinson_samples=1,
-                progress=False,
-            )
-    llama = tiny_llama()
-    ids = torch.randint(0, 200, (4, 12))
-    with pytest.raises(ValueError, match=r"token ids range over \[\d+, \d+\], but the model's vocabulary has 128"):
-        search(llama, [{"input_ids": ids}], bits=[2, 4], progress=False)
-    with torch.device("meta"):
-        on_meta = _classifier()
-    with pytest.raises(ValueError, match="on the meta device"):
-        search(on_meta, _labelled(1), bits=[2, 4], progress=False)
-
-
-# ----------------------------------------------------------------------------- 8: infeasible budgets
-def test_an_infeasible_budget_is_refused_before_any_probing(monkeypatch):
-    from infoq_hf import quantize_with_infoq
-    from infoq_hf.allocation import InfeasibleBudgetError
-
-    search_module = sys.modules["infoq_hf.sensitivity.search"]  # the package re-exports `search` by that name
-
-    def no_probing(*args, **kwargs):
-        raise AssertionError("probed before the budget was checked")
-
-    monkeypatch.setattr(search_module, "_probe_all", no_probing)
-    config = InfoQConfig(bits=[4, 8], budget={"avg_bits": 3}, calibration=_labelled(2))
-    with pytest.raises(
-        InfeasibleBudgetError, match=r"average bits 3 is infeasible: the smallest achievable average .* is 4 bits"
-    ):
-        quantize_with_infoq(_classifier(), config, progress=False)
-    with pytest.raises(InfeasibleBudgetError, match="size budget"):
-        quantize_with_infoq(
-            _classifier(),
-            InfoQConfig(bits=[2, 4], budget={"size_bytes": 100}, calibration=_labelled(2)),
-            progress=False,
-        )
-    with pytest.raises(AssertionError, match="probed"):  # a feasible budget goes on to the search
-        quantize_with_infoq(
-            _classifier(), InfoQConfig(bits=[2, 4], budget={"avg_bits": 3}, calibration=_labelled(2)), progress=False
-        )
-
-
-# ----------------------------------------------------------------------------- 10, 11: the CLI
-@pytest.fixture(scope="module")
-def cli_assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    return make_tiny_llama(root / "llama"), make_calibration_text(root / "calib.txt"), root
-
-
-def _cli(argv, capsys):
-    from infoq_hf.cli import main
-
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err.strip()
-
-
-def test_cli_bad_input_exits_2_with_one_line(cli_assets, tmp_path, capsys, monkeypatch, hub_server):
-    import infoq_hf.allocation
-    import infoq_hf.checkpoint
-    from infoq_hf.allocation import SolverUnavailableError
-
-    llama, _, _ = cli_assets
-    as_list = tmp_path / "list.json"
-    as_list.write_text("[1, 2]")
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    quantize = ["quantize", llama, "--bits", "2,4,8", "--avg-bits", "4", "--group-size", "32"]
-    cases = [
-        (["allocate", as_list, "--avg-bits", "3", "--out", tmp_path / "p.json"], "is not a sensitivity table"),
-        ([*quantize, "--table", as_list, "--out", tmp_path / "o"], "got a JSON list"),
-        ([*quantize, "--calib", empty, "--out", tmp_path / "o"], "is empty"),
-    ]
-    for argv, message in cases:
-        code, err = _cli(argv, capsys)
-        assert code == 2 and message in err and len(err.splitlines()) == 1, (argv, err)
-
-    ok = tmp_path / "ok"
-    assert _cli([*quantize, "--method", "weight_mse", "--out", ok], capsys)[0] == 0
-    with monkeypatch.context() as m:  # a read-only --out (root ignores file modes, so the refusal is simulated)
-
-        def refuse(home, prefix):
-            raise PermissionError(errno.EACCES, "Permission denied", str(home))
-
-        m.setattr(infoq_hf.atomic_save, "_make_dir", refuse)
-        code, err = _cli([*quantize, "--method", "weight_mse", "--out", ok], capsys)
-        assert code == 2 and "permission denied writing" in err, err
-    with monkeypatch.context() as m:
-
-        def size_limited(*args, **kwargs):
-            raise SolverUnavailableError("solver='gurobi' cannot solve this model: size-limited license")
-
-        m.setattr(infoq_hf.cli, "allocate", size_limited)  # where the CLI calls it
-        code, err = _cli(
-            [
-                "allocate",
-                ok / "infoq_sensitivity.json",
-                "--avg-bits",
-                "3",
-                "--solver",
-                "gurobi",
-                "--out",
-                tmp_path / "p.json",
-            ],
-            capsys,
-        )
-        assert code == 2 and "size-limited" in err, err
-
-    truncated = tmp_path / "truncated"
-    shutil.copytree(ok, truncated)
-    weights = truncated / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    code, err = _cli(["report", truncated], capsys)
-    assert code == 2 and "truncated or corrupt" in err, err
-
-    monkeypatch.setenv("HF_TOKEN", "hf_not_a_valid_token")
-    code, err = _cli(["push", ok, "test-user/refused"], capsys)
-    assert code == 2 and "refused the token (HTTP 401)" in err, err
-    assert hub_server.repo("test-user/refused") is None
-
-
-def test_cli_reuses_a_table_or_a_policy_and_records_no_local_paths(cli_assets, tmp_path, capsys, monkeypatch):
-    import infoq_hf.sensitivity
-    from infoq_hf.policy import BitPolicy
-
-    llama, calib, _ = cli_assets
-    first = tmp_path / "first"
-    common = ["--bits", "2,4,8", "--group-size", "32"]
-    assert (
-        _cli(
-            [
-                "quantize",
-                llama,
-                *common,
-                "--avg-bits",
-                "5",
-                "--calib",
-                calib,
-                "--samples",
-                "4",
-                "--seq-len",
-                "12",
-                "--batch-size",
-                "4",
-                "--out",
-                first,
-            ],
-            capsys,
-        )[0]
-        == 0
-    )
-
-    def no_search(*args, **kwargs):
-        raise AssertionError("searched again")
-
-    monkeypatch.setattr(infoq_hf.pipeline.stages, "search", no_search)  # where the pipeline calls it
-    monkeypatch.setattr(infoq_hf.cli, "search", no_search)
-    from_table = tmp_path / "from_table"
-    assert (
-        _cli(
-            [
-                "quantize",
-                llama,
-                *common,
-                "--avg-bits",
-                "3",
-                "--table",
-                first / "infoq_sensitivity.json",
-                "--out",
-                from_table,
-            ],
-            capsys,
-        )[0]
-        == 0
-    )
-    policy_file = tmp_path / "policy.json"
-    assert _cli(["allocate", first / "infoq_sensitivity.json", "--avg-bits", "3", "--out", policy_file], capsys)[0] == 0
-    from_policy = tmp_path / "from_policy"
-    assert _cli(["quantize", llama, *common, "--policy", policy_file, "--out", from_policy], capsys)[0] == 0
-
-    def stored(folder):
-        return BitPolicy.from_dict(json.loads((folder / "config.json").read_text())["quantization_config"]["policy"])
-
-    assert stored(from_policy) == BitPolicy.from_json(policy_file) == stored(from_table)
-    code, err = _cli(
-        ["quantize", llama, *common, "--avg-bits", "3", "--policy", policy_file, "--out", tmp_path / "x"], capsys
-    )
-    assert code == 2 and "--policy applies a given policy as it is" in err
-
-    monkeypatch.undo()
-    assert _cli(["report", first], capsys)[0] == 0
-    for name in ("config.json", "infoq_summary.json", "README.md"):
-        text = (first / name).read_text()
-        assert str(tmp_path) not in text and str(calib.parent) not in text, name
-    assert "calib.txt" in (first / "config.json").read_text()  # the base name is what is recorded
