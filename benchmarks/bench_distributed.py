@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_distributed [--processes 2] [--repeats 3] [--width 32] [--depth 5] ...
 
-Runs `tests/dist_probe_job.py` (a seeded CNN, seeded batches) once as a plain process and once
+Runs `tests/helpers/dist_probe_job.py` (a seeded CNN, seeded batches) once as a plain process and once
 under `accelerate launch --multi_gpu --num_processes N` on the CPU (gloo), `--repeats` times each,
 alternating. Reports the search's own wall time (inside `search`, the gathered probes included)
 and the whole command's wall time (interpreter start, process-group setup), checks that every run
@@ -26,8 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from test_distributed import JOB, accelerate_command, comparable, job_env  # noqa: E402
+sys.path.insert(0, str(REPO))
+from tests.helpers.distributed import PROBE_JOB as JOB  # noqa: E402
+from tests.helpers.distributed import accelerate_command, comparable, job_env  # noqa: E402
 
 
 def timed(cmd: list[str]) -> float:

@@ -78,13 +78,12 @@ def check(export_dir: Path, vllm_python: str) -> int:
 
 
 def demo(vllm_python: str) -> int:
-    """Tiny Llama (tests/conftest.py), fused groups tied, exported for vLLM at 3 and 4 bits, both schemes."""
+    """Tiny Llama (tests/helpers/models.py), fused groups tied, exported for vLLM at 3 and 4 bits, both schemes."""
     root = Path(__file__).resolve().parents[1]
-    sys.path[:0] = [str(root), str(root / "tests")]
-    from conftest import tiny_llama
-
+    sys.path.insert(0, str(root))
     from infoq_hf import quantizable_layers, quantize_model
     from infoq_hf.export import export_compressed_tensors
+    from tests.helpers.models import tiny_llama
 
     status = 0
     with tempfile.TemporaryDirectory() as tmp:

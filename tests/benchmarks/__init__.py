@@ -1,0 +1,1 @@
+"""Tests of the benchmarks package: the asset registry and the statistics."""

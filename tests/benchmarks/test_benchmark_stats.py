@@ -1,0 +1,49 @@
+"""Tests of the benchmarks' statistics: per-window NLL and the paired bootstrap of perplexity ratios."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from benchmarks.common import perplexity, window_nll
+from benchmarks.ppl_spread import paired_bootstrap
+from tests.helpers.models import tiny_llama
+
+
+def test_window_nll_sums_each_windows_token_losses_and_perplexity_is_their_mean():
+    model = tiny_llama()
+    ids = torch.randint(0, 128, (6, 9), generator=torch.Generator().manual_seed(0))
+    batches = [{"input_ids": x, "attention_mask": torch.ones_like(x)} for x in ids.split(4)]
+    sums, per_window = window_nll(model, batches)
+    assert per_window == 8 and sums.shape == (6,)
+    with torch.no_grad():
+        for w in range(6):  # one window at a time, token by token
+            logp = torch.log_softmax(model(input_ids=ids[w : w + 1]).logits[0].double(), dim=-1)
+            expected = -sum(float(logp[t, ids[w, t + 1]]) for t in range(8))
+            assert float(sums[w]) == pytest.approx(expected, rel=1e-5)
+    assert perplexity(model, batches) == pytest.approx(math.exp(float(sums.sum()) / 48), rel=1e-12)
+
+
+def test_a_constant_gap_per_window_gives_the_same_ratio_in_every_resample():
+    b = torch.tensor([10.0, 30.0, 20.0, 50.0], dtype=torch.float64)
+    ratios = paired_bootstrap(b + 3.0, b, per_window=8, resamples=500)
+    assert torch.allclose(ratios, torch.full_like(ratios, math.exp(3.0 / 8)), rtol=1e-12)
+
+
+def test_the_bootstrap_draws_from_the_exact_resampling_distribution():
+    a = torch.tensor([5.0, 1.0, 2.0], dtype=torch.float64)
+    b = torch.tensor([1.0, 4.0, 2.0], dtype=torch.float64)
+    diff = (a - b).tolist()
+    exact = [math.exp(sum(diff[i] for i in pick) / (3 * 2)) for pick in itertools.product(range(3), repeat=3)]
+    ratios = paired_bootstrap(a, b, per_window=2, resamples=40000)
+    assert all(min(abs(r - e) for e in exact) < 1e-12 for r in ratios[:200].tolist())
+    assert float(ratios.mean()) == pytest.approx(sum(exact) / len(exact), rel=0.01)
+    assert float((ratios < 1).double().mean()) == pytest.approx(sum(e < 1 for e in exact) / len(exact), abs=0.01)
+
+
+def test_models_scored_on_different_windows_are_refused():
+    with pytest.raises(ValueError, match="different windows"):
+        paired_bootstrap(torch.zeros(3), torch.zeros(4), per_window=2, resamples=10)

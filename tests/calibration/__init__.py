@@ -1,0 +1,1 @@
+"""Tests of infoq_hf.calibration: sources, batching, errors."""

@@ -1,0 +1,1 @@
+"""Tests of the exports: compressed-tensors (transformers, vLLM) and GGUF."""

@@ -1,0 +1,1 @@
+"""Tests of infoq_hf.information: the sliced mutual-information estimators."""

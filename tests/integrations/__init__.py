@@ -1,0 +1,1 @@
+"""Tests of infoq_hf.integrations: InfoQConfig, the transformers quantizer, timm."""

@@ -1,0 +1,1 @@
+"""End-to-end journeys of a user and reliability scenarios (faults, crafted input), across modules."""

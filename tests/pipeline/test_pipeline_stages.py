@@ -1,0 +1,137 @@
+"""The default pipeline is the list of stages a config selects, each `stage(run, config) -> run`; composed by
+hand they give the pipeline's result; `allocate` is the ILP alone and its report carries what `refine` needs."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from infoq_hf import Budget, InfoQConfig, allocate, refine, search
+from infoq_hf.pipeline import Run, quantize_with_infoq, stages
+from tests.helpers.models import lm_batches, tiny_llama
+
+SKIP = ["lm_head"]
+KW = dict(bits=[2, 4, 8], group_size=32, modules_to_not_convert=SKIP)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return tiny_llama(vocab=96, pad_token_id=None, max_position_embeddings=64), lm_batches()
+
+
+def _record_stages(monkeypatch) -> list:
+    ran = []
+    for name in (
+        "check_budget",
+        "calibrate",
+        "choose_rounding",
+        "score",
+        "gptq_costs",
+        "allocate",
+        "refine",
+        "given_policy",
+        "uniform",
+        "activation_ranges",
+        "pack",
+    ):
+        monkeypatch.setattr(stages, name, _recorded(getattr(stages, name), name, ran))
+    return ran
+
+
+def _recorded(stage, name: str, ran: list):
+    def wrapped(run, config):
+        ran.append(name)
+        return stage(run, config)
+
+    return wrapped
+
+
+@pytest.mark.parametrize(
+    "settings, table, expected",
+    [
+        (
+            {"budget": {"avg_bits": 3}, "refine_passes": 2, "rounding": "rtn", "calibration": "batches"},
+            False,
+            [
+                "check_budget",
+                "calibrate",
+                "choose_rounding",
+                "score",
+                "gptq_costs",
+                "allocate",
+                "refine",
+                "activation_ranges",
+                "pack",
+            ],
+        ),
+        (
+            {"budget": {"avg_bits": 3}, "method": "weight_mse"},
+            True,  # a saved table, no calibration: the ILP only
+            ["calibrate", "choose_rounding", "gptq_costs", "allocate", "activation_ranges", "pack"],
+        ),
+        ({"bits": 4}, False, ["calibrate", "choose_rounding", "uniform", "activation_ranges", "pack"]),
+        (
+            {"policy": {"model.layers.0.mlp.up_proj": 4}},
+            False,
+            ["calibrate", "choose_rounding", "given_policy", "activation_ranges", "pack"],
+        ),
+    ],
+)
+def test_each_config_runs_the_stages_it_selects(setup, monkeypatch, settings, table, expected):
+    model, batches = setup
+    settings = {**KW, **settings}
+    if settings.get("calibration") == "batches":
+        settings["calibration"] = batches
+    saved = (
+        search(model, None, bits=[2, 4, 8], method="weight_mse", group_size=32, skip_modules=SKIP, progress=False)
+        if table
+        else None
+    )
+    ran = _record_stages(monkeypatch)
+    result = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(**settings), table=saved, progress=False)
+    assert ran == expected
+    assert result.summary["quantized_layers"] == len(result.policy)
+
+
+def test_the_stages_composed_by_hand_give_the_pipelines_result(setup):
+    model, batches = setup
+    config = InfoQConfig(**KW, budget={"avg_bits": 3}, calibration=batches, refine_passes=3, search_samples=4)
+    expected = quantize_with_infoq(copy.deepcopy(model), config, progress=False)
+    run = Run(copy.deepcopy(model), SKIP, progress=False)
+    for stage in (
+        stages.calibrate,
+        stages.choose_rounding,
+        stages.score,
+        stages.gptq_costs,
+        stages.allocate,
+        stages.refine,
+        stages.pack,
+    ):
+        before = run
+        run = stage(run, config)
+        assert run is not before or stage is stages.gptq_costs  # each stage returns a new run (rtn: no GPTQ costs)
+    assert run.policy == expected.policy and run.table.layers == expected.table.layers
+    assert run.held_out is not None and len(run.search_batches) == 1  # 4 samples: the first batch; the next held out
+    assert list(run.times) == ["calibration", "search", "allocation", "refinement", "packing"]
+    for name, layer in run.model.named_modules():
+        if hasattr(layer, "weight_packed"):
+            assert torch.equal(layer.weight_packed, expected.model.get_submodule(name).weight_packed), name
+
+
+def test_allocate_is_the_ilp_and_its_report_carries_what_refine_needs(setup):
+    model, batches = setup
+    table = search(model, batches, bits=[2, 4, 8], group_size=32, skip_modules=SKIP, progress=False)
+    policy = allocate(table, Budget(avg_bits=3.0), pin={"model.layers.0.mlp.up_proj": 8})
+    assert policy.report.refinement is None and policy.report.table is table
+    assert policy.report.spec.pins_w == {"model.layers.0.mlp.up_proj": 8}
+    data = policy.report.to_dict()
+    assert "spec" not in data and "table" not in data and json.loads(json.dumps(data)) == data
+    with pytest.raises(TypeError):
+        allocate(table, Budget(avg_bits=3.0), model=model, calibration=batches)  # the refinement is `refine`
+    refined = refine(policy, model, batches, passes=4, seed=1, progress=False)
+    assert refined["model.layers.0.mlp.up_proj"].w_bits == 8  # the pin holds
+    assert refined.report.refinement is not None and refined.report.avg_bits <= 3.0 + 1e-9
+    assert refined.report.solver == policy.report.solver and refined.report.spec is policy.report.spec
