@@ -5,9 +5,9 @@ message on stderr); 1 an unexpected failure or a Hub that could not be reached (
 --debug for the traceback).
 
 This module is the dispatcher (the parser and `main`, the console script); each command is a module of
-its own (`quantize`, `search`, `allocate`, `report`, `push`, `export`: its options, examples and
-handler), on shared `arguments` (option types and groups) and `inputs` (the model, calibration, tables
-and policies the commands read).
+its own (`quantize`, `search`, `allocate`, `report`, `push`, `export`: its name, help, examples, options
+and handler), on shared `arguments` (option types and groups) and `inputs` (the model, calibration,
+tables and policies the commands read).
 """
 
 from __future__ import annotations
@@ -43,7 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     handlers = (cmd_quantize, cmd_search, cmd_allocate, cmd_report, cmd_push, cmd_export)
     for command, handler in zip(COMMANDS, handlers):
-        command.add_parser(sub).set_defaults(func=handler)
+        command_parser = sub.add_parser(
+            command.NAME,
+            formatter_class=FORMATTER,
+            epilog=epilog(command.EXAMPLES),  # each subcommand's --help shows only its own examples
+            help=command.HELP,
+            description=command.DESCRIPTION,
+        )
+        command.add_arguments(command_parser)
+        command_parser.set_defaults(func=handler)
     return parser
 
 

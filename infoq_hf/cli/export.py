@@ -8,32 +8,28 @@ from pathlib import Path
 
 from ..export import export_compressed_tensors
 from ..gguf import export_gguf, gguf_summary
-from .common import EXIT_OK, FORMATTER, UsageError, epilog
+from .common import EXIT_OK, UsageError
 
+NAME = "export"
+HELP = "write another format"
+DESCRIPTION = "Convert a quantized folder into a checkpoint that other tools load without infoq_hf."
 EXAMPLES = """\
   infoq export ./llama-1b-infoq --format compressed-tensors --out ./llama-1b-ct                # for transformers
   infoq export ./llama-1b-infoq --format compressed-tensors --target vllm --out ./llama-1b-vllm  # for vLLM
   infoq export ./llama-1b-infoq --format gguf --out ./llama-1b-infoq.gguf                        # for llama.cpp"""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The `infoq export` subcommand and its options."""
-    e = sub.add_parser(
-        "export",
-        formatter_class=FORMATTER,
-        epilog=epilog(EXAMPLES),
-        help="write another format",
-        description="Convert a quantized folder into a checkpoint that other tools load without infoq_hf.",
-    )
-    e.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize (a transformers model)")
-    e.add_argument(
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `infoq export`."""
+    parser.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize (a transformers model)")
+    parser.add_argument(
         "--format",
         required=True,
         choices=["compressed-tensors", "gguf"],
         help="compressed-tensors: pack-quantized, tokenizer, chat template and generation config copied; "
         "gguf: one file for llama.cpp (Llama-architecture models)",
     )
-    e.add_argument(
+    parser.add_argument(
         "--target",
         choices=["transformers", "vllm"],
         default="transformers",
@@ -44,21 +40,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "per fused q/k/v and gate/up, tensor shapes). benchmarks/vllm_check.py asks vLLM 0.33.0 "
         "itself on CPU (schemes, parameter shapes, outputs at 2/4/8 bits); never served on a GPU",
     )
-    e.add_argument(
+    parser.add_argument(
         "--kernels",
         choices=["any", "marlin"],
         default="any",
         help="with --target vllm: any vLLM 0.33.0 CUDA kernel (2..8 bits), or Marlin only (4/8 bits "
         "symmetric, 4 asymmetric; groups 32/64/128 or per channel)",
     )
-    e.add_argument("--out", required=True, metavar="OUT", help="folder to write (gguf: the new .gguf file)")
-    e.add_argument(
+    parser.add_argument("--out", required=True, metavar="OUT", help="folder to write (gguf: the new .gguf file)")
+    parser.add_argument(
         "--tokenizer",
         metavar="GGUF_OR_DIR",
         help="gguf only: copy the tokenizer from this GGUF file, or convert it from this folder "
         "(default: DIR's own byte-level BPE tokenizer)",
     )
-    return e
 
 
 def cmd_export(args) -> int:

@@ -6,29 +6,26 @@ import argparse
 from pathlib import Path
 
 from ..hub import push_to_hub
-from .common import EXIT_OK, FORMATTER, UsageError, epilog
+from .common import EXIT_OK, UsageError
 
+NAME = "push"
+HELP = "publish a quantized folder to the Hub"
+DESCRIPTION = "Upload a quantized folder with its model card and plots in one atomic commit."
 EXAMPLES = """\
   infoq push ./llama-1b-infoq me/llama-1b-infoq --private"""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The `infoq push` subcommand and its options."""
-    p = sub.add_parser(
-        "push",
-        formatter_class=FORMATTER,
-        epilog=epilog(EXAMPLES),
-        help="publish a quantized folder to the Hub",
-        description="Upload a quantized folder with its model card and plots in one atomic commit.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `infoq push`."""
+    parser.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize")
+    parser.add_argument("repo", metavar="REPO", help="Hub repo id, user/name or org/name")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the files of an existing repo (one new commit)"
     )
-    p.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize")
-    p.add_argument("repo", metavar="REPO", help="Hub repo id, user/name or org/name")
-    p.add_argument("--private", action="store_true", help="create the repo private")
-    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing repo (one new commit)")
-    p.add_argument("--base-model", help="Hub id of the float model, for the card's base_model metadata")
-    p.add_argument("--revision", help="branch to commit to (default main)")
-    p.add_argument("--message", help="commit message")
-    return p
+    parser.add_argument("--base-model", help="Hub id of the float model, for the card's base_model metadata")
+    parser.add_argument("--revision", help="branch to commit to (default main)")
+    parser.add_argument("--message", help="commit message")
 
 
 def cmd_push(args) -> int:

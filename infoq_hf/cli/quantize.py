@@ -25,9 +25,15 @@ from .arguments import (
     packing_scheme,
     positive,
 )
-from .common import EXIT_OK, FORMATTER, UsageError, epilog, say
+from .common import EXIT_OK, UsageError, say
 from .inputs import LoadedModel, read_policy, read_table
 
+NAME = "quantize"
+HELP = "search + allocate + pack a model into a checkpoint folder"
+DESCRIPTION = (
+    "Score sensitivities, allocate bits under the budget, pack the weights and save "
+    "the checkpoint (with the sensitivity table and a summary) into --out."
+)
 EXAMPLES = """\
   # search, allocate and pack a causal LM at 3 bits on average, calibrated on a local text file
   infoq quantize ./llama-1b --bits 2,3,4,8 --avg-bits 3 --calib wiki.txt --samples 64 --seq-len 512 \\
@@ -38,20 +44,14 @@ EXAMPLES = """\
       --out ./resnet18-infoq --push me/resnet18-infoq"""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The `infoq quantize` subcommand and its options."""
-    q = sub.add_parser(
-        "quantize",
-        formatter_class=FORMATTER,
-        epilog=epilog(EXAMPLES),
-        help="search + allocate + pack a model into a checkpoint folder",
-        description="Score sensitivities, allocate bits under the budget, pack the weights and save "
-        "the checkpoint (with the sensitivity table and a summary) into --out.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `infoq quantize`."""
+    add_model_and_calibration(parser, calib_required=False)
+    add_budget(parser)
+    parser.add_argument(
+        "--solver", default="auto", choices=["auto", "gurobi", "highs"], help="ILP solver (default auto)"
     )
-    add_model_and_calibration(q, calib_required=False)
-    add_budget(q)
-    q.add_argument("--solver", default="auto", choices=["auto", "gurobi", "highs"], help="ILP solver (default auto)")
-    q.add_argument(
+    parser.add_argument(
         "--refine-passes",
         type=nonnegative_int,
         default=DEFAULT_REFINE_PASSES,
@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="whole-model passes refining the ILP's allocation by KL to the float model on the "
         f"calibration data (default {DEFAULT_REFINE_PASSES}; 0 = ILP only)",
     )
-    q.add_argument(
+    parser.add_argument(
         "--refine-chains",
         type=positive(int),
         default=DEFAULT_REFINE_CHAINS,
@@ -67,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="independent refinements from the same start; the best on held-out calibration data is "
         f"kept (default {DEFAULT_REFINE_CHAINS})",
     )
-    q.add_argument(
+    parser.add_argument(
         "--search-samples",
         type=positive(int),
         default=None,
@@ -75,19 +75,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="calibration samples (the first N) the search and the refinement use; GPTQ rounds with "
         "all --samples (default: all)",
     )
-    q.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder to write")
-    q.add_argument(
+    parser.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder to write")
+    parser.add_argument(
         "--table",
         metavar="SCORES.json",
         help="allocate from this sensitivity table (infoq search) instead of searching again",
     )
-    q.add_argument(
+    parser.add_argument(
         "--policy", metavar="POLICY.json", help="pack with this policy (infoq allocate) as it is: no search, no budget"
     )
-    q.add_argument("--push", metavar="REPO", help="also push the result to this Hub repo (user/name)")
-    q.add_argument("--private", action="store_true", help="with --push: create the repo private")
-    q.add_argument("--overwrite", action="store_true", help="with --push: replace an existing repo's files")
-    return q
+    parser.add_argument("--push", metavar="REPO", help="also push the result to this Hub repo (user/name)")
+    parser.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    parser.add_argument("--overwrite", action="store_true", help="with --push: replace an existing repo's files")
 
 
 def _given_table_and_policy(args):

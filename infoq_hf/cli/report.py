@@ -9,24 +9,19 @@ from ..card import card_file_for, write_model_card
 from ..checkpoint_info import read_checkpoint
 from ..names import unique_match
 from ..saving import card_location
-from .common import EXIT_OK, FORMATTER, UsageError, epilog
+from .common import EXIT_OK, UsageError
 
+NAME = "report"
+HELP = "summary table, plots and model card"
+DESCRIPTION = "Print the per-layer table of a quantized folder; write PNG plots and README.md."
 EXAMPLES = """\
   infoq report ./llama-1b-infoq          # summary table, plots and README.md model card into the folder"""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The `infoq report` subcommand and its options."""
-    r = sub.add_parser(
-        "report",
-        formatter_class=FORMATTER,
-        epilog=epilog(EXAMPLES),
-        help="summary table, plots and model card",
-        description="Print the per-layer table of a quantized folder; write PNG plots and README.md.",
-    )
-    r.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize")
-    r.add_argument("--repo-id", help="the Hub id to show in the card's usage snippet")
-    return r
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `infoq report`."""
+    parser.add_argument("dir", metavar="DIR", help="a folder written by infoq quantize")
+    parser.add_argument("--repo-id", help="the Hub id to show in the card's usage snippet")
 
 
 def _format_table(info) -> str:

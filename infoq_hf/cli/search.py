@@ -8,26 +8,21 @@ import time
 from ..config import DEFAULT_SCHEME
 from ..sensitivity import search
 from .arguments import add_model_and_calibration, calibration_spec, packing_scheme
-from .common import EXIT_OK, FORMATTER, epilog, say
+from .common import EXIT_OK, say
 from .inputs import LoadedModel, load_batches
 
+NAME = "search"
+HELP = "score sensitivities into a JSON table"
+DESCRIPTION = "Score every quantizable layer at every candidate bit-width; write the table JSON."
 EXAMPLES = """\
   # sensitivities once (then infoq allocate for many budgets, no model needed)
   infoq search ./llama-1b --calib wikitext --calib-config wikitext-2-raw-v1 --bits 2,3,4,8 --out scores.json"""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The `infoq search` subcommand and its options."""
-    s = sub.add_parser(
-        "search",
-        formatter_class=FORMATTER,
-        epilog=epilog(EXAMPLES),
-        help="score sensitivities into a JSON table",
-        description="Score every quantizable layer at every candidate bit-width; write the table JSON.",
-    )
-    add_model_and_calibration(s, calib_required=False)
-    s.add_argument("--out", required=True, metavar="SCORES.json", help="sensitivity table to write")
-    return s
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `infoq search`."""
+    add_model_and_calibration(parser, calib_required=False)
+    parser.add_argument("--out", required=True, metavar="SCORES.json", help="sensitivity table to write")
 
 
 def run_search(args, loaded: LoadedModel, spec: dict | None, batches: list | None = None):
