@@ -109,13 +109,13 @@ class InfoQConfig(QuantizationConfigMixin):
             (rows grouped like a Linear's inputs, `group_size`); an output head tied to one (an LM
             head sharing it) takes its codes and width: one tensor, stored once. Default False.
         solver, seed, pin_first_last: allocation settings.
-        refine_passes: whole-model passes that refine the ILP's allocation on the model being quantized
-            (KL to the float model on the calibration data; `infoq_hf.allocation.refine`); 0 = ILP only.
-            Runs when calibration data is given.
-        refine_chains: independent refinements from the same start (seeds `seed`, `seed + 1`, ...), each
-            `refine_passes` long; the one with the lowest KL on the held-out calibration samples (see
-            `search_samples`; else on the searched ones) is kept. Default 3: one chain's outcome varies
-            with its seed (benchmarks/RESULTS.md, `gptq_aware`).
+        refine_passes: with calibration data, the ILP's allocation is run on the whole model and kept, or
+            replaced by the widest uniform configuration under the budget when that is closer to the
+            float model (KL of the outputs; `allocation.compare_with_uniform`). refine_passes > 0 also
+            tries that many random budget-preserving moves (`allocation.refine`). Default 0.
+        refine_chains: with refine_passes > 0, independent refinements from the same start (seeds
+            `seed`, `seed + 1`, ...); the one with the lowest KL on the held-out calibration samples (see
+            `search_samples`; else on the searched ones) is kept. Default 3.
         policy: per-layer bits `{NAME: {"w_bits": int, "a_bits": int|null}}`; when set, no search runs.
         float_dtype: "bfloat16", "float16" or "float32": after packing, what stays float (embeddings, norms,
             biases, skipped layers) is cast to it, so it is stored and run in it (packed scales stay
@@ -249,7 +249,7 @@ class InfoQConfig(QuantizationConfigMixin):
         if refine_passes is None:
             refine_passes = DEFAULT_REFINE_PASSES
         if isinstance(refine_passes, bool) or not isinstance(refine_passes, int) or refine_passes < 0:
-            raise ValueError(f"InfoQConfig.refine_passes must be an int >= 0 (0 = ILP only), got {refine_passes!r}")
+            raise ValueError(f"InfoQConfig.refine_passes must be an int >= 0 (0 = no moves), got {refine_passes!r}")
         self.refine_passes = refine_passes
         refine_chains = DEFAULT_REFINE_CHAINS if refine_chains is None else refine_chains
         if isinstance(refine_chains, bool) or not isinstance(refine_chains, int) or refine_chains < 1:

@@ -60,7 +60,8 @@ def parse_args(argv=None):
         "--refine-passes",
         type=int,
         default=DEFAULT_REFINE_PASSES,
-        help="whole-model passes refining the allocation (split over processes; 0 = ILP only)",
+        help="random moves refining the allocation (split over processes; 0: none, the allocation is only "
+        "compared with uniform)",
     )
     p.add_argument(
         "--refine-chains",

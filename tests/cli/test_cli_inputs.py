@@ -64,7 +64,7 @@ def test_cli_bad_input_exits_2_with_one_line(cli_assets, tmp_path, capsys, monke
         def size_limited(*args, **kwargs):
             raise SolverUnavailableError("solver='gurobi' cannot solve this model: size-limited license")
 
-        m.setattr(infoq_hf.cli, "allocate", size_limited)  # where the CLI calls it
+        m.setattr(infoq_hf.cli.allocate, "allocate", size_limited)  # where `infoq allocate` calls it
         code, err = _cli(
             [
                 "allocate",
@@ -128,7 +128,7 @@ def test_cli_reuses_a_table_or_a_policy_and_records_no_local_paths(cli_assets, t
         raise AssertionError("searched again")
 
     monkeypatch.setattr(infoq_hf.pipeline.stages, "search", no_search)  # where the pipeline calls it
-    monkeypatch.setattr(infoq_hf.cli, "search", no_search)
+    monkeypatch.setattr(infoq_hf.cli.search, "search", no_search)  # where `infoq search` calls it
     from_table = tmp_path / "from_table"
     assert (
         _cli(
