@@ -134,7 +134,7 @@ def main(argv=None):
     )
     print(
         f"saved to {out} ({disk / mib:.1f} MiB on disk); reload bit-identical: {same}; "
-        f"quantize-on-load {quantize_s:.0f}s = {quantize_s / uniform_s:.1f}x the uniform model's GPTQ pass "
+        f"quantize-on-load {quantize_s:.0f}s = {quantize_s / uniform_s:.1f}x packing the uniform model with {rounding} "
         f"({uniform_s:.0f}s); process peak memory {peak / mib:.0f} MiB = {peak / model_size_bytes(fp32):.1f}x the "
         f"float model; total {time.perf_counter() - started:.0f}s"
     )

@@ -89,22 +89,21 @@ def format_summary(summary: dict) -> str:
     ]
     refined = (summary.get("allocation") or {}).get("refinement")
     if refined:
-        out.insert(
-            -1,
-            f"  refinement on the whole model: KL to float {refined['kl_ilp']:.4g} (ILP) -> "
-            f"{refined['kl_final']:.4g}, start {refined['start']}"
-            + (
-                ""
-                if not refined.get("kl_starts")
-                else " (of " + ", ".join(f"{name} {kl:.4g}" for name, kl in refined["kl_starts"].items()) + ")"
-            )
-            + f", {refined['accepted']} of "
-            f"{refined['passes']} passes accepted"
-            + (
-                f"; {refined.get('chains', 1)} chains, the held-out check on "
-                f"{refined['validation_batches']} more calibration batch(es) kept {refined['kept']}"
-                if refined.get("kl_validation")
-                else ""
-            ),
-        )
+        out.insert(-1, whole_model_line(refined))
     return "\n".join(out)
+
+
+def whole_model_line(refined: dict) -> str:
+    """What the whole-model check (and any refinement moves) found: each start's KL to the float model,
+    the moves tried, and what was kept."""
+    starts = refined.get("kl_starts") or {"ilp": refined["kl_ilp"]}
+    line = "  whole-model check, KL to float: " + ", ".join(f"{name} {kl:.4g}" for name, kl in starts.items())
+    moves = refined["passes"] - len(starts)
+    if moves > 0:
+        line += (
+            f"; {moves} refinement moves from {refined['start']} ({refined.get('chains', 1)} chains), "
+            f"{refined['accepted']} accepted, KL {refined['kl_final']:.4g}"
+        )
+        if refined.get("kl_validation"):
+            line += f"; the held-out check on {refined['validation_batches']} more calibration batch(es)"
+    return line + f"; kept {refined['kept']}"

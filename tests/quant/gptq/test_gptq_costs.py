@@ -194,8 +194,9 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
     assert {n: lb.w_bits for n, lb in ilp_only.policy.items()} == kept
     assert compared.kl_final == min(compared.kl_starts.values())
     assert gptq.summary["times_s"]["gptq-aware costs"] > 0
-    line = next(x for x in format_summary(gptq.summary).splitlines() if "refinement on the whole model" in x)
-    assert f"start {r.start} (of " in line and all(f"{name} {kl:.4g}" in line for name, kl in r.kl_starts.items())
+    line = next(x for x in format_summary(gptq.summary).splitlines() if "whole-model check" in x)
+    assert line.endswith(f"kept {r.kept}") and all(f"{name} {kl:.4g}" in line for name, kl in r.kl_starts.items())
+    assert f"{r.passes - len(r.kl_starts)} refinement moves from {r.start}" in line
 
 
 def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):
