@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from infoq_hf import Budget, allocate, quantizable_layers, quantize_model, refine, search
+from infoq_hf import Budget, allocate, compare_with_uniform, quantizable_layers, quantize_model, refine, search
 from infoq_hf.defaults import DEFAULT_REFINE_PASSES
 from infoq_hf.quant.gptq import gptq_quantize_model
 
@@ -50,7 +50,8 @@ def main(argv=None):
         "--refine-passes",
         type=int,
         default=DEFAULT_REFINE_PASSES,
-        help=f"the InfoQ allocations' whole-model refinement (default {DEFAULT_REFINE_PASSES}, as the product)",
+        help=f"refinement moves of the InfoQ allocations (default {DEFAULT_REFINE_PASSES}, as the product: the ILP "
+        "or uniform, by whole-model KL)",
     )
     p.add_argument("--uniform-only", action="store_true", help="only the uniform rows (e.g. to compare --calib sizes)")
     p.add_argument("--out", default="benchmarks/results")
@@ -77,9 +78,10 @@ def main(argv=None):
                 seed=args.seed,
             ),
         )
-        return refine(
-            allocate(table, Budget(avg_bits=avg_bits)), model, search_calib, passes=args.refine_passes, seed=args.seed
-        )
+        ilp = allocate(table, Budget(avg_bits=avg_bits))
+        if not args.refine_passes:  # the product's default: the ILP or uniform, by whole-model KL
+            return compare_with_uniform(ilp, model, search_calib, progress=False)
+        return refine(ilp, model, search_calib, passes=args.refine_passes, seed=args.seed)
 
     policies = [("uniform 4-bit", lambda: {n: 4 for n in names}), ("uniform 3-bit", lambda: {n: 3 for n in names})]
     if not args.uniform_only:

@@ -38,7 +38,6 @@ import torch
 
 from infoq_hf import Budget, allocate, refine, search
 from infoq_hf.allocation import uniform_start
-from infoq_hf.defaults import DEFAULT_REFINE_PASSES
 from infoq_hf.quant.gptq import gptq_candidates, gptq_quantize_model
 from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
@@ -47,6 +46,8 @@ from . import common
 from .compare import cached_table
 from .gptq import GROUP, SEARCH_BATCHES, SKIP, peak_rss_mib
 
+REFINE_PASSES = 64  # the refined rows study random moves (the product makes none by default)
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +55,7 @@ def main(argv=None):
     p.add_argument("--dev", type=int, default=16)
     p.add_argument("--eval", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--refine-passes", type=int, default=DEFAULT_REFINE_PASSES)
+    p.add_argument("--refine-passes", type=int, default=REFINE_PASSES, help="moves per refined row's chain")
     p.add_argument("--budgets", default="4.0,3.0,2.5")
     p.add_argument(
         "--judge-batches",
@@ -276,7 +277,7 @@ def write(out: Path, args, candidates_s: dict, rows: list, total: int, policies:
         suffix = "_baselines"
     if args.refine_chains != 1:
         suffix += f"_chains{args.refine_chains}"
-    if args.refine_passes != DEFAULT_REFINE_PASSES:
+    if args.refine_passes != REFINE_PASSES:
         suffix += f"_passes{args.refine_passes}"
     if args.refine_seeds is not None:
         suffix += "_seeds" + args.refine_seeds.replace(",", "-")
