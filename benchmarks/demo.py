@@ -48,7 +48,7 @@ def main(argv=None):
         "--search-samples",
         type=int,
         default=4,
-        help="of which the sensitivity search and the refinement use the first N",
+        help="of which the sensitivity search uses the first N, the whole-model check the first 2N",
     )
     p.add_argument("--eval", type=int, default=32, help="held-out windows for perplexity")
     p.add_argument("--seq-len", type=int, default=128)
@@ -114,8 +114,8 @@ def main(argv=None):
     print(infoq_hf.format_summary(summary))
     print()
     print(
-        f"SmolLM2-135M, {args.calib}x{args.seq_len} calibration tokens (search and refinement on the first "
-        f"{args.search_samples} windows), perplexity on {args.eval}x{args.seq_len} "
+        f"SmolLM2-135M, {args.calib}x{args.seq_len} calibration tokens (search on the first {args.search_samples} "
+        f"windows, whole-model check on the first {2 * args.search_samples}), perplexity on {args.eval}x{args.seq_len} "
         f"held-out tokens (Shakespeare tragedies); {common.machine()}"
     )
     print("| model | avg weight bits | size MiB | perplexity |")

@@ -268,7 +268,8 @@ def refine(run: Run, config: InfoQConfig) -> Run:
             accelerator=run.accelerator,
             progress=run.progress,
         )
-    return run.timed("refinement", started, policy=policy, candidates=None)
+    label = "refinement" if config.refine_passes else "whole-model check"
+    return run.timed(label, started, policy=policy, candidates=None)
 
 
 def given_policy(run: Run, config: InfoQConfig) -> Run:
