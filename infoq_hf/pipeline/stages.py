@@ -173,7 +173,7 @@ def gptq_costs(run: Run, config: InfoQConfig) -> Run:
     candidate width (`gptq_candidates`) on the inputs the budget's widest uniform configuration gives
     (sequential packing rounds a configuration near it on such inputs), and the table's costs are
     rescaled by GPTQ's output error relative to round-to-nearest's (`sensitivity.rounding_costs`).
-    When the allocation is refined, the same rounded weights are what the refinement judges."""
+    The whole-model check (and any refinement moves) judges the same rounded weights."""
     if run.scheme.rounding != "gptq":
         if run.candidates is not None:
             raise ValueError(
