@@ -65,7 +65,8 @@ def with_gptq_costs(table: SensitivityTable, candidates) -> SensitivityTable:
             info["w"] = _non_increasing({b: info["w_rtn"][b] * ratio[b] for b in table.bits})
         info["gptq_error_ratio"] = {b: ratio[b] for b in table.bits}
     meta["costs_rounding"] = "gptq"
-    meta["gptq_costs"] = dict(candidates.meta)
+    # what the candidates were (the per-layer prefix widths stay out: "inputs" names them in one line)
+    meta["gptq_costs"] = {k: v for k, v in candidates.meta.items() if k != "prefix_bits"}
     return SensitivityTable(table.method, table.bits, layers, meta)
 
 
