@@ -157,7 +157,8 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
                 refinements.append((budget, label, r))
             print(rows[-1], flush=True)
     header = (
-        f"{name}; weight-only, group 64, candidates {{2,3,4,8}}, `lm_head` float; every row through "
+        f"{name}; weight-only, group 64, candidates {{2,3,4,8}}, `lm_head` and the other leftovers in bf16; "
+        "every row through "
         f"`quantize_with_infoq` (rounding {args.rounding}; the ILP's allocation kept or replaced by uniform by KL "
         f"to fp32 on the calibration tokens, {args.refine_passes} refinement moves); seed {args.seed}; "
         f"{common.machine()}"

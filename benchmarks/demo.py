@@ -10,7 +10,7 @@
    output error at every width (rounding "auto" is GPTQ from 4096 calibration tokens on; one pass,
    on the inputs uniform 3-bit gives), allocates 3.0 average bits with the ILP, keeps the allocation
    or uniform 3-bit, whichever runs closer to the float model on the first 8 windows (GPTQ's rounded
-   weights), and packs the weights with sequential GPTQ on all 32 windows;
+   weights), and packs those weights; the float leftovers are stored in bfloat16;
 3. saves the packed checkpoint, reloads it, checks the logits are bit-identical;
 4. prints the policy summary and perplexity on held-out tragedies (the windows after the 16 dev
    windows): fp32 vs InfoQ vs uniform 3-bit (same quantizer, group size and rounding: only the
@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM
 
 import infoq_hf
 from infoq_hf import InfoQConfig, model_size_bytes
+from infoq_hf.quant.apply import cast_float_leftovers
 
 from . import assets, common
 
@@ -107,6 +108,8 @@ def main(argv=None):
         skip_modules=["lm_head"],
     )
     uniform_s = time.perf_counter() - t
+    if summary["float_dtype"]:  # the same storage for what stays float
+        cast_float_leftovers(uniform, getattr(torch, summary["float_dtype"]))
     ppl_uniform = common.perplexity(uniform, test)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB)
 

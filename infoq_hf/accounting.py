@@ -58,11 +58,11 @@ def tied_weights(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str,
     return tied
 
 
-def _stored_tensors(model: nn.Module, exclude_ids: set[int] = frozenset()) -> list[torch.Tensor]:
-    """The state dict's tensors, each shared storage view once (tied weights), minus `exclude_ids`."""
+def _stored_tensors(model: nn.Module, exclude_keys: set[str] = frozenset()) -> list[torch.Tensor]:
+    """The state dict's tensors, each shared storage view once (tied weights), minus `exclude_keys`."""
     seen, out = set(), []
-    for tensor in model.state_dict(keep_vars=True).values():
-        if id(tensor) in exclude_ids:
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if name in exclude_keys:
             continue
         t = tensor.detach()
         key = _storage_key(t)
@@ -157,9 +157,10 @@ def expected_size_bytes(model: nn.Module) -> int:
     """The theoretical stored size of a packed model: sum(n_l * b_l)/8 rounded up per layer, plus
     scales and zero points, plus every tensor that is not a packed weight (float leftovers)."""
     total = 0
-    packed_ids = set()
-    for m in model.modules():
+    packed_keys = set()  # by name: a layer that holds its kernel layout saves a stream rebuilt per call
+    for name, m in model.named_modules():
         if isinstance(m, PACKED_TYPES):
             total += packed_weight_bytes(m.weight_shape, m.w_bits, m.group_size, m.symmetric)
-            packed_ids.update(id(b) for b in (m.weight_packed, m.weight_scale, m.weight_zero_point) if b is not None)
-    return total + sum(t.numel() * t.element_size() for t in _stored_tensors(model, packed_ids))
+            prefix = f"{name}." if name else ""
+            packed_keys.update(prefix + k for k in ("weight_packed", "weight_scale", "weight_zero_point"))
+    return total + sum(t.numel() * t.element_size() for t in _stored_tensors(model, packed_keys))

@@ -38,7 +38,7 @@ from ..config import QUANT_METHOD, InfoQConfig
 from ..integrity import DIGEST_METADATA, tensor_digests, verify_checkpoint_files
 from ..origin import float_model_origin
 from ..pipeline import QuantizationResult, quantize_with_infoq
-from ..quant.apply import dequantize_model
+from ..quant.apply import cast_float_leftovers, dequantize_model
 
 logger = logging.getLogger("infoq_hf")
 SUMMARY_METADATA = "infoq_summary"  # safetensors header key: the run's summary, JSON (read back on load)
@@ -115,8 +115,8 @@ class InfoQQuantizer(HfQuantizer):
         )
         cfg.policy = self.result.policy
         cfg.rounding = self.result.summary["rounding"]  # "auto" made concrete: config.json says what was done
-        if cfg.float_dtype is not None:  # config.json records the dtype the leftovers now have
-            model.config.dtype = getattr(torch, cfg.float_dtype)
+        if self.result.summary["float_dtype"] is not None:  # config.json records the leftovers' dtype
+            model.config.dtype = getattr(torch, self.result.summary["float_dtype"])
         source = getattr(model.config, "_name_or_path", None) or None  # the float model: its Hub id and name
         origin = float_model_origin(model, source, read_card=False)
         self.result = dataclasses.replace(self.result, summary={**origin, **self.result.summary})
@@ -138,7 +138,8 @@ class InfoQQuantizer(HfQuantizer):
         dequantize_model(model)
         if isinstance(dtype, str):  # a reloaded config.json gives its dtype as a name
             dtype = getattr(torch, dtype)
-        return model.to(dtype) if dtype is not None else model
+        # as from_pretrained(dtype=...) casts: runtime buffers (rotary frequencies) keep theirs
+        return cast_float_leftovers(model, dtype) if dtype is not None else model
 
     def is_serializable(self):
         return True

@@ -82,5 +82,6 @@ def quantize_with_infoq(
     )
     summary = summarize(run.model, run.params, run.float_bytes, run.times, method=method, report=run.policy.report)
     summary["rounding"] = run.scheme.rounding
+    summary["float_dtype"] = None if run.float_dtype is None else str(run.float_dtype).removeprefix("torch.")
     logger.info("\n%s", format_summary(summary))
     return QuantizationResult(model=run.model, policy=run.policy, table=run.table, summary=summary)

@@ -35,6 +35,7 @@ class Run:
     act_ranges: dict | None = None  # input ranges of the layers with activation bits
     float_bytes: int | None = None  # the model's size before packing
     params: dict | None = None  # weights per policy layer, counted before packing
+    float_dtype: Any = None  # the dtype the float leftovers were cast to (None: left as loaded)
     times: dict = field(default_factory=dict)  # seconds per stage, in the order they ran
 
     def timed(self, label: str, started: float, **changes) -> Run:

@@ -11,14 +11,13 @@ import time
 import warnings
 from dataclasses import replace
 
-import torch
 import torch.nn as nn
 
 from .. import allocation
 from ..accounting import model_size_bytes
 from ..config import InfoQConfig
 from ..policy import BitPolicy, Budget
-from ..quant.apply import calibrate_activation_ranges, cast_float_leftovers, policy_layers
+from ..quant.apply import calibrate_activation_ranges, cast_float_leftovers, leftover_dtype, policy_layers
 from ..quant.gptq import GPTQOptions, gptq_candidates
 from ..quant.quantize import quantize_model
 from ..quant.scheme import PackingScheme
@@ -171,9 +170,9 @@ def score(run: Run, config: InfoQConfig) -> Run:
 def gptq_costs(run: Run, config: InfoQConfig) -> Run:
     """When packing rounds with GPTQ, the allocation knows it: one pass rounds every layer at every
     candidate width (`gptq_candidates`) on the inputs the budget's widest uniform configuration gives
-    (sequential packing rounds a configuration near it on such inputs), and the table's costs are
-    rescaled by GPTQ's output error relative to round-to-nearest's (`sensitivity.rounding_costs`).
-    The whole-model check (and any refinement moves) judges the same rounded weights."""
+    (for that configuration, sequential GPTQ's own codes), and the table's costs are rescaled by GPTQ's
+    output error relative to round-to-nearest's (`sensitivity.rounding_costs`). The whole-model check
+    (and any refinement moves) judges these rounded weights, and the packing stores them."""
     if run.scheme.rounding != "gptq":
         if run.candidates is not None:
             raise ValueError(
@@ -244,7 +243,7 @@ def refine(run: Run, config: InfoQConfig) -> Run:
     """The ILP's policy checked on the whole model: kept, or replaced by the widest uniform configuration
     under the budget when that runs closer to the float model on the calibration samples
     (`allocation.compare_with_uniform`); with `refine_passes` > 0, improved by random moves as well
-    (`allocation.refine`). GPTQ's candidates are let go after it (they take about a byte per weight)."""
+    (`allocation.refine`)."""
     started = time.perf_counter()
     if config.refine_passes:
         policy = allocation.refine(
@@ -269,7 +268,7 @@ def refine(run: Run, config: InfoQConfig) -> Run:
             progress=run.progress,
         )
     label = "refinement" if config.refine_passes else "whole-model check"
-    return run.timed(label, started, policy=policy, candidates=None)
+    return run.timed(label, started, policy=policy)
 
 
 def given_policy(run: Run, config: InfoQConfig) -> Run:
@@ -305,9 +304,12 @@ def activation_ranges(run: Run, config: InfoQConfig) -> Run:
 
 
 def pack(run: Run, config: InfoQConfig) -> Run:
-    """Replace the policy's layers by packed ones (`quantize_model`; GPTQ rounds with every calibration
-    batch), then cast what stays float to `config.float_dtype` when set."""
+    """Replace the policy's layers by packed ones (`quantize_model`): with GPTQ's candidates when the
+    allocation judged them (the weights it chose, no second pass), else rounded now (GPTQ with every
+    calibration batch, or to nearest); then cast what stays float as `config.float_dtype` says
+    (`quant.apply.leftover_dtype`)."""
     model, gptq = run.model, run.scheme.rounding == "gptq"
+    dtype = leftover_dtype(config.float_dtype, model)  # decided on the float model
     float_bytes = model_size_bytes(model)
     params = {n: m.weight.numel() for n, m in policy_layers(model, run.policy).items()}
     started = time.perf_counter()
@@ -317,11 +319,12 @@ def pack(run: Run, config: InfoQConfig) -> Run:
         scheme=run.scheme,
         skip_modules=run.skip_modules,
         act_ranges=run.act_ranges,
-        calibration=run.batches if gptq else None,
+        calibration=run.batches if gptq and run.candidates is None else None,
         gptq_options=config.gptq_options,
         progress=run.progress,
+        candidates=run.candidates,
     )
-    packed = run.timed("packing (gptq)" if gptq else "packing", started, float_bytes=float_bytes, params=params)
-    if config.float_dtype is not None:  # the leftovers are stored (and run) in it
-        cast_float_leftovers(model, getattr(torch, config.float_dtype))
-    return packed
+    if dtype is not None:  # the leftovers are stored (and run) in it
+        cast_float_leftovers(model, dtype)
+    label = "packing (gptq candidates)" if run.candidates is not None else "packing (gptq)" if gptq else "packing"
+    return run.timed(label, started, float_bytes=float_bytes, params=params, float_dtype=dtype, candidates=None)

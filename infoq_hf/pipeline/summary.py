@@ -84,7 +84,8 @@ def format_summary(summary: dict) -> str:
         "  layers per width: " + ", ".join(f"{b} bits x{c}" for b, c in sorted(hist.items())),
         *group_size_lines(summary["layers"]),
         f"  average weight bits {summary['avg_bits']:.3f}, weight compression {summary['compression']:.2f}x",
-        f"  model size {summary['size_bytes'] * mib:.2f} MiB (float {summary['float_size_bytes'] * mib:.2f} MiB)",
+        f"  model size {summary['size_bytes'] * mib:.2f} MiB (float {summary['float_size_bytes'] * mib:.2f} MiB)"
+        + (f"; unpacked tensors in {summary['float_dtype']}" if summary.get("float_dtype") else ""),
         "  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["times_s"].items()),
     ]
     refined = (summary.get("allocation") or {}).get("refinement")

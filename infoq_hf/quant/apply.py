@@ -200,6 +200,18 @@ def packed_layer(name: str, layer: nn.Module, bits: LayerBits, scheme: PackingSc
     return q
 
 
+def leftover_dtype(requested: str | None, model: nn.Module) -> torch.dtype | None:
+    """The dtype a packed model's float leftovers are cast to (`InfoQConfig.float_dtype`; None: left as
+    they are). "auto": bfloat16 for a transformers model whose float weights are float32 (such models
+    ship in half precision; bfloat16 keeps float32's range), None for any other model."""
+    if requested != "auto":
+        return None if requested is None else getattr(torch, requested)
+    if not hasattr(getattr(model, "config", None), "to_dict"):
+        return None
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return torch.bfloat16 if dtypes == {torch.float32} else None
+
+
 def cast_float_leftovers(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Cast what a packed model stores in float (parameters and saved buffers: embeddings, norms, biases,
     skipped layers) to `dtype`, in place. The packed layers' scales stay float32 (the format), and runtime
@@ -220,12 +232,16 @@ def cast_float_leftovers(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 def dequantize_model(model: nn.Module) -> nn.Module:
-    """Replace every packed layer with an equivalent float layer, in place; returns the model. A tied head
-    becomes a Linear sharing the float embedding's weight again."""
+    """Replace every packed layer with an equivalent float layer in the dtype of the model's float
+    leftovers, in place; returns the model. A tied head becomes a Linear sharing the float embedding's
+    weight again."""
     modules = list(model.named_modules())
+    packed_ids = {id(p) for _, m in modules if isinstance(m, PACKED_TYPES) for p in m.parameters()}
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point() and id(p) not in packed_ids), None)
     for name, module in modules:
         if isinstance(module, PACKED_TYPES):
-            set_submodule(model, name, module.to_float())
+            layer = module.to_float()
+            set_submodule(model, name, layer if dtype is None else layer.to(dtype))
     for name, module in modules:
         if isinstance(module, QuantTiedLinear):
             set_submodule(model, name, module.to_float(model.get_submodule(module.tied_to)))

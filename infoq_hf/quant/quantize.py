@@ -29,6 +29,7 @@ def quantize_model(
     gptq_options: Mapping | None = None,
     forward=None,
     progress: bool = False,
+    candidates=None,
 ) -> nn.Module:
     """Replace the layers named by `policy` with packed low-bit layers, in place; returns the model.
 
@@ -39,7 +40,10 @@ def quantize_model(
     round to nearest. Layers not in the policy stay float. A layer with `a_bits` needs its input range in
     `act_ranges` (see `infoq_hf.calibrate_activation_ranges`). `rounding` is "rtn" (round to nearest) or "gptq"
     (error-compensating, needs `calibration` batches run by `forward(model, batch)`; options
-    `gptq_options={"damp": 0.01, "block_size": 128, "act_order": False}`; see `quant.gptq`)."""
+    `gptq_options={"damp": 0.01, "block_size": 128, "act_order": False}`; see `quant.gptq`).
+    `candidates`: a `GPTQCandidates` with rounded weights (`gptq_candidates(..., keep_weights=True)`): each
+    layer takes its codes at the policy's width from them instead of a new GPTQ pass (the allocation
+    judged exactly these weights)."""
     scheme = packing_scheme_for(
         policy,
         scheme,
@@ -49,7 +53,12 @@ def quantize_model(
         clip_search=clip_search,
         rounding=rounding,
     )
-    if scheme.rounding == "gptq":
+    if candidates is not None and (scheme.rounding != "gptq" or not candidates.has_weights()):
+        raise ValueError(
+            "candidates= packs GPTQ's rounded weights: pass rounding='gptq' and candidates computed with "
+            "keep_weights=True"
+        )
+    if scheme.rounding == "gptq" and candidates is None:
         gptq_quantize_model(
             model,
             policy,
@@ -65,7 +74,10 @@ def quantize_model(
     else:
         resolved, _ = pack_embeddings(model, resolve_policy(model, policy, skip_modules, skip_types), scheme)
         for name, bits in resolved.items():
-            set_submodule(model, name, packed_layer(name, model.get_submodule(name), bits, scheme, act_ranges))
+            packed = packed_layer(name, model.get_submodule(name), bits, scheme, act_ranges)
+            if candidates is not None:
+                packed.set_quantized(candidates.quantized(name, bits.w_bits), name)
+            set_submodule(model, name, packed)
     record_on_transformers_config(model, scheme)
     return model
 

@@ -73,9 +73,10 @@ def llama_policy(llama_dir):
 
 @pytest.fixture(scope="module")
 def llama_quantized(llama_dir, llama_policy, tmp_path_factory):
-    """Policy-on-load, then save: (model, saved dir, input ids)."""
+    """Policy-on-load, then save: (model, saved dir, input ids). Leftovers kept float32 (float_dtype=None):
+    the dequantized model is compared with the packed model's exact float32 path."""
     model = AutoModelForCausalLM.from_pretrained(
-        llama_dir, quantization_config=InfoQConfig(policy=llama_policy, group_size=32)
+        llama_dir, quantization_config=InfoQConfig(policy=llama_policy, group_size=32, float_dtype=None)
     )
     out = tmp_path_factory.mktemp("llama_q")
     model.save_pretrained(out)
@@ -259,7 +260,7 @@ def test_gpt2_conv1d_layers_round_trip_and_dequantize(tmp_path):
     tiny_gpt2(vocab=256, hidden=128, layers=2, heads=4, positions=64).save_pretrained(tmp_path / "float")
     policy = {"re:.*\\.(c_attn|c_proj|c_fc)": 3, "transformer.h.0.mlp.c_fc": 5}
     model = AutoModelForCausalLM.from_pretrained(
-        tmp_path / "float", quantization_config=InfoQConfig(policy=policy, group_size=64)
+        tmp_path / "float", quantization_config=InfoQConfig(policy=policy, group_size=64, float_dtype=None)
     )
     assert model.transformer.h[0].mlp.c_fc.transposed_source and model.transformer.h[0].mlp.c_fc.w_bits == 5
     model.save_pretrained(tmp_path / "q")

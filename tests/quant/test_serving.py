@@ -252,6 +252,30 @@ def test_casting_a_packed_model_casts_the_leftovers_and_keeps_the_format():
     assert model.model.norm.weight.dtype == torch.bfloat16
 
 
+def test_by_default_a_float32_transformers_model_keeps_its_leftovers_in_bf16_and_other_models_keep_theirs(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from infoq_hf import InfoQConfig, format_summary, model_size_bytes
+    from infoq_hf.pipeline import quantize_with_infoq
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config()).save_pretrained(tmp_path / "float")
+    names = [n for n in quantizable_layers(LlamaForCausalLM(tiny_llama_config())) if n != "lm_head"]
+    config = InfoQConfig(policy={n: 3 for n in names}, group_size=32)
+    assert config.float_dtype == "auto"
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "float", dtype=torch.float32, quantization_config=config)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and model.config.dtype == torch.bfloat16
+    summary = quantization_result(model).summary
+    assert summary["float_dtype"] == "bfloat16" and "unpacked tensors in bfloat16" in format_summary(summary)
+    fp32 = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "float", dtype=torch.float32, quantization_config=InfoQConfig(policy=config.policy, float_dtype=None)
+    )
+    assert model_size_bytes(model) < model_size_bytes(fp32) and quantization_result(fp32).summary["float_dtype"] is None
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    result = quantize_with_infoq(net, InfoQConfig(bits=4), progress=False)
+    assert result.summary["float_dtype"] is None and net[0].bias.dtype == torch.float32
+
+
 def test_float_dtype_stores_leftovers_in_bf16_and_the_accounting_is_exact(tmp_path):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM

@@ -62,8 +62,9 @@ class GPTQCandidates:
     round-to-nearest's.
 
     `error_ratio[name][bits]` = tr(D_gptq H D_gptq^T) / tr(D_rtn H D_rtn^T), D = Q(W) - W, H the layer's
-    input Hessian (per conv group, summed). On float inputs the final packing, which rounds block by
-    block on inputs from the already quantized blocks, gives slightly different codes."""
+    input Hessian (per conv group, summed). Rounded with `prefix_bits`, the candidates at those widths
+    are the codes sequential GPTQ (`gptq_quantize_model`) gives that configuration; `quantize_model(...,
+    candidates=)` packs any configuration from them."""
 
     def __init__(
         self,

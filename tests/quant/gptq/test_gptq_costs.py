@@ -86,6 +86,36 @@ def test_candidates_on_a_rounded_prefix_are_what_sequential_packing_rounds(setup
         )
 
 
+def test_quantize_model_packs_any_configuration_from_the_candidates(setup):
+    """`candidates=` stores each layer's GPTQ codes at the policy's width as they are (no GPTQ pass); at
+    the prefix configuration that is sequential GPTQ's packing bit for bit."""
+    model, batches, names, _, _ = setup
+    prefix = {n: 3 for n in names}
+    candidates = gptq_candidates(
+        model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits=prefix, progress=False
+    )
+    mixed = {n: BITS[i % 4] for i, n in enumerate(names)}
+    packed = quantize_model(
+        copy.deepcopy(model), mixed, scheme=PackingScheme(group_size=32, rounding="gptq"), candidates=candidates
+    )
+    for n in names:
+        layer = packed.get_submodule(n)
+        assert layer.w_bits == mixed[n] and torch.equal(layer.codes(), candidates.quantized(n, mixed[n]).codes), n
+    sequential = quantize_model(copy.deepcopy(model), prefix, rounding="gptq", group_size=32, calibration=batches)
+    uniform = quantize_model(copy.deepcopy(model), prefix, rounding="gptq", group_size=32, candidates=candidates)
+    for n in names:
+        assert torch.equal(uniform.get_submodule(n).weight_packed, sequential.get_submodule(n).weight_packed), n
+    with pytest.raises(ValueError, match="keep_weights=True"):
+        ratios_only = gptq_candidates(
+            model, {n: BITS for n in names}, batches, scheme=SCHEME, keep_weights=False, progress=False
+        )
+        quantize_model(copy.deepcopy(model), prefix, rounding="gptq", group_size=32, candidates=ratios_only)
+    with pytest.raises(ValueError, match="rounding='gptq'"):
+        quantize_model(copy.deepcopy(model), prefix, rounding="rtn", group_size=32, candidates=candidates)
+    with pytest.raises(KeyError, match="at 5 bits"):
+        quantize_model(copy.deepcopy(model), {names[0]: 5}, rounding="gptq", group_size=32, candidates=candidates)
+
+
 def test_costs_are_rescaled_exactly_and_converting_twice_changes_nothing(setup, tmp_path):
     model, batches, names, candidates, table = setup
     gptq = with_gptq_costs(table, candidates)
@@ -151,29 +181,19 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
     assert "gptq-aware costs" in gptq.summary["times_s"] and gptq.summary["rounding"] == "gptq"
     # the same probes: only the quantizer's error differs between the two tables
     assert all(gptq.table.layers[n]["alpha"] == rtn.table.layers[n]["alpha"] for n in names)
+    # one candidate pass, on the inputs of the budget's uniform start: the ILP's costs, the weights the
+    # refinement judges (its meta says so) and the packed codes, with no second GPTQ pass
+    prefixed = gptq_candidates(
+        model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits={n: 3 for n in names}, progress=False
+    )
     expected = quantize_model(
-        copy.deepcopy(model),
-        gptq.policy,
-        rounding="gptq",
-        calibration=batches,
-        skip_modules=["lm_head"],
-        progress=False,
+        copy.deepcopy(model), gptq.policy, rounding="gptq", candidates=prefixed, skip_modules=["lm_head"]
     )
     for n in names:
         assert torch.equal(gptq.model.get_submodule(n).weight_packed, expected.get_submodule(n).weight_packed), n
-    # one candidate pass, on the inputs of the budget's uniform start: the ILP's costs and, refining, the
-    # weights the refinement judges (its meta says so); an ILP-only run gets the same costs
+    assert "packing (gptq candidates)" in gptq.summary["times_s"]
     ilp_only = quantize_with_infoq(
         copy.deepcopy(model), InfoQConfig(rounding="gptq", **{**kw, "refine_passes": 0}), progress=False
-    )
-    prefixed = gptq_candidates(
-        model,
-        {n: BITS for n in names},
-        batches,
-        scheme=SCHEME,
-        keep_weights=False,
-        prefix_bits={n: 3 for n in names},
-        progress=False,
     )
     for run in (ilp_only, gptq):
         assert run.table.meta["gptq_costs"]["inputs"] == f"prefix at 3 bits x{len(names)}"
@@ -216,13 +236,11 @@ def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):
     assert result.policy.report.refinement.calibration_batches == 1
     assert result.policy.report.refinement.validation_batches == 1  # the next 4 samples: the held-out check
     assert result.table.meta["gptq_costs"]["calibration_batches"] == 2  # GPTQ: all of them
+    prefixed = gptq_candidates(
+        model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits={n: 3 for n in names}, progress=False
+    )
     expected = quantize_model(
-        copy.deepcopy(model),
-        result.policy,
-        rounding="gptq",
-        calibration=batches,
-        skip_modules=["lm_head"],
-        progress=False,
+        copy.deepcopy(model), result.policy, rounding="gptq", candidates=prefixed, skip_modules=["lm_head"]
     )
     assert all(
         torch.equal(result.model.get_submodule(n).weight_packed, expected.get_submodule(n).weight_packed) for n in names
