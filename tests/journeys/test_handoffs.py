@@ -16,6 +16,7 @@ import torch
 import infoq_hf
 from infoq_hf import Budget, InfoQConfig, allocate, quantize_model, refine, search
 from tests.helpers.models import lm_batches, tiny_llama, tiny_timm
+from tests.helpers.text import word_tokenizer
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM  # noqa: E402
@@ -25,13 +26,7 @@ IDS = torch.tensor([[3, 5, 7, 9, 11, 2]])
 
 
 def _word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[UNK]": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>")
+    return word_tokenizer(WORDS)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from infoq_hf import Budget, InfoQConfig, allocate, model_size_bytes, quantize_m
 from infoq_hf.checkpoint import packed_layers
 from infoq_hf.quant.quantizer import effective_group_size
 from tests.helpers.models import tiny_llama, tiny_timm
+from tests.helpers.text import word_tokenizer
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM  # noqa: E402
@@ -99,13 +100,7 @@ WORDS = [f"w{i}" for i in range(120)]
 
 
 def _word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[UNK]": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>")
+    return word_tokenizer(WORDS)
 
 
 def _docs(n=12, words=20):
