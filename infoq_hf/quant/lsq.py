@@ -108,6 +108,27 @@ def initial_weight_step(
 class _LSQMixin:
     """Learned weight step (and optional learned input step) shared by the LSQ layers."""
 
+    @classmethod
+    def from_float(
+        cls,
+        layer: nn.Module,
+        *,
+        w_bits: int,
+        group_size: int | None = None,
+        a_bits: int | None = None,
+        act_range=None,
+        step_init: str = "best",
+        where: str = "",
+    ):
+        """The LSQ layer holding `layer`'s weight and bias, its steps initialised by `step_init`."""
+        q, weight = cls._blank_for(layer)
+        with torch.no_grad():
+            q.weight.copy_(weight)
+            if layer.bias is not None:
+                q.bias.copy_(layer.bias)
+        q._init_lsq(weight, w_bits, group_size, a_bits, act_range, step_init, where)
+        return q.train(layer.training)
+
     def _init_lsq(
         self,
         weight: torch.Tensor,
@@ -185,43 +206,17 @@ class LSQConv2d(_LSQMixin, nn.Conv2d):
     """`nn.Conv2d` with LSQ fake quantization of its weight (and input when `a_bits` is set)."""
 
     @classmethod
-    def from_float(
-        cls,
-        layer: nn.Conv2d,
-        *,
-        w_bits: int,
-        group_size: int | None = None,
-        a_bits: int | None = None,
-        act_range=None,
-        step_init: str = "best",
-        where: str = "",
-    ) -> LSQConv2d:
-        q = cls(
-            *conv2d_args(layer),
-            device=layer.weight.device,
-            dtype=layer.weight.dtype,
-        )
-        with torch.no_grad():
-            q.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                q.bias.copy_(layer.bias)
-        q._init_lsq(layer.weight.detach(), w_bits, group_size, a_bits, act_range, step_init, where)
-        return q.train(layer.training)
+    def _blank_for(cls, layer: nn.Conv2d) -> tuple[LSQConv2d, torch.Tensor]:
+        """An uninitialised layer of `layer`'s shape, and the weight it takes."""
+        weight = layer.weight.detach()
+        return cls(*conv2d_args(layer), device=weight.device, dtype=weight.dtype), weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.fake_quant_input(x), self.fake_quant_weight(), self.bias)
 
     def to_packed(self) -> QuantConv2d:
         q = QuantConv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            self.bias is not None,
-            self.padding_mode,
+            *conv2d_args(self),
             w_bits=self.w_bits,
             group_size=self.group_size,
             symmetric=True,
@@ -242,28 +237,14 @@ class LSQLinear(_LSQMixin, nn.Linear):
     transposed_source = False
 
     @classmethod
-    def from_float(
-        cls,
-        layer: nn.Module,
-        *,
-        w_bits: int,
-        group_size: int | None = None,
-        a_bits: int | None = None,
-        act_range=None,
-        step_init: str = "best",
-        where: str = "",
-    ) -> LSQLinear:
+    def _blank_for(cls, layer: nn.Module) -> tuple[LSQLinear, torch.Tensor]:
+        """An uninitialised layer of `layer`'s shape, and the weight it takes ([out, in], a `Conv1D`'s transposed)."""
         transposed = HFConv1D is not None and isinstance(layer, HFConv1D)
         weight = layer.weight.detach().t() if transposed else layer.weight.detach()
         out_f, in_f = weight.shape
         q = cls(in_f, out_f, layer.bias is not None, device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(weight)
-            if layer.bias is not None:
-                q.bias.copy_(layer.bias)
         q.transposed_source = transposed
-        q._init_lsq(weight, w_bits, group_size, a_bits, act_range, step_init, where)
-        return q.train(layer.training)
+        return q, weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.fake_quant_input(x), self.fake_quant_weight(), self.bias)
