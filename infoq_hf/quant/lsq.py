@@ -186,6 +186,21 @@ class _LSQMixin:
             q = torch.clamp(torch.round(g / s), -q_n, q_p) + q_n
             return q.to(torch.uint8).reshape(out, -1)
 
+    def to_packed(self) -> QuantConv2d | QuantLinear:
+        """The packed layer whose codes and steps reproduce this layer's fake-quant forward."""
+        cls, shape, extra = self._packed_layout()
+        q = cls(
+            *shape,
+            w_bits=self.w_bits,
+            group_size=self.group_size,
+            symmetric=True,
+            a_bits=self.a_bits,
+            where=self.where,
+            **extra,
+        ).to(self.weight.device)
+        self._fill_packed(q)
+        return q
+
     def _fill_packed(self, q: QuantConv2d | QuantLinear) -> None:
         with torch.no_grad():
             q.weight_packed = pack(self.weight_codes(), self.w_bits).to(q.weight_scale.device)
@@ -196,10 +211,10 @@ class _LSQMixin:
                 q.input_scale.fill_(float(self.input_step.detach().clamp_min(_MIN_STEP)))
                 q.input_zero_point.fill_(int(self.input_zero_point))
 
-    def _lsq_repr(self) -> str:
+    def extra_repr(self) -> str:
         g = "per-channel" if self.group_size is None else f"group={self.group_size}"
         a = "" if self.a_bits is None else f", a_bits={self.a_bits} (learned step)"
-        return f"LSQ w_bits={self.w_bits} (learned step), {g}{a}"
+        return f"{super().extra_repr()}, LSQ w_bits={self.w_bits} (learned step), {g}{a}"
 
 
 class LSQConv2d(_LSQMixin, nn.Conv2d):
@@ -214,20 +229,8 @@ class LSQConv2d(_LSQMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.fake_quant_input(x), self.fake_quant_weight(), self.bias)
 
-    def to_packed(self) -> QuantConv2d:
-        q = QuantConv2d(
-            *conv2d_args(self),
-            w_bits=self.w_bits,
-            group_size=self.group_size,
-            symmetric=True,
-            a_bits=self.a_bits,
-            where=self.where,
-        ).to(self.weight.device)
-        self._fill_packed(q)
-        return q
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._lsq_repr()}"
+    def _packed_layout(self) -> tuple[type, tuple, dict]:
+        return QuantConv2d, conv2d_args(self), {}
 
 
 class LSQLinear(_LSQMixin, nn.Linear):
@@ -249,23 +252,9 @@ class LSQLinear(_LSQMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.fake_quant_input(x), self.fake_quant_weight(), self.bias)
 
-    def to_packed(self) -> QuantLinear:
-        q = QuantLinear(
-            self.in_features,
-            self.out_features,
-            self.bias is not None,
-            w_bits=self.w_bits,
-            group_size=self.group_size,
-            symmetric=True,
-            a_bits=self.a_bits,
-            transposed_source=self.transposed_source,
-            where=self.where,
-        ).to(self.weight.device)
-        self._fill_packed(q)
-        return q
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._lsq_repr()}"
+    def _packed_layout(self) -> tuple[type, tuple, dict]:
+        shape = (self.in_features, self.out_features, self.bias is not None)
+        return QuantLinear, shape, {"transposed_source": self.transposed_source}
 
 
 LSQ_TYPES = (LSQConv2d, LSQLinear)
