@@ -13,7 +13,6 @@ are named as stored and ordered as its infoq_config.json policy lists them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -38,7 +37,7 @@ from .checkpoint import (
 )
 from .integrations.timm import create_timm_model, load_quantized
 from .integrations.transformers import checkpoint_renamer
-from .integrity import verify_checkpoint_files
+from .integrity import header_json_object, verify_checkpoint_files
 from .names import unique_match
 from .policy import BitPolicy
 from .quant.apply import packed_layers
@@ -272,19 +271,10 @@ def _recorded_layers(directory: Path) -> dict | None:
     if not weights.is_file():
         return None
     with safe_open(str(weights), framework="pt") as handle:
-        raw = (handle.metadata() or {}).get(LAYERS_METADATA)
-    if raw is None:
-        return None
-    try:
-        layers = json.loads(raw)
-    except json.JSONDecodeError:
-        layers = None
-    if not isinstance(layers, dict):
-        raise ValueError(
-            f"{weights}: its {LAYERS_METADATA!r} header entry is not a JSON object; the file is "
-            "corrupt or was edited: save the checkpoint again"
-        )
-    return layers
+        metadata = handle.metadata()
+    return header_json_object(
+        metadata, LAYERS_METADATA, weights, "the file is corrupt or was edited: save the checkpoint again"
+    )
 
 
 # ----------------------------------------------------------------------------- reading a folder

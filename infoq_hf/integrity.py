@@ -142,19 +142,32 @@ def stored_digests(path: str | os.PathLike) -> dict[str, str] | None:
 
 
 def _digests_in(header: dict, path) -> dict[str, str] | None:
-    raw = (header.get("__metadata__") or {}).get(DIGEST_METADATA)
+    return header_json_object(
+        header.get("__metadata__"),
+        DIGEST_METADATA,
+        path,
+        "the file is corrupt: save or download the checkpoint again",
+        error=IntegrityError,
+        what="a JSON object of digests",
+    )
+
+
+def header_json_object(
+    metadata: dict | None, key: str, path, fix: str, *, error: type[Exception] = ValueError, what="a JSON object"
+) -> dict | None:
+    """The JSON object a safetensors header's metadata holds under `key`; None when the entry is absent.
+    An entry that is not `what` (invalid JSON, or JSON of another type) raises `error` naming `path`,
+    the entry and `fix`."""
+    raw = (metadata or {}).get(key)
     if raw is None:
         return None
     try:
-        digests = json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError:
-        digests = None
-    if not isinstance(digests, dict):
-        raise IntegrityError(
-            f"{path}: its {DIGEST_METADATA!r} header entry is not a JSON object of digests; "
-            "the file is corrupt: save or download the checkpoint again"
-        )
-    return digests
+        value = None
+    if not isinstance(value, dict):
+        raise error(f"{path}: its {key!r} header entry is not {what}; {fix}")
+    return value
 
 
 def verify_safetensors(path: str | os.PathLike, rename=None) -> bool:
@@ -215,6 +228,7 @@ __all__ = [
     "DIGEST_METADATA",
     "SKIP_ENV",
     "IntegrityError",
+    "header_json_object",
     "seal_safetensors",
     "stored_digests",
     "verify_checkpoint_files",

@@ -9,7 +9,7 @@ Default 1-D estimator of these functions: equal-frequency binning + Miller-Madow
 KSG (Kraskov et al. 2004), and "gaussian" (second moments), which InfoQ's probes use
 by default (`InfoQOptions.estimator`): it moves smoothly with the small perturbations
 a probe makes, where binning's ranks barely change. Binning was chosen with
-``PYTHONPATH=. python benchmarks/mi_estimator_check.py`` (n=2048): mean RMSE vs
+``python -m benchmarks.studies.mi_estimator_check`` (n=2048): mean RMSE vs
 truth 0.0073 (binning) vs 0.0104 (Ross k=5) against labels, 0.0184 vs 0.0179
 (KSG k=5) between projections, at 0.6-0.9 s vs 1.1-16 s for n=2048, d=4096,
 K=256. Full table in README.md next to this file.

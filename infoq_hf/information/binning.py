@@ -28,7 +28,7 @@ def default_bins(n: int, continuous: bool) -> int:
     (a 2-D table, so cells fill up faster): round(1.5 n^(1/3)). Fewer cells
     lose strong dependence (discretisation bias), more cells leave sparse
     tables whose upward bias Miller-Madow no longer removes. These multipliers
-    gave the lowest mean RMSE in benchmarks/mi_estimator_check.py (n=2048).
+    gave the lowest mean RMSE in benchmarks/studies/mi_estimator_check.py (n=2048).
     """
     return max(2, round((1.5 if continuous else 2.0) * n ** (1.0 / 3.0)))
 

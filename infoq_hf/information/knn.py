@@ -41,7 +41,7 @@ def prepare_projections(a: torch.Tensor, seed: int) -> torch.Tensor:
     normal quantiles Phi^-1((r + 1/2) / n). MI is invariant to this monotone
     map, and k-NN estimators are most accurate on Gaussian marginals; on
     heavy-tailed activations they otherwise lose accuracy (see
-    benchmarks/mi_estimator_check.py, "gauss-warped" cases).
+    benchmarks/studies/mi_estimator_check.py, "gauss-warped" cases).
     """
     a = a.to(torch.float64)
     a = a - a.mean(dim=1, keepdim=True)

@@ -33,7 +33,7 @@ __all__ = [
 # continuous projections. "binning": equal-frequency cells + Miller-Madow.
 # "gaussian": second moments only (correlation / variance ratio): smooth in small perturbations.
 ESTIMATORS = ("knn", "binning", "gaussian")
-# Chosen by benchmarks/mi_estimator_check.py; see README.md next to this file.
+# Chosen by benchmarks/studies/mi_estimator_check.py; see README.md next to this file.
 DEFAULT_ESTIMATOR = "binning"
 
 

@@ -35,7 +35,7 @@ from ..checkpoint import (
     read_tensor_specs,
 )
 from ..config import QUANT_METHOD, InfoQConfig
-from ..integrity import DIGEST_METADATA, tensor_digests, verify_checkpoint_files
+from ..integrity import DIGEST_METADATA, header_json_object, tensor_digests, verify_checkpoint_files
 from ..origin import float_model_origin
 from ..pipeline import QuantizationResult, quantize_with_infoq
 from ..quant.apply import cast_float_leftovers, dequantize_model
@@ -237,18 +237,8 @@ def stored_summary(checkpoint_files) -> dict | None:
         if not str(f).endswith(".safetensors"):
             continue
         with safe_open(str(f), framework="pt") as handle:
-            text = (handle.metadata() or {}).get(SUMMARY_METADATA)
-        if text is None:
-            return None
-        try:
-            summary = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{f}: its header's {SUMMARY_METADATA!r} is not valid JSON ({e}); re-save the model"
-            ) from None
-        if not isinstance(summary, dict):
-            raise ValueError(f"{f}: its header's {SUMMARY_METADATA!r} is not a JSON object; re-save the model")
-        return summary
+            metadata = handle.metadata()
+        return header_json_object(metadata, SUMMARY_METADATA, f, "re-save the model")
     return None
 
 

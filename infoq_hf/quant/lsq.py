@@ -108,6 +108,27 @@ def initial_weight_step(
 class _LSQMixin:
     """Learned weight step (and optional learned input step) shared by the LSQ layers."""
 
+    @classmethod
+    def from_float(
+        cls,
+        layer: nn.Module,
+        *,
+        w_bits: int,
+        group_size: int | None = None,
+        a_bits: int | None = None,
+        act_range=None,
+        step_init: str = "best",
+        where: str = "",
+    ):
+        """The LSQ layer holding `layer`'s weight and bias, its steps initialised by `step_init`."""
+        q, weight = cls._blank_for(layer)
+        with torch.no_grad():
+            q.weight.copy_(weight)
+            if layer.bias is not None:
+                q.bias.copy_(layer.bias)
+        q._init_lsq(weight, w_bits, group_size, a_bits, act_range, step_init, where)
+        return q.train(layer.training)
+
     def _init_lsq(
         self,
         weight: torch.Tensor,
@@ -165,6 +186,21 @@ class _LSQMixin:
             q = torch.clamp(torch.round(g / s), -q_n, q_p) + q_n
             return q.to(torch.uint8).reshape(out, -1)
 
+    def to_packed(self) -> QuantConv2d | QuantLinear:
+        """The packed layer whose codes and steps reproduce this layer's fake-quant forward."""
+        cls, shape, extra = self._packed_layout()
+        q = cls(
+            *shape,
+            w_bits=self.w_bits,
+            group_size=self.group_size,
+            symmetric=True,
+            a_bits=self.a_bits,
+            where=self.where,
+            **extra,
+        ).to(self.weight.device)
+        self._fill_packed(q)
+        return q
+
     def _fill_packed(self, q: QuantConv2d | QuantLinear) -> None:
         with torch.no_grad():
             q.weight_packed = pack(self.weight_codes(), self.w_bits).to(q.weight_scale.device)
@@ -175,64 +211,26 @@ class _LSQMixin:
                 q.input_scale.fill_(float(self.input_step.detach().clamp_min(_MIN_STEP)))
                 q.input_zero_point.fill_(int(self.input_zero_point))
 
-    def _lsq_repr(self) -> str:
+    def extra_repr(self) -> str:
         g = "per-channel" if self.group_size is None else f"group={self.group_size}"
         a = "" if self.a_bits is None else f", a_bits={self.a_bits} (learned step)"
-        return f"LSQ w_bits={self.w_bits} (learned step), {g}{a}"
+        return f"{super().extra_repr()}, LSQ w_bits={self.w_bits} (learned step), {g}{a}"
 
 
 class LSQConv2d(_LSQMixin, nn.Conv2d):
     """`nn.Conv2d` with LSQ fake quantization of its weight (and input when `a_bits` is set)."""
 
     @classmethod
-    def from_float(
-        cls,
-        layer: nn.Conv2d,
-        *,
-        w_bits: int,
-        group_size: int | None = None,
-        a_bits: int | None = None,
-        act_range=None,
-        step_init: str = "best",
-        where: str = "",
-    ) -> LSQConv2d:
-        q = cls(
-            *conv2d_args(layer),
-            device=layer.weight.device,
-            dtype=layer.weight.dtype,
-        )
-        with torch.no_grad():
-            q.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                q.bias.copy_(layer.bias)
-        q._init_lsq(layer.weight.detach(), w_bits, group_size, a_bits, act_range, step_init, where)
-        return q.train(layer.training)
+    def _blank_for(cls, layer: nn.Conv2d) -> tuple[LSQConv2d, torch.Tensor]:
+        """An uninitialised layer of `layer`'s shape, and the weight it takes."""
+        weight = layer.weight.detach()
+        return cls(*conv2d_args(layer), device=weight.device, dtype=weight.dtype), weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.fake_quant_input(x), self.fake_quant_weight(), self.bias)
 
-    def to_packed(self) -> QuantConv2d:
-        q = QuantConv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            self.bias is not None,
-            self.padding_mode,
-            w_bits=self.w_bits,
-            group_size=self.group_size,
-            symmetric=True,
-            a_bits=self.a_bits,
-            where=self.where,
-        ).to(self.weight.device)
-        self._fill_packed(q)
-        return q
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._lsq_repr()}"
+    def _packed_layout(self) -> tuple[type, tuple, dict]:
+        return QuantConv2d, conv2d_args(self), {}
 
 
 class LSQLinear(_LSQMixin, nn.Linear):
@@ -242,49 +240,21 @@ class LSQLinear(_LSQMixin, nn.Linear):
     transposed_source = False
 
     @classmethod
-    def from_float(
-        cls,
-        layer: nn.Module,
-        *,
-        w_bits: int,
-        group_size: int | None = None,
-        a_bits: int | None = None,
-        act_range=None,
-        step_init: str = "best",
-        where: str = "",
-    ) -> LSQLinear:
+    def _blank_for(cls, layer: nn.Module) -> tuple[LSQLinear, torch.Tensor]:
+        """An uninitialised layer of `layer`'s shape, and the weight it takes ([out, in], a `Conv1D`'s transposed)."""
         transposed = HFConv1D is not None and isinstance(layer, HFConv1D)
         weight = layer.weight.detach().t() if transposed else layer.weight.detach()
         out_f, in_f = weight.shape
         q = cls(in_f, out_f, layer.bias is not None, device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(weight)
-            if layer.bias is not None:
-                q.bias.copy_(layer.bias)
         q.transposed_source = transposed
-        q._init_lsq(weight, w_bits, group_size, a_bits, act_range, step_init, where)
-        return q.train(layer.training)
+        return q, weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.fake_quant_input(x), self.fake_quant_weight(), self.bias)
 
-    def to_packed(self) -> QuantLinear:
-        q = QuantLinear(
-            self.in_features,
-            self.out_features,
-            self.bias is not None,
-            w_bits=self.w_bits,
-            group_size=self.group_size,
-            symmetric=True,
-            a_bits=self.a_bits,
-            transposed_source=self.transposed_source,
-            where=self.where,
-        ).to(self.weight.device)
-        self._fill_packed(q)
-        return q
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._lsq_repr()}"
+    def _packed_layout(self) -> tuple[type, tuple, dict]:
+        shape = (self.in_features, self.out_features, self.bias is not None)
+        return QuantLinear, shape, {"transposed_source": self.transposed_source}
 
 
 LSQ_TYPES = (LSQConv2d, LSQLinear)

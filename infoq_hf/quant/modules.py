@@ -499,17 +499,7 @@ class QuantConv2d(_PackedWeightLayer):
         return (pw, pw, ph, ph)
 
     def to_float(self) -> nn.Conv2d:
-        layer = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            self.bias is not None,
-            self.padding_mode,
-        )
+        layer = nn.Conv2d(*conv2d_args(self))
         layer.weight.data.copy_(self.dequantized_weight())
         if self.bias is not None:
             layer.bias.data.copy_(self.bias.detach())

@@ -53,7 +53,7 @@ class InfoQOptions:
 
     num_directions: int = 64
     # "gaussian" moves smoothly with the small perturbations a probe makes; rank-based "binning" barely
-    # sees them (SmolLM2 dev-split oracle, within-bit Spearman 0.43 vs -0.17: benchmarks/tune_infoq.py).
+    # sees them (SmolLM2 dev-split oracle, within-bit Spearman 0.43 vs -0.17: benchmarks/studies/tune_infoq.py).
     estimator: str = "gaussian"
     max_samples: int = 2048
     max_observers: int = 4  # per term, evenly spaced over the selected blocks
@@ -68,12 +68,12 @@ class InfoQOptions:
     scores: str = "calibrated"  # "calibrated" (alpha_l * t2(l, b)) or "eq4" (the paper's form)
     # Width(s) of the one probe per layer that measures alpha_l ("calibrated" only): at 4 bits the
     # alphas agree best with those measured at the other widths; 2-bit probes saturate
-    # (SmolLM2 calibration data, benchmarks/tune_infoq.py --calibrated).
+    # (SmolLM2 calibration data, benchmarks/studies/tune_infoq.py --calibrated).
     probe_bits: int | list = 4
     # alpha_l = D(l, b0)^change_power / t2(l, b0) ("calibrated" only). Within a layer D grows like
-    # t2^0.46 (first order in the perturbation's amplitude; benchmarks/tune_infoq.py --calibrated), but
+    # t2^0.46 (first order in the perturbation's amplitude; benchmarks/studies/tune_infoq.py --calibrated), but
     # across layers D itself ranks better: ILP allocations on SmolLM2's dev windows are best with 1
-    # (benchmarks/tune_change_power.py: 76.7 vs 83.9 perplexity at 4.0 bits for 1 vs 1.5).
+    # (benchmarks/studies/tune_change_power.py: 76.7 vs 83.9 perplexity at 4.0 bits for 1 vs 1.5).
     change_power: float = 1.0
 
     @classmethod

@@ -218,3 +218,55 @@ def test_crafted_tied_aliases_are_refused(tmp_path, aliases, message):
     _with_tied_header(tmp_path / "m" / "model.safetensors", aliases)
     with pytest.raises(ValueError, match=message):
         load_quantized(tmp_path / "m", model=_mlp())
+
+
+def test_header_json_object_reads_an_object_and_refuses_anything_else():
+    from infoq_hf.integrity import IntegrityError, header_json_object
+
+    assert header_json_object(None, "k", "f", "fix") is None
+    assert header_json_object({"other": "{}"}, "k", "f", "fix") is None
+    assert header_json_object({"k": '{"a": [1, 2]}'}, "k", "f", "fix") == {"a": [1, 2]}
+    for raw in ("{not json", "[1, 2]", "3", '"text"', "null"):
+        with pytest.raises(ValueError, match=r"^f: its 'k' header entry is not a JSON object; save again$"):
+            header_json_object({"k": raw}, "k", "f", "save again")
+    with pytest.raises(IntegrityError, match="is not a mapping; fix"):
+        header_json_object({"k": "[]"}, "k", "f", "fix", error=IntegrityError, what="a mapping")
+
+
+@pytest.mark.parametrize(
+    "key, raw, read, message",
+    [
+        (
+            "infoq_xxh3_128",
+            "[]",
+            "digests",
+            "'infoq_xxh3_128' header entry is not a JSON object of digests; the file is corrupt",
+        ),
+        (
+            "infoq_layers",
+            "[1]",
+            "layers",
+            "'infoq_layers' header entry is not a JSON object; the file is corrupt or was edited",
+        ),
+        ("infoq_summary", "{bad", "summary", "'infoq_summary' header entry is not a JSON object; re-save the model"),
+    ],
+)
+def test_a_header_entry_that_is_not_a_json_object_is_refused_by_its_reader(tmp_path, key, raw, read, message):
+    from safetensors.torch import load_file, save_file
+
+    from infoq_hf.integrations.transformers import stored_summary
+    from infoq_hf.integrity import IntegrityError, stored_digests
+
+    save_quantized(_packed_mlp(), tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    header, _ = _header(weights)
+    meta = {k: v for k, v in header["__metadata__"].items() if k != "infoq_xxh3_128"}
+    save_file(load_file(weights), weights, metadata={**meta, key: raw})
+    readers = {
+        "digests": (IntegrityError, lambda: stored_digests(weights)),
+        "layers": (ValueError, lambda: read_checkpoint(tmp_path / "m")),
+        "summary": (ValueError, lambda: stored_summary([weights])),
+    }
+    error, call = readers[read]
+    with pytest.raises(error, match=message):
+        call()

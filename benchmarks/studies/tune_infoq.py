@@ -1,12 +1,12 @@
 """Tune InfoQ's estimator choices against the oracle on the DEV split (never the test split).
 
-    python -m benchmarks.tune_infoq --model smollm2 --only 'model\\.layers\\.(3|15|27)\\..*'
+    python -m benchmarks.studies.tune_infoq --model smollm2 --only 'model\\.layers\\.(3|15|27)\\..*'
 
 Loads the oracle table cached by `benchmarks.spearman --split dev` with the same settings
 (run that first), then scores several InfoQ option sets on the same calibration data and
 prints their Spearman correlations with the oracle.
 
-    python -m benchmarks.tune_infoq --model smollm2 --only 'model\.layers\.(3|15|27)\..*' --calibrated
+    python -m benchmarks.studies.tune_infoq --model smollm2 --only 'model\.layers\.(3|15|27)\..*' --calibrated
 
 `--calibrated` chooses the probe width of the calibrated costs S = alpha_l * t2(l, b) on the
 CALIBRATION data alone (no oracle needed): one Eq. 4 search without the 1/b factor gives the
@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 from pathlib import Path
 
 from infoq_hf.sensitivity import SensitivityTable, search
 
-from . import common
-from .spearman import correlations, load_setup, oracle_cache
+from .. import common
+from ..compare import cached_table
+from ..spearman import correlations, load_setup, oracle_cache
 
 CANDIDATES = {
     "default": {},
@@ -48,11 +51,6 @@ CANDIDATES = {
 
 
 def calibrated_choices(model, calib, kwargs, bits, oracle, seed, out: Path) -> list[str]:
-    import math
-    import statistics
-
-    from .compare import cached_table
-
     tokens, skipped = sum(len(b["input_ids"]) for b in calib), len(kwargs.get("skip_modules", []))
     key = f"c{tokens}_s{seed}_b{''.join(map(str, bits))}_n{skipped}"
     raw = cached_table(

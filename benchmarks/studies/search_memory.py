@@ -1,10 +1,10 @@
 """Peak memory and wall time of an InfoQ search, this tree against an earlier commit.
 
-    python -m benchmarks.search_memory                        # SmolLM2-135M: this tree vs 377696f^ (before
-                                                              # the reference pass kept only argmax)
-    python -m benchmarks.search_memory --before REV --calib 16
-    python -m benchmarks.search_memory --tiny --before f754775   # a tiny Llama with a 32,000-token vocabulary
-                                                              # and 32x256 calibration tokens (batches of 4)
+    python -m benchmarks.studies.search_memory            # SmolLM2-135M: this tree vs 377696f^ (before the
+                                                          # reference pass kept only argmax)
+    python -m benchmarks.studies.search_memory --before REV --calib 16
+    python -m benchmarks.studies.search_memory --tiny --before f754775   # a tiny Llama with a 32,000-token
+                                                          # vocabulary and 32x256 calibration tokens (batches of 4)
 
 `--tiny` reports the search's peak RSS increase over the calibration set's logits (fp32, all batches
 together): a search that holds one batch's logits at a time stays well below 1. Its sizes:
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from . import common
-from .assets import smollm2_dir
+from .. import common
+from ..assets import smollm2_dir
 
 DEFAULT_BEFORE = "377696f^"
 CHILD = r"""
@@ -99,32 +99,19 @@ def main(argv=None):
     p.add_argument("--vocab", type=int, default=32000, help="--tiny: vocabulary size (default 32000)")
     p.add_argument("--batch", type=int, default=4, help="--tiny: windows per batch (default 4)")
     args = p.parse_args(argv)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     if args.tiny:
         return main_tiny(args, repo)
     args.calib = args.calib or 16
     _, _, calib, _, _ = common.smollm2_data(args.calib, 0, 0)
-    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        batches_file = tmp / "calib.pt"
+        batches_file = Path(tmp) / "calib.pt"
         torch.save(calib, batches_file)
-        worktree = tmp / "before"
-        subprocess.run(
-            ["git", "-C", str(repo), "worktree", "add", "--detach", str(worktree), args.before],
-            check=True,
-            capture_output=True,
+        rows = with_tree(
+            repo,
+            None if args.only_this_tree else args.before,
+            lambda tree: run_side(tree, batches_file, smollm2_dir()),
         )
-        try:
-            rev = subprocess.run(
-                ["git", "-C", str(worktree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-            ).stdout.strip()
-            sides = [(f"before ({args.before} = {rev})", worktree)] if not args.only_this_tree else []
-            for label, tree in sides + [("this tree", repo)]:
-                rows[label] = run_side(tree, batches_file, smollm2_dir())
-                print(label, rows[label], flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(worktree)], check=False)
     lines = [
         f"InfoQ search on SmolLM2-135M fp32, {args.calib}x128 calibration tokens (batches of 4), candidates "
         f"{{2,3,4,8}}, group 64, `lm_head` float, each tree's defaults; one fresh process per tree; "
@@ -135,7 +122,7 @@ def main(argv=None):
     ]
     for label, r in rows.items():
         lines.append(f"| {label} | {r['rss_loaded_mib']:.0f} | {r['peak_rss_mib']:.0f} | {r['wall_s']:.1f} |")
-    lines += ["", f"Command: `{' '.join(['python -m benchmarks.search_memory', *sys.argv[1:]])}`"]
+    lines += ["", f"Command: `{' '.join(['python -m benchmarks.studies.search_memory', *sys.argv[1:]])}`"]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     name = "search_memory_smollm2_this_tree.md" if args.only_this_tree else "search_memory_smollm2.md"
     (Path(args.out) / name).write_text("\n".join(lines) + "\n")
@@ -161,8 +148,11 @@ def with_tree(repo: Path, before: str | None, measure) -> dict:
                     text=True,
                     check=True,
                 ).stdout.strip()
-                rows[f"before ({before} = {rev})"] = measure(worktree)
+                label = f"before ({before} = {rev})"
+                rows[label] = measure(worktree)
+                print(label, rows[label], flush=True)
             rows["this tree"] = measure(repo)
+            print("this tree", rows["this tree"], flush=True)
         finally:
             if before:
                 subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(worktree)], check=False)
@@ -191,7 +181,7 @@ def main_tiny(args, repo: Path):
             f"| {label} | {r['rss_loaded_mib']:.0f} | {r['peak_rss_mib']:.0f} | {rise:.0f} | "
             f"{rise / logits_mib:.2f} | {r['wall_s']:.1f} |"
         )
-    lines += ["", f"Command: `{' '.join(['python -m benchmarks.search_memory', *sys.argv[1:]])}`"]
+    lines += ["", f"Command: `{' '.join(['python -m benchmarks.studies.search_memory', *sys.argv[1:]])}`"]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "search_memory_tiny_llama.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,6 +1,6 @@
 """Compare the 1-D MI estimators of infoq_hf.information against closed forms.
 
-    PYTHONPATH=. python benchmarks/mi_estimator_check.py [--n 2048] [--reps 32]
+    python -m benchmarks.studies.mi_estimator_check [--n 2048] [--reps 32]
 
 For each case, ``reps`` independent samples of size n are estimated in one
 batched call (one row each); the table gives bias, standard deviation and

@@ -1,6 +1,6 @@
 """Search cost on SmolLM2-135M: InfoQ with and without the prefix cache, and HAWQ, same data.
 
-    python -m benchmarks.probe_cost            # layers of every 5th decoder block, 2 bits
+    python -m benchmarks.studies.probe_cost            # layers of every 5th decoder block, 2 bits
 
 Probing one layer per block spread over the depth keeps the run short while giving the cache
 the same average saving as probing all 210 layers (each block's 7 layers share its prefix).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from infoq_hf import quantizable_layers, search
 
-from . import common
+from .. import common
 
 
 def main(argv=None):

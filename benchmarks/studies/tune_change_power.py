@@ -1,6 +1,6 @@
 """Choose InfoQ's `change_power` (alpha_l = D^p / t2 at the probe width) by allocation quality on DEV windows.
 
-    python -m benchmarks.tune_change_power
+    python -m benchmarks.studies.tune_change_power
 
 Takes the calibrated SmolLM2 table cached by `benchmarks.compare --model smollm2` with p = 2 (run
 `python -m benchmarks.compare --model smollm2` with `change_power` 2 first), recovers each
@@ -11,6 +11,7 @@ windows of the evaluation works (never the test windows, which come after them).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 from pathlib import Path
@@ -18,12 +19,13 @@ from pathlib import Path
 from infoq_hf import Budget, allocate, quantize_model
 from infoq_hf.sensitivity import SensitivityTable
 
-from . import common
+from .. import common
 
 TABLE = Path("benchmarks/results/tables/smollm2_infoq_probe_bits4_change_power2.0_c1_s0.json")
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     model, _, _, dev, _ = common.smollm2_data(4, 16, 0)
     base = SensitivityTable.load(TABLE)
     b0 = base.meta["options"]["probe_bits"]
