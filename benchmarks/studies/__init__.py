@@ -8,5 +8,7 @@ RESULTS.md) once nothing does:
 - `tune_change_power`: `change_power=1`;
 - `mi_estimator_check`: the binning and k-NN estimators' settings, against closed forms;
 - `probe_cost`: the prefix cache (on by default) against the paper's per-layer count, and HAWQ's cost;
-- `search_memory`: the search's peak memory, this tree against an earlier commit.
+- `search_memory`: the search's peak memory, this tree against an earlier commit;
+- `pack_candidates`: packing from GPTQ's candidates against a new sequential GPTQ pass;
+- `narrow_penalty`: the whole-model check offered ILP allocations with narrow widths' costs scaled.
 """

@@ -3,7 +3,7 @@ more than the ILP's one allocation? The ILP adds single-layer costs and under-ra
 budget's uniform start (their errors compound), so the check is offered the ILP's allocations with
 those widths' costs multiplied by k (k = 1 is the product's ILP; a large k gives uniform).
 
-    python -m benchmarks.narrow_penalty      # ~25 min on 2 CPU cores; writes results/narrow_penalty_smollm2.md
+    python -m benchmarks.studies.narrow_penalty      # ~25 min on 2 CPU cores; writes results/narrow_penalty_smollm2.md
 
 SmolLM2-135M, the product's setup (32x128 calibration tokens, InfoQ search on the first 4 windows,
 group 64, candidates {2,3,4,8}, GPTQ candidates on the uniform start's inputs, packed from them; the
@@ -24,7 +24,7 @@ from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity import SensitivityTable
 from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
 
-from . import common
+from .. import common
 
 BITS = (2, 3, 4, 8)
 SKIP = ["lm_head"]
@@ -82,7 +82,7 @@ def main() -> None:
         [
             "# The whole-model check offered ILP allocations with narrow widths' costs multiplied by k",
             "",
-            f"`python -m benchmarks.narrow_penalty`; SmolLM2-135M, the product's setup (see the module doc); "
+            f"`python -m benchmarks.studies.narrow_penalty`; SmolLM2-135M, the product's setup (see the module doc); "
             f"{common.machine()}.",
             "",
             "| budget | allocation | layers below the uniform start | check KL | dev ppl | test ppl |",

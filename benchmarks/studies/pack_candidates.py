@@ -1,7 +1,7 @@
 """How to pack an allocation with GPTQ: from the candidates the allocation judged (the product), or by a
 new sequential GPTQ pass on the inputs the allocation itself gives.
 
-    python -m benchmarks.pack_candidates     # ~15 min on 2 CPU cores; writes results/pack_candidates_smollm2.md
+    python -m benchmarks.studies.pack_candidates     # ~15 min on 2 CPU cores; writes results/pack_candidates_smollm2.md
 
 SmolLM2-135M, the product's setup (32x128 calibration tokens, the InfoQ search on the first 4 windows,
 group 64, candidates {2,3,4,8}, GPTQ candidates on the inputs of the budget's uniform start, the ILP on
@@ -23,7 +23,7 @@ from infoq_hf.quant.gptq import gptq_candidates
 from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
 
-from . import common
+from .. import common
 
 BITS = (2, 3, 4, 8)
 SKIP = ["lm_head"]
@@ -65,7 +65,7 @@ def main() -> None:
         [
             "# Packing an allocation: GPTQ's candidates or a new sequential pass",
             "",
-            f"`python -m benchmarks.pack_candidates`; SmolLM2-135M, the product's setup (see the module doc), "
+            f"`python -m benchmarks.studies.pack_candidates`; SmolLM2-135M, the product's setup (see the module doc), "
             f"dev 16x128 / test 32x128 tokens; {common.machine()}.",
             "",
             "| budget | allocation | packed from | packing s | dev ppl | test ppl |",
