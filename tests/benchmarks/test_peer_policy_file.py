@@ -109,3 +109,12 @@ def test_compare_packs_a_policy_file_like_the_same_policy_given_inline(tmp_path)
     cells = [c.strip() for c in peer[-1].strip("|").split("|")]
     uniform = [c.strip() for c in plain[2].strip("|").split("|")]
     assert cells[0] == "three" and cells[1:5] == uniform[1:5]  # budget, achieved bits, dev and test perplexity
+
+
+def test_the_width_summary_counts_layers_and_averages_each_projection():
+    from benchmarks.peers.autoscheme_table import width_summary
+
+    layers = {"m.0.q_proj": 2, "m.1.q_proj": 4, "m.0.down_proj": 8, "m.1.down_proj": 3}
+    lines = width_summary({3.0: {"layers": layers, "avg_bits": 3.25, "autoscheme_wall_s": 12.4}})
+    assert lines[0] == "| budget | AutoScheme wall s | avg bits (ours) | layers at 2/3/4/8 | down_proj | q_proj |"
+    assert lines[2] == "| 3.0 | 12 | 3.250 | 1/1/1/1 | 5.50 | 3.00 |"
