@@ -45,7 +45,9 @@ def intro(record: dict) -> str:
         "calibration windows (common.smollm2_data's, served to its loader). Row `autoscheme`: its widths "
         "packed by our pipeline (the rounding in the last column, our calibration and group size), no "
         f"whole-model check. Row `autoscheme (its own rounding)`: AutoRound's own end-to-end quantization "
-        f"({own}) on the same dev/test windows (checked by a digest of their token ids)."
+        f"({own}) on the same dev/test windows (checked by a digest of their token ids). AutoScheme scores on "
+        "all the calibration windows; the pipeline's own searches (infoq, weight_mse) on the first 4, as the main "
+        "job. Wall times are from the shared 2-core machine under other load: indicative only."
     )
 
 
@@ -79,6 +81,7 @@ def main(argv=None):
     p.add_argument("--policies", default=str(POLICIES), help="where autoscheme_policy.py wrote its JSON files")
     p.add_argument("--work", default="/tmp/infoq-autoscheme-compare", help="compare.py's --out (its table cache)")
     p.add_argument("--out", default="benchmarks/results/autoscheme_smollm2.md")
+    p.add_argument("--rewrite", action="store_true", help="only rewrite --out from the compare table in --work")
     p.add_argument("compare_args", nargs=argparse.REMAINDER, help="after --: more arguments for compare.py")
     args = p.parse_args(argv)
     records, specs = {}, []
@@ -101,7 +104,8 @@ def main(argv=None):
         args.work,
         *extra,
     ]
-    compare.main(compare_argv)
+    if not args.rewrite:
+        compare.main(compare_argv)
     table = (Path(args.work) / "compare_smollm2.md").read_text().rstrip("\n")
     first = next(iter(records.values()))
     text = "\n".join(
@@ -120,7 +124,8 @@ def main(argv=None):
             "",
             "    bash benchmarks/peers/autoscheme_venv.sh",
             "    " + PEER_COMMAND.format(bits=" ".join(f"{b:g}" for b in args.budgets)),
-            f"    {TABLE_COMMAND} " + shlex.join(sys.argv[1:] if argv is None else argv),
+            f"    {TABLE_COMMAND} "
+            + shlex.join(a for a in (sys.argv[1:] if argv is None else argv) if a != "--rewrite"),
             "",
         ]
     )
