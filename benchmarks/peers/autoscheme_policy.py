@@ -30,6 +30,7 @@ pipeline (the same GPTQ rounding, calibration and group size as every other row)
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import tempfile
@@ -37,8 +38,9 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from .. import common
+from .. import assets, common
 from .policy_file import windows_digest
 
 BITS = (2, 3, 4, 8)
@@ -51,10 +53,6 @@ DATASET_LABEL = "infoq-calibration-windows"  # AutoRound wants a dataset name; t
 def tiny_llama(seed: int, n_calib: int):
     """compare.py's random tiny Llama (the same config and seed, so the same layer names) on random
     tokens, and SmolLM2's tokenizer as a stand-in (AutoRound wants one; the tokens never go through it)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from .. import assets
-
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=256,
@@ -233,8 +231,6 @@ def main(argv=None):
     serve_calibration(calib)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    import copy
-
     for avg_bits in args.avg_bits:
         with tempfile.TemporaryDirectory(prefix="autoscheme-cache-") as cache:
             os.environ["AR_AUTO_SCHEME_CACHE"] = cache  # score from scratch: no earlier run's scores

@@ -9,6 +9,7 @@ import torch
 
 from benchmarks import compare
 from benchmarks.peers.autoscheme_policy import grid_levels_ok
+from benchmarks.peers.autoscheme_table import width_summary
 from benchmarks.peers.policy_file import load_policy_file, windows_digest
 from tests.helpers.models import tiny_llama
 
@@ -112,8 +113,6 @@ def test_compare_packs_a_policy_file_like_the_same_policy_given_inline(tmp_path)
 
 
 def test_the_width_summary_counts_layers_and_averages_each_projection():
-    from benchmarks.peers.autoscheme_table import width_summary
-
     layers = {"m.0.q_proj": 2, "m.1.q_proj": 4, "m.0.down_proj": 8, "m.1.down_proj": 3}
     lines = width_summary({3.0: {"layers": layers, "avg_bits": 3.25, "autoscheme_wall_s": 12.4}})
     assert lines[0] == "| budget | AutoScheme wall s | avg bits (ours) | layers at 2/3/4/8 | down_proj | q_proj |"
