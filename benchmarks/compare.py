@@ -35,6 +35,7 @@ from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity import SensitivityTable
 
 from . import common
+from .peers.policy_file import load_policy_file, windows_digest
 
 METHODS = ["infoq", "hawq", "weight_mse", "size_only", "llamacpp", "random"]
 LM_BUDGETS = (2.5, 3.0, 3.5, 4.0, 4.5)
@@ -129,6 +130,11 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     ]
     refinements = []
     names = list(quantizable_layers(model, skip_modules=skip))
+    peers = [load_policy_file(spec, key) for spec in args.policy_file]
+    for peer in peers:
+        peer.check_layers(names, bits)
+        if not any(abs(peer.budget - b) < 1e-9 for b in args.budgets):
+            raise SystemExit(f"{peer.path} is for {peer.budget} average bits: add it to --budgets")
     for budget in args.budgets:
         width = best_uniform_width(budget, bits)
         uniform = BitPolicy({n: {"w_bits": width, "a_bits": None} for n in names})
@@ -156,6 +162,10 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
             if r is not None:
                 refinements.append((budget, label, r))
             print(rows[-1], flush=True)
+        for peer in [q for q in peers if abs(q.budget - budget) < 1e-9]:
+            added = peer_rows(peer, packed, base, names, bits, dev, test)
+            rows += added
+            print(*added, sep="\n", flush=True)
     header = (
         f"{name}; weight-only, group 64, candidates {{2,3,4,8}}, `lm_head` and the other leftovers in bf16; "
         "every row through "
@@ -178,6 +188,33 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     ]
     table_md += [f"| {b} | {m} | {r.passes} | {r.accepted} | {r.start} | {r.wall_s:.0f} |" for b, m, r in refinements]
     return header, table_md, tables
+
+
+def peer_rows(peer, packed, base: dict, names, bits, dev, test) -> list[tuple]:
+    """A peer's allocation packed by our pipeline as given (no whole-model check: the choice is the
+    peer's), and the peer's own end-to-end result where its file has one on the same windows."""
+    policy = BitPolicy({n: {"w_bits": peer.layers[n], "a_bits": None} for n in names})
+    result, ppl_dev, ppl_test = packed(InfoQConfig(**base, policy=policy))
+    wall = peer.record.get("autoscheme_wall_s")
+    note = (
+        f"peer's allocation as given ({wall:.0f} s in its venv)" if wall is not None else "peer's allocation as given"
+    )
+    rows = [(peer.label, peer.budget, result.summary["avg_bits"], ppl_dev, ppl_test, note, result.summary["rounding"])]
+    own = peer.record.get("own")
+    if own:
+        same = peer.record.get("eval_windows", {}).get("sha256") == windows_digest(dev + test)
+        rows.append(
+            (
+                f"{peer.label} (its own rounding)",
+                peer.budget,
+                peer.record.get("avg_bits", float("nan")),
+                own["dev_ppl"] if same and own.get("dev_ppl") is not None else float("nan"),
+                own["test_ppl"] if same else float("nan"),
+                "measured in the peer's venv on these windows" if same else "measured on other windows: not shown",
+                own.get("rounding", ""),
+            )
+        )
+    return rows
 
 
 def run_smollm2(args, out: Path):
@@ -364,8 +401,18 @@ def main(argv=None):
         help="LLMs: InfoQConfig.search_samples (the search's and refinement's share; the next as many are the "
         "held-out check); smollm2 default 4 as the main job, else all",
     )
+    p.add_argument(
+        "--policy-file",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="LLMs: a peer's per-layer widths (JSON from benchmarks/peers/, e.g. autoscheme_policy.py) packed by "
+        "our pipeline as a row NAME at its budget; repeat for several",
+    )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
+    if args.policy_file and args.model not in ("smollm2", "tiny_llama"):
+        p.error("--policy-file is for the language models (smollm2, tiny_llama)")
     out = Path(args.out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
