@@ -163,7 +163,7 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
                 refinements.append((budget, label, r))
             print(rows[-1], flush=True)
         for peer in [q for q in peers if abs(q.budget - budget) < 1e-9]:
-            added = peer_rows(peer, packed, base, names, bits, dev, test)
+            added = peer_rows(peer, packed, base, names, dev, test, candidates_for(budget))
             rows += added
             print(*added, sep="\n", flush=True)
     header = (
@@ -190,11 +190,12 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     return header, table_md, tables
 
 
-def peer_rows(peer, packed, base: dict, names, bits, dev, test) -> list[tuple]:
+def peer_rows(peer, packed, base: dict, names, dev, test, candidates) -> list[tuple]:
     """A peer's allocation packed by our pipeline as given (no whole-model check: the choice is the
-    peer's), and the peer's own end-to-end result where its file has one on the same windows."""
+    peer's) from the same GPTQ candidates as every method's, and the peer's own end-to-end result
+    where its file has one on the same windows."""
     policy = BitPolicy({n: {"w_bits": peer.layers[n], "a_bits": None} for n in names})
-    result, ppl_dev, ppl_test = packed(InfoQConfig(**base, policy=policy))
+    result, ppl_dev, ppl_test = packed(InfoQConfig(**base, policy=policy), candidates=candidates)
     wall = peer.record.get("autoscheme_wall_s")
     note = (
         f"peer's allocation as given ({wall:.0f} s in its venv)" if wall is not None else "peer's allocation as given"

@@ -33,7 +33,8 @@ def quantize_with_infoq(
     allocate, check (or refine) the allocation on the whole model when calibration data is given, and
     pack; with `bits` an int, pack every layer at that width; with `policy`, pack as it says.
     `candidates`: GPTQ's rounding of this model on this calibration data (`quant.gptq.gptq_candidates`,
-    checked to fit), so that runs on other tables or budgets with the same uniform start skip that pass.
+    checked to fit), so that runs on other tables or budgets with the same uniform start skip that pass;
+    with a `policy`, the packing takes each layer's codes from them.
     `skip_modules` (default `config.modules_to_not_convert`) stay float. `tokenizer` (default
     `config.tokenizer`) or `image_transform` turn calibration data into batches. `accelerator` (an
     `accelerate.Accelerator`) splits the probes, GPTQ's candidates and the refinement's moves over its

@@ -101,6 +101,10 @@ def test_quantize_model_packs_any_configuration_from_the_candidates(setup):
     for n in names:
         layer = packed.get_submodule(n)
         assert layer.w_bits == mixed[n] and torch.equal(layer.codes(), candidates.quantized(n, mixed[n]).codes), n
+    config = InfoQConfig(policy=mixed, rounding="gptq", group_size=32, calibration=batches)
+    given = quantize_with_infoq(copy.deepcopy(model), config, candidates=candidates, progress=False)
+    assert all(torch.equal(given.model.get_submodule(n).codes(), packed.get_submodule(n).codes()) for n in names)
+    assert "packing (gptq candidates)" in given.summary["times_s"]
     sequential = quantize_model(copy.deepcopy(model), prefix, rounding="gptq", group_size=32, calibration=batches)
     uniform = quantize_model(copy.deepcopy(model), prefix, rounding="gptq", group_size=32, candidates=candidates)
     for n in names:
