@@ -2,9 +2,10 @@
 memory over Llamas of growing size, as ratios to one uniform 3-bit GPTQ pass on the same model and
 data in the same run, and a power-law projection to an 8B Llama on this machine.
 
-    python -m benchmarks.scaling                      # the default sizes (minutes on 2 CPU cores)
+    python -m benchmarks.scaling                      # the default sizes: 4 Llamas, 4.9M to 121M linear
+                                                      # parameters (estimated 10-15 min on 2 idle CPU cores)
     python -m benchmarks.scaling --sizes 256:4:8000 512:8:16000
-    python -m benchmarks.scaling --tiny               # two tiny Llamas: checks the script in seconds
+    python -m benchmarks.scaling --tiny               # two tiny Llamas: checks the script in about a minute
 
 Models: random-weight Llamas from `transformers.LlamaConfig` (no downloads), one per `--sizes` triple
 hidden:layers:vocab (intermediate 8/3 x hidden rounded to 64, heads of width 64, a quarter as many
