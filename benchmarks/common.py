@@ -109,3 +109,21 @@ def spearman(a: list[float], b: list[float]) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(a, b).statistic)
+
+
+def tiny_random_llama(seed: int):
+    """A random 8-block Llama (vocabulary 256, width 64), seeded: the benchmarks' quick check that every
+    row runs (compare's `tiny_llama` model, the AutoScheme peer's tiny case); its numbers mean nothing."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config).eval()

@@ -233,19 +233,7 @@ def run_smollm2(args, out: Path):
 def run_tiny_llama(args, out: Path):
     """A random 8-block Llama and random tokens: checks that every row runs, in about a minute; the numbers
     mean nothing."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(args.seed)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = common.tiny_random_llama(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
     def batches(n):

@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from .. import assets, common
 from .policy_file import windows_digest
@@ -53,17 +52,7 @@ DATASET_LABEL = "infoq-calibration-windows"  # AutoRound wants a dataset name; t
 def tiny_llama(seed: int, n_calib: int):
     """compare.py's random tiny Llama (the same config and seed, so the same layer names) on random
     tokens, and SmolLM2's tokenizer as a stand-in (AutoRound wants one; the tokens never go through it)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = common.tiny_random_llama(seed)
     gen = torch.Generator().manual_seed(seed)
 
     def batches(n):
