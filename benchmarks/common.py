@@ -80,6 +80,27 @@ def perplexity(model, batches: list[dict]) -> float:
     return perplexity_from_nll(*window_nll(model, batches))
 
 
+def paired_bootstrap(
+    nll_a: torch.Tensor, nll_b: torch.Tensor, per_window: int, resamples: int, seed: int = 0
+) -> torch.Tensor:
+    """ppl(a) / ppl(b) on `resamples` resamplings of the windows (the same windows for a and b)."""
+    if nll_a.shape != nll_b.shape:
+        raise ValueError(
+            f"the two models were scored on different windows: {tuple(nll_a.shape)} vs {tuple(nll_b.shape)}"
+        )
+    n = len(nll_a)
+    pick = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+    return torch.exp((nll_a - nll_b)[pick].sum(dim=1) / (n * per_window))
+
+
+def ratio_interval(nll_a: torch.Tensor, nll_b: torch.Tensor, per_window: int, resamples: int = 10000) -> str:
+    """ "ratio [lo, hi]": ppl(a) / ppl(b) and its 90% paired-bootstrap interval over the windows."""
+    ratios = paired_bootstrap(nll_a, nll_b, per_window, resamples)
+    lo, hi = torch.quantile(ratios, torch.tensor([0.05, 0.95], dtype=ratios.dtype)).tolist()
+    ratio = perplexity_from_nll(nll_a, per_window) / perplexity_from_nll(nll_b, per_window)
+    return f"{ratio:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 def mnist_data(n_calib: int, n_dev: int, n_test: int, batch_size: int = 64, seed: int = 0):
     """MNIST CNN with normalised image batches: calibration from the train split, dev from the
     validation split, test from the test split."""

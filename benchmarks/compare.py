@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from .peers.policy_file import load_policy_file, windows_digest
 METHODS = ["infoq", "hawq", "weight_mse", "size_only", "llamacpp", "random"]
 LM_BUDGETS = (2.5, 3.0, 3.5, 4.0, 4.5)
 CLASSIFIER_METHODS = ["infoq", "hawq", "weight_mse", "size_only", "random"]  # no llama.cpp roles in a CNN
+RESAMPLES = 10000  # paired bootstrap resamples of the windows for each row's interval
 
 
 def cached_table(path: Path, fresh: bool, compute) -> SensitivityTable:
@@ -112,22 +114,16 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
             computed[key] = gptq_candidates(model, {n: bits for n in names}, calib, scheme=scheme, prefix_bits=prefix)
         return computed[key]
 
+    def scored(m):
+        """Every dev and test window's summed NLL (None for a split without windows)."""
+        return (common.window_nll(m, dev) if dev else None), common.window_nll(m, test)
+
     def packed(config, table=None, candidates=None):
         m = copy.deepcopy(model)
         result = quantize_with_infoq(m, config, table=table, candidates=candidates, skip_modules=skip, progress=False)
-        return result, (common.perplexity(m, dev) if dev else float("nan")), common.perplexity(m, test)
+        return result, *scored(m)
 
-    rows = [
-        (
-            "fp32",
-            "-",
-            32.0,
-            common.perplexity(model, dev) if dev else float("nan"),
-            common.perplexity(model, test),
-            "",
-            "",
-        )
-    ]
+    rows = [("fp32", "-", 32.0, *scored(model), "", "")]
     refinements = []
     names = list(quantizable_layers(model, skip_modules=skip))
     peers = [load_policy_file(spec, key) for spec in args.policy_file]
@@ -138,47 +134,58 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     for budget in args.budgets:
         width = best_uniform_width(budget, bits)
         uniform = BitPolicy({n: {"w_bits": width, "a_bits": None} for n in names})
-        result, ppl_dev, ppl_test = packed(InfoQConfig(**base, policy=uniform))
+        result, nll_dev, nll_test = packed(InfoQConfig(**base, policy=uniform))
         rows.append(
             (
                 f"uniform {width}-bit",
                 budget,
                 result.summary["avg_bits"],
-                ppl_dev,
-                ppl_test,
+                nll_dev,
+                nll_test,
                 "",
                 result.summary["rounding"],
             )
         )
-        print(rows[-1], flush=True)
+        print(*map(shown, rows[-1]), flush=True)
         for label, table in tables.items():
             config = InfoQConfig(**base, budget={"avg_bits": budget}, method=table.method)
-            result, ppl_dev, ppl_test = packed(config, table, candidates_for(budget))
+            result, nll_dev, nll_test = packed(config, table, candidates_for(budget))
             r = result.policy.report.refinement
             note = "" if r is None else f"kept {r.kept}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.kl_starts.items())
             rows.append(
-                (label, budget, result.summary["avg_bits"], ppl_dev, ppl_test, note, result.summary["rounding"])
+                (label, budget, result.summary["avg_bits"], nll_dev, nll_test, note, result.summary["rounding"])
             )
             if r is not None:
                 refinements.append((budget, label, r))
-            print(rows[-1], flush=True)
+            print(*map(shown, rows[-1]), flush=True)
         for peer in [q for q in peers if abs(q.budget - budget) < 1e-9]:
             added = peer_rows(peer, packed, base, names, dev, test, candidates_for(budget))
             rows += added
-            print(*added, sep="\n", flush=True)
+            print(*(" ".join(map(shown, r)) for r in added), sep="\n", flush=True)
     header = (
         f"{name}; weight-only, group 64, candidates {{2,3,4,8}}, `lm_head` and the other leftovers in bf16; "
         "every row through "
         f"`quantize_with_infoq` (rounding {args.rounding}; the ILP's allocation kept or replaced by uniform by KL "
         f"to fp32 on the calibration tokens, {args.refine_passes} refinement moves); seed {args.seed}; "
-        f"{common.machine()}"
+        f"{common.machine()}. x uniform: perplexity / that of the budget's uniform row, with its 90% paired "
+        f"bootstrap interval over the windows ({RESAMPLES} resamples)"
     )
     table_md = [
-        "| allocation | budget (avg bits) | achieved avg bits | dev perplexity | test perplexity | "
-        "whole-model check (calibration KL) | rounding |",
-        "|---|---|---|---|---|---|---|",
+        "| allocation | budget (avg bits) | achieved avg bits | dev perplexity | test perplexity | dev x uniform | "
+        "test x uniform | whole-model check (calibration KL) | rounding |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    table_md += [f"| {a} | {b} | {c:.3f} | {d:.2f} | {e:.2f} | {f} | {g} |" for a, b, c, d, e, f, g in rows]
+    uniform_rows = {b: (d, e) for a, b, c, d, e, f, g in rows if a.startswith("uniform ")}
+
+    def versus(nll, ref) -> str:
+        if not isinstance(nll, tuple) or ref is None or nll is ref:
+            return "-"
+        return common.ratio_interval(nll[0], ref[0], nll[1], RESAMPLES)
+
+    for a, b, c, d, e, f, g in rows:
+        ref_dev, ref_test = uniform_rows.get(b, (None, None))
+        cells = [a, b, f"{c:.3f}", shown(d), shown(e), versus(d, ref_dev), versus(e, ref_test), f, g]
+        table_md.append("| " + " | ".join(map(str, cells)) + " |")
     table_md += [
         "",
         "Refinement cost (whole-model passes on the calibration tokens):",
@@ -190,17 +197,26 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     return header, table_md, tables
 
 
+def shown(value) -> str:
+    """A row's entry as the table shows it: the perplexity of (window NLLs, tokens per window)."""
+    if isinstance(value, tuple):
+        return f"{common.perplexity_from_nll(*value):.2f}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def peer_rows(peer, packed, base: dict, names, dev, test, candidates) -> list[tuple]:
     """A peer's allocation packed by our pipeline as given (no whole-model check: the choice is the
     peer's) from the same GPTQ candidates as every method's, and the peer's own end-to-end result
     where its file has one on the same windows."""
     policy = BitPolicy({n: {"w_bits": peer.layers[n], "a_bits": None} for n in names})
-    result, ppl_dev, ppl_test = packed(InfoQConfig(**base, policy=policy), candidates=candidates)
+    result, nll_dev, nll_test = packed(InfoQConfig(**base, policy=policy), candidates=candidates)
     wall = peer.record.get("autoscheme_wall_s")
     note = (
         f"peer's allocation as given ({wall:.0f} s in its venv)" if wall is not None else "peer's allocation as given"
     )
-    rows = [(peer.label, peer.budget, result.summary["avg_bits"], ppl_dev, ppl_test, note, result.summary["rounding"])]
+    rows = [(peer.label, peer.budget, result.summary["avg_bits"], nll_dev, nll_test, note, result.summary["rounding"])]
     own = peer.record.get("own")
     if own:
         same = peer.record.get("eval_windows", {}).get("sha256") == windows_digest(dev + test)

@@ -8,7 +8,7 @@ from round-to-nearest (before) and from GPTQ's own errors and weights (the produ
     python -m benchmarks.gptq_aware --rows refined --budgets 2.5 --refine-chains 3   # the product's allocation
     ... --cache out/candidates   # keep the GPTQ candidates (0.5 GB per kind of inputs) for the next run
 
-Each run also writes the widths every row packed to `results/policies/` (read by `benchmarks.ppl_spread`).
+Each run also writes the widths every row packed to `results/policies/`.
 
 Same data, table and settings as `benchmarks/gptq.py` (calibration works: the first 4 windows are
 the search and refinement calibration, all 32 the GPTQ calibration; dev windows choose, test windows
@@ -207,7 +207,7 @@ def main(argv=None):
             )
             plan.append((label, "gptq", "gptq", bits, seed))
     rows = []
-    policies = {}  # row -> the widths it packed, for benchmarks.ppl_spread
+    policies = {}  # row -> the widths it packed
     for label, costs, judge, bits, seed in plan:
         t = time.perf_counter()
         pol = policy(costs, judge, bits, seed)

@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.common import perplexity, window_nll
-from benchmarks.ppl_spread import paired_bootstrap
+from benchmarks.common import paired_bootstrap, perplexity, ratio_interval, window_nll
 from tests.helpers.models import tiny_llama
 
 
@@ -47,3 +46,15 @@ def test_the_bootstrap_draws_from_the_exact_resampling_distribution():
 def test_models_scored_on_different_windows_are_refused():
     with pytest.raises(ValueError, match="different windows"):
         paired_bootstrap(torch.zeros(3), torch.zeros(4), per_window=2, resamples=10)
+
+
+def test_the_interval_names_the_ratio_and_the_5th_and_95th_percentile_of_the_resamples():
+    b = torch.tensor([10.0, 30.0, 20.0, 50.0], dtype=torch.float64)
+    assert ratio_interval(b + 3.0, b, per_window=8, resamples=200) == "{0:.3f} [{0:.3f}, {0:.3f}]".format(
+        math.exp(3.0 / 8)
+    )
+    a = b + torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    ratio, interval = ratio_interval(a, b, per_window=2, resamples=4000).split(" ", 1)
+    lo, hi = (float(x) for x in interval.strip("[]").split(", "))
+    assert float(ratio) == pytest.approx(math.exp(float((a - b).sum()) / 8), abs=5e-4)
+    assert lo < float(ratio) < hi
