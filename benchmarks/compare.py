@@ -151,7 +151,7 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
             config = InfoQConfig(**base, budget={"avg_bits": budget}, method=table.method)
             result, nll_dev, nll_test = packed(config, table, candidates_for(budget))
             r = result.policy.report.refinement
-            note = "" if r is None else f"kept {r.kept}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.kl_starts.items())
+            note = common.check_note(result)
             rows.append(
                 (label, budget, result.summary["avg_bits"], nll_dev, nll_test, note, result.summary["rounding"])
             )
@@ -300,7 +300,12 @@ def run_fashion_resnet(args, out: Path):
 
 
 def run_classifier(key, name, model, calib, test, args, out: Path):
-    """Top-1 at 3.0 average bits (10.67x) and at the BitOps of uniform W4A4 (activations quantized)."""
+    """Top-1 at 3.0 average bits (10.67x) and at the BitOps of uniform W4A4 (activations quantized).
+
+    Weight-only rows go through `quantize_with_infoq` with one configuration for every method (the
+    product's default, which keeps the ILP's allocation or uniform by KL on the calibration images, and
+    the same with `passes` refinement moves); the W/A rows, which the pipeline does not allocate, through
+    `allocate` and `refine` with the same moves for every method."""
     kw = dict(bits=(2, 3, 4, 8), seed=args.seed, score_activations=True)
     tables = {}
     for m in CLASSIFIER_METHODS:
@@ -311,20 +316,33 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
             lambda m=m, opts=opts: search(model, calib, method=m, **{**kw, **opts}),
         )
     x0 = calib[0][0][:1]
-    rows = [("fp32", "-", 32.0, "-", common.top1(model, test))]
+    rows = [("fp32", "-", 32.0, "-", common.top1(model, test), "")]
     names = list(quantizable_layers(model))
-    m = copy.deepcopy(model)
-    quantize_model(m, {n: 3 for n in names})
-    rows.append(("uniform 3-bit", "3.0 avg bits (10.67x)", 3.0, "-", common.top1(m, test)))
-    passes = args.refine_passes or 64  # the CNN rows compare the ILP with and without 64 refinement passes
-    refined = dict(passes=passes, seed=args.seed, progress=False)
+    passes = args.refine_passes or 64  # the CNN rows compare the pipeline's default with and without moves
+    base = dict(bits=(2, 3, 4, 8), group_size=None, calibration=calib, seed=args.seed, pin_first_last=False)
+
+    def packed(config, table=None):
+        m = copy.deepcopy(model)
+        result = quantize_with_infoq(m, config, table=table, progress=False)
+        return result, common.top1(m, test)
+
+    result, top1 = packed(InfoQConfig(**{**base, "bits": 3}))
+    rows.append(("uniform 3-bit", "3.0 avg bits (10.67x)", result.summary["avg_bits"], "-", top1, ""))
     for method, table in tables.items():
-        for suffix, extra in [("", None), (" + refinement", refined)]:  # the same refinement for every method
-            policy = allocate(table, Budget(avg_bits=3.0), pin_first_last=False)
-            policy = refine(policy, model, calib, **extra) if extra else policy
-            m = copy.deepcopy(model)
-            quantize_model(m, policy)
-            rows.append((method + suffix, "3.0 avg bits (10.67x)", policy.report.avg_bits, "-", common.top1(m, test)))
+        for suffix, moves in [("", 0), (f" + {passes} moves", passes)]:
+            config = InfoQConfig(**base, budget={"avg_bits": 3.0}, method=method, refine_passes=moves)
+            result, top1 = packed(config, table)
+            row = (
+                method + suffix,
+                "3.0 avg bits (10.67x)",
+                result.summary["avg_bits"],
+                "-",
+                top1,
+                common.check_note(result),
+            )
+            rows.append(row)
+            print(rows[-1], flush=True)
+    refined = dict(passes=passes, seed=args.seed, progress=False)
     # W/A: BitOps budget = that of uniform W4A4, activations chosen from {4, 8} where scored.
     from infoq_hf import bitops, calibrate_activation_ranges
 
@@ -332,11 +350,11 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     budget_ops = bitops(model, w4a4, x0)
     m = copy.deepcopy(model)
     quantize_model(m, w4a4, act_ranges=calibrate_activation_ranges(m, [b[0] for b in calib], w4a4))
-    rows.append(("uniform W4A4", f"BitOps {budget_ops / 1e6:.1f}M", 4.0, 4, common.top1(m, test)))
+    rows.append(("uniform W4A4", f"BitOps {budget_ops / 1e6:.1f}M", 4.0, 4, common.top1(m, test), ""))
     for method, table in tables.items():
         wa = {"act_bits": [4, 8]} if table.has_activation_scores else {"fixed_a_bits": 4}
         label = method + (" (W/A scores)" if table.has_activation_scores else " (weights only, A4)")
-        for suffix, extra in [("", None), (" + refinement", refined)]:
+        for suffix, extra in [("", None), (f" + {passes} moves", refined)]:
             policy = allocate(table, Budget(bitops=budget_ops), pin_first_last=False, **wa)
             policy = refine(policy, model, calib, **extra) if extra else policy
             m = copy.deepcopy(model)
@@ -350,14 +368,19 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
                     policy.report.avg_bits,
                     round(a_mean, 2),
                     common.top1(m, test),
+                    "",
                 )
             )
     header = (
-        f"{name}; candidates {{2,3,4,8}}, first/last not pinned; refinement {passes} passes judged by "
-        f"KL to fp32 on the calibration images; seed {args.seed}; {common.machine()}"
+        f"{name}; candidates {{2,3,4,8}}, first/last not pinned, rounding to nearest; weight-only rows through "
+        f"`quantize_with_infoq` (the ILP's allocation kept or replaced by uniform by KL to fp32 on the calibration "
+        f"images), with 0 and {passes} refinement moves for every method; seed {args.seed}; {common.machine()}"
     )
-    table_md = ["| allocation | budget | avg weight bits | mean act bits | top-1 % |", "|---|---|---|---|---|"]
-    table_md += [f"| {a} | {b} | {c:.3f} | {d} | {e:.2f} |" for a, b, c, d, e in rows]
+    table_md = [
+        "| allocation | budget | avg weight bits | mean act bits | top-1 % | whole-model check (calibration KL) |",
+        "|---|---|---|---|---|---|",
+    ]
+    table_md += [f"| {a} | {b} | {c:.3f} | {d} | {e:.2f} | {f} |" for a, b, c, d, e, f in rows]
     return header, table_md, tables
 
 

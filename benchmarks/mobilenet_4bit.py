@@ -1,4 +1,6 @@
 """MobileNetV2 at 4.0 average bits: does the mixed allocation (with the default pins) beat uniform 4-bit?
+Every method through `quantize_with_infoq` with the same configuration, with 0 and `--refine-passes`
+refinement moves.
 
     python -m benchmarks.mobilenet_4bit
 
@@ -21,7 +23,8 @@ from pathlib import Path
 import torch
 
 import infoq_hf
-from infoq_hf import Budget
+from infoq_hf import InfoQConfig
+from infoq_hf.pipeline import quantize_with_infoq
 
 from . import assets, common
 from .mobilenet import calibration_set, evaluate
@@ -47,50 +50,37 @@ def main(argv=None):
     with torch.no_grad():
         ref_logits = model(x_eval)
     calib, cinfo = calibration_set(model, calib_images, args.views, args.calib_px, args.seed, 40)
-    names = list(infoq_hf.quantizable_layers(model))
-    budget = Budget(avg_bits=args.avg_bits)
 
     rows = []
+    base = dict(bits=(2, 3, 4, 8), group_size=None, calibration=calib, seed=args.seed)
 
-    def report(label, policy, cost_s, note=""):
-        q = infoq_hf.quantize_model(copy.deepcopy(model), policy)
+    def report(label, config, table=None, cost_s=0.0):
+        q = copy.deepcopy(model)
+        result = quantize_with_infoq(q, config, table=table, progress=False)
         r = evaluate(q, x_eval, ref_logits, labels)
-        rows.append((label, r["kl"], r["agree"], r["correct"], cost_s, note))
+        rows.append((label, r["kl"], r["agree"], r["correct"], cost_s, common.check_note(result)))
         print(rows[-1], flush=True)
 
-    report(f"uniform {int(args.avg_bits)}-bit", {n: int(args.avg_bits) for n in names}, 0.0)
-    for method in ("infoq", "hawq", "weight_mse", "random"):
+    report(f"uniform {int(args.avg_bits)}-bit", InfoQConfig(**{**base, "bits": int(args.avg_bits)}))
+    for method in ("infoq", "hawq", "weight_mse", "size_only", "random"):
         t = time.perf_counter()
         kw = {"hutchinson_samples": args.hutchinson} if method == "hawq" else {}
-        table = infoq_hf.search(model, calib, bits=(2, 3, 4, 8), method=method, seed=args.seed, progress=False, **kw)
+        table = infoq_hf.search(model, calib, bits=base["bits"], method=method, seed=args.seed, progress=False, **kw)
         search_s = time.perf_counter() - t
-        report(method, infoq_hf.allocate(table, budget), search_s)
-        if method == "infoq":
-            t = time.perf_counter()
-            policy = infoq_hf.refine(
-                infoq_hf.allocate(table, budget),
-                model,
-                calib,
-                passes=args.refine_passes,
-                seed=args.seed,
-                progress=False,
-            )
-            r = policy.report.refinement
-            report(
-                "infoq + refinement",
-                policy,
-                search_s + time.perf_counter() - t,
-                f"calibration KL {r.kl_ilp:.3f} (ILP) -> {r.kl_final:.3f}, start {r.start}, "
-                f"{r.accepted}/{r.passes} accepted",
-            )
+        for suffix, moves in [("", 0), (f" + {args.refine_passes} moves", args.refine_passes)]:
+            config = InfoQConfig(**base, budget={"avg_bits": args.avg_bits}, method=method, refine_passes=moves)
+            report(method + suffix, config, table, search_s)
     cmd = "python -m benchmarks.mobilenet_4bit " + " ".join(sys.argv[1:] if argv is None else argv)
     out = [
         f"MobileNetV2 (ImageNet weights) at {args.avg_bits} average bits, weight-only, per channel; calibration "
         f"{cinfo['samples']} views of 10 foolbox images, evaluation on the 10 other images (never searched on); "
-        f"refinement {args.refine_passes} passes; `{cmd.strip()}`; {common.machine()}; "
+        f"every row through `quantize_with_infoq` (the ILP's allocation kept or replaced by uniform by KL to "
+        f"fp32 on the calibration views), 0 and {args.refine_passes} refinement moves; `{cmd.strip()}`; "
+        f"{common.machine()}; "
         f"{time.perf_counter() - started:.0f} s in all",
         "",
-        "| allocation | mean KL(fp32 \\|\\| q), eval images | top-1 agreement /10 | correct /10 | search s | note |",
+        "| allocation | mean KL(fp32 \\|\\| q), eval images | top-1 agreement /10 | correct /10 | search s | "
+        "whole-model check (calibration KL) |",
         "|---|---|---|---|---|---|",
     ]
     out += [f"| {a} | {b:.4f} | {c} | {d} | {e:.0f} | {f} |" for a, b, c, d, e, f in rows]
