@@ -1,20 +1,25 @@
 """InfoQ-allocated GGUF files beside llama.cpp's own presets, measured by llama.cpp itself.
 
     bash benchmarks/setup_llamacpp.sh        # once: llama-cpp-python in /tmp/infoq-llamacpp-venv
-    flock /tmp/infoq-heavy.lock python -m benchmarks.gguf_llamacpp --presets Q8_0,Q5_0,Q4_0,Q4_K_M,Q3_K_M \\
-        --avg-bits 4.5,5,6 --n-test 32
-    python -m benchmarks.gguf_llamacpp --model tiny --presets Q8_0,Q4_0 --avg-bits 5 --n-test 2   # smoke check
+    flock /tmp/infoq-heavy.lock python -m benchmarks.gguf_llamacpp --presets Q8_0,Q5_0,Q4_0,Q4_K_M,Q3_K_M
+    python -m benchmarks.gguf_llamacpp --model tiny --presets Q8_0,Q4_0 --n-test 2 --n-calib 8   # smoke check
 
 For SmolLM2-135M-Instruct (benchmarks/assets): the float model is written as an F32 GGUF
 (`export_gguf(..., require_packed=False)`, the source GGUF's tokenizer copied); each preset is that file
-converted by llama.cpp's `llama_model_quantize` (its own per-tensor mix and fallbacks); each InfoQ mix is a
-search + ILP allocation over `--bits` (symmetric, groups of 32, the embedding included, tied to the head)
-packed and exported with `export_gguf`: 4/5/8-bit layers are Q4_0/Q5_0/Q8_0 holding our codes exactly.
-Every file is loaded by llama-cpp-python and scored on the held-out windows of the other benchmarks
-(`common.smollm2_data`'s test windows: tragedies, after the first DEV_WINDOWS, 128 tokens, no BOS);
-prefill tokens/s is that scoring's rate, decode tokens/s a 32-token greedy continuation, batch 1,
-`--threads` threads. The packed model's own perplexity in torch on the same windows is printed beside
-its GGUF's as a check that the file computes the same model.
+converted by llama.cpp's `llama_model_quantize` (its own per-tensor mix and fallbacks; no importance
+matrix, which llama-cpp-python cannot compute). Each InfoQ mix goes through `quantize_with_infoq`: the
+search and allocation over `--bits` (symmetric, groups of 32, the embedding a layer of the allocation,
+tied to the head), GPTQ onto the types' grids with `--n-calib` calibration windows (the other
+benchmarks' comedies/histories; search and whole-model check on the first windows, as the main job),
+exported with `export_gguf`: 4/5/8-bit layers are Q4_0/Q5_0/Q8_0 holding the pipeline's codes exactly.
+With `--avg-bits match` (the default) each mix is allocated at the largest average width whose file fits
+the size of one preset, so every preset has an InfoQ file of at most its size beside it. The controls
+are uniform widths with the embedding at 8 bits, rounded the same way: what the rounding gives without
+the allocation. Every file is loaded by llama-cpp-python and scored on the held-out windows of the
+other benchmarks (`common.smollm2_data`'s test windows: tragedies, after the first DEV_WINDOWS, 128
+tokens, no BOS); prefill tokens/s is that scoring's rate, decode tokens/s a 32-token greedy
+continuation, batch 1, `--threads` threads. The packed model's own perplexity in torch on the same
+windows is printed beside its GGUF's as a check that the file computes the same model.
 
 Note: SmolLM2's fp32 weights come from a Q4_1 GGUF; "F32" here already carries 4-bit rounding.
 llama-cpp-python is never a dependency of infoq_hf: it is imported from `--llamacpp-venv`.
@@ -49,6 +54,8 @@ PRESET_FTYPES = {
 }  # llama.h's enum llama_ftype (LLAMA_FTYPE_MOSTLY_*)
 SEQ_LEN = 128
 GROUP_SIZE = 32
+SEARCH_SAMPLES = 4  # as the main job: the search on the first 4 calibration windows, the check on the next 4
+SKIP = ["lm_head"]  # tied: follows the embedding
 
 
 def import_llama_cpp(venv: str):
@@ -106,25 +113,96 @@ def tiny(n_test: int, work: Path):
     return model, folder, windows, "default"
 
 
-def infoq_mix(model, avg_bits: float, bits, method: str, calib):
-    """Search + ILP over `bits` (the embedding a layer of its own, tied to the head), packed in groups of 32."""
-    import copy
+def matched_avg_bits(f32_bytes: int, quantized_weights: int, target_bytes: int) -> float:
+    """The average code width whose GGUF file takes `target_bytes`: a quantized weight costs its width
+    plus half a bit (one float16 scale per 32 weights, Q4_0 / Q5_0 / Q8_0), and everything else in the file
+    is what the F32 file holds besides the weights that get quantized (4 bytes each there)."""
+    rest = f32_bytes - 4 * quantized_weights
+    return 8 * (target_bytes - rest) / quantized_weights - 0.5
 
-    from infoq_hf import Budget, allocate, quantize_model, search
 
-    kw = dict(group_size=GROUP_SIZE, symmetric=True)
-    table = search(
-        model,
-        calib if method != "weight_mse" else None,
-        bits=bits,
-        method=method,
-        embeddings=True,
-        skip_modules=["lm_head"],
-        progress=False,
-        **kw,
-    )
-    policy = allocate(table, Budget(avg_bits=avg_bits), progress=False)
-    return quantize_model(copy.deepcopy(model), policy, skip_modules=["lm_head"], **kw)
+class Mixes:
+    """InfoQ mixes of one model through `quantize_with_infoq` (symmetric, groups of 32, the embedding a
+    layer of the allocation tied to the head, `lm_head` not a layer of its own): one search, GPTQ's
+    candidates shared by the budgets with the same uniform start, as benchmarks/compare.py does."""
+
+    def __init__(self, model, bits, method: str, calib, rounding: str, seed: int = 0):
+        from infoq_hf import InfoQConfig, search
+        from infoq_hf.pipeline.data import first_samples, resolve_rounding
+
+        self.model, self.bits, self.method, self.calib = model, tuple(bits), method, calib
+        self.base = dict(
+            bits=self.bits,
+            group_size=GROUP_SIZE,
+            symmetric=True,
+            quantize_embeddings=True,
+            calibration=calib,
+            rounding=rounding,
+            search_samples=SEARCH_SAMPLES,
+            float_dtype="float32",  # the GGUF stores norms in F32; the torch check runs the same numbers
+            seed=seed,
+        )
+        self.rounding = resolve_rounding(InfoQConfig(**self.base, budget={"avg_bits": max(bits)}), model, calib)
+        searched = None if calib is None else first_samples(calib, SEARCH_SAMPLES)
+        self.table = search(
+            model,
+            None if method == "weight_mse" else searched,
+            bits=self.bits,
+            method=method,
+            embeddings=True,
+            skip_modules=SKIP,
+            group_size=GROUP_SIZE,
+            symmetric=True,
+            seed=seed,
+            progress=False,
+        )
+        self.embedding = next(n for n in self.table.layers if isinstance(model.get_submodule(n), torch.nn.Embedding))
+        self._candidates = {}
+
+    def candidates(self, avg_bits: float):
+        """GPTQ's rounding at every width on the inputs of the budget's uniform start (None for RTN)."""
+        from infoq_hf import Budget
+        from infoq_hf.allocation import uniform_start
+        from infoq_hf.quant.gptq import gptq_candidates
+        from infoq_hf.quant.scheme import PackingScheme
+
+        if self.rounding != "gptq":
+            return None
+        prefix = uniform_start(self.table, Budget(avg_bits=avg_bits))
+        key = tuple(sorted((prefix or {}).items()))
+        if key not in self._candidates:
+            self._candidates.clear()  # one set at a time
+            scheme = PackingScheme(group_size=GROUP_SIZE, symmetric=True, rounding="gptq")
+            widths = {n: self.bits for n in self.table.layers}
+            self._candidates[key] = gptq_candidates(self.model, widths, self.calib, scheme=scheme, prefix_bits=prefix)
+        return self._candidates[key]
+
+    def allocated(self, avg_bits: float):
+        """The model packed at `avg_bits` average code bits (the embedding counted) and the run's result."""
+        import copy
+
+        from infoq_hf import InfoQConfig
+        from infoq_hf.pipeline import quantize_with_infoq
+
+        config = InfoQConfig(**self.base, budget={"avg_bits": avg_bits}, method=self.method)
+        packed = copy.deepcopy(self.model)
+        result = quantize_with_infoq(
+            packed, config, table=self.table, candidates=self.candidates(avg_bits), skip_modules=SKIP, progress=False
+        )
+        return packed, result
+
+    def fixed(self, widths: dict[str, int]):
+        """The model packed with the given widths by the same rounding (sequential GPTQ, or RTN)."""
+        import copy
+
+        from infoq_hf import BitPolicy, InfoQConfig
+        from infoq_hf.pipeline import quantize_with_infoq
+
+        policy = BitPolicy({n: {"w_bits": b, "a_bits": None} for n, b in widths.items()})
+        packed = copy.deepcopy(self.model)
+        config = InfoQConfig(**self.base, policy=policy)
+        result = quantize_with_infoq(packed, config, skip_modules=SKIP, progress=False)
+        return packed, result
 
 
 # ----------------------------------------------------------------------------- llama.cpp
@@ -176,11 +254,28 @@ def main(argv=None) -> int:
     ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     ap.add_argument("--llamacpp-venv", default="/tmp/infoq-llamacpp-venv")
     ap.add_argument("--presets", default="Q8_0,Q5_0,Q4_0,Q4_K_M,Q3_K_M")
-    ap.add_argument("--avg-bits", default="4.5,5,6", help="InfoQ mixes: average widths to allocate")
+    ap.add_argument(
+        "--avg-bits",
+        default="match",
+        help="InfoQ mixes: average code widths to allocate (the embedding counted), comma separated; 'match': "
+        "one mix at each preset's file size",
+    )
     ap.add_argument("--bits", default="4,5,8", help="candidate widths (4/5/8 have exact GGUF containers)")
-    ap.add_argument("--method", default="weight_mse", help="search method (weight_mse: data-free; infoq: calibrated)")
-    ap.add_argument("--n-calib", type=int, default=16)
+    ap.add_argument("--method", default="infoq", help="search method (infoq: calibrated; weight_mse: data-free)")
+    ap.add_argument(
+        "--rounding",
+        default="auto",
+        choices=["auto", "rtn", "gptq"],
+        help="the pipeline's rounding onto the types' grids ('auto': GPTQ with the calibration windows)",
+    )
+    ap.add_argument("--n-calib", type=int, default=32, help="calibration windows of 128 tokens (comedies/histories)")
     ap.add_argument("--n-test", type=int, default=32)
+    ap.add_argument(
+        "--controls",
+        default="4,5",
+        help="controls: widths b packed uniformly by the same rounding, the embedding at 8 bits; comma "
+        "separated, or empty",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", help="keep the GGUF files here (default: a temporary folder)")
     ap.add_argument("--out", help="write the rows as JSON here")
@@ -196,7 +291,7 @@ def main(argv=None) -> int:
     else:
         model, tokenizer, windows, pre = tiny(args.n_test, work)
     calib = None
-    if args.method != "weight_mse":
+    if args.method != "weight_mse" or args.rounding == "gptq":
         calib = (
             common.smollm2_data(args.n_calib, 0, 0)[2]
             if args.model == "smollm2"
@@ -216,22 +311,44 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    def write(label, packed, name):
+        path = work / name
+        path.unlink(missing_ok=True)
+        export_gguf(packed, path, tokenizer=tokenizer, tokenizer_pre=pre)
+        measure(label, path, torch_perplexity=torch_perplexity(packed, windows))
+
     f32 = work / "f32.gguf"
     if not f32.exists():
         export_gguf(model, f32, tokenizer=tokenizer, float_type="F32", tokenizer_pre=pre, require_packed=False)
     measure("F32", f32)
+    preset_bytes = {}
     for preset in [p for p in args.presets.split(",") if p]:
         path = work / f"{preset}.gguf"
         if not path.exists():
             quantize_preset(llama_cpp, f32, path, preset, args.threads)
+        preset_bytes[preset] = path.stat().st_size
         measure(f"llama.cpp {preset}", path)
     bits = [int(b) for b in args.bits.split(",")]
-    for avg in [float(a) for a in args.avg_bits.split(",") if a]:
-        packed = infoq_mix(model, avg, bits, args.method, calib)
-        path = work / f"infoq-{avg:g}.gguf"
-        path.unlink(missing_ok=True)
-        export_gguf(packed, path, tokenizer=tokenizer, tokenizer_pre=pre)
-        measure(f"InfoQ {args.method} {avg:g} bits", path, torch_perplexity=torch_perplexity(packed, windows))
+    mixes = Mixes(model, bits, args.method, calib, args.rounding)
+    rounding = mixes.rounding.upper() if mixes.rounding == "gptq" else "round to nearest"
+    quantized = sum(info["params"] for info in mixes.table.layers.values())
+    if args.avg_bits == "match":  # the largest average under each preset's file size
+        targets = {
+            f"at {preset}'s size": math.floor(1000 * matched_avg_bits(f32.stat().st_size, quantized, size)) / 1000
+            for preset, size in preset_bytes.items()
+        }
+    else:
+        targets = {f"{float(a):g} bits": float(a) for a in args.avg_bits.split(",") if a}
+    for what, avg in sorted(targets.items(), key=lambda kv: kv[1]):
+        if not min(bits) <= avg <= max(bits):
+            print(f"skipped InfoQ {what}: {avg:.3f} average bits is outside the widths {bits}", flush=True)
+            continue
+        packed, result = mixes.allocated(avg)
+        write(f"InfoQ {args.method} {what} ({avg:.3f} bits, {rounding})", packed, f"infoq-{avg:.3f}.gguf")
+    for b in [int(x) for x in args.controls.split(",") if x]:
+        widths = {n: (8 if n == mixes.embedding else b) for n in mixes.table.layers}
+        packed, _ = mixes.fixed(widths)
+        write(f"uniform {b}-bit, embedding 8-bit ({rounding})", packed, f"uniform-{b}.gguf")
     print(
         f"\n{args.model}, {len(windows)} x {SEQ_LEN} held-out tokens, llama-cpp-python {llama_cpp.__version__}, "
         f"{args.threads} threads; {common.machine()}"
