@@ -14,7 +14,7 @@ from . import assets
 
 def check_note(result) -> str:
     """What the pipeline's whole-model check kept and the calibration KL of each start it judged."""
-    r = result.policy.report.refinement
+    r = None if result.policy.report is None else result.policy.report.refinement
     return "" if r is None else f"kept {r.kept}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.kl_starts.items())
 
 
