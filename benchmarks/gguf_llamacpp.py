@@ -278,7 +278,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", help="keep the GGUF files here (default: a temporary folder)")
-    ap.add_argument("--out", help="write the rows as JSON here")
+    ap.add_argument("--out", help="write the rows as JSON here, and the table beside it (.md)")
     args = ap.parse_args(argv)
 
     from infoq_hf.gguf import export_gguf, gguf_summary
@@ -334,35 +334,56 @@ def main(argv=None) -> int:
     quantized = sum(info["params"] for info in mixes.table.layers.values())
     if args.avg_bits == "match":  # the largest average under each preset's file size
         targets = {
-            f"at {preset}'s size": math.floor(1000 * matched_avg_bits(f32.stat().st_size, quantized, size)) / 1000
+            f"at {preset}'s size": (matched_avg_bits(f32.stat().st_size, quantized, size), size)
             for preset, size in preset_bytes.items()
         }
     else:
-        targets = {f"{float(a):g} bits": float(a) for a in args.avg_bits.split(",") if a}
-    for what, avg in sorted(targets.items(), key=lambda kv: kv[1]):
+        targets = {f"{float(a):g} bits": (float(a), None) for a in args.avg_bits.split(",") if a}
+    for what, (avg, limit) in sorted(targets.items(), key=lambda kv: kv[1][0]):
+        avg = math.floor(1000 * avg) / 1000
         if not min(bits) <= avg <= max(bits):
             print(f"skipped InfoQ {what}: {avg:.3f} average bits is outside the widths {bits}", flush=True)
             continue
-        packed, result = mixes.allocated(avg)
-        write(f"InfoQ {args.method} {what} ({avg:.3f} bits, {rounding})", packed, f"infoq-{avg:.3f}.gguf")
+        path = work / ("infoq-" + "".join(c for c in what if c.isalnum() or c == "_") + ".gguf")
+        while True:  # the policy in the file's metadata is not in the estimate: narrow until the file fits
+            packed, _ = mixes.allocated(avg)
+            path.unlink(missing_ok=True)
+            export_gguf(packed, path, tokenizer=tokenizer, tokenizer_pre=pre)
+            excess = 0 if limit is None else path.stat().st_size - limit
+            if excess <= 0 or avg <= min(bits):
+                break
+            avg = max(min(bits), math.floor(1000 * (avg - 8 * excess / quantized)) / 1000 - 0.001)
+        measure(
+            f"InfoQ {args.method} {what} ({avg:.3f} bits, {rounding})",
+            path,
+            torch_perplexity=torch_perplexity(packed, windows),
+        )
     for b in [int(x) for x in args.controls.split(",") if x]:
         widths = {n: (8 if n == mixes.embedding else b) for n in mixes.table.layers}
         packed, _ = mixes.fixed(widths)
         write(f"uniform {b}-bit, embedding 8-bit ({rounding})", packed, f"uniform-{b}.gguf")
-    print(
-        f"\n{args.model}, {len(windows)} x {SEQ_LEN} held-out tokens, llama-cpp-python {llama_cpp.__version__}, "
-        f"{args.threads} threads; {common.machine()}"
-    )
-    print("| model | file MB | bpw (quantized tensors) | perplexity | prefill tok/s | decode tok/s |")
-    print("|---|---|---|---|---|---|")
+    cmd = "python -m benchmarks.gguf_llamacpp " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = [
+        f"# GGUF in llama.cpp: InfoQ mixes beside llama.cpp's presets ({args.model})",
+        "",
+        f"`{cmd.strip()}`: {len(windows)} x {SEQ_LEN} held-out tokens, llama-cpp-python {llama_cpp.__version__}, "
+        f"{args.threads} threads; {common.machine()}. Perplexity by llama.cpp; `torch`: the packed model's own "
+        "perplexity on the same windows (the file computes the same model).",
+        "",
+        "| model | file MB | bpw (quantized tensors) | perplexity | torch | prefill tok/s | decode tok/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: r["file_MB"]):
         bpw = "-" if r["quantized_bpw"] is None else f"{r['quantized_bpw']:.3f}"
-        print(
-            f"| {r['model']} | {r['file_MB']:.2f} | {bpw} | {r['perplexity']:.3f} | "
+        torch_ppl = f"{r['torch_perplexity']:.3f}" if "torch_perplexity" in r else "-"
+        lines.append(
+            f"| {r['model']} | {r['file_MB']:.3f} | {bpw} | {r['perplexity']:.3f} | {torch_ppl} | "
             f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} |"
         )
+    print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
+        Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
 
 
