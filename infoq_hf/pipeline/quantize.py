@@ -29,9 +29,10 @@ def quantize_with_infoq(
     progress: bool = True,
 ) -> QuantizationResult:
     """Quantize `model` in place as `config` says (the transformers quantizer, the CLI and the recipes
-    call it): with a budget, check it, calibrate, search (or use `table`, a saved search of this model),
-    allocate, check (or refine) the allocation on the whole model when calibration data is given, and
-    pack; with `bits` an int, pack every layer at that width; with `policy`, pack as it says.
+    call it): with a budget, check it, calibrate, search (or use `table`, a saved search of this model,
+    over the widths `config.bits` names), allocate, check (or refine) the allocation on the whole model
+    when calibration data is given, and pack; with `bits` an int, pack every layer at that width; with
+    `policy`, pack as it says.
     `candidates`: GPTQ's rounding of this model on this calibration data (`quant.gptq.gptq_candidates`,
     checked to fit), so that runs on other tables or budgets with the same uniform start skip that pass;
     with a `policy`, the packing takes each layer's codes from them.
@@ -45,6 +46,8 @@ def quantize_with_infoq(
             "pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...) or "
             "InfoQConfig(bits=<int>)), not both"
         )
+    if table is not None:  # the config's widths are the candidates, also when the table scored more
+        table = table.restricted(config.bits)
     skip = list(config.modules_to_not_convert or []) if skip_modules is None else list(skip_modules)
     run = Run(
         model,

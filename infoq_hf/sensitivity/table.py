@@ -30,6 +30,7 @@ FORMAT_VERSION = 1
 # Per-layer values keyed by bit-width: scores (w, a), InfoQ's relative weight errors (t2) and, for
 # GPTQ-aware costs (`rounding_costs`), the RTN originals and the GPTQ/RTN output-error ratios.
 BIT_KEYED = ("w", "a", "t2", "t2_rtn", "w_rtn", "gptq_error_ratio")
+WEIGHT_BIT_KEYED = tuple(k for k in BIT_KEYED if k != "a")  # keyed by the weight width
 
 
 class SensitivityTable:
@@ -65,6 +66,27 @@ class SensitivityTable:
     def a(self, name: str, bits: int) -> float | None:
         scores = self.layers[name].get("a")
         return None if scores is None else scores[bits]
+
+    def restricted(self, bits) -> SensitivityTable:
+        """This table with only the weight widths `bits`, each one the table has scored (the table itself
+        when they are all of them)."""
+        bits = sorted({int(b) for b in bits})
+        missing = [b for b in bits if b not in self.bits]
+        if missing:
+            raise ValueError(
+                f"the sensitivity table scores widths {self.bits}, not {missing}: search again with these "
+                "widths, or choose among the table's"
+            )
+        if bits == self.bits:
+            return self
+        layers = {}
+        for name, info in self.layers.items():
+            entry = dict(info)
+            for key in WEIGHT_BIT_KEYED:
+                if entry.get(key) is not None:
+                    entry[key] = {b: v for b, v in entry[key].items() if b in bits}
+            layers[name] = entry
+        return SensitivityTable(self.method, bits, layers, self.meta)
 
     @property
     def scheme(self) -> PackingScheme:

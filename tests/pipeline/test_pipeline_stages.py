@@ -135,3 +135,21 @@ def test_allocate_is_the_ilp_and_its_report_carries_what_refine_needs(setup):
     assert refined["model.layers.0.mlp.up_proj"].w_bits == 8  # the pin holds
     assert refined.report.refinement is not None and refined.report.avg_bits <= 3.0 + 1e-9
     assert refined.report.solver == policy.report.solver and refined.report.spec is policy.report.spec
+
+
+def test_a_saved_table_is_allocated_over_the_configs_widths_only(setup):
+    """A table scored at more widths than the config names gives the config's candidates, never the others
+    (a table scored at {2,4,8} with bits=[2,4] must not put a layer at 8)."""
+    model, _ = setup
+    saved = search(model, None, bits=[2, 4, 8], method="weight_mse", group_size=32, skip_modules=SKIP, progress=False)
+    budget = {"avg_bits": 6.0}  # above 4: only 8-bit layers can use it
+    wide = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(**KW, budget=budget), table=saved, progress=False)
+    assert 8 in {lb.w_bits for lb in wide.policy.values()}
+    config = InfoQConfig(**{**KW, "bits": [2, 4]}, budget=budget)
+    narrow = quantize_with_infoq(copy.deepcopy(model), config, table=saved, progress=False)
+    assert {lb.w_bits for lb in narrow.policy.values()} <= {2, 4}
+    assert narrow.table.bits == [2, 4] and saved.bits == [2, 4, 8]  # the caller's table is not changed
+    with pytest.raises(ValueError, match=r"scores widths \[2, 4, 8\], not \[3\]"):
+        quantize_with_infoq(
+            copy.deepcopy(model), InfoQConfig(**{**KW, "bits": [2, 3]}, budget=budget), table=saved, progress=False
+        )
