@@ -1,0 +1,87 @@
+"""torch's CPU int4 kernel in each input dtype, beside the float layer and the exact path, at decode shapes.
+
+    python -m benchmarks.kernel_dtypes      # ~1 min; writes benchmarks/results/kernel_dtypes.md
+
+Why float32 inputs keep the exact path (dequantize, then `F.linear`): `_weight_int4pack_mm_for_cpu`
+takes float32 inputs, but is it fast there? SmolLM2-135M's layer shapes, a 4-bit packed layer (group
+64), batch 1 (decode) and 8 rows; each time the best of `--rounds` medians of `--reps` calls, all in one
+run, so the ratios are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from infoq_hf.quant.kernels import build_int4_layout, int4_linear
+from infoq_hf.quant.modules import QuantLinear
+
+from . import common
+
+SHAPES = [(576, 576), (1536, 576), (576, 1536)]  # (out, in): attention, gate/up, down
+
+
+def timed(fn, reps: int, rounds: int) -> float:
+    """Milliseconds per call: the best over `rounds` of the median of `reps` calls."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        samples = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        best = min(best, statistics.median(samples))
+    return 1e3 * best
+
+
+def exact_path(packed: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, packed.dequantized_weight(x.dtype))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", default="benchmarks/results/kernel_dtypes.md")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    rows = []
+    for out_f, in_f in SHAPES:
+        layer = torch.nn.Linear(in_f, out_f, bias=False)
+        packed = QuantLinear.from_float(layer, w_bits=4, group_size=64)
+        bf16 = build_int4_layout(packed.codes(), packed.weight_scale, packed.weight_zero_point, 4, 64, torch.bfloat16)
+        # the library builds layouts for bf16/fp16 only; the kernel itself takes float32 scales and inputs
+        layouts = {torch.bfloat16: bf16, torch.float32: replace(bf16, scale_zero=bf16.scale_zero.float())}
+        for dtype, layout in layouts.items():
+            weight = layer.weight.detach().to(dtype)
+            for batch in (1, 8):
+                x = torch.randn(batch, in_f, dtype=dtype)
+                kernel = timed(partial(int4_linear, x, layout), args.reps, args.rounds)
+                dense = timed(partial(F.linear, x, weight), args.reps, args.rounds)
+                exact = timed(partial(exact_path, packed, x), args.reps, args.rounds)
+                rows.append((f"{out_f}x{in_f}", str(dtype).removeprefix("torch."), batch, kernel, dense, exact))
+                print(rows[-1], flush=True)
+    lines = [
+        "# torch's int4 kernel by input dtype (decode shapes of SmolLM2-135M)",
+        "",
+        f"`python -m benchmarks.kernel_dtypes`; {common.machine()}, {torch.get_num_threads()} torch threads.",
+        "",
+        "| layer (out x in) | dtype | rows | int4 kernel ms | float layer ms | exact path ms | kernel / float |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {s} | {d} | {b} | {k:.4f} | {f:.4f} | {e:.4f} | {k / f:.2f}x |" for s, d, b, k, f, e in rows]
+    text = "\n".join(lines) + "\n"
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
