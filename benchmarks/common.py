@@ -154,3 +154,29 @@ def tiny_random_llama(seed: int):
         max_position_embeddings=64,
     )
     return LlamaForCausalLM(config).eval()
+
+
+class CandidatesByStart:
+    """GPTQ's candidates of `model` (`widths`: {layer: [bits, ...]}) on `calib`, for one uniform start at a
+    time: the budgets whose uniform start is the same share them; one set is held (about 3 bytes per
+    weight)."""
+
+    def __init__(self, model, widths: dict, calib: list, scheme):
+        self.model, self.widths, self.calib, self.scheme = model, widths, calib, scheme
+        self._start, self._candidates = None, None
+
+    def for_budget(self, table, avg_bits: float):
+        """The candidates on the inputs of the uniform start that `table` gives at `avg_bits`."""
+        from infoq_hf import Budget
+        from infoq_hf.allocation import uniform_start
+        from infoq_hf.quant.gptq import gptq_candidates
+
+        prefix = uniform_start(table, Budget(avg_bits=avg_bits))
+        start = tuple(sorted((prefix or {}).items()))
+        if start != self._start:
+            self._start, self._candidates = None, None  # the previous set is freed first
+            self._candidates = gptq_candidates(
+                self.model, self.widths, self.calib, scheme=self.scheme, prefix_bits=prefix
+            )
+            self._start = start
+        return self._candidates

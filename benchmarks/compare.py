@@ -27,11 +27,9 @@ from pathlib import Path
 import torch
 
 from infoq_hf import BitPolicy, Budget, InfoQConfig, allocate, quantizable_layers, quantize_model, refine, search
-from infoq_hf.allocation import uniform_start
 from infoq_hf.defaults import DEFAULT_REFINE_PASSES
 from infoq_hf.pipeline import quantize_with_infoq
 from infoq_hf.pipeline.data import first_samples, resolve_rounding
-from infoq_hf.quant.gptq import gptq_candidates
 from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity import SensitivityTable
 
@@ -101,18 +99,14 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     )
 
     rounding = resolve_rounding(InfoQConfig(**base, budget={"avg_bits": max(bits)}), model, calib)
-    computed = {}  # GPTQ's candidates by uniform start: the same for every method at budgets sharing one
+    names = list(quantizable_layers(model, skip_modules=skip))
+    # GPTQ's candidates: the same for every method at the budgets that share a uniform start
+    starts = common.CandidatesByStart(
+        model, {n: bits for n in names}, calib, PackingScheme(group_size=64, rounding="gptq")
+    )
 
     def candidates_for(budget: float):
-        if rounding != "gptq":
-            return None
-        prefix = uniform_start(next(iter(tables.values())), Budget(avg_bits=budget))
-        key = tuple(sorted((prefix or {}).items()))
-        if key not in computed:
-            scheme = PackingScheme(group_size=64, rounding="gptq")
-            computed.clear()  # one set at a time (about 3 bytes per weight)
-            computed[key] = gptq_candidates(model, {n: bits for n in names}, calib, scheme=scheme, prefix_bits=prefix)
-        return computed[key]
+        return starts.for_budget(next(iter(tables.values())), budget) if rounding == "gptq" else None
 
     def scored(m):
         """Every dev and test window's summed NLL (None for a split without windows)."""
@@ -125,7 +119,6 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
 
     rows = [("fp32", "-", 32.0, *scored(model), "", "")]
     refinements = []
-    names = list(quantizable_layers(model, skip_modules=skip))
     peers = [load_policy_file(spec, key) for spec in args.policy_file]
     for peer in peers:
         peer.check_layers(names, bits)

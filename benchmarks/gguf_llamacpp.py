@@ -129,6 +129,7 @@ class Mixes:
     def __init__(self, model, bits, method: str, calib, rounding: str, seed: int = 0):
         from infoq_hf import InfoQConfig, search
         from infoq_hf.pipeline.data import first_samples, resolve_rounding
+        from infoq_hf.quant.scheme import PackingScheme
 
         self.model, self.bits, self.method, self.calib = model, tuple(bits), method, calib
         self.base = dict(
@@ -157,25 +158,12 @@ class Mixes:
             progress=False,
         )
         self.embedding = next(n for n in self.table.layers if isinstance(model.get_submodule(n), torch.nn.Embedding))
-        self._candidates = {}
+        scheme = PackingScheme(group_size=GROUP_SIZE, symmetric=True, rounding="gptq")
+        self._starts = common.CandidatesByStart(model, {n: self.bits for n in self.table.layers}, calib, scheme)
 
     def candidates(self, avg_bits: float):
         """GPTQ's rounding at every width on the inputs of the budget's uniform start (None for RTN)."""
-        from infoq_hf import Budget
-        from infoq_hf.allocation import uniform_start
-        from infoq_hf.quant.gptq import gptq_candidates
-        from infoq_hf.quant.scheme import PackingScheme
-
-        if self.rounding != "gptq":
-            return None
-        prefix = uniform_start(self.table, Budget(avg_bits=avg_bits))
-        key = tuple(sorted((prefix or {}).items()))
-        if key not in self._candidates:
-            self._candidates.clear()  # one set at a time
-            scheme = PackingScheme(group_size=GROUP_SIZE, symmetric=True, rounding="gptq")
-            widths = {n: self.bits for n in self.table.layers}
-            self._candidates[key] = gptq_candidates(self.model, widths, self.calib, scheme=scheme, prefix_bits=prefix)
-        return self._candidates[key]
+        return self._starts.for_budget(self.table, avg_bits) if self.rounding == "gptq" else None
 
     def allocated(self, avg_bits: float):
         """The model packed at `avg_bits` average code bits (the embedding counted) and the run's result."""
