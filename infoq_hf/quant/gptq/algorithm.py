@@ -32,7 +32,6 @@ What is ours (and why):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -133,17 +132,16 @@ def gptq_quantize_widths(
         raise ValueError(f"layer {where!r}: the calibration Hessian contains NaN or inf; check the calibration inputs")
     if not schemes:
         return []
-    with _one_cpu_thread(weight.device):
-        order, U = _factor(hessian, damp, act_order, where, weight.device)
-        results: list[QuantizedWeight | None] = [None] * len(schemes)
-        sweeps: dict[tuple[int, bool], list[int]] = {}  # schemes whose sweeps share groups and lazy blocks
-        for k, scheme in enumerate(schemes):
-            key = (group_count(weight.shape, scheme.group_size), act_order or scheme.group_size is None)
-            sweeps.setdefault(key, []).append(k)
-        for (n_groups, static), ks in sweeps.items():
-            rounded = _sweep_widths(weight, U, order, [schemes[k] for k in ks], n_groups, static, block_size, where)
-            for k, qw in zip(ks, rounded):
-                results[k] = qw
+    order, U = _factor(hessian, damp, act_order, where, weight.device)
+    results: list[QuantizedWeight | None] = [None] * len(schemes)
+    sweeps: dict[tuple[int, bool], list[int]] = {}  # schemes whose sweeps share groups and lazy blocks
+    for k, scheme in enumerate(schemes):
+        key = (group_count(weight.shape, scheme.group_size), act_order or scheme.group_size is None)
+        sweeps.setdefault(key, []).append(k)
+    for (n_groups, static), ks in sweeps.items():
+        rounded = _sweep_widths(weight, U, order, [schemes[k] for k in ks], n_groups, static, block_size, where)
+        for k, qw in zip(ks, rounded):
+            results[k] = qw
     return results
 
 
@@ -242,21 +240,6 @@ def _zero(params: QuantizedWeight) -> torch.Tensor:
     if params.zero_point is None:
         return torch.zeros_like(params.scale)
     return params.zero_point.float()
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device):
-    """The column sweep is thousands of tiny vector ops, for which intra-op threads cost far more than
-    they give on CPU; the previous thread count is restored."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def quantize_layer_gptq(
