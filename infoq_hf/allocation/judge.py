@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from ..quant.apply import calibrate_activation_ranges
+from ..quant.apply import calibrate_activation_ranges, overwrite_weight
 from ..quant.modules import fake_quantize_layer
 from ..quant.quantizer import activation_qparams, fake_quantize_activation
 from ..sensitivity.probe import Replay, detach_tree, find_blocks, replaced_modules
@@ -86,7 +86,7 @@ class KLJudge:
     def _set(self, assignment: Mapping[str, int]) -> list[str]:
         changed = [n for n, b in assignment.items() if self.current.get(n) != b]
         for n in changed:
-            self.layers[n].weight.data.copy_(self.quantized_weight(n, assignment[n]))
+            overwrite_weight(self.layers[n].weight.data, self.quantized_weight(n, assignment[n]))
             self.current[n] = assignment[n]
         return changed
 
@@ -147,6 +147,6 @@ class KLJudge:
         for h in self.hooks:
             h.remove()
         for n, layer in self.layers.items():
-            layer.weight.data.copy_(self.float_weights[n])
+            overwrite_weight(layer.weight.data, self.float_weights[n])
         self.current.clear()
         self.cache.clear()

@@ -70,6 +70,13 @@ def find_blocks(model: nn.Module) -> dict[str, nn.Module]:
     return blocks
 
 
+def overwrite_weight(weight: torch.Tensor, value: torch.Tensor) -> None:
+    """Write `value` into a layer's weight in place. A caller's `torch.autocast` keeps each weight's cast
+    for its whole region, so that cache is dropped: the next forward runs the new weight."""
+    weight.copy_(value)
+    torch.clear_autocast_cache()
+
+
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     """Put `new` in place of the submodule `name` of `model` (a dotted path)."""
     parent_name, _, child = name.rpartition(".")

@@ -152,7 +152,8 @@ class _Recorder:
         dirs = self.directions[name]
         if dirs.device != pooled.device:  # directions are made on the CPU; move them once
             dirs = self.directions[name] = dirs.to(pooled.device)
-        proj = (pooled @ dirs.T).cpu()  # [n, K]: small, and the MI estimators run on the CPU
+        with _float32_math(pooled.device):
+            proj = (pooled @ dirs.T).cpu()  # [n, K]: small, and the MI estimators run on the CPU
         if not torch.isfinite(proj).all():  # NaN/inf in the activation always reaches its projections
             raise ValueError(f"activations at observer {name!r} contain NaN/inf; check the model and the data")
         self.proj.setdefault(name, []).append(proj)
@@ -294,7 +295,8 @@ class InfoQScorer:
                 xe = torch.cat(
                     [self.samples.pool(_model_input(b).float().flatten(1), i) for i, b in enumerate(prober.batches)]
                 )
-            self.xe_proj = (xe @ random_directions(xe.shape[1], k, self.seed * 1009 + 7919).to(xe.device).T).cpu()
+            with _float32_math(xe.device):
+                self.xe_proj = (xe @ random_directions(xe.shape[1], k, self.seed * 1009 + 7919).to(xe.device).T).cpu()
         n = self.y.numel() if self.y is not None else self.xe_proj.shape[0]
         if n < self.opts.min_samples:
             raise ValueError(
@@ -339,16 +341,16 @@ class InfoQScorer:
 
     def _smi_task(self, proj: torch.Tensor) -> float:
         k = proj.shape[1]
-        return float(
-            sliced_mi_discrete(proj, self.y, torch.eye(k, dtype=proj.dtype), estimator=self.opts.estimator).mean()
-        )
+        with _float32_math(proj.device):
+            mi = sliced_mi_discrete(proj, self.y, torch.eye(k, dtype=proj.dtype), estimator=self.opts.estimator)
+        return float(mi.mean())
 
     def _smi_input(self, proj: torch.Tensor) -> float:
         k = proj.shape[1]
         eye = torch.eye(k, dtype=proj.dtype)
-        return float(
-            sliced_mi_continuous(self.xe_proj.to(proj.dtype), proj, eye, eye, estimator=self.opts.estimator).mean()
-        )
+        with _float32_math(proj.device):
+            mi = sliced_mi_continuous(self.xe_proj.to(proj.dtype), proj, eye, eye, estimator=self.opts.estimator)
+        return float(mi.mean())
 
     # ------------------------------------------------------------------ probes
     def score_current(self, layer: str, bits: int) -> float:
@@ -390,6 +392,12 @@ class _SkippedHead(torch.nn.Module):
         if OUTPUT in self.recorder.observers:
             self.recorder._record(OUTPUT, x)
         return torch.zeros((), dtype=x.dtype, device=x.device).expand(*x.shape[:-1], self.out_features)
+
+
+def _float32_math(device: torch.device):
+    """Projections and MI estimates stay in float32 under a caller's `torch.autocast`: in bfloat16 the
+    estimators' rounding swamps the small information changes a probe makes (NaN scores)."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def _bucket(y: torch.Tensor, classes: int) -> torch.Tensor:

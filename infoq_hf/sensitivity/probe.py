@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from ..quant.apply import find_blocks
+from ..quant.apply import find_blocks, overwrite_weight
 from ..quant.modules import fake_quantize_layer
 from ..quant.quantizer import WeightScheme, activation_qparams, fake_quantize_activation
 
@@ -116,7 +116,7 @@ class Prober:
         self.model.eval()
         for name, layer in self.layers.items():
             self._float_weights[name] = layer.weight.data.clone()
-            layer.weight.data.copy_(self._reference_weight(name))
+            overwrite_weight(layer.weight.data, self._reference_weight(name))
         for layer in self.layers.values():
             self._hooks.append(layer.register_forward_hook(self._count_eval))
         return self
@@ -125,7 +125,7 @@ class Prober:
         for h in self._hooks:
             h.remove()
         for name, layer in self.layers.items():
-            layer.weight.data.copy_(self._float_weights[name])
+            overwrite_weight(layer.weight.data, self._float_weights[name])
         self.cache.clear()
         return False
 
@@ -216,13 +216,14 @@ class Prober:
     def weight_at(self, layer: str, bits: int):
         """Only `layer` has its weight at `bits`; everything else stays at the reference."""
         module = self.layers[layer]
-        module.weight.data.copy_(
-            fake_quantize_layer(module, self._float_weights[layer], self.schemes(layer, bits), layer)
+        overwrite_weight(
+            module.weight.data,
+            fake_quantize_layer(module, self._float_weights[layer], self.schemes(layer, bits), layer),
         )
         try:
             yield
         finally:
-            module.weight.data.copy_(self._reference_weight(layer))  # recomputed: deterministic, saves a copy
+            overwrite_weight(module.weight.data, self._reference_weight(layer))  # recomputed: saves a copy
 
     def set_activation_reference(self, ranges: dict[str, tuple[float, float]]) -> None:
         """Quantize every probed layer's input at 8 bits (the W8A8 reference for activation scores)."""

@@ -199,3 +199,15 @@ def test_the_export_unpack_gives_the_same_codes(bits):
         assert torch.equal(_unpack_arithmetic(pack(codes, bits), bits, n), codes)
     every = torch.arange(1 << bits, dtype=torch.uint8).repeat(3)  # all codes, at several bit offsets
     assert torch.equal(_unpack_arithmetic(pack(every, bits), bits, every.numel()), every)
+
+
+def test_a_weight_overwritten_inside_autocast_is_the_one_the_next_forward_runs():
+    from infoq_hf.quant.apply import overwrite_weight
+
+    layer, x = torch.nn.Linear(8, 4), torch.randn(3, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = layer(x)
+        overwrite_weight(layer.weight.data, torch.zeros_like(layer.weight))
+        after = layer(x)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, layer.bias.to(after.dtype).expand_as(after))

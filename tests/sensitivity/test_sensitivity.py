@@ -127,3 +127,17 @@ def test_bad_input_errors():
     bad = [(torch.full_like(x, float("nan")), y) for x, y in batches]
     with pytest.raises(ValueError, match="NaN/inf"):
         search(model, bad, progress=False)
+
+
+def test_a_search_under_autocast_measures_information_in_float32():
+    """Under a caller's bfloat16 autocast the model runs in bfloat16, each probe sees its perturbed weight
+    (autocast caches weight casts) and the projections and MI estimates stay float32."""
+    model, batches = tiny_llama(vocab=96, layers=3, pad_token_id=None, max_position_embeddings=64), lm_batches()
+    kw = dict(bits=(2, 4, 8), progress=False, skip_modules=["lm_head"], max_samples=128)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = search(model, batches, **kw)
+    exact = search(model, batches, **kw)
+    assert all(math.isfinite(info["alpha"]) and info["alpha"] > 0 for info in amp.layers.values())
+    assert all(math.isfinite(v) for info in amp.layers.values() for v in info["w"].values())
+    relative = sorted(abs(amp.layers[n]["alpha"] / exact.layers[n]["alpha"] - 1) for n in exact.layers)
+    assert relative[len(relative) // 2] < 0.1, relative  # bfloat16 forwards move the median alpha little

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..apply import default_forward
+from ..apply import default_forward, overwrite_weight
 from ..modules import HFConv1D
 from ..packing import pack, unpack
 from ..quantizer import QuantizedWeight, WeightScheme, fake_quantize_weight, quantize_weight
@@ -158,7 +158,7 @@ def gptq_candidates(
     def run_at_prefix(name: str, layer: nn.Module, rounded: torch.Tensor) -> None:
         stored = stored_weight(layer)
         float_weights[name] = stored.clone()
-        stored.copy_(rounded.t() if name in transposed else rounded.view_as(stored))
+        overwrite_weight(stored, rounded.t() if name in transposed else rounded.view_as(stored))
 
     try:
         for name in [n for n in widths if n not in layer_names]:
@@ -204,7 +204,7 @@ def gptq_candidates(
                         run_at_prefix(name, accs[name].layer, rounded[prefix_bits[name]].quantized().dequantize())
     finally:
         for name, weight in float_weights.items():
-            stored_weight(model.get_submodule(name)).copy_(weight)
+            overwrite_weight(stored_weight(model.get_submodule(name)), weight)
         model.train(was_training)
     meta = {
         "calibration_batches": len(batches),
