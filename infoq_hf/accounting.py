@@ -58,6 +58,17 @@ def tied_weights(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str,
     return tied
 
 
+def leftover_bytes(model: nn.Module, layers, dtype: torch.dtype | None = None) -> int:
+    """Bytes the model stores besides the weights of `layers` (names): embeddings kept float, norms, biases,
+    skipped layers; floating tensors counted at `dtype` when given (what packing casts the leftovers to)."""
+    weights = {_storage_key(model.get_submodule(n).weight.detach()) for n in layers}
+    total = 0
+    for t in _stored_tensors(model):
+        if _storage_key(t) not in weights:
+            total += t.numel() * (dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size())
+    return total
+
+
 def _stored_tensors(model: nn.Module, exclude_keys: set[str] = frozenset()) -> list[torch.Tensor]:
     """The state dict's tensors, each shared storage view once (tied weights), minus `exclude_keys`."""
     seen, out = set(), []

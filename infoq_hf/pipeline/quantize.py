@@ -65,6 +65,7 @@ def quantize_with_infoq(
             stages.calibrate,
             stages.choose_rounding,
             *([stages.score] if table is None else []),
+            stages.count_leftovers,
             stages.gptq_costs,
             stages.allocate,
             *([stages.refine] if stages.refining(config) else []),

@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch.nn as nn
 
 from .. import allocation
-from ..accounting import model_size_bytes
+from ..accounting import leftover_bytes, model_size_bytes
 from ..config import InfoQConfig
 from ..policy import BitPolicy, Budget
 from ..quant.apply import calibrate_activation_ranges, cast_float_leftovers, leftover_dtype, policy_layers
@@ -68,11 +68,13 @@ def check_budget_feasible(
     solver="auto",
     pin_first_last="auto",
     embeddings: bool = False,
+    float_dtype: str | None = None,
 ) -> None:
     """Raise `InfeasibleBudgetError` before any probing when no choice of the candidate bits meets the
     budget's size, average-bits or compression terms: they depend on layer sizes only, so the ILP on a
     table with the model's layer sizes (and random scores) decides it in milliseconds. BitOps need the
-    MACs of a forward pass and are left to the allocation after the search."""
+    MACs of a forward pass and are left to the allocation after the search. `float_dtype`: as
+    `InfoQConfig.float_dtype`, what the leftovers will be stored in."""
     budget = budget if isinstance(budget, Budget) else Budget.from_dict(budget)
     sized = {k: v for k, v in budget.to_dict().items() if k != "bitops"}
     if not sized:
@@ -80,7 +82,23 @@ def check_budget_feasible(
     with warnings.catch_warnings():  # the real search repeats any warning (tied weights, ...)
         warnings.simplefilter("ignore")
         skeleton = layer_table(model, bits, scheme=scheme, skip_modules=skip_modules, embeddings=embeddings)
+    skeleton = stored_leftovers(skeleton, model, float_dtype)
     allocation.allocate(skeleton, Budget(**sized), solver=solver, pin_first_last=pin_first_last)
+
+
+def stored_leftovers(table: SensitivityTable, model: nn.Module, float_dtype: str | None) -> SensitivityTable:
+    """`table` with what stays float counted as packing will store it (cast as `InfoQConfig.float_dtype`
+    says), so a size budget is spent on the bytes the checkpoint really holds."""
+    dtype = leftover_dtype(float_dtype, model)
+    if dtype is None:
+        return table
+    meta = {**table.meta, "float_bytes": leftover_bytes(model, table.layers, dtype)}
+    return SensitivityTable(table.method, table.bits, table.layers, meta)
+
+
+def count_leftovers(run: Run, config: InfoQConfig) -> Run:
+    """The table's float leftovers in the dtype they will be stored in (`stored_leftovers`)."""
+    return replace(run, table=stored_leftovers(run.table, run.model, config.float_dtype))
 
 
 def check_budget(run: Run, config: InfoQConfig) -> Run:
@@ -94,6 +112,7 @@ def check_budget(run: Run, config: InfoQConfig) -> Run:
         solver=config.solver,
         pin_first_last=config.pin_first_last,
         embeddings=config.quantize_embeddings,
+        float_dtype=config.float_dtype,
     )
     return run
 

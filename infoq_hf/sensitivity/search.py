@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..accounting import count_macs, model_size_bytes, tied_weights
+from ..accounting import count_macs, leftover_bytes, tied_weights
 from ..bitwidth import check_bits
 from ..calibration import CalibrationSet, calibration_identity
 from ..quant.apply import (
@@ -287,7 +287,6 @@ def search(
         if method == "llamacpp":
             entry["llamacpp_type"] = types[name]
         table_layers[name] = entry
-    weight_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers.values())
     meta = {
         "model": model_identity(model, layers),
         "calibration": {
@@ -299,7 +298,7 @@ def search(
         "task": task,
         "seed": seed,
         **{k: getattr(scheme, k) for k in FORMAT_FIELDS},  # the scores are of round-to-nearest packing
-        "float_bytes": model_size_bytes(model) - weight_bytes,
+        "float_bytes": leftover_bytes(model, layers),
         "reference_bits": REFERENCE_BITS,
         "options": vars(infoq_options) if infoq_options else ({"preset": preset} if preset else {}),
         "cost": {

@@ -29,6 +29,7 @@ def _record_stages(monkeypatch) -> list:
         "calibrate",
         "choose_rounding",
         "score",
+        "count_leftovers",
         "gptq_costs",
         "allocate",
         "refine",
@@ -60,6 +61,7 @@ def _recorded(stage, name: str, ran: list):
                 "calibrate",
                 "choose_rounding",
                 "score",
+                "count_leftovers",
                 "gptq_costs",
                 "allocate",
                 "refine",
@@ -70,7 +72,7 @@ def _recorded(stage, name: str, ran: list):
         (
             {"budget": {"avg_bits": 3}, "method": "weight_mse"},
             True,  # a saved table, no calibration: the ILP only
-            ["calibrate", "choose_rounding", "gptq_costs", "allocate", "activation_ranges", "pack"],
+            ["calibrate", "choose_rounding", "count_leftovers", "gptq_costs", "allocate", "activation_ranges", "pack"],
         ),
         ({"bits": 4}, False, ["calibrate", "choose_rounding", "uniform", "activation_ranges", "pack"]),
         (
@@ -153,3 +155,27 @@ def test_a_saved_table_is_allocated_over_the_configs_widths_only(setup):
         quantize_with_infoq(
             copy.deepcopy(model), InfoQConfig(**{**KW, "bits": [2, 3]}, budget=budget), table=saved, progress=False
         )
+
+
+def test_a_size_budget_counts_the_leftovers_in_the_dtype_they_are_stored_in(setup):
+    """A float32 transformers model stores its leftovers in bfloat16 by default: the allocation spends the
+    budget on those bytes (the report's size is the stored size), not on float32 leftovers."""
+    from infoq_hf import model_size_bytes
+
+    model, batches = setup
+    budget = 0.3 * model_size_bytes(model)
+    results = {}
+    for dtype in ("auto", "float32"):
+        packed = copy.deepcopy(model)
+        config = InfoQConfig(
+            **{**KW, "bits": [2, 4, 8]},
+            budget={"size_bytes": budget},
+            calibration=batches,
+            rounding="rtn",
+            float_dtype=dtype,
+        )
+        result = quantize_with_infoq(packed, config, progress=False)
+        stored = model_size_bytes(packed)
+        assert stored <= budget and result.policy.report.size_bytes == stored
+        results[dtype] = result.summary["avg_bits"]
+    assert results["auto"] > results["float32"], results  # the bytes bfloat16 leftovers free are spent
