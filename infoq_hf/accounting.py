@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .policy import BitPolicy, LayerBits
-from .quant.apply import default_forward, policy_layers, tied_heads
+from .quant.apply import default_forward, packed_layers, policy_layers, tied_heads
 from .quant.modules import (
     PACKED_TYPES,
     QuantConv2d,
@@ -67,6 +67,13 @@ def leftover_bytes(model: nn.Module, layers, dtype: torch.dtype | None = None) -
         if _storage_key(t) not in weights:
             total += t.numel() * (dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size())
     return total
+
+
+def unpacked_bytes(model: nn.Module) -> int:
+    """Bytes a packed model stores outside its packed layers: embeddings kept float, norms, float layers."""
+    prefixes = tuple(f"{n}." for n in packed_layers(model))
+    packed_keys = {k for k in model.state_dict(keep_vars=True) if k.startswith(prefixes)}
+    return sum(t.numel() * t.element_size() for t in _stored_tensors(model, packed_keys))
 
 
 def _stored_tensors(model: nn.Module, exclude_keys: set[str] = frozenset()) -> list[torch.Tensor]:

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 
 import torch.nn as nn
 
-from ..accounting import compression_ratio, expected_size_bytes, mean_weight_bits, model_size_bytes
+from ..accounting import compression_ratio, expected_size_bytes, mean_weight_bits, model_size_bytes, unpacked_bytes
 from ..quant.apply import packed_layers
 from ..quant.quantizer import effective_group_size
 
@@ -32,6 +32,8 @@ def summarize(
         "quantized_layers": len(layers),
         "avg_bits": avg_bits,
         "size_bytes": model_size_bytes(model),
+        "unpacked_bytes": unpacked_bytes(model),
+        "float_embeddings": sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding)),
         "expected_size_bytes": expected_size_bytes(model),
         "float_size_bytes": float_bytes,
         "compression": compression_ratio(model) if layers else 1.0,
@@ -85,13 +87,26 @@ def format_summary(summary: dict) -> str:
         *group_size_lines(summary["layers"]),
         f"  average weight bits {summary['avg_bits']:.3f}, weight compression {summary['compression']:.2f}x",
         f"  model size {summary['size_bytes'] * mib:.2f} MiB (float {summary['float_size_bytes'] * mib:.2f} MiB)"
-        + (f"; unpacked tensors in {summary['float_dtype']}" if summary.get("float_dtype") else ""),
+        + unpacked_note(summary),
         "  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["times_s"].items()),
     ]
+    if summary.get("float_embeddings") and summary.get("unpacked_bytes", 0) > summary["size_bytes"] / 2:
+        out.insert(
+            -1, "  most of the checkpoint is float, the embedding included: quantize_embeddings=True allocates it"
+        )
     refined = (summary.get("allocation") or {}).get("refinement")
     if refined:
         out.insert(-1, whole_model_line(refined))
     return "\n".join(out)
+
+
+def unpacked_note(summary: dict) -> str:
+    """How much of the checkpoint stays float, and in which dtype (older summaries: the dtype only)."""
+    dtype = f" in {summary['float_dtype']}" if summary.get("float_dtype") else ""
+    if "unpacked_bytes" not in summary:
+        return f"; unpacked tensors{dtype}" if dtype else ""
+    share = summary["unpacked_bytes"] / max(summary["size_bytes"], 1)
+    return f"; unpacked tensors{dtype}: {summary['unpacked_bytes'] / 2**20:.2f} MiB ({share:.0%})"
 
 
 def whole_model_line(refined: dict) -> str:

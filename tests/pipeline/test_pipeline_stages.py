@@ -179,3 +179,17 @@ def test_a_size_budget_counts_the_leftovers_in_the_dtype_they_are_stored_in(setu
         assert stored <= budget and result.policy.report.size_bytes == stored
         results[dtype] = result.summary["avg_bits"]
     assert results["auto"] > results["float32"], results  # the bytes bfloat16 leftovers free are spent
+
+
+@pytest.mark.parametrize("vocab, hint", [(96, False), (4096, True)])
+def test_the_summary_says_how_much_stays_float_and_points_at_a_float_embedding_that_dominates(vocab, hint):
+    from infoq_hf import format_summary, model_size_bytes
+    from infoq_hf.quant.apply import packed_layers
+
+    model = tiny_llama(vocab=vocab, pad_token_id=None, max_position_embeddings=64)
+    result = quantize_with_infoq(model, InfoQConfig(bits=4, modules_to_not_convert=SKIP), progress=False)
+    packed = sum(model_size_bytes(m) for m in packed_layers(model).values())
+    assert result.summary["unpacked_bytes"] == model_size_bytes(model) - packed > 0
+    text = format_summary(result.summary)
+    assert f"{result.summary['unpacked_bytes'] / 2**20:.2f} MiB" in text
+    assert ("quantize_embeddings=True" in text) == hint
