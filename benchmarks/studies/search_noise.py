@@ -2,15 +2,17 @@
 forwards.
 
     python -m benchmarks.studies.search_noise     # ~20 min on 2 CPU cores; writes results/search_noise_smollm2.md
+    python -m benchmarks.studies.search_noise --variants "task term only" \
+        --out benchmarks/results/search_noise_task_only_smollm2.md
 
 SmolLM2-135M, the product's setup (32x128 calibration tokens, search on the first 4 windows,
 candidates {2,3,4,8}, group 64, GPTQ candidates on the budget's uniform start, packed from them through
 `quantize_with_infoq`). Each variant is searched with seeds 0, 1 and 2 (the seed draws the random
 directions the activations are projected on): the default (64 directions, float32), 256 directions,
 and the default under `torch.autocast("cpu", dtype=torch.bfloat16)` (bfloat16 forwards; projections
-and MI estimates stay float32). Reported: search wall time, the Spearman correlation of the per-layer
-alphas between seeds, and dev perplexity at 3.5 and 2.5 average bits. Dev windows only: this study
-chooses defaults.
+and MI estimates stay float32); `--variants` also offers the task term alone (no input term).
+Reported: search wall time, the Spearman correlation of the per-layer alphas between seeds, and dev
+perplexity at 3.5 and 2.5 average bits. Dev windows only: this study chooses defaults.
 """
 
 from __future__ import annotations
@@ -33,28 +35,31 @@ from .. import common
 
 BITS = (2, 3, 4, 8)
 SKIP = ["lm_head"]
-VARIANTS = {
-    "64 directions, float32 (default)": (64, False),
-    "256 directions, float32": (256, False),
-    "64 directions, bfloat16 forwards": (64, True),
+VARIANTS = {  # label: (InfoQ options, bfloat16 forwards)
+    "64 directions, float32 (default)": ({}, False),
+    "256 directions, float32": ({"num_directions": 256}, False),
+    "64 directions, bfloat16 forwards": ({}, True),
+    "task term only": ({"input_weight": 0.0}, False),
 }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS)[:3])
     p.add_argument("--budgets", type=float, nargs="+", default=[3.5, 2.5])
     p.add_argument("--out", default="benchmarks/results/search_noise_smollm2.md")
     args = p.parse_args()
     model, _, calib, dev, _ = common.smollm2_data(32, 16, 0)
     searched = first_samples(calib, 4)
     tables, seconds = {}, {}
-    for (label, (directions, bf16)), seed in itertools.product(VARIANTS.items(), args.seeds):
+    variants = {label: VARIANTS[label] for label in args.variants}
+    for (label, (options, bf16)), seed in itertools.product(variants.items(), args.seeds):
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         started = time.perf_counter()
         with autocast:
             tables[label, seed] = search(
-                model, searched, bits=BITS, group_size=64, skip_modules=SKIP, seed=seed, num_directions=directions
+                model, searched, bits=BITS, group_size=64, skip_modules=SKIP, seed=seed, **options
             )
         seconds[label, seed] = time.perf_counter() - started
         print(label, seed, f"search {seconds[label, seed]:.1f} s", flush=True)
@@ -90,7 +95,7 @@ def main() -> None:
         + " |",
         "|---|---|---|" + "---|---|" * len(args.budgets),
     ]
-    for label in VARIANTS:
+    for label in variants:
         alphas = {s: [tables[label, s].layers[n]["alpha"] for n in names] for s in seeds}
         rho = statistics.mean(common.spearman(alphas[a], alphas[b]) for a, b in itertools.combinations(seeds, 2))
         cells = []
