@@ -91,9 +91,8 @@ def format_summary(summary: dict) -> str:
         "  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary["times_s"].items()),
     ]
     if summary.get("float_embeddings") and summary.get("unpacked_bytes", 0) > summary["size_bytes"] / 2:
-        out.insert(
-            -1, "  most of the checkpoint is float, the embedding included: quantize_embeddings=True allocates it"
-        )
+        hint = "quantize_embeddings=True with a size budget allocates the embedding"
+        out.insert(-1, f"  most of the checkpoint stays float: {hint}")
     refined = (summary.get("allocation") or {}).get("refinement")
     if refined:
         out.insert(-1, whole_model_line(refined))
