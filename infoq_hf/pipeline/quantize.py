@@ -47,6 +47,13 @@ def quantize_with_infoq(
             "InfoQConfig(bits=<int>)), not both"
         )
     if table is not None:  # the config's widths are the candidates, also when the table scored more
+        modules = dict(model.named_modules())
+        foreign = [name for name in table.layers if name not in modules]
+        if foreign:
+            raise ValueError(
+                f"the table scores layers this model does not have ({foreign[:3]}): it was searched on "
+                "another model; search this one or pass the table saved with it"
+            )
         table = table.restricted(config.bits)
     skip = list(config.modules_to_not_convert or []) if skip_modules is None else list(skip_modules)
     run = Run(

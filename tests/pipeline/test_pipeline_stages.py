@@ -193,3 +193,12 @@ def test_the_summary_says_how_much_stays_float_and_points_at_a_float_embedding_t
     text = format_summary(result.summary)
     assert f"{result.summary['unpacked_bytes'] / 2**20:.2f} MiB" in text
     assert ("quantize_embeddings=True" in text) == hint
+
+
+def test_a_table_of_another_model_is_refused_by_name(setup):
+    model, _ = setup
+    other = tiny_llama(vocab=96, layers=4, pad_token_id=None, max_position_embeddings=64)
+    table = search(other, None, bits=[2, 4, 8], method="weight_mse", skip_modules=SKIP, progress=False)
+    config = InfoQConfig(**KW, budget={"avg_bits": 3}, rounding="rtn")
+    with pytest.raises(ValueError, match=r"layers this model does not have \(\['model\.layers\.2\."):
+        quantize_with_infoq(copy.deepcopy(model), config, table=table, progress=False)
