@@ -46,7 +46,7 @@ def quantize_with_infoq(
             "pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...) or "
             "InfoQConfig(bits=<int>)), not both"
         )
-    if table is not None:  # the config's widths are the candidates, also when the table scored more
+    if table is not None:
         modules = dict(model.named_modules())
         foreign = [name for name in table.layers if name not in modules]
         if foreign:
@@ -54,7 +54,7 @@ def quantize_with_infoq(
                 f"the table scores layers this model does not have ({foreign[:3]}): it was searched on "
                 "another model; search this one or pass the table saved with it"
             )
-        table = table.restricted(config.bits)
+        table = table.restricted(config.bits)  # the config's widths are the candidates, also when it scored more
     skip = list(config.modules_to_not_convert or []) if skip_modules is None else list(skip_modules)
     run = Run(
         model,
