@@ -1,10 +1,12 @@
-"""torch's CPU int4 kernel in each input dtype, beside the float layer and the exact path, at decode shapes.
+"""torch's CPU int4 kernel in each input dtype, beside the float layer and the exact path; and, in
+bfloat16, the kernel against a dense matmul of the dequantized layout as the rows grow.
 
-    python -m benchmarks.kernel_dtypes      # ~1 min; writes benchmarks/results/kernel_dtypes.md
+    python -m benchmarks.kernel_dtypes      # ~2 min; writes benchmarks/results/kernel_dtypes.md
 
 Why float32 inputs keep the exact path (dequantize, then `F.linear`): `_weight_int4pack_mm_for_cpu`
-takes float32 inputs, but is it fast there? SmolLM2-135M's layer shapes, a 4-bit packed layer (group
-64), batch 1 (decode) and 8 rows; each time the best of `--rounds` medians of `--reps` calls, all in one
+takes float32 inputs, but is it fast there? And from how many rows (prefill) is rebuilding the weight
+for a dense matmul faster than the kernel (`kernels.DENSE_FROM_ROWS`)? SmolLM2-135M's layer shapes, a
+4-bit packed layer (group 64); each time the best of `--rounds` medians of `--reps` calls, all in one
 run, so the ratios are what to read.
 """
 
@@ -20,12 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from infoq_hf.quant.kernels import build_int4_layout, int4_linear
+from infoq_hf.quant.kernels import DENSE_FROM_ROWS, build_int4_layout, dense_weight_from_int4_layout, int4_kernel_mm
 from infoq_hf.quant.modules import QuantLinear
 
 from . import common
 
 SHAPES = [(576, 576), (1536, 576), (576, 1536)]  # (out, in): attention, gate/up, down
+ROWS = (16, 32, 64, 128, 256, 1024)
 
 
 def timed(fn, reps: int, rounds: int) -> float:
@@ -46,6 +49,10 @@ def exact_path(packed: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, packed.dequantized_weight(x.dtype))
 
 
+def dense_path(x: torch.Tensor, layout) -> torch.Tensor:
+    return F.linear(x, dense_weight_from_int4_layout(layout))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=50)
@@ -53,7 +60,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="benchmarks/results/kernel_dtypes.md")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    rows = []
+    rows, many = [], []
     for out_f, in_f in SHAPES:
         layer = torch.nn.Linear(in_f, out_f, bias=False)
         packed = QuantLinear.from_float(layer, w_bits=4, group_size=64)
@@ -64,11 +71,19 @@ def main(argv=None) -> None:
             weight = layer.weight.detach().to(dtype)
             for batch in (1, 8):
                 x = torch.randn(batch, in_f, dtype=dtype)
-                kernel = timed(partial(int4_linear, x, layout), args.reps, args.rounds)
+                kernel = timed(partial(int4_kernel_mm, x, layout), args.reps, args.rounds)
                 dense = timed(partial(F.linear, x, weight), args.reps, args.rounds)
                 exact = timed(partial(exact_path, packed, x), args.reps, args.rounds)
                 rows.append((f"{out_f}x{in_f}", str(dtype).removeprefix("torch."), batch, kernel, dense, exact))
                 print(rows[-1], flush=True)
+        weight = layer.weight.detach().bfloat16()
+        for batch in ROWS:
+            x = torch.randn(batch, in_f, dtype=torch.bfloat16)
+            kernel = timed(partial(int4_kernel_mm, x, bf16), args.reps, args.rounds)
+            dense = timed(partial(dense_path, x, bf16), args.reps, args.rounds)
+            floats = timed(partial(F.linear, x, weight), args.reps, args.rounds)
+            many.append((f"{out_f}x{in_f}", batch, kernel, dense, floats))
+            print(many[-1], flush=True)
     lines = [
         "# torch's int4 kernel by input dtype (decode shapes of SmolLM2-135M)",
         "",
@@ -78,6 +93,19 @@ def main(argv=None) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {s} | {d} | {b} | {k:.4f} | {f:.4f} | {e:.4f} | {k / f:.2f}x |" for s, d, b, k, f, e in rows]
+    faster = [b for b in ROWS if all(d < k for _, rb, k, d, _ in many if rb == b)]
+    lines += [
+        "",
+        "## bfloat16, many rows: the kernel against a dense matmul of the dequantized layout",
+        "",
+        f"The layer switches to the dense path from `DENSE_FROM_ROWS` = {DENSE_FROM_ROWS} rows; in this run the",
+        f"dense path was faster on every shape from {min(faster) if faster else 'none'} of the rows measured",
+        f"({', '.join(map(str, ROWS))}) on.",
+        "",
+        "| layer (out x in) | rows | int4 kernel ms | dense path ms | float layer ms | dense path / kernel |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {s} | {b} | {k:.4f} | {d:.4f} | {f:.4f} | {d / k:.2f}x |" for s, b, k, d, f in many]
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)

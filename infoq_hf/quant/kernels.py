@@ -21,8 +21,14 @@ residual to the compute dtype, plus the kernel's own arithmetic. A kernel group 
 group (or the row, per channel); our scales are repeated over the kernel groups they span.
 
 The layout keeps t minus the zero point, so the codes come back exactly (`codes_from_int4_layout`): the kernel's
-blocked layout is a permutation of the [N, K] nibbles, which `_int4pack_order` reads off by
-converting the nibbles of the element indices. A layer can then hold the layout alone.
+blocked layout is a permutation of the [N, K] nibbles. `_int4pack_order` reads that permutation off the
+kernel itself (converting the nibbles of the element indices); `_nibbles_by_blocks` undoes it with
+reshapes, for the block structure torch uses today, and is used only after checking it against the
+kernel once per process. A layer can then hold the layout alone.
+
+Many input rows (prefill) take a dense matmul instead: the kernel is built for few rows and, on a CPU
+with fast bf16 matmuls, is slower than dequantizing the layout and calling `F.linear`
+(`DENSE_FROM_ROWS`, measured by `python -m benchmarks.kernel_dtypes`).
 """
 
 from __future__ import annotations
@@ -30,10 +36,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 KERNEL_GROUPS = (256, 128, 64, 32)  # the group sizes the kernel takes, largest first
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 _N_MULTIPLE = 16
+_BLOCK_N = 64  # rows per block of the kernel's layout; a remainder (a multiple of 16) is one last block
+# From this many input rows on, dequantizing the layout and a dense matmul beat the kernel.
+DENSE_FROM_ROWS = 128
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,7 @@ def build_int4_layout(
     else:
         q, scales = v, s
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+    check_block_structure()
     scale_zero = torch.stack([scales.t(), zeros.t()], dim=-1).to(dtype).contiguous()
     # |t - offset| <= 15 for widths <= 4 (t - o lies in [-min c, 15 - max c]); up to 510 when split
     code_offset = (t - offset).to(torch.int16 if split else torch.int8)
@@ -123,26 +134,90 @@ def _int4pack_order(n: int, k: int) -> torch.Tensor:
     return order
 
 
+def _nibbles_by_order(packed: torch.Tensor, n: int, width: int) -> torch.Tensor:
+    """The [n, width] nibble matrix (uint8) of a kernel layout, placed by the permutation read off the kernel."""
+    nibbles = torch.stack([packed & 15, packed >> 4], dim=-1).flatten()
+    q = torch.empty(n * width, dtype=torch.uint8)
+    q[_int4pack_order(n, width)] = nibbles
+    return q.reshape(n, width)
+
+
+def _nibbles_by_blocks(packed: torch.Tensor, n: int, width: int) -> torch.Tensor:
+    """The same by reshapes: in each block of 64 rows, byte j of a column holds rows j (low nibble) and
+    j + 32 (high); in a last block of r < 64 rows, rows 2j and 2j + 1."""
+    flat = packed.reshape(-1)
+    full = n // _BLOCK_N
+    head = flat[: full * width * _BLOCK_N // 2].reshape(full, width, _BLOCK_N // 2)
+    parts = [torch.cat([head & 15, head >> 4], dim=-1).transpose(1, 2).reshape(full * _BLOCK_N, width)]
+    rest = n - full * _BLOCK_N
+    if rest:
+        tail = flat[full * width * _BLOCK_N // 2 :].reshape(width, rest // 2)
+        parts.append(torch.stack([tail & 15, tail >> 4], dim=-1).reshape(width, rest).t())
+    return torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
+
+
+_blocks_match_kernel: bool | None = None  # set by `check_block_structure`, once per process
+
+
+def check_block_structure() -> bool:
+    """Whether `_nibbles_by_blocks` inverts this torch's kernel layout (checked on shapes with and
+    without a last partial block); if not, the slower order-based inverse is used."""
+    global _blocks_match_kernel
+    if _blocks_match_kernel is None:
+        generator = torch.Generator().manual_seed(0)
+        _blocks_match_kernel = True
+        for n, k in ((128, 64), (80, 32), (48, 64)):
+            q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=generator)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            if packed.numel() * 2 != n * k or not torch.equal(_nibbles_by_blocks(packed, n, k), q.to(torch.uint8)):
+                _blocks_match_kernel = False
+    return _blocks_match_kernel
+
+
+def layout_nibbles(layout: Int4Layout) -> torch.Tensor:
+    """The layout's nibbles as uint8 [N, K] (or [N, 2K] when split), in the row-major order they were given."""
+    n = layout.code_offset.shape[0]
+    width = 2 * layout.packed.numel() // n
+    read = _nibbles_by_blocks if check_block_structure() else _nibbles_by_order  # checked when the layout was built
+    return read(layout.packed, n, width)
+
+
 def codes_from_int4_layout(layout: Int4Layout) -> torch.Tensor:
     """The uint8 codes [N, K] that `build_int4_layout` was given (its exact inverse)."""
-    n = layout.code_offset.shape[0]
-    width = 2 * layout.packed.numel() // n  # K, or 2K when split
-    nibbles = torch.stack([layout.packed & 15, layout.packed >> 4], dim=-1).flatten()
-    q = torch.empty(n * width, dtype=torch.int32)
-    q[_int4pack_order(n, width)] = nibbles.to(torch.int32)
-    q = q.reshape(n, width)
+    q = layout_nibbles(layout).to(torch.int32)
+    n, width = q.shape
     v = (q[:, : width // 2] << 4) + q[:, width // 2 :] if layout.split else q
     codes = v.reshape(n, -1, layout.kernel_group) - layout.code_offset.to(torch.int32)[..., None]
     return codes.reshape(n, -1).to(torch.uint8)
 
 
+def dense_weight_from_int4_layout(layout: Int4Layout) -> torch.Tensor:
+    """The weight W [N, K] the kernel multiplies by, in the layout's dtype:
+    (q - 8) * scale + zero per kernel group, the [h | l] halves summed when split."""
+    q = layout_nibbles(layout)
+    n, width = q.shape
+    groups = width // layout.kernel_group
+    scale, zero = layout.scale_zero.to(layout.dtype).permute(1, 0, 2).unbind(-1)  # [N, groups] each
+    w = (q.reshape(n, groups, layout.kernel_group).to(layout.dtype) - 8) * scale[..., None] + zero[..., None]
+    w = w.reshape(n, width)
+    return w[:, : width // 2] + w[:, width // 2 :] if layout.split else w
+
+
 def int4_linear(x: torch.Tensor, layout: Int4Layout) -> torch.Tensor:
-    """x @ W^T for x [..., K] in the layout's dtype, W held in `layout`."""
+    """x @ W^T for x [..., K] in the layout's dtype, W held in `layout`: the kernel for few rows, a
+    dense matmul of the dequantized layout from `DENSE_FROM_ROWS` rows on."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] >= DENSE_FROM_ROWS:
+        y = F.linear(x2, dense_weight_from_int4_layout(layout))
+    else:
+        y = int4_kernel_mm(x2, layout)
+    return y.reshape(*lead, y.shape[-1])
+
+
+def int4_kernel_mm(x2: torch.Tensor, layout: Int4Layout) -> torch.Tensor:
+    """x2 @ W^T for x2 [rows, K] by torch's int4 kernel."""
     if layout.split:
         x2 = torch.cat([x2, x2], dim=1)
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-        x2.contiguous(), layout.packed, layout.kernel_group, layout.scale_zero
-    )
-    return y.reshape(*lead, y.shape[-1])
+    mm = torch.ops.aten._weight_int4pack_mm_for_cpu
+    return mm(x2.contiguous(), layout.packed, layout.kernel_group, layout.scale_zero)

@@ -12,7 +12,14 @@ from transformers import LlamaForCausalLM
 
 from infoq_hf import quantization_result, quantize_model
 from infoq_hf.quant import QuantLinear, packed_layers, quantizable_layers
-from infoq_hf.quant.kernels import KERNEL_GROUPS, int4_linear
+from infoq_hf.quant.kernels import (
+    DENSE_FROM_ROWS,
+    KERNEL_GROUPS,
+    _nibbles_by_blocks,
+    _nibbles_by_order,
+    dense_weight_from_int4_layout,
+    int4_kernel_mm,
+)
 from infoq_hf.quant.packing import unpack
 from tests.helpers.models import tiny_llama, tiny_llama_config, tiny_packed_llama
 
@@ -51,7 +58,7 @@ def _kernel_error_bound(layer, x, w):
 @pytest.mark.parametrize("bits", range(2, 9))
 @pytest.mark.parametrize("group_size", [None, 64])
 @pytest.mark.parametrize("symmetric", [False, True])
-@pytest.mark.parametrize("lead", [(1,), (3, 17)], ids=["decode", "prefill"])
+@pytest.mark.parametrize("lead", [(1,), (3, 17)], ids=["decode", "few rows"])
 def test_int4_kernel_matches_the_dequantized_weight(bits, group_size, symmetric, lead):
     layer = _layer(bits, group_size, symmetric)
     x = torch.randn(*lead, 256, generator=torch.Generator().manual_seed(1)).bfloat16()
@@ -105,13 +112,49 @@ def test_repacking_is_exact_against_an_identity_probe(bits, group_size):
     unit = torch.zeros_like(layout.scale_zero)
     unit[..., 0] = 1
     unit[:half, :, 0] = 16  # the hi half of a split layout weighs 16
-    probe = int4_linear(eye, dataclasses.replace(layout, scale_zero=unit)).float()  # [K, N]
+    probe = int4_kernel_mm(eye, dataclasses.replace(layout, scale_zero=unit)).float()  # [K, N]
     lo = layout.scale_zero[half:].float()
     shift = (lo[..., 1] / lo[..., 0]).round().t().repeat_interleave(layout.kernel_group, dim=1)  # [N, K]
     assert torch.equal(
         probe.t() + shift,
         codes - layer.weight_zero_point.float().repeat_interleave(64 if group_size is None else group_size, dim=1),
     )
+
+
+@pytest.mark.parametrize("n, k", [(16, 32), (48, 64), (64, 64), (80, 96), (192, 32)])
+def test_the_layout_is_read_back_by_reshapes_as_by_the_kernels_own_permutation(n, k):
+    """`_nibbles_by_blocks` (reshapes, for the block structure of today's torch) against the permutation
+    read off the kernel itself, on full 64-row blocks and on a last block of 16 to 48 rows."""
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=torch.Generator().manual_seed(n + k))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    assert torch.equal(_nibbles_by_order(packed, n, k), q.to(torch.uint8))
+    assert torch.equal(_nibbles_by_blocks(packed, n, k), q.to(torch.uint8))
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("group_size, symmetric", [(None, False), (64, True), (32, False)])
+def test_many_rows_take_a_dense_matmul_of_the_layouts_weight(bits, group_size, symmetric):
+    """Prefill-sized inputs multiply by the layout's weight rebuilt in bf16. Each weight is
+    (q - 8) s + Z computed in bf16 from the bf16 scale and zero: three roundings, so within
+    3u (|w| + |Z|) of the exact weight (4u and the hi half's magnitude 16 s |h - 8| when split, which
+    adds one more sum); for widths up to 4 that is well under one code step."""
+    layer = _layer(bits, group_size, symmetric)
+    x = torch.randn(2, DENSE_FROM_ROWS, 256, generator=torch.Generator().manual_seed(1)).bfloat16()
+    with torch.no_grad():
+        y = layer(x)
+        layout = layer.kernel_layout(x)
+        dense = dense_weight_from_int4_layout(layout)
+        assert torch.equal(y, F.linear(x, dense) + layer.bias.bfloat16())
+        w = layer.dequantized_weight()
+    lo = layout.scale_zero[layout.scale_zero.shape[0] // 2 :] if layout.split else layout.scale_zero
+    s, zero = (lo[..., i].float().t().repeat_interleave(layout.kernel_group, dim=1) for i in (0, 1))
+    bound = 3 * U_BF16 * (w.abs() + zero.abs())
+    if layout.split:
+        bound = 4 * U_BF16 * (w.abs() + zero.abs() + 128 * s)
+    err = (dense.float() - w).abs()
+    assert (err <= bound).all(), float((err - bound).max())
+    if bits <= 4:
+        assert (bound < s / 2).all()
 
 
 def test_float32_inputs_take_the_exact_path():
