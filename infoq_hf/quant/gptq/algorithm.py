@@ -195,28 +195,33 @@ def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where
     qmin = torch.tensor([lo for lo, _ in ranges], dtype=torch.float32, device=device).repeat_interleave(out)
     qmax = torch.tensor([hi for _, hi in ranges], dtype=torch.float32, device=device).repeat_interleave(out)
     group_schemes = [WeightScheme(s.bits, None, s.symmetric, s.clip_search) for s in schemes]
-    group_of = order // gsize  # scale group of each column in sweep order
-    codes = torch.empty(widths * out, cols, dtype=torch.uint8, device=device)
+    group_of = (order // gsize).tolist()  # scale group of each column in sweep order
+    pivots = U.diagonal().tolist()
+    swept = torch.empty(widths * out, cols, dtype=torch.float32, device=device)  # integer codes, sweep order
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
         E1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
             col = i1 + i
-            g = int(group_of[col])
+            g = group_of[col]
             if not static and col % gsize == 0:  # the sweep reaches a new group: its parameters now
                 for k, group_scheme in enumerate(group_schemes):
                     p = quantize_weight(W1[k * out : (k + 1) * out, i : i + gsize].float(), group_scheme, where)
                     scale[k, :, g], zero[k, :, g] = p.scale[:, 0], _zero(p)[:, 0]
-            s, z = scale[:, :, g].reshape(-1), zero[:, :, g].reshape(-1)
+            if static or col % gsize == 0:  # (columns of one group share its parameters)
+                s, z = scale[:, :, g].reshape(-1), zero[:, :, g].reshape(-1)
             q = torch.clamp(torch.round(W1[:, i].float() / s) + z, qmin, qmax)
-            codes[:, order[col]] = (q - qmin).to(torch.uint8)
-            err = (W1[:, i] - ((q - z) * s).double()) / U1[i, i]
-            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            swept[:, col] = q
+            err = (W1[:, i] - ((q - z) * s).double()) / pivots[col]
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)  # the columns not yet rounded absorb the error
             E1[:, i] = err
         if i2 < cols:
             for k in range(widths):  # each width's update is the single-width product, same shapes
                 W[k * out : (k + 1) * out, i2:] -= E1[k * out : (k + 1) * out].clone() @ U[i1:i2, i2:]
+    codes = torch.empty_like(swept)
+    codes[:, order] = swept
+    codes = (codes - qmin[:, None]).to(torch.uint8)
     return [
         QuantizedWeight(
             codes[k * out : (k + 1) * out].clone(),

@@ -227,10 +227,10 @@ def _round_layer(name, layer, hessian, widths, kept, scheme, options, transposed
     w = (stored.t() if transposed else stored).float()  # [out, in...], as GPTQ's codes
     schemes = [scheme.weight_scheme(layer, b) for b in widths]
     ratios, rounded = {}, {}
-    h64 = hessian.double()  # output_error's precision, converted once for every width
+    h32 = hessian.float()  # output_error's precision, converted once for every width
     for b, ws, qw in zip(widths, schemes, quantize_layer_gptq_widths(name, layer, hessian, schemes, options, stored)):
-        e_rtn = output_error(fake_quantize_weight(w, ws, name) - w, h64)
-        e_gptq = output_error(qw.dequantize() - w, h64)
+        e_rtn = output_error(fake_quantize_weight(w, ws, name) - w, h32)
+        e_gptq = output_error(qw.dequantize() - w, h32)
         ratios[b] = e_gptq / e_rtn if e_rtn > 0 else 1.0
         if b in kept:
             rounded[b] = PackedCandidate.of(qw)

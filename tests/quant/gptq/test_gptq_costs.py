@@ -51,7 +51,8 @@ def test_ratios_and_weights_are_gptq_on_the_float_models_hessians(setup):
             q = gptq_quantize(w, h, WeightScheme(b, 32), where=n).dequantize()
             rtn = fake_quantize_weight(w, WeightScheme(b, 32))
             err = lambda d, h=h: float(((d.double() @ h.double()) * d.double()).sum())  # noqa: E731
-            assert candidates.error_ratio[n][b] == pytest.approx(err(q - w) / err(rtn - w), rel=1e-9), (n, b)
+            # (the library's products are float32: about 1e-6 relative from this float64 reference)
+            assert candidates.error_ratio[n][b] == pytest.approx(err(q - w) / err(rtn - w), rel=1e-5), (n, b)
             assert torch.equal(candidates.weight(n, b), q), (n, b)
     assert all(candidates.error_ratio[n][b] < 1 for n in names for b in (2, 3))  # GPTQ compensates
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is not changed

@@ -1,5 +1,6 @@
 """One-pass GPTQ candidates against the per-width code they replace (`gptq_reference.py`, the code as
-it was): every width's codes, scales, zero points and error ratios bit-identical, on single weights
+it was): every width's codes, scales and zero points bit-identical, and the error ratios within 1e-5
+(the library's error products are float32, the reference's float64), on single weights
 (act_order, groups that do not divide, clip search, symmetric, small lazy blocks), a tiny Llama on
 float and on prefix inputs, GPT-2's Conv1D and a conv net; and the compact store's size in closed form."""
 
@@ -59,8 +60,12 @@ def test_every_width_is_bit_identical_to_its_own_sweep(cols, group_size, act_ord
         assert same_rounding(qw, reference.gptq_quantize(w, h, scheme, act_order=act_order))
 
 
+def same_ratios(new: dict, old: dict) -> bool:
+    return new.keys() == old.keys() and all(new[n] == pytest.approx(old[n], rel=1e-5) for n in old)
+
+
 def assert_same_candidates(new: GPTQCandidates, old, widths):
-    assert new.error_ratio == old.error_ratio  # float for float
+    assert same_ratios(new.error_ratio, old.error_ratio)
     assert new.meta["inputs"] == old.meta["inputs"]
     assert set(new.rounded) == set(old._weights)
     for (name, bits), qw in old._weights.items():
@@ -91,7 +96,7 @@ def test_tiny_llama_candidates_equal_the_per_width_pass(llama, options):
     old = reference.gptq_candidates(model, widths, batches, prefix_bits=prefix, **kw)
     assert_same_candidates(new, old, widths)
     ratios_only = gptq_candidates(model, widths, batches, prefix_bits=prefix, keep_weights=False, **kw)
-    assert ratios_only.error_ratio == old.error_ratio and not ratios_only.has_weights()
+    assert same_ratios(ratios_only.error_ratio, old.error_ratio) and not ratios_only.has_weights()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is put back
 
 
