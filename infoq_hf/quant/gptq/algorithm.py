@@ -177,11 +177,13 @@ def _factor(hessian, damp, act_order, where, device) -> tuple[torch.Tensor, torc
 
 
 def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where) -> list[QuantizedWeight]:
-    """GPTQ's column sweep with lazy block updates, for the rows of every scheme stacked."""
+    """GPTQ's column sweep with lazy block updates, for the rows of every scheme stacked. The weights
+    are held transposed ([cols, rows], sweep order) so that each column the sweep reads and writes is
+    contiguous in memory."""
     out, cols = weight.shape
     widths, device = len(schemes), weight.device
     gsize = cols // n_groups
-    W = weight.detach().to(torch.float64)[:, order].repeat(widths, 1)  # [widths * out, cols] in sweep order
+    WT = weight.detach().to(torch.float64)[:, order].repeat(widths, 1).t().contiguous()  # [cols, widths * out]
     scale = torch.empty(widths, out, n_groups, dtype=torch.float32, device=device)
     zero = torch.zeros(widths, out, n_groups, dtype=torch.float32, device=device)
     if static:
@@ -197,31 +199,34 @@ def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where
     group_schemes = [WeightScheme(s.bits, None, s.symmetric, s.clip_search) for s in schemes]
     group_of = (order // gsize).tolist()  # scale group of each column in sweep order
     pivots = U.diagonal().tolist()
-    swept = torch.empty(widths * out, cols, dtype=torch.float32, device=device)  # integer codes, sweep order
+    swept = torch.empty(cols, widths * out, dtype=torch.float32, device=device)  # integer codes, sweep order
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
-        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
-        E1 = torch.zeros_like(W1)
+        W1, U1 = WT[i1:i2].clone(), U[i1:i2, i1:i2]
+        E1 = torch.empty_like(W1)
         for i in range(i2 - i1):
             col = i1 + i
             g = group_of[col]
             if not static and col % gsize == 0:  # the sweep reaches a new group: its parameters now
                 for k, group_scheme in enumerate(group_schemes):
-                    p = quantize_weight(W1[k * out : (k + 1) * out, i : i + gsize].float(), group_scheme, where)
+                    rows = W1[i : i + gsize, k * out : (k + 1) * out].t().float()
+                    p = quantize_weight(rows, group_scheme, where)
                     scale[k, :, g], zero[k, :, g] = p.scale[:, 0], _zero(p)[:, 0]
-            if static or col % gsize == 0:  # (columns of one group share its parameters)
+            if static or col % gsize == 0:  # (the columns of a group share its parameters)
                 s, z = scale[:, :, g].reshape(-1), zero[:, :, g].reshape(-1)
-            q = torch.clamp(torch.round(W1[:, i].float() / s) + z, qmin, qmax)
-            swept[:, col] = q
-            err = (W1[:, i] - ((q - z) * s).double()) / pivots[col]
-            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)  # the columns not yet rounded absorb the error
-            E1[:, i] = err
+            w = W1[i]
+            q = torch.clamp(torch.round(w.float() / s) + z, qmin, qmax)
+            swept[col] = q
+            err = (w - ((q - z) * s).double()) / pivots[col]
+            W1[i:].addr_(U1[i, i:], err, alpha=-1)  # the columns not yet rounded absorb the error
+            E1[i] = err
         if i2 < cols:
             for k in range(widths):  # each width's update is the single-width product, same shapes
-                W[k * out : (k + 1) * out, i2:] -= E1[k * out : (k + 1) * out].clone() @ U[i1:i2, i2:]
+                part = slice(k * out, (k + 1) * out)
+                WT[i2:, part] -= (E1[:, part].t() @ U[i1:i2, i2:]).t()
     codes = torch.empty_like(swept)
-    codes[:, order] = swept
-    codes = (codes - qmin[:, None]).to(torch.uint8)
+    codes[order] = swept
+    codes = (codes.t() - qmin[:, None]).to(torch.uint8)
     return [
         QuantizedWeight(
             codes[k * out : (k + 1) * out].clone(),
