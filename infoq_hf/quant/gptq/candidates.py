@@ -23,13 +23,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..apply import default_forward, overwrite_weight
+from ...policy import LayerBits
+from ..apply import default_forward, overwrite_weight, packed_layer, set_submodule
 from ..modules import HFConv1D
 from ..packing import pack, unpack
 from ..quantizer import QuantizedWeight, WeightScheme, fake_quantize_weight, quantize_weight
 from .algorithm import GPTQOptions, quantize_layer_gptq_widths
 from .hessian import output_error
-from .walk import GPTQReport, hessian_stages, model_blocks, stage_count, stored_weight, trace_stages
+from .walk import GPTQReport, hessian_stages, model_blocks, onloaded, stage_count, stored_weight, trace_stages
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ def gptq_candidates(
     world = accelerator.num_processes if accelerator is not None else 1
     ratios: dict[str, dict[int, float]] = {}
     weights: dict[tuple[str, int], PackedCandidate] = {}
-    float_weights: dict[str, torch.Tensor] = {}  # layers running at their prefix width, to put back
+    float_weights: dict[str, torch.Tensor] = {}  # embeddings running at their prefix width, to put back
+    float_layers: dict[str, nn.Module] = {}  # layers replaced by their packed prefix width, to put back
     layer_names = [n for n in widths if not isinstance(model.get_submodule(n), nn.Embedding)]
     transposed = {n for n in layer_names if HFConv1D is not None and isinstance(model.get_submodule(n), HFConv1D)}
     report = GPTQReport()
@@ -159,6 +161,15 @@ def gptq_candidates(
         stored = stored_weight(layer)
         float_weights[name] = stored.clone()
         overwrite_weight(stored, rounded.t() if name in transposed else rounded.view_as(stored))
+
+    def run_packed(name: str, layer: nn.Module, candidate: PackedCandidate) -> None:
+        # the packed layer sequential GPTQ puts there, so later blocks see the same numbers in every dtype
+        # (in bfloat16 its forward rounds differently from the dequantized weight cast to bfloat16)
+        with onloaded(layer):
+            packed = packed_layer(name, layer, LayerBits(candidate.scheme.bits), scheme, None)
+            packed.set_quantized(candidate.quantized(), name)
+        float_layers[name] = layer
+        set_submodule(model, name, packed)
 
     try:
         for name in [n for n in widths if n not in layer_names]:
@@ -201,8 +212,10 @@ def gptq_candidates(
                     ratios[name], rounded = results[name]
                     weights.update({(name, b): c for b, c in rounded.items() if keep_weights})
                     if name in prefix_bits:  # the next stages' inputs see this rounding
-                        run_at_prefix(name, accs[name].layer, rounded[prefix_bits[name]].quantized().dequantize())
+                        run_packed(name, accs[name].layer, rounded[prefix_bits[name]])
     finally:
+        for name, layer in float_layers.items():
+            set_submodule(model, name, layer)
         for name, weight in float_weights.items():
             overwrite_weight(stored_weight(model.get_submodule(name)), weight)
         model.train(was_training)

@@ -87,6 +87,25 @@ def test_candidates_on_a_rounded_prefix_are_what_sequential_packing_rounds(setup
         )
 
 
+def test_in_bfloat16_the_prefix_candidates_are_sequential_gptqs_codes_too():
+    """A bfloat16 model: packed layers compute differently from their dequantized weight cast to bf16, so
+    the candidates' later blocks must run the packed layers sequential GPTQ runs (not the cast weight)
+    to round on the same inputs; the model's own layers are put back afterwards."""
+    model = tiny_llama(vocab=96, layers=3, pad_token_id=None, max_position_embeddings=64).to(torch.bfloat16)
+    batches = lm_batches()
+    names = [n for n in quantizable_layers(model) if n != "lm_head"]
+    layers_before = dict(model.named_modules())
+    prefix = {n: (3, 2, 4)[i % 3] for i, n in enumerate(names)}
+    candidates = gptq_candidates(
+        model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits=prefix, progress=False
+    )
+    assert all(model.get_submodule(n) is layers_before[n] for n in names)
+    packed = copy.deepcopy(model)
+    gptq_quantize_model(packed, prefix, batches, scheme=SCHEME, progress=False)
+    for n in names:
+        assert torch.equal(candidates.quantized(n, prefix[n]).codes, packed.get_submodule(n).codes()), n
+
+
 def test_quantize_model_packs_any_configuration_from_the_candidates(setup):
     """`candidates=` stores each layer's GPTQ codes at the policy's width as they are (no GPTQ pass); at
     the prefix configuration that is sequential GPTQ's packing bit for bit."""
