@@ -41,20 +41,7 @@ def quantize_with_infoq(
     `accelerate.Accelerator`) splits the probes, GPTQ's candidates and the refinement's moves over its
     processes; every process ends with the same packed model (the caller saves it from the main process)."""
     search = stages.searching(config)
-    if table is not None and not search:
-        raise ValueError(
-            "pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...) or "
-            "InfoQConfig(bits=<int>)), not both"
-        )
-    if table is not None:
-        modules = dict(model.named_modules())
-        foreign = [name for name in table.layers if name not in modules]
-        if foreign:
-            raise ValueError(
-                f"the table scores layers this model does not have ({foreign[:3]}): it was searched on "
-                "another model; search this one or pass the table saved with it"
-            )
-        table = table.restricted(config.bits)  # the config's widths are the candidates, also when it scored more
+    table = None if table is None else _table_for(model, config, table)
     skip = list(config.modules_to_not_convert or []) if skip_modules is None else list(skip_modules)
     run = Run(
         model,
@@ -85,15 +72,31 @@ def quantize_with_infoq(
         ]
     for stage in [*chosen, stages.activation_ranges, stages.pack]:
         run = stage(run, config)
-    method = (
-        config.method
-        if search
-        else "policy (no search)"
-        if config.policy is not None
-        else f"uniform {config.uniform_bits}-bit (no search)"
-    )
+    if search:
+        method = config.method
+    elif config.policy is not None:
+        method = "policy (no search)"
+    else:
+        method = f"uniform {config.uniform_bits}-bit (no search)"
     summary = summarize(run.model, run.params, run.float_bytes, run.times, method=method, report=run.policy.report)
     summary["rounding"] = run.scheme.rounding
     summary["float_dtype"] = None if run.float_dtype is None else str(run.float_dtype).removeprefix("torch.")
     logger.info("\n%s", format_summary(summary))
     return QuantizationResult(model=run.model, policy=run.policy, table=run.table, summary=summary)
+
+
+def _table_for(model: nn.Module, config: InfoQConfig, table: SensitivityTable) -> SensitivityTable:
+    """A table the caller passed, checked to belong to this model and run, over the config's widths."""
+    if not stages.searching(config):
+        raise ValueError(
+            "pass either a table to allocate on or a policy to apply (InfoQConfig(policy=...) or "
+            "InfoQConfig(bits=<int>)), not both"
+        )
+    modules = dict(model.named_modules())
+    foreign = [name for name in table.layers if name not in modules]
+    if foreign:
+        raise ValueError(
+            f"the table scores layers this model does not have ({foreign[:3]}): it was searched on "
+            "another model; search this one or pass the table saved with it"
+        )
+    return table.restricted(config.bits)  # the config's widths are the candidates, also when it scored more
