@@ -216,7 +216,8 @@ class QuantLinear(_PackedWeightLayer):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """bf16/fp16 inputs on CPU take torch's int4 kernel (see `kernels`); everything else, and layers
+        """bf16/fp16 inputs on CPU take torch's int4 kernel, or from `kernels.DENSE_FROM_ROWS` rows a
+        dense matmul of the weight rebuilt from its layout (see `kernels`); everything else, and layers
         the kernel cannot take (`kernel_fallback_reason`), the exact path: dequantize, then `F.linear`."""
         x = self.quantize_input(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
