@@ -17,6 +17,8 @@
    bit allocation differs), the quantize-on-load time over the uniform model's one GPTQ pass (both
    measured in this run) and the process's peak memory against the float model's size.
 
+`--dtype bfloat16` loads the model (for the InfoQ run and the uniform baseline alike) in bfloat16.
+
 Note: the fp32 weights come from a Q4_1 GGUF file, so "fp32" already carries 4-bit rounding.
 """
 
