@@ -10,7 +10,8 @@ candidates {2,3,4,8}, group 64, GPTQ candidates on the budget's uniform start, p
 `quantize_with_infoq`). Each variant is searched with seeds 0, 1 and 2 (the seed draws the random
 directions the activations are projected on): the default (64 directions, float32), 256 directions,
 and the default under `torch.autocast("cpu", dtype=torch.bfloat16)` (bfloat16 forwards; projections
-and MI estimates stay float32); `--variants` also offers the task term alone (no input term).
+and MI estimates stay float32); `--variants` also offers the task term alone (no input term) and
+3-bit probes (in float32 and in bfloat16).
 Reported: search wall time, the Spearman correlation of the per-layer alphas between seeds, and dev
 perplexity at 3.5 and 2.5 average bits. Dev windows only: this study chooses defaults.
 """
@@ -40,6 +41,8 @@ VARIANTS = {  # label: (InfoQ options, bfloat16 forwards)
     "256 directions, float32": ({"num_directions": 256}, False),
     "64 directions, bfloat16 forwards": ({}, True),
     "task term only": ({"input_weight": 0.0}, False),
+    "64 directions, float32, 3-bit probes": ({"probe_bits": 3}, False),
+    "64 directions, bfloat16 forwards, 3-bit probes": ({"probe_bits": 3}, True),
 }
 
 

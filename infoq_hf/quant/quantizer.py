@@ -121,6 +121,22 @@ def quantize_weight(weight: torch.Tensor, scheme: WeightScheme, where: str = "")
     if not torch.isfinite(weight).all():
         raise ValueError(f"weight of layer {where!r} contains NaN or inf; fix the checkpoint before quantizing")
     g = _grouped(weight, scheme.group_size)
+    scale, zero = _grouped_params(g, scheme)
+    qmin, qmax = _qrange(scheme.bits, scheme.symmetric)
+    q = torch.clamp(torch.round(g / scale[..., None]) + zero[..., None], qmin, qmax)
+    codes = (q - qmin).to(torch.uint8).reshape(weight.shape[0], -1)
+    zero_point = None if scheme.symmetric else zero.to(torch.uint8)
+    return QuantizedWeight(codes, scale.float(), zero_point, scheme, tuple(weight.shape))
+
+
+def weight_params(weight: torch.Tensor, scheme: WeightScheme) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scales and zero points (as float, 0 when symmetric) `quantize_weight` gives a finite weight,
+    without its codes or its finiteness check: for callers that round by other means (GPTQ's sweep)."""
+    return _grouped_params(_grouped(weight, scheme.group_size), scheme)
+
+
+def _grouped_params(g: torch.Tensor, scheme: WeightScheme) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales and zero points of a weight viewed as [out, n_groups, group]: its range, optionally clipped."""
     bits, sym = scheme.bits, scheme.symmetric
     lo = g.amin(dim=-1).clamp_max(0.0)
     hi = g.amax(dim=-1).clamp_min(0.0)
@@ -136,11 +152,7 @@ def quantize_weight(weight: torch.Tensor, scheme: WeightScheme, where: str = "")
                 torch.where(better, z, zero),
                 torch.minimum(err, best_err),
             )
-    qmin, qmax = _qrange(bits, sym)
-    q = torch.clamp(torch.round(g / scale[..., None]) + zero[..., None], qmin, qmax)
-    codes = (q - qmin).to(torch.uint8).reshape(weight.shape[0], -1)
-    zero_point = None if sym else zero.to(torch.uint8)
-    return QuantizedWeight(codes, scale.float(), zero_point, scheme, tuple(weight.shape))
+    return scale, zero
 
 
 def dequantize_codes(

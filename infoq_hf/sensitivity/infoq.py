@@ -66,10 +66,10 @@ class InfoQOptions:
     lm_classes: int = 64  # causal LMs: the most frequent targets keep their identity, the rest share a class
     min_samples: int = 32
     scores: str = "calibrated"  # "calibrated" (alpha_l * t2(l, b)) or "eq4" (the paper's form)
-    # Width(s) of the one probe per layer that measures alpha_l ("calibrated" only): at 4 bits the
-    # alphas agree best with those measured at the other widths; 2-bit probes saturate
-    # (SmolLM2 calibration data, benchmarks/studies/tune_infoq.py --calibrated).
-    probe_bits: int | list = 4
+    # Width(s) of the one probe per layer that measures alpha_l ("calibrated" only): 3-bit probes gave
+    # better allocations than 4-bit ones on dev data of SmolLM2 and a CNN at two budgets each, for each
+    # of three seeds or on average (benchmarks/RESULTS.md, "The probe's width"); 2-bit probes saturate.
+    probe_bits: int | list = 3
     # alpha_l = D(l, b0)^change_power / t2(l, b0) ("calibrated" only). Within a layer D grows like
     # t2^0.46 (first order in the perturbation's amplitude; benchmarks/studies/tune_infoq.py --calibrated), but
     # across layers D itself ranks better: ILP allocations on SmolLM2's dev windows are best with 1

@@ -80,7 +80,7 @@ def run(
     policy = None
     if refine:  # candidates split over the processes; the result must not depend on how many
         policy = refine_policy(
-            allocate(table, Budget(avg_bits=3.0), pin_first_last=False),
+            allocate(table, Budget(avg_bits=2.5), pin_first_last=False),
             model,
             batches,
             passes=refine,
@@ -112,7 +112,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--directions", type=int, default=16)
     p.add_argument("--no-accelerate", action="store_true", help="plain single process, no Accelerator at all")
-    p.add_argument("--refine", type=int, default=0, help="refinement passes of an allocation at 3.0 average bits")
+    p.add_argument(
+        "--refine", type=int, default=0, help="refinement passes of an allocation at 2.5 average bits (moves accepted)"
+    )
     a = p.parse_args(argv)
     run(
         a.out,

@@ -7,7 +7,7 @@ inputs X moves as little as possible: it minimises ||X W^T - X Q^T||^2 column by
 input Hessian H = 2 X^T X / N (through the upper Cholesky factor of H^-1, with lazy block updates).
 
 What is ours (and why):
-- Scales and zero points follow `quant.quantizer` exactly (`quantize_weight` computes them, so the
+- Scales and zero points follow `quant.quantizer` exactly (`weight_params` computes them, so the
   range always holds 0, symmetric/asymmetric and the optional clip search are the RTN rules); the
   result is a `QuantizedWeight`, so packing, accounting and reload do not change.
 - Grouped weights get each group's parameters when the sweep reaches the group, from the weights
@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from ..modules import HFConv1D
-from ..quantizer import QuantizedWeight, WeightScheme, group_count, quantize_weight
+from ..quantizer import QuantizedWeight, WeightScheme, group_count, quantize_weight, weight_params
 
 logger = logging.getLogger(__name__)
 
@@ -209,9 +209,9 @@ def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where
             g = group_of[col]
             if not static and col % gsize == 0:  # the sweep reaches a new group: its parameters now
                 for k, group_scheme in enumerate(group_schemes):
-                    rows = W1[i : i + gsize, k * out : (k + 1) * out].t().float()
-                    p = quantize_weight(rows, group_scheme, where)
-                    scale[k, :, g], zero[k, :, g] = p.scale[:, 0], _zero(p)[:, 0]
+                    rows = W1[i : i + gsize, k * out : (k + 1) * out].t().float()  # finite: checked above
+                    group_scale, group_zero = weight_params(rows, group_scheme)
+                    scale[k, :, g], zero[k, :, g] = group_scale[:, 0], group_zero[:, 0]
             if static or col % gsize == 0:  # (the columns of a group share its parameters)
                 s, z = scale[:, :, g].reshape(-1), zero[:, :, g].reshape(-1)
             w = W1[i]
