@@ -4,11 +4,14 @@ The reusable benchmarks (demo, compare, gptq, serving, spearman, ...) sit one fo
 lives here while a default or a published figure rests on it, and goes (its conclusion kept in
 RESULTS.md) once nothing does:
 
-- `tune_infoq`: the Gaussian MI estimator and the probe width of the calibrated costs (`probe_bits=4`);
+- `tune_infoq`: the Gaussian MI estimator;
 - `tune_change_power`: `change_power=1`;
 - `mi_estimator_check`: the binning and k-NN estimators' settings, against closed forms;
 - `probe_cost`: the prefix cache (on by default) against the paper's per-layer count, and HAWQ's cost;
 - `search_memory`: the search's peak memory, this tree against an earlier commit;
 - `pack_candidates`: packing from GPTQ's candidates against a new sequential GPTQ pass;
-- `narrow_penalty`: the whole-model check offered ILP allocations with narrow widths' costs scaled.
+- `narrow_penalty`: the whole-model check offered ILP allocations with narrow widths' costs scaled;
+- `search_noise`: the search's seed, directions, bfloat16 forwards and probe width on SmolLM2;
+- `probe_width_cnn`: the probe width (`probe_bits=3`) on a CNN;
+- `embedding_share`, `widths_by_projection`: where the bytes and the bits go on SmolLM2.
 """

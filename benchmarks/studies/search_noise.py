@@ -11,7 +11,7 @@ candidates {2,3,4,8}, group 64, GPTQ candidates on the budget's uniform start, p
 directions the activations are projected on): the default (64 directions, float32), 256 directions,
 and the default under `torch.autocast("cpu", dtype=torch.bfloat16)` (bfloat16 forwards; projections
 and MI estimates stay float32); `--variants` also offers the task term alone (no input term) and
-3-bit probes (in float32 and in bfloat16).
+4-bit probes (the default is 3), in float32 and in bfloat16.
 Reported: search wall time, the Spearman correlation of the per-layer alphas between seeds, and dev
 perplexity at 3.5 and 2.5 average bits. Dev windows only: this study chooses defaults.
 """
@@ -41,8 +41,8 @@ VARIANTS = {  # label: (InfoQ options, bfloat16 forwards)
     "256 directions, float32": ({"num_directions": 256}, False),
     "64 directions, bfloat16 forwards": ({}, True),
     "task term only": ({"input_weight": 0.0}, False),
-    "64 directions, float32, 3-bit probes": ({"probe_bits": 3}, False),
-    "64 directions, bfloat16 forwards, 3-bit probes": ({"probe_bits": 3}, True),
+    "64 directions, float32, 4-bit probes": ({"probe_bits": 4}, False),
+    "64 directions, bfloat16 forwards, 4-bit probes": ({"probe_bits": 4}, True),
 }
 
 

@@ -67,8 +67,8 @@ class InfoQOptions:
     min_samples: int = 32
     scores: str = "calibrated"  # "calibrated" (alpha_l * t2(l, b)) or "eq4" (the paper's form)
     # Width(s) of the one probe per layer that measures alpha_l ("calibrated" only): 3-bit probes gave
-    # better allocations than 4-bit ones on dev data of SmolLM2 and a CNN at two budgets each, for each
-    # of three seeds or on average (benchmarks/RESULTS.md, "The probe's width"); 2-bit probes saturate.
+    # better allocations than 4-bit ones, on average over three seeds, on dev data of SmolLM2 and a CNN
+    # at two budgets each (benchmarks/RESULTS.md, "The probe's width"); 2-bit probes saturate.
     probe_bits: int | list = 3
     # alpha_l = D(l, b0)^change_power / t2(l, b0) ("calibrated" only). Within a layer D grows like
     # t2^0.46 (first order in the perturbation's amplitude; benchmarks/studies/tune_infoq.py --calibrated), but
