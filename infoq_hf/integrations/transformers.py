@@ -38,7 +38,7 @@ from ..config import QUANT_METHOD, InfoQConfig
 from ..integrity import DIGEST_METADATA, header_json_object, tensor_digests, verify_checkpoint_files
 from ..origin import float_model_origin
 from ..pipeline import QuantizationResult, quantize_with_infoq
-from ..quant.apply import cast_float_leftovers, dequantize_model
+from ..quant.apply import cast_float_leftovers, dequantize_model, set_compute_dtype
 
 logger = logging.getLogger("infoq_hf")
 SUMMARY_METADATA = "infoq_summary"  # safetensors header key: the run's summary, JSON (read back on load)
@@ -100,6 +100,7 @@ class InfoQQuantizer(HfQuantizer):
         self, model, tokenizer=None, table=None, accelerator=None, progress=True, **kwargs
     ):
         if self.pre_quantized:
+            set_compute_dtype(model, self.quantization_config.compute_dtype)
             if self.summary is not None:  # the run that packed this checkpoint, as its header recorded it
                 self.result = QuantizationResult(model, self.quantization_config.policy, None, self.summary)
             return model

@@ -17,7 +17,13 @@ from .. import allocation
 from ..accounting import leftover_bytes, model_size_bytes
 from ..config import InfoQConfig
 from ..policy import BitPolicy, Budget
-from ..quant.apply import calibrate_activation_ranges, cast_float_leftovers, leftover_dtype, policy_layers
+from ..quant.apply import (
+    calibrate_activation_ranges,
+    cast_float_leftovers,
+    leftover_dtype,
+    policy_layers,
+    set_compute_dtype,
+)
 from ..quant.gptq import GPTQOptions, gptq_candidates
 from ..quant.quantize import quantize_model
 from ..quant.scheme import PackingScheme
@@ -345,5 +351,6 @@ def pack(run: Run, config: InfoQConfig) -> Run:
     )
     if dtype is not None:  # the leftovers are stored (and run) in it
         cast_float_leftovers(model, dtype)
+    set_compute_dtype(model, config.compute_dtype)
     label = "packing (gptq candidates)" if run.candidates is not None else "packing (gptq)" if gptq else "packing"
     return run.timed(label, started, float_bytes=float_bytes, params=params, float_dtype=dtype, candidates=None)

@@ -7,6 +7,7 @@ from .apply import (
     packed_layers,
     quantizable_layers,
     resolve_policy,
+    set_compute_dtype,
 )
 from .lsq import LSQConv2d, LSQLinear, export_packed, prepare_qat, step_parameters  # noqa: F401  (QAT after the search)
 from .modules import (
@@ -55,5 +56,6 @@ __all__ = [
     "quantize_model",
     "quantize_weight",
     "resolve_policy",
+    "set_compute_dtype",
     "unpack",
 ]

@@ -238,6 +238,24 @@ def cast_float_leftovers(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
+COMPUTE_DTYPES = (None, "bfloat16", "float16")
+
+
+def set_compute_dtype(model: nn.Module, dtype) -> nn.Module:
+    """Make every packed Linear of `model` compute in `dtype` ("bfloat16", "float16", a torch dtype, or
+    None for its input's dtype), whatever the dtype of the rest of the model: the output is cast back.
+    A float32 model then runs its packed layers through the fast bfloat16 path on CPU (torch has no
+    fast float32 one) while its norms, embeddings and head stay float32, as bitsandbytes'
+    `bnb_4bit_compute_dtype` does. In place; returns the model."""
+    name = str(dtype).removeprefix("torch.") if dtype is not None else None
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES} (or the torch dtype), got {dtype!r}")
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.compute_dtype = None if name is None else getattr(torch, name)
+    return model
+
+
 def dequantize_model(model: nn.Module) -> nn.Module:
     """Replace every packed layer with an equivalent float layer in the dtype of the model's float
     leftovers, in place; returns the model. A tied head becomes a Linear sharing the float embedding's

@@ -191,6 +191,9 @@ class QuantLinear(_PackedWeightLayer):
             self.weight_shape, effective_group_size(self.weight_shape, group_size)
         )
         self._kernel_cache = None  # ([(weakref, version) of the buffers it came from], Int4Layout); never saved
+        # The dtype this layer computes in when its input has another (`set_compute_dtype`); None: the
+        # input's. Not saved in the state dict: `InfoQConfig.compute_dtype` carries it in config.json.
+        self.compute_dtype: torch.dtype | None = None
 
     @classmethod
     def from_float(
@@ -218,7 +221,13 @@ class QuantLinear(_PackedWeightLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """bf16/fp16 inputs on CPU take torch's int4 kernel, or from `kernels.DENSE_FROM_ROWS` rows a
         dense matmul of the weight rebuilt from its layout (see `kernels`); everything else, and layers
-        the kernel cannot take (`kernel_fallback_reason`), the exact path: dequantize, then `F.linear`."""
+        the kernel cannot take (`kernel_fallback_reason`), the exact path: dequantize, then `F.linear`.
+        With a `compute_dtype`, an input of another dtype is cast to it and the output back."""
+        if self.compute_dtype is not None and x.dtype != self.compute_dtype:
+            return self._compute(x.to(self.compute_dtype)).to(x.dtype)
+        return self._compute(x)
+
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
         x = self.quantize_input(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         layout = self.kernel_layout(x)
