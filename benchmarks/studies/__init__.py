@@ -12,6 +12,7 @@ RESULTS.md) once nothing does:
 - `pack_candidates`: packing from GPTQ's candidates against a new sequential GPTQ pass;
 - `narrow_penalty`: the whole-model check offered ILP allocations with narrow widths' costs scaled;
 - `search_noise`: the search's seed, directions, bfloat16 forwards and probe width on SmolLM2;
-- `probe_width_cnn`: the probe width (`probe_bits=3`) on a CNN;
+- `probe_width_cnn`, `probe_width_gguf`: the probe width (`probe_bits="auto"`) on a CNN and with the
+  GGUF candidates {4, 5, 8};
 - `embedding_share`, `widths_by_projection`: where the bytes and the bits go on SmolLM2.
 """

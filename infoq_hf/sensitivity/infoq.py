@@ -66,10 +66,12 @@ class InfoQOptions:
     lm_classes: int = 64  # causal LMs: the most frequent targets keep their identity, the rest share a class
     min_samples: int = 32
     scores: str = "calibrated"  # "calibrated" (alpha_l * t2(l, b)) or "eq4" (the paper's form)
-    # Width(s) of the one probe per layer that measures alpha_l ("calibrated" only): 3-bit probes gave
-    # better allocations than 4-bit ones, on average over three seeds, on dev data of SmolLM2 and a CNN
-    # at two budgets each (benchmarks/RESULTS.md, "The probe's width"); 2-bit probes saturate.
-    probe_bits: int | list = 3
+    # Width(s) of the one probe per layer that measures alpha_l ("calibrated" only). "auto": the
+    # narrowest candidate width of 3 bits or more, so the probe is a perturbation the allocation can
+    # choose (2-bit probes saturate). On dev data it beat 4-bit probes with candidates {2,3,4,8} on
+    # SmolLM2 and a CNN, and 3-bit probes with candidates {4,5,8} (benchmarks/RESULTS.md, "The probe's
+    # width").
+    probe_bits: int | list | str = "auto"
     # alpha_l = D(l, b0)^change_power / t2(l, b0) ("calibrated" only). Within a layer D grows like
     # t2^0.46 (first order in the perturbation's amplitude; benchmarks/studies/tune_infoq.py --calibrated), but
     # across layers D itself ranks better: ILP allocations on SmolLM2's dev windows are best with 1
@@ -92,9 +94,12 @@ class InfoQOptions:
         ):
             raise ValueError(f"change_power must be a number > 0, got {opts.change_power!r}")
         widths = opts.probe_bits if isinstance(opts.probe_bits, (list, tuple)) else [opts.probe_bits]
-        if not widths or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b < 8 for b in widths):
+        if opts.probe_bits != "auto" and (
+            not widths or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b < 8 for b in widths)
+        ):
             raise ValueError(
-                f"probe_bits must be an int or a list of ints in 2..7 (8 is the reference), got {opts.probe_bits!r}"
+                f"probe_bits must be 'auto', an int or a list of ints in 2..7 (8 is the reference), "
+                f"got {opts.probe_bits!r}"
             )
         if opts.lm_target not in ("next_token", "reference_prediction"):
             raise ValueError(f"lm_target must be 'next_token' or 'reference_prediction', got {opts.lm_target!r}")

@@ -8,6 +8,7 @@ gathered result equals the single-process one exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -232,7 +233,9 @@ def search(
     else:
         eval_batches = batches if method == "infoq" else (as_batches(heldout) or batches)
         calibrated = method == "infoq" and infoq_options.scores == "calibrated"
-        probe_bits = _probe_widths(infoq_options) if calibrated else bits
+        probe_bits = _probe_widths(infoq_options, bits) if calibrated else bits
+        if calibrated:  # the table records the widths probed, "auto" resolved
+            infoq_options = dataclasses.replace(infoq_options, probe_bits=probe_bits)
         w_scores, a_scores, cost = _probe_all(
             model,
             layers,
@@ -313,7 +316,11 @@ def search(
     return SensitivityTable(method, bits, table_layers, meta)
 
 
-def _probe_widths(options: InfoQOptions) -> list[int]:
+def _probe_widths(options: InfoQOptions, bits: list[int]) -> list[int]:
+    """The widths the calibrated costs probe at: `probe_bits`, or for "auto" the narrowest candidate of 3
+    bits or more (3 when there is none)."""
+    if options.probe_bits == "auto":
+        return [min((b for b in bits if 3 <= b < 8), default=3)]
     widths = options.probe_bits if isinstance(options.probe_bits, (list, tuple)) else [options.probe_bits]
     return sorted(set(int(b) for b in widths))
 

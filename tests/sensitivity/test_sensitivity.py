@@ -67,6 +67,15 @@ def test_calibrated_scores_are_alpha_times_relative_weight_error():
         assert info["w"][5] == pytest.approx(info["alpha"] * info["t2"][5], rel=1e-12)
 
 
+@pytest.mark.parametrize("bits, probed", [((2, 3, 4, 8), 3), ((4, 5, 8), 4), ((2, 8), 3)])
+def test_auto_probes_at_the_narrowest_candidate_of_three_bits_or_more(bits, probed):
+    model, batches = small_cnn(), labelled_batches()
+    auto = search(model, batches, bits=bits, seed=3, progress=False)
+    explicit = search(model, batches, bits=bits, seed=3, probe_bits=probed, progress=False)
+    assert auto.meta["options"]["probe_bits"] == [probed]  # the table records the width probed
+    assert auto.to_dict()["layers"] == explicit.to_dict()["layers"]
+
+
 def test_alpha_fit_over_several_widths_is_least_squares_through_zero():
     from infoq_hf.sensitivity.search import _fit_alpha
 
