@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from ..modules import HFConv1D
-from ..quantizer import QuantizedWeight, WeightScheme, group_count, quantize_weight, weight_params
+from ..quantizer import QuantizedWeight, WeightScheme, group_count, weight_params
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +188,8 @@ def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where
     zero = torch.zeros(widths, out, n_groups, dtype=torch.float32, device=device)
     if static:
         for k, scheme in enumerate(schemes):
-            params = quantize_weight(weight.detach().float(), scheme, where)
-            scale[k], zero[k] = params.scale.to(device), _zero(params).to(device)
+            layer_scale, layer_zero = weight_params(weight.detach().float(), scheme)  # finite: checked above
+            scale[k], zero[k] = layer_scale.to(device), layer_zero.to(device)
         block = block_size
     else:
         block = gsize * -(-block_size // gsize)  # a group never straddles two blocks
@@ -243,13 +243,6 @@ def _code_range(bits: int, symmetric: bool) -> tuple[int, int]:
     """Smallest and largest integer code before the unsigned offset (the RTN quantizer's range)."""
     low = -(1 << (bits - 1)) if symmetric else 0
     return low, low + (1 << bits) - 1
-
-
-def _zero(params: QuantizedWeight) -> torch.Tensor:
-    """The zero point of RTN parameters as float (0 when symmetric)."""
-    if params.zero_point is None:
-        return torch.zeros_like(params.scale)
-    return params.zero_point.float()
 
 
 def quantize_layer_gptq(
