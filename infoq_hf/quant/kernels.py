@@ -142,18 +142,32 @@ def _nibbles_by_order(packed: torch.Tensor, n: int, width: int) -> torch.Tensor:
     return q.reshape(n, width)
 
 
-def _nibbles_by_blocks(packed: torch.Tensor, n: int, width: int) -> torch.Tensor:
+def _nibbles_by_blocks(packed: torch.Tensor, n: int, width: int, centered: bool = False) -> torch.Tensor:
     """The same by reshapes: in each block of 64 rows, byte j of a column holds rows j (low nibble) and
-    j + 32 (high); in a last block of r < 64 rows, rows 2j and 2j + 1."""
-    flat = packed.reshape(-1)
-    full = n // _BLOCK_N
-    head = flat[: full * width * _BLOCK_N // 2].reshape(full, width, _BLOCK_N // 2)
-    parts = [torch.cat([head & 15, head >> 4], dim=-1).transpose(1, 2).reshape(full * _BLOCK_N, width)]
+    j + 32 (high); in a last block of r < 64 rows, rows 2j and 2j + 1. `centered`: int8 q - 8 instead
+    (each byte XOR 0x88 turns a nibble v into v ^ 8, which read as a signed 4-bit number is v - 8; the
+    arithmetic shifts of int8 then sign-extend it), so the dequantization needs no subtraction."""
+    flat = (packed.reshape(-1) ^ 0x88).view(torch.int8) if centered else packed.reshape(-1)
+    out = torch.empty(n, width, dtype=flat.dtype)
+
+    def split(pairs: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> None:
+        if centered:
+            torch.bitwise_right_shift(torch.bitwise_left_shift(pairs, 4), 4, out=low)
+        else:
+            torch.bitwise_and(pairs, 15, out=low)
+        torch.bitwise_right_shift(pairs, 4, out=high)
+
+    full, half = n // _BLOCK_N, _BLOCK_N // 2
+    if full:  # bytes [block, column, j] -> [block, j, column], then rows j and j + 32 of each block
+        head = flat[: full * width * half].reshape(full, width, half).transpose(1, 2).contiguous()
+        rows = out[: full * _BLOCK_N].view(full, 2, half, width)
+        split(head, rows[:, 0], rows[:, 1])
     rest = n - full * _BLOCK_N
-    if rest:
-        tail = flat[full * width * _BLOCK_N // 2 :].reshape(width, rest // 2)
-        parts.append(torch.stack([tail & 15, tail >> 4], dim=-1).reshape(width, rest).t())
-    return torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
+    if rest:  # bytes [column, j] -> [j, column], then rows 2j and 2j + 1
+        tail = flat[full * width * half :].reshape(width, rest // 2).t().contiguous()
+        rows = out[full * _BLOCK_N :].view(rest // 2, 2, width)
+        split(tail, rows[:, 0], rows[:, 1])
+    return out
 
 
 _blocks_match_kernel: bool | None = None  # set by `check_block_structure`, once per process
@@ -174,12 +188,15 @@ def check_block_structure() -> bool:
     return _blocks_match_kernel
 
 
-def layout_nibbles(layout: Int4Layout) -> torch.Tensor:
-    """The layout's nibbles as uint8 [N, K] (or [N, 2K] when split), in the row-major order they were given."""
+def layout_nibbles(layout: Int4Layout, centered: bool = False) -> torch.Tensor:
+    """The layout's nibbles as uint8 [N, K] (or [N, 2K] when split), in the row-major order they were
+    given; `centered`: as int8 nibble - 8."""
     n = layout.code_offset.shape[0]
     width = 2 * layout.packed.numel() // n
-    read = _nibbles_by_blocks if check_block_structure() else _nibbles_by_order  # checked when the layout was built
-    return read(layout.packed, n, width)
+    if check_block_structure():  # checked when the layout was built
+        return _nibbles_by_blocks(layout.packed, n, width, centered)
+    q = _nibbles_by_order(layout.packed, n, width)
+    return q.to(torch.int8) - 8 if centered else q
 
 
 def codes_from_int4_layout(layout: Int4Layout) -> torch.Tensor:
@@ -194,12 +211,12 @@ def codes_from_int4_layout(layout: Int4Layout) -> torch.Tensor:
 def dense_weight_from_int4_layout(layout: Int4Layout) -> torch.Tensor:
     """The weight W [N, K] the kernel multiplies by, in the layout's dtype:
     (q - 8) * scale + zero per kernel group, the [h | l] halves summed when split."""
-    q = layout_nibbles(layout)
+    q = layout_nibbles(layout, centered=True)
     n, width = q.shape
     groups = width // layout.kernel_group
-    scale, zero = layout.scale_zero.to(layout.dtype).permute(1, 0, 2).unbind(-1)  # [N, groups] each
-    w = (q.reshape(n, groups, layout.kernel_group).to(layout.dtype) - 8) * scale[..., None] + zero[..., None]
-    w = w.reshape(n, width)
+    # [N, groups, 1] each, contiguous: elementwise ops broadcast fastest from a dense operand
+    scale, zero = (t.contiguous() for t in layout.scale_zero.to(layout.dtype).permute(1, 0, 2).unsqueeze(2).unbind(-1))
+    w = q.view(n, groups, layout.kernel_group).to(layout.dtype).mul_(scale).add_(zero).view(n, width)
     return w[:, : width // 2] + w[:, width // 2 :] if layout.split else w
 
 

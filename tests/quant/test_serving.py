@@ -124,11 +124,13 @@ def test_repacking_is_exact_against_an_identity_probe(bits, group_size):
 @pytest.mark.parametrize("n, k", [(16, 32), (48, 64), (64, 64), (80, 96), (192, 32)])
 def test_the_layout_is_read_back_by_reshapes_as_by_the_kernels_own_permutation(n, k):
     """`_nibbles_by_blocks` (reshapes, for the block structure of today's torch) against the permutation
-    read off the kernel itself, on full 64-row blocks and on a last block of 16 to 48 rows."""
+    read off the kernel itself, on full 64-row blocks and on a last block of 16 to 48 rows; centered
+    (nibble - 8, the dense path's form) as well."""
     q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=torch.Generator().manual_seed(n + k))
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     assert torch.equal(_nibbles_by_order(packed, n, k), q.to(torch.uint8))
     assert torch.equal(_nibbles_by_blocks(packed, n, k), q.to(torch.uint8))
+    assert torch.equal(_nibbles_by_blocks(packed, n, k, centered=True), (q - 8).to(torch.int8))
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
