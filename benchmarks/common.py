@@ -13,9 +13,20 @@ from . import assets
 
 
 def check_note(result) -> str:
-    """What the pipeline's whole-model check kept and the calibration KL of each start it judged."""
+    """What the pipeline's whole-model check kept and the calibration KL of each start it judged; then
+    the GPTQ rounding the kept allocation was packed from, where it was rounded twice."""
     r = None if result.policy.report is None else result.policy.report.refinement
-    return "" if r is None else f"kept {r.kept}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.kl_starts.items())
+    if r is None:
+        return ""
+    note = f"kept {r.kept}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.kl_starts.items())
+    if r.kl_roundings:
+        note += f"; packed from {r.rounding_kept} ({rounding_note(r.kl_roundings)})"
+    return note
+
+
+def rounding_note(kls: dict) -> str:
+    """The calibration KL of each GPTQ rounding of one allocation (`stages.second_rounding`)."""
+    return ", ".join(f"{k} {v:.4g}" for k, v in kls.items())
 
 
 def machine() -> str:

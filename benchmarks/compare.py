@@ -30,6 +30,7 @@ from infoq_hf import BitPolicy, Budget, InfoQConfig, allocate, quantizable_layer
 from infoq_hf.defaults import DEFAULT_REFINE_PASSES
 from infoq_hf.pipeline import quantize_with_infoq
 from infoq_hf.pipeline.data import first_samples, resolve_rounding
+from infoq_hf.pipeline.stages import second_rounding
 from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity import SensitivityTable
 
@@ -101,12 +102,22 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     rounding = resolve_rounding(InfoQConfig(**base, budget={"avg_bits": max(bits)}), model, calib)
     names = list(quantizable_layers(model, skip_modules=skip))
     # GPTQ's candidates: the same for every method at the budgets that share a uniform start
-    starts = common.CandidatesByStart(
-        model, {n: bits for n in names}, calib, PackingScheme(group_size=64, rounding="gptq")
-    )
+    candidates_scheme = PackingScheme(group_size=64, rounding="gptq")
+    starts = common.CandidatesByStart(model, {n: bits for n in names}, calib, candidates_scheme)
 
     def candidates_for(budget: float):
         return starts.for_budget(next(iter(tables.values())), budget) if rounding == "gptq" else None
+
+    def rounded_for(policy: BitPolicy, candidates):
+        """What the pipeline's second rounding packs `policy` with (`stages.second_rounding`, on the
+        check's samples): a peer's allocation gets the same as every method's. Also its note."""
+        if candidates is None:
+            return None, ""
+        judged = first_samples(calib, 2 * args.search_samples)
+        kept, kls, name = second_rounding(
+            model, policy, candidates, calib, judged, table=next(iter(tables.values())), scheme=candidates_scheme
+        )
+        return kept, "" if kls is None else f"; packed from {name} ({common.rounding_note(kls)})"
 
     def scored(m):
         """Every dev and test window's summed NLL (None for a split without windows)."""
@@ -152,7 +163,7 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
                 refinements.append((budget, label, r))
             print(*map(shown, rows[-1]), flush=True)
         for peer in [q for q in peers if abs(q.budget - budget) < 1e-9]:
-            added = peer_rows(peer, packed, base, names, dev, test, candidates_for(budget))
+            added = peer_rows(peer, packed, base, names, dev, test, candidates_for(budget), rounded_for)
             rows += added
             print(*(" ".join(map(shown, r)) for r in added), sep="\n", flush=True)
     header = (
@@ -199,16 +210,18 @@ def shown(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-def peer_rows(peer, packed, base: dict, names, dev, test, candidates) -> list[tuple]:
+def peer_rows(peer, packed, base: dict, names, dev, test, candidates, rounded_for) -> list[tuple]:
     """A peer's allocation packed by our pipeline as given (no whole-model check: the choice is the
-    peer's) from the same GPTQ candidates as every method's, and the peer's own end-to-end result
-    where its file has one on the same windows."""
+    peer's) with the same GPTQ rounding as every method's (the candidates, or the second rounding where
+    the pipeline would take it: `rounded_for`), and the peer's own end-to-end result where its file has
+    one on the same windows."""
     policy = BitPolicy({n: {"w_bits": peer.layers[n], "a_bits": None} for n in names})
+    candidates, rounding_note = rounded_for(policy, candidates)
     result, nll_dev, nll_test = packed(InfoQConfig(**base, policy=policy), candidates=candidates)
     wall = peer.record.get("autoscheme_wall_s")
     note = (
         f"peer's allocation as given ({wall:.0f} s in its venv)" if wall is not None else "peer's allocation as given"
-    )
+    ) + rounding_note
     rows = [(peer.label, peer.budget, result.summary["avg_bits"], nll_dev, nll_test, note, result.summary["rounding"])]
     own = peer.record.get("own")
     if own:

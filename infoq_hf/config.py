@@ -119,6 +119,11 @@ class InfoQConfig(QuantizationConfigMixin):
         refine_chains: with refine_passes > 0, independent refinements from the same start (seeds
             `seed`, `seed + 1`, ...); the one with the lowest KL on the held-out calibration samples (see
             `search_samples`; else on the searched ones) is kept. Default 3.
+        reround: with GPTQ rounding, GPTQ's candidates are rounded on the inputs of the budget's uniform
+            start; when the allocation kept differs from that start, its layers are also rounded by a
+            sequential GPTQ pass on the inputs the allocation itself gives, and the model is packed with
+            whichever rounding runs closer to the float model on the check's samples
+            (`allocation.compare_roundings`). Costs one GPTQ pass, only for such allocations. Default True.
         policy: per-layer bits `{NAME: {"w_bits": int, "a_bits": int|null}}`; when set, no search runs.
         float_dtype: "bfloat16", "float16" or "float32": after packing, what stays float (embeddings, norms,
             biases, skipped layers) is cast to it, so it is stored and run in it (packed scales stay
@@ -158,6 +163,7 @@ class InfoQConfig(QuantizationConfigMixin):
         pin_first_last: bool | str = "auto",
         refine_passes: int | None = None,
         refine_chains: int | None = None,
+        reround: bool = True,
         policy: BitPolicy | Mapping | None = None,
         float_dtype: str | None = "auto",
         compute_dtype: str | None = None,
@@ -266,6 +272,9 @@ class InfoQConfig(QuantizationConfigMixin):
         if isinstance(refine_chains, bool) or not isinstance(refine_chains, int) or refine_chains < 1:
             raise ValueError(f"InfoQConfig.refine_chains must be an int >= 1, got {refine_chains!r}")
         self.refine_chains = refine_chains
+        if not isinstance(reround, bool):
+            raise ValueError(f"InfoQConfig.reround must be True or False, got {reround!r}")
+        self.reround = reround
         if float_dtype not in FLOAT_DTYPES:
             raise ValueError(f"InfoQConfig.float_dtype must be one of {FLOAT_DTYPES}, got {float_dtype!r}")
         self.float_dtype = float_dtype
@@ -395,6 +404,7 @@ class InfoQConfig(QuantizationConfigMixin):
             "pin_first_last": self.pin_first_last,
             "refine_passes": self.refine_passes,
             "refine_chains": self.refine_chains,
+            "reround": self.reround,
             "policy": None if self.policy is None else self.policy.to_dict(),
             "float_dtype": self.float_dtype,
             "compute_dtype": self.compute_dtype,

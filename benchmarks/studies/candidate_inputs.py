@@ -1,7 +1,7 @@
 """On which inputs to round GPTQ's candidates when the budget lies between two widths: those of the
 uniform configuration just under the budget (the floor width) or just over it (the ceiling width).
 
-    python -m benchmarks.studies.candidate_inputs     # ~15 min on 2 CPU cores; writes results/candidate_inputs_smollm2.md
+    python -m benchmarks.studies.candidate_inputs   # ~25 min, 2 CPU cores; results/candidate_inputs_smollm2.md
 
 SmolLM2-135M, the product's setup (32x128 calibration tokens, the InfoQ search on the first 4 windows,
 group 64, candidates {2,3,4,8}, the ILP on GPTQ-rescaled costs, packed from the candidates; leftovers
@@ -55,11 +55,11 @@ def main() -> None:
                 m = copy.deepcopy(model)
                 quantize_model(m, policy, scheme=scheme, skip_modules=SKIP, candidates=candidates)
                 ppl_dev, ppl_test = common.perplexity(m, dev), common.perplexity(m, test)
-                dev_ppl.setdefault((budget, label), []).append(ppl_dev)
                 width = max(start.values())
-                rows.append(
-                    f"| {budget} | {seed} | {label} (uniform {width}-bit) | {seconds:.0f} | {ppl_dev:.2f} | {ppl_test:.2f} |"
-                )
+                inputs = f"{label} (uniform {width}-bit)"
+                cells = (budget, seed, inputs, f"{seconds:.0f}", f"{ppl_dev:.2f}", f"{ppl_test:.2f}")
+                rows.append("| " + " | ".join(map(str, cells)) + " |")
+                dev_ppl.setdefault((budget, inputs), []).append(ppl_dev)
                 print(rows[-1], flush=True)
     means = [
         f"| {budget} | {label} | {statistics.mean(v):.2f} | {math.exp(statistics.mean(math.log(x) for x in v)):.2f} |"

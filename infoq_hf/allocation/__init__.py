@@ -13,7 +13,7 @@ from .allocate import AllocationReport, allocate
 from .diagnose import InfeasibleBudgetError
 from .moves import uniform_start
 from .pareto import pareto_sweep, plot_pareto
-from .refine import RefinementReport, compare_with_uniform, refine
+from .refine import RefinementReport, compare_roundings, compare_with_uniform, refine
 from .solvers import SolverUnavailableError
 from .verify import AllocationVerificationError
 
@@ -26,6 +26,7 @@ __all__ = [
     "allocate",
     "pareto_sweep",
     "plot_pareto",
+    "compare_roundings",
     "compare_with_uniform",
     "refine",
     "uniform_start",

@@ -143,6 +143,12 @@ class KLJudge:
             )
             self.replay = False
 
+    def use_weights(self, quantized_weight: Callable[[str, int], torch.Tensor]) -> None:
+        """Judge another rounding: the next evaluation sets every layer anew from `quantized_weight`."""
+        self.quantized_weight = quantized_weight
+        self.current.clear()
+        self.cache.clear()
+
     def restore(self) -> None:
         for h in self.hooks:
             h.remove()

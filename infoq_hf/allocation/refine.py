@@ -64,6 +64,10 @@ class RefinementReport:
     chains: int = 1
     kl_validation: dict | None = None  # KL on the validation batches of each configuration compared
     validation_batches: int = 0
+    # GPTQ packing of a kept allocation that is not the candidates' uniform start: the KL with its layers
+    # rounded on that start's inputs and on its own (a second, sequential pass), and the rounding packed
+    kl_roundings: dict | None = None
+    rounding_kept: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,6 +168,43 @@ def compare_with_uniform(
     return refine(
         policy, model, calibration, passes=2, gptq=gptq, forward=forward, accelerator=accelerator, progress=progress
     )
+
+
+def compare_roundings(
+    policy: BitPolicy,
+    model: torch.nn.Module,
+    calibration,
+    roundings: Mapping[str, object],
+    *,
+    table: SensitivityTable | None = None,
+    forward: Callable | None = None,
+) -> dict[str, float]:
+    """KL to the float model on `calibration` of `policy` with each rounding of `roundings` ({name:
+    `quant.gptq.GPTQCandidates` with weights at the policy's widths}) giving every layer of `table` its
+    weight (default: the table of the policy's report, as `allocate` or `refine` returned it)."""
+    table = table if table is not None else getattr(getattr(policy, "report", None), "table", None)
+    if table is None:
+        raise ValueError("compare_roundings needs the table whose layers it judges: pass table= or an allocated policy")
+    widths = {n: policy[n].w_bits for n in table.layers}
+    batches = as_batches(calibration)
+    if not batches:
+        raise ValueError("compare_roundings needs calibration batches")
+    was_training = model.training
+    model.eval()
+    judge, kls = None, {}
+    try:
+        for name, rounded in roundings.items():
+            if judge is None:
+                a_of = {n: policy[n].a_bits for n in table.layers}
+                judge = KLJudge(model, table, batches, forward or default_forward, a_of, rounded.weight)
+            else:
+                judge.use_weights(rounded.weight)
+            kls[name] = judge.evaluate(widths)[0]
+    finally:
+        if judge is not None:
+            judge.restore()
+        model.train(was_training)
+    return kls
 
 
 def _checked_starts(table, spec, ilp_assignment, starts) -> dict[str, dict[str, int]]:

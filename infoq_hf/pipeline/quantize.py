@@ -62,7 +62,7 @@ def quantize_with_infoq(
             stages.count_leftovers,
             stages.gptq_costs,
             stages.allocate,
-            *([stages.refine] if stages.refining(config) else []),
+            *([stages.refine, stages.reround] if stages.refining(config) else []),
         ]
     else:
         chosen = [

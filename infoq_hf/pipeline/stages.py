@@ -296,6 +296,75 @@ def refine(run: Run, config: InfoQConfig) -> Run:
     return run.timed(label, started, policy=policy)
 
 
+def reround(run: Run, config: InfoQConfig) -> Run:
+    """GPTQ's candidates were rounded on the inputs of the budget's uniform start (`gptq_costs`); a kept
+    allocation that differs from it sees other inputs once packed. Round it again on its own inputs and
+    pack whichever rounding runs closer to the float model on the check's samples (`second_rounding`)."""
+    if not config.reround or run.candidates is None:
+        return run
+    started = time.perf_counter()
+    policy = run.policy
+    candidates, kls, kept = second_rounding(
+        run.model,
+        policy,
+        run.candidates,
+        run.batches,
+        run.search_batches + (run.held_out or []),
+        table=policy.report.table,
+        scheme=run.scheme,
+        options=config.gptq_options,
+        accelerator=run.accelerator,
+        progress=run.progress,
+    )
+    if kls is None:
+        return run
+    refinement = replace(policy.report.refinement, kl_roundings=kls, rounding_kept=kept)
+    policy = BitPolicy(dict(policy), report=replace(policy.report, refinement=refinement), scheme=policy.scheme)
+    return run.timed("second rounding", started, policy=policy, candidates=candidates)
+
+
+def second_rounding(
+    model: nn.Module,
+    policy: BitPolicy,
+    candidates,
+    batches: list,
+    judged: list,
+    *,
+    table: SensitivityTable,
+    scheme: PackingScheme,
+    options=None,
+    accelerator=None,
+    progress: bool = True,
+) -> tuple:
+    """(candidates to pack `policy` with, the KL of each rounding, the rounding kept). GPTQ's `candidates`
+    (rounded on the inputs of a uniform start) or, when `policy` differs from that start, its layers
+    rounded by sequential GPTQ on the inputs `policy` itself gives (`gptq_candidates` with `policy` as
+    the prefix, over `batches`): whichever runs closer to the float model on `judged` batches
+    (`allocation.compare_roundings`); a tie keeps the candidates. The KLs and the name kept are None
+    when `policy` is the start itself (the candidates are then its sequential codes) or has activation
+    bits."""
+    layers = list(table.layers)
+    widths = {n: policy[n].w_bits for n in layers}
+    start = candidates.meta.get("prefix_bits")
+    if not start or widths == start or any(policy[n].a_bits is not None for n in layers):
+        return candidates, None, None
+    own = gptq_candidates(
+        model,
+        {n: [b] for n, b in widths.items()},
+        batches,
+        scheme=scheme,
+        options=options,
+        keep_weights=True,
+        prefix_bits=widths,
+        accelerator=accelerator,
+        progress=progress,
+    )
+    roundings = {"start inputs": candidates, "own inputs": own}
+    kls = allocation.compare_roundings(policy, model, judged, roundings, table=table)
+    kept = min(kls, key=lambda name: (kls[name], name != "start inputs"))
+    return roundings[kept], kls, kept
+
+
 def given_policy(run: Run, config: InfoQConfig) -> Run:
     """The config's policy, applied as it is."""
     return replace(run, policy=config.policy)

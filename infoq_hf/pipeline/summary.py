@@ -121,4 +121,8 @@ def whole_model_line(refined: dict) -> str:
         )
         if refined.get("kl_validation"):
             line += f"; the held-out check on {refined['validation_batches']} more calibration batch(es)"
-    return line + f"; kept {refined['kept']}"
+    line += f"; kept {refined['kept']}"
+    if refined.get("kl_roundings"):
+        kls = ", ".join(f"{name} {kl:.4g}" for name, kl in refined["kl_roundings"].items())
+        line += f"\n  GPTQ rounding of the kept allocation, KL to float: {kls}; packed from {refined['rounding_kept']}"
+    return line

@@ -196,6 +196,7 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
         group_size=32,
         calibration=batches,
         refine_passes=3,
+        reround=False,  # the subject here is the one candidate pass (the second rounding: its own test)
         modules_to_not_convert=["lm_head"],
     )
     gptq = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="gptq", **kw), progress=False)
@@ -243,6 +244,61 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
     assert f"{r.passes - len(r.kl_starts)} refinement moves from {r.start}" in line
 
 
+def test_a_mix_is_packed_with_the_gptq_rounding_that_runs_closer_to_the_float_model(setup):
+    """The candidates are rounded on uniform 3-bit's inputs; a kept mix is also rounded by sequential GPTQ
+    on its own inputs, and the packed codes are those of the rounding whose model has the lower KL to
+    the float model on the check's batches (each KL recomputed here from the packed models)."""
+    model, batches, names, _, _ = setup
+    kw = dict(bits=list(BITS), group_size=32, calibration=batches, rounding="gptq", modules_to_not_convert=["lm_head"])
+    run = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, **kw), progress=False)
+    r = run.policy.report.refinement
+    widths = {n: run.policy[n].w_bits for n in names}
+    assert len(set(widths.values())) > 1  # a mix
+    prefixed = gptq_candidates(
+        model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits={n: 3 for n in names}, progress=False
+    )
+    sequential = copy.deepcopy(model)
+    gptq_quantize_model(sequential, widths, batches, scheme=SCHEME, progress=False)
+    packed = {
+        "start inputs": quantize_model(
+            copy.deepcopy(model), run.policy, rounding="gptq", candidates=prefixed, skip_modules=["lm_head"]
+        ),
+        "own inputs": sequential,
+    }
+
+    def kl_to_float(quantized):
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for b in batches:
+                p = F.log_softmax(model(**b).logits.float(), -1)
+                q = F.log_softmax(quantized(**b).logits.float(), -1)
+                total += float((p.exp() * (p - q)).sum())
+                count += p.shape[0] * p.shape[1]
+        return total / count
+
+    assert r.kl_roundings == pytest.approx({k: kl_to_float(m) for k, m in packed.items()}, rel=1e-4)
+    assert r.rounding_kept == min(r.kl_roundings, key=r.kl_roundings.get)
+    kept = packed[r.rounding_kept]
+    for n in names:
+        assert torch.equal(run.model.get_submodule(n).weight_packed, kept.get_submodule(n).weight_packed), n
+    assert "second rounding" in run.summary["times_s"]
+    assert f"packed from {r.rounding_kept}" in format_summary(run.summary)
+    # reround=False packs the candidates' weights, with no second pass
+    plain = quantize_with_infoq(
+        copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, reround=False, **kw), progress=False
+    )
+    assert "second rounding" not in plain.summary["times_s"] and plain.policy.report.refinement.kl_roundings is None
+    for n in names:
+        want = packed["start inputs"].get_submodule(n).weight_packed
+        assert torch.equal(plain.model.get_submodule(n).weight_packed, want), n
+    # the uniform start kept: the candidates are its sequential codes already, no second pass
+    uniform = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 2.0}, **kw), progress=False)
+    assert {lb.w_bits for lb in uniform.policy.values()} == {2}
+    assert "second rounding" not in uniform.summary["times_s"]
+    with pytest.raises(ValueError, match="reround must be True or False"):
+        InfoQConfig(budget={"avg_bits": 3.0}, reround="yes")
+
+
 def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):
     model, batches, names, _, _ = setup
     config = InfoQConfig(
@@ -253,6 +309,7 @@ def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):
         refine_passes=2,
         rounding="gptq",
         search_samples=4,
+        reround=False,
         modules_to_not_convert=["lm_head"],
     )
     result = quantize_with_infoq(copy.deepcopy(model), config, progress=False)
