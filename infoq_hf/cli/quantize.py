@@ -68,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"kept (default {DEFAULT_REFINE_CHAINS})",
     )
     parser.add_argument(
+        "--no-reround",
+        dest="reround",
+        action="store_false",
+        help="GPTQ rounding: pack a mixed allocation from the candidates rounded on the uniform start's "
+        "inputs, without the second, sequential GPTQ pass on its own inputs (one GPTQ pass less)",
+    )
+    parser.add_argument(
         "--search-samples",
         type=positive(int),
         default=None,
@@ -129,6 +136,7 @@ def cmd_quantize(args) -> int:
         policy=policy,
         refine_passes=args.refine_passes,
         refine_chains=args.refine_chains,
+        reround=args.reround,
         search_samples=args.search_samples,
         rounding=args.rounding,
         quantize_embeddings=args.quantize_embeddings,
