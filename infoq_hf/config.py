@@ -120,10 +120,11 @@ class InfoQConfig(QuantizationConfigMixin):
             `seed`, `seed + 1`, ...); the one with the lowest KL on the held-out calibration samples (see
             `search_samples`; else on the searched ones) is kept. Default 3.
         reround: with GPTQ rounding, GPTQ's candidates are rounded on the inputs of the budget's uniform
-            start; when the allocation kept differs from that start, its layers are also rounded by a
-            sequential GPTQ pass on the inputs the allocation itself gives, and the model is packed with
-            whichever rounding runs closer to the float model on the check's samples
-            (`allocation.compare_roundings`). Costs one GPTQ pass, only for such allocations. Default True.
+            start; with True, an allocation kept that differs from that start is also rounded by a
+            sequential GPTQ pass on the inputs it gives itself, and the model is packed with whichever
+            rounding runs closer to the float model on the check's samples
+            (`allocation.compare_roundings`); one GPTQ pass more. Default False: on SmolLM2's dev text
+            it helped at 2.5 bits but hurt at 3.5 (benchmarks/RESULTS.md, "Packing from the candidates").
         policy: per-layer bits `{NAME: {"w_bits": int, "a_bits": int|null}}`; when set, no search runs.
         float_dtype: "bfloat16", "float16" or "float32": after packing, what stays float (embeddings, norms,
             biases, skipped layers) is cast to it, so it is stored and run in it (packed scales stay
@@ -163,7 +164,7 @@ class InfoQConfig(QuantizationConfigMixin):
         pin_first_last: bool | str = "auto",
         refine_passes: int | None = None,
         refine_chains: int | None = None,
-        reround: bool = True,
+        reround: bool = False,
         policy: BitPolicy | Mapping | None = None,
         float_dtype: str | None = "auto",
         compute_dtype: str | None = None,

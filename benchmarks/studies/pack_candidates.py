@@ -1,76 +1,110 @@
-"""How to pack an allocation with GPTQ: from the candidates the allocation judged (the product), or by a
-new sequential GPTQ pass on the inputs the allocation itself gives.
+"""How to pack a kept mix with GPTQ: from the candidates the allocation judged (rounded on the inputs of
+the budget's uniform start: the product's default), by a new sequential GPTQ pass on the inputs the mix
+itself gives, or by whichever of the two the KL on the check's calibration windows prefers
+(`InfoQConfig(reround=True)`).
 
-    python -m benchmarks.studies.pack_candidates     # ~15 min on 2 CPU cores; writes results/pack_candidates_smollm2.md
+    python -m benchmarks.studies.pack_candidates     # ~20 min, 2 CPU cores; results/pack_candidates_smollm2.md
 
-SmolLM2-135M, the product's setup (32x128 calibration tokens, the InfoQ search on the first 4 windows,
-group 64, candidates {2,3,4,8}, GPTQ candidates on the inputs of the budget's uniform start, the ILP on
-GPTQ-rescaled costs; leftovers float32). Each budget's ILP allocation and its uniform start are packed both ways; dev
-windows choose, test windows only report.
+SmolLM2-135M, the product's setup (32x128 calibration tokens, the InfoQ search on the first 4 windows
+with seeds 0, 1, 2, group 64, candidates {2,3,4,8}, the ILP on GPTQ-rescaled costs, the whole-model
+check on the first 8 windows; leftovers bfloat16). The allocation kept by the pipeline is packed both
+ways; dev windows choose, test windows only report.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import time
+import statistics
 from pathlib import Path
 
-from infoq_hf import BitPolicy, Budget, allocate, quantizable_layers, quantize_model, search
-from infoq_hf.allocation import uniform_start
+import torch
+
+from infoq_hf import InfoQConfig, quantizable_layers, quantize_model, search
+from infoq_hf.pipeline import quantize_with_infoq
 from infoq_hf.pipeline.data import first_samples
-from infoq_hf.quant.gptq import gptq_candidates
+from infoq_hf.quant.apply import cast_float_leftovers
 from infoq_hf.quant.scheme import PackingScheme
-from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
 
 from .. import common
 
 BITS = (2, 3, 4, 8)
 SKIP = ["lm_head"]
+ROUNDINGS = ("start inputs", "own inputs")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budgets", type=float, nargs="+", default=[3.0, 3.5])
+    p.add_argument("--budgets", type=float, nargs="+", default=[2.5, 3.5])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="benchmarks/results/pack_candidates_smollm2.md")
     args = p.parse_args()
     model, _, calib, dev, test = common.smollm2_data(32, 16, 32)
     scheme = PackingScheme(group_size=64, rounding="gptq")
-    table = search(model, first_samples(calib, 4), bits=BITS, group_size=64, skip_modules=SKIP, seed=0)
     names = list(quantizable_layers(model, skip_modules=SKIP))
-
-    def evaluate(policy, candidates):
-        out = []
-        for how in ("candidates", "sequential GPTQ"):
-            m = copy.deepcopy(model)
-            started = time.perf_counter()
-            if how == "candidates":
-                quantize_model(m, policy, scheme=scheme, skip_modules=SKIP, candidates=candidates)
-            else:
-                quantize_model(m, policy, scheme=scheme, skip_modules=SKIP, calibration=calib)
-            seconds = time.perf_counter() - started
-            out.append((how, seconds, common.perplexity(m, dev), common.perplexity(m, test)))
-        return out
-
-    rows = []
-    for budget in args.budgets:
-        start = uniform_start(table, Budget(avg_bits=budget))
-        candidates = gptq_candidates(model, {n: BITS for n in names}, calib, scheme=scheme, prefix_bits=start)
-        ilp = allocate(with_gptq_costs(table, candidates), Budget(avg_bits=budget))
-        for label, policy in (("ILP", ilp), ("uniform start", BitPolicy(start))):
-            for how, seconds, ppl_dev, ppl_test in evaluate(policy, candidates):
-                rows.append(f"| {budget} | {label} | {how} | {seconds:.0f} | {ppl_dev:.2f} | {ppl_test:.2f} |")
-                print(rows[-1], flush=True)
+    starts = common.CandidatesByStart(model, {n: BITS for n in names}, calib, scheme)
+    rows, dev_ppl = [], {}
+    tables = {
+        seed: search(model, first_samples(calib, 4), bits=BITS, group_size=64, skip_modules=SKIP, seed=seed)
+        for seed in args.seeds
+    }
+    for budget in args.budgets:  # (the budgets' uniform starts differ: one candidate pass each)
+        for seed, table in tables.items():
+            candidates = starts.for_budget(table, budget)
+            config = InfoQConfig(
+                bits=list(BITS),
+                budget={"avg_bits": budget},
+                group_size=64,
+                calibration=calib,
+                search_samples=4,
+                reround=True,
+            )
+            result = quantize_with_infoq(
+                copy.deepcopy(model), config, table=table, candidates=candidates, skip_modules=SKIP, progress=False
+            )
+            r = result.policy.report.refinement
+            if not r.kl_roundings:
+                kept = f"the check kept {r.kept} (its candidates are sequential GPTQ's)"
+                rows.append(f"| {budget} | {seed} | - | {kept} | - | - | - |")
+                continue
+            ppl = {}
+            for how in ROUNDINGS:
+                m = copy.deepcopy(model)
+                if how == "start inputs":
+                    quantize_model(m, result.policy, scheme=scheme, skip_modules=SKIP, candidates=candidates)
+                else:
+                    quantize_model(m, result.policy, scheme=scheme, skip_modules=SKIP, calibration=calib)
+                cast_float_leftovers(m, torch.bfloat16)
+                ppl[how] = (common.perplexity(m, dev), common.perplexity(m, test))
+            choice = ppl[r.rounding_kept]
+            for how, value in (*((h, ppl[h]) for h in ROUNDINGS), ("KL's choice", choice)):
+                dev_ppl.setdefault((budget, how), []).append(value[0])
+            kl = r.kl_roundings
+            rows.append(
+                f"| {budget} | {seed} | {kl['start inputs']:.4g} / {kl['own inputs']:.4g} | {r.rounding_kept} | "
+                + " | ".join(f"{ppl[h][0]:.2f} / {ppl[h][1]:.2f}" for h in ROUNDINGS)
+                + f" | {choice[0]:.2f} / {choice[1]:.2f} |"
+            )
+            print(rows[-1], flush=True)
+    means = [f"| {budget} | {how} | {statistics.mean(v):.2f} |" for (budget, how), v in sorted(dev_ppl.items())]
     text = "\n".join(
         [
-            "# Packing an allocation: GPTQ's candidates or a new sequential pass",
+            "# Packing a kept mix: GPTQ's candidates, a sequential pass on its own inputs, or the KL's choice",
             "",
-            f"`python -m benchmarks.studies.pack_candidates`; SmolLM2-135M, the product's setup (see the module doc), "
-            f"dev 16x128 / test 32x128 tokens; {common.machine()}.",
+            f"`python -m benchmarks.studies.pack_candidates`; SmolLM2-135M, the product's setup (see the module "
+            f"doc), dev 16x128 / test 32x128 tokens; {common.machine()}.",
             "",
-            "| budget | allocation | packed from | packing s | dev ppl | test ppl |",
-            "|---|---|---|---|---|---|",
+            "| budget | search seed | check-window KL: start inputs / own inputs | KL prefers | "
+            "start inputs (candidates): dev / test ppl | own inputs (sequential): dev / test ppl | "
+            "KL's choice: dev / test ppl |",
+            "|---|---|---|---|---|---|---|",
             *rows,
+            "",
+            "Mean dev perplexity over the seeds:",
+            "",
+            "| budget | packed from | mean dev ppl |",
+            "|---|---|---|",
+            *means,
             "",
         ]
     )

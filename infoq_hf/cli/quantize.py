@@ -68,11 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"kept (default {DEFAULT_REFINE_CHAINS})",
     )
     parser.add_argument(
-        "--no-reround",
-        dest="reround",
-        action="store_false",
-        help="GPTQ rounding: pack a mixed allocation from the candidates rounded on the uniform start's "
-        "inputs, without the second, sequential GPTQ pass on its own inputs (one GPTQ pass less)",
+        "--reround",
+        action="store_true",
+        help="GPTQ rounding: also round a kept mix by a sequential GPTQ pass on its own inputs and pack the "
+        "rounding closer to the float model (one GPTQ pass more; helps far below a candidate width)",
     )
     parser.add_argument(
         "--search-samples",

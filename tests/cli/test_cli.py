@@ -72,14 +72,14 @@ def test_cli_end_to_end(assets, hub_server, monkeypatch, capsys):
                 *FAST_CALIB,
                 "--group-size",
                 "32",
-                "--no-reround",
+                "--reround",
                 "--out",
                 str(infoq_dir),
             ]
         )
         == 0
     )
-    assert json.loads((infoq_dir / "config.json").read_text())["quantization_config"]["reround"] is False
+    assert json.loads((infoq_dir / "config.json").read_text())["quantization_config"]["reround"] is True
     table = SensitivityTable.load(infoq_dir / "infoq_sensitivity.json")
     assert table.method == "infoq" and table.meta["calibration"]["batches"] == 1
     summary = json.loads((infoq_dir / "infoq_summary.json").read_text())

@@ -196,7 +196,6 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
         group_size=32,
         calibration=batches,
         refine_passes=3,
-        reround=False,  # the subject here is the one candidate pass (the second rounding: its own test)
         modules_to_not_convert=["lm_head"],
     )
     gptq = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="gptq", **kw), progress=False)
@@ -250,7 +249,9 @@ def test_a_mix_is_packed_with_the_gptq_rounding_that_runs_closer_to_the_float_mo
     the float model on the check's batches (each KL recomputed here from the packed models)."""
     model, batches, names, _, _ = setup
     kw = dict(bits=list(BITS), group_size=32, calibration=batches, rounding="gptq", modules_to_not_convert=["lm_head"])
-    run = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, **kw), progress=False)
+    run = quantize_with_infoq(
+        copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, reround=True, **kw), progress=False
+    )
     r = run.policy.report.refinement
     widths = {n: run.policy[n].w_bits for n in names}
     assert len(set(widths.values())) > 1  # a mix
@@ -283,16 +284,16 @@ def test_a_mix_is_packed_with_the_gptq_rounding_that_runs_closer_to_the_float_mo
         assert torch.equal(run.model.get_submodule(n).weight_packed, kept.get_submodule(n).weight_packed), n
     assert "second rounding" in run.summary["times_s"]
     assert f"packed from {r.rounding_kept}" in format_summary(run.summary)
-    # reround=False packs the candidates' weights, with no second pass
-    plain = quantize_with_infoq(
-        copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, reround=False, **kw), progress=False
-    )
+    # by default (reround=False) the candidates' weights are packed, with no second pass
+    plain = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, **kw), progress=False)
     assert "second rounding" not in plain.summary["times_s"] and plain.policy.report.refinement.kl_roundings is None
     for n in names:
         want = packed["start inputs"].get_submodule(n).weight_packed
         assert torch.equal(plain.model.get_submodule(n).weight_packed, want), n
     # the uniform start kept: the candidates are its sequential codes already, no second pass
-    uniform = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 2.0}, **kw), progress=False)
+    uniform = quantize_with_infoq(
+        copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 2.0}, reround=True, **kw), progress=False
+    )
     assert {lb.w_bits for lb in uniform.policy.values()} == {2}
     assert "second rounding" not in uniform.summary["times_s"]
     with pytest.raises(ValueError, match="reround must be True or False"):
@@ -309,7 +310,6 @@ def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):
         refine_passes=2,
         rounding="gptq",
         search_samples=4,
-        reround=False,
         modules_to_not_convert=["lm_head"],
     )
     result = quantize_with_infoq(copy.deepcopy(model), config, progress=False)
