@@ -97,6 +97,7 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
         refine_passes=args.refine_passes,
         seed=args.seed,
         search_samples=args.search_samples,
+        reround=args.reround,
     )
 
     rounding = resolve_rounding(InfoQConfig(**base, budget={"avg_bits": max(bits)}), model, calib)
@@ -111,9 +112,9 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     def rounded_for(policy: BitPolicy, candidates):
         """What the pipeline's second rounding packs `policy` with (`stages.second_rounding`, on the
         check's samples): a peer's allocation gets the same as every method's. Also its note."""
-        if candidates is None:
-            return None, ""
-        judged = first_samples(calib, 2 * args.search_samples)
+        if candidates is None or not args.reround:
+            return candidates, ""
+        judged = calib if args.search_samples is None else first_samples(calib, 2 * args.search_samples)
         kept, kls, name = second_rounding(
             model, policy, candidates, calib, judged, table=next(iter(tables.values())), scheme=candidates_scheme
         )
@@ -166,11 +167,13 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
             added = peer_rows(peer, packed, base, names, dev, test, candidates_for(budget), rounded_for)
             rows += added
             print(*(" ".join(map(shown, r)) for r in added), sep="\n", flush=True)
+    reround = "; reround=True: a kept mix rounded again on its own inputs, packed if its KL is lower"
     header = (
         f"{name}; weight-only, group 64, candidates {{2,3,4,8}}, `lm_head` and the other leftovers in bf16; "
         "every row through "
         f"`quantize_with_infoq` (rounding {args.rounding}; the ILP's allocation kept or replaced by uniform by KL "
-        f"to fp32 on the calibration tokens, {args.refine_passes} refinement moves); seed {args.seed}; "
+        f"to fp32 on the calibration tokens, {args.refine_passes} refinement moves{reround if args.reround else ''}); "
+        f"seed {args.seed}; "
         f"{common.machine()}. x uniform: perplexity / that of the budget's uniform row, with its 90% paired "
         f"bootstrap interval over the windows ({RESAMPLES} resamples)"
     )
@@ -443,6 +446,12 @@ def main(argv=None):
         help="LLMs: a peer's per-layer widths (JSON from benchmarks/peers/, e.g. autoscheme_policy.py) packed by "
         "our pipeline as a row NAME at its budget; repeat for several",
     )
+    p.add_argument(
+        "--reround",
+        action="store_true",
+        help="LLMs: InfoQConfig(reround=True) for every method, and the same second rounding for a peer's "
+        "allocation; writes compare_MODEL_reround.md",
+    )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     if args.policy_file and args.model not in ("smollm2", "tiny_llama"):
@@ -461,7 +470,7 @@ def main(argv=None):
         [header, "", *rows, "", "Search cost (from the run that produced each table):", "", *cost_table(tables)]
     )
     print(text)
-    (out / f"compare_{args.model}.md").write_text(text + "\n")
+    (out / f"compare_{args.model}{'_reround' if args.reround else ''}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":
