@@ -14,6 +14,7 @@ from infoq_hf.allocation import costs
 from infoq_hf.allocation.moves import BudgetRows, MoveUnits, propose
 from infoq_hf.allocation.spec import resolve_spec
 from infoq_hf.sensitivity import search
+from tests.helpers.kl import true_kl
 from tests.helpers.models import labelled_batches, lm_batches, small_cnn, tiny_llama
 
 
@@ -23,17 +24,6 @@ def setup():
     batches = lm_batches()
     table = search(model, batches, bits=(2, 3, 4, 8), group_size=32, skip_modules=["lm_head"], progress=False)
     return model, batches, table
-
-
-def true_kl(model, quantized, batches) -> float:
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for b in batches:
-            ref = F.log_softmax(model(**b).logits.float(), -1)
-            q = F.log_softmax(quantized(**b).logits.float(), -1)
-            total += float((ref.exp() * (ref - q)).sum())
-            count += ref.shape[0] * ref.shape[1]
-    return total / count
 
 
 def test_refined_policy_meets_the_budget_and_its_kl_is_the_models(setup):

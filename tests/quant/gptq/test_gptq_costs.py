@@ -14,6 +14,7 @@ from infoq_hf.quant.quantizer import WeightScheme, fake_quantize_weight
 from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity import SensitivityTable, search
 from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
+from tests.helpers.kl import true_kl
 from tests.helpers.models import lm_batches, tiny_gpt2, tiny_llama
 
 SCHEME = PackingScheme(group_size=32)
@@ -267,17 +268,7 @@ def test_a_mix_is_packed_with_the_gptq_rounding_that_runs_closer_to_the_float_mo
         "own inputs": sequential,
     }
 
-    def kl_to_float(quantized):
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for b in batches:
-                p = F.log_softmax(model(**b).logits.float(), -1)
-                q = F.log_softmax(quantized(**b).logits.float(), -1)
-                total += float((p.exp() * (p - q)).sum())
-                count += p.shape[0] * p.shape[1]
-        return total / count
-
-    assert r.kl_roundings == pytest.approx({k: kl_to_float(m) for k, m in packed.items()}, rel=1e-4)
+    assert r.kl_roundings == pytest.approx({k: true_kl(model, m, batches) for k, m in packed.items()}, rel=1e-4)
     assert r.rounding_kept == min(r.kl_roundings, key=r.kl_roundings.get)
     kept = packed[r.rounding_kept]
     for n in names:
