@@ -33,7 +33,7 @@ same reference serve every probe, so score differences are not estimator noise.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +77,12 @@ class InfoQOptions:
     # across layers D itself ranks better: ILP allocations on SmolLM2's dev windows are best with 1
     # (benchmarks/studies/tune_change_power.py: 76.7 vs 83.9 perplexity at 4.0 bits for 1 vs 1.5).
     change_power: float = 1.0
+    # How each information change D(l, b) is measured. "first_order": <dSMI_j/dW_l, Q_b(W_l) - W_l>, the
+    # change to first order in the perturbation, for every layer at once from one forward pass with
+    # gradients per batch and one backward pass per observer term (the differentiable "gaussian"
+    # estimator only). "probe": one forward pass per (layer, width) with that layer quantized, the
+    # paper's measurement; its cost grows with layers x depth.
+    change_estimate: str = "first_order"
 
     @classmethod
     def from_dict(cls, options: Mapping) -> InfoQOptions:
@@ -100,6 +106,13 @@ class InfoQOptions:
             raise ValueError(
                 f"probe_bits must be 'auto', an int or a list of ints in 2..7 (8 is the reference), "
                 f"got {opts.probe_bits!r}"
+            )
+        if opts.change_estimate not in ("first_order", "probe"):
+            raise ValueError(f"change_estimate must be 'first_order' or 'probe', got {opts.change_estimate!r}")
+        if opts.change_estimate == "first_order" and opts.estimator != "gaussian":
+            raise ValueError(
+                f"change_estimate='first_order' differentiates the MI estimate, which only the 'gaussian' "
+                f"estimator allows; with estimator={opts.estimator!r} pass change_estimate='probe'"
             )
         if opts.lm_target not in ("next_token", "reference_prediction"):
             raise ValueError(f"lm_target must be 'next_token' or 'reference_prediction', got {opts.lm_target!r}")
@@ -129,8 +142,11 @@ def _select(names: list[str], how, fraction: tuple[float, float], limit: int) ->
 class _Recorder:
     """Hooks that project observer activations onto fixed directions, batch by batch."""
 
-    def __init__(self, model, observers: list[str], samples: SampleIndex, directions: dict, output_hook_module):
+    def __init__(
+        self, model, observers: list[str], samples: SampleIndex, directions: dict, output_hook_module, keep_graph=False
+    ):
         self.model, self.samples, self.directions = model, samples, directions
+        self.keep_graph = keep_graph  # keep the projections on the device, in the autograd graph
         self.observers = observers
         self.batch = 0
         self.proj: dict[str, list] = {}
@@ -158,7 +174,8 @@ class _Recorder:
         if dirs.device != pooled.device:  # directions are made on the CPU; move them once
             dirs = self.directions[name] = dirs.to(pooled.device)
         with _float32_math(pooled.device):
-            proj = (pooled @ dirs.T).cpu()  # [n, K]: small, and the MI estimators run on the CPU
+            proj = pooled @ dirs.T  # [n, K]: small, and the MI estimators run on the CPU
+        proj = proj if self.keep_graph else proj.cpu()
         if not torch.isfinite(proj).all():  # NaN/inf in the activation always reaches its projections
             raise ValueError(f"activations at observer {name!r} contain NaN/inf; check the model and the data")
         self.proj.setdefault(name, []).append(proj)
@@ -308,9 +325,12 @@ class InfoQScorer:
                 f"the calibration set gives {n} samples, but the InfoQ estimator needs at least "
                 f"{self.opts.min_samples}; add calibration samples (or longer sequences)"
             )
-        ref = self._observe(None)
-        self.ref_task = {o: self._smi_task(ref[o]) for o in self.task_obs}
-        self.ref_input = {o: self._smi_input(ref[o]) for o in self.input_obs}
+        self.ref_proj = self._observe(None)  # [n, K] per observer: small
+        self._ref = {
+            "task": {o: float(self._smi_task(self.ref_proj[o])) for o in self.task_obs},
+            "input": {o: float(self._smi_input(self.ref_proj[o])) for o in self.input_obs},
+        }
+        self.terms = [(kind, o) for kind in ("task", "input") for o in self._ref[kind]]
 
     def _targets(self, predictions) -> torch.Tensor:
         ys = []
@@ -344,38 +364,48 @@ class InfoQScorer:
             rec.remove()
         return rec.result()
 
-    def _smi_task(self, proj: torch.Tensor) -> float:
+    def _smi_task(self, proj: torch.Tensor) -> torch.Tensor:
+        """SMI(L_j; Y) from an observer's [n, K] projections (differentiable with the gaussian estimator)."""
         k = proj.shape[1]
         with _float32_math(proj.device):
             mi = sliced_mi_discrete(proj, self.y, torch.eye(k, dtype=proj.dtype), estimator=self.opts.estimator)
-        return float(mi.mean())
+        return mi.mean()
 
-    def _smi_input(self, proj: torch.Tensor) -> float:
+    def _smi_input(self, proj: torch.Tensor) -> torch.Tensor:
+        """SMI(X_E; L_j) from an observer's [n, K] projections."""
         k = proj.shape[1]
         eye = torch.eye(k, dtype=proj.dtype)
         with _float32_math(proj.device):
             mi = sliced_mi_continuous(self.xe_proj.to(proj.dtype), proj, eye, eye, estimator=self.opts.estimator)
-        return float(mi.mean())
+        return mi.mean()
 
     # ------------------------------------------------------------------ probes
     def score_current(self, layer: str, bits: int) -> float:
         """Eq. 4 score of the model as it is now (the caller has perturbed `layer` at `bits`)."""
-        change = self.information_change(layer)
+        return self.eq4_score(self.information_change(layer), bits)
+
+    def eq4_score(self, change: float, bits: int) -> float:
+        """Eq. 4: the information change, over the width when `inv_bits`."""
         return change / bits if self.opts.inv_bits else change
 
     def information_change(self, layer: str) -> float:
         """D(l): the relative change of information at the observers after `layer`, as the model is now."""
         obs = self._observe(layer)
+        smi = {"task": self._smi_task, "input": self._smi_input}
+        return self.relative_change(
+            layer, {(kind, o): abs(self._ref[kind][o] - float(smi[kind](obs[o]))) for kind, o in self.terms if o in obs}
+        )
+
+    def relative_change(self, layer: str, change: Mapping[tuple[str, str], float]) -> float:
+        """D(l) from each term's absolute change |dSMI_j| (Eq. 3-4: observers after `layer` only)."""
         terms, weights = [], []
-        for _kind, observers, ref, smi, weight in (
-            ("task", self.task_obs, self.ref_task, self._smi_task, self.opts.task_weight),
-            ("input", self.input_obs, self.ref_input, self._smi_input, self.opts.input_weight),
-        ):
-            after = [o for o in observers if o in self.after[layer]]
+        for kind, weight in (("task", self.opts.task_weight), ("input", self.opts.input_weight)):
+            ref = self._ref[kind]
+            after = [o for o in ref if o in self.after[layer]]
             if not after or weight == 0:
                 continue
             denom = sum(ref.values()) / len(ref)
-            d = sum(abs(ref[o] - smi(obs[o])) for o in after) / len(after)
+            d = sum(change[(kind, o)] for o in after) / len(after)
             terms.append(d / max(abs(denom), MIN_REFERENCE_SMI))
             weights.append(weight)
         if not terms:
@@ -384,6 +414,65 @@ class InfoQScorer:
                 "so keep the task term on or add observers after this layer"
             )
         return sum(t * w for t, w in zip(terms, weights)) / sum(weights)
+
+    # ------------------------------------------------------------------ first order
+    def first_order_changes(
+        self, widths: Mapping[str, list[int]], terms: list | None = None, on_batch: Callable | None = None
+    ) -> dict:
+        """The first-order change of every term's SMI when one layer moves to `bits`:
+        <dSMI_j/dW_l, Q_b(W_l) - W_l> for every layer l in `widths` and each of its widths b, from one
+        forward pass with gradients per batch and one backward pass per (batch, term). Returns
+        {(kind, observer): {layer: {bits: signed change}}} for `terms` (default: all of them).
+
+        SMI is not a sum over samples, so its gradient with respect to each observer's projections
+        comes first, from the reference projections of the whole set; each batch then backpropagates its
+        share of it. One batch's graph is held at a time; the perturbations Q_b(W_l) - W_l are held
+        throughout (the size of the probed weights, per width)."""
+        prober, model = self.prober, self.prober.model
+        terms = self.terms if terms is None else terms
+        smi = {"task": self._smi_task, "input": self._smi_input}
+        grad_of_projection = {}
+        for kind, o in terms:
+            proj = self.ref_proj[o].detach().requires_grad_(True)
+            with torch.enable_grad():
+                (grad_of_projection[(kind, o)],) = torch.autograd.grad(smi[kind](proj), proj)
+        names = list(widths)
+        weights = [prober.layers[n].weight for n in names]
+        changes = {n: {b: prober.weight_change(n, b) for b in widths[n]} for n in names}
+        out = {t: {n: dict.fromkeys(widths[n], 0.0) for n in names} for t in terms}
+        observers = list(dict.fromkeys(o for _, o in terms))
+        rec = _Recorder(model, observers, self.samples, self.directions, self.output_module, keep_graph=True)
+        head = {} if self.output_module is None else {self.output_module_name: _SkippedHead(self.output_module, rec)}
+        flags = {p: p.requires_grad for p in model.parameters()}
+        offset = dict.fromkeys(observers, 0)
+        try:
+            for p in flags:
+                p.requires_grad_(False)
+            for w in weights:
+                w.requires_grad_(True)
+            with replaced_modules(model, head), torch.enable_grad():
+                for i, batch in enumerate(prober.batches):
+                    rec.batch, rec.proj = i, {}
+                    rec.on_output(i, prober.forward(model, batch))
+                    for k, (kind, o) in enumerate(terms):
+                        proj = rec.proj[o][0]
+                        share = grad_of_projection[(kind, o)][offset[o] : offset[o] + proj.shape[0]].to(proj)
+                        grads = torch.autograd.grad(
+                            (proj * share).sum(), weights, retain_graph=k < len(terms) - 1, allow_unused=True
+                        )
+                        for n, g in zip(names, grads):
+                            if g is not None:
+                                for b, change in changes[n].items():
+                                    out[(kind, o)][n][b] += float((g.float() * change.float()).sum())
+                    for o in observers:
+                        offset[o] += rec.proj[o][0].shape[0]
+                    if on_batch is not None:
+                        on_batch(1)
+        finally:
+            rec.remove()
+            for p, flag in flags.items():
+                p.requires_grad_(flag)
+        return out
 
 
 class _SkippedHead(torch.nn.Module):

@@ -225,6 +225,12 @@ class Prober:
         finally:
             overwrite_weight(module.weight.data, self._reference_weight(layer))  # recomputed: saves a copy
 
+    def weight_change(self, layer: str, bits: int) -> torch.Tensor:
+        """`layer`'s weight at `bits` minus its reference weight: the perturbation a probe makes."""
+        module = self.layers[layer]
+        quantized = fake_quantize_layer(module, self._float_weights[layer], self.schemes(layer, bits), layer)
+        return quantized - module.weight.detach()  # the model holds the reference outside `weight_at`
+
     def set_activation_reference(self, ranges: dict[str, tuple[float, float]]) -> None:
         """Quantize every probed layer's input at 8 bits (the W8A8 reference for activation scores)."""
         self.act_ranges = dict(ranges)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import re
 import time
@@ -331,6 +332,30 @@ def _fit_alpha(change: dict[int, float], t2: dict[int, float], widths: list[int]
     return sum(change[b] * t2[b] for b in widths) / den if den > 0 else 0.0
 
 
+def _first_order_scores(scorer, names, widths, calibrated, accelerator, on_batch) -> list[tuple]:
+    """InfoQ's weight scores from first-order information changes (`InfoQScorer.first_order_changes`).
+    The observer terms' backward passes are split over the processes and gathered; each process then
+    scores its share of the layers, which `_probe_all`'s gather joins like probe results."""
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    widths = [b for b in widths if b != REFERENCE_BITS]
+    terms = scorer.terms[rank::world]
+    changes = scorer.first_order_changes({n: widths for n in names}, terms, on_batch) if terms else {}
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        changes = {t: c for part in gather_object([changes]) for t, c in part.items()}
+    results = []
+    for name in names[rank::world]:
+        for b in widths:
+            change = scorer.relative_change(name, {t: abs(c[name][b]) for t, c in changes.items()})
+            score = change if calibrated else scorer.eq4_score(change, b)
+            if not math.isfinite(score):
+                raise ValueError(f"the infoq score of layer {name!r} at {b} bits is not finite")
+            results.append(("w", name, b, float(score)))
+    return results
+
+
 def _probe_all(
     model,
     layers,
@@ -357,14 +382,21 @@ def _probe_all(
     otherwise; the oracle records the loss change."""
     widths = {"w": list(bits if weight_bits is None else weight_bits), "a": list(bits)}
     kinds = ["w"] + (["a"] if score_activations else [])
-    jobs = [(kind, name, b) for kind in kinds for name in layers for b in widths[kind] if b != REFERENCE_BITS]
+    first_order = method == "infoq" and infoq_options.change_estimate == "first_order"
+    probed = [k for k in kinds if not (k == "w" and first_order)]  # kinds measured by one pass per probe
+    jobs = [(kind, name, b) for kind in probed for name in layers for b in widths[kind] if b != REFERENCE_BITS]
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     mine = jobs[rank::world]
     results = []
     with Prober(model, layers, batches, forward, schemes, prefix_cache) as prober:
-        prober.build_prefix_cache()
-        bar = tqdm(total=len(mine), desc=f"{method}: probes", disable=not show_progress)
+        if jobs:
+            prober.build_prefix_cache()
+        bar = tqdm(
+            total=len(mine) + (len(batches) if first_order else 0),
+            desc=f"{method}: probes" if jobs else f"{method}: first-order changes",
+            disable=not show_progress,
+        )
         for kind in kinds:
             kind_jobs = [j for j in mine if j[0] == kind]
             if kind == "a":
@@ -372,10 +404,13 @@ def _probe_all(
                     model, batches, {n: {"w_bits": 8, "a_bits": 8} for n in layers}, forward
                 )
                 prober.set_activation_reference(ranges)
-            if not kind_jobs and world == 1:
+            if kind in probed and not kind_jobs and world == 1:
                 continue
             scorer = InfoQScorer(prober, task, infoq_options, seed) if method == "infoq" else OracleScorer(prober, task)
             raw = kind == "w" and method == "infoq" and infoq_options.scores == "calibrated"
+            if kind not in probed:
+                results += _first_order_scores(scorer, list(layers), widths["w"], raw, accelerator, bar.update)
+                continue
             for _, name, b in kind_jobs:
                 perturb = prober.weight_at(name, b) if kind == "w" else prober.activation_at(name, b)
                 with perturb:
@@ -391,7 +426,7 @@ def _probe_all(
 
         results = gather_object(results)
         layer_evals = sum(gather_object([layer_evals]))
-    cost = {"layer_evals": layer_evals, "forward_passes": len(jobs) * len(batches)}
+    cost = {"layer_evals": layer_evals, "forward_passes": (len(jobs) + (world if first_order else 0)) * len(batches)}
     out = {k: {name: {} for name in layers} for k in kinds}
     for kind, name, b, score in results:
         out[kind][name][b] = score

@@ -197,8 +197,9 @@ class SampleIndex:
             start += c.numel()
 
     def pool(self, activation: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        """Activation of one batch -> [n_samples, features] (float32)."""
-        a = activation.detach()
+        """Activation of one batch -> [n_samples, features] (float32); differentiable, so that the
+        first-order InfoQ estimate can backpropagate through it (every other caller runs without grad)."""
+        a = activation
         if self.task == "causal_lm":
             a = a.reshape(a.shape[0] * a.shape[1], -1) if a.dim() >= 3 else a.reshape(-1, 1)
             return a[self.rows[batch_idx]].float()

@@ -12,15 +12,15 @@ from tests.helpers.models import labelled_batches, lm_batches, small_cnn, tiny_l
 
 def test_prefix_cache_gives_identical_scores_with_fewer_layer_evaluations():
     model, batches = small_cnn(), labelled_batches()
-    cached = search(model, batches, bits=(2, 4, 8), progress=False)
-    full = search(model, batches, bits=(2, 4, 8), progress=False, prefix_cache=False)
+    cached = search(model, batches, bits=(2, 4, 8), change_estimate="probe", progress=False)
+    full = search(model, batches, bits=(2, 4, 8), change_estimate="probe", progress=False, prefix_cache=False)
     assert cached.to_dict()["layers"] == full.to_dict()["layers"]
     assert cached.meta["cost"]["layer_evals"] < full.meta["cost"]["layer_evals"]
 
 
 def test_prefix_cache_exact_on_a_decoder_stack():
     model, batches = tiny_llama(vocab=96, layers=3, pad_token_id=None, max_position_embeddings=64), lm_batches()
-    kw = dict(bits=(2, 8), progress=False, skip_modules=["lm_head"], max_samples=128)
+    kw = dict(bits=(2, 8), progress=False, skip_modules=["lm_head"], max_samples=128, change_estimate="probe")
     cached = search(model, batches, **kw)
     full = search(model, batches, prefix_cache=False, **kw)
     assert cached.to_dict()["layers"] == full.to_dict()["layers"]
@@ -51,7 +51,7 @@ def test_calibrated_scores_are_alpha_times_relative_weight_error():
     cal = search(model, batches, bits=bits, seed=3, probe_bits=3, progress=False)  # one probe per layer at 3 bits
     squared = search(model, batches, bits=bits, seed=3, probe_bits=3, change_power=2, progress=False)
     eq4 = search(model, batches, bits=(3, 8), seed=3, scores="eq4", inv_bits=False, progress=False)
-    assert cal.meta["cost"]["forward_passes"] == len(cal.layers) * len(batches)  # one probe per layer
+    assert cal.meta["cost"]["forward_passes"] == len(batches)  # one pass with gradients per batch
     for name, info in cal.layers.items():
         w = model.get_submodule(name).weight.detach()
         for b in bits:

@@ -1,0 +1,75 @@
+"""The first-order information change (`change_estimate="first_order"`) against ground truth: central
+finite differences of the same SMI estimate, and the probes' measurement for a small perturbation."""
+
+import pytest
+import torch
+
+from infoq_hf.quant.apply import default_forward, quantizable_layers
+from infoq_hf.quant.scheme import PackingScheme
+from infoq_hf.sensitivity import search
+from infoq_hf.sensitivity.infoq import InfoQOptions, InfoQScorer
+from infoq_hf.sensitivity.probe import Prober
+from tests.helpers.models import labelled_batches, lm_batches, small_cnn, tiny_llama
+
+
+def _cnn():
+    return small_cnn().double(), [(x.double(), y) for x, y in labelled_batches()], "classification", []
+
+
+def _llama():
+    model = tiny_llama(vocab=96, layers=3, pad_token_id=None, max_position_embeddings=64).double()
+    return model, lm_batches(), "causal_lm", ["lm_head"]
+
+
+# The step: small enough for the CNN's ReLU kinks, large enough for the LM's changes to clear the
+# float32 rounding of the observers' projections (which also bounds the agreement at about 1%).
+@pytest.mark.parametrize(("make", "eps"), [(_cnn, 1e-3), (_llama, 0.05)], ids=["cnn", "llama"])
+def test_first_order_change_is_the_derivative_of_the_probed_smi(make, eps):
+    """<dSMI_j/dW_l, dW_l> equals the central difference of SMI_j along dW_l (float64 model)."""
+    model, batches, task, skip = make()
+    layers = quantizable_layers(model, skip)
+    scheme = PackingScheme(group_size=16)
+    with Prober(model, layers, batches, default_forward, lambda n, b: scheme.weight_scheme(layers[n], b)) as prober:
+        scorer = InfoQScorer(prober, task, InfoQOptions(num_directions=16, max_samples=128), seed=0)
+        first = scorer.first_order_changes({n: [3] for n in layers})
+        smi = {"task": scorer._smi_task, "input": scorer._smi_input}
+        checked = 0
+        for name, layer in layers.items():
+            reference, delta = layer.weight.data.clone(), prober.weight_change(name, 3)
+            values = {}
+            for sign in (1, -1):
+                layer.weight.data.copy_(reference + sign * eps * delta)
+                observed = scorer._observe(name)
+                values[sign] = {t: float(smi[t[0]](observed[t[1]])) for t in scorer.terms if t[1] in observed}
+            layer.weight.data.copy_(reference)
+            assert values[1], name  # every layer has an observer after it
+            for term, plus in values[1].items():
+                central = (plus - values[-1][term]) / (2 * eps)
+                assert first[term][name][3] == pytest.approx(central, rel=1e-2, abs=1e-7), (name, term)
+                checked += 1
+            before = [t for t in scorer.terms if t[1] not in scorer.after[name]]
+            assert all(first[t][name][3] == 0.0 for t in before)  # an observer before the layer cannot move
+        assert checked >= len(layers)
+
+
+def test_first_order_search_matches_the_probes_for_a_small_perturbation():
+    """With 7-bit perturbations the first-order D is the probes' D up to the second-order remainder."""
+    model, batches = small_cnn(), labelled_batches()
+    kw = dict(bits=(2, 4, 8), probe_bits=7, num_directions=16, progress=False)
+    first = search(model, batches, **kw)
+    probed = search(model, batches, change_estimate="probe", **kw)
+    assert first.meta["options"]["change_estimate"] == "first_order"
+    assert first.meta["cost"]["forward_passes"] == len(batches)  # one pass with gradients per batch
+    assert probed.meta["cost"]["forward_passes"] == len(batches) * len(probed.layers)
+    for name, info in first.layers.items():
+        assert info["alpha"] == pytest.approx(probed.layers[name]["alpha"], rel=0.05), name
+
+
+def test_first_order_needs_the_gaussian_estimator():
+    model, batches = small_cnn(), labelled_batches()
+    with pytest.raises(ValueError, match="change_estimate='probe'"):
+        search(model, batches, bits=(2, 8), estimator="binning", progress=False)
+    with pytest.raises(ValueError, match="change_estimate must be"):
+        search(model, batches, bits=(2, 8), change_estimate="exact", progress=False)
+    table = search(model, batches, bits=(2, 8), estimator="binning", change_estimate="probe", progress=False)
+    assert all(info["w"][2] > 0 for info in table.layers.values())
