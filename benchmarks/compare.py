@@ -28,7 +28,7 @@ import torch
 
 from infoq_hf import BitPolicy, Budget, InfoQConfig, allocate, quantizable_layers, quantize_model, refine, search
 from infoq_hf.defaults import DEFAULT_REFINE_PASSES
-from infoq_hf.pipeline import quantize_with_infoq
+from infoq_hf.pipeline import quantize_with_infoq, stages
 from infoq_hf.pipeline.data import first_samples, resolve_rounding
 from infoq_hf.pipeline.stages import second_rounding
 from infoq_hf.quant.scheme import PackingScheme
@@ -59,24 +59,44 @@ def best_uniform_width(budget: float, bits) -> int:
     return max(fitting)
 
 
-def lm_tables(key: str, model, calib, args, out: Path, kw: dict) -> dict[str, SensitivityTable]:
+def pipeline_estimate(model, bits, budget: float, skip=(), **config) -> str:
+    """The information-change estimate the product's pipeline searches with at `budget` average bits
+    (`stages.information_estimate`)."""
+    config = InfoQConfig(bits=list(bits), budget={"avg_bits": budget}, **config)
+    return stages.information_estimate(model, config, skip)["change_estimate"]
+
+
+def lm_tables(key: str, model, calib, args, out: Path, kw: dict) -> dict[str, dict[float, SensitivityTable]]:
+    """{label: {budget: table}}: InfoQ's table at each budget is searched as the pipeline would search it."""
     from infoq_hf.sensitivity.infoq import InfoQOptions
 
     defaults = InfoQOptions()
     searches = {m: {} for m in args.methods}
     if "infoq" in searches:
         searches["infoq"] = {"probe_bits": defaults.probe_bits, "change_power": defaults.change_power}
-    if args.with_eq4:  # one probe per (layer, width): three times the calibrated search
-        searches["infoq (paper Eq. 4)"] = {"scores": "eq4"}
+    if args.with_eq4:  # the paper's measurement: one probe per (layer, width), three times the calibrated search
+        searches["infoq (paper Eq. 4)"] = {"scores": "eq4", "change_estimate": "probe"}
+    found = {}  # one search per method and options, shared by the budgets that ask for it
+
+    def table(method: str, opts: dict) -> SensitivityTable:
+        name = method + "".join(f"_{k}{v}" for k, v in opts.items())
+        if name not in found:
+            found[name] = cached_table(
+                out / "tables" / f"{key}_{name}_c{len(calib)}_s{args.seed}.json",
+                args.fresh,
+                lambda: search(model, calib, method=method, **kw, **opts),
+            )
+        return found[name]
+
     tables = {}
     for label, opts in searches.items():
-        method = label.split()[0]
-        name = method + "".join(f"_{k}{v}" for k, v in opts.items())
-        tables[label] = cached_table(
-            out / "tables" / f"{key}_{name}_c{len(calib)}_s{args.seed}.json",
-            args.fresh,
-            lambda m=method, o=opts: search(model, calib, method=m, **kw, **o),
-        )
+        by_budget = {}
+        for budget in args.budgets:
+            if label == "infoq":
+                estimate = pipeline_estimate(model, kw["bits"], budget, kw["skip_modules"], group_size=kw["group_size"])
+                opts = {**opts, "change_estimate": estimate}
+            by_budget[budget] = table(label.split()[0], opts)
+        tables[label] = by_budget
     return tables
 
 
@@ -89,6 +109,7 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     # the tables are searched on what the pipeline searches on: the first `search_samples` samples
     searched = calib if args.search_samples is None else first_samples(calib, args.search_samples)
     tables = lm_tables(key, model, searched, args, out, kw)
+    sizes = next(iter(next(iter(tables.values())).values()))  # any table: the layers and their sizes
     base = dict(
         bits=bits,
         group_size=64,
@@ -107,7 +128,7 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     starts = common.CandidatesByStart(model, {n: bits for n in names}, calib, candidates_scheme)
 
     def candidates_for(budget: float):
-        return starts.for_budget(next(iter(tables.values())), budget) if rounding == "gptq" else None
+        return starts.for_budget(sizes, budget) if rounding == "gptq" else None
 
     def rounded_for(policy: BitPolicy, candidates):
         """What the pipeline's second rounding packs `policy` with (`stages.second_rounding`, on the
@@ -116,7 +137,7 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
             return candidates, ""
         judged = calib if args.search_samples is None else first_samples(calib, 2 * args.search_samples)
         kept, kls, name = second_rounding(
-            model, policy, candidates, calib, judged, table=next(iter(tables.values())), scheme=candidates_scheme
+            model, policy, candidates, calib, judged, table=sizes, scheme=candidates_scheme
         )
         return kept, "" if kls is None else f"; packed from {name} ({common.rounding_note(kls)})"
 
@@ -152,7 +173,8 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
             )
         )
         print(*map(shown, rows[-1]), flush=True)
-        for label, table in tables.items():
+        for label, by_budget in tables.items():
+            table = by_budget[budget]
             config = InfoQConfig(**base, budget={"avg_bits": budget}, method=table.method)
             result, nll_dev, nll_test = packed(config, table, candidates_for(budget))
             r = result.policy.report.refinement
@@ -201,7 +223,7 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
         "|---|---|---|---|---|---|",
     ]
     table_md += [f"| {b} | {m} | {r.passes} | {r.accepted} | {r.start} | {r.wall_s:.0f} |" for b, m, r in refinements]
-    return header, table_md, tables
+    return header, table_md, {f"{label} @ {b}": t for label, by in tables.items() for b, t in by.items()}
 
 
 def shown(value) -> str:
@@ -317,10 +339,13 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
     `allocate` and `refine` with the same moves for every method."""
     kw = dict(bits=(2, 3, 4, 8), seed=args.seed, score_activations=True)
     tables = {}
+    # InfoQ's weights as the pipeline searches them at 3.0 bits (its activations are probed)
+    estimate = pipeline_estimate(model, kw["bits"], 3.0, group_size=None, pin_first_last=False)
     for m in CLASSIFIER_METHODS:
-        opts = {"score_activations": False} if m != "infoq" else {}
+        opts = {"score_activations": False} if m != "infoq" else {"change_estimate": estimate}
+        suffix = f"_{estimate}" if m == "infoq" else ""
         tables[m] = cached_table(
-            out / "tables" / f"{key}_{m}_c{len(calib)}_s{args.seed}.json",
+            out / "tables" / f"{key}_{m}{suffix}_c{len(calib)}_s{args.seed}.json",
             args.fresh,
             lambda m=m, opts=opts: search(model, calib, method=m, **{**kw, **opts}),
         )

@@ -112,7 +112,14 @@ def main(argv=None):
         out / "tables" / f"smollm2_infoq_calibrated_c{len(search_calib)}_s{args.seed}.json",
         False,
         lambda: search(
-            model, search_calib, method="infoq", bits=(2, 3, 4, 8), group_size=GROUP, skip_modules=SKIP, seed=args.seed
+            model,
+            search_calib,
+            method="infoq",
+            bits=(2, 3, 4, 8),
+            group_size=GROUP,
+            skip_modules=SKIP,
+            seed=args.seed,
+            change_estimate="probe",
         ),
     )
     candidates_s: dict[str, float] = {}  # wall time per kind of inputs

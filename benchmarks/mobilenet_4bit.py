@@ -27,6 +27,7 @@ from infoq_hf import InfoQConfig
 from infoq_hf.pipeline import quantize_with_infoq
 
 from . import assets, common
+from .compare import pipeline_estimate
 from .mobilenet import calibration_set, evaluate
 
 
@@ -65,6 +66,8 @@ def main(argv=None):
     for method in ("infoq", "hawq", "weight_mse", "size_only", "random"):
         t = time.perf_counter()
         kw = {"hutchinson_samples": args.hutchinson} if method == "hawq" else {}
+        if method == "infoq":  # searched as the product's pipeline searches at this budget
+            kw = {"change_estimate": pipeline_estimate(model, base["bits"], args.avg_bits, group_size=None)}
         table = infoq_hf.search(model, calib, bits=base["bits"], method=method, seed=args.seed, progress=False, **kw)
         search_s = time.perf_counter() - t
         for suffix, moves in [("", 0), (f" + {args.refine_passes} moves", args.refine_passes)]:

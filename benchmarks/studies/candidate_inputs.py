@@ -43,7 +43,15 @@ def main() -> None:
     names = list(quantizable_layers(model, skip_modules=SKIP))
     rows, dev_ppl = [], {}
     for seed in args.seeds:
-        table = search(model, first_samples(calib, 4), bits=BITS, group_size=64, skip_modules=SKIP, seed=seed)
+        table = search(
+            model,
+            first_samples(calib, 4),
+            bits=BITS,
+            group_size=64,
+            skip_modules=SKIP,
+            seed=seed,
+            change_estimate="probe",
+        )
         for budget in args.budgets:
             floor = uniform_start(table, Budget(avg_bits=budget))
             above = min(b for b in BITS if b > max(floor.values()))

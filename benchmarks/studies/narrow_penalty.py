@@ -46,7 +46,9 @@ def main() -> None:
     args = p.parse_args()
     model, _, calib, dev, test = common.smollm2_data(32, 16, 32)
     scheme = PackingScheme(group_size=64, rounding="gptq")
-    table = search(model, first_samples(calib, 4), bits=BITS, group_size=64, skip_modules=SKIP, seed=0)
+    table = search(
+        model, first_samples(calib, 4), bits=BITS, group_size=64, skip_modules=SKIP, seed=0, change_estimate="probe"
+    )
     names = list(quantizable_layers(model, skip_modules=SKIP))
     check = first_samples(calib, 8)
     rows = []

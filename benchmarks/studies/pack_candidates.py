@@ -45,7 +45,15 @@ def main() -> None:
     starts = common.CandidatesByStart(model, {n: BITS for n in names}, calib, scheme)
     rows, dev_ppl = [], {}
     tables = {
-        seed: search(model, first_samples(calib, 4), bits=BITS, group_size=64, skip_modules=SKIP, seed=seed)
+        seed: search(
+            model,
+            first_samples(calib, 4),
+            bits=BITS,
+            group_size=64,
+            skip_modules=SKIP,
+            seed=seed,
+            change_estimate="probe",
+        )
         for seed in args.seeds
     }
     for budget in args.budgets:  # (the budgets' uniform starts differ: one candidate pass each)

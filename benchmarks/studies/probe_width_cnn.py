@@ -61,7 +61,9 @@ def main() -> None:
         quantize_with_infoq(uniform, InfoQConfig(**{**base, "bits": int(budget)}), progress=False)
         top1["uniform", budget] = common.top1(uniform, dev)
     for probe_bits, seed in itertools.product(args.probe_bits, args.seeds):
-        table = search(model, calib, bits=BITS, seed=seed, probe_bits=probe_bits, progress=False)
+        table = search(
+            model, calib, bits=BITS, seed=seed, probe_bits=probe_bits, change_estimate="probe", progress=False
+        )
         for budget in args.budgets:
             m = copy.deepcopy(model)
             config = InfoQConfig(**base, budget={"avg_bits": budget}, seed=seed)

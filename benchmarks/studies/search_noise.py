@@ -62,7 +62,14 @@ def main() -> None:
         started = time.perf_counter()
         with autocast:
             tables[label, seed] = search(
-                model, searched, bits=BITS, group_size=64, skip_modules=SKIP, seed=seed, **options
+                model,
+                searched,
+                bits=BITS,
+                group_size=64,
+                skip_modules=SKIP,
+                seed=seed,
+                change_estimate="probe",
+                **options,
             )
         seconds[label, seed] = time.perf_counter() - started
         print(label, seed, f"search {seconds[label, seed]:.1f} s", flush=True)

@@ -32,6 +32,7 @@ from .. import common
 from ..compare import cached_table
 from ..spearman import correlations, load_setup, oracle_cache
 
+PROBED = {"change_estimate": "probe"}  # these option sets were compared with the paper's probes
 CANDIDATES = {
     "default": {},
     "classes=8": {"lm_classes": 8},
@@ -57,7 +58,16 @@ def calibrated_choices(model, calib, kwargs, bits, oracle, seed, out: Path) -> l
         out / "tables" / f"tune_raw_{key}.json",
         False,
         lambda: search(
-            model, calib, bits=bits, method="infoq", seed=seed, progress=False, scores="eq4", inv_bits=False, **kwargs
+            model,
+            calib,
+            bits=bits,
+            method="infoq",
+            seed=seed,
+            progress=False,
+            scores="eq4",
+            inv_bits=False,
+            change_estimate="probe",
+            **kwargs,
         ),
     )
     mse = search(model, calib, bits=bits, method="weight_mse", seed=seed, progress=False, **kwargs)
@@ -155,7 +165,9 @@ def main(argv=None):
     ]
     for name in args.candidates.split(";"):
         opts = CANDIDATES[name] if name in CANDIDATES else json.loads(name)
-        table = search(model, calib, bits=bits, method="infoq", seed=args.seed, progress=False, **kwargs, **opts)
+        table = search(
+            model, calib, bits=bits, method="infoq", seed=args.seed, progress=False, **kwargs, **{**PROBED, **opts}
+        )
         overall, per_bit = correlations(table, oracle, bits)
         lines.append(
             f"| {name} `{json.dumps(opts)}` | {overall:.3f} | {per_bit:.3f} | {table.meta['cost']['wall_s']:.1f} |"

@@ -43,7 +43,16 @@ def main() -> None:
     model, _, calib, dev, test = common.smollm2_data(32, 16, 32)
     names = list(quantizable_layers(model, skip_modules=SKIP))
     tables = {
-        m: search(model, first_samples(calib, 4), bits=BITS, method=m, group_size=64, skip_modules=SKIP, seed=0)
+        m: search(
+            model,
+            first_samples(calib, 4),
+            bits=BITS,
+            method=m,
+            group_size=64,
+            skip_modules=SKIP,
+            seed=0,
+            **({"change_estimate": "probe"} if m == "infoq" else {}),
+        )
         for m in ("infoq", "weight_mse")
     }
     budget = Budget(avg_bits=3.5)

@@ -234,7 +234,7 @@ def search(
     else:
         eval_batches = batches if method == "infoq" else (as_batches(heldout) or batches)
         calibrated = method == "infoq" and infoq_options.scores == "calibrated"
-        probe_bits = _probe_widths(infoq_options, bits) if calibrated else bits
+        probe_bits = probe_widths(infoq_options, bits) if calibrated else bits
         if calibrated:  # the table records the widths probed, "auto" resolved
             infoq_options = dataclasses.replace(infoq_options, probe_bits=probe_bits)
         w_scores, a_scores, cost = _probe_all(
@@ -317,7 +317,7 @@ def search(
     return SensitivityTable(method, bits, table_layers, meta)
 
 
-def _probe_widths(options: InfoQOptions, bits: list[int]) -> list[int]:
+def probe_widths(options: InfoQOptions, bits: list[int]) -> list[int]:
     """The widths the calibrated costs probe at: `probe_bits`, or for "auto" the narrowest candidate of 3
     bits or more (3 when there is none)."""
     if options.probe_bits == "auto":

@@ -33,7 +33,14 @@ def _reference_policy(model_dir, calib, refine_passes):
         {"dataset": "text", "data_files": str(calib), **SPEC}, model, tokenizer=tokenizer
     )
     table = search(
-        model, batches, bits=(2, 4, 8), method="infoq", group_size=16, skip_modules=["lm_head"], progress=False
+        model,
+        batches,
+        bits=(2, 4, 8),
+        method="infoq",
+        group_size=16,
+        skip_modules=["lm_head"],
+        change_estimate="probe",  # what the pipeline picks: 3.0 bits start at 2, below the 4-bit probe
+        progress=False,
     )
     policy = allocate(table, Budget(avg_bits=3.0))
     if refine_passes:

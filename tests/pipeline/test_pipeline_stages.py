@@ -202,3 +202,24 @@ def test_a_table_of_another_model_is_refused_by_name(setup):
     config = InfoQConfig(**KW, budget={"avg_bits": 3}, rounding="rtn")
     with pytest.raises(ValueError, match=r"layers this model does not have \(\['model\.layers\.2\."):
         quantize_with_infoq(copy.deepcopy(model), config, table=table, progress=False)
+
+
+@pytest.mark.parametrize(
+    "bits, budget, options, expected",
+    [
+        ([2, 3, 4, 8], 3.0, {}, "first_order"),  # the uniform start (3 bits) is the probe width
+        ([2, 3, 4, 8], 2.5, {}, "probe"),  # the start (2 bits) lies below it
+        ([2, 4, 8], 3.0, {}, "probe"),  # auto probes at 4 bits; the start is 2
+        ([2, 3, 4, 8], 2.5, {"change_estimate": "first_order"}, "first_order"),  # the user's choice stands
+        ([2, 3, 4, 8], 3.0, {"probe_bits": 4}, "probe"),
+    ],
+)
+def test_the_pipeline_estimates_information_changes_to_first_order_unless_the_budget_lies_below_the_probe(
+    setup, bits, budget, options, expected
+):
+    model, batches = setup
+    config = InfoQConfig(
+        bits=bits, budget={"avg_bits": budget}, group_size=32, calibration=batches, method_options=options
+    )
+    result = quantize_with_infoq(copy.deepcopy(model), config, skip_modules=SKIP, progress=False)
+    assert result.table.meta["options"]["change_estimate"] == expected

@@ -2,7 +2,6 @@
 finite differences of the same SMI estimate, and the probes' measurement for a small perturbation."""
 
 import pytest
-import torch
 
 from infoq_hf.quant.apply import default_forward, quantizable_layers
 from infoq_hf.quant.scheme import PackingScheme
