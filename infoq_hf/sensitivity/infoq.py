@@ -446,18 +446,32 @@ class InfoQScorer:
             with torch.enable_grad():
                 (grad_of_projection[(kind, o)],) = torch.autograd.grad(smi[kind](proj), proj)
         names = list(widths)
-        weights = [prober.layers[n].weight for n in names]
-        changes = {n: {b: prober.weight_change(n, b) for b in widths[n]} for n in names}
+        weights = {n: prober.layers[n].weight for n in names}
+        changes = {n: {b: prober.weight_change(n, b).reshape(-1) for b in widths[n]} for n in names}
         out = {t: {n: dict.fromkeys(widths[n], 0.0) for n in names} for t in terms}
+        current = {}  # the term being backpropagated: {layer: {bits: change}}
+
+        def take_gradient(name):
+            def hook(weight):  # dot the gradient with each perturbation as it arrives, then free it
+                grad = weight.grad.reshape(-1)
+                for b, change in changes[name].items():
+                    current[name][b] += float(torch.dot(grad.to(change.dtype), change))
+                weight.grad = None
+
+            return hook
+
         observers = list(dict.fromkeys(o for _, o in terms))
         rec = _Recorder(model, observers, self.samples, self.directions, self.output_module, keep_graph=True)
         head = {} if self.output_module is None else {self.output_module_name: _SkippedHead(self.output_module, rec)}
         flags = {p: p.requires_grad for p in model.parameters()}
+        grads = {n: w.grad for n, w in weights.items()}  # a caller's gradients are put back untouched
+        hooks = [w.register_post_accumulate_grad_hook(take_gradient(n)) for n, w in weights.items()]
         offset = dict.fromkeys(observers, 0)
         try:
             for p in flags:
                 p.requires_grad_(False)
-            for w in weights:
+            for w in weights.values():
+                w.grad = None
                 w.requires_grad_(True)
             with replaced_modules(model, head), torch.enable_grad():
                 for i, batch in enumerate(prober.batches):
@@ -466,21 +480,23 @@ class InfoQScorer:
                     for k, (kind, o) in enumerate(terms):
                         proj = torch.cat(rec.proj[o])  # an observer that runs twice per pass is recorded twice
                         share = grad_of_projection[(kind, o)][offset[o] : offset[o] + proj.shape[0]].to(proj)
-                        grads = torch.autograd.grad(
-                            (proj * share).sum(), weights, retain_graph=k < len(terms) - 1, allow_unused=True
+                        current.clear()
+                        current.update(out[(kind, o)])
+                        torch.autograd.backward(
+                            (proj * share).sum(), inputs=list(weights.values()), retain_graph=k < len(terms) - 1
                         )
-                        for n, g in zip(names, grads):
-                            if g is not None:
-                                for b, change in changes[n].items():
-                                    out[(kind, o)][n][b] += float((g.float() * change.float()).sum())
                     for o in observers:
                         offset[o] += sum(p.shape[0] for p in rec.proj[o])
                     if on_batch is not None:
                         on_batch(1)
         finally:
             rec.remove()
+            for h in hooks:
+                h.remove()
             for p, flag in flags.items():
                 p.requires_grad_(flag)
+            for n, w in weights.items():
+                w.grad = grads[n]
         return out
 
 

@@ -2,6 +2,7 @@
 finite differences of the same SMI estimate, and the probes' measurement for a small perturbation."""
 
 import pytest
+import torch
 
 from infoq_hf.quant.apply import default_forward, quantizable_layers
 from infoq_hf.quant.scheme import PackingScheme
@@ -72,3 +73,16 @@ def test_first_order_needs_the_gaussian_estimator():
         search(model, batches, bits=(2, 8), change_estimate="exact", progress=False)
     table = search(model, batches, bits=(2, 8), estimator="binning", change_estimate="probe", progress=False)
     assert all(info["w"][2] > 0 for info in table.layers.values())
+
+
+def test_first_order_search_leaves_the_model_and_its_gradients_as_they_were():
+    model, batches = small_cnn(), labelled_batches()
+    first = next(iter(quantizable_layers(model).values()))
+    first.weight.grad = torch.ones_like(first.weight)  # a caller's gradient, mid-training
+    frozen = model[-1].weight
+    frozen.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    search(model, batches, bits=(2, 8), progress=False)
+    assert torch.equal(first.weight.grad, torch.ones_like(first.weight))
+    assert not frozen.requires_grad and first.weight.requires_grad
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
