@@ -465,14 +465,15 @@ class InfoQScorer:
         head = {} if self.output_module is None else {self.output_module_name: _SkippedHead(self.output_module, rec)}
         flags = {p: p.requires_grad for p in model.parameters()}
         grads = {n: w.grad for n, w in weights.items()}  # a caller's gradients are put back untouched
-        hooks = [w.register_post_accumulate_grad_hook(take_gradient(n)) for n, w in weights.items()]
+        hooks = []
         offset = dict.fromkeys(observers, 0)
         try:
             for p in flags:
                 p.requires_grad_(False)
-            for w in weights.values():
+            for n, w in weights.items():
                 w.grad = None
                 w.requires_grad_(True)
+                hooks.append(w.register_post_accumulate_grad_hook(take_gradient(n)))
             with replaced_modules(model, head), torch.enable_grad():
                 for i, batch in enumerate(prober.batches):
                     rec.batch, rec.proj = i, {}
