@@ -2,6 +2,8 @@
 the probes (one forward pass per layer), on SmolLM2-135M and the Fashion-MNIST ResNet-8.
 
     python -m benchmarks.studies.first_order     # ~25 min on 2 CPU cores: results/first_order.md
+    python -m benchmarks.studies.first_order --estimates first_order --search-samples 16 --no-cnn \
+        --out benchmarks/results/first_order_search16.md     # the first order on 16 search windows
 
 Each model is searched with both estimates, seeds 0, 1 and 2 (the seed draws the random directions),
 and every table goes through the product's pipeline at each budget. SmolLM2: its setup of
@@ -37,9 +39,9 @@ ESTIMATES = ("probe", "first_order")
 TRAINED_ON = 20000  # the Fashion-MNIST recipe's --train-samples
 
 
-def _searches(model, calib, seeds, **kw):
+def _searches(model, calib, seeds, estimates, **kw):
     tables, seconds = {}, {}
-    for estimate in ESTIMATES:
+    for estimate in estimates:
         for seed in seeds:
             started = time.perf_counter()
             tables[estimate, seed] = search(
@@ -50,36 +52,41 @@ def _searches(model, calib, seeds, **kw):
     return tables, seconds
 
 
-def _rows(title, tables, seconds, metric, seeds, budgets, names, metric_name):
+def _rows(title, tables, seconds, metric, seeds, budgets, names, metric_name, estimates):
     lines = [
         f"## {title}",
         "",
-        "| estimate | search s (mean) | alpha Spearman with the probes' (same seed) | "
+        "| estimate | search s (mean) | alpha Spearman with the probes' (same seed, when run) | "
         + " | ".join(f"{b:g} bits: {metric_name} per seed | {b:g} bits: mean" for b in budgets)
         + " |",
         "|---|---|---|" + "---|---|" * len(budgets),
     ]
-    for estimate in ESTIMATES:
-        rho = statistics.mean(
-            common.spearman(
-                [tables[estimate, s].layers[n]["alpha"] for n in names],
-                [tables["probe", s].layers[n]["alpha"] for n in names],
+    for estimate in estimates:
+        rho = "-"
+        if "probe" in estimates:
+            rho = "{:.3f}".format(
+                statistics.mean(
+                    common.spearman(
+                        [tables[estimate, s].layers[n]["alpha"] for n in names],
+                        [tables["probe", s].layers[n]["alpha"] for n in names],
+                    )
+                    for s in seeds
+                )
             )
-            for s in seeds
-        )
         cells = []
         for b in budgets:
             values = [metric[estimate, s, b] for s in seeds]
             cells += [" / ".join(f"{v:.2f}" for v in values), f"{statistics.mean(values):.2f}"]
         mean_s = statistics.mean(seconds[estimate, s] for s in seeds)
-        lines.append(f"| {estimate} | {mean_s:.1f} | {rho:.3f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {estimate} | {mean_s:.1f} | {rho} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def smollm2(seeds, budgets):
+def smollm2(seeds, budgets, estimates, windows):
     skip = ["lm_head"]
     model, _, calib, dev, _ = common.smollm2_data(32, 16, 0)
-    tables, seconds = _searches(model, first_samples(calib, 4), seeds, group_size=64, skip_modules=skip)
+    searched = first_samples(calib, windows)
+    tables, seconds = _searches(model, searched, seeds, estimates, group_size=64, skip_modules=skip)
     names = list(quantizable_layers(model, skip_modules=skip))
     starts = common.CandidatesByStart(
         model, {n: BITS for n in names}, calib, PackingScheme(group_size=64, rounding="gptq")
@@ -89,7 +96,12 @@ def smollm2(seeds, budgets):
         for (estimate, seed), table in tables.items():
             quantized = copy.deepcopy(model)
             config = InfoQConfig(
-                bits=list(BITS), budget={"avg_bits": budget}, group_size=64, calibration=calib, search_samples=4, seed=0
+                bits=list(BITS),
+                budget={"avg_bits": budget},
+                group_size=64,
+                calibration=calib,
+                search_samples=windows,
+                seed=0,
             )
             candidates = starts.for_budget(table, budget)
             quantize_with_infoq(
@@ -97,11 +109,11 @@ def smollm2(seeds, budgets):
             )
             ppl[estimate, seed, budget] = common.perplexity(quantized, dev)
             print(f"{estimate}, seed {seed}, {budget} bits: dev ppl {ppl[estimate, seed, budget]:.2f}", flush=True)
-    title = "SmolLM2-135M: dev perplexity (16x128 tokens)"
-    return _rows(title, tables, seconds, ppl, seeds, budgets, names, "dev ppl")
+    title = f"SmolLM2-135M, search on {windows} windows: dev perplexity (16x128 tokens)"
+    return _rows(title, tables, seconds, ppl, seeds, budgets, names, "dev ppl", estimates)
 
 
-def fashion_resnet(checkpoint, seeds, budgets):
+def fashion_resnet(checkpoint, seeds, budgets, estimates):
     sys.path.insert(0, str(ROOT))
     from benchmarks.assets import fashion_mnist
     from recipes.common import FASHION_MEAN, FASHION_STD, tuple_batches
@@ -115,7 +127,7 @@ def fashion_resnet(checkpoint, seeds, budgets):
     calib_idx, dev_idx = order[:512], order[TRAINED_ON : TRAINED_ON + 10000]
     calib = tuple_batches(x[calib_idx], ytr[calib_idx], 64)
     dev = tuple_batches(x[dev_idx], ytr[dev_idx], 500)
-    tables, seconds = _searches(model, calib, seeds)
+    tables, seconds = _searches(model, calib, seeds, estimates)
     top1 = {}
     for (estimate, seed), table in tables.items():
         for budget in budgets:
@@ -132,7 +144,8 @@ def fashion_resnet(checkpoint, seeds, budgets):
             top1[estimate, seed, budget] = common.top1(m, dev)
             print(f"{estimate}, seed {seed}, {budget} bits: dev top-1 {top1[estimate, seed, budget]:.2f}", flush=True)
     title = f"Fashion-MNIST ResNet-8: dev top-1 % (float {common.top1(model, dev):.2f})"
-    return _rows(title, tables, seconds, top1, seeds, budgets, list(quantizable_layers(model)), "dev top-1")
+    names = list(quantizable_layers(model))
+    return _rows(title, tables, seconds, top1, seeds, budgets, names, "dev top-1", estimates)
 
 
 def main() -> None:
@@ -140,20 +153,27 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budgets", type=float, nargs="+", default=[3.5, 3.0, 2.5], help="SmolLM2's average bits")
     p.add_argument("--cnn-budgets", type=float, nargs="+", default=[3.0, 2.5], help="ResNet-8's average bits")
+    p.add_argument("--estimates", nargs="+", choices=ESTIMATES, default=list(ESTIMATES))
+    p.add_argument(
+        "--search-samples", type=int, default=4, help="SmolLM2's search windows (the check: the next as many)"
+    )
+    p.add_argument("--no-cnn", action="store_true", help="SmolLM2 only")
     p.add_argument("--checkpoint", default="out/fashion_resnet8.pt")
     p.add_argument("--out", default="benchmarks/results/first_order.md")
     args = p.parse_args()
     lines = [
         f"# InfoQ's information change: first order against probes ({common.machine()})",
         "",
-        "Command: `python -m benchmarks.studies.first_order`",
+        "Command: `" + " ".join(["python -m benchmarks.studies.first_order", *sys.argv[1:]]) + "`",
         "",
     ]
-    if Path(args.checkpoint).exists():
-        lines += fashion_resnet(args.checkpoint, args.seeds, args.cnn_budgets)
+    if args.no_cnn:
+        pass
+    elif Path(args.checkpoint).exists():
+        lines += fashion_resnet(args.checkpoint, args.seeds, args.cnn_budgets, args.estimates)
     else:
         print(f"no ResNet-8 checkpoint at {args.checkpoint}: its part is skipped")
-    lines += smollm2(args.seeds, args.budgets)
+    lines += smollm2(args.seeds, args.budgets, args.estimates, args.search_samples)
     Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")
 
