@@ -28,6 +28,8 @@ What is ours (and why):
   width). Every operation on the stacked rows is elementwise, and each width's lazy block update is
   its own matrix product of the single-width shapes, so each width's codes and scales are bit-identical
   to a sweep of that width alone.
+- The output error tr(D H D^T) of each width's result (the allocation's GPTQ/RTN error ratio) is read
+  off the sweep's scaled errors (`gptq_quantize_widths_with_errors`), not from a product with H.
 """
 
 from __future__ import annotations
@@ -115,6 +117,24 @@ def gptq_quantize_widths(
 ) -> list[QuantizedWeight]:
     """`gptq_quantize` at every scheme of `schemes` (typically one per width) from one factorization of
     the Hessian; element k is bit-identical to `gptq_quantize(weight, hessian, schemes[k], ...)`."""
+    kw = dict(damp=damp, block_size=block_size, act_order=act_order, where=where)
+    return [qw for qw, _ in gptq_quantize_widths_with_errors(weight, hessian, schemes, **kw)]
+
+
+def gptq_quantize_widths_with_errors(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    schemes: Sequence[WeightScheme],
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+    where: str = "",
+) -> list[tuple[QuantizedWeight, float]]:
+    """`gptq_quantize_widths`, each result with its output error tr(D H D^T) (D: the weight change),
+    read off the sweep. The sweep's scaled errors E satisfy D = E U with U^T U = (H + S)^-1 (S: the
+    dampening on the diagonal), so ||E||^2 = tr(D (H + S) D^T), and the error is that less
+    tr(D S D^T): no product with the Hessian."""
     GPTQOptions(damp, block_size, act_order)  # validates
     if weight.dim() != 2:
         raise ValueError(
@@ -132,22 +152,23 @@ def gptq_quantize_widths(
         raise ValueError(f"layer {where!r}: the calibration Hessian contains NaN or inf; check the calibration inputs")
     if not schemes:
         return []
-    order, U = _factor(hessian, damp, act_order, where, weight.device)
-    results: list[QuantizedWeight | None] = [None] * len(schemes)
+    order, U, shift = _factor(hessian, damp, act_order, where, weight.device)
+    results: list[tuple[QuantizedWeight, float] | None] = [None] * len(schemes)
     sweeps: dict[tuple[int, bool], list[int]] = {}  # schemes whose sweeps share groups and lazy blocks
     for k, scheme in enumerate(schemes):
         key = (group_count(weight.shape, scheme.group_size), act_order or scheme.group_size is None)
         sweeps.setdefault(key, []).append(k)
     for (n_groups, static), ks in sweeps.items():
         rounded = _sweep_widths(weight, U, order, [schemes[k] for k in ks], n_groups, static, block_size, where)
-        for k, qw in zip(ks, rounded):
-            results[k] = qw
+        for k, (qw, damped) in zip(ks, rounded):
+            change = (weight.detach().float() - qw.dequantize()).double()  # both float32, as the sweep rounds
+            results[k] = (qw, damped - float(change.square().sum(0) @ shift))
     return results
 
 
-def _factor(hessian, damp, act_order, where, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The column order and the upper Cholesky factor of the dampened, permuted H^-1 (row i holds the
-    updates column i's error makes)."""
+def _factor(hessian, damp, act_order, where, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The column order, the upper Cholesky factor of the dampened, permuted H^-1 (row i holds the
+    updates column i's error makes) and the dampening added to H's diagonal (original order)."""
     cols = hessian.shape[0]
     H = hessian.detach().to(device=device, dtype=torch.float64).clone()
     diag = H.diagonal()
@@ -161,6 +182,7 @@ def _factor(hessian, damp, act_order, where, device) -> tuple[torch.Tensor, torc
         )
         diag[dead] = 1.0
     diag.add_(damp * float(diag.mean()))
+    shift = diag - hessian.detach().to(device=device, dtype=torch.float64).diagonal()
     if act_order:
         order = torch.argsort(H.diagonal(), descending=True, stable=True)
         H = H[order][:, order]
@@ -173,13 +195,13 @@ def _factor(hessian, damp, act_order, where, device) -> tuple[torch.Tensor, torc
             f"layer {where!r}: the calibration Hessian is singular even after dampening (damp={damp}); raise "
             "damp (e.g. gptq damp=0.1) or give more calibration data"
         ) from None
-    return order, U
+    return order, U, shift
 
 
-def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where) -> list[QuantizedWeight]:
-    """GPTQ's column sweep with lazy block updates, for the rows of every scheme stacked. The weights
-    are held transposed ([cols, rows], sweep order) so that each column the sweep reads and writes is
-    contiguous in memory."""
+def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where) -> list[tuple]:
+    """GPTQ's column sweep with lazy block updates, for the rows of every scheme stacked: each scheme's
+    `QuantizedWeight` and the squared norm of its scaled errors. The weights are held transposed
+    ([cols, rows], sweep order) so that each column the sweep reads and writes is contiguous in memory."""
     out, cols = weight.shape
     widths, device = len(schemes), weight.device
     gsize = cols // n_groups
@@ -200,6 +222,7 @@ def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where
     group_of = (order // gsize).tolist()  # scale group of each column in sweep order
     pivots = U.diagonal().tolist()
     swept = torch.empty(cols, widths * out, dtype=torch.float32, device=device)  # integer codes, sweep order
+    squared = torch.zeros(widths, dtype=torch.float64, device=device)  # ||E||^2 of each scheme's rows
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         W1, U1 = WT[i1:i2].clone(), U[i1:i2, i1:i2]
@@ -220,6 +243,7 @@ def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where
             err = (w - ((q - z) * s).double()) / pivots[col]
             W1[i:].addr_(U1[i, i:], err, alpha=-1)  # the columns not yet rounded absorb the error
             E1[i] = err
+        squared += E1.square().sum(0).reshape(widths, out).sum(1)
         if i2 < cols:
             for k in range(widths):  # each width's update is the single-width product, same shapes
                 part = slice(k * out, (k + 1) * out)
@@ -228,12 +252,15 @@ def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where
     codes[order] = swept
     codes = (codes.t() - qmin[:, None]).to(torch.uint8)
     return [
-        QuantizedWeight(
-            codes[k * out : (k + 1) * out].clone(),
-            scale[k].clone(),
-            None if scheme.symmetric else zero[k].to(torch.uint8),
-            scheme,
-            tuple(weight.shape),
+        (
+            QuantizedWeight(
+                codes[k * out : (k + 1) * out].clone(),
+                scale[k].clone(),
+                None if scheme.symmetric else zero[k].to(torch.uint8),
+                scheme,
+                tuple(weight.shape),
+            ),
+            float(squared[k]),
         )
         for k, scheme in enumerate(schemes)
     ]
@@ -263,22 +290,36 @@ def quantize_layer_gptq_widths(
 ) -> list[QuantizedWeight]:
     """`quantize_layer_gptq` at every scheme of `schemes`, from one factorization per Hessian.
     `weight`: the layer's weight as it stores it, when it is not `layer.weight` (an offloaded layer)."""
+    return [qw for qw, _ in quantize_layer_gptq_widths_with_errors(name, layer, hessian, schemes, options, weight)]
+
+
+def quantize_layer_gptq_widths_with_errors(
+    name: str,
+    layer: nn.Module,
+    hessian: torch.Tensor,
+    schemes: Sequence[WeightScheme],
+    options: GPTQOptions,
+    weight: torch.Tensor | None = None,
+) -> list[tuple[QuantizedWeight, float]]:
+    """`quantize_layer_gptq_widths`, each result with its output error on the Hessian(s), summed over
+    conv groups (`gptq_quantize_widths_with_errors`)."""
     kw = dict(damp=options.damp, block_size=options.block_size, act_order=options.act_order, where=name)
     w = (layer.weight if weight is None else weight).detach()
     if isinstance(layer, nn.Conv2d):
         parts = [
-            gptq_quantize_widths(wg.reshape(wg.shape[0], -1), hg, schemes, **kw)
+            gptq_quantize_widths_with_errors(wg.reshape(wg.shape[0], -1), hg, schemes, **kw)
             for wg, hg in zip(w.chunk(layer.groups), hessian)
         ]
         out = []
         for k, scheme in enumerate(schemes):
-            group_parts = [p[k] for p in parts]
+            group_parts = [p[k][0] for p in parts]
             codes = torch.cat([p.codes for p in group_parts])
             zp = None if scheme.symmetric else torch.cat([p.zero_point for p in group_parts])
-            out.append(QuantizedWeight(codes, torch.cat([p.scale for p in group_parts]), zp, scheme, tuple(w.shape)))
+            qw = QuantizedWeight(codes, torch.cat([p.scale for p in group_parts]), zp, scheme, tuple(w.shape))
+            out.append((qw, sum(p[k][1] for p in parts)))
         return out
     transposed = HFConv1D is not None and isinstance(layer, HFConv1D)
-    return gptq_quantize_widths(w.t() if transposed else w, hessian[0], schemes, **kw)
+    return gptq_quantize_widths_with_errors(w.t() if transposed else w, hessian[0], schemes, **kw)
 
 
 __all__ = ["GPTQOptions", "gptq_quantize", "gptq_quantize_widths", "quantize_layer_gptq", "quantize_layer_gptq_widths"]

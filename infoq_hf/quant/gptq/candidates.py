@@ -28,7 +28,7 @@ from ..apply import default_forward, overwrite_weight, packed_layer, set_submodu
 from ..modules import HFConv1D
 from ..packing import pack, unpack
 from ..quantizer import QuantizedWeight, WeightScheme, fake_quantize_weight, quantize_weight
-from .algorithm import GPTQOptions, quantize_layer_gptq_widths
+from .algorithm import GPTQOptions, quantize_layer_gptq_widths_with_errors
 from .hessian import output_error
 from .walk import GPTQReport, hessian_stages, model_blocks, onloaded, stage_count, stored_weight, trace_stages
 
@@ -241,9 +241,9 @@ def _round_layer(name, layer, hessian, widths, kept, scheme, options, transposed
     schemes = [scheme.weight_scheme(layer, b) for b in widths]
     ratios, rounded = {}, {}
     h32 = hessian.float()  # output_error's precision, converted once for every width
-    for b, ws, qw in zip(widths, schemes, quantize_layer_gptq_widths(name, layer, hessian, schemes, options, stored)):
+    rounded_widths = quantize_layer_gptq_widths_with_errors(name, layer, hessian, schemes, options, stored)
+    for b, ws, (qw, e_gptq) in zip(widths, schemes, rounded_widths):  # GPTQ's error comes from its sweep
         e_rtn = output_error(fake_quantize_weight(w, ws, name) - w, h32)
-        e_gptq = output_error(qw.dequantize() - w, h32)
         ratios[b] = e_gptq / e_rtn if e_rtn > 0 else 1.0
         if b in kept:
             rounded[b] = PackedCandidate.of(qw)

@@ -16,6 +16,7 @@ import tests.helpers.gptq_reference as reference
 from infoq_hf import quantizable_layers
 from infoq_hf.quant import WeightScheme
 from infoq_hf.quant.gptq import GPTQCandidates, PackedCandidate, gptq_candidates, gptq_quantize, gptq_quantize_widths
+from infoq_hf.quant.gptq.algorithm import gptq_quantize_widths_with_errors
 from infoq_hf.quant.scheme import PackingScheme
 from tests.helpers.models import lm_batches, tiny_gpt2, tiny_llama
 
@@ -58,6 +59,23 @@ def test_every_width_is_bit_identical_to_its_own_sweep(cols, group_size, act_ord
     mixed = [WeightScheme(3, 32), WeightScheme(4, None), WeightScheme(2, 32, True)]  # different sweeps in one call
     for scheme, qw in zip(mixed, gptq_quantize_widths(w, h, mixed, act_order=act_order)):
         assert same_rounding(qw, reference.gptq_quantize(w, h, scheme, act_order=act_order))
+
+
+@pytest.mark.parametrize("group_size,act_order,block", [(32, False, 128), (None, True, 20), (48, False, 20)])
+def test_the_sweeps_error_is_the_output_error_on_the_hessian(group_size, act_order, block):
+    """tr(D H D^T) read off the sweep (||E||^2 less the dampening's share) equals the product, in float64,
+    with a dead input channel (its dampening is 1 + damp * mean) and the widths swept together."""
+    g = torch.Generator().manual_seed(7)
+    x = correlated(400, 96, g)
+    h = 2 * x.T.double() @ x.double() / x.shape[0]
+    h[3, :] = h[:, 3] = 0.0
+    w = torch.randn(20, 96, generator=g)
+    schemes = [WeightScheme(b, group_size) for b in BITS]
+    got = gptq_quantize_widths_with_errors(w, h, schemes, act_order=act_order, block_size=block)
+    for (qw, error), same in zip(got, gptq_quantize_widths(w, h, schemes, act_order=act_order, block_size=block)):
+        assert same_rounding(qw, same)
+        d = w.double() - qw.dequantize().double()
+        assert error == pytest.approx(float(((d @ h) * d).sum()), rel=1e-9)
 
 
 def same_ratios(new: dict, old: dict) -> bool:
