@@ -86,3 +86,16 @@ def test_first_order_search_leaves_the_model_and_its_gradients_as_they_were():
     assert torch.equal(first.weight.grad, torch.ones_like(first.weight))
     assert not frozen.requires_grad and first.weight.requires_grad
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_first_order_search_in_bfloat16_ranks_layers_as_in_float32():
+    """A bfloat16 model's gradients are widened to float32 before the dot products."""
+    from scipy.stats import spearmanr
+
+    model = tiny_llama(vocab=96, layers=4, hidden=128, intermediate=256, pad_token_id=None, max_position_embeddings=64)
+    kw = dict(bits=(2, 3, 4, 8), group_size=32, skip_modules=["lm_head"], max_samples=192, progress=False)
+    full = search(model, lm_batches(), **kw)
+    half = search(model.to(torch.bfloat16), lm_batches(), **kw)
+    alphas = [[t.layers[n]["alpha"] for n in full.layers] for t in (full, half)]
+    assert all(a > 0 for a in alphas[1])
+    assert spearmanr(*alphas).correlation > 0.9
