@@ -127,11 +127,13 @@ def search(
     "llamacpp" (option `preset`: "q4_k_m" or "q3_k_m"), "random" or "oracle" (`baselines`). `scheme`: the
     `PackingScheme` the model will be packed with (default: one scale per output channel, asymmetric, no
     clipping search), or its fields as shorthand (`group_size=`, `conv_group_size=`, `symmetric=`,
-    `clip_search=`); the table records it. `options` go to InfoQ (see `InfoQOptions`: num_directions,
-    estimator, observers, lm_target, inv_bits, ...). `heldout` is the oracle's evaluation data (default: calibration).
-    `accelerator`: an `accelerate.Accelerator`; probes are split over its processes. `embeddings`: score
-    the `nn.Embedding`s too (rows grouped like a Linear's inputs); an output head tied to one (an LM head
-    sharing the input embedding) is part of it: one tensor, one width, its MACs counted with it."""
+    `clip_search=`); the table records it. `options` go to InfoQ (see `InfoQOptions`: change_estimate
+    ("first_order" by default, or the paper's "probe"), num_directions, estimator, observers, lm_target,
+    ...). `heldout` is the oracle's evaluation data (default: calibration). `accelerator`: an
+    `accelerate.Accelerator`; probes (or the first order's backward passes) are split over its processes.
+    `embeddings`: score the `nn.Embedding`s too (rows grouped like a Linear's inputs); an output head tied
+    to one (an LM head sharing the input embedding) is part of it: one tensor, one width, its MACs counted
+    with it."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     scheme = resolve_scheme(
