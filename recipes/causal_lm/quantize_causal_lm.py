@@ -1,14 +1,14 @@
-"""Search + allocate + quantize + save (+ push) a causal LM with InfoQ, probes split over processes.
+"""Search + allocate + quantize + save (+ push) a causal LM with InfoQ, the search split over processes.
 
     accelerate launch --config_file recipes/causal_lm/accelerate_gpu.yaml recipes/causal_lm/quantize_causal_lm.py \
         --model path/to/float_model --calib corpus.txt --avg-bits 3 --out out/model-infoq-3bit
 
 Every process loads the float model and the same calibration batches and calls
 `infoq_hf.quantize_pretrained` (the pipeline of quantize-on-load): the search runs each process's
-share of the (layer, bits) probes and gathers the table, the allocation's refinement splits its
-candidates over the processes, and every process packs the same model. The main process writes
-the packed checkpoint (plain `from_pretrained(out)` reloads it after `import infoq_hf`), the table
-and policy.json.
+share of the observer terms' backward passes (or of the probes) and gathers the table, the
+allocation's refinement splits its candidates over the processes, and every process packs the same
+model. The main process writes the packed checkpoint (plain `from_pretrained(out)` reloads it after
+`import infoq_hf`), the table and policy.json.
 """
 
 from __future__ import annotations

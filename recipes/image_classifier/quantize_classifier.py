@@ -10,7 +10,7 @@ compact ResNet of the QAT recipe (`recipes:resnet8`); `--checkpoint`: weights to
 instead). `--data`: an image folder (`datasets`' imagefolder: one sub-folder per class) or
 `fashion-mnist` (the Debian package, through `benchmarks.assets`).
 
-Every process runs its share of the (layer, bits) probes; the main process allocates, packs
+Every process runs its share of the search (observer terms or probes); the main process allocates, packs
 (`quantize_model`), measures top-1 on `--eval-samples` held-out images and saves with
 `infoq_hf.save_quantized` (timm models reload with `infoq_hf.load_quantized(out)` alone).
 """
