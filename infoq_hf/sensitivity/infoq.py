@@ -447,27 +447,27 @@ class InfoQScorer:
                 (grad_of_projection[(kind, o)],) = torch.autograd.grad(smi[kind](proj), proj)
         names = list(widths)
         weights = {n: prober.layers[n].weight for n in names}
-        # in float32 at least: dot products in bfloat16 are slow on CPUs and imprecise
-        changes = {n: {b: _at_least_float32(prober.weight_change(n, b).reshape(-1)) for b in widths[n]} for n in names}
+        changes = {n: {b: prober.weight_change(n, b).reshape(-1) for b in widths[n]} for n in names}  # model's dtype
         out = {t: {n: dict.fromkeys(widths[n], 0.0) for n in names} for t in terms}
         current = {}  # the term being backpropagated: {layer: {bits: change}}
 
-        buffers = {}  # per device: one float32 buffer that gradients of a narrower dtype are widened into
+        buffers = {}  # (device, role): a float32 buffer that tensors of a narrower dtype are widened into
 
-        def widened(grad):
-            # a fresh float32 tensor per layer and term costs page faults: most of a bfloat16 search's time
-            if grad.dtype in (torch.float32, torch.float64):
-                return grad
-            buffer = buffers.get(grad.device)
-            if buffer is None or buffer.numel() < grad.numel():
-                buffer = buffers[grad.device] = torch.empty(grad.numel(), dtype=torch.float32, device=grad.device)
-            return buffer[: grad.numel()].copy_(grad)
+        def widened(t, role):
+            # bfloat16 dot products are slow on CPUs and imprecise, and a fresh float32 copy per layer and
+            # term costs page faults; perturbations stay in the model's dtype, so memory does not double
+            if t.dtype in (torch.float32, torch.float64):
+                return t
+            buffer = buffers.get((t.device, role))
+            if buffer is None or buffer.numel() < t.numel():
+                buffer = buffers[t.device, role] = torch.empty(t.numel(), dtype=torch.float32, device=t.device)
+            return buffer[: t.numel()].copy_(t)
 
         def take_gradient(name):
             def hook(weight):  # dot the gradient with each perturbation as it arrives, then free it
-                grad = widened(weight.grad.reshape(-1))
+                grad = widened(weight.grad.reshape(-1), "gradient")
                 for b, change in changes[name].items():
-                    current[name][b] += float(torch.dot(grad, change))
+                    current[name][b] += float(torch.dot(grad, widened(change, "change").to(grad.dtype)))
                 weight.grad = None
 
             return hook
@@ -524,10 +524,6 @@ class _SkippedHead(torch.nn.Module):
         if OUTPUT in self.recorder.observers:
             self.recorder._record(OUTPUT, x)
         return torch.zeros((), dtype=x.dtype, device=x.device).expand(*x.shape[:-1], self.out_features)
-
-
-def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.float64 else t.float()
 
 
 def _float32_math(device: torch.device):
