@@ -73,6 +73,23 @@ def smollm2_data(n_calib: int, n_dev: int, n_test: int, seq_len: int = 128, batc
 
 
 @torch.no_grad()
+def probed_smollm2_table(model, calib: list[dict], seed: int):
+    """The main job's InfoQ search of SmolLM2 (first 4 windows, candidates {2,3,4,8}, group 64, `lm_head`
+    float) with the paper's probes: what the GPTQ candidates' studies were measured with."""
+    from infoq_hf import search
+    from infoq_hf.pipeline.data import first_samples
+
+    return search(
+        model,
+        first_samples(calib, 4),
+        bits=(2, 3, 4, 8),
+        group_size=64,
+        skip_modules=["lm_head"],
+        seed=seed,
+        change_estimate="probe",
+    )
+
+
 def window_nll(model, batches: list[dict]) -> tuple[torch.Tensor, int]:
     """(the summed next-token NLL of every window, float64; tokens predicted per window)."""
     sums = []

@@ -19,9 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-from infoq_hf import Budget, allocate, quantizable_layers, quantize_model, search
+from infoq_hf import Budget, allocate, quantizable_layers, quantize_model
 from infoq_hf.allocation import uniform_start
-from infoq_hf.pipeline.data import first_samples
 from infoq_hf.quant.gptq import gptq_candidates
 from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
@@ -43,15 +42,7 @@ def main() -> None:
     names = list(quantizable_layers(model, skip_modules=SKIP))
     rows, dev_ppl = [], {}
     for seed in args.seeds:
-        table = search(
-            model,
-            first_samples(calib, 4),
-            bits=BITS,
-            group_size=64,
-            skip_modules=SKIP,
-            seed=seed,
-            change_estimate="probe",
-        )
+        table = common.probed_smollm2_table(model, calib, seed)
         for budget in args.budgets:
             floor = uniform_start(table, Budget(avg_bits=budget))
             above = min(b for b in BITS if b > max(floor.values()))

@@ -25,18 +25,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from infoq_hf import InfoQConfig, quantizable_layers, quantize_with_infoq, search
 from infoq_hf.pipeline.data import first_samples
 from infoq_hf.quant.scheme import PackingScheme
 
 from .. import common
+from .probe_width_cnn import fashion_dev_split
 
-ROOT = Path(__file__).resolve().parents[2]
 BITS = (2, 3, 4, 8)
 ESTIMATES = ("probe", "first_order")
-TRAINED_ON = 20000  # the Fashion-MNIST recipe's --train-samples
 
 
 def _searches(model, calib, seeds, estimates, **kw):
@@ -114,19 +111,7 @@ def smollm2(seeds, budgets, estimates, windows):
 
 
 def fashion_resnet(checkpoint, seeds, budgets, estimates):
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.assets import fashion_mnist
-    from recipes.common import FASHION_MEAN, FASHION_STD, tuple_batches
-    from recipes.qat.resnet import load_checkpoint
-
-    model, _ = load_checkpoint(Path(checkpoint))
-    model.eval()
-    xtr, ytr, _, _ = fashion_mnist()
-    order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0))  # the recipe's draw
-    x = ((xtr.float() / 255.0 - FASHION_MEAN) / FASHION_STD).unsqueeze(1)
-    calib_idx, dev_idx = order[:512], order[TRAINED_ON : TRAINED_ON + 10000]
-    calib = tuple_batches(x[calib_idx], ytr[calib_idx], 64)
-    dev = tuple_batches(x[dev_idx], ytr[dev_idx], 500)
+    model, calib, dev = fashion_dev_split(checkpoint)
     tables, seconds = _searches(model, calib, seeds, estimates)
     top1 = {}
     for (estimate, seed), table in tables.items():

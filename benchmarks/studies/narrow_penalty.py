@@ -16,7 +16,7 @@ import argparse
 import copy
 from pathlib import Path
 
-from infoq_hf import Budget, allocate, quantizable_layers, quantize_model, refine, search
+from infoq_hf import Budget, allocate, quantizable_layers, quantize_model, refine
 from infoq_hf.allocation import uniform_start
 from infoq_hf.pipeline.data import first_samples
 from infoq_hf.quant.gptq import gptq_candidates
@@ -46,9 +46,7 @@ def main() -> None:
     args = p.parse_args()
     model, _, calib, dev, test = common.smollm2_data(32, 16, 32)
     scheme = PackingScheme(group_size=64, rounding="gptq")
-    table = search(
-        model, first_samples(calib, 4), bits=BITS, group_size=64, skip_modules=SKIP, seed=0, change_estimate="probe"
-    )
+    table = common.probed_smollm2_table(model, calib, 0)
     names = list(quantizable_layers(model, skip_modules=SKIP))
     check = first_samples(calib, 8)
     rows = []

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from infoq_hf import InfoQConfig, quantizable_layers, quantize_model, search
+from infoq_hf import InfoQConfig, quantizable_layers, quantize_model
 from infoq_hf.pipeline import quantize_with_infoq
-from infoq_hf.pipeline.data import first_samples
 from infoq_hf.quant.apply import cast_float_leftovers
 from infoq_hf.quant.scheme import PackingScheme
 
@@ -44,18 +43,7 @@ def main() -> None:
     names = list(quantizable_layers(model, skip_modules=SKIP))
     starts = common.CandidatesByStart(model, {n: BITS for n in names}, calib, scheme)
     rows, dev_ppl = [], {}
-    tables = {
-        seed: search(
-            model,
-            first_samples(calib, 4),
-            bits=BITS,
-            group_size=64,
-            skip_modules=SKIP,
-            seed=seed,
-            change_estimate="probe",
-        )
-        for seed in args.seeds
-    }
+    tables = {seed: common.probed_smollm2_table(model, calib, seed) for seed in args.seeds}
     for budget in args.budgets:  # (the budgets' uniform starts differ: one candidate pass each)
         for seed, table in tables.items():
             candidates = starts.for_budget(table, budget)

@@ -32,6 +32,23 @@ BITS = (2, 3, 4, 8)
 TRAINED_ON = 20000  # the recipe's --train-samples
 
 
+def fashion_dev_split(checkpoint):
+    """The recipe's ResNet-8 from `checkpoint`, 512 calibration images and 10000 dev images (training
+    images the checkpoint was not trained on), as (model, calibration batches, dev batches)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.assets import fashion_mnist
+    from recipes.common import FASHION_MEAN, FASHION_STD, tuple_batches
+    from recipes.qat.resnet import load_checkpoint
+
+    model, _ = load_checkpoint(Path(checkpoint))
+    model.eval()
+    xtr, ytr, _, _ = fashion_mnist()
+    order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0))  # the recipe's draw
+    x = ((xtr.float() / 255.0 - FASHION_MEAN) / FASHION_STD).unsqueeze(1)
+    calib_idx, dev_idx = order[:512], order[TRAINED_ON : TRAINED_ON + 10000]
+    return model, tuple_batches(x[calib_idx], ytr[calib_idx], 64), tuple_batches(x[dev_idx], ytr[dev_idx], 500)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="out/fashion_resnet8.pt")
@@ -40,19 +57,7 @@ def main() -> None:
     p.add_argument("--budgets", type=float, nargs="+", default=[3.0, 2.5])
     p.add_argument("--out", default="benchmarks/results/probe_width_fashion_resnet.md")
     args = p.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.assets import fashion_mnist
-    from recipes.common import FASHION_MEAN, FASHION_STD, tuple_batches
-    from recipes.qat.resnet import load_checkpoint
-
-    model, _ = load_checkpoint(Path(args.checkpoint))
-    model.eval()
-    xtr, ytr, _, _ = fashion_mnist()
-    order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0))  # the recipe's draw
-    x = ((xtr.float() / 255.0 - FASHION_MEAN) / FASHION_STD).unsqueeze(1)
-    calib_idx, dev_idx = order[:512], order[TRAINED_ON : TRAINED_ON + 10000]
-    calib = tuple_batches(x[calib_idx], ytr[calib_idx], 64)
-    dev = tuple_batches(x[dev_idx], ytr[dev_idx], 500)
+    model, calib, dev = fashion_dev_split(args.checkpoint)
     float_top1 = common.top1(model, dev)
     base = dict(bits=BITS, group_size=None, calibration=calib, pin_first_last=False)
     top1 = {}
