@@ -90,6 +90,7 @@ def probed_smollm2_table(model, calib: list[dict], seed: int):
     )
 
 
+@torch.no_grad()
 def window_nll(model, batches: list[dict]) -> tuple[torch.Tensor, int]:
     """(the summed next-token NLL of every window, float64; tokens predicted per window)."""
     sums = []
