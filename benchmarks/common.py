@@ -29,10 +29,33 @@ def rounding_note(kls: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in kls.items())
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the architecture: float results differ between CPUs' kernels."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{platform.machine()} {names[0]}" if names else platform.machine()
+
+
 def machine() -> str:
     import os
 
-    return f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    return f"{cpu_model()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+
+
+def jitter_weights(model, seed: int, skip_modules=()) -> None:
+    """Multiply every quantizable layer's weight by (1 + 2^-24 n), n ~ N(0, 1) drawn from `seed`, in place:
+    differences of the size float32 rounding makes (another CPU's kernels, another summation order), under
+    which a sequential quantizer such as GPTQ may take another path."""
+    from infoq_hf import quantizable_layers
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in quantizable_layers(model, skip_modules=list(skip_modules)):
+            w = model.get_submodule(name).weight
+            w.mul_(1 + 2.0**-24 * torch.randn(w.shape, generator=generator, dtype=w.dtype))
 
 
 def lm_windows(texts: dict[str, str], tokenizer, n_seqs: int, seq_len: int, offset: int = 0) -> torch.Tensor:

@@ -223,7 +223,7 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
         "|---|---|---|---|---|---|",
     ]
     table_md += [f"| {b} | {m} | {r.passes} | {r.accepted} | {r.start} | {r.wall_s:.0f} |" for b, m, r in refinements]
-    return header, table_md, {f"{label} @ {b}": t for label, by in tables.items() for b, t in by.items()}
+    return header, table_md, {f"{label} @ {b}": t for label, by in tables.items() for b, t in by.items()}, rows
 
 
 def shown(value) -> str:
@@ -274,7 +274,11 @@ def run_smollm2(args, out: Path):
         f"on the first {args.search_samples} windows), perplexity on "
         f"{args.dev}x128 dev and {args.eval or 32}x128 test tokens (tragedies)"
     )
-    return run_lm("smollm2", name, model, calib, dev, test, args, out)
+    key = "smollm2"
+    if args.jitter is not None:
+        common.jitter_weights(model, args.jitter, ["lm_head"])
+        name, key = f"{name}, weights jittered with seed {args.jitter}", f"smollm2_jitter{args.jitter}"
+    return run_lm(key, name, model, calib, dev, test, args, out)
 
 
 def run_tiny_llama(args, out: Path):
@@ -415,7 +419,7 @@ def run_classifier(key, name, model, calib, test, args, out: Path):
         "|---|---|---|---|---|---|",
     ]
     table_md += [f"| {a} | {b} | {c:.3f} | {d} | {e:.2f} | {f} |" for a, b, c, d, e, f in rows]
-    return header, table_md, tables
+    return header, table_md, tables, rows
 
 
 def cost_table(tables: dict) -> list[str]:
@@ -477,8 +481,18 @@ def main(argv=None):
         help="LLMs: InfoQConfig(reround=True) for every method, and the same second rounding for a peer's "
         "allocation; writes compare_MODEL_reround.md",
     )
+    p.add_argument(
+        "--jitters",
+        type=int,
+        default=0,
+        help="smollm2: also run N copies whose weights carry float32-sized noise (`common.jitter_weights`, seeds "
+        "1..N), as another CPU's arithmetic would; GPTQ may take another path in each; adds the mean over the "
+        "runs and writes compare_smollm2_jitter{N}.md",
+    )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
+    if args.jitters and args.model != "smollm2":
+        p.error("--jitters is for smollm2")
     if args.policy_file and args.model not in ("smollm2", "tiny_llama"):
         p.error("--policy-file is for the language models (smollm2, tiny_llama)")
     out = Path(args.out)
@@ -490,12 +504,45 @@ def main(argv=None):
         "mnist_cnn": run_mnist,
         "fashion_resnet": run_fashion_resnet,
     }[args.model]
-    header, rows, tables = runner(args, out)
+    args.jitter = None
+    header, table_md, tables, rows = runner(args, out)
     text = "\n".join(
-        [header, "", *rows, "", "Search cost (from the run that produced each table):", "", *cost_table(tables)]
+        [header, "", *table_md, "", "Search cost (from the run that produced each table):", "", *cost_table(tables)]
     )
+    suffix = "_reround" if args.reround else ""
+    if args.jitters:
+        runs = [rows]
+        for seed in range(1, args.jitters + 1):
+            args.jitter = seed
+            runs.append(runner(args, out)[3])
+        text = "\n".join([*jitter_summary(runs), "", "## The run on the weights as loaded", "", text])
+        suffix += f"_jitter{args.jitters}"
     print(text)
-    (out / f"compare_{args.model}{'_reround' if args.reround else ''}.md").write_text(text + "\n")
+    (out / f"compare_{args.model}{suffix}.md").write_text(text + "\n")
+
+
+def jitter_summary(runs: list[list[tuple]]) -> list[str]:
+    """Each row's dev and test perplexity in every run (the weights as loaded, then each jitter seed), and
+    their means: how far a row's place in the table is GPTQ's path rather than its allocation."""
+    lines = [
+        f"## Mean over {len(runs)} runs: the weights as loaded and {len(runs) - 1} float32-sized jitters",
+        "",
+        "| allocation | budget (avg bits) | dev perplexity per run | dev mean | test perplexity per run | test mean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, row in enumerate(runs[0]):
+        per_run = [run[i] for run in runs]
+        if any(r[:2] != row[:2] for r in per_run):
+            raise RuntimeError(f"the runs' rows differ at {row[:2]}: {[r[:2] for r in per_run]}")
+        cells = [row[0], row[1]]
+        for split in (3, 4):
+            values = [common.perplexity_from_nll(*r[split]) for r in per_run if isinstance(r[split], tuple)]
+            if not values:
+                cells += ["-", "-"]
+                continue
+            cells += [" / ".join(f"{v:.2f}" for v in values), f"{sum(values) / len(values):.2f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines
 
 
 if __name__ == "__main__":

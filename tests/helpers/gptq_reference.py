@@ -163,8 +163,9 @@ def _gptq(weight, hessian, scheme, damp, block_size, act_order, where) -> Quanti
     )
     if act_order:
         W, H = W[:, order], H[order][:, order]
-    try:  # the upper Cholesky factor of H^-1: row i holds the updates column i's error makes
-        U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    try:  # the upper Cholesky factor of H^-1 (row i: the updates column i's error makes), as the library
+        L = torch.linalg.cholesky(H.flip(0, 1))  # forms it (its test checks it against the three-step form)
+        U = torch.linalg.solve_triangular(L, torch.eye(cols, dtype=H.dtype, device=H.device), upper=False).flip(0, 1)
     except torch.linalg.LinAlgError:
         raise ValueError(
             f"layer {where!r}: the calibration Hessian is singular even after dampening (damp={damp}); raise "

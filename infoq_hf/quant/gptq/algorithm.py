@@ -188,8 +188,13 @@ def _factor(hessian, damp, act_order, where, device) -> tuple[torch.Tensor, torc
         H = H[order][:, order]
     else:
         order = torch.arange(cols, device=device)
+    # With J the reversal of the columns and J H J = L L^T, U = J L^-1 J is upper triangular and
+    # U^T U = J (J H J)^-1 J = H^-1: one factorization and one triangular inverse, where factoring H,
+    # inverting it and factoring H^-1 takes three (and 3-15x the time on a 2-core CPU)
     try:
-        U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+        L = torch.linalg.cholesky(H.flip(0, 1))
+        eye = torch.eye(cols, dtype=H.dtype, device=H.device)
+        U = torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
     except torch.linalg.LinAlgError:
         raise ValueError(
             f"layer {where!r}: the calibration Hessian is singular even after dampening (damp={damp}); raise "

@@ -109,6 +109,21 @@ def test_dead_input_channel_is_rounded_to_nearest_and_the_rest_compensated(layer
     assert out_err(x, w, g.dequantize()) < out_err(x, w, r.dequantize())
 
 
+@pytest.mark.parametrize("act_order", [False, True])
+def test_the_factor_is_the_upper_cholesky_factor_of_the_dampened_inverse(layer_data, act_order):
+    from infoq_hf.quant.gptq.algorithm import _factor
+
+    _, _, h = layer_data
+    order, U, shift = _factor(h, 0.01, act_order, "fc", torch.device("cpu"))
+    damped = h + torch.diag(shift)
+    permuted = damped[order][:, order]
+    closed_form = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(permuted)), upper=True)
+    assert torch.equal(U, U.triu()) and bool((U.diagonal() > 0).all())
+    assert torch.allclose(U, closed_form, rtol=0, atol=1e-12 * float(closed_form.abs().max()))
+    assert torch.allclose(U.T @ U @ permuted, torch.eye(h.shape[0], dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(shift, torch.full_like(shift, 0.01 * float(h.diagonal().mean())))
+
+
 def test_singular_hessian_after_dampening_names_the_layer():
     x = correlated_inputs(n=16, d=64)  # rank 16 < 64, no dampening
     with pytest.raises(ValueError, match=r"layer 'blocks.0.fc'.*singular even after dampening.*raise damp"):
