@@ -25,7 +25,7 @@ import torch
 
 from infoq_hf import Budget, allocate, compare_with_uniform, quantizable_layers, quantize_model, refine, search
 from infoq_hf.defaults import DEFAULT_REFINE_PASSES
-from infoq_hf.quant.gptq import gptq_quantize_model
+from infoq_hf.quant.gptq import GPTQOptions, gptq_quantize_model
 
 from . import common
 from .compare import cached_table
@@ -141,7 +141,8 @@ def write(out: Path, args, calib, search_calib, rss_loaded: float, rows: list, t
     """Write the table so far (a run cut short still leaves its finished rows, marked partial)."""
     n_tokens = sum(b["input_ids"].numel() for b in calib)
     header = (
-        f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; GPTQ damp 0.01, block 128, "
+        f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; GPTQ damp {GPTQOptions().damp}, "
+        "block 128, "
         f"no act-order, calibration {n_tokens // 128}x128 tokens (calibration works); InfoQ policies: default "
         f"search, ILP and {args.refine_passes} refinement passes on {len(search_calib) * 4}x128 calibration "
         f"tokens, candidates {{2,3,4,8}}; "

@@ -38,7 +38,7 @@ import torch
 
 from infoq_hf import Budget, allocate, refine, search
 from infoq_hf.allocation import uniform_start
-from infoq_hf.quant.gptq import gptq_candidates, gptq_quantize_model
+from infoq_hf.quant.gptq import GPTQOptions, gptq_candidates, gptq_quantize_model
 from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
 
@@ -259,7 +259,8 @@ def write(out: Path, args, candidates_s: dict, rows: list, total: int, policies:
     held_out = args.judge_batches if args.held_out_batches is None else args.held_out_batches
     md = [
         f"SmolLM2-135M weight-only, asymmetric, group {GROUP}, `lm_head` float; every row packed with sequential "
-        f"GPTQ (damp 0.01, block 128) on {args.calib}x128 calibration tokens; InfoQ table of `benchmarks/gptq.py` "
+        f"GPTQ (damp {GPTQOptions().damp}, block 128) on {args.calib}x128 calibration tokens; InfoQ table of "
+        "`benchmarks/gptq.py` "
         f"(4x128 search calibration), ILP, {args.refine_passes} refinement passes on the first "
         f"{4 * args.judge_batches}x128 calibration windows, held-out check on the next {4 * held_out}x128; perplexity "
         f"on {args.dev}x128 dev and {args.eval}x128 test tokens (test after dev); seed {args.seed}; "

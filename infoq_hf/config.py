@@ -102,7 +102,7 @@ class InfoQConfig(QuantizationConfigMixin):
             4096 tokens, rtn otherwise (dev perplexity: benchmarks/RESULTS.md, `gptq`). After
             quantization the config holds the rounding used; checkpoints written before this setting
             existed read as "rtn".
-        gptq_options: GPTQ settings `{"damp": 0.01, "block_size": 128, "act_order": False}` (any subset);
+        gptq_options: GPTQ settings `{"damp": 0.1, "block_size": 128, "act_order": False}` (any subset);
             GPTQConfig's `damp_percent` and `desc_act` set `damp` and `act_order`.
         modules_to_not_convert: layer names (exact, dot-suffix or regex) kept in float; None = the
             transformers default (output embeddings / tied / last layer, e.g. `lm_head`, a classifier).
@@ -312,7 +312,7 @@ class InfoQConfig(QuantizationConfigMixin):
         if rounding not in ROUNDING_CHOICES:
             raise ValueError(f"InfoQConfig.rounding must be one of {ROUNDING_CHOICES}, got {rounding!r}")
         if gptq_options is not None and not isinstance(gptq_options, Mapping):
-            raise ValueError(f"InfoQConfig.gptq_options must be a dict such as {{'damp': 0.01}}, got {gptq_options!r}")
+            raise ValueError(f"InfoQConfig.gptq_options must be a dict such as {{'damp': 0.1}}, got {gptq_options!r}")
         GPTQOptions.from_dict(gptq_options)  # validates
         return rounding, dict(gptq_options or {})
 

@@ -11,6 +11,7 @@ from ..bitwidth import MAX_BITS
 from ..calibration import spec_from_string
 from ..config import ROUNDING_CHOICES
 from ..policy import Budget
+from ..quant.gptq.algorithm import DEFAULT_DAMP
 from ..quant.scheme import UNSET, resolve_scheme
 from ..sensitivity.search import METHODS
 from .common import UsageError
@@ -179,9 +180,9 @@ def add_model_and_calibration(parser: argparse.ArgumentParser, calib_required: b
     q.add_argument(
         "--gptq-damp",
         type=float,
-        default=0.01,
+        default=DEFAULT_DAMP,
         metavar="F",
-        help="gptq: Hessian dampening, a fraction of its mean diagonal (default 0.01)",
+        help=f"gptq: Hessian dampening, a fraction of its mean diagonal (default {DEFAULT_DAMP})",
     )
     q.add_argument(
         "--gptq-act-order",

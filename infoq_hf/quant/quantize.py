@@ -40,7 +40,7 @@ def quantize_model(
     round to nearest. Layers not in the policy stay float. A layer with `a_bits` needs its input range in
     `act_ranges` (see `infoq_hf.calibrate_activation_ranges`). `rounding` is "rtn" (round to nearest) or "gptq"
     (error-compensating, needs `calibration` batches run by `forward(model, batch)`; options
-    `gptq_options={"damp": 0.01, "block_size": 128, "act_order": False}`; see `quant.gptq`).
+    `gptq_options={"damp": 0.1, "block_size": 128, "act_order": False}`; see `quant.gptq`).
     `candidates`: a `GPTQCandidates` with rounded weights (`gptq_candidates(..., keep_weights=True)`): each
     layer takes its codes at the policy's width from them instead of a new GPTQ pass (the allocation
     judged exactly these weights)."""

@@ -70,12 +70,12 @@ logger = logging.getLogger(__name__)
 class GPTQOptions:
     """Settings of the GPTQ sweep.
 
-    damp: added to the Hessian's diagonal, as a fraction of its mean diagonal (GPTQ's 0.01).
+    damp: added to the Hessian's diagonal, as a fraction of its mean diagonal (the library's default).
     block_size: columns per lazy block update (rounded up to a multiple of the group size).
     act_order: round columns in order of decreasing Hessian diagonal (groups stay contiguous).
     """
 
-    damp: float = 0.01
+    damp: float = 0.1
     block_size: int = 128
     act_order: bool = False
 
@@ -83,7 +83,7 @@ class GPTQOptions:
         if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not 0.0 <= self.damp < 10.0:
             raise ValueError(
                 f"GPTQ damp must be a number in [0, 10) (a fraction of the mean Hessian diagonal, "
-                f"e.g. 0.01), got {self.damp!r}"
+                f"e.g. 0.1), got {self.damp!r}"
             )
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"GPTQ block_size must be a positive int (e.g. 128), got {self.block_size!r}")
@@ -113,7 +113,7 @@ def gptq_quantize(
     hessian: torch.Tensor,
     scheme: WeightScheme,
     *,
-    damp: float = 0.01,
+    damp: float = 0.1,
     block_size: int = 128,
     act_order: bool = False,
     where: str = "",
