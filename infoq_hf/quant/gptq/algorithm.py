@@ -250,11 +250,10 @@ def _sweep_widths(weight, U, order, schemes, n_groups, static, block_size, where
             if static or col % gsize == 0:  # (the columns of a group share its parameters)
                 s, z = scale[:, :, g].reshape(-1), zero[:, :, g].reshape(-1)
             w = W1[i]
-            q = torch.clamp(torch.round(w.float() / s) + z, qmin, qmax)
-            swept[col] = q
-            err = (w - ((q - z) * s).double()) / pivots[col]
+            # written in place into the codes and errors they are kept in (two copies fewer per column)
+            q = torch.clamp(torch.round(w.float() / s) + z, qmin, qmax, out=swept[col])
+            err = torch.div(w - ((q - z) * s).double(), pivots[col], out=E1[i])
             W1[i:].addr_(U1[i, i:], err, alpha=-1)  # the columns not yet rounded absorb the error
-            E1[i] = err
         squared += E1.square().sum(0).reshape(widths, out).sum(1)
         if i2 < cols:
             for k in range(widths):  # each width's update is the single-width product, same shapes
