@@ -77,12 +77,13 @@ def lm_tables(key: str, model, calib, args, out: Path, kw: dict) -> dict[str, di
     if args.with_eq4:  # the paper's measurement: one probe per (layer, width), three times the calibrated search
         searches["infoq (paper Eq. 4)"] = {"scores": "eq4", "change_estimate": "probe"}
     found = {}  # one search per method and options, shared by the budgets that ask for it
+    jittered = "" if getattr(args, "jitter", None) is None else f"_jitter{args.jitter}"
 
     def table(method: str, opts: dict) -> SensitivityTable:
         name = method + "".join(f"_{k}{v}" for k, v in opts.items())
         if name not in found:
             found[name] = cached_table(
-                out / "tables" / f"{key}_{name}_c{len(calib)}_s{args.seed}.json",
+                out / "tables" / f"{key}{jittered}_{name}_c{len(calib)}_s{args.seed}.json",
                 args.fresh,
                 lambda: search(model, calib, method=method, **kw, **opts),
             )
@@ -105,6 +106,9 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     each through `quantize_with_infoq` with the same configuration."""
     skip = ["lm_head"]
     bits = (2, 3, 4, 8)
+    if args.jitter is not None:
+        common.jitter_weights(model, args.jitter, skip)
+        name = f"{name}, weights jittered with seed {args.jitter}"
     kw = dict(bits=bits, group_size=64, skip_modules=skip, seed=args.seed)
     # the tables are searched on what the pipeline searches on: the first `search_samples` samples
     searched = calib if args.search_samples is None else first_samples(calib, args.search_samples)
@@ -274,11 +278,7 @@ def run_smollm2(args, out: Path):
         f"on the first {args.search_samples} windows), perplexity on "
         f"{args.dev}x128 dev and {args.eval or 32}x128 test tokens (tragedies)"
     )
-    key = "smollm2"
-    if args.jitter is not None:
-        common.jitter_weights(model, args.jitter, ["lm_head"])
-        name, key = f"{name}, weights jittered with seed {args.jitter}", f"smollm2_jitter{args.jitter}"
-    return run_lm(key, name, model, calib, dev, test, args, out)
+    return run_lm("smollm2", name, model, calib, dev, test, args, out)
 
 
 def run_tiny_llama(args, out: Path):
@@ -485,14 +485,14 @@ def main(argv=None):
         "--jitters",
         type=int,
         default=0,
-        help="smollm2: also run N copies whose weights carry float32-sized noise (`common.jitter_weights`, seeds "
+        help="LLMs: also run N copies whose weights carry float32-sized noise (`common.jitter_weights`, seeds "
         "1..N), as another CPU's arithmetic would; GPTQ may take another path in each; adds the mean over the "
-        "runs and writes compare_smollm2_jitter{N}.md",
+        "runs and writes compare_MODEL_jitterN.md",
     )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
-    if args.jitters and args.model != "smollm2":
-        p.error("--jitters is for smollm2")
+    if args.jitters and args.model not in ("smollm2", "tiny_llama"):
+        p.error("--jitters is for the language models (smollm2, tiny_llama)")
     if args.policy_file and args.model not in ("smollm2", "tiny_llama"):
         p.error("--policy-file is for the language models (smollm2, tiny_llama)")
     out = Path(args.out)
