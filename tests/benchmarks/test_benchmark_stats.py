@@ -58,3 +58,23 @@ def test_the_interval_names_the_ratio_and_the_5th_and_95th_percentile_of_the_res
     lo, hi = (float(x) for x in interval.strip("[]").split(", "))
     assert float(ratio) == pytest.approx(math.exp(float((a - b).sum()) / 8), abs=5e-4)
     assert lo < float(ratio) < hi
+
+
+def test_jitter_moves_each_quantizable_weight_by_float32_sized_relative_noise_and_repeats_by_seed():
+    from benchmarks.common import jitter_weights
+
+    model = tiny_llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    jitter_weights(model, 1, ["lm_head"])
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.endswith("proj.weight") for k in moved)  # the Linear layers, nothing else
+    for k in moved:
+        relative = ((after[k] - before[k]) / before[k]).abs()
+        assert float(relative.max()) < 8 * 2.0**-24  # a few float32 ulps, no more
+    again = tiny_llama()
+    jitter_weights(again, 1, ["lm_head"])
+    assert all(torch.equal(after[k], again.state_dict()[k]) for k in after)
+    other = tiny_llama()
+    jitter_weights(other, 2, ["lm_head"])
+    assert any(not torch.equal(after[k], other.state_dict()[k]) for k in moved)
