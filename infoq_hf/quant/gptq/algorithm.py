@@ -189,7 +189,7 @@ def _factor(hessian, damp, act_order, where, device) -> tuple[torch.Tensor, torc
         )
         diag[dead] = 1.0
     diag.add_(damp * float(diag.mean()))
-    shift = diag - hessian.detach().to(device=device, dtype=torch.float64).diagonal()
+    shift = diag - hessian.detach().diagonal().to(device=device, dtype=torch.float64)  # no second full copy
     if act_order:
         order = torch.argsort(H.diagonal(), descending=True, stable=True)
         H = H[order][:, order]
@@ -197,7 +197,7 @@ def _factor(hessian, damp, act_order, where, device) -> tuple[torch.Tensor, torc
         order = torch.arange(cols, device=device)
     # With J the reversal of the columns and J H J = L L^T, U = J L^-1 J is upper triangular and
     # U^T U = J (J H J)^-1 J = H^-1: one factorization and one triangular inverse, where factoring H,
-    # inverting it and factoring H^-1 takes three (and 3-15x the time on a 2-core CPU)
+    # inverting it and factoring H^-1 takes three
     try:
         L = torch.linalg.cholesky(H.flip(0, 1))
         eye = torch.eye(cols, dtype=H.dtype, device=H.device)
