@@ -58,6 +58,7 @@ def quantize_with_infoq(
             *([stages.check_budget] if table is None else []),
             stages.calibrate,
             stages.choose_rounding,
+            stages.round_candidates,
             *([stages.score] if table is None else []),
             stages.count_leftovers,
             stages.gptq_costs,

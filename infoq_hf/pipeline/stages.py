@@ -191,10 +191,27 @@ def information_estimate(model: nn.Module, config: InfoQConfig, skip_modules=())
     return {"change_estimate": "probe" if below else "first_order"}
 
 
+def search_options(run: Run, config: InfoQConfig) -> dict:
+    """The options `score` passes to the search: the config's, the information estimate filled in."""
+    return {**information_estimate(run.model, config, run.skip_modules), **config.method_options}
+
+
+def measures_gptq(run: Run, config: InfoQConfig) -> bool:
+    """The search perturbs each layer by GPTQ's candidates: InfoQ's first-order per-width scores of a
+    run that packs with GPTQ."""
+    if config.method != "infoq" or run.scheme.rounding != "gptq" or run.table is not None:
+        return False
+    options = InfoQOptions.from_dict(search_options(run, config))
+    return options.scores == "per_width" and options.change_estimate == "first_order"
+
+
 def score(run: Run, config: InfoQConfig) -> Run:
-    """The sensitivity search (`search`), on the search's share of the calibration data."""
+    """The sensitivity search (`search`), on the search's share of the calibration data; InfoQ's per-width
+    first-order scores perturb each layer by GPTQ's candidates when packing rounds with GPTQ."""
     data = None if config.method in DATA_FREE_METHODS else run.search_batches
-    options = {**information_estimate(run.model, config, run.skip_modules), **config.method_options}
+    options = search_options(run, config)
+    if measures_gptq(run, config):
+        options["candidates"] = run.candidates
     started = time.perf_counter()
     table = search(
         run.model,
@@ -212,12 +229,12 @@ def score(run: Run, config: InfoQConfig) -> Run:
     return run.timed("search", started, table=table)
 
 
-def gptq_costs(run: Run, config: InfoQConfig) -> Run:
+def round_candidates(run: Run, config: InfoQConfig) -> Run:
     """When packing rounds with GPTQ, the allocation knows it: one pass rounds every layer at every
     candidate width (`gptq_candidates`) on the inputs the budget's widest uniform configuration gives
-    (for that configuration, sequential GPTQ's own codes), and the table's costs are rescaled by GPTQ's
-    output error relative to round-to-nearest's (`sensitivity.rounding_costs`). The whole-model check
-    (and any refinement moves) judges these rounded weights, and the packing stores them."""
+    (for that configuration, sequential GPTQ's own codes). The search may measure with them
+    (`measures_gptq`), the costs are GPTQ's (`gptq_costs`), the whole-model check (and any refinement
+    moves) judges these rounded weights, and the packing stores them."""
     if run.scheme.rounding != "gptq":
         if run.candidates is not None:
             raise ValueError(
@@ -226,13 +243,22 @@ def gptq_costs(run: Run, config: InfoQConfig) -> Run:
             )
         return run
     started = time.perf_counter()
-    table = run.table
-    refined = refining(config)
-    widths = {n: table.bits for n in table.layers}
-    prefix = allocation.uniform_start(table, config.budget, pin_first_last=config.pin_first_last)
+    sizes = run.table
+    if sizes is None:  # the layers and sizes the search will score, to find the uniform start
+        sizes = layer_table(
+            run.model,
+            config.bits,
+            scheme=scoring_scheme(config),
+            skip_modules=run.skip_modules,
+            embeddings=config.quantize_embeddings,
+        )
+    sizes = stored_leftovers(sizes, run.model, config.float_dtype)
+    weights = refining(config) or measures_gptq(run, config)
+    widths = {n: sizes.bits for n in sizes.layers}
+    prefix = allocation.uniform_start(sizes, config.budget, pin_first_last=config.pin_first_last)
     candidates = run.candidates
     if candidates is not None:  # the caller's, from an earlier run on this model and data
-        check_candidates(candidates, widths, prefix, run.batches, config, weights=refined)
+        check_candidates(candidates, widths, prefix, run.batches, config, weights=weights)
     else:
         candidates = gptq_candidates(
             run.model,
@@ -240,16 +266,24 @@ def gptq_costs(run: Run, config: InfoQConfig) -> Run:
             run.batches,
             scheme=run.scheme,
             options=config.gptq_options,
-            keep_weights=refined,
+            keep_weights=weights,
             prefix_bits=prefix,
             accelerator=run.accelerator,
             progress=run.progress,
         )
-    return run.timed(
-        "gptq-aware costs",
-        started,
-        table=with_gptq_costs(table, candidates),
-        candidates=candidates if refined else None,
+    return run.timed("gptq candidates", started, candidates=candidates)
+
+
+def gptq_costs(run: Run, config: InfoQConfig) -> Run:
+    """The table's costs for GPTQ packing: rescaled by GPTQ's output error relative to round-to-nearest's
+    (`sensitivity.rounding_costs`), or as measured when the search perturbed with GPTQ's weights. The
+    candidates' weights are dropped unless the whole-model check judges them."""
+    if run.candidates is None:
+        return run
+    return replace(
+        run,
+        table=with_gptq_costs(run.table, run.candidates),
+        candidates=run.candidates if refining(config) else None,
     )
 
 

@@ -74,7 +74,8 @@ class InfoQOptions:
     lm_target: str = "next_token"  # causal LMs: "next_token" or "reference_prediction"
     lm_classes: int = 64  # causal LMs: the most frequent targets keep their identity, the rest share a class
     min_samples: int = 32
-    scores: str = "calibrated"  # "calibrated" (alpha_l * t2(l, b)) or "eq4" (the paper's form)
+    # "calibrated" (alpha_l * t2(l, b)), "per_width" (D(l, b) measured at every width) or "eq4" (the paper's form)
+    scores: str = "calibrated"
     # Width(s) of the one probe per layer that measures alpha_l ("calibrated" only). "auto": the
     # narrowest candidate width of 3 bits or more, so the probe is a perturbation the allocation can
     # choose (2-bit probes saturate). On dev data it beat 4-bit probes with candidates {2,3,4,8} on
@@ -92,6 +93,9 @@ class InfoQOptions:
     # estimator only). "probe": one forward pass per (layer, width) with that layer quantized, the
     # paper's measurement; its cost grows with layers x depth.
     change_estimate: str = "first_order"
+    # First order only: D(l, b) from sum |dSMI_j/dW_l * (Q_b(W_l) - W_l)| over elements and batches instead of
+    # the signed |<dSMI_j/dW_l, Q_b(W_l) - W_l>|, whose elements and batches cancel.
+    magnitude: bool = False
 
     @classmethod
     def from_dict(cls, options: Mapping) -> InfoQOptions:
@@ -100,8 +104,10 @@ class InfoQOptions:
         if unknown:
             raise ValueError(f"unknown InfoQ options {sorted(unknown)}; known: {sorted(known)}")
         opts = cls(**options)
-        if opts.scores not in ("calibrated", "eq4"):
-            raise ValueError(f"scores must be 'calibrated' or 'eq4', got {opts.scores!r}")
+        if opts.scores not in ("calibrated", "per_width", "eq4"):
+            raise ValueError(f"scores must be 'calibrated', 'per_width' or 'eq4', got {opts.scores!r}")
+        if not isinstance(opts.magnitude, bool):
+            raise ValueError(f"magnitude must be True or False, got {opts.magnitude!r}")
         if (
             isinstance(opts.change_power, bool)
             or not isinstance(opts.change_power, (int, float))
@@ -426,7 +432,12 @@ class InfoQScorer:
 
     # ------------------------------------------------------------------ first order
     def first_order_changes(
-        self, widths: Mapping[str, list[int]], terms: list | None = None, on_batch: Callable | None = None
+        self,
+        widths: Mapping[str, list[int]],
+        terms: list | None = None,
+        on_batch: Callable | None = None,
+        perturbations: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+        magnitude: bool = False,
     ) -> dict:
         """The first-order change of every term's SMI when one layer moves to `bits`:
         <dSMI_j/dW_l, Q_b(W_l) - W_l> for every layer l in `widths` and each of its widths b, from one
@@ -436,7 +447,12 @@ class InfoQScorer:
         SMI is not a sum over samples, so its gradient with respect to each observer's projections
         comes first, from the reference projections of the whole set; each batch then backpropagates its
         share of it. One batch's graph is held at a time; the perturbations Q_b(W_l) - W_l are held
-        throughout (the size of the probed weights, per width)."""
+        throughout (the size of the probed weights, per width).
+
+        `perturbations` ({layer: {bits: Q_b(W_l) - W_l}}, shaped as the weight) replaces the
+        round-to-nearest changes (for example GPTQ's). `magnitude=True` sums |dSMI_j/dW_l * (Q_b(W_l) - W_l)|
+        element by element and batch by batch instead of the signed dot product: an upper bound of the
+        first-order change that no cancellation between elements or batches can hide."""
         prober, model = self.prober, self.prober.model
         terms = self.terms if terms is None else terms
         smi = {"task": self._smi_task, "input": self._smi_input}
@@ -447,7 +463,9 @@ class InfoQScorer:
                 (grad_of_projection[(kind, o)],) = torch.autograd.grad(smi[kind](proj), proj)
         names = list(widths)
         weights = {n: prober.layers[n].weight for n in names}
-        changes = {n: {b: prober.weight_change(n, b).reshape(-1) for b in widths[n]} for n in names}  # model's dtype
+        if perturbations is None:
+            perturbations = {n: {b: prober.weight_change(n, b) for b in widths[n]} for n in names}
+        changes = {n: {b: perturbations[n][b].reshape(-1) for b in widths[n]} for n in names}  # model's dtype
         out = {t: {n: dict.fromkeys(widths[n], 0.0) for n in names} for t in terms}
         current = {}  # the term being backpropagated: {layer: {bits: change}}
 
@@ -466,8 +484,11 @@ class InfoQScorer:
         def take_gradient(name):
             def hook(weight):  # dot the gradient with each perturbation as it arrives, then free it
                 grad = widened(weight.grad.reshape(-1), "gradient")
+                if magnitude:
+                    grad = grad.abs()
                 for b, change in changes[name].items():
-                    current[name][b] += float(torch.dot(grad, widened(change, "change").to(grad.dtype)))
+                    change = widened(change, "change").to(grad.dtype)
+                    current[name][b] += float(torch.dot(grad, change.abs() if magnitude else change))
                 weight.grad = None
 
             return hook

@@ -32,8 +32,11 @@ def with_gptq_costs(table: SensitivityTable, candidates) -> SensitivityTable:
 
     The RTN values are kept (`t2_rtn`, `w_rtn`), so converting again starts from them. Costs stay
     non-increasing in bits. A table whose scores are not error-scaled comes back unchanged, with
-    `meta["costs_rounding"] = "rtn"`."""
+    `meta["costs_rounding"] = "rtn"`, or "gptq" when it was measured with GPTQ's weights
+    (`search(..., candidates=)`)."""
     layers, meta = copy.deepcopy(table.layers), copy.deepcopy(table.meta)
+    if not error_scaled(table) and meta.get("costs_rounding") == "gptq":
+        return SensitivityTable(table.method, table.bits, layers, meta)  # measured with GPTQ's weights
     if not error_scaled(table):
         logger.info(
             "the %s scores are not a sensitivity times the quantizer's error; the allocation uses them "

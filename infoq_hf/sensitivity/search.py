@@ -116,6 +116,7 @@ def search(
     score_activations: bool = False,
     prefix_cache: bool = True,
     hutchinson_samples: int = 8,
+    candidates=None,
     accelerator=None,
     progress: bool = True,
     **options,
@@ -133,7 +134,9 @@ def search(
     `accelerate.Accelerator`; probes (or the first order's backward passes) are split over its processes.
     `embeddings`: score the `nn.Embedding`s too (rows grouped like a Linear's inputs); an output head tied
     to one (an LM head sharing the input embedding) is part of it: one tensor, one width, its MACs counted
-    with it."""
+    with it. `candidates`: GPTQ's rounding of every layer at every width (`quant.gptq.gptq_candidates` with
+    `keep_weights=True`) for InfoQ's first-order "per_width" scores: each layer is perturbed by the weights
+    the model will be packed with instead of round to nearest's."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     scheme = resolve_scheme(
@@ -181,6 +184,17 @@ def search(
             + (f"it takes {list(known)}" if known else "InfoQ's options apply to method='infoq' only")
         )
     infoq_options = InfoQOptions.from_dict(options) if method == "infoq" else None
+    if candidates is not None and not (
+        infoq_options is not None
+        and infoq_options.scores == "per_width"
+        and infoq_options.change_estimate == "first_order"
+    ):
+        raise ValueError(
+            "candidates= perturbs layers by GPTQ's rounding in InfoQ's first-order per-width scores only: pass "
+            "method='infoq', scores='per_width', change_estimate='first_order', or no candidates"
+        )
+    if candidates is not None and not candidates.has_weights():
+        raise ValueError("candidates= needs GPTQ's rounded weights: compute them with keep_weights=True")
     preset = options.get("preset", "q4_k_m") if method == "llamacpp" else None
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown llama.cpp preset {preset!r}; choose one of {PRESETS}")
@@ -255,6 +269,7 @@ def search(
             accelerator=accelerator,
             show_progress=progress and is_main,
             weight_bits=probe_bits,
+            candidates=candidates,
         )
         if calibrated:  # activation scores keep the Eq. 4 form: an activation grid has no weight error
             t2 = relative_weight_errors(layers, sorted(set(bits) | set(probe_bits)), schemes)
@@ -316,6 +331,9 @@ def search(
     }
     if traces is not None:
         meta["hessian_trace"] = traces
+    if candidates is not None:  # the costs are GPTQ's already (`rounding_costs.with_gptq_costs` keeps them)
+        meta["costs_rounding"] = "gptq"
+        meta["gptq_costs"] = {k: v for k, v in candidates.meta.items() if k != "prefix_bits"}
     return SensitivityTable(method, bits, table_layers, meta)
 
 
@@ -334,15 +352,29 @@ def _fit_alpha(change: dict[int, float], t2: dict[int, float], widths: list[int]
     return sum(change[b] * t2[b] for b in widths) / den if den > 0 else 0.0
 
 
-def _first_order_scores(scorer, names, widths, calibrated, accelerator, on_batch) -> list[tuple]:
-    """InfoQ's weight scores from first-order information changes (`InfoQScorer.first_order_changes`).
-    The observer terms' backward passes are split over the processes and gathered; each process then
-    scores its share of the layers, which `_probe_all`'s gather joins like probe results."""
+def _first_order_scores(scorer, names, widths, raw, accelerator, on_batch, candidates=None) -> list[tuple]:
+    """InfoQ's weight scores from first-order information changes (`InfoQScorer.first_order_changes`),
+    each layer perturbed by round to nearest or by GPTQ's `candidates`. The observer terms' backward
+    passes are split over the processes and gathered; each process then scores its share of the layers,
+    which `_probe_all`'s gather joins like probe results."""
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     widths = [b for b in widths if b != REFERENCE_BITS]
     terms = scorer.terms[rank::world]
-    changes = scorer.first_order_changes({n: widths for n in names}, terms, on_batch) if terms else {}
+    perturbations = None
+    if candidates is not None and terms:  # GPTQ's weight minus the reference the prober holds
+        layers = scorer.prober.layers
+        perturbations = {
+            n: {b: candidates.weight(n, b).to(layers[n].weight) - layers[n].weight.detach() for b in widths}
+            for n in names
+        }
+    changes = (
+        scorer.first_order_changes(
+            {n: widths for n in names}, terms, on_batch, perturbations=perturbations, magnitude=scorer.opts.magnitude
+        )
+        if terms
+        else {}
+    )
     if world > 1:
         from accelerate.utils import gather_object
 
@@ -351,7 +383,7 @@ def _first_order_scores(scorer, names, widths, calibrated, accelerator, on_batch
     for name in names[rank::world]:
         for b in widths:
             change = scorer.relative_change(name, {t: abs(c[name][b]) for t, c in changes.items()})
-            score = change if calibrated else scorer.eq4_score(change, b)
+            score = change if raw else scorer.eq4_score(change, b)
             if not math.isfinite(score):
                 raise ValueError(f"the infoq score of layer {name!r} at {b} bits is not finite")
             results.append(("w", name, b, float(score)))
@@ -375,6 +407,7 @@ def _probe_all(
     accelerator,
     show_progress,
     weight_bits=None,
+    candidates=None,
 ):
     """Run every (layer, bits) probe assigned to this process; gather all results. Returns the weight
     scores, the activation scores (None unless `score_activations`) and the cost counts.
@@ -409,9 +442,11 @@ def _probe_all(
             if kind in probed and not kind_jobs and world == 1:
                 continue
             scorer = InfoQScorer(prober, task, infoq_options, seed) if method == "infoq" else OracleScorer(prober, task)
-            raw = kind == "w" and method == "infoq" and infoq_options.scores == "calibrated"
+            raw = kind == "w" and method == "infoq" and infoq_options.scores in ("calibrated", "per_width")
             if kind not in probed:
-                results += _first_order_scores(scorer, list(layers), widths["w"], raw, accelerator, bar.update)
+                results += _first_order_scores(
+                    scorer, list(layers), widths["w"], raw, accelerator, bar.update, candidates
+                )
                 continue
             for _, name, b in kind_jobs:
                 perturb = prober.weight_at(name, b) if kind == "w" else prober.activation_at(name, b)

@@ -83,7 +83,7 @@ def check_report(out):
     header, body = table(out.read_text(), "hidden:layers:vocab")
     stages = [s for r in rows for s in r["pipeline"]["times_s"]]
     # the default pipeline's stages, each a column
-    for stage in ("search", "gptq-aware costs", "allocation", "whole-model check", *stages):
+    for stage in ("search", "gptq candidates", "allocation", "whole-model check", *stages):
         assert f"{stage} s" in header
     assert [r[0] for r in body] == [r["size"] for r in rows] and len(rows) == 2
     col = {name: i for i, name in enumerate(header)}

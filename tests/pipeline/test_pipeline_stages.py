@@ -28,6 +28,7 @@ def _record_stages(monkeypatch) -> list:
         "check_budget",
         "calibrate",
         "choose_rounding",
+        "round_candidates",
         "score",
         "count_leftovers",
         "gptq_costs",
@@ -60,6 +61,7 @@ def _recorded(stage, name: str, ran: list):
                 "check_budget",
                 "calibrate",
                 "choose_rounding",
+                "round_candidates",
                 "score",
                 "count_leftovers",
                 "gptq_costs",
@@ -72,7 +74,16 @@ def _recorded(stage, name: str, ran: list):
         (
             {"budget": {"avg_bits": 3}, "method": "weight_mse"},
             True,  # a saved table, no calibration: the ILP only
-            ["calibrate", "choose_rounding", "count_leftovers", "gptq_costs", "allocate", "activation_ranges", "pack"],
+            [
+                "calibrate",
+                "choose_rounding",
+                "round_candidates",
+                "count_leftovers",
+                "gptq_costs",
+                "allocate",
+                "activation_ranges",
+                "pack",
+            ],
         ),
         ({"bits": 4}, False, ["calibrate", "choose_rounding", "uniform", "activation_ranges", "pack"]),
         (
@@ -106,6 +117,7 @@ def test_the_stages_composed_by_hand_give_the_pipelines_result(setup):
     for stage in (
         stages.calibrate,
         stages.choose_rounding,
+        stages.round_candidates,
         stages.score,
         stages.gptq_costs,
         stages.allocate,
@@ -114,7 +126,8 @@ def test_the_stages_composed_by_hand_give_the_pipelines_result(setup):
     ):
         before = run
         run = stage(run, config)
-        assert run is not before or stage is stages.gptq_costs  # each stage returns a new run (rtn: no GPTQ costs)
+        # each stage returns a new run (rtn: no GPTQ candidates, no GPTQ costs)
+        assert run is not before or stage in (stages.round_candidates, stages.gptq_costs)
     assert run.policy == expected.policy and run.table.layers == expected.table.layers
     assert run.held_out is not None and len(run.search_batches) == 1  # 4 samples: the first batch; the next held out
     assert list(run.times) == ["calibration", "search", "allocation", "refinement", "packing"]

@@ -99,3 +99,62 @@ def test_first_order_search_in_bfloat16_ranks_layers_as_in_float32():
     alphas = [[t.layers[n]["alpha"] for n in full.layers] for t in (full, half)]
     assert all(a > 0 for a in alphas[1])
     assert spearmanr(*alphas).correlation > 0.9
+
+
+def test_magnitude_adds_the_elements_changes_that_the_signed_form_lets_cancel():
+    """One batch, perturbations at two single elements i and j: the signed form of e_i - e_j is the
+    difference of the one-element changes, the magnitude form the sum of their absolute values."""
+    model = small_cnn().double()
+    batches = [(x.double(), y) for x, y in labelled_batches(n_batches=1, size=64)]
+    layers = quantizable_layers(model)
+    name, layer = next(iter(layers.items()))
+    scheme = PackingScheme()
+    with Prober(model, layers, batches, default_forward, lambda n, b: scheme.weight_scheme(layers[n], b)) as prober:
+        scorer = InfoQScorer(prober, "classification", InfoQOptions(num_directions=16, max_samples=128), seed=0)
+        one = [torch.zeros_like(layer.weight) for _ in range(2)]
+        one[0].view(-1)[3], one[1].view(-1)[40] = 1e-3, 1e-3
+        single = scorer.first_order_changes({name: [2, 3]}, perturbations={name: {2: one[0], 3: one[1]}})
+        both = {name: {2: one[0] - one[1]}}
+        signed = scorer.first_order_changes({name: [2]}, perturbations=both)
+        magnitude = scorer.first_order_changes({name: [2]}, perturbations=both, magnitude=True)
+    for term, changes in single.items():
+        i, j = changes[name][2], changes[name][3]
+        assert i != 0 and j != 0, term
+        assert signed[term][name][2] == pytest.approx(i - j, rel=1e-9, abs=1e-15)
+        assert magnitude[term][name][2] == pytest.approx(abs(i) + abs(j), rel=1e-9, abs=1e-15)
+
+
+def _rounded_to_nearest(model, layers, bits, scheme):
+    """GPTQ candidates whose weights are round to nearest's: a stand-in with known perturbations."""
+    from infoq_hf.quant.gptq.candidates import GPTQCandidates
+    from infoq_hf.quant.quantizer import quantize_weight
+
+    weights = {
+        (n, b): quantize_weight(m.weight.detach(), scheme.weight_scheme(m, b)) for n, m in layers.items() for b in bits
+    }
+    return GPTQCandidates({n: dict.fromkeys(bits, 1.0) for n in layers}, weights, set(), {"options": {}})
+
+
+def test_per_width_scores_perturb_by_the_candidates_weights():
+    """Candidates holding round to nearest's weights give the per-width table measured without them."""
+    model, batches = tiny_llama(vocab=96, layers=3, pad_token_id=None, max_position_embeddings=64), lm_batches()
+    scheme = PackingScheme(group_size=16)
+    kw = dict(bits=(2, 3, 8), scheme=scheme, skip_modules=["lm_head"], scores="per_width", magnitude=True)
+    plain = search(model, batches, progress=False, **kw)
+    layers = quantizable_layers(model, ["lm_head"])
+    measured = search(
+        model, batches, candidates=_rounded_to_nearest(model, layers, (2, 3, 8), scheme), progress=False, **kw
+    )
+    assert measured.meta["costs_rounding"] == "gptq" and "costs_rounding" not in plain.meta
+    for name, info in plain.layers.items():
+        assert "alpha" not in info and info["w"][8] == 0.0 and info["w"][2] > info["w"][3] > 0, name
+        assert measured.layers[name]["w"] == pytest.approx(info["w"], rel=1e-5), name
+
+
+def test_candidates_apply_to_the_first_order_per_width_scores_only():
+    model, batches = small_cnn(), labelled_batches()
+    layers = quantizable_layers(model)
+    candidates = _rounded_to_nearest(model, layers, (2, 8), PackingScheme())
+    for options in ({}, {"scores": "per_width", "change_estimate": "probe"}, {"method": "weight_mse"}):
+        with pytest.raises(ValueError, match="candidates= perturbs layers by GPTQ's rounding"):
+            search(model, batches, bits=(2, 8), candidates=candidates, progress=False, **options)

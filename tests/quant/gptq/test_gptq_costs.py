@@ -203,7 +203,7 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
     rtn = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="rtn", **kw), progress=False)
     assert gptq.table.meta["costs_rounding"] == "gptq" and "costs_rounding" not in rtn.table.meta
     assert gptq.policy.report.refinement.rounding == "gptq" and rtn.policy.report.refinement.rounding == "rtn"
-    assert "gptq-aware costs" in gptq.summary["times_s"] and gptq.summary["rounding"] == "gptq"
+    assert "gptq candidates" in gptq.summary["times_s"] and gptq.summary["rounding"] == "gptq"
     # the same probes: only the quantizer's error differs between the two tables
     assert all(gptq.table.layers[n]["alpha"] == rtn.table.layers[n]["alpha"] for n in names)
     # one candidate pass, on the inputs of the budget's uniform start: the ILP's costs, the weights the
@@ -238,10 +238,51 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
     )
     assert {n: lb.w_bits for n, lb in ilp_only.policy.items()} == kept
     assert compared.kl_final == min(compared.kl_starts.values())
-    assert gptq.summary["times_s"]["gptq-aware costs"] > 0
+    assert gptq.summary["times_s"]["gptq candidates"] > 0
     line = next(x for x in format_summary(gptq.summary).splitlines() if "whole-model check" in x)
     assert line.endswith(f"kept {r.kept}") and all(f"{name} {kl:.4g}" in line for name, kl in r.kl_starts.items())
     assert f"{r.passes - len(r.kl_starts)} refinement moves from {r.start}" in line
+
+
+def test_the_per_width_search_measures_the_weights_gptq_packs(setup):
+    """InfoQ's per-width first-order scores of a GPTQ run perturb each layer by the candidates the run
+    packs (rounded before the search, on the budget's uniform start): the table is the search with those
+    candidates, its costs are kept as measured, and the packed codes are the candidates'."""
+    model, batches, names, _, _ = setup
+    options = {"scores": "per_width", "magnitude": True}
+    config = InfoQConfig(
+        bits=list(BITS),
+        budget={"avg_bits": 3.0},
+        group_size=32,
+        calibration=batches,
+        rounding="gptq",
+        modules_to_not_convert=["lm_head"],
+        method_options=options,
+    )
+    result = quantize_with_infoq(copy.deepcopy(model), config, progress=False)
+    prefixed = gptq_candidates(
+        model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits={n: 3 for n in names}, progress=False
+    )
+    expected = search(
+        model,
+        batches,
+        bits=BITS,
+        scheme=SCHEME,
+        skip_modules=["lm_head"],
+        candidates=prefixed,
+        progress=False,
+        **options,
+    )
+    assert result.table.meta["costs_rounding"] == "gptq"
+    assert list(result.summary["times_s"])[1:3] == ["gptq candidates", "search"]
+    for n in names:
+        assert "gptq_error_ratio" not in result.table.layers[n]
+        assert result.table.layers[n]["w"] == pytest.approx(expected.layers[n]["w"], rel=1e-6), n
+    packed = quantize_model(
+        copy.deepcopy(model), result.policy, rounding="gptq", candidates=prefixed, skip_modules=["lm_head"]
+    )
+    for n in names:
+        assert torch.equal(result.model.get_submodule(n).weight_packed, packed.get_submodule(n).weight_packed), n
 
 
 def test_a_mix_is_packed_with_the_gptq_rounding_that_runs_closer_to_the_float_model(setup):
@@ -343,7 +384,7 @@ def test_candidates_from_an_earlier_pass_give_the_same_run_and_misfits_are_refus
     reused = quantize_with_infoq(
         copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, **kw), candidates=given, progress=False
     )
-    assert "gptq-aware costs" in reused.summary["times_s"]
+    assert "gptq candidates" in reused.summary["times_s"]
     assert reused.policy.to_dict() == computed.policy.to_dict()
     for n in names:
         a, b = (r.model.get_submodule(n).weight_packed for r in (computed, reused))
