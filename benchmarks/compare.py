@@ -62,18 +62,16 @@ def best_uniform_width(budget: float, bits) -> int:
 def pipeline_estimate(model, bits, budget: float, skip=(), **config) -> str:
     """The information-change estimate the product's pipeline searches with at `budget` average bits
     (`stages.information_estimate`)."""
+    from infoq_hf.sensitivity.infoq import InfoQOptions
+
     config = InfoQConfig(bits=list(bits), budget={"avg_bits": budget}, **config)
-    return stages.information_estimate(model, config, skip)["change_estimate"]
+    return stages.information_estimate(model, config, skip).get("change_estimate", InfoQOptions().change_estimate)
 
 
 def lm_tables(key: str, model, calib, args, out: Path, kw: dict) -> dict[str, dict[float, SensitivityTable]]:
-    """{label: {budget: table}}: InfoQ's table at each budget is searched as the pipeline would search it."""
-    from infoq_hf.sensitivity.infoq import InfoQOptions
-
-    defaults = InfoQOptions()
-    searches = {m: {} for m in args.methods}
-    if "infoq" in searches:
-        searches["infoq"] = {"probe_bits": defaults.probe_bits, "change_power": defaults.change_power}
+    """{label: {budget: table}} of every method but InfoQ, whose search the pipeline runs itself (its
+    per-width scores measure the GPTQ candidates of each budget's uniform start)."""
+    searches = {m: {} for m in args.methods if m != "infoq"}
     if args.with_eq4:  # the paper's measurement: one probe per (layer, width), three times the calibrated search
         searches["infoq (paper Eq. 4)"] = {"scores": "eq4", "change_estimate": "probe"}
     found = {}  # one search per method and options, shared by the budgets that ask for it
@@ -89,16 +87,9 @@ def lm_tables(key: str, model, calib, args, out: Path, kw: dict) -> dict[str, di
             )
         return found[name]
 
-    tables = {}
-    for label, opts in searches.items():
-        by_budget = {}
-        for budget in args.budgets:
-            if label == "infoq":
-                estimate = pipeline_estimate(model, kw["bits"], budget, kw["skip_modules"], group_size=kw["group_size"])
-                opts = {**opts, "change_estimate": estimate}
-            by_budget[budget] = table(label.split()[0], opts)
-        tables[label] = by_budget
-    return tables
+    return {
+        label: {budget: table(label.split()[0], opts) for budget in args.budgets} for label, opts in searches.items()
+    }
 
 
 def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
@@ -113,7 +104,7 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     # the tables are searched on what the pipeline searches on: the first `search_samples` samples
     searched = calib if args.search_samples is None else first_samples(calib, args.search_samples)
     tables = lm_tables(key, model, searched, args, out, kw)
-    sizes = next(iter(next(iter(tables.values())).values()))  # any table: the layers and their sizes
+    sizes = stages.layer_table(model, bits, scheme=PackingScheme(group_size=64), skip_modules=skip, embeddings=False)
     base = dict(
         bits=bits,
         group_size=64,
@@ -156,6 +147,7 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
 
     rows = [("fp32", "-", 32.0, *scored(model), "", "")]
     refinements = []
+    pipeline_tables = {}  # the tables the pipeline searched, for the cost table
     peers = [load_policy_file(spec, key) for spec in args.policy_file]
     for peer in peers:
         peer.check_layers(names, bits)
@@ -177,10 +169,12 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
             )
         )
         print(*map(shown, rows[-1]), flush=True)
-        for label, by_budget in tables.items():
-            table = by_budget[budget]
-            config = InfoQConfig(**base, budget={"avg_bits": budget}, method=table.method)
+        searched_here = {"infoq": None} if "infoq" in args.methods else {}  # the pipeline searches
+        for label, table in [*searched_here.items(), *((k, v[budget]) for k, v in tables.items())]:
+            config = InfoQConfig(**base, budget={"avg_bits": budget}, method=label.split()[0])
             result, nll_dev, nll_test = packed(config, table, candidates_for(budget))
+            if table is None:
+                pipeline_tables[f"{label} @ {budget}"] = result.table
             r = result.policy.report.refinement
             note = common.check_note(result)
             rows.append(
@@ -227,7 +221,12 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
         "|---|---|---|---|---|---|",
     ]
     table_md += [f"| {b} | {m} | {r.passes} | {r.accepted} | {r.start} | {r.wall_s:.0f} |" for b, m, r in refinements]
-    return header, table_md, {f"{label} @ {b}": t for label, by in tables.items() for b, t in by.items()}, rows
+    return (
+        header,
+        table_md,
+        {**pipeline_tables, **{f"{label} @ {b}": t for label, by in tables.items() for b, t in by.items()}},
+        rows,
+    )
 
 
 def shown(value) -> str:

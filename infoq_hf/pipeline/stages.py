@@ -175,18 +175,22 @@ def choose_rounding(run: Run, config: InfoQConfig) -> Run:
 
 def information_estimate(model: nn.Module, config: InfoQConfig, skip_modules=()) -> dict:
     """InfoQ's `change_estimate`, when the config leaves it open: to first order (one backward pass per
-    observer term, a fifth of the probes' time on SmolLM2), unless the budget's uniform start lies below
-    the probe width. There the allocation extrapolates each layer's cost to perturbations wider than the
+    observer term), unless the scores are "calibrated" and the budget's uniform start lies below the
+    probe width. There the allocation extrapolates each layer's cost to perturbations wider than the
     one measured, and the probes' higher-order change counts: on dev data (benchmarks/studies/
-    first_order.py) the two estimates allocate alike at 3.0 and 3.5 bits on SmolLM2 and 3.0 on a
-    ResNet-8, and the first order is worse at 2.5 bits on both."""
+    first_order.py) the two calibrated estimates allocate alike at 3.0 and 3.5 bits on SmolLM2 and 3.0
+    on a ResNet-8, and the first order is worse at 2.5 bits on both. The per-width scores (the default)
+    measure every width and need no extrapolation."""
     if config.method != "infoq" or "change_estimate" in config.method_options:
+        return {}
+    options = InfoQOptions.from_dict(config.method_options)
+    if options.scores != "calibrated":
         return {}
     sizes = layer_table(
         model, config.bits, scheme=config.scheme, skip_modules=skip_modules, embeddings=config.quantize_embeddings
     )
     start = allocation.uniform_start(sizes, config.budget, pin_first_last=config.pin_first_last)
-    probe_width = min(probe_widths(InfoQOptions.from_dict(config.method_options), sorted(config.bits)))
+    probe_width = min(probe_widths(options, sorted(config.bits)))
     below = not start or min(start.values()) < probe_width
     return {"change_estimate": "probe" if below else "first_order"}
 
