@@ -22,7 +22,8 @@ from tests.helpers.models import labelled_batches, lm_batches, small_cnn, tiny_l
 def setup():
     model = tiny_llama(vocab=96, layers=3, pad_token_id=None, max_position_embeddings=64)
     batches = lm_batches()
-    # Probed scores: the seeds below were chosen for what the refinement keeps from this table.
+    # Probed calibrated scores at the blocks: the seeds below were chosen for what the refinement keeps
+    # from this table.
     table = search(
         model,
         batches,
@@ -30,6 +31,9 @@ def setup():
         group_size=32,
         skip_modules=["lm_head"],
         change_estimate="probe",
+        scores="calibrated",
+        task_observers="last",
+        input_weight=1.0,
         progress=False,
     )
     return model, batches, table

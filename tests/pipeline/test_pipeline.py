@@ -39,7 +39,6 @@ def _reference_policy(model_dir, calib, refine_passes):
         method="infoq",
         group_size=16,
         skip_modules=["lm_head"],
-        change_estimate="probe",  # what the pipeline picks: 3.0 bits start at 2, below the 4-bit probe
         progress=False,
     )
     policy = allocate(table, Budget(avg_bits=3.0))

@@ -217,17 +217,21 @@ def test_a_table_of_another_model_is_refused_by_name(setup):
         quantize_with_infoq(copy.deepcopy(model), config, table=table, progress=False)
 
 
+CALIBRATED = {"scores": "calibrated"}
+
+
 @pytest.mark.parametrize(
     "bits, budget, options, expected",
     [
-        ([2, 3, 4, 8], 3.0, {}, "first_order"),  # the uniform start (3 bits) is the probe width
-        ([2, 3, 4, 8], 2.5, {}, "probe"),  # the start (2 bits) lies below it
-        ([2, 4, 8], 3.0, {}, "probe"),  # auto probes at 4 bits; the start is 2
-        ([2, 3, 4, 8], 2.5, {"change_estimate": "first_order"}, "first_order"),  # the user's choice stands
-        ([2, 3, 4, 8], 3.0, {"probe_bits": 4}, "probe"),
+        ([2, 3, 4, 8], 2.5, {}, "first_order"),  # per-width scores measure every width: no extrapolation
+        ([2, 3, 4, 8], 3.0, CALIBRATED, "first_order"),  # the uniform start (3 bits) is the probe width
+        ([2, 3, 4, 8], 2.5, CALIBRATED, "probe"),  # the start (2 bits) lies below it
+        ([2, 4, 8], 3.0, CALIBRATED, "probe"),  # auto probes at 4 bits; the start is 2
+        ([2, 3, 4, 8], 2.5, {**CALIBRATED, "change_estimate": "first_order"}, "first_order"),  # the user's choice
+        ([2, 3, 4, 8], 3.0, {**CALIBRATED, "probe_bits": 4}, "probe"),
     ],
 )
-def test_the_pipeline_estimates_information_changes_to_first_order_unless_the_budget_lies_below_the_probe(
+def test_the_pipeline_estimates_calibrated_changes_to_first_order_unless_the_budget_lies_below_the_probe(
     setup, bits, budget, options, expected
 ):
     model, batches = setup

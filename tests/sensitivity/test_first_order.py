@@ -55,7 +55,7 @@ def test_first_order_change_is_the_derivative_of_the_probed_smi(make, eps):
 def test_first_order_search_matches_the_probes_for_a_small_perturbation():
     """With 7-bit perturbations the first-order D is the probes' D up to the second-order remainder."""
     model, batches = small_cnn(), labelled_batches()
-    kw = dict(bits=(2, 4, 8), probe_bits=7, num_directions=16, progress=False)
+    kw = dict(bits=(2, 4, 8), probe_bits=7, num_directions=16, scores="calibrated", magnitude=False, progress=False)
     first = search(model, batches, **kw)
     probed = search(model, batches, change_estimate="probe", **kw)
     assert first.meta["options"]["change_estimate"] == "first_order"
@@ -93,7 +93,9 @@ def test_first_order_search_in_bfloat16_ranks_layers_as_in_float32():
     from scipy.stats import spearmanr
 
     model = tiny_llama(vocab=96, layers=4, hidden=128, intermediate=256, pad_token_id=None, max_position_embeddings=64)
-    kw = dict(bits=(2, 3, 4, 8), group_size=32, skip_modules=["lm_head"], max_samples=192, progress=False)
+    kw = dict(
+        bits=(2, 3, 4, 8), group_size=32, skip_modules=["lm_head"], max_samples=192, scores="calibrated", progress=False
+    )
     full = search(model, lm_batches(), **kw)
     half = search(model.to(torch.bfloat16), lm_batches(), **kw)
     alphas = [[t.layers[n]["alpha"] for n in full.layers] for t in (full, half)]
@@ -155,6 +157,6 @@ def test_candidates_apply_to_the_first_order_per_width_scores_only():
     model, batches = small_cnn(), labelled_batches()
     layers = quantizable_layers(model)
     candidates = _rounded_to_nearest(model, layers, (2, 8), PackingScheme())
-    for options in ({}, {"scores": "per_width", "change_estimate": "probe"}, {"method": "weight_mse"}):
+    for options in ({"scores": "calibrated"}, {"change_estimate": "probe"}, {"method": "weight_mse"}):
         with pytest.raises(ValueError, match="candidates= perturbs layers by GPTQ's rounding"):
             search(model, batches, bits=(2, 8), candidates=candidates, progress=False, **options)

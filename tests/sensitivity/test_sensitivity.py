@@ -48,8 +48,9 @@ def test_calibrated_scores_are_alpha_times_relative_weight_error():
 
     model, batches = small_cnn(), labelled_batches()
     bits = (2, 3, 4, 5, 6, 8)
-    cal = search(model, batches, bits=bits, seed=3, probe_bits=3, progress=False)  # one probe per layer at 3 bits
-    squared = search(model, batches, bits=bits, seed=3, probe_bits=3, change_power=2, progress=False)
+    kw = dict(bits=bits, seed=3, probe_bits=3, scores="calibrated", progress=False)
+    cal = search(model, batches, **kw)  # one first-order change per layer at 3 bits
+    squared = search(model, batches, change_power=2, **kw)
     eq4 = search(model, batches, bits=(3, 8), seed=3, scores="eq4", inv_bits=False, progress=False)
     assert cal.meta["cost"]["forward_passes"] == len(batches)  # one pass with gradients per batch
     for name, info in cal.layers.items():
@@ -70,8 +71,8 @@ def test_calibrated_scores_are_alpha_times_relative_weight_error():
 @pytest.mark.parametrize("bits, probed", [((2, 3, 4, 8), 3), ((4, 5, 8), 4), ((2, 8), 3)])
 def test_auto_probes_at_the_narrowest_candidate_of_three_bits_or_more(bits, probed):
     model, batches = small_cnn(), labelled_batches()
-    auto = search(model, batches, bits=bits, seed=3, progress=False)
-    explicit = search(model, batches, bits=bits, seed=3, probe_bits=probed, progress=False)
+    auto = search(model, batches, bits=bits, seed=3, scores="calibrated", progress=False)
+    explicit = search(model, batches, bits=bits, seed=3, scores="calibrated", probe_bits=probed, progress=False)
     assert auto.meta["options"]["probe_bits"] == [probed]  # the table records the width probed
     assert auto.to_dict()["layers"] == explicit.to_dict()["layers"]
 
@@ -142,7 +143,7 @@ def test_a_search_under_autocast_measures_information_in_float32():
     """Under a caller's bfloat16 autocast the model runs in bfloat16, each probe sees its perturbed weight
     (autocast caches weight casts) and the projections and MI estimates stay float32."""
     model, batches = tiny_llama(vocab=96, layers=3, pad_token_id=None, max_position_embeddings=64), lm_batches()
-    kw = dict(bits=(2, 4, 8), progress=False, skip_modules=["lm_head"], max_samples=128)
+    kw = dict(bits=(2, 4, 8), progress=False, skip_modules=["lm_head"], max_samples=128, scores="calibrated")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         amp = search(model, batches, **kw)
     exact = search(model, batches, **kw)

@@ -27,7 +27,9 @@ def setup():
     batches = lm_batches()
     names = [n for n in quantizable_layers(model) if n != "lm_head"]
     candidates = gptq_candidates(model, {n: BITS for n in names}, batches, scheme=SCHEME, progress=False)
-    table = search(model, batches, bits=BITS, scheme=SCHEME, skip_modules=["lm_head"], progress=False)
+    table = search(
+        model, batches, bits=BITS, scheme=SCHEME, skip_modules=["lm_head"], scores="calibrated", progress=False
+    )
     return model, batches, names, candidates, table
 
 
@@ -198,6 +200,7 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
         calibration=batches,
         refine_passes=3,
         modules_to_not_convert=["lm_head"],
+        method_options={"scores": "calibrated"},  # the form GPTQ's error ratio rescales
     )
     gptq = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="gptq", **kw), progress=False)
     rtn = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="rtn", **kw), progress=False)
