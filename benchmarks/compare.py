@@ -73,7 +73,7 @@ def lm_tables(key: str, model, calib, args, out: Path, kw: dict) -> dict[str, di
     per-width scores measure the GPTQ candidates of each budget's uniform start)."""
     searches = {m: {} for m in args.methods if m != "infoq"}
     if args.with_eq4:  # the paper's measurement: one probe per (layer, width), three times the calibrated search
-        searches["infoq (paper Eq. 4)"] = {"scores": "eq4", "change_estimate": "probe"}
+        searches["infoq (paper Eq. 4)"] = {**common.PROBED_CALIBRATED, "scores": "eq4"}
     found = {}  # one search per method and options, shared by the budgets that ask for it
     jittered = "" if getattr(args, "jitter", None) is None else f"_jitter{args.jitter}"
 

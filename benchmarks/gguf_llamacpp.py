@@ -156,7 +156,7 @@ class Mixes:
             symmetric=True,
             seed=seed,
             progress=False,
-            **({"change_estimate": "probe"} if method == "infoq" else {}),
+            **(common.PROBED_CALIBRATED if method == "infoq" else {}),
         )
         self.embedding = next(n for n in self.table.layers if isinstance(model.get_submodule(n), torch.nn.Embedding))
         scheme = PackingScheme(group_size=GROUP_SIZE, symmetric=True, rounding="gptq")

@@ -72,7 +72,7 @@ def main(argv=None):
                 model,
                 search_calib,
                 method="infoq",
-                change_estimate="probe",
+                **common.PROBED_CALIBRATED,
                 bits=(2, 3, 4, 8),
                 group_size=GROUP,
                 skip_modules=SKIP,

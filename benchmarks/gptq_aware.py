@@ -119,7 +119,7 @@ def main(argv=None):
             group_size=GROUP,
             skip_modules=SKIP,
             seed=args.seed,
-            change_estimate="probe",
+            **common.PROBED_CALIBRATED,
         ),
     )
     candidates_s: dict[str, float] = {}  # wall time per kind of inputs

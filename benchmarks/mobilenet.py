@@ -160,7 +160,7 @@ def main(argv=None):
     for method in methods:
         t0 = time.perf_counter()
         kw = {"hutchinson_samples": args.hutchinson} if method == "hawq" else {}
-        kw = {"change_estimate": "probe"} if method == "infoq" else kw
+        kw = common.PROBED_CALIBRATED if method == "infoq" else kw
         tables[method] = infoq_hf.search(model, calib, bits=bits, method=method, seed=args.seed, progress=False, **kw)
         cost[method] = time.perf_counter() - t0
         print(f"search {method}: {cost[method]:.1f} s", flush=True)

@@ -98,7 +98,7 @@ def main(argv=None):
     tables = {"oracle": oracle.to_dict()}
     for label in args.methods.split(","):
         method, _, variant = label.partition(":")  # "infoq:eq4" = InfoQ with the paper's Eq. 4 scores
-        opts = {"change_estimate": "probe", **json.loads(args.infoq)} if method == "infoq" else {}
+        opts = {**common.PROBED_CALIBRATED, **json.loads(args.infoq)} if method == "infoq" else {}
         if variant:
             opts["scores"] = variant
         table = search(model, calib, bits=bits, method=method, seed=args.seed, **kwargs, **opts)

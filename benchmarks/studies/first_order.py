@@ -42,7 +42,13 @@ def _searches(model, calib, seeds, estimates, **kw):
         for seed in seeds:
             started = time.perf_counter()
             tables[estimate, seed] = search(
-                model, calib, bits=BITS, seed=seed, change_estimate=estimate, progress=False, **kw
+                model,
+                calib,
+                bits=BITS,
+                seed=seed,
+                progress=False,
+                **{**common.CALIBRATED, "change_estimate": estimate},
+                **kw,
             )
             seconds[estimate, seed] = time.perf_counter() - started
             print(f"{estimate}, seed {seed}: search {seconds[estimate, seed]:.1f} s", flush=True)

@@ -34,8 +34,8 @@ def main(argv=None):
     kw = dict(bits=bits, group_size=64, skip_modules=skip, progress=False)
     rows = []
     for label, method, extra in (
-        ("infoq, prefix cache", "infoq", {"change_estimate": "probe"}),
-        ("infoq, no cache (the paper's count)", "infoq", {"change_estimate": "probe", "prefix_cache": False}),
+        ("infoq, prefix cache", "infoq", common.PROBED_CALIBRATED),
+        ("infoq, no cache (the paper's count)", "infoq", {**common.PROBED_CALIBRATED, "prefix_cache": False}),
         ("hawq (8 Hutchinson samples)", "hawq", {}),
     ):
         table = search(model, calib, method=method, **kw, **extra)

@@ -67,7 +67,7 @@ def main() -> None:
         top1["uniform", budget] = common.top1(uniform, dev)
     for probe_bits, seed in itertools.product(args.probe_bits, args.seeds):
         table = search(
-            model, calib, bits=BITS, seed=seed, probe_bits=probe_bits, change_estimate="probe", progress=False
+            model, calib, bits=BITS, seed=seed, probe_bits=probe_bits, progress=False, **common.PROBED_CALIBRATED
         )
         for budget in args.budgets:
             m = copy.deepcopy(model)

@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/probe_width_gguf_smollm2.md")
     args = p.parse_args()
     model, _, calib, dev, _ = common.smollm2_data(32, 16, 0)
-    kw = dict(group_size=GROUP_SIZE, symmetric=True, skip_modules=SKIP, seed=0, change_estimate="probe")
+    kw = dict(group_size=GROUP_SIZE, symmetric=True, skip_modules=SKIP, seed=0, **common.PROBED_CALIBRATED)
     tables = {
         b: search(model, first_samples(calib, 4), bits=BITS, embeddings=True, probe_bits=b, progress=False, **kw)
         for b in args.probe_bits

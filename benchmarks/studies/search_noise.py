@@ -68,8 +68,7 @@ def main() -> None:
                 group_size=64,
                 skip_modules=SKIP,
                 seed=seed,
-                change_estimate="probe",
-                **options,
+                **{**common.PROBED_CALIBRATED, **options},
             )
         seconds[label, seed] = time.perf_counter() - started
         print(label, seed, f"search {seconds[label, seed]:.1f} s", flush=True)

@@ -32,7 +32,7 @@ from .. import common
 from ..compare import cached_table
 from ..spearman import correlations, load_setup, oracle_cache
 
-PROBED = {"change_estimate": "probe"}  # these option sets were compared with the paper's probes
+PROBED = common.PROBED_CALIBRATED  # these option sets were compared with the paper's probes, calibrated
 CANDIDATES = {
     "default": {},
     "classes=8": {"lm_classes": 8},
@@ -64,9 +64,7 @@ def calibrated_choices(model, calib, kwargs, bits, oracle, seed, out: Path) -> l
             method="infoq",
             seed=seed,
             progress=False,
-            scores="eq4",
-            inv_bits=False,
-            change_estimate="probe",
+            **{**common.PROBED_CALIBRATED, "scores": "eq4", "inv_bits": False},
             **kwargs,
         ),
     )

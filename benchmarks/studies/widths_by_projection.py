@@ -51,7 +51,7 @@ def main() -> None:
             group_size=64,
             skip_modules=SKIP,
             seed=0,
-            **({"change_estimate": "probe"} if m == "infoq" else {}),
+            **(common.PROBED_CALIBRATED if m == "infoq" else {}),
         )
         for m in ("infoq", "weight_mse")
     }
