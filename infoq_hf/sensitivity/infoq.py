@@ -451,7 +451,7 @@ class InfoQScorer:
         widths: Mapping[str, list[int]],
         terms: list | None = None,
         on_batch: Callable | None = None,
-        perturbations: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+        perturbation: Callable[[str, int], torch.Tensor] | None = None,
         magnitude: bool = False,
     ) -> dict:
         """The first-order change of every term's SMI when one layer moves to `bits`:
@@ -461,11 +461,12 @@ class InfoQScorer:
 
         SMI is not a sum over samples, so its gradient with respect to each observer's projections
         comes first, from the reference projections of the whole set; each batch then backpropagates its
-        share of it. One batch's graph is held at a time; the perturbations Q_b(W_l) - W_l are held
-        throughout (the size of the probed weights, per width).
+        share of it. One batch's graph is held at a time; round to nearest's perturbations Q_b(W_l) - W_l
+        are held throughout (the size of the probed weights, per width).
 
-        `perturbations` ({layer: {bits: Q_b(W_l) - W_l}}, shaped as the weight) replaces the
-        round-to-nearest changes (for example GPTQ's). `magnitude=True` sums |dSMI_j/dW_l * (Q_b(W_l) - W_l)|
+        `perturbation(layer, bits)` -> Q_b(W_l) - W_l, shaped as the weight, replaces the round-to-nearest
+        changes (for example GPTQ's); it is called when the layer's gradient arrives, so its changes need
+        not be held. `magnitude=True` sums |dSMI_j/dW_l * (Q_b(W_l) - W_l)|
         element by element and batch by batch instead of the signed dot product: an upper bound of the
         first-order change that no cancellation between elements or batches can hide."""
         prober, model = self.prober, self.prober.model
@@ -478,9 +479,12 @@ class InfoQScorer:
                 (grad_of_projection[(kind, o)],) = torch.autograd.grad(smi[kind](proj), proj)
         names = list(widths)
         weights = {n: prober.layers[n].weight for n in names}
-        if perturbations is None:
-            perturbations = {n: {b: prober.weight_change(n, b) for b in widths[n]} for n in names}
-        changes = {n: {b: perturbations[n][b].reshape(-1) for b in widths[n]} for n in names}  # model's dtype
+        if perturbation is None:  # round to nearest's changes, made once and held in the model's dtype
+            held = {n: {b: prober.weight_change(n, b) for b in widths[n]} for n in names}
+
+            def perturbation(name, bits):
+                return held[name][bits]
+
         out = {t: {n: dict.fromkeys(widths[n], 0.0) for n in names} for t in terms}
         current = {}  # the term being backpropagated: {layer: {bits: change}}
 
@@ -501,8 +505,8 @@ class InfoQScorer:
                 grad = widened(weight.grad.reshape(-1), "gradient")
                 if magnitude:
                     grad = grad.abs()
-                for b, change in changes[name].items():
-                    change = widened(change, "change").to(grad.dtype)
+                for b in widths[name]:
+                    change = widened(perturbation(name, b).reshape(-1), "change").to(grad.dtype)
                     current[name][b] += float(torch.dot(grad, change.abs() if magnitude else change))
                 weight.grad = None
 

@@ -361,16 +361,16 @@ def _first_order_scores(scorer, names, widths, raw, accelerator, on_batch, candi
     world = accelerator.num_processes if accelerator is not None else 1
     widths = [b for b in widths if b != REFERENCE_BITS]
     terms = scorer.terms[rank::world]
-    perturbations = None
-    if candidates is not None and terms:  # GPTQ's weight minus the reference the prober holds
-        layers = scorer.prober.layers
-        perturbations = {
-            n: {b: candidates.weight(n, b).to(layers[n].weight) - layers[n].weight.detach() for b in widths}
-            for n in names
-        }
+    perturbation = None
+    if candidates is not None:
+
+        def perturbation(name, bits):  # GPTQ's weight minus the reference the prober holds, made when needed
+            weight = scorer.prober.layers[name].weight.detach()
+            return candidates.weight(name, bits).to(weight) - weight
+
     changes = (
         scorer.first_order_changes(
-            {n: widths for n in names}, terms, on_batch, perturbations=perturbations, magnitude=scorer.opts.magnitude
+            {n: widths for n in names}, terms, on_batch, perturbation=perturbation, magnitude=scorer.opts.magnitude
         )
         if terms
         else {}

@@ -115,10 +115,10 @@ def test_magnitude_adds_the_elements_changes_that_the_signed_form_lets_cancel():
         scorer = InfoQScorer(prober, "classification", InfoQOptions(num_directions=16, max_samples=128), seed=0)
         one = [torch.zeros_like(layer.weight) for _ in range(2)]
         one[0].view(-1)[3], one[1].view(-1)[40] = 1e-3, 1e-3
-        single = scorer.first_order_changes({name: [2, 3]}, perturbations={name: {2: one[0], 3: one[1]}})
-        both = {name: {2: one[0] - one[1]}}
-        signed = scorer.first_order_changes({name: [2]}, perturbations=both)
-        magnitude = scorer.first_order_changes({name: [2]}, perturbations=both, magnitude=True)
+        single = scorer.first_order_changes({name: [2, 3]}, perturbation=lambda n, b: one[b - 2])
+        both = one[0] - one[1]
+        signed = scorer.first_order_changes({name: [2]}, perturbation=lambda n, b: both)
+        magnitude = scorer.first_order_changes({name: [2]}, perturbation=lambda n, b: both, magnitude=True)
     for term, changes in single.items():
         i, j = changes[name][2], changes[name][3]
         assert i != 0 and j != 0, term
