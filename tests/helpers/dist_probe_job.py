@@ -75,6 +75,11 @@ def run(
         accelerator=accelerator,
         progress=False,
         num_directions=directions,
+        # observers at the blocks and both terms: several observer terms, so the first-order backward
+        # passes are really split over the processes (the default observes the output alone)
+        scores="calibrated",
+        task_observers="last",
+        input_weight=1.0,
     )
     wall = time.perf_counter() - started
     policy = None

@@ -23,6 +23,6 @@ def test_two_processes_equal_one(tmp_path):
     for name, entry in one["layers"].items():
         # Exact equality, float for float: the split must not change a single score.
         assert two["layers"][name] == entry, name
-        assert entry["w"]["2"] > entry["w"]["8"] == 0.0  # 8 bits is the reference
+        assert entry["w"]["2"] > entry["w"]["8"] > 0.0
     assert one["refined"]["refinement"]["accepted"] >= 1  # refined allocations (with a move accepted) compared too
     assert two == one
