@@ -35,9 +35,9 @@ def with_gptq_costs(table: SensitivityTable, candidates) -> SensitivityTable:
     `meta["costs_rounding"] = "rtn"`, or "gptq" when it was measured with GPTQ's weights
     (`search(..., candidates=)`)."""
     layers, meta = copy.deepcopy(table.layers), copy.deepcopy(table.meta)
-    if not error_scaled(table) and meta.get("costs_rounding") == "gptq":
-        return SensitivityTable(table.method, table.bits, layers, meta)  # measured with GPTQ's weights
     if not error_scaled(table):
+        if meta.get("costs_rounding") == "gptq":  # measured with GPTQ's weights already
+            return SensitivityTable(table.method, table.bits, layers, meta)
         logger.info(
             "the %s scores are not a sensitivity times the quantizer's error; the allocation uses them "
             "as measured (round to nearest)",
