@@ -32,6 +32,11 @@ Three score forms (`scores`):
                           linearity theorem); GPTQ packing rescales it by GPTQ's error ratio.
   "eq4"                   S(l, b) = (1/b if inv_bits) * D(l, b): the paper's Eq. 4.
 
+Activation scores (`search(score_activations=True)`) are probed at every activation width and follow the
+weights' form: D(l, b) beside per-width weight scores, Eq. 4 (with 1/b) beside the others, so both sit on
+one scale in the ILP (`inv_bits` overrides; on dev data Eq. 4 activations beside per-width weights
+starved the activations, benchmarks/studies/activation_scores.py).
+
 Observers default to the model output alone (the LM head's input for causal LMs), task term only;
 `task_observers="last"` adds the last quarter of the blocks and `input_weight` the input term at the
 middle half. The same samples, the same directions and the same reference serve every measurement,
@@ -80,7 +85,7 @@ class InfoQOptions:
     # setting tried (benchmarks/studies/score_forms.py); the input term and block observers stay available.
     task_weight: float = 1.0
     input_weight: float = 0.0
-    inv_bits: bool = True
+    inv_bits: bool | None = None  # Eq. 4's 1/b; None: for "eq4" and "calibrated" scores, not beside "per_width"
     task_observers: str | list = "output"  # "output", "last", "all", or a list of module names (+ "<output>")
     input_observers: str | list = "middle"  # "middle", "all", "none", or a list of module names
     lm_target: str = "next_token"  # causal LMs: "next_token" or "reference_prediction"
@@ -110,6 +115,10 @@ class InfoQOptions:
     # allocated worse than the calibrated form on both models of benchmarks/studies/score_forms.py).
     magnitude: bool = True
 
+    @property
+    def divides_by_bits(self) -> bool:
+        return self.scores != "per_width" if self.inv_bits is None else self.inv_bits
+
     @classmethod
     def from_dict(cls, options: Mapping) -> InfoQOptions:
         known = set(cls.__dataclass_fields__)
@@ -119,6 +128,8 @@ class InfoQOptions:
         opts = cls(**options)
         if opts.scores not in ("calibrated", "per_width", "eq4"):
             raise ValueError(f"scores must be 'calibrated', 'per_width' or 'eq4', got {opts.scores!r}")
+        if opts.inv_bits is not None and not isinstance(opts.inv_bits, bool):
+            raise ValueError(f"inv_bits must be True, False or None (by score form), got {opts.inv_bits!r}")
         if not isinstance(opts.magnitude, bool):
             raise ValueError(f"magnitude must be True or False, got {opts.magnitude!r}")
         if (
@@ -415,8 +426,8 @@ class InfoQScorer:
         return self.eq4_score(self.information_change(layer), bits)
 
     def eq4_score(self, change: float, bits: int) -> float:
-        """Eq. 4: the information change, over the width when `inv_bits`."""
-        return change / bits if self.opts.inv_bits else change
+        """Eq. 4: the information change, over the width when `inv_bits` (by default unless per width)."""
+        return change / bits if self.opts.divides_by_bits else change
 
     def information_change(self, layer: str) -> float:
         """D(l): the relative change of information at the observers after `layer`, as the model is now."""

@@ -120,6 +120,23 @@ def test_activation_scores_and_table_json_roundtrip(tmp_path):
     assert loaded.meta["calibration"]["sha256"] and loaded.meta["model"]["quantized_weights_sha256"]
 
 
+def test_activation_scores_follow_the_weight_form():
+    """Beside per-width weight scores an activation score is D(l, b) itself; beside the calibrated form
+    (and with inv_bits=True) it is Eq. 4's D(l, b) / b, from the same probes."""
+    model, batches = small_cnn(), labelled_batches()
+    kw = dict(bits=(2, 4, 8), score_activations=True, progress=False)
+    per_width = search(model, batches, **kw)
+    eq4 = search(model, batches, inv_bits=True, **kw)
+    calibrated = search(model, batches, scores="calibrated", **kw)
+    for name, info in per_width.layers.items():
+        for b in (2, 4):
+            assert info["a"][b] > 0
+            assert info["a"][b] == pytest.approx(b * eq4.layers[name]["a"][b], rel=1e-12)
+            assert calibrated.layers[name]["a"][b] == pytest.approx(eq4.layers[name]["a"][b], rel=1e-12)
+    with pytest.raises(ValueError, match="inv_bits must be"):
+        search(model, batches, inv_bits="yes", **kw)
+
+
 def test_bad_input_errors():
     model, batches = small_cnn(), labelled_batches()
     with pytest.raises(ValueError, match="calibration set is empty"):
