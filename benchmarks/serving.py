@@ -7,10 +7,10 @@ float32, bfloat16, and the packed model at 4.0 and 3.0 average bits. The packed 
 policies from a data-free search (`method="weight_mse"`, bits 2/3/4/8, group size 64) allocated by
 the ILP, are packed on load with `InfoQConfig(float_dtype="bfloat16")` (leftovers in bf16; lm_head,
 tied to the embedding, stays float), saved, and reloaded with plain `from_pretrained` as a user
-would. bf16 inputs take torch's int4 kernel (`infoq_hf.quant.kernels`). The packed model in float32
-(the exact dequantize-then-matmul path) is timed on fewer tokens, for reference; the packed models in
-float32 with `set_compute_dtype(model, torch.bfloat16)` (leftovers float32, packed layers in bf16) are
-compared with the float32 model.
+would. bf16 inputs take torch's int4 kernel (`infoq_hf.quant.kernels`), float32 inputs the compiled
+kernels on the bit stream (`infoq_hf.quant.stream_kernels`: decode; prefill dequantizes for one float32
+matmul); the packed models in float32 with `set_compute_dtype(model, torch.bfloat16)` (leftovers float32,
+packed layers in bf16) are compared with the float32 model too.
 
 - decode: greedy `generate`, batch 1, a 32-token prompt, 64 new tokens, after a warm-up;
 - prefill: one forward of 8 x 128 tokens (no cache);
@@ -177,7 +177,6 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the median is reported)")
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--exact-tokens", type=int, default=8, help="new tokens for the packed float32 exact path")
     p.add_argument("--out", default="benchmarks/results/serving_smollm2.md")
     p.add_argument("--memory-child", nargs=2, metavar=("VARIANT", "FOLDERS_JSON"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -206,7 +205,16 @@ def measure_and_report(args, windows, prompt, work):
     policies = {}
     for name, (bits, embedding) in PACKED.items():
         folders[name] = packed_checkpoint(folders["float"], bits, embedding, work / f"packed-{name}", policies)
-    variants = ["float32", "bfloat16", *PACKED, "4.0 float32", f"4.0 {COMPUTE_BF16}", f"3.0 {COMPUTE_BF16}"]
+    variants = [
+        "float32",
+        "bfloat16",
+        *PACKED,
+        "4.0 float32",
+        "3.0 float32",
+        "3.0+emb4 float32",
+        f"4.0 {COMPUTE_BF16}",
+        f"3.0 {COMPUTE_BF16}",
+    ]
     models = {v: load(v, folders) for v in variants}
 
     decode, prefill_s, ppl = {v: [] for v in variants}, {v: [] for v in variants}, {}
@@ -214,8 +222,7 @@ def measure_and_report(args, windows, prompt, work):
         decode_tokens_per_s(m, prompt, 2)
     for _ in range(args.rounds):
         for v, m in models.items():
-            exact = v.endswith("float32") and v != "float32"
-            decode[v].append(decode_tokens_per_s(m, prompt, args.exact_tokens if exact else args.new_tokens))
+            decode[v].append(decode_tokens_per_s(m, prompt, args.new_tokens))
             seconds, ppl[v] = prefill(m, windows)
             prefill_s[v].append(seconds)
         print("round done", {v: round(d[-1], 2) for v, d in decode.items()}, flush=True)
@@ -276,11 +283,11 @@ def write_report(args, variants, decode, prefill_s, ppl, memory, checkpoint, flo
         )
     lines += [
         "",
-        f"The packed float32 row runs the exact path on {args.exact_tokens} new tokens (it is the reference, not "
-        "the serving path). Speed-ups are ratios against float32, and against the float model in the row's "
+        "Speed-ups are ratios against float32, and against the float model in the row's "
         "dtype (float32 for the float32 models whose packed layers compute in bf16), measured in the same run. "
         f"Prefill runs {8 * 128} rows per layer: from "
-        "`kernels.DENSE_FROM_ROWS` rows the packed layers multiply by their weight rebuilt in bf16.",
+        "`kernels.DENSE_FROM_ROWS` rows the packed layers multiply by their weight rebuilt in bf16 (in float32, from "
+        "`stream_kernels.LINEAR_MAX_ROWS` rows, dequantized in float32).",
         "",
         "Resident memory (fresh process per model: load + one forward; MB = 10^6 bytes):",
         "",
@@ -329,7 +336,7 @@ def describe(variant: str) -> tuple[str, str]:
     if dtype == COMPUTE_BF16:
         return f"{label}, float32 model", 'packed layers bf16 (`compute_dtype="bfloat16"`), int4 kernel'
     if dtype:
-        return f"{label}, float32", "float32, exact dequantize + matmul"
+        return f"{label}, float32", "float32, stream kernel"
     return label, "bf16, int4 kernel"
 
 

@@ -8,7 +8,8 @@ dequantizes on the fly, so the weights stay packed in memory. On CPU, bf16/fp16
 inputs of a `QuantLinear` take torch's int4 kernel instead, on the codes repacked
 into its layout (`kernels.py`); the layer then holds that layout instead of the
 bit stream (`weight_packed` becomes a meta tensor, no memory) and rebuilds the
-stream exactly when saved, loaded into, moved or read. Optionally the
+stream exactly when saved, loaded into, moved or read. float32 inputs on CPU take
+compiled kernels that read the bit stream as it is (`stream_kernels.py`). Optionally the
 input activation is fake-quantized per tensor (`input_scale`,
 `input_zero_point`). The bias stays float.
 
@@ -25,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import stream_kernels
 from .kernels import KERNEL_DTYPES, build_int4_layout, codes_from_int4_layout, int4_linear, unsupported_reason
 from .packing import check_bits, pack, packed_nbytes, unpack
 from .quantizer import (
@@ -140,7 +142,14 @@ class _PackedWeightLayer(nn.Module):
         return unpack(self.weight_packed, self.w_bits, math.prod(self.weight_shape)).reshape(self.weight_shape[0], -1)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        w = dequantize_codes(self.codes(), self.weight_scale, self.weight_zero_point, self.scheme)
+        out, fan_in = self.weight_shape[0], math.prod(self.weight_shape[1:])
+        group = effective_group_size(self.weight_shape, self.group_size) or fan_in
+        if stream_kernels.applies(self.weight_packed, (out, fan_in), group):  # the same numbers, compiled
+            w = stream_kernels.dequantize(
+                self.weight_packed, self.weight_scale, self.weight_zero_point, self.w_bits, group, fan_in
+            )
+        else:
+            w = dequantize_codes(self.codes(), self.weight_scale, self.weight_zero_point, self.scheme)
         return w.reshape(self.weight_shape).to(dtype)
 
     @property
@@ -220,8 +229,9 @@ class QuantLinear(_PackedWeightLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """bf16/fp16 inputs on CPU take torch's int4 kernel, or from `kernels.DENSE_FROM_ROWS` rows a
-        dense matmul of the weight rebuilt from its layout (see `kernels`); everything else, and layers
-        the kernel cannot take (`kernel_fallback_reason`), the exact path: dequantize, then `F.linear`.
+        dense matmul of the weight rebuilt from its layout (see `kernels`); float32 inputs of fewer than
+        `stream_kernels.LINEAR_MAX_ROWS` rows on CPU a compiled kernel on the bit stream; everything else,
+        and layers the kernels cannot take, the exact path: dequantize, then `F.linear`.
         With a `compute_dtype`, an input of another dtype is cast to it and the output back."""
         if self.compute_dtype is not None and x.dtype != self.compute_dtype:
             return self._compute(x.to(self.compute_dtype)).to(x.dtype)
@@ -231,10 +241,28 @@ class QuantLinear(_PackedWeightLayer):
         x = self.quantize_input(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         layout = self.kernel_layout(x)
-        if layout is None:
+        if layout is not None:
+            y = int4_linear(x, layout)
+        elif self._takes_stream_kernel(x):
+            y = self._stream_linear(x)
+        else:
             return F.linear(x, self.dequantized_weight(x.dtype), bias)
-        y = int4_linear(x, layout)
         return y if bias is None else y + bias
+
+    def _takes_stream_kernel(self, x: torch.Tensor) -> bool:
+        """float32 inputs of few rows on CPU: the compiled kernel on the bit stream (`stream_kernels`)."""
+        if x.dtype != torch.float32 or x.numel() >= stream_kernels.LINEAR_MAX_ROWS * x.shape[-1]:
+            return False
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+            self._restore_stream()  # after a bf16 forward only the int4 layout holds the codes; this reads the stream
+        group = effective_group_size(self.weight_shape, self.group_size) or self.weight_shape[1]
+        return stream_kernels.applies(self.weight_packed, self.weight_shape, group)
+
+    def _stream_linear(self, x: torch.Tensor) -> torch.Tensor:
+        group = effective_group_size(self.weight_shape, self.group_size) or self.weight_shape[1]
+        packed, scale, zero = self.weight_packed, self.weight_scale, self.weight_zero_point
+        y = stream_kernels.linear(x.reshape(-1, x.shape[-1]), packed, scale, zero, self.w_bits, group)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @property
     def holds_kernel_layout_only(self) -> bool:
