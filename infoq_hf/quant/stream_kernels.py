@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import platform
+import time
 import warnings
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def load():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        logger.warning("infoq_hf: building the float32 CPU kernels for packed layers (once per machine, ~30 s)")
+        started = time.perf_counter()
+        logger.info("infoq_hf: loading the float32 CPU kernels for packed layers (built on first use, ~30 s)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "no CUDA runtime found" and the like: irrelevant to a CPU build
             _module = load_inline(
@@ -71,6 +73,11 @@ def load():
                 functions=["packed_linear_f32", "dequantize_f32"],
                 extra_cflags=["-O3", "-march=native", "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
+            )
+        if time.perf_counter() - started > 5:  # a build, not a cached load
+            logger.warning(
+                "infoq_hf: built the float32 CPU kernels for packed layers in %.0f s (cached for later runs)",
+                time.perf_counter() - started,
             )
     except Exception as err:  # no compiler, no ninja, an unsupported platform: the exact path still works
         _failure = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
