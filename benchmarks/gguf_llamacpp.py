@@ -145,18 +145,20 @@ class Mixes:
         )
         self.rounding = resolve_rounding(InfoQConfig(**self.base, budget={"avg_bits": max(bits)}), model, calib)
         searched = None if calib is None else first_samples(calib, SEARCH_SAMPLES)
+        # InfoQ's tables depend on each budget's GPTQ candidates: the pipeline searches them itself (as
+        # benchmarks/compare.py); the data-free size table then only gives the layers and the uniform starts.
+        structure = "size_only" if method == "infoq" else method
         self.table = search(
             model,
-            None if method == "weight_mse" else searched,
+            None if structure in ("weight_mse", "size_only") else searched,
             bits=self.bits,
-            method=method,
+            method=structure,
             embeddings=True,
             skip_modules=SKIP,
             group_size=GROUP_SIZE,
             symmetric=True,
             seed=seed,
             progress=False,
-            **(common.PROBED_CALIBRATED if method == "infoq" else {}),
         )
         self.embedding = next(n for n in self.table.layers if isinstance(model.get_submodule(n), torch.nn.Embedding))
         scheme = PackingScheme(group_size=GROUP_SIZE, symmetric=True, rounding="gptq")
@@ -175,8 +177,9 @@ class Mixes:
 
         config = InfoQConfig(**self.base, budget={"avg_bits": avg_bits}, method=self.method)
         packed = copy.deepcopy(self.model)
+        table = None if self.method == "infoq" else self.table
         result = quantize_with_infoq(
-            packed, config, table=self.table, candidates=self.candidates(avg_bits), skip_modules=SKIP, progress=False
+            packed, config, table=table, candidates=self.candidates(avg_bits), skip_modules=SKIP, progress=False
         )
         return packed, result
 
@@ -250,7 +253,7 @@ def main(argv=None) -> int:
         "one mix at each preset's file size",
     )
     ap.add_argument("--bits", default="4,5,8", help="candidate widths (4/5/8 have exact GGUF containers)")
-    ap.add_argument("--method", default="infoq", help="search method (infoq: calibrated; weight_mse: data-free)")
+    ap.add_argument("--method", default="infoq", help="search method (infoq: the default form; weight_mse: data-free)")
     ap.add_argument(
         "--rounding",
         default="auto",
