@@ -134,8 +134,8 @@ class InfoQConfig(QuantizationConfigMixin):
         compute_dtype: None (default) or "bfloat16" / "float16": after packing, and whenever the checkpoint
             is loaded, packed Linear layers compute in this dtype when their input has another, as
             bitsandbytes' `bnb_4bit_compute_dtype` (`set_compute_dtype`): a model run in float32 then
-            takes the fast bf16 path on CPU (benchmarks/RESULTS.md section 6). None computes in the
-            input's dtype (float32 inputs: the exact path).
+            takes the bf16 int4 kernel on CPU (benchmarks/RESULTS.md section 6). None computes in the
+            input's dtype (float32 inputs on CPU: the compiled stream kernels, `quant.stream_kernels`).
     """
 
     def __init__(

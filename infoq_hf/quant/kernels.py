@@ -6,7 +6,7 @@
 
 for 4-bit q (in the blocked layout of `_convert_weight_to_int4pack_for_cpu`), kernel_group in
 {32, 64, 128, 256}, N a multiple of 16, in the dtype of x (bfloat16 or float16 here: float32
-inputs keep the exact path, whose numbers are the reference). Our weight is w = d * s with the integer
+inputs take `stream_kernels` instead, whose numbers are the reference's). Our weight is w = d * s with the integer
 d = c - o (code minus the zero point, or minus 2^(b-1) when symmetric). Per kernel group we pick a shift t that keeps
 v = d + t inside the container, [0, 16) for widths <= 4 and [0, 256) for widths 5..8, then
 
