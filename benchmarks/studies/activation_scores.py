@@ -1,6 +1,6 @@
 """Which InfoQ score form allocates weight and activation widths best under a BitOps budget (dev data).
 
-    python -m benchmarks.studies.activation_scores --checkpoint out/fashion_resnet8.pt   # ~10 min
+    python -m benchmarks.studies.activation_scores --checkpoint out/fashion_resnet8.pt   # ~5 min
 
 The Fashion-MNIST ResNet-8 of `probe_width_cnn` (per channel, round to nearest, 512 calibration images,
 candidates {2,3,4,8} for weights and {4,8} for activations, no pins), ILP allocation at the BitOps of
