@@ -141,9 +141,14 @@ class _PackedWeightLayer(nn.Module):
         """The integer codes as uint8 [out, numel / out]."""
         return unpack(self.weight_packed, self.w_bits, math.prod(self.weight_shape)).reshape(self.weight_shape[0], -1)
 
+    @property
+    def codes_per_scale(self) -> int:
+        """Codes sharing one scale along a row: the effective group, or the whole fan-in per channel."""
+        fan_in = math.prod(self.weight_shape[1:])
+        return effective_group_size(self.weight_shape, self.group_size) or fan_in
+
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        out, fan_in = self.weight_shape[0], math.prod(self.weight_shape[1:])
-        group = effective_group_size(self.weight_shape, self.group_size) or fan_in
+        out, fan_in, group = self.weight_shape[0], math.prod(self.weight_shape[1:]), self.codes_per_scale
         if stream_kernels.applies(self.weight_packed, (out, fan_in), group):  # the same numbers, compiled
             w = stream_kernels.dequantize(
                 self.weight_packed, self.weight_scale, self.weight_zero_point, self.w_bits, group, fan_in
@@ -255,13 +260,11 @@ class QuantLinear(_PackedWeightLayer):
             return False
         if x.device.type == "cpu" and not torch.compiler.is_compiling():
             self._restore_stream()  # after a bf16 forward only the int4 layout holds the codes; this reads the stream
-        group = effective_group_size(self.weight_shape, self.group_size) or self.weight_shape[1]
-        return stream_kernels.applies(self.weight_packed, self.weight_shape, group)
+        return stream_kernels.applies(self.weight_packed, self.weight_shape, self.codes_per_scale)
 
     def _stream_linear(self, x: torch.Tensor) -> torch.Tensor:
-        group = effective_group_size(self.weight_shape, self.group_size) or self.weight_shape[1]
         packed, scale, zero = self.weight_packed, self.weight_scale, self.weight_zero_point
-        y = stream_kernels.linear(x.reshape(-1, x.shape[-1]), packed, scale, zero, self.w_bits, group)
+        y = stream_kernels.linear(x.reshape(-1, x.shape[-1]), packed, scale, zero, self.w_bits, self.codes_per_scale)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @property
