@@ -94,38 +94,45 @@ class KLJudge:
         scheme = self.table.scheme.weight_scheme(self.table.layers[name].get("kind", "linear"), bits)
         return fake_quantize_layer(self.layers[name], self.float_weights[name], scheme, name)
 
-    def _mean_kl(self, replayed: list[str]) -> float:
-        """One pass over the calibration batches with `replayed` blocks standing in for themselves."""
+    def _mean_kl(self, replayed: list[str], upto: int | None = None) -> float:
+        """One pass over the first `upto` calibration batches (all: None) with `replayed` blocks standing
+        in for themselves."""
         counter = [0]
         replays = {b: Replay(self.cache[b], counter, clone=b == replayed[-1]) for b in replayed}
         total, count = 0.0, 0
         with replaced_modules(self.model, replays):
-            for i, batch in enumerate(self.batches):
+            for i, batch in enumerate(self.batches[:upto]):
                 counter[0] = i
                 part, n = self._kl(i, output_tensor(self.forward(self.model, batch)))
                 total, count = total + part, count + n
         return total / max(count, 1)
 
     @torch.no_grad()
-    def evaluate(self, assignment: Mapping[str, int]) -> tuple[float, dict[str, list]]:
-        """Mean KL over the calibration positions, and the outputs of the blocks that ran."""
+    def evaluate(self, assignment: Mapping[str, int], upto: int | None = None) -> tuple[float, dict[str, list] | None]:
+        """Mean KL over the calibration positions, and the outputs of the blocks that ran; with `upto`, over
+        the first `upto` batches only (a screening: no outputs, they cannot be adopted)."""
+        partial = upto is not None and upto < len(self.batches)
         before = dict(self.current)
         changed = self._set(assignment)
         first = min((self.block_of[n] for n in changed), default=len(self.blocks)) if self.replay and self.cache else 0
         outputs: dict[str, list] = {b: [] for b in self.blocks[first:]}
-        hooks = [
-            self.model.get_submodule(b).register_forward_hook(
-                lambda m, args, out, b=b: outputs[b].append(detach_tree(out))
-            )
-            for b in self.blocks[first:]
-        ]
+        hooks = (
+            []
+            if partial
+            else [
+                self.model.get_submodule(b).register_forward_hook(
+                    lambda m, args, out, b=b: outputs[b].append(detach_tree(out))
+                )
+                for b in self.blocks[first:]
+            ]
+        )
         try:
-            kl = self._mean_kl(self.blocks[:first])
+            kl = self._mean_kl(self.blocks[:first], upto)
         finally:
             for h in hooks:
                 h.remove()
         self._set(before)  # back to the current configuration; `adopt` moves on
-        return kl, outputs
+        return kl, None if partial else outputs
 
     def adopt(self, assignment: Mapping[str, int], outputs: Mapping[str, list]) -> None:
         self._set(assignment)

@@ -13,6 +13,10 @@ judge whole configurations the same way).
 - Rounds: `candidates` distinct moves are drawn from the current configuration, evaluated (split
   over `accelerate` processes: the result does not depend on the number of processes), and the
   best is accepted if it lowers the KL. `passes` bounds the evaluations, the starts included.
+- Screening (multi-fidelity selection, as EvoPress does): with `screen`, each round's moves are first
+  scored on the first `screen` calibration batches only, and the `confirmed` best of them on all;
+  the round then accepts as above. A judge of many batches costs a few full passes per round, not one
+  per move. `passes` then bounds the full evaluations; the screenings are counted apart.
 - Chains: the search is random, and its outcome varies with the seed by more than the gains it is
   after. `chains` independent searches run from the same start, each as long as one; the held-out
   check below picks among them.
@@ -62,6 +66,7 @@ class RefinementReport:
     kept: str = "refined"  # the chain kept ("refined", or "refined-<i>" of several), or the start ("ilp",
     # "uniform-<bits>", a caller's) the held-out check preferred
     chains: int = 1
+    screened: int = 0  # moves scored on the first `screen` batches only (multi-fidelity selection)
     kl_validation: dict | None = None  # KL on the validation batches of each configuration compared
     validation_batches: int = 0
     # GPTQ packing of a kept allocation that is not the candidates' uniform start: the KL with its layers
@@ -85,6 +90,8 @@ def refine(
     gptq=None,
     seed: int = 0,
     candidates: int = 4,
+    screen: int | None = None,
+    confirmed: int = 1,
     forward: Callable | None = None,
     accelerator=None,
     progress: bool = True,
@@ -94,7 +101,9 @@ def refine(
     The refinement keeps every constraint `allocate` solved under (budget, pins, bounds, ties) and moves
     with the costs of the table it allocated on (both travel in `policy.report`). `model`: the float
     model the table was searched on. Up to `passes` candidate configurations per chain, `candidates`
-    per round, judged by the KL divergence of the quantized model's outputs from the float model's.
+    per round, judged by the KL divergence of the quantized model's outputs from the float model's;
+    with `screen` (a number of batches), each round's `candidates` moves are scored on the first
+    `screen` batches and its `confirmed` best on all of them (`passes` counts these full evaluations).
     `chains`: independent refinements (seeds `seed`, `seed + 1`, ...) from the same start; the one kept
     has the lowest KL on `validation` (other calibration batches, never judged on) when given, else on
     `calibration`; with `validation`, a start that beats every chain there is kept instead. `starts`:
@@ -124,6 +133,8 @@ def refine(
         batches,
         passes=passes,
         candidates=candidates,
+        screen=screen,
+        confirmed=confirmed,
         seed=seed,
         forward=forward,
         gptq=gptq,
@@ -238,6 +249,8 @@ def _refine_assignment(
     *,
     passes: int,
     candidates: int = 4,
+    screen: int | None = None,
+    confirmed: int = 1,
     seed: int = 0,
     forward: Callable | None = None,
     gptq=None,
@@ -252,6 +265,13 @@ def _refine_assignment(
     is skipped."""
     if candidates < 1:
         raise ValueError(f"refine needs candidates >= 1, got {candidates}")
+    if screen is not None and not (isinstance(screen, int) and 1 <= screen <= len(batches)):
+        raise ValueError(
+            f"refine screen={screen!r}: the number of calibration batches each move is first scored on, "
+            f"from 1 to the {len(batches)} batches given (None: no screening)"
+        )
+    if isinstance(confirmed, bool) or not isinstance(confirmed, int) or not 1 <= confirmed <= candidates:
+        raise ValueError(f"refine confirmed={confirmed!r}: moves per round scored on every batch, 1 to candidates")
     if isinstance(chains, bool) or not isinstance(chains, int) or chains < 1:
         raise ValueError(f"refine needs chains >= 1, got {chains!r}")
     if not batches:
@@ -275,7 +295,7 @@ def _refine_assignment(
     rounded = gptq.weight if gptq is not None else None
     evaluator = KLJudge(model, table, batches, forward, a_of, rounded)
     bar = tqdm(total=passes * chains, desc="refine: whole-model passes", disable=not (progress and rank == 0))
-    used = 0
+    used, screened = 0, 0
 
     def widths(a: Mapping[str, Choice]) -> dict[str, int]:
         return {n: c[0] for n, c in a.items()}
@@ -317,8 +337,9 @@ def _refine_assignment(
             seen = {tuple(sorted(current.items()))}
             accepted, chain_used = 0, 0
             while chain_used < per_chain:
+                drawn = candidates if screen else min(candidates, per_chain - chain_used)
                 round_moves = []
-                for _ in range(min(candidates, per_chain - chain_used)):
+                for _ in range(drawn):
                     move = propose(rng, units, table, budget, current, a_of, seen)
                     if move is None:
                         break
@@ -326,17 +347,15 @@ def _refine_assignment(
                     round_moves.append(move)
                 if not round_moves:
                     break
-                kls = {}
-                outs = {}
-                for i, move in enumerate(round_moves):
-                    if i % world == rank:
-                        kls[i], outs[i] = evaluator.evaluate(move)
-                if world > 1:
-                    from accelerate.utils import gather_object  # optional: only with an accelerator
-
-                    kls = {i: v for part in gather_object([kls]) for i, v in part.items()}
-                chain_used += len(round_moves)
-                bar.update(len(round_moves))
+                finalists = list(range(len(round_moves)))
+                if screen:
+                    first_scores, _ = _judge_split(evaluator, round_moves, finalists, screen, rank, world)
+                    screened += len(finalists)
+                    finalists = sorted(finalists, key=lambda i: (first_scores[i], i))
+                    finalists = finalists[: min(confirmed, per_chain - chain_used)]
+                kls, outs = _judge_split(evaluator, round_moves, finalists, None, rank, world)
+                chain_used += len(finalists)
+                bar.update(len(finalists))
                 best = min(kls, key=lambda i: (kls[i], i))
                 if kls[best] < kl_current:
                     if best not in outs:  # evaluated on another process: record its block outputs here
@@ -390,9 +409,24 @@ def _refine_assignment(
         kl_validation=kl_validation,
         validation_batches=len(validation or ()),
         chains=chains,
+        screened=screened,
         kl_starts=kl_starts,
     )
     return {n: (current[n], a_of[n]) for n in assignment}, report
+
+
+def _judge_split(evaluator: KLJudge, moves: list, indices: list[int], upto: int | None, rank: int, world: int):
+    """({index: KL} of `moves[i]` for every i in `indices`, {index: block outputs} of those this process
+    evaluated): the i-th listed goes to process i % world; every process gets every KL."""
+    kls, outs = {}, {}
+    for k, i in enumerate(indices):
+        if k % world == rank:
+            kls[i], outs[i] = evaluator.evaluate(moves[i], upto)
+    if world > 1:
+        from accelerate.utils import gather_object  # optional: only with an accelerator
+
+        kls = {i: v for part in gather_object([kls]) for i, v in part.items()}
+    return kls, outs
 
 
 def _held_out_choice(model, table, validation, forward, a_of, rounded, configs: Mapping[str, Mapping[str, int]]):

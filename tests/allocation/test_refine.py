@@ -314,3 +314,56 @@ def test_compare_with_uniform_keeps_whichever_packed_model_is_closer_to_float(se
     assert r.kl_final == pytest.approx(kl[best], rel=1e-4)
     assert kept.report.avg_bits <= avg_bits + 1e-9
     assert best == ("ilp" if method == "infoq" else "uniform-3")  # both outcomes are exercised
+
+
+def test_screening_every_move_on_every_batch_is_the_plain_refinement(setup):
+    """Screened on all batches with every move confirmed, a round is the plain round: same moves, same
+    choice, same result; the screenings are counted apart from the full passes."""
+    model, batches, table = setup
+    ilp = allocate(table, Budget(avg_bits=3.0))
+    plain = refine(ilp, model, batches, passes=10, candidates=4, seed=2, progress=False)
+    assert plain.report.refinement.kl_uniform is not None  # two starts: two rounds of four moves follow
+    screened = refine(ilp, model, batches, passes=10, candidates=4, screen=2, confirmed=4, seed=2, progress=False)
+    a, b = plain.report.refinement, screened.report.refinement
+    assert screened.to_dict() == plain.to_dict() and b.kl_final == a.kl_final and b.accepted == a.accepted
+    assert (a.passes, a.screened, b.passes, b.screened) == (10, 0, 10, 8)
+
+
+def test_a_screened_round_confirms_the_move_best_on_the_first_batches(setup):
+    """One round, brute force: the four moves drawn from the start, each packed and scored on the first
+    batch; the best of them is scored on both and kept only if it beats the start there."""
+    model, batches, table = setup
+    ilp = allocate(table, Budget(avg_bits=3.0))
+    for seed in (0, 1, 4):
+        policy = refine(ilp, model, batches, passes=3, candidates=4, screen=1, seed=seed, progress=False)
+        r = policy.report.refinement
+        assert (r.passes, r.screened) == (3, 4)
+        start = {n: ilp[n].w_bits for n in table.layers} if r.start == "ilp" else dict.fromkeys(table.layers, 3)
+        spec = ilp.report.spec
+        assignment = {n: (b, None) for n, b in start.items()}
+        units, budget = MoveUnits(spec, assignment), BudgetRows(ilp.report.table, spec)
+        rng, seen = random.Random(seed), {tuple(sorted(start.items()))}
+        moves = []
+        for _ in range(4):
+            moves.append(propose(rng, units, ilp.report.table, budget, start, dict.fromkeys(start), seen))
+            seen.add(tuple(sorted(moves[-1].items())))
+
+        def kl(widths, on):
+            packed = quantize_model(copy.deepcopy(model), BitPolicy(widths), group_size=32, skip_modules=["lm_head"])
+            return true_kl(model, packed, on)
+
+        best = min(moves, key=lambda m: kl(m, batches[:1]))
+        expected = best if kl(best, batches) < kl(start, batches) else start
+        assert {n: lb.w_bits for n, lb in policy.items()} == expected
+        assert r.accepted == (expected is best)
+
+
+def test_screening_options_are_checked(setup):
+    model, batches, table = setup
+    ilp = allocate(table, Budget(avg_bits=3.0))
+    for bad in (0, 3, 1.5):
+        with pytest.raises(ValueError, match="screen="):
+            refine(ilp, model, batches, passes=4, screen=bad, progress=False)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="confirmed="):
+            refine(ilp, model, batches, passes=4, screen=1, confirmed=bad, progress=False)
