@@ -1,0 +1,136 @@
+"""Does a judge of more tokens make the refinement's moves carry to new text? EvoPress's multi-fidelity
+selection (screen many moves on few tokens, confirm the best on many) against the product's check and
+the plain refinement judged on 4 windows.
+
+    python -m benchmarks.studies.multi_fidelity      # ~40 min on 2 CPU cores; results/multi_fidelity_smollm2.md
+
+SmolLM2-135M, the product's default pipeline (32x128 calibration tokens, the InfoQ search on the first
+4 windows, group 64, candidates {2,3,4,8}, GPTQ candidates on the uniform start's inputs, costs
+rescaled by them, the ILP, leftovers bf16, packed from the candidates); only the stage after the ILP
+changes:
+
+- `check`: the product's default: the ILP's allocation or uniform, by KL on windows 0-8;
+- `moves, judge 4`: random moves judged on windows 0-4, the held-out check on windows 4-8 (the
+  previous default, one chain);
+- `screened, judge 24`: each round's `--candidates` moves scored on windows 0-4, the best confirmed on
+  windows 0-24, `--rounds` rounds; the held-out check on windows 24-32.
+
+Dev windows choose; test windows only report. Rows say the refinement's full passes, screenings and
+wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from infoq_hf import InfoQConfig, allocation
+from infoq_hf.pipeline import stages
+from infoq_hf.pipeline.data import first_samples
+from infoq_hf.pipeline.run import Run
+
+from .. import common
+
+BITS = (2, 3, 4, 8)
+SKIP = ["lm_head"]
+WINDOWS_PER_BATCH = 4
+
+
+def ilp_run(model, calib, budget: float, candidates) -> tuple[Run, InfoQConfig]:
+    """The default pipeline up to the ILP (the stages `quantize_with_infoq` runs before the check)."""
+    config = InfoQConfig(
+        bits=list(BITS), budget={"avg_bits": budget}, group_size=64, calibration=calib, search_samples=4
+    )
+    run = Run(model, SKIP, progress=False, candidates=candidates)
+    for stage in (
+        stages.check_budget,
+        stages.calibrate,
+        stages.choose_rounding,
+        stages.round_candidates,
+        stages.score,
+        stages.count_leftovers,
+        stages.gptq_costs,
+        stages.allocate,
+    ):
+        run = stage(run, config)
+    return run, config
+
+
+def judged(run: Run, args) -> dict:
+    """{row label: (the policy kept, seconds)} for each way of judging the ILP's allocation."""
+    batches = run.batches
+    windows = lambda a, b: batches[a // WINDOWS_PER_BATCH : b // WINDOWS_PER_BATCH]  # noqa: E731
+    common_kw = dict(gptq=run.candidates, progress=False, seed=args.seed)
+    ways = {
+        "check": lambda: allocation.compare_with_uniform(run.policy, run.model, windows(0, 8), gptq=run.candidates),
+        "moves, judge 4": lambda: allocation.refine(
+            run.policy, run.model, windows(0, 4), passes=args.plain_passes, validation=windows(4, 8), **common_kw
+        ),
+        "screened, judge 24": lambda: allocation.refine(
+            run.policy,
+            run.model,
+            windows(0, 24),
+            passes=2 + args.rounds,
+            candidates=args.candidates,
+            screen=1,
+            validation=windows(24, 32),
+            **common_kw,
+        ),
+    }
+    out = {}
+    for label, way in ways.items():
+        started = time.perf_counter()
+        out[label] = (way(), time.perf_counter() - started)
+        print(label, out[label][0].report.refinement, flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budgets", type=float, nargs="+", default=[3.0, 3.5])
+    p.add_argument("--rounds", type=int, default=24, help="screened: rounds (one confirmation each)")
+    p.add_argument("--candidates", type=int, default=8, help="screened: moves screened per round")
+    p.add_argument("--plain-passes", type=int, default=64, help="moves, judge 4: whole-model passes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/multi_fidelity_smollm2.md")
+    args = p.parse_args()
+    model, _, calib, dev, test = common.smollm2_data(32, 16, 32)
+    assert first_samples(calib, 4) == calib[:1], "one batch holds the search's 4 windows"
+    rows, candidates = [], None
+    for budget in args.budgets:
+        run, config = ilp_run(model, calib, budget, candidates)
+        candidates = run.candidates  # the budgets here share the uniform start (3 bits): one GPTQ pass
+        for label, (policy, seconds) in judged(run, args).items():
+            r = policy.report.refinement
+            packed = stages.pack(replace(run, model=copy.deepcopy(model), policy=policy), config).model
+            narrow = sum(policy[n].w_bits < 3 for n in policy)
+            row = (
+                f"| {budget} | {label} | {r.kept} | {r.passes} | {r.screened} | {r.accepted} | {narrow} | "
+                f"{common.perplexity(packed, dev):.2f} | {common.perplexity(packed, test):.2f} | {seconds:.0f} |"
+            )
+            rows.append(row)
+            print(row, flush=True)
+    text = "\n".join(
+        [
+            "# Multi-fidelity selection in the refinement: screened moves confirmed on 24 windows",
+            "",
+            f"`python -m benchmarks.studies.multi_fidelity --rounds {args.rounds} --candidates {args.candidates} "
+            f"--plain-passes {args.plain_passes} --seed {args.seed}`; SmolLM2-135M, the product's pipeline up to "
+            f"the ILP (see the module doc); {common.machine()}.",
+            "",
+            "| budget | judged by | kept | full passes | screened | moves accepted | layers at 2 bits | "
+            "dev ppl | test ppl | wall s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
