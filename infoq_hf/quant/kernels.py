@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import stream_kernels
+
 KERNEL_GROUPS = (256, 128, 64, 32)  # the group sizes the kernel takes, largest first
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 _N_MULTIPLE = 16
@@ -210,7 +212,25 @@ def codes_from_int4_layout(layout: Int4Layout) -> torch.Tensor:
 
 def dense_weight_from_int4_layout(layout: Int4Layout) -> torch.Tensor:
     """The weight W [N, K] the kernel multiplies by, in the layout's dtype:
-    (q - 8) * scale + zero per kernel group, the [h | l] halves summed when split."""
+    (q - 8) * scale + zero per kernel group, the [h | l] halves summed when split. bfloat16 layouts on
+    CPU take the compiled one-pass rebuild (`stream_kernels`), bit-identical to `_dense_weight_torch`."""
+    n = layout.code_offset.shape[0]
+    compiled = (
+        layout.dtype == layout.scale_zero.dtype == torch.bfloat16
+        and layout.packed.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and check_block_structure()
+        and stream_kernels.load() is not None
+    )
+    if not compiled:
+        return _dense_weight_torch(layout)
+    w = stream_kernels.dequantize_int4_layout_bf16(layout.packed, layout.scale_zero, layout.kernel_group, n)
+    width = w.shape[1]
+    return w[:, : width // 2] + w[:, width // 2 :] if layout.split else w
+
+
+def _dense_weight_torch(layout: Int4Layout) -> torch.Tensor:
+    """`dense_weight_from_int4_layout` in pure PyTorch."""
     q = layout_nibbles(layout, centered=True)
     n, width = q.shape
     groups = width // layout.kernel_group

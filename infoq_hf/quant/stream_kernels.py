@@ -9,6 +9,9 @@ cannot take torch's int4 kernel (23-29x slower in float32, `benchmarks.kernel_dt
   bytes per weight.
 - `dequantize`: W = (c - zero) * scale in float32, bit-identical to `quantizer.dequantize_codes`, for
   many rows (prefill: dequantize, then one float32 matmul) and every reader of `layer.weight`.
+- `dequantize_int4_layout_bf16`: in bfloat16 models, the weight torch's int4 kernel multiplies by,
+  rebuilt from its layout in one pass for prefill's dense matmul, bit-identical to
+  `kernels.dense_weight_from_int4_layout`'s pure-PyTorch path.
 
 Both equal the exact path up to the order of float32 additions (`linear`) or exactly (`dequantize`).
 They are built on first use with torch's C++ extension loader (a C++ compiler and `ninja`; about 30 s,
@@ -70,7 +73,7 @@ def load():
             _module = load_inline(
                 f"infoq_hf_stream_{tag}",
                 source,
-                functions=["packed_linear_f32", "dequantize_f32"],
+                functions=["packed_linear_f32", "dequantize_f32", "dequantize_int4_layout_bf16"],
                 extra_cflags=["-O3", "-march=native", "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
             )
@@ -109,6 +112,12 @@ def linear(x2: torch.Tensor, packed, scale, zero_point, bits: int, group: int) -
     """x2 [rows, in] (float32) @ W^T."""
     zero = None if zero_point is None else zero_point.contiguous()
     return _module.packed_linear_f32(x2.contiguous(), packed.contiguous(), scale.contiguous(), zero, bits, group)
+
+
+def dequantize_int4_layout_bf16(packed, scale_zero, group: int, n: int) -> torch.Tensor:
+    """The [n, width] bfloat16 weight of an int4 kernel layout (`kernels.py`), before the [h | l] halves of a
+    split layout are summed."""
+    return _module.dequantize_int4_layout_bf16(packed.contiguous(), scale_zero.contiguous(), group, n)
 
 
 def dequantize(packed, scale, zero_point, bits: int, group: int, fan_in: int) -> torch.Tensor:

@@ -108,3 +108,24 @@ def test_the_environment_switch_turns_the_kernels_off(monkeypatch):
     assert stream_kernels.load() is None
     layer = _layer(3, 64, False)
     assert not stream_kernels.applies(layer.weight_packed, layer.weight_shape, 64)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("n, k, group_size", [(16, 64, None), (64, 128, 64), (80, 256, 32), (192, 128, 128)])
+def test_the_bf16_rebuild_of_the_int4_layout_is_bit_identical(bits, n, k, group_size):
+    """Prefill's dense weight in bfloat16, compiled, against the pure-PyTorch rebuild: full 64-row blocks,
+    a last block of 16 rows, every kernel group, split layouts (5-8 bits) and wide scales."""
+    from infoq_hf.quant.kernels import _dense_weight_torch, build_int4_layout, dense_weight_from_int4_layout
+
+    gen = torch.Generator().manual_seed(bits * n + k)
+    groups = 1 if group_size is None else k // group_size
+    codes = torch.randint(0, 1 << bits, (n, k), dtype=torch.uint8, generator=gen)
+    scale = torch.rand(n, groups, generator=gen) * 10.0 ** torch.randint(-4, 2, (n, 1), generator=gen)
+    zero = torch.randint(0, 1 << bits, (n, groups), dtype=torch.uint8, generator=gen)
+    layout = build_int4_layout(codes, scale, zero, bits, group_size, torch.bfloat16)
+    rebuilt = stream_kernels.dequantize_int4_layout_bf16(layout.packed, layout.scale_zero, layout.kernel_group, n)
+    if layout.split:
+        rebuilt = rebuilt[:, :k] + rebuilt[:, k:]
+    expected = _dense_weight_torch(layout)
+    assert rebuilt.dtype == torch.bfloat16 and torch.equal(rebuilt.view(torch.int16), expected.view(torch.int16))
+    assert torch.equal(dense_weight_from_int4_layout(layout).view(torch.int16), expected.view(torch.int16))

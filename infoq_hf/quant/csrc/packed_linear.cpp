@@ -1,4 +1,5 @@
-// float32 kernels on a packed weight, read straight from the project's bit stream.
+// CPU kernels on a packed weight: float32 ones read straight from the project's bit stream, and a
+// bfloat16 one rebuilds the weight from torch's int4 kernel layout (at the end of this file).
 //
 // The stream holds code i of the [N, K] weight in bits [i*b, (i+1)*b) (little-endian), so eight codes
 // fill b bytes and, with K a multiple of 8, every row starts on a byte. A row is dequantized into a
@@ -9,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -118,6 +120,83 @@ torch::Tensor dequantize_f32(torch::Tensor packed, torch::Tensor scale, c10::opt
   float* op = out.data_ptr<float>();
   at::parallel_for(0, w.n, 16, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) dequantize_row(w, o, op + o * k);
+  });
+  return out;
+}
+
+// bfloat16: the weight torch's int4 kernel multiplies by, rebuilt from its blocked layout (`kernels.py`)
+// for prefill's dense matmul, in one pass instead of the pure-PyTorch unpack, convert, multiply, add.
+namespace {
+
+inline float bf16_to_float(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Round to nearest even, as torch rounds every bfloat16 result (the inputs here are finite).
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// (nibble - 8) * scale, then + zero, each rounded to bfloat16 as torch's two elementwise ops round.
+inline uint16_t dequantize_nibble(unsigned nibble, float scale, float zero) {
+  const float product = bf16_to_float(float_to_bf16((static_cast<float>(nibble) - 8.f) * scale));
+  return float_to_bf16(product + zero);
+}
+
+}  // namespace
+
+// The [N, width] bfloat16 weight of a layout: `packed` (uint8) holds blocks of 64 rows in which byte j
+// of column c carries rows j (low nibble) and j + 32 (high); a last block of r < 64 rows carries rows
+// 2j and 2j + 1. `scale_zero` [width / group, N, 2] bfloat16.
+torch::Tensor dequantize_int4_layout_bf16(torch::Tensor packed, torch::Tensor scale_zero, int64_t group, int64_t n) {
+  TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.is_contiguous(), "packed: contiguous uint8");
+  TORCH_CHECK(scale_zero.scalar_type() == torch::kBFloat16 && scale_zero.is_contiguous() && scale_zero.dim() == 3 &&
+                  scale_zero.size(1) == n && scale_zero.size(2) == 2,
+              "scale_zero: contiguous bfloat16 [groups, N, 2]");
+  TORCH_CHECK(n % 16 == 0 && packed.numel() * 2 % n == 0, "N must be a multiple of 16 dividing the nibbles");
+  const int64_t width = packed.numel() * 2 / n;
+  TORCH_CHECK(group > 0 && width % group == 0 && scale_zero.size(0) == width / group, "the groups must tile the row");
+  auto out = torch::empty({n, width}, scale_zero.options());
+  const uint8_t* bytes = packed.data_ptr<uint8_t>();
+  const uint16_t* sz = reinterpret_cast<const uint16_t*>(scale_zero.data_ptr<at::BFloat16>());
+  uint16_t* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int64_t full = n / 64, rest = n % 64, groups = width / group;
+  // One task per pair of rows that share their bytes: (block, j) of a full block, or j of the last one.
+  const int64_t pairs = full * 32 + rest / 2;
+  at::parallel_for(0, pairs, 8, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> row_bytes(width);
+    for (int64_t p = begin; p < end; ++p) {
+      int64_t lo_row, hi_row, first, stride;  // bytes of column c at first + c * stride
+      if (p < full * 32) {
+        const int64_t block = p / 32, j = p % 32;
+        lo_row = block * 64 + j, hi_row = lo_row + 32;
+        first = block * width * 32 + j, stride = 32;
+      } else {
+        const int64_t j = p - full * 32;
+        lo_row = full * 64 + 2 * j, hi_row = lo_row + 1;
+        first = full * width * 32 + j, stride = rest / 2;
+      }
+      for (int64_t c = 0; c < width; ++c) row_bytes[c] = bytes[first + c * stride];  // gathered once, then
+      uint16_t* lo_out = op + lo_row * width;  // every loop below reads and writes contiguously
+      uint16_t* hi_out = op + hi_row * width;
+      for (int64_t g = 0; g < groups; ++g) {
+        const float sl = bf16_to_float(sz[(g * n + lo_row) * 2]), zl = bf16_to_float(sz[(g * n + lo_row) * 2 + 1]);
+        const float sh = bf16_to_float(sz[(g * n + hi_row) * 2]), zh = bf16_to_float(sz[(g * n + hi_row) * 2 + 1]);
+        const uint8_t* in = row_bytes.data() + g * group;
+        uint16_t* lo = lo_out + g * group;
+        uint16_t* hi = hi_out + g * group;
+#pragma omp simd
+        for (int64_t c = 0; c < group; ++c) {
+          lo[c] = dequantize_nibble(in[c] & 15u, sl, zl);
+          hi[c] = dequantize_nibble(in[c] >> 4, sh, zh);
+        }
+      }
+    }
   });
   return out;
 }
