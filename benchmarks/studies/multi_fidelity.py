@@ -2,7 +2,7 @@
 selection (screen many moves on few tokens, confirm the best on many) against the product's check and
 the plain refinement judged on 4 windows.
 
-    python -m benchmarks.studies.multi_fidelity      # ~40 min on 2 CPU cores; results/multi_fidelity_smollm2.md
+    python -m benchmarks.studies.multi_fidelity --jitters 2  # ~75 min, 2 CPU cores; results/multi_fidelity_smollm2.md
 
 SmolLM2-135M, the product's default pipeline (32x128 calibration tokens, the InfoQ search on the first
 4 windows, group 64, candidates {2,3,4,8}, GPTQ candidates on the uniform start's inputs, costs
@@ -16,7 +16,8 @@ changes:
   windows 0-24, `--rounds` rounds; the held-out check on windows 24-32.
 
 Dev windows choose; test windows only report. Rows say the refinement's full passes, screenings and
-wall time.
+wall time. `--jitters N` repeats everything on N copies of the weights with float32-sized noise
+(`common.jitter_weights`, seeds 1..N: other GPTQ paths, as in `compare --jitters`) and adds the means.
 """
 
 from __future__ import annotations
@@ -95,35 +96,56 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=8, help="screened: moves screened per round")
     p.add_argument("--plain-passes", type=int, default=64, help="moves, judge 4: whole-model passes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jitters", type=int, default=0, help="also N jittered copies of the weights (other GPTQ paths)")
     p.add_argument("--out", default="benchmarks/results/multi_fidelity_smollm2.md")
     args = p.parse_args()
-    model, _, calib, dev, test = common.smollm2_data(32, 16, 32)
+    loaded, _, calib, dev, test = common.smollm2_data(32, 16, 32)
     assert first_samples(calib, 4) == calib[:1], "one batch holds the search's 4 windows"
-    rows, candidates = [], None
-    for budget in args.budgets:
-        run, config = ilp_run(model, calib, budget, candidates)
-        candidates = run.candidates  # the budgets here share the uniform start (3 bits): one GPTQ pass
-        for label, (policy, seconds) in judged(run, args).items():
-            r = policy.report.refinement
-            packed = stages.pack(replace(run, model=copy.deepcopy(model), policy=policy), config).model
-            narrow = sum(policy[n].w_bits < 3 for n in policy)
-            row = (
-                f"| {budget} | {label} | {r.kept} | {r.passes} | {r.screened} | {r.accepted} | {narrow} | "
-                f"{common.perplexity(packed, dev):.2f} | {common.perplexity(packed, test):.2f} | {seconds:.0f} |"
-            )
-            rows.append(row)
-            print(row, flush=True)
+    rows, results = [], {}  # results[(budget, label)] = [(dev, test) per path]
+    for path in range(args.jitters + 1):
+        model = loaded
+        if path:
+            model = copy.deepcopy(loaded)
+            common.jitter_weights(model, path, SKIP)
+        candidates = None
+        for budget in args.budgets:
+            run, config = ilp_run(model, calib, budget, candidates)
+            candidates = run.candidates  # the budgets here share the uniform start (3 bits): one GPTQ pass
+            for label, (policy, seconds) in judged(run, args).items():
+                r = policy.report.refinement
+                packed = stages.pack(replace(run, model=copy.deepcopy(model), policy=policy), config).model
+                ppl = common.perplexity(packed, dev), common.perplexity(packed, test)
+                results.setdefault((budget, label), []).append(ppl)
+                narrow = sum(policy[n].w_bits < 3 for n in policy)
+                row = (
+                    f"| {budget} | {label} | {path or 'as loaded'} | {r.kept} | {r.passes} | {r.screened} | "
+                    f"{r.accepted} | {narrow} | {ppl[0]:.2f} | {ppl[1]:.2f} | {seconds:.0f} |"
+                )
+                rows.append(row)
+                print(row, flush=True)
+    means = []
+    for (budget, label), runs in results.items():
+        cells = [" / ".join(f"{v:.2f}" for v in split) + f" | {sum(split) / len(split):.2f}" for split in zip(*runs)]
+        means.append(f"| {budget} | {label} | {cells[0]} | {cells[1]} |")
     text = "\n".join(
         [
             "# Multi-fidelity selection in the refinement: screened moves confirmed on 24 windows",
             "",
             f"`python -m benchmarks.studies.multi_fidelity --rounds {args.rounds} --candidates {args.candidates} "
-            f"--plain-passes {args.plain_passes} --seed {args.seed}`; SmolLM2-135M, the product's pipeline up to "
-            f"the ILP (see the module doc); {common.machine()}.",
+            f"--plain-passes {args.plain_passes} --seed {args.seed} --jitters {args.jitters}`; SmolLM2-135M, the "
+            f"product's pipeline up to the ILP (see the module doc); {common.machine()}.",
             "",
-            "| budget | judged by | kept | full passes | screened | moves accepted | layers at 2 bits | "
-            "dev ppl | test ppl | wall s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "Dev / test perplexity per path (the weights as loaded, then each jitter) and the mean:",
+            "",
+            "| budget | judged by | dev per path | dev mean | test per path | test mean |",
+            "|---|---|---|---|---|---|",
+            *means,
+            "",
+            "Every run:",
+            "",
+            "| budget | judged by | path (jitter seed) | kept | full passes | screened | moves accepted | "
+            "layers at 2 bits | dev ppl | test ppl | wall s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
         ]
