@@ -417,7 +417,7 @@ def _refine_assignment(
 
 def _judge_split(evaluator: KLJudge, moves: list, indices: list[int], upto: int | None, rank: int, world: int):
     """({index: KL} of `moves[i]` for every i in `indices`, {index: block outputs} of those this process
-    evaluated): the i-th listed goes to process i % world; every process gets every KL."""
+    evaluated): the k-th index listed goes to process k % world; every process gets every KL."""
     kls, outs = {}, {}
     for k, i in enumerate(indices):
         if k % world == rank:

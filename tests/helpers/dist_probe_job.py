@@ -1,4 +1,4 @@
-"""One InfoQ search on a tiny seeded CNN (and, with --refine N, a refined allocation), written as JSON:
+"""One InfoQ search on a tiny seeded CNN (and, with --refine N, refined allocations), written as JSON:
 run under `accelerate launch`.
 
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
@@ -82,22 +82,19 @@ def run(
         input_weight=1.0,
     )
     wall = time.perf_counter() - started
-    policy = None
+    refined = {}
     if refine:  # candidates split over the processes; the result must not depend on how many
-        policy = refine_policy(
-            allocate(table, Budget(avg_bits=2.5), pin_first_last=False),
-            model,
-            batches,
-            passes=refine,
-            accelerator=accelerator,
-            progress=False,
-        )
+        ilp = allocate(table, Budget(avg_bits=2.5), pin_first_last=False)
+        kw = dict(passes=refine, accelerator=accelerator, progress=False)
+        refined["refined"] = refine_policy(ilp, model, batches, **kw)
+        # screened on the first batch, the best two of four confirmed on both: both stages split
+        refined["screened"] = refine_policy(ilp, model, batches, screen=1, confirmed=2, **kw)
     if accelerator is None or accelerator.is_main_process:
         data = table.to_dict()
-        if policy is not None:
+        for name, policy in refined.items():
             r = policy.report.refinement.to_dict()
             r.pop("wall_s")
-            data["refined"] = {"policy": policy.to_dict(), "refinement": r}
+            data[name] = {"policy": policy.to_dict(), "refinement": r}
         data["job"] = {"processes": 1 if accelerator is None else accelerator.num_processes, "search_wall_s": wall}
         with open(out, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)

@@ -25,4 +25,5 @@ def test_two_processes_equal_one(tmp_path):
         assert two["layers"][name] == entry, name
         assert entry["w"]["2"] > entry["w"]["8"] > 0.0
     assert one["refined"]["refinement"]["accepted"] >= 1  # refined allocations (with a move accepted) compared too
+    assert one["screened"]["refinement"]["screened"] > 0  # and a screened refinement's
     assert two == one
