@@ -119,6 +119,11 @@ class InfoQConfig(QuantizationConfigMixin):
         refine_chains: with refine_passes > 0, independent refinements from the same start (seeds
             `seed`, `seed + 1`, ...); the one with the lowest KL on the held-out calibration samples (see
             `search_samples`; else on the searched ones) is kept. Default 3.
+        refine_judge_samples: with refine_passes > 0, how many calibration samples (the first ones) the
+            moves are judged on; more than `search_samples` turns on multi-fidelity selection (as in
+            EvoPress): each round screens 8 moves on the search samples and judges the best one on
+            these, and the held-out check takes the samples after them (as many, or what is left).
+            `refine_passes` then counts the judged moves. None (default): the search samples.
         reround: with GPTQ rounding, GPTQ's candidates are rounded on the inputs of the budget's uniform
             start; with True, an allocation kept that differs from that start is also rounded by a
             sequential GPTQ pass on the inputs it gives itself, and the model is packed with whichever
@@ -164,6 +169,7 @@ class InfoQConfig(QuantizationConfigMixin):
         pin_first_last: bool | str = "auto",
         refine_passes: int | None = None,
         refine_chains: int | None = None,
+        refine_judge_samples: int | None = None,
         reround: bool = False,
         policy: BitPolicy | Mapping | None = None,
         float_dtype: str | None = "auto",
@@ -273,6 +279,12 @@ class InfoQConfig(QuantizationConfigMixin):
         if isinstance(refine_chains, bool) or not isinstance(refine_chains, int) or refine_chains < 1:
             raise ValueError(f"InfoQConfig.refine_chains must be an int >= 1, got {refine_chains!r}")
         self.refine_chains = refine_chains
+        self.refine_judge_samples = _check_count("refine_judge_samples", refine_judge_samples, "the search samples")
+        if None not in (self.refine_judge_samples, self.search_samples) and refine_judge_samples < self.search_samples:
+            raise ValueError(
+                f"InfoQConfig.refine_judge_samples ({refine_judge_samples}) must be at least search_samples "
+                f"({self.search_samples}): the moves are screened on the search samples, then judged on these"
+            )
         if not isinstance(reround, bool):
             raise ValueError(f"InfoQConfig.reround must be True or False, got {reround!r}")
         self.reround = reround
@@ -405,6 +417,7 @@ class InfoQConfig(QuantizationConfigMixin):
             "pin_first_last": self.pin_first_last,
             "refine_passes": self.refine_passes,
             "refine_chains": self.refine_chains,
+            "refine_judge_samples": self.refine_judge_samples,
             "reround": self.reround,
             "policy": None if self.policy is None else self.policy.to_dict(),
             "float_dtype": self.float_dtype,

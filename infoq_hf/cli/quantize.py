@@ -68,6 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"kept (default {DEFAULT_REFINE_CHAINS})",
     )
     parser.add_argument(
+        "--refine-judge-samples",
+        type=positive(int),
+        default=None,
+        metavar="N",
+        help="judge the refinement's moves on the first N calibration samples, each round's moves screened "
+        "on the search samples first (multi-fidelity; default: the search samples, no screening)",
+    )
+    parser.add_argument(
         "--reround",
         action="store_true",
         help="GPTQ rounding: also round a kept mix by a sequential GPTQ pass on its own inputs and pack the "
@@ -135,6 +143,7 @@ def cmd_quantize(args) -> int:
         policy=policy,
         refine_passes=args.refine_passes,
         refine_chains=args.refine_chains,
+        refine_judge_samples=args.refine_judge_samples,
         reround=args.reround,
         search_samples=args.search_samples,
         rounding=args.rounding,

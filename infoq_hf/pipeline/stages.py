@@ -34,6 +34,10 @@ from ..sensitivity.task import is_causal_lm
 from .data import first_samples, load_calibration_batches, resolve_rounding
 from .run import Run
 
+# Moves each round screens with `refine_judge_samples`; the best is judged on every judge sample
+# (benchmarks/studies/multi_fidelity.py).
+SCREENED_MOVES = 8
+
 
 def scoring_scheme(config: InfoQConfig) -> PackingScheme:
     """The config's packing scheme with round to nearest: the search's probes perturb with it."""
@@ -143,7 +147,9 @@ def calibration_needs(run: Run, config: InfoQConfig) -> list[str]:
 
 def calibrate(run: Run, config: InfoQConfig) -> Run:
     """Load the calibration data when a later stage needs it; the first `search_samples` samples go to the
-    search and the refinement, the next as many to the refinement's held-out check, GPTQ rounds with all."""
+    search and the refinement, the next as many to the refinement's held-out check, GPTQ rounds with all.
+    With `refine_judge_samples` beyond them, the refinement's moves are judged on that many first samples
+    (the search's screen them) and the held-out check takes the next as many, or what is left."""
     needs = calibration_needs(run, config)
     if not needs:
         return run
@@ -164,8 +170,15 @@ def calibrate(run: Run, config: InfoQConfig) -> Run:
         raise ValueError(f"{needs[0]} needs calibration data, and the calibration set is empty")
     samples = config.search_samples
     search_batches = batches if samples is None else first_samples(batches, samples)
-    held_out = None if samples is None else (first_samples(batches[len(search_batches) :], samples) or None)
-    return replace(loaded, batches=batches, search_batches=search_batches, held_out=held_out)
+    judge_batches, judged = search_batches, samples
+    if config.refine_passes and samples is not None and (config.refine_judge_samples or 0) > samples:
+        judged = config.refine_judge_samples
+        judge_batches = search_batches + first_samples(batches[len(search_batches) :], judged - samples)
+    held_out = None if judged is None else (first_samples(batches[len(judge_batches) :], judged) or None)
+    judge_batches = None if judge_batches is search_batches else judge_batches
+    return replace(
+        loaded, batches=batches, search_batches=search_batches, judge_batches=judge_batches, held_out=held_out
+    )
 
 
 def choose_rounding(run: Run, config: InfoQConfig) -> Run:
@@ -326,13 +339,17 @@ def refine(run: Run, config: InfoQConfig) -> Run:
     """The ILP's policy checked on the whole model: kept, or replaced by the widest uniform configuration
     under the budget when that runs closer to the float model on the calibration samples
     (`allocation.compare_with_uniform`); with `refine_passes` > 0, improved by random moves as well
-    (`allocation.refine`)."""
+    (`allocation.refine`), screened first when `refine_judge_samples` judges on more samples."""
     started = time.perf_counter()
     if config.refine_passes:
+        # multi-fidelity: each round's moves screened on the search's batches, the best judged on the judge's
+        screening = {}
+        if run.judge_batches is not None:
+            screening = {"screen": len(run.search_batches), "candidates": SCREENED_MOVES}
         policy = allocation.refine(
             run.policy,
             run.model,
-            run.search_batches,
+            run.judge_batches or run.search_batches,
             passes=config.refine_passes,
             chains=config.refine_chains,
             validation=run.held_out,
@@ -340,6 +357,7 @@ def refine(run: Run, config: InfoQConfig) -> Run:
             seed=config.seed,
             accelerator=run.accelerator,
             progress=run.progress,
+            **screening,
         )
     else:  # two configurations: the judge's and the held-out samples together
         policy = allocation.compare_with_uniform(

@@ -240,3 +240,48 @@ def test_the_pipeline_estimates_calibrated_changes_to_first_order_unless_the_bud
     )
     result = quantize_with_infoq(copy.deepcopy(model), config, skip_modules=SKIP, progress=False)
     assert result.table.meta["options"]["change_estimate"] == expected
+
+
+@pytest.mark.parametrize("judged, held_out", [(4, slice(2, 4)), (6, slice(3, 4))])
+def test_a_larger_judge_screens_the_moves_on_the_search_samples(setup, judged, held_out):
+    """`refine_judge_samples`: the moves are judged on the first `judged` samples after a screening on the
+    search's, the held-out check takes the next as many (or what is left): `refine` called with exactly
+    those batches gives the same policy."""
+    model, _ = setup
+    ids = torch.randint(0, 96, (8, 24), generator=torch.Generator().manual_seed(5))
+    batches = [{"input_ids": ids[i : i + 2]} for i in range(0, 8, 2)]  # 4 batches of 2 samples
+    config = InfoQConfig(
+        **KW,
+        budget={"avg_bits": 3},
+        calibration=batches,
+        search_samples=2,
+        refine_passes=6,
+        refine_chains=1,
+        refine_judge_samples=judged,
+    )
+    run = Run(copy.deepcopy(model), SKIP, progress=False)
+    for stage in (stages.calibrate, stages.choose_rounding, stages.score, stages.allocate):
+        run = stage(run, config)
+    assert run.search_batches == batches[:1] and run.judge_batches == batches[: judged // 2]
+    assert run.held_out == batches[held_out]
+    refined = stages.refine(run, config).policy
+    r = refined.report.refinement
+    assert r.calibration_batches == judged // 2 and r.screened > 0 and r.validation_batches == len(batches[held_out])
+    expected = refine(
+        run.policy,
+        run.model,
+        batches[: judged // 2],
+        passes=6,
+        screen=1,
+        candidates=stages.SCREENED_MOVES,
+        validation=batches[held_out],
+        progress=False,
+    )
+    assert refined.to_dict() == expected.to_dict()
+
+
+def test_the_judge_samples_are_checked():
+    with pytest.raises(ValueError, match="at least search_samples"):
+        InfoQConfig(**KW, budget={"avg_bits": 3}, search_samples=4, refine_judge_samples=2)
+    with pytest.raises(ValueError, match="refine_judge_samples must be a positive int"):
+        InfoQConfig(**KW, budget={"avg_bits": 3}, refine_judge_samples=0)
