@@ -10,10 +10,11 @@ rescaled by them, the ILP, leftovers bf16, packed from the candidates); only the
 changes:
 
 - `check`: the product's default: the ILP's allocation or uniform, by KL on windows 0-8;
-- `moves, judge 4`: random moves judged on windows 0-4, the held-out check on windows 4-8 (the
-  previous default, one chain);
-- `screened, judge 24`: each round's `--candidates` moves scored on windows 0-4, the best confirmed on
-  windows 0-24, `--rounds` rounds; the held-out check on windows 24-32.
+- `moves, judge 4`: `refine_passes=64, refine_chains=1`: random moves judged on windows 0-4, the
+  held-out check on windows 4-8 (the previous default, one chain);
+- `screened, judge 24`: `refine_passes=2 + --rounds, refine_chains=1, refine_judge_samples=24`: each
+  round's 8 moves scored on windows 0-4, the best judged on windows 0-24; the held-out check on windows
+  24-32.
 
 Dev windows choose; test windows only report. Rows say the refinement's full passes, screenings and
 wall time. `--jitters N` repeats everything on N copies of the weights with float32-sized noise
@@ -28,7 +29,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from infoq_hf import InfoQConfig, allocation
+from infoq_hf import InfoQConfig
 from infoq_hf.pipeline import stages
 from infoq_hf.pipeline.data import first_samples
 from infoq_hf.pipeline.run import Run
@@ -37,14 +38,24 @@ from .. import common
 
 BITS = (2, 3, 4, 8)
 SKIP = ["lm_head"]
-WINDOWS_PER_BATCH = 4
 
 
-def ilp_run(model, calib, budget: float, candidates) -> tuple[Run, InfoQConfig]:
-    """The default pipeline up to the ILP (the stages `quantize_with_infoq` runs before the check)."""
-    config = InfoQConfig(
-        bits=list(BITS), budget={"avg_bits": budget}, group_size=64, calibration=calib, search_samples=4
+def product_config(calib, budget: float, seed: int, **refinement) -> InfoQConfig:
+    """The main job's settings (SmolLM2 in `benchmarks.demo`), with `refinement`'s refine_* options."""
+    return InfoQConfig(
+        bits=list(BITS),
+        budget={"avg_bits": budget},
+        group_size=64,
+        calibration=calib,
+        search_samples=4,
+        seed=seed,
+        **refinement,
     )
+
+
+def ilp_run(model, calib, budget: float, seed: int, candidates) -> tuple[Run, InfoQConfig]:
+    """The default pipeline up to the ILP (the stages `quantize_with_infoq` runs before the check)."""
+    config = product_config(calib, budget, seed)
     run = Run(model, SKIP, progress=False, candidates=candidates)
     for stage in (
         stages.check_budget,
@@ -60,32 +71,22 @@ def ilp_run(model, calib, budget: float, candidates) -> tuple[Run, InfoQConfig]:
     return run, config
 
 
-def judged(run: Run, args) -> dict:
-    """{row label: (the policy kept, seconds)} for each way of judging the ILP's allocation."""
-    batches = run.batches
-    windows = lambda a, b: batches[a // WINDOWS_PER_BATCH : b // WINDOWS_PER_BATCH]  # noqa: E731
-    common_kw = dict(gptq=run.candidates, progress=False, seed=args.seed)
+def judged(run: Run, calib, budget: float, args) -> dict:
+    """{row label: (the policy kept, seconds)} for each way of judging the ILP's allocation: the pipeline's
+    refinement stage under each config."""
     ways = {
-        "check": lambda: allocation.compare_with_uniform(run.policy, run.model, windows(0, 8), gptq=run.candidates),
-        "moves, judge 4": lambda: allocation.refine(
-            run.policy, run.model, windows(0, 4), passes=args.plain_passes, validation=windows(4, 8), **common_kw
-        ),
-        "screened, judge 24": lambda: allocation.refine(
-            run.policy,
-            run.model,
-            windows(0, 24),
-            passes=2 + args.rounds,
-            candidates=args.candidates,
-            screen=1,
-            validation=windows(24, 32),
-            **common_kw,
+        "check": product_config(calib, budget, args.seed),
+        "moves, judge 4": product_config(calib, budget, args.seed, refine_passes=args.plain_passes, refine_chains=1),
+        "screened, judge 24": product_config(
+            calib, budget, args.seed, refine_passes=2 + args.rounds, refine_chains=1, refine_judge_samples=24
         ),
     }
     out = {}
     for label, way in ways.items():
         started = time.perf_counter()
-        out[label] = (way(), time.perf_counter() - started)
-        print(label, out[label][0].report.refinement, flush=True)
+        refined = stages.refine(stages.calibrate(run, way), way).policy
+        out[label] = (refined, time.perf_counter() - started)
+        print(label, refined.report.refinement, flush=True)
     return out
 
 
@@ -93,7 +94,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budgets", type=float, nargs="+", default=[3.0, 3.5])
     p.add_argument("--rounds", type=int, default=24, help="screened: rounds (one confirmation each)")
-    p.add_argument("--candidates", type=int, default=8, help="screened: moves screened per round")
     p.add_argument("--plain-passes", type=int, default=64, help="moves, judge 4: whole-model passes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jitters", type=int, default=0, help="also N jittered copies of the weights (other GPTQ paths)")
@@ -109,9 +109,9 @@ def main() -> None:
             common.jitter_weights(model, path, SKIP)
         candidates = None
         for budget in args.budgets:
-            run, config = ilp_run(model, calib, budget, candidates)
+            run, config = ilp_run(model, calib, budget, args.seed, candidates)
             candidates = run.candidates  # the budgets here share the uniform start (3 bits): one GPTQ pass
-            for label, (policy, seconds) in judged(run, args).items():
+            for label, (policy, seconds) in judged(run, calib, budget, args).items():
                 r = policy.report.refinement
                 packed = stages.pack(replace(run, model=copy.deepcopy(model), policy=policy), config).model
                 ppl = common.perplexity(packed, dev), common.perplexity(packed, test)
@@ -131,7 +131,7 @@ def main() -> None:
         [
             "# Multi-fidelity selection in the refinement: screened moves confirmed on 24 windows",
             "",
-            f"`python -m benchmarks.studies.multi_fidelity --rounds {args.rounds} --candidates {args.candidates} "
+            f"`python -m benchmarks.studies.multi_fidelity --rounds {args.rounds} "
             f"--plain-passes {args.plain_passes} --seed {args.seed} --jitters {args.jitters}`; SmolLM2-135M, the "
             f"product's pipeline up to the ILP (see the module doc); {common.machine()}.",
             "",
