@@ -28,7 +28,8 @@ kernel once per process. A layer can then hold the layout alone.
 
 Many input rows (prefill) take a dense matmul instead: the kernel is built for few rows and, on a CPU
 with fast bf16 matmuls, is slower than dequantizing the layout and calling `F.linear`
-(`DENSE_FROM_ROWS`, measured by `python -m benchmarks.kernel_dtypes`).
+(`DENSE_FROM_ROWS`, measured by `python -m benchmarks.kernel_dtypes`). In bfloat16 the dequantization
+is a compiled one-pass rebuild (`stream_kernels`), bit-identical to the pure-PyTorch one.
 """
 
 from __future__ import annotations
