@@ -280,11 +280,17 @@ class InfoQConfig(QuantizationConfigMixin):
             raise ValueError(f"InfoQConfig.refine_chains must be an int >= 1, got {refine_chains!r}")
         self.refine_chains = refine_chains
         self.refine_judge_samples = _check_count("refine_judge_samples", refine_judge_samples, "the search samples")
-        if None not in (self.refine_judge_samples, self.search_samples) and refine_judge_samples < self.search_samples:
-            raise ValueError(
-                f"InfoQConfig.refine_judge_samples ({refine_judge_samples}) must be at least search_samples "
-                f"({self.search_samples}): the moves are screened on the search samples, then judged on these"
-            )
+        if self.refine_judge_samples is not None:
+            if not self.refine_passes or self.search_samples is None:
+                raise ValueError(
+                    "InfoQConfig.refine_judge_samples judges the refinement's moves after a screening on the search "
+                    "samples: set refine_passes > 0 and search_samples (e.g. 4) as well"
+                )
+            if refine_judge_samples < self.search_samples:
+                raise ValueError(
+                    f"InfoQConfig.refine_judge_samples ({refine_judge_samples}) must be at least search_samples "
+                    f"({self.search_samples}): the moves are screened on the search samples, then judged on these"
+                )
         if not isinstance(reround, bool):
             raise ValueError(f"InfoQConfig.reround must be True or False, got {reround!r}")
         self.reround = reround

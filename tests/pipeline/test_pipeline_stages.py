@@ -282,6 +282,9 @@ def test_a_larger_judge_screens_the_moves_on_the_search_samples(setup, judged, h
 
 def test_the_judge_samples_are_checked():
     with pytest.raises(ValueError, match="at least search_samples"):
-        InfoQConfig(**KW, budget={"avg_bits": 3}, search_samples=4, refine_judge_samples=2)
+        InfoQConfig(**KW, budget={"avg_bits": 3}, search_samples=4, refine_passes=8, refine_judge_samples=2)
     with pytest.raises(ValueError, match="refine_judge_samples must be a positive int"):
         InfoQConfig(**KW, budget={"avg_bits": 3}, refine_judge_samples=0)
+    for missing in ({"search_samples": 4}, {"refine_passes": 8}):  # no moves, or nothing to screen on
+        with pytest.raises(ValueError, match="set refine_passes > 0 and search_samples"):
+            InfoQConfig(**KW, budget={"avg_bits": 3}, refine_judge_samples=8, **missing)
