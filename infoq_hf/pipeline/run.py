@@ -27,8 +27,9 @@ class Run:
     progress: bool = True
     batches: list | None = None  # every calibration batch (GPTQ rounds with all of them)
     search_batches: list | None = None  # the first `search_samples` of them: the search's and the refinement's
-    judge_batches: list | None = None  # the refinement's judge when larger (`refine_judge_samples`): the search's first
-    held_out: list | None = None  # the next as many: the refinement's held-out check
+    # the refinement's judge when larger than the search's (`refine_judge_samples`), the search's batches first
+    judge_batches: list | None = None
+    held_out: list | None = None  # the next as many (after the judge's): the refinement's held-out check
     scheme: PackingScheme | None = None  # the packing scheme, its rounding made concrete
     table: SensitivityTable | None = None
     policy: BitPolicy | None = None
