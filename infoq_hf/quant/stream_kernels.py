@@ -1,4 +1,4 @@
-"""Compiled CPU kernels that read a packed layer's bit stream directly, in float32.
+"""Compiled CPU kernels for packed layers: float32 ones on the bit stream, and a bfloat16 rebuild.
 
 A float32 model's packed layers (what a user gets from a float32 checkpoint or `torch_dtype=float32`)
 cannot take torch's int4 kernel (23-29x slower in float32, `benchmarks.kernel_dtypes`). These kernels
@@ -67,7 +67,7 @@ def load():
         from torch.utils.cpp_extension import load_inline
 
         started = time.perf_counter()
-        logger.info("infoq_hf: loading the float32 CPU kernels for packed layers (built on first use, ~30 s)")
+        logger.info("infoq_hf: loading the CPU kernels for packed layers (built on first use, ~30 s)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "no CUDA runtime found" and the like: irrelevant to a CPU build
             _module = load_inline(
@@ -79,15 +79,15 @@ def load():
             )
         if time.perf_counter() - started > 5:  # a build, not a cached load
             logger.warning(
-                "infoq_hf: built the float32 CPU kernels for packed layers in %.0f s (cached for later runs)",
+                "infoq_hf: built the CPU kernels for packed layers in %.0f s (cached for later runs)",
                 time.perf_counter() - started,
             )
     except Exception as err:  # no compiler, no ninja, an unsupported platform: the exact path still works
         _failure = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
         warnings.warn(
-            f"infoq_hf: the float32 CPU kernels for packed layers could not be built ({_failure}); float32 "
-            "packed layers take the slower pure-PyTorch path. Install a C++ compiler and `ninja` to enable "
-            f"them, or set {DISABLE_ENV}=0 to silence this.",
+            f"infoq_hf: the CPU kernels for packed layers could not be built ({_failure}); float32 packed "
+            "layers and bfloat16 prefill take the slower pure-PyTorch path. Install a C++ compiler and `ninja` "
+            f"to enable them, or set {DISABLE_ENV}=0 to silence this.",
             RuntimeWarning,
             stacklevel=3,
         )
