@@ -170,12 +170,12 @@ def calibrate(run: Run, config: InfoQConfig) -> Run:
         raise ValueError(f"{needs[0]} needs calibration data, and the calibration set is empty")
     samples = config.search_samples
     search_batches = batches if samples is None else first_samples(batches, samples)
-    judge_batches, judged = search_batches, samples
+    judge_batches, judged = None, samples  # the judge is the search's unless refine_judge_samples is larger
     if config.refine_passes and samples is not None and (config.refine_judge_samples or 0) > samples:
         judged = config.refine_judge_samples
         judge_batches = search_batches + first_samples(batches[len(search_batches) :], judged - samples)
-    held_out = None if judged is None else (first_samples(batches[len(judge_batches) :], judged) or None)
-    judge_batches = None if judge_batches is search_batches else judge_batches
+    after = len(judge_batches or search_batches)
+    held_out = None if judged is None else (first_samples(batches[after:], judged) or None)
     return replace(
         loaded, batches=batches, search_batches=search_batches, judge_batches=judge_batches, held_out=held_out
     )

@@ -215,7 +215,6 @@ def dense_weight_from_int4_layout(layout: Int4Layout) -> torch.Tensor:
     """The weight W [N, K] the kernel multiplies by, in the layout's dtype:
     (q - 8) * scale + zero per kernel group, the [h | l] halves summed when split. bfloat16 layouts on
     CPU take the compiled one-pass rebuild (`stream_kernels`), bit-identical to `_dense_weight_torch`."""
-    n = layout.code_offset.shape[0]
     compiled = (
         layout.dtype == layout.scale_zero.dtype == torch.bfloat16
         and layout.packed.device.type == "cpu"
@@ -225,6 +224,7 @@ def dense_weight_from_int4_layout(layout: Int4Layout) -> torch.Tensor:
     )
     if not compiled:
         return _dense_weight_torch(layout)
+    n = layout.code_offset.shape[0]
     w = stream_kernels.dequantize_int4_layout_bf16(layout.packed, layout.scale_zero, layout.kernel_group, n)
     width = w.shape[1]
     return w[:, : width // 2] + w[:, width // 2 :] if layout.split else w
