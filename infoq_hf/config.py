@@ -113,8 +113,9 @@ class InfoQConfig(QuantizationConfigMixin):
             gives more quality per byte (SmolLM2: benchmarks/RESULTS.md, section 6).
         solver, seed, pin_first_last: allocation settings.
         refine_passes: with calibration data, the ILP's allocation is run on the whole model and kept, or
-            replaced by the widest uniform configuration under the budget when that is closer to the
-            float model (KL of the outputs; `allocation.compare_with_uniform`). refine_passes > 0 also
+            replaced by the widest uniform configuration under the budget (or, with
+            `quantize_embeddings`, the ILP's solution with the embedding pinned wider) when that is closer
+            to the float model (KL of the outputs; `allocation.compare_with_uniform`). refine_passes > 0 also
             tries that many random budget-preserving moves (`allocation.refine`). Default 0.
         refine_chains: with refine_passes > 0, independent refinements from the same start (seeds
             `seed`, `seed + 1`, ...); the one with the lowest KL on the held-out calibration samples (see

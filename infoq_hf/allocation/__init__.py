@@ -9,7 +9,7 @@ spec), `solvers` (Gurobi, HiGHS), `verify` (independent re-check against the spe
 (infeasible budgets), `moves` / `judge` / `refine` (the whole-model refinement).
 """
 
-from .allocate import AllocationReport, allocate
+from .allocate import AllocationReport, allocate, embedding_starts
 from .diagnose import InfeasibleBudgetError
 from .moves import uniform_start
 from .pareto import pareto_sweep, plot_pareto
@@ -24,6 +24,7 @@ __all__ = [
     "RefinementReport",
     "SolverUnavailableError",
     "allocate",
+    "embedding_starts",
     "pareto_sweep",
     "plot_pareto",
     "compare_roundings",

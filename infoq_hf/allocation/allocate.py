@@ -7,11 +7,11 @@ within the same constraints.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from ..policy import BitPolicy, Budget
 from ..sensitivity.table import SensitivityTable
-from .diagnose import infeasibility_error
+from .diagnose import InfeasibleBudgetError, infeasibility_error
 from .ilp import build
 from .refine import RefinementReport
 from .solvers import solve
@@ -121,6 +121,34 @@ def allocate(
         tie=tie,
         tie_activations=tie_activations,
     )
+    return _solved(table, spec, solver=solver, time_limit=time_limit, verbose=verbose)
+
+
+def embedding_starts(policy: BitPolicy, *, solver: str = "auto", time_limit: float | None = None) -> dict:
+    """Refinement starts for a policy `allocate` returned: the ILP solved again with each embedding of its
+    table pinned at every candidate width above the one it got, where the budget allows, as
+    {"pin:<layer>=<bits>": {layer: weight bits}}. An embedding's score comes from the rows of the search's
+    tokens only, so the ILP under-rates what narrowing it costs elsewhere; the whole-model KL of
+    `refine` / `compare_with_uniform` sees it and decides between these and the ILP's own choice."""
+    report = getattr(policy, "report", None)
+    if getattr(report, "spec", None) is None:
+        raise ValueError("embedding_starts needs a policy that allocate(table, budget, ...) returned")
+    spec, table, starts = report.spec, report.table, {}
+    for name in spec.layers:
+        if table.layers[name].get("kind") != "embedding" or name in spec.pins_w:
+            continue
+        for bits in [b for b in spec.w_options(name) if b > policy[name].w_bits]:
+            pinned = replace(spec, pins_w={**spec.pins_w, name: bits})
+            try:
+                solved = _solved(table, pinned, solver=solver, time_limit=time_limit)
+            except InfeasibleBudgetError:
+                break  # wider cannot fit either
+            starts[f"pin:{name}={bits}"] = {n: solved[n].w_bits for n in spec.layers}
+    return starts
+
+
+def _solved(table: SensitivityTable, spec, *, solver: str, time_limit: float | None, verbose: bool = False):
+    """The ILP of `spec` solved, checked and reported as a `BitPolicy`."""
     layer_choices = choices(spec)
     ilp = build(table, spec, layer_choices)
     start = greedy_start(ilp, spec)

@@ -168,16 +168,26 @@ def compare_with_uniform(
     *,
     gptq=None,
     forward: Callable | None = None,
+    starts: Mapping | None = None,
     accelerator=None,
     progress: bool = True,
 ) -> BitPolicy:
     """`policy` (as `allocate` returned it) or the widest uniform configuration meeting the same
     constraints, whichever runs closer to the float model on `calibration` (KL of the outputs, every
-    table layer fake-quantized; `gptq` as in `refine`). The ILP adds single-layer costs; where layers'
-    errors compound, an allocation that looks cheaper can be worse on the whole model than uniform.
-    It is `refine` with the two starts evaluated and no moves; `report.refinement` says which was kept."""
+    table layer fake-quantized; `gptq` and `starts` as in `refine`: the caller's starts stand too). The
+    ILP adds single-layer costs; where layers' errors compound, an allocation that looks cheaper can be
+    worse on the whole model than uniform. It is `refine` with the starts evaluated and no moves;
+    `report.refinement` says which was kept."""
     return refine(
-        policy, model, calibration, passes=2, gptq=gptq, forward=forward, accelerator=accelerator, progress=progress
+        policy,
+        model,
+        calibration,
+        passes=2 + len(starts or {}),
+        gptq=gptq,
+        forward=forward,
+        starts=starts,
+        accelerator=accelerator,
+        progress=progress,
     )
 
 

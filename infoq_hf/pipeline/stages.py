@@ -337,10 +337,12 @@ def allocate(run: Run, config: InfoQConfig) -> Run:
 
 def refine(run: Run, config: InfoQConfig) -> Run:
     """The ILP's policy checked on the whole model: kept, or replaced by the widest uniform configuration
-    under the budget when that runs closer to the float model on the calibration samples
+    under the budget, or by the ILP's solution with a quantized embedding pinned wider
+    (`allocation.embedding_starts`), when that runs closer to the float model on the calibration samples
     (`allocation.compare_with_uniform`); with `refine_passes` > 0, improved by random moves as well
     (`allocation.refine`), screened first when `refine_judge_samples` judges on more samples."""
     started = time.perf_counter()
+    starts = allocation.embedding_starts(run.policy, solver=config.solver)
     if config.refine_passes:
         # multi-fidelity: each round's moves screened on the search's batches, the best judged on the judge's
         screening = {}
@@ -356,6 +358,7 @@ def refine(run: Run, config: InfoQConfig) -> Run:
             gptq=run.candidates,
             seed=config.seed,
             accelerator=run.accelerator,
+            starts=starts,
             progress=run.progress,
             **screening,
         )
@@ -365,6 +368,7 @@ def refine(run: Run, config: InfoQConfig) -> Run:
             run.model,
             run.search_batches + (run.held_out or []),
             gptq=run.candidates,
+            starts=starts,
             accelerator=run.accelerator,
             progress=run.progress,
         )

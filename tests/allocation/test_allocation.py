@@ -16,6 +16,7 @@ from infoq_hf.allocation import (
     InfeasibleBudgetError,
     SolverUnavailableError,
     allocate,
+    embedding_starts,
     pareto_sweep,
     plot_pareto,
     solvers,
@@ -207,6 +208,45 @@ def test_optimum_matches_brute_force(solver):
         assert r.bitops == sum(table.layers[n]["macs"] * w * FLOAT for n, (w, _) in chosen.items())
         checked += 1
     assert checked >= 20
+
+
+def test_embedding_starts_are_the_optimum_with_the_embedding_pinned_at_each_wider_width_that_fits():
+    """Brute force: each start is the least-cost assignment with the embedding at its width; every width
+    above the ILP's choice that meets the budget has one, and no other start is given."""
+    rng = random.Random(77)
+    seen = set()
+    for case in range(40):
+        table = random_table(rng, rng.randint(2, 6), bits=(2, 3, 4, 8), first_kind="embedding")
+        all_ = enumerate_all(table)
+        budget = random_budget(rng, all_)
+        if brute_optimum(all_, budget) is None:
+            continue
+        policy = allocate(table, budget, pin_first_last=False)
+        starts = embedding_starts(policy)
+        emb = "block0.proj"
+        expected = set()
+        for bits in [b for b in table.bits if b > policy[emb].w_bits]:
+            best = brute_optimum(enumerate_all(table, pin={emb: bits}), budget)
+            if best is None:
+                continue
+            expected.add(f"pin:{emb}={bits}")
+            widths = starts[f"pin:{emb}={bits}"]
+            assert widths[emb] == bits and set(widths) == set(table.layers)
+            assert sum(table.w(n, w) for n, w in widths.items()) == pytest.approx(best, rel=1e-9, abs=1e-12), case
+            verify(table, policy.report.spec, {n: (w, None) for n, w in widths.items()})  # within the budget
+        assert set(starts) == expected
+        seen.add(len(expected))
+    assert {0, 1} <= seen and max(seen) >= 2  # no start, one, several: each case exercised
+
+
+def test_embedding_starts_skip_pinned_embeddings_and_tables_without_one():
+    rng = random.Random(3)
+    table = random_table(rng, 4, first_kind="embedding")
+    assert embedding_starts(allocate(table, Budget(avg_bits=3.0), pin={"block0.proj": 2})) == {}
+    plain = random_table(rng, 4)
+    assert embedding_starts(allocate(plain, Budget(avg_bits=3.0), pin_first_last=False)) == {}
+    with pytest.raises(ValueError, match="a policy that allocate"):
+        embedding_starts(BitPolicy({"block0.proj": 4}))
 
 
 def test_gurobi_and_highs_agree():

@@ -11,11 +11,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from infoq_hf import Budget, InfoQConfig, allocate, bitops, dequantize_model, quantize_model, search
+from infoq_hf import (
+    BitPolicy,
+    Budget,
+    InfoQConfig,
+    allocate,
+    bitops,
+    compare_with_uniform,
+    dequantize_model,
+    quantize_model,
+    search,
+)
 from infoq_hf.accounting import count_macs
+from infoq_hf.allocation import embedding_starts
 from infoq_hf.integrations.transformers import quantize_pretrained
 from infoq_hf.quant import WeightScheme, fake_quantize_weight, quantize_weight
 from infoq_hf.quant.modules import QuantEmbedding, QuantTiedLinear
+from tests.helpers.kl import true_kl
 from tests.helpers.models import lm_batches, tiny_llama
 
 
@@ -85,6 +97,34 @@ def test_the_search_and_the_ilp_take_the_tied_pair_as_one_layer():
     packed = quantize_model(copy.deepcopy(model), policy, group_size=32)
     assert packed.model.embed_tokens.w_bits == policy["model.embed_tokens"].w_bits
     assert bitops(packed, None, batches[0]) == bitops(model, policy, batches[0])
+
+
+def test_the_whole_model_check_weighs_the_embedding_pinned_wider_and_keeps_the_closest_packed_model():
+    """The ILP's solution, uniform and the ILP re-solved with the embedding pinned wider are each scored by
+    the packed model's true KL to the float model; the lowest is kept. The pipeline's check does the same."""
+    model, batches = _tied_llama(), lm_batches()
+    table = search(
+        model, batches, bits=(2, 3, 4, 8), group_size=32, skip_modules=["lm_head"], embeddings=True, progress=False
+    )
+    ilp = allocate(table, Budget(avg_bits=3.0))
+    starts = embedding_starts(ilp)
+    assert ilp["model.embed_tokens"].w_bits < 8 and set(starts) == {"pin:model.embed_tokens=8"}
+    kept = compare_with_uniform(ilp, model, batches, starts=starts, progress=False)
+    r = kept.report.refinement
+    configs = {"ilp": {n: lb.w_bits for n, lb in ilp.items()}, "uniform-3": dict.fromkeys(ilp, 3), **starts}
+    kls = {
+        name: true_kl(model, quantize_model(copy.deepcopy(model), BitPolicy(widths), group_size=32), batches)
+        for name, widths in configs.items()
+    }
+    assert set(r.kl_starts) == set(kls) and r.passes == 3
+    assert all(r.kl_starts[name] == pytest.approx(kl, rel=1e-4) for name, kl in kls.items())
+    assert r.kept == min(kls, key=kls.get) and {n: lb.w_bits for n, lb in kept.items()} == configs[r.kept]
+    assert kept.report.avg_bits <= 3.0 + 1e-9
+
+    config = InfoQConfig(budget={"avg_bits": 3.0}, group_size=32, calibration=batches, quantize_embeddings=True)
+    checked = quantize_pretrained(_tied_llama(), config, progress=False).summary["allocation"]["refinement"]
+    assert any(name.startswith("pin:model.embed_tokens=") for name in checked["kl_starts"])
+    assert checked["kept"] == min(checked["kl_starts"], key=checked["kl_starts"].get)
 
 
 def test_quantize_embeddings_end_to_end_saves_once_and_reloads_bit_identically(tmp_path):
