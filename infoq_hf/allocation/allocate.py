@@ -134,11 +134,13 @@ def embedding_starts(policy: BitPolicy, *, solver: str = "auto", time_limit: flo
     if getattr(report, "spec", None) is None:
         raise ValueError("embedding_starts needs a policy that allocate(table, budget, ...) returned")
     spec, table, starts = report.spec, report.table, {}
+    # the refinement moves weight widths only: activation widths stay the ILP's
+    pins_a = {**spec.pins_a, **{n: policy[n].a_bits for n in spec.layers}} if spec.mixed else spec.pins_a
     for name in spec.layers:
         if table.layers[name].get("kind") != "embedding" or name in spec.pins_w:
             continue
         for bits in [b for b in spec.w_options(name) if b > policy[name].w_bits]:
-            pinned = replace(spec, pins_w={**spec.pins_w, name: bits})
+            pinned = replace(spec, pins_w={**spec.pins_w, name: bits}, pins_a=pins_a)
             try:
                 solved = _solved(table, pinned, solver=solver, time_limit=time_limit)
             except InfeasibleBudgetError:

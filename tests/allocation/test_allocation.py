@@ -81,8 +81,10 @@ def enumerate_all(
     max_bits=None,
     tie=None,
     tie_act=None,
+    pin_a=None,
 ):
-    """Every admissible assignment as arrays: objective and the four budget quantities (exact)."""
+    """Every admissible assignment as arrays: objective and the four budget quantities (exact).
+    `pin_a`: {name: activation bits} held fixed, weight bits free."""
     names = list(table.layers)
     w_bits = list(bits or table.bits)
     a_opts = list(act_bits) if act_bits else [fixed_a]
@@ -97,6 +99,8 @@ def enumerate_all(
             keep &= (W[:, j] == p[0]) & (A[:, j] == p[1])
         elif p is not None:
             keep &= W[:, j] == p
+        if (pin_a or {}).get(n) is not None:
+            keep &= A[:, j] == pin_a[n]
         lo = min_bits if isinstance(min_bits, int) else (min_bits or {}).get(n)
         hi = max_bits if isinstance(max_bits, int) else (max_bits or {}).get(n)
         if lo is not None:
@@ -237,6 +241,31 @@ def test_embedding_starts_are_the_optimum_with_the_embedding_pinned_at_each_wide
         assert set(starts) == expected
         seen.add(len(expected))
     assert {0, 1} <= seen and max(seen) >= 2  # no start, one, several: each case exercised
+
+
+def test_embedding_starts_keep_the_ilps_activation_widths():
+    """W/A: the refinement moves weight widths only, so each start is the optimum with every layer's
+    activation width held at the ILP's (brute force) and meets a BitOps budget with them."""
+    rng = random.Random(11)
+    checked = 0
+    for case in range(30):
+        table = random_table(rng, rng.randint(2, 4), bits=(2, 4, 8), with_a=True, first_kind="embedding")
+        all_ = enumerate_all(table, act_bits=(4, 8))
+        budget = random_budget(rng, all_)
+        if brute_optimum(all_, budget) is None:
+            continue
+        policy = allocate(table, budget, act_bits=(4, 8), pin_first_last=False)
+        a_of = {n: lb.a_bits for n, lb in policy.items()}
+        for name, widths in embedding_starts(policy).items():
+            bits = int(name.rpartition("=")[2])
+            pins = {n: (bits if n == "block0.proj" else w, a_of[n]) for n, w in widths.items()}
+            verify(table, policy.report.spec, pins)
+            pin = {"block0.proj": (bits, a_of["block0.proj"])}
+            best = brute_optimum(enumerate_all(table, act_bits=(4, 8), pin=pin, pin_a=a_of), budget)
+            objective = sum(table.w(n, w) + table.a(n, a_of[n]) for n, w in widths.items())
+            assert objective == pytest.approx(best, rel=1e-9, abs=1e-12), case
+            checked += 1
+    assert checked >= 5
 
 
 def test_embedding_starts_skip_pinned_embeddings_and_tables_without_one():
