@@ -55,6 +55,7 @@ def quantize_with_infoq(
     )
     if search:
         chosen = [
+            stages.check_embeddings,
             *([stages.check_budget] if table is None else []),
             stages.calibrate,
             stages.choose_rounding,
@@ -67,6 +68,7 @@ def quantize_with_infoq(
         ]
     else:
         chosen = [
+            stages.check_embeddings,
             stages.calibrate,
             stages.choose_rounding,
             stages.given_policy if config.policy is not None else stages.uniform,

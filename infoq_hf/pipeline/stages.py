@@ -22,7 +22,9 @@ from ..quant.apply import (
     cast_float_leftovers,
     leftover_dtype,
     policy_layers,
+    quantizable_layers,
     set_compute_dtype,
+    unpackable_embeddings,
 )
 from ..quant.gptq import GPTQOptions, gptq_candidates
 from ..quant.quantize import quantize_model
@@ -110,6 +112,24 @@ def stored_leftovers(table: SensitivityTable, model: nn.Module, float_dtype: str
 def count_leftovers(run: Run, config: InfoQConfig) -> Run:
     """The table's float leftovers in the dtype they will be stored in (`stored_leftovers`)."""
     return replace(run, table=stored_leftovers(run.table, run.model, config.float_dtype))
+
+
+def check_embeddings(run: Run, config: InfoQConfig) -> Run:
+    """`quantize_embeddings` packs plain `nn.Embedding` lookups: a model with none of them but other
+    embeddings (Gemma's scaled one) is refused, other embeddings beside plain ones are named in a warning."""
+    others = unpackable_embeddings(run.model, run.skip_modules) if config.quantize_embeddings else {}
+    if not others:
+        return run
+    listed = ", ".join(f"{name} ({kind})" for name, kind in others.items())
+    layers = quantizable_layers(run.model, run.skip_modules, embeddings=True).values()
+    if not any(isinstance(m, nn.Embedding) for m in layers):
+        raise ValueError(
+            f"quantize_embeddings=True, but this model's embeddings are not plain nn.Embedding lookups that "
+            f"infoq_hf can pack: {listed} (their forward does more than a lookup). Leave quantize_embeddings "
+            "False: they stay float"
+        )
+    warnings.warn(f"quantize_embeddings=True packs plain nn.Embedding lookups only; {listed} stay float", stacklevel=2)
+    return run
 
 
 def check_budget(run: Run, config: InfoQConfig) -> Run:

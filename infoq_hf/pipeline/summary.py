@@ -33,7 +33,8 @@ def summarize(
         "avg_bits": avg_bits,
         "size_bytes": model_size_bytes(model),
         "unpacked_bytes": unpacked_bytes(model),
-        "float_embeddings": sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding)),
+        # embeddings `quantize_embeddings` could pack (plain lookups; see `quant.apply.unpackable_embeddings`)
+        "float_embeddings": sum(m.weight.numel() for m in model.modules() if type(m) is nn.Embedding),
         "expected_size_bytes": expected_size_bytes(model),
         "float_size_bytes": float_bytes,
         "compression": compression_ratio(model) if layers else 1.0,

@@ -35,6 +35,17 @@ def quantizable_layers(
     }
 
 
+def unpackable_embeddings(model: nn.Module, skip_modules: Iterable[str] = ()) -> dict[str, str]:
+    """{name: class name} of the embeddings infoq_hf cannot pack: subclasses of `nn.Embedding`, whose
+    forward may do more than a lookup (Gemma's scales its output), so a packed lookup would change them."""
+    skip_names = list(skip_modules)
+    return {
+        name: type(m).__name__
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Embedding) and type(m) is not nn.Embedding and not _skipped(name, m, skip_names, ())
+    }
+
+
 def policy_layers(
     model: nn.Module, policy: Mapping, skip_modules: Iterable[str] = (), skip_types: tuple = ()
 ) -> dict[str, nn.Module]:

@@ -25,6 +25,7 @@ def setup():
 def _record_stages(monkeypatch) -> list:
     ran = []
     for name in (
+        "check_embeddings",
         "check_budget",
         "calibrate",
         "choose_rounding",
@@ -58,6 +59,7 @@ def _recorded(stage, name: str, ran: list):
             {"budget": {"avg_bits": 3}, "refine_passes": 2, "rounding": "rtn", "calibration": "batches"},
             False,
             [
+                "check_embeddings",
                 "check_budget",
                 "calibrate",
                 "choose_rounding",
@@ -75,6 +77,7 @@ def _recorded(stage, name: str, ran: list):
             {"budget": {"avg_bits": 3}, "method": "weight_mse"},
             True,  # a saved table, no calibration: the ILP only
             [
+                "check_embeddings",
                 "calibrate",
                 "choose_rounding",
                 "round_candidates",
@@ -85,11 +88,15 @@ def _recorded(stage, name: str, ran: list):
                 "pack",
             ],
         ),
-        ({"bits": 4}, False, ["calibrate", "choose_rounding", "uniform", "activation_ranges", "pack"]),
+        (
+            {"bits": 4},
+            False,
+            ["check_embeddings", "calibrate", "choose_rounding", "uniform", "activation_ranges", "pack"],
+        ),
         (
             {"policy": {"model.layers.0.mlp.up_proj": 4}},
             False,
-            ["calibrate", "choose_rounding", "given_policy", "activation_ranges", "pack"],
+            ["check_embeddings", "calibrate", "choose_rounding", "given_policy", "activation_ranges", "pack"],
         ),
     ],
 )
@@ -206,6 +213,55 @@ def test_the_summary_says_how_much_stays_float_and_points_at_a_float_embedding_t
     text = format_summary(result.summary)
     assert f"{result.summary['unpacked_bytes'] / 2**20:.2f} MiB" in text
     assert ("quantize_embeddings=True" in text) == hint
+
+
+def _tiny_gemma3(vocab=96):
+    """A 2-layer Gemma 3 text model: its embedding (`Gemma3TextScaledWordEmbedding`) scales its lookups."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+        sliding_window=8,
+    )
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config).eval()
+
+
+def test_an_embedding_that_is_more_than_a_lookup_is_refused_by_quantize_embeddings_and_not_suggested():
+    """Gemma's embedding scales its lookups: packing it as a plain lookup would change the model. Asked
+    to quantize it, the pipeline refuses by name; by default the summary does not point at the option,
+    even with the embedding most of the checkpoint."""
+    from infoq_hf import format_summary
+
+    with pytest.raises(ValueError, match=r"model.embed_tokens \(Gemma3TextScaledWordEmbedding\).*Leave quantize_embed"):
+        quantize_with_infoq(_tiny_gemma3(), InfoQConfig(bits=4, quantize_embeddings=True, modules_to_not_convert=SKIP))
+    model = _tiny_gemma3(vocab=4096)
+    result = quantize_with_infoq(model, InfoQConfig(bits=4, modules_to_not_convert=SKIP), progress=False)
+    assert result.summary["unpacked_bytes"] > result.summary["size_bytes"] / 2
+    assert "quantize_embeddings" not in format_summary(result.summary)
+    assert type(model.model.embed_tokens).__name__ == "Gemma3TextScaledWordEmbedding"
+
+
+def test_other_embeddings_beside_plain_ones_are_named_and_stay_float():
+    model = tiny_llama(vocab=96, pad_token_id=None, max_position_embeddings=64)
+
+    class ScaledEmbedding(torch.nn.Embedding):
+        def forward(self, ids):
+            return 2 * super().forward(ids)
+
+    model.extra = ScaledEmbedding(8, 64)
+    config = InfoQConfig(bits=4, quantize_embeddings=True, modules_to_not_convert=SKIP)
+    with pytest.warns(UserWarning, match=r"extra \(ScaledEmbedding\) stay float"):
+        result = quantize_with_infoq(model, config, progress=False)
+    assert "model.embed_tokens" in result.policy and "extra" not in result.policy
+    assert type(model.extra) is ScaledEmbedding
 
 
 def test_a_table_of_another_model_is_refused_by_name(setup):
