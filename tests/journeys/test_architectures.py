@@ -1,5 +1,6 @@
 """The default pipeline on decoder architectures besides Llama: Qwen2 (q/k/v biases), Qwen3 (q/k norms),
-Gemma 3 (scaled embedding, sliding window), Phi-3 (fused qkv and gate/up projections), Mistral. Each is
+Gemma 3 (scaled embedding, sliding window), Phi-3 (fused qkv and gate/up projections), Mistral, GPT-2
+(transformers' Conv1D layers). Each is
 quantized on load with GPTQ and the whole-model check, saved, and reloaded with identical logits.
 Tiny random models built from configs; no network."""
 
@@ -29,15 +30,25 @@ ARCHITECTURES = {
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "sliding_window": 8}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 8}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", None),
 }
+
+
+def _model(architecture: str):
+    config_class, model_class, extra = ARCHITECTURES[architecture]
+    if extra is None:  # GPT-2 names its sizes its own way
+        config = getattr(transformers, config_class)(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    else:
+        config = getattr(transformers, config_class)(**SIZES, **extra)
+    torch.manual_seed(0)
+    return getattr(transformers, model_class)(config).eval()
 
 
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
 def test_the_default_pipeline_packs_saves_and_reloads_each_architecture(architecture, tmp_path):
-    config_class, model_class, extra = ARCHITECTURES[architecture]
-    torch.manual_seed(0)
-    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**SIZES, **extra)).eval()
-    linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    model = _model(architecture)
+    kinds = ("Linear", "Conv1D")  # torch's and transformers' (GPT-2) linear layers
+    linear = {n for n, m in model.named_modules() if type(m).__name__ in kinds and n != "lm_head"}
     batches = lm_batches(VOCAB)
     config = InfoQConfig(budget={"avg_bits": 3.5}, group_size=32, calibration=batches, rounding="gptq")
     result = quantize_pretrained(model, config, progress=False)
