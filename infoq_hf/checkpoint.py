@@ -35,7 +35,7 @@ from .integrity import verify_safetensors
 from .names import unique_match
 from .policy import BitPolicy
 from .quant.apply import pack_embeddings, packed_layers, policy_layers, set_submodule
-from .quant.modules import QuantConv2d, QuantEmbedding, QuantLinear, conv2d_args
+from .quant.modules import QuantConv2d, QuantEmbedding, QuantLinear, conv2d_args, lookup_scale
 from .quant.packing import packed_nbytes
 from .quant.scheme import PackingScheme
 
@@ -79,6 +79,7 @@ def build_packed_modules(model: nn.Module, policy: BitPolicy | Mapping, scheme: 
                     layer.embedding_dim,
                     layer.padding_idx,
                     output_dtype=layer.weight.dtype,
+                    output_scale=lookup_scale(layer),
                     **kwargs,
                 )
             elif isinstance(layer, nn.Conv2d):

@@ -107,8 +107,9 @@ class InfoQConfig(QuantizationConfigMixin):
         modules_to_not_convert: layer names (exact, dot-suffix or regex) kept in float; None = the
             transformers default (output embeddings / tied / last layer, e.g. `lm_head`, a classifier).
         quantize_embeddings: the input embeddings enter the search and the ILP as layers of their own
-            (rows grouped like a Linear's inputs, `group_size`); an output head tied to one (an LM
-            head sharing it) takes its codes and width: one tensor, stored once. Default False: the
+            (rows grouped like a Linear's inputs, `group_size`; Gemma's scaled lookups keep their scale,
+            `quant.modules.lookup_scale`); an output head tied to one (an LM head sharing it) takes its
+            codes and width: one tensor, stored once. Default False: the
             average-bits budget covers the other layers, as GPTQ's bits do; with a size budget, True
             gives more quality per byte (SmolLM2: benchmarks/RESULTS.md, section 6).
         solver, seed, pin_first_last: allocation settings.

@@ -115,8 +115,9 @@ def count_leftovers(run: Run, config: InfoQConfig) -> Run:
 
 
 def check_embeddings(run: Run, config: InfoQConfig) -> Run:
-    """`quantize_embeddings` packs plain `nn.Embedding` lookups: a model with none of them but other
-    embeddings (Gemma's scaled one) is refused, other embeddings beside plain ones are named in a warning."""
+    """`quantize_embeddings` packs lookups (times a constant at most, `quant.modules.lookup_scale`): a
+    model whose embeddings all do more is refused, such embeddings beside packable ones are named in a
+    warning."""
     others = unpackable_embeddings(run.model, run.skip_modules) if config.quantize_embeddings else {}
     if not others:
         return run
@@ -124,11 +125,14 @@ def check_embeddings(run: Run, config: InfoQConfig) -> Run:
     layers = quantizable_layers(run.model, run.skip_modules, embeddings=True).values()
     if not any(isinstance(m, nn.Embedding) for m in layers):
         raise ValueError(
-            f"quantize_embeddings=True, but this model's embeddings are not plain nn.Embedding lookups that "
-            f"infoq_hf can pack: {listed} (their forward does more than a lookup). Leave quantize_embeddings "
+            f"quantize_embeddings=True, but this model's embeddings are not lookups that infoq_hf can pack: "
+            f"{listed} (their forward does more than a lookup times a constant). Leave quantize_embeddings "
             "False: they stay float"
         )
-    warnings.warn(f"quantize_embeddings=True packs plain nn.Embedding lookups only; {listed} stay float", stacklevel=2)
+    warnings.warn(
+        f"quantize_embeddings=True packs lookups (times a constant at most): {listed} stay float",
+        stacklevel=2,
+    )
     return run
 
 

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from ..accounting import compression_ratio, expected_size_bytes, mean_weight_bits, model_size_bytes, unpacked_bytes
 from ..quant.apply import packed_layers
+from ..quant.modules import lookup_scale
 from ..quant.quantizer import effective_group_size
 
 
@@ -33,8 +34,10 @@ def summarize(
         "avg_bits": avg_bits,
         "size_bytes": model_size_bytes(model),
         "unpacked_bytes": unpacked_bytes(model),
-        # embeddings `quantize_embeddings` could pack (plain lookups; see `quant.apply.unpackable_embeddings`)
-        "float_embeddings": sum(m.weight.numel() for m in model.modules() if type(m) is nn.Embedding),
+        # embeddings `quantize_embeddings` could pack (see `quant.modules.lookup_scale`)
+        "float_embeddings": sum(
+            m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding) and lookup_scale(m) is not None
+        ),
         "expected_size_bytes": expected_size_bytes(model),
         "float_size_bytes": float_bytes,
         "compression": compression_ratio(model) if layers else 1.0,

@@ -9,7 +9,15 @@ import torch.nn as nn
 
 from ..names import any_matches, is_regex, unique_match
 from ..policy import BitPolicy, LayerBits
-from .modules import PACKED_TYPES, QuantConv2d, QuantEmbedding, QuantLinear, QuantTiedLinear, float_layer_types
+from .modules import (
+    PACKED_TYPES,
+    QuantConv2d,
+    QuantEmbedding,
+    QuantLinear,
+    QuantTiedLinear,
+    float_layer_types,
+    lookup_scale,
+)
 from .quantizer import RangeObserver
 from .scheme import PackingScheme, resolve_scheme
 
@@ -21,8 +29,8 @@ def _skipped(name: str, module: nn.Module, skip_names: Iterable[str], skip_types
 def quantizable_layers(
     model: nn.Module, skip_modules: Iterable[str] = (), skip_types: tuple = (), embeddings: bool = False
 ) -> dict[str, nn.Module]:
-    """The float Linear / Conv2d / transformers-Conv1D layers of a model (and its `nn.Embedding`s when
-    `embeddings`), in module order.
+    """The float Linear / Conv2d / transformers-Conv1D layers of a model (and its embeddings when
+    `embeddings`: `nn.Embedding`s, and the scaled ones of `modules.lookup_scale`), in module order.
 
     `skip_modules` holds names (`infoq_hf.names`: exact, dot-suffix, or `re:<regex>`) to leave in float, `skip_types`
     module classes to leave in float (e.g. a classifier head class)."""
@@ -31,18 +39,20 @@ def quantizable_layers(
     return {
         name: m
         for name, m in model.named_modules()
-        if type(m) in kinds and not _skipped(name, m, skip_names, tuple(skip_types))
+        if (type(m) in kinds or (embeddings and isinstance(m, nn.Embedding) and lookup_scale(m) is not None))
+        and not _skipped(name, m, skip_names, tuple(skip_types))
     }
 
 
 def unpackable_embeddings(model: nn.Module, skip_modules: Iterable[str] = ()) -> dict[str, str]:
-    """{name: class name} of the embeddings infoq_hf cannot pack: subclasses of `nn.Embedding`, whose
-    forward may do more than a lookup (Gemma's scales its output), so a packed lookup would change them."""
+    """{name: class name} of the embeddings infoq_hf cannot pack: subclasses of `nn.Embedding` whose
+    forward does more than a lookup times a constant (`modules.lookup_scale`), so a packed lookup would
+    change them."""
     skip_names = list(skip_modules)
     return {
         name: type(m).__name__
         for name, m in model.named_modules()
-        if isinstance(m, nn.Embedding) and type(m) is not nn.Embedding and not _skipped(name, m, skip_names, ())
+        if isinstance(m, nn.Embedding) and lookup_scale(m) is None and not _skipped(name, m, skip_names, ())
     }
 
 

@@ -346,7 +346,8 @@ class QuantEmbedding(QuantLinear):
     dim a multiple of 8); an output head tied to it (`QuantTiedLinear`) multiplies by the same codes
     through `QuantLinear`'s forward, the int4 kernel included. Lookups read the bit stream, so it is
     kept beside a kernel layout. The output takes `output_dtype`: the float layer's dtype, following
-    casts of the model."""
+    casts of the model; `output_scale` multiplies it as a scaled embedding (Gemma's) does its lookups
+    (see `lookup_scale`), not the tied head's product."""
 
     drops_stream_for_kernel = False
 
@@ -361,6 +362,7 @@ class QuantEmbedding(QuantLinear):
         symmetric=False,
         where="",
         output_dtype: torch.dtype | None = None,
+        output_scale: float = 1.0,
     ):
         super().__init__(
             embedding_dim,
@@ -374,6 +376,7 @@ class QuantEmbedding(QuantLinear):
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
         self.padding_idx = padding_idx
         self.output_dtype = output_dtype or torch.get_default_dtype()
+        self.output_scale = float(output_scale)
 
     @classmethod
     def from_float(
@@ -381,6 +384,9 @@ class QuantEmbedding(QuantLinear):
     ):
         if a_bits is not None:
             raise ValueError(f"layer {where!r} is an embedding: its inputs are token ids, which take no a_bits")
+        scale = lookup_scale(layer)
+        if scale is None:
+            raise ValueError(f"layer {where!r} ({type(layer).__name__}) does more than a lookup: it cannot be packed")
         q = cls(
             layer.num_embeddings,
             layer.embedding_dim,
@@ -390,6 +396,7 @@ class QuantEmbedding(QuantLinear):
             symmetric=symmetric,
             where=where,
             output_dtype=layer.weight.dtype,
+            output_scale=scale,
         ).to(layer.weight.device)
         q.set_weight(layer.weight.detach(), clip_search, where)
         return q
@@ -409,20 +416,58 @@ class QuantEmbedding(QuantLinear):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = ids.reshape(-1)
         zero = None if self.weight_zero_point is None else self.weight_zero_point[rows]
-        w = dequantize_codes(self.row_codes(rows), self.weight_scale[rows], zero, self.scheme)
-        return w.to(self.output_dtype).reshape(*ids.shape, self.embedding_dim)
+        w = dequantize_codes(self.row_codes(rows), self.weight_scale[rows], zero, self.scheme).to(self.output_dtype)
+        if self.output_scale != 1.0:  # in the output dtype, as the scaled embedding multiplies
+            w = w * torch.tensor(self.output_scale).to(self.output_dtype)
+        return w.reshape(*ids.shape, self.embedding_dim)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W^T: the output head's product with this embedding's codes."""
         return QuantLinear.forward(self, x)
 
     def to_float(self) -> nn.Embedding:
-        layer = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx)
+        if self.output_scale != 1.0:
+            layer = ScaledEmbedding(self.num_embeddings, self.embedding_dim, self.padding_idx, self.output_scale)
+        else:
+            layer = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx)
         layer.weight.data = self.dequantized_weight(self.output_dtype)
         return layer.to(self.weight_scale.device)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, " + super().extra_repr()
+        scale = f", output_scale={self.output_scale:g}" if self.output_scale != 1.0 else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}, " + super().extra_repr() + scale
+
+
+class ScaledEmbedding(nn.Embedding):
+    """A float embedding whose lookups are multiplied by a constant (as Gemma's): what a packed scaled
+    embedding dequantizes to. `scalar_embed_scale` names the scale as transformers' scaled embeddings do."""
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, embed_scale: float = 1.0):
+        super().__init__(num_embeddings, embedding_dim, padding_idx)
+        self.scalar_embed_scale = float(embed_scale)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) * torch.tensor(self.scalar_embed_scale).to(self.weight.dtype)
+
+
+def lookup_scale(layer: nn.Module) -> float | None:
+    """The constant an embedding multiplies its lookups by, or None where it does anything else (then
+    it cannot be packed): 1.0 for `nn.Embedding`; for a subclass with a `scalar_embed_scale`
+    (transformers' Gemma embeddings), that scale once its output on two rows is checked to be the lookup
+    times it (not on the meta device, where transformers builds the model a checkpoint loads into)."""
+    if type(layer) is nn.Embedding:
+        return 1.0
+    scale = getattr(layer, "scalar_embed_scale", None)
+    if not isinstance(layer, nn.Embedding) or isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        return None
+    if layer.weight.device.type == "meta":
+        return float(scale)
+    ids = torch.tensor([0, layer.num_embeddings - 1], device=layer.weight.device)
+    with torch.no_grad():
+        looked_up = F.embedding(ids, layer.weight, layer.padding_idx)
+        expected = looked_up * torch.tensor(float(scale)).to(layer.weight.dtype)
+        same = torch.allclose(layer(ids), expected, rtol=0, atol=0, equal_nan=True)  # exact; empty weights too
+        return float(scale) if same else None
 
 
 class QuantTiedLinear(nn.Module):

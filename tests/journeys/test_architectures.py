@@ -60,3 +60,18 @@ def test_the_default_pipeline_packs_saves_and_reloads_each_architecture(architec
     ids = batches[0]["input_ids"]
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_gemmas_scaled_embedding_is_allocated_and_packed_with_its_scale(tmp_path):
+    model = _model("gemma3")
+    batches = lm_batches(VOCAB)
+    config = InfoQConfig(
+        budget={"avg_bits": 3.5}, group_size=32, calibration=batches, rounding="gptq", quantize_embeddings=True
+    )
+    result = quantize_pretrained(model, config, progress=False)
+    assert "model.embed_tokens" in result.policy and model.model.embed_tokens.output_scale == 8.0  # sqrt(64)
+    model.save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    ids = batches[0]["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -215,53 +215,46 @@ def test_the_summary_says_how_much_stays_float_and_points_at_a_float_embedding_t
     assert ("quantize_embeddings=True" in text) == hint
 
 
-def _tiny_gemma3(vocab=96):
-    """A 2-layer Gemma 3 text model: its embedding (`Gemma3TextScaledWordEmbedding`) scales its lookups."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+class _ShiftedEmbedding(torch.nn.Embedding):
+    """An embedding whose forward does more than a lookup times a constant."""
 
-    config = Gemma3TextConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=64,
-        sliding_window=8,
-    )
-    torch.manual_seed(0)
-    return Gemma3ForCausalLM(config).eval()
+    def forward(self, ids):
+        return super().forward(ids) + 1
+
+
+def _llama_with_shifted_embedding(vocab=96):
+    model = tiny_llama(vocab=vocab, pad_token_id=None, max_position_embeddings=64, tie_word_embeddings=False)
+    shifted = _ShiftedEmbedding(vocab, 64)
+    shifted.weight.data.copy_(model.model.embed_tokens.weight.data)
+    model.model.embed_tokens = shifted
+    return model
 
 
 def test_an_embedding_that_is_more_than_a_lookup_is_refused_by_quantize_embeddings_and_not_suggested():
-    """Gemma's embedding scales its lookups: packing it as a plain lookup would change the model. Asked
-    to quantize it, the pipeline refuses by name; by default the summary does not point at the option,
-    even with the embedding most of the checkpoint."""
+    """Packing such an embedding as a lookup would change the model: asked to quantize it, the pipeline
+    refuses by name; by default the summary does not point at the option, even with the embedding most
+    of the checkpoint."""
     from infoq_hf import format_summary
 
-    with pytest.raises(ValueError, match=r"model.embed_tokens \(Gemma3TextScaledWordEmbedding\).*Leave quantize_embed"):
-        quantize_with_infoq(_tiny_gemma3(), InfoQConfig(bits=4, quantize_embeddings=True, modules_to_not_convert=SKIP))
-    model = _tiny_gemma3(vocab=4096)
+    config = InfoQConfig(bits=4, quantize_embeddings=True, modules_to_not_convert=SKIP)
+    with pytest.raises(ValueError, match=r"model.embed_tokens \(_ShiftedEmbedding\).*Leave quantize_embed"):
+        quantize_with_infoq(_llama_with_shifted_embedding(), config)
+    model = _llama_with_shifted_embedding(vocab=4096)
     result = quantize_with_infoq(model, InfoQConfig(bits=4, modules_to_not_convert=SKIP), progress=False)
     assert result.summary["unpacked_bytes"] > result.summary["size_bytes"] / 2
     assert "quantize_embeddings" not in format_summary(result.summary)
-    assert type(model.model.embed_tokens).__name__ == "Gemma3TextScaledWordEmbedding"
+    assert type(model.model.embed_tokens) is _ShiftedEmbedding
 
 
 def test_other_embeddings_beside_plain_ones_are_named_and_stay_float():
     model = tiny_llama(vocab=96, pad_token_id=None, max_position_embeddings=64)
 
-    class ScaledEmbedding(torch.nn.Embedding):
-        def forward(self, ids):
-            return 2 * super().forward(ids)
-
-    model.extra = ScaledEmbedding(8, 64)
+    model.extra = _ShiftedEmbedding(8, 64)
     config = InfoQConfig(bits=4, quantize_embeddings=True, modules_to_not_convert=SKIP)
-    with pytest.warns(UserWarning, match=r"extra \(ScaledEmbedding\) stay float"):
+    with pytest.warns(UserWarning, match=r"extra \(_ShiftedEmbedding\) stay float"):
         result = quantize_with_infoq(model, config, progress=False)
     assert "model.embed_tokens" in result.policy and "extra" not in result.policy
-    assert type(model.extra) is ScaledEmbedding
+    assert type(model.extra) is _ShiftedEmbedding
 
 
 def test_a_table_of_another_model_is_refused_by_name(setup):

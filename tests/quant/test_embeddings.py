@@ -26,7 +26,7 @@ from infoq_hf.accounting import count_macs
 from infoq_hf.allocation import embedding_starts
 from infoq_hf.integrations.transformers import quantize_pretrained
 from infoq_hf.quant import WeightScheme, fake_quantize_weight, quantize_weight
-from infoq_hf.quant.modules import QuantEmbedding, QuantTiedLinear
+from infoq_hf.quant.modules import QuantEmbedding, QuantLinear, QuantTiedLinear
 from tests.helpers.kl import true_kl
 from tests.helpers.models import lm_batches, tiny_llama
 
@@ -169,3 +169,78 @@ def test_the_compressed_tensors_export_refuses_a_packed_embedding():
     model = quantize_model(_tied_llama(), {"model.embed_tokens": 4, "re:model\\.layers\\..*": 4}, group_size=32)
     with pytest.raises(ValueError, match="packed embedding.*quantize_embeddings"):
         export_compressed_tensors(model, "unused")
+
+
+def _tiny_gemma3(vocab=96):
+    """A 2-layer Gemma 3 text model: its tied embedding (`Gemma3TextScaledWordEmbedding`) multiplies its
+    lookups by sqrt(hidden size); the head multiplies by the unscaled weight."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+        sliding_window=8,
+    )
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config).eval()
+
+
+def test_lookup_scale_accepts_a_lookup_times_a_constant_only():
+    from infoq_hf.quant.modules import lookup_scale
+
+    class Shifted(nn.Embedding):  # claims a scale, adds a shift
+        scalar_embed_scale = 2.0
+
+        def forward(self, ids):
+            return super().forward(ids) * 2.0 + 1
+
+    class Unnamed(nn.Embedding):  # scales, but says by how much nowhere
+        def forward(self, ids):
+            return super().forward(ids) * 2.0
+
+    assert lookup_scale(nn.Embedding(8, 4)) == 1.0
+    assert lookup_scale(_tiny_gemma3().model.embed_tokens) == 8.0  # sqrt(64)
+    assert lookup_scale(Shifted(8, 4)) is None and lookup_scale(Unnamed(8, 4)) is None
+    assert lookup_scale(nn.Linear(4, 8)) is None
+
+
+def test_a_scaled_embedding_packs_with_its_scale_reloads_bit_identically_and_dequantizes(tmp_path):
+    """Gemma's embedding packed: a lookup is the dequantized rows times the scale in the model's dtype (as
+    Gemma computes it), the tied head multiplies by the unscaled codes, the model equals the float one
+    with every packed weight replaced by its dequantized value, and a reload is bit-identical."""
+    from transformers import AutoModelForCausalLM
+
+    from infoq_hf.quant.modules import ScaledEmbedding
+
+    model = _tiny_gemma3()
+    ids = lm_batches()[0]["input_ids"]
+    policy = {"model.embed_tokens": 4, "re:model\\.layers\\..*": 8}
+    packed = quantize_model(copy.deepcopy(model), policy, group_size=32)
+    embedding = packed.model.embed_tokens
+    assert isinstance(embedding, QuantEmbedding) and embedding.output_scale == 8.0
+    assert isinstance(packed.lm_head, QuantTiedLinear)
+    weight = embedding.dequantized_weight(torch.float32)
+    assert torch.equal(embedding(ids), F.embedding(ids, weight) * 8.0)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(packed.lm_head(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    reference = copy.deepcopy(model)  # the float model with the packed weights' values
+    with torch.no_grad():
+        for name, m in packed.named_modules():
+            if isinstance(m, QuantLinear):
+                reference.get_submodule(name).weight.copy_(m.dequantized_weight(torch.float32))
+        torch.testing.assert_close(packed(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+    packed.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.model.embed_tokens.output_scale == 8.0
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, packed(input_ids=ids).logits)
+    restored = dequantize_model(reloaded)
+    assert isinstance(restored.model.embed_tokens, ScaledEmbedding)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(input_ids=ids).logits, packed(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
