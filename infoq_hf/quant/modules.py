@@ -310,7 +310,9 @@ class QuantLinear(_PackedWeightLayer):
         if torch.compiler.is_compiling():  # tracing sees the layout built by an eager forward, as constants
             cached = self._kernel_cache
             return cached[1] if cached is not None and cached[1].dtype == x.dtype else None
-        buffers = [b for b in (self.weight_packed, self.weight_scale, self.weight_zero_point) if b is not None]
+        held = self._buffers  # read directly: this runs on every call, and Module.__getattr__ is slow
+        buffers = [held["weight_packed"], held["weight_scale"], held.get("weight_zero_point")]
+        buffers = [b for b in buffers if b is not None]
         cached = self._kernel_cache
         if cached is None or cached[1].dtype != x.dtype or not _built_from(cached[0], buffers):
             layout = build_int4_layout(
