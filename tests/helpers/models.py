@@ -95,6 +95,33 @@ def make_tiny_llama(directory: Path) -> Path:
     return directory
 
 
+# ----------------------------------------------------------------------------- other decoder architectures
+DECODERS = {  # name -> (config class, model class, config beyond the shared sizes; None: GPT-2's own names)
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "sliding_window": 8}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 8}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", None),
+}
+
+
+def tiny_decoder(architecture: str, *, vocab: int = 96, seed: int | None = 0):
+    """A 2-layer, 64-wide causal LM of one of `DECODERS` (4 heads, 2 key/value heads where it has them)."""
+    import transformers
+
+    config_class, model_class, extra = DECODERS[architecture]
+    if extra is None:
+        config = getattr(transformers, config_class)(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    else:
+        sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+        config = getattr(transformers, config_class)(
+            vocab_size=vocab, num_key_value_heads=2, max_position_embeddings=64, **sizes, **extra
+        )
+    _seed(seed)
+    return getattr(transformers, model_class)(config).eval()
+
+
 # ----------------------------------------------------------------------------- GPT-2, BERT, ViT
 def tiny_gpt2_config(
     *, vocab: int = 64, hidden: int = 32, layers: int = 1, heads: int = 2, positions: int = 32, **config

@@ -28,7 +28,7 @@ from infoq_hf.integrations.transformers import quantize_pretrained
 from infoq_hf.quant import WeightScheme, fake_quantize_weight, quantize_weight
 from infoq_hf.quant.modules import QuantEmbedding, QuantLinear, QuantTiedLinear
 from tests.helpers.kl import true_kl
-from tests.helpers.models import lm_batches, tiny_llama
+from tests.helpers.models import lm_batches, tiny_decoder, tiny_llama
 
 
 def _tied_llama():
@@ -171,26 +171,6 @@ def test_the_compressed_tensors_export_refuses_a_packed_embedding():
         export_compressed_tensors(model, "unused")
 
 
-def _tiny_gemma3(vocab=96):
-    """A 2-layer Gemma 3 text model: its tied embedding (`Gemma3TextScaledWordEmbedding`) multiplies its
-    lookups by sqrt(hidden size); the head multiplies by the unscaled weight."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    config = Gemma3TextConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=64,
-        sliding_window=8,
-    )
-    torch.manual_seed(0)
-    return Gemma3ForCausalLM(config).eval()
-
-
 def test_lookup_scale_accepts_a_lookup_times_a_constant_only():
     from infoq_hf.quant.modules import lookup_scale
 
@@ -205,7 +185,7 @@ def test_lookup_scale_accepts_a_lookup_times_a_constant_only():
             return super().forward(ids) * 2.0
 
     assert lookup_scale(nn.Embedding(8, 4)) == 1.0
-    assert lookup_scale(_tiny_gemma3().model.embed_tokens) == 8.0  # sqrt(64)
+    assert lookup_scale(tiny_decoder("gemma3").model.embed_tokens) == 8.0  # sqrt(64)
     assert lookup_scale(Shifted(8, 4)) is None and lookup_scale(Unnamed(8, 4)) is None
     assert lookup_scale(nn.Linear(4, 8)) is None
 
@@ -218,7 +198,7 @@ def test_a_scaled_embedding_packs_with_its_scale_reloads_bit_identically_and_deq
 
     from infoq_hf.quant.modules import ScaledEmbedding
 
-    model = _tiny_gemma3()
+    model = tiny_decoder("gemma3")
     ids = lm_batches()[0]["input_ids"]
     policy = {"model.embed_tokens": 4, "re:model\\.layers\\..*": 8}
     packed = quantize_model(copy.deepcopy(model), policy, group_size=32)
