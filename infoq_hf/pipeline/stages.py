@@ -386,7 +386,7 @@ def refine(run: Run, config: InfoQConfig) -> Run:
             progress=run.progress,
             **screening,
         )
-    else:  # two configurations: the judge's and the held-out samples together
+    else:  # the check: every start judged once, on the search's and the held-out samples together
         policy = allocation.compare_with_uniform(
             run.policy,
             run.model,
