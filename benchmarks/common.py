@@ -215,6 +215,14 @@ def tiny_random_llama(seed: int):
     return LlamaForCausalLM(config).eval()
 
 
+def gptq_scheme(group_size: int | None = 64, symmetric: bool = False):
+    """The packing scheme the product's pipeline resolves for GPTQ rounding (its `clip_search="auto"`
+    included), for benchmarks that round GPTQ's candidates themselves and pass them to the pipeline."""
+    from infoq_hf import InfoQConfig
+
+    return InfoQConfig(bits=[4], group_size=group_size, symmetric=symmetric, rounding="gptq").scheme
+
+
 class CandidatesByStart:
     """GPTQ's candidates of `model` (`widths`: {layer: [bits, ...]}) on `calib`, for one uniform start at a
     time: the budgets whose uniform start is the same share them; one set is held (about 3 bytes per

@@ -76,12 +76,13 @@ def lm_tables(key: str, model, calib, args, out: Path, kw: dict) -> dict[str, di
         searches["infoq (paper Eq. 4)"] = {**common.PROBED_CALIBRATED, "scores": "eq4"}
     found = {}  # one search per method and options, shared by the budgets that ask for it
     jittered = "" if getattr(args, "jitter", None) is None else f"_jitter{args.jitter}"
+    clipped = "_clip" if kw.get("clip_search") else ""
 
     def table(method: str, opts: dict) -> SensitivityTable:
         name = method + "".join(f"_{k}{v}" for k, v in opts.items())
         if name not in found:
             found[name] = cached_table(
-                out / "tables" / f"{key}{jittered}_{name}_c{len(calib)}_s{args.seed}.json",
+                out / "tables" / f"{key}{jittered}_{name}_c{len(calib)}_s{args.seed}{clipped}.json",
                 args.fresh,
                 lambda: search(model, calib, method=method, **kw, **opts),
             )
@@ -100,11 +101,6 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
     if args.jitter is not None:
         common.jitter_weights(model, args.jitter, skip)
         name = f"{name}, weights jittered with seed {args.jitter}"
-    kw = dict(bits=bits, group_size=64, skip_modules=skip, seed=args.seed)
-    # the tables are searched on what the pipeline searches on: the first `search_samples` samples
-    searched = calib if args.search_samples is None else first_samples(calib, args.search_samples)
-    tables = lm_tables(key, model, searched, args, out, kw)
-    sizes = stages.layer_table(model, bits, scheme=PackingScheme(group_size=64), skip_modules=skip, embeddings=False)
     base = dict(
         bits=bits,
         group_size=64,
@@ -115,11 +111,17 @@ def run_lm(key: str, name: str, model, calib, dev, test, args, out: Path):
         search_samples=args.search_samples,
         reround=args.reround,
     )
-
-    rounding = resolve_rounding(InfoQConfig(**base, budget={"avg_bits": max(bits)}), model, calib)
+    config = InfoQConfig(**base, budget={"avg_bits": max(bits)})
+    rounding = resolve_rounding(config, model, calib)
+    # every method's table scores what the pipeline packs: its clipping too (`clip_search="auto"`)
+    kw = dict(bits=bits, group_size=64, skip_modules=skip, seed=args.seed, clip_search=config.clip_search_for(rounding))
+    # the tables are searched on what the pipeline searches on: the first `search_samples` samples
+    searched = calib if args.search_samples is None else first_samples(calib, args.search_samples)
+    tables = lm_tables(key, model, searched, args, out, kw)
+    sizes = stages.layer_table(model, bits, scheme=PackingScheme(group_size=64), skip_modules=skip, embeddings=False)
     names = list(quantizable_layers(model, skip_modules=skip))
     # GPTQ's candidates: the same for every method at the budgets that share a uniform start
-    candidates_scheme = PackingScheme(group_size=64, rounding="gptq")
+    candidates_scheme = common.gptq_scheme(64)
     starts = common.CandidatesByStart(model, {n: bits for n in names}, calib, candidates_scheme)
 
     def candidates_for(budget: float):

@@ -129,7 +129,6 @@ class Mixes:
     def __init__(self, model, bits, method: str, calib, rounding: str, seed: int = 0):
         from infoq_hf import InfoQConfig, search
         from infoq_hf.pipeline.data import first_samples, resolve_rounding
-        from infoq_hf.quant.scheme import PackingScheme
 
         self.model, self.bits, self.method, self.calib = model, tuple(bits), method, calib
         self.base = dict(
@@ -161,7 +160,7 @@ class Mixes:
             progress=False,
         )
         self.embedding = next(n for n in self.table.layers if isinstance(model.get_submodule(n), torch.nn.Embedding))
-        scheme = PackingScheme(group_size=GROUP_SIZE, symmetric=True, rounding="gptq")
+        scheme = common.gptq_scheme(GROUP_SIZE, symmetric=True)
         self._starts = common.CandidatesByStart(model, {n: self.bits for n in self.table.layers}, calib, scheme)
 
     def candidates(self, avg_bits: float):

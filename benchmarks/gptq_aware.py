@@ -39,7 +39,6 @@ import torch
 from infoq_hf import Budget, allocate, refine, search
 from infoq_hf.allocation import uniform_start
 from infoq_hf.quant.gptq import GPTQOptions, gptq_candidates, gptq_quantize_model
-from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
 
 from . import common
@@ -141,7 +140,7 @@ def main(argv=None):
                 model,
                 {n: table.bits for n in table.layers},
                 calib,
-                scheme=PackingScheme(group_size=GROUP, rounding="gptq"),
+                scheme=common.gptq_scheme(GROUP),
                 prefix_bits=prefix,
             )
             inputs = computed[key].meta["inputs"]

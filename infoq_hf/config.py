@@ -94,7 +94,10 @@ class InfoQConfig(QuantizationConfigMixin):
         group_size: scales per `group_size` inputs of a Linear (None or -1: per output channel; default 128).
         conv_group_size: the same for Conv2d layers (default per output channel).
         symmetric: symmetric weight codes (no zero points); GPTQConfig's `sym`.
-        clip_search: search a clipping ratio per group when rounding weights.
+        clip_search: shrink each group's range to the clipping ratio with the least squared error
+            before rounding; "auto" (default): with GPTQ rounding, where it lowered dev perplexity at
+            every budget (benchmarks/studies/clip_search.py), not with round to nearest. A rounding
+            choice like `rounding`: it does not change the stored layout or sizes.
             These four form the packing scheme (`config.scheme`, a `PackingScheme`); with a `policy`
             from `allocate`, the ones left unset are those its table was scored and budgeted with.
         rounding: "rtn" (round to nearest), "gptq" (error-compensating rounding from the calibration
@@ -161,7 +164,7 @@ class InfoQConfig(QuantizationConfigMixin):
         group_size: int | None = UNSET,
         conv_group_size: int | None = UNSET,
         symmetric: bool = UNSET,
-        clip_search: bool = UNSET,
+        clip_search: bool | str = "auto",
         rounding: str = "auto",
         gptq_options: Mapping | None = None,
         modules_to_not_convert: Sequence[str] | None = None,
@@ -249,13 +252,14 @@ class InfoQConfig(QuantizationConfigMixin):
             "group_size": group_size,
             "conv_group_size": conv_group_size,
             "symmetric": symmetric,
-            "clip_search": clip_search,
         }
         given = {k: (getattr(budgeted, k) if v is UNSET else v) for k, v in given.items()}
         self.group_size = _check_group_size("group_size", given["group_size"])
         self.conv_group_size = _check_group_size("conv_group_size", given["conv_group_size"])
         self.symmetric = bool(given["symmetric"])
-        self.clip_search = bool(given["clip_search"])
+        if not (isinstance(clip_search, bool) or clip_search == "auto"):
+            raise ValueError(f"InfoQConfig.clip_search must be True, False or 'auto', got {clip_search!r}")
+        self.clip_search = clip_search
         self.rounding, self.gptq_options = self._check_rounding(rounding, gptq_options)
         if modules_to_not_convert is not None:
             if isinstance(modules_to_not_convert, str) or not all(isinstance(m, str) for m in modules_to_not_convert):
@@ -382,7 +386,13 @@ class InfoQConfig(QuantizationConfigMixin):
         """The `PackingScheme` of these settings (group sizes, symmetry, clipping, rounding; "auto" reads
         as "rtn" here: the pipeline resolves it for the model, `pipeline.resolve_rounding`)."""
         rounding = "rtn" if self.rounding == "auto" else self.rounding
-        return PackingScheme(self.group_size, self.conv_group_size, self.symmetric, self.clip_search, rounding)
+        return PackingScheme(
+            self.group_size, self.conv_group_size, self.symmetric, self.clip_search_for(rounding), rounding
+        )
+
+    def clip_search_for(self, rounding: str) -> bool:
+        """Whether packing with `rounding` ("rtn" or "gptq") searches clipping ratios ("auto": with GPTQ)."""
+        return rounding == "gptq" if self.clip_search == "auto" else self.clip_search
 
     @property
     def calibration_in_memory(self) -> bool:

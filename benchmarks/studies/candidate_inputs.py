@@ -22,7 +22,6 @@ from pathlib import Path
 from infoq_hf import Budget, allocate, quantizable_layers, quantize_model
 from infoq_hf.allocation import uniform_start
 from infoq_hf.quant.gptq import gptq_candidates
-from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
 
 from .. import common
@@ -38,7 +37,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/candidate_inputs_smollm2.md")
     args = p.parse_args()
     model, _, calib, dev, test = common.smollm2_data(32, 16, 32)
-    scheme = PackingScheme(group_size=64, rounding="gptq")
+    scheme = common.gptq_scheme(64)
     names = list(quantizable_layers(model, skip_modules=SKIP))
     rows, dev_ppl = [], {}
     for seed in args.seeds:

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from infoq_hf import InfoQConfig, quantizable_layers, quantize_with_infoq, search
 from infoq_hf.pipeline.data import first_samples
-from infoq_hf.quant.scheme import PackingScheme
 
 from .. import common
 from .probe_width_cnn import fashion_dev_split
@@ -92,7 +91,7 @@ def smollm2(seeds, budgets, estimates, windows):
     tables, seconds = _searches(model, searched, seeds, estimates, group_size=64, skip_modules=skip)
     names = list(quantizable_layers(model, skip_modules=skip))
     starts = common.CandidatesByStart(
-        model, {n: BITS for n in names}, calib, PackingScheme(group_size=64, rounding="gptq")
+        model, {n: BITS for n in names}, calib, common.gptq_scheme(64)
     )
     ppl = {}
     for budget in budgets:

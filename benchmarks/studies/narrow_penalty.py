@@ -20,7 +20,6 @@ from infoq_hf import Budget, allocate, quantizable_layers, quantize_model, refin
 from infoq_hf.allocation import uniform_start
 from infoq_hf.pipeline.data import first_samples
 from infoq_hf.quant.gptq import gptq_candidates
-from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity import SensitivityTable
 from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
 
@@ -45,7 +44,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/narrow_penalty_smollm2.md")
     args = p.parse_args()
     model, _, calib, dev, test = common.smollm2_data(32, 16, 32)
-    scheme = PackingScheme(group_size=64, rounding="gptq")
+    scheme = common.gptq_scheme(64)
     table = common.probed_smollm2_table(model, calib, 0)
     names = list(quantizable_layers(model, skip_modules=SKIP))
     check = first_samples(calib, 8)

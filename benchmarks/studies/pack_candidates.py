@@ -23,7 +23,6 @@ import torch
 from infoq_hf import InfoQConfig, quantizable_layers, quantize_model
 from infoq_hf.pipeline import quantize_with_infoq
 from infoq_hf.quant.apply import cast_float_leftovers
-from infoq_hf.quant.scheme import PackingScheme
 
 from .. import common
 
@@ -39,7 +38,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/pack_candidates_smollm2.md")
     args = p.parse_args()
     model, _, calib, dev, test = common.smollm2_data(32, 16, 32)
-    scheme = PackingScheme(group_size=64, rounding="gptq")
+    scheme = common.gptq_scheme(64)
     names = list(quantizable_layers(model, skip_modules=SKIP))
     starts = common.CandidatesByStart(model, {n: BITS for n in names}, calib, scheme)
     rows, dev_ppl = [], {}

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from infoq_hf import InfoQConfig, quantize_with_infoq, search
 from infoq_hf.pipeline.data import first_samples
-from infoq_hf.quant.scheme import PackingScheme
 
 from .. import common
 
@@ -40,7 +39,7 @@ def main() -> None:
     }
     names = list(next(iter(tables.values())).layers)
     starts = common.CandidatesByStart(
-        model, {n: BITS for n in names}, calib, PackingScheme(group_size=GROUP_SIZE, symmetric=True, rounding="gptq")
+        model, {n: BITS for n in names}, calib, common.gptq_scheme(GROUP_SIZE, symmetric=True)
     )
     base = dict(
         bits=list(BITS),

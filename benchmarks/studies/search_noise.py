@@ -30,7 +30,6 @@ import torch
 
 from infoq_hf import InfoQConfig, quantizable_layers, quantize_with_infoq, search
 from infoq_hf.pipeline.data import first_samples
-from infoq_hf.quant.scheme import PackingScheme
 
 from .. import common
 
@@ -74,7 +73,7 @@ def main() -> None:
         print(label, seed, f"search {seconds[label, seed]:.1f} s", flush=True)
     names = list(quantizable_layers(model, skip_modules=SKIP))
     starts = common.CandidatesByStart(
-        model, {n: BITS for n in names}, calib, PackingScheme(group_size=64, rounding="gptq")
+        model, {n: BITS for n in names}, calib, common.gptq_scheme(64)
     )
     ppl = {}
     for budget in args.budgets:

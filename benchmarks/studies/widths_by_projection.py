@@ -25,7 +25,6 @@ from infoq_hf.allocation import uniform_start
 from infoq_hf.pipeline import quantize_with_infoq
 from infoq_hf.pipeline.data import first_samples
 from infoq_hf.quant.gptq import gptq_candidates
-from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity.rounding_costs import with_gptq_costs
 
 from .. import common
@@ -56,7 +55,7 @@ def main() -> None:
         for m in ("infoq", "weight_mse")
     }
     budget = Budget(avg_bits=3.5)
-    scheme = PackingScheme(group_size=64, rounding="gptq")
+    scheme = common.gptq_scheme(64)
     start = uniform_start(tables["infoq"], budget)
     candidates = gptq_candidates(
         model, {n: BITS for n in names}, calib, scheme=scheme, prefix_bits=start, keep_weights=False

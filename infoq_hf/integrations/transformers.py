@@ -116,6 +116,7 @@ class InfoQQuantizer(HfQuantizer):
         )
         cfg.policy = self.result.policy
         cfg.rounding = self.result.summary["rounding"]  # "auto" made concrete: config.json says what was done
+        cfg.clip_search = self.result.summary["clip_search"]
         if self.result.summary["float_dtype"] is not None:  # config.json records the leftovers' dtype
             model.config.dtype = getattr(torch, self.result.summary["float_dtype"])
         source = getattr(model.config, "_name_or_path", None) or None  # the float model: its Hub id and name

@@ -83,6 +83,7 @@ def quantize_with_infoq(
         method = f"uniform {config.uniform_bits}-bit (no search)"
     summary = summarize(run.model, run.params, run.float_bytes, run.times, method=method, report=run.policy.report)
     summary["rounding"] = run.scheme.rounding
+    summary["clip_search"] = run.scheme.clip_search
     summary["float_dtype"] = None if run.float_dtype is None else str(run.float_dtype).removeprefix("torch.")
     logger.info("\n%s", format_summary(summary))
     return QuantizationResult(model=run.model, policy=run.policy, table=run.table, summary=summary)

@@ -41,9 +41,10 @@ from .run import Run
 SCREENED_MOVES = 8
 
 
-def scoring_scheme(config: InfoQConfig) -> PackingScheme:
-    """The config's packing scheme with round to nearest: the search's probes perturb with it."""
-    return replace(config.scheme, rounding="rtn")
+def scoring_scheme(run: Run, config: InfoQConfig) -> PackingScheme:
+    """The run's packing scheme (before `choose_rounding`, the config's) with round to nearest: the
+    search's probes perturb with it, clipping as the packing will."""
+    return replace(run.scheme or config.scheme, rounding="rtn")
 
 
 def searching(config: InfoQConfig) -> bool:
@@ -142,7 +143,7 @@ def check_budget(run: Run, config: InfoQConfig) -> Run:
         run.model,
         config.budget,
         bits=config.bits,
-        scheme=scoring_scheme(config),
+        scheme=scoring_scheme(run, config),
         skip_modules=run.skip_modules,
         solver=config.solver,
         pin_first_last=config.pin_first_last,
@@ -206,8 +207,11 @@ def calibrate(run: Run, config: InfoQConfig) -> Run:
 
 
 def choose_rounding(run: Run, config: InfoQConfig) -> Run:
-    """The packing scheme, its rounding made concrete ("auto": see `data.resolve_rounding`)."""
-    return replace(run, scheme=replace(config.scheme, rounding=resolve_rounding(config, run.model, run.batches)))
+    """The packing scheme, its rounding and clipping made concrete ("auto": see `data.resolve_rounding`
+    and `InfoQConfig.clip_search`)."""
+    rounding = resolve_rounding(config, run.model, run.batches)
+    scheme = replace(config.scheme, rounding=rounding, clip_search=config.clip_search_for(rounding))
+    return replace(run, scheme=scheme)
 
 
 def information_estimate(model: nn.Module, config: InfoQConfig, skip_modules=()) -> dict:
@@ -260,7 +264,7 @@ def score(run: Run, config: InfoQConfig) -> Run:
         bits=config.bits,
         method=config.method,
         seed=config.seed,
-        scheme=scoring_scheme(config),
+        scheme=scoring_scheme(run, config),
         skip_modules=run.skip_modules,
         embeddings=config.quantize_embeddings,
         accelerator=run.accelerator,
@@ -289,7 +293,7 @@ def round_candidates(run: Run, config: InfoQConfig) -> Run:
         sizes = layer_table(
             run.model,
             config.bits,
-            scheme=scoring_scheme(config),
+            scheme=scoring_scheme(run, config),
             skip_modules=run.skip_modules,
             embeddings=config.quantize_embeddings,
         )
@@ -299,7 +303,7 @@ def round_candidates(run: Run, config: InfoQConfig) -> Run:
     prefix = allocation.uniform_start(sizes, config.budget, pin_first_last=config.pin_first_last)
     candidates = run.candidates
     if candidates is not None:  # the caller's, from an earlier run on this model and data
-        check_candidates(candidates, widths, prefix, run.batches, config, weights=weights)
+        check_candidates(candidates, widths, prefix, run.batches, config, run.scheme, weights=weights)
     else:
         candidates = gptq_candidates(
             run.model,
@@ -328,10 +332,10 @@ def gptq_costs(run: Run, config: InfoQConfig) -> Run:
     )
 
 
-def check_candidates(candidates, widths, prefix, batches, config: InfoQConfig, *, weights: bool) -> None:
+def check_candidates(candidates, widths, prefix, batches, config: InfoQConfig, scheme, *, weights: bool) -> None:
     """Raise unless `candidates` (a `GPTQCandidates` the caller passed) are what this run would compute:
-    every layer and width, rounded on the inputs of the same uniform start, with the same options and
-    number of calibration batches (the batches themselves cannot be checked: pass the same data)."""
+    every layer and width, rounded on the inputs of the same uniform start, with the same scheme, options
+    and number of calibration batches (the batches themselves cannot be checked: pass the same data)."""
     meta, problems = candidates.meta, []
     missing = [n for n, bs in widths.items() if set(bs) - set(candidates.error_ratio.get(n, {}))]
     if missing:
@@ -340,6 +344,8 @@ def check_candidates(candidates, widths, prefix, batches, config: InfoQConfig, *
         )
     if (meta.get("prefix_bits") or None) != (prefix or None):
         problems.append("rounded on other inputs than this budget's uniform start (candidates serve one start)")
+    if meta.get("scheme") != scheme.codes_settings():
+        problems.append(f"rounded with {meta.get('scheme')}, this run packs with {scheme.codes_settings()}")
     if meta.get("options") != GPTQOptions.from_dict(config.gptq_options).to_dict():
         problems.append(f"GPTQ options {meta.get('options')} differ from the config's")
     if meta.get("calibration_batches") != len(batches):
@@ -479,7 +485,7 @@ def uniform(run: Run, config: InfoQConfig) -> Run:
     layers = layer_table(
         run.model,
         [config.uniform_bits],
-        scheme=scoring_scheme(config),
+        scheme=scoring_scheme(run, config),
         skip_modules=run.skip_modules,
         embeddings=config.quantize_embeddings,
     ).layers

@@ -19,7 +19,7 @@ import torch.nn as nn
 from .quantizer import WeightScheme
 
 ROUNDINGS = ("rtn", "gptq")
-FORMAT_FIELDS = ("group_size", "conv_group_size", "symmetric", "clip_search")  # what sets the stored codes' layout
+FORMAT_FIELDS = ("group_size", "conv_group_size", "symmetric")  # what sets the stored codes' layout and sizes
 UNSET = object()  # a shorthand argument the caller did not pass
 
 
@@ -29,7 +29,8 @@ class PackingScheme:
     layer whose width it does not divide gets a smaller one, `quantizer.effective_group_size`).
     conv_group_size: the same for Conv2d layers. symmetric: codes without zero points.
     clip_search: search a clipping ratio per group when rounding. rounding: "rtn" (round to nearest)
-    or "gptq" (error-compensating, needs calibration data; the stored format is the same)."""
+    or "gptq" (error-compensating, needs calibration data). These two choose the codes, not their
+    layout: the stored format is the same."""
 
     group_size: int | None = None
     conv_group_size: int | None = None
@@ -54,8 +55,12 @@ class PackingScheme:
         return WeightScheme(bits, self.group_for(layer_or_kind), self.symmetric, self.clip_search)
 
     def same_format(self, other: PackingScheme) -> bool:
-        """Whether both store the same codes layout and sizes (the rounding may differ)."""
+        """Whether both store the same codes layout and sizes (the rounding and clipping may differ)."""
         return all(getattr(self, f) == getattr(other, f) for f in FORMAT_FIELDS)
+
+    def codes_settings(self) -> dict:
+        """The fields besides the rounding that decide a weight's codes: the layout and the clipping."""
+        return {k: getattr(self, k) for k in (*FORMAT_FIELDS, "clip_search")}
 
     def to_dict(self) -> dict:
         return asdict(self)

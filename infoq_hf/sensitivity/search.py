@@ -34,7 +34,7 @@ from ..quant.apply import (
 )
 from ..quant.modules import oriented_weight
 from ..quant.quantizer import WeightScheme
-from ..quant.scheme import FORMAT_FIELDS, UNSET, PackingScheme, resolve_scheme
+from ..quant.scheme import UNSET, PackingScheme, resolve_scheme
 from .baselines import OracleScorer, hawq_scores, random_scores, relative_weight_errors, size_prior, weight_mse_scores
 from .infoq import InfoQOptions, InfoQScorer
 from .llamacpp import PRESETS, preference_weights, preset_types
@@ -318,7 +318,7 @@ def search(
         else None,
         "task": task,
         "seed": seed,
-        **{k: getattr(scheme, k) for k in FORMAT_FIELDS},  # the scores are of round-to-nearest packing
+        **scheme.codes_settings(),  # the scores are of round-to-nearest packing
         "float_bytes": leftover_bytes(model, layers),
         "reference_bits": REFERENCE_BITS,
         "options": vars(infoq_options) if infoq_options else ({"preset": preset} if preset else {}),

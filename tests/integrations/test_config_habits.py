@@ -71,10 +71,12 @@ def test_bits_int_rounds_with_gptq_when_auto_would_and_still_runs_no_candidates(
         progress=False,
     )
     assert result.summary["rounding"] == "gptq" and list(result.summary["times_s"]) == ["calibration", "packing (gptq)"]
+    assert result.summary["clip_search"] is True  # "auto": GPTQ's group scales are clipped
     expected = quantize_model(
         copy.deepcopy(model),
         {n: 3 for n in names},
         group_size=32,
+        clip_search=True,
         skip_modules=SKIP,
         rounding="gptq",
         calibration=batches,
@@ -106,6 +108,7 @@ def test_gptqconfig_style_settings_quantize_on_load_and_reload(tmp_path):
     model.save_pretrained(tmp_path / "q")
     stored = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
     assert stored["bits"] == [4] and stored["symmetric"] is True and stored["group_size"] is None
+    assert stored["clip_search"] is True  # "auto" made concrete: GPTQ's group scales are clipped
     assert stored["gptq_options"] == {"act_order": True, "damp": 0.1} and "tokenizer" not in stored
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "q")
     ids = torch.randint(3, 250, (1, 12), generator=torch.Generator().manual_seed(0))

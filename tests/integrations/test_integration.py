@@ -117,6 +117,7 @@ def test_config_round_trip_keeps_policy_and_drops_in_memory_batches():
         ({"policy": {"x": {"w_bits": 12}}}, "policy entry 'x'"),
         ({"budget": {"avg_bits": 4}, "groupsize": 64}, "unknown settings"),
         ({"budget": {"avg_bits": 4}, "pin_first_last": "yes"}, "pin_first_last"),
+        ({"budget": {"avg_bits": 4}, "clip_search": "yes"}, "clip_search must be True, False or 'auto'"),
     ],
 )
 def test_bad_configs_raise_clear_errors(kwargs, message):

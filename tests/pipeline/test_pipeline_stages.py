@@ -337,3 +337,19 @@ def test_the_judge_samples_are_checked():
     for missing in ({"search_samples": 4}, {"refine_passes": 8}):  # no moves, or nothing to screen on
         with pytest.raises(ValueError, match="set refine_passes > 0 and search_samples"):
             InfoQConfig(**KW, budget={"avg_bits": 3}, refine_judge_samples=8, **missing)
+
+
+@pytest.mark.parametrize(
+    "rounding, clip_search, clipped",
+    [("gptq", "auto", True), ("rtn", "auto", False), ("gptq", False, False), ("rtn", True, True)],
+)
+def test_the_clipping_search_is_on_with_gptq_unless_set(setup, rounding, clip_search, clipped):
+    """clip_search="auto" (the default) clips GPTQ's group scales, not round to nearest's; the search
+    perturbs with the scheme the packing uses, and the layout does not depend on it."""
+    model, batches = setup
+    config = InfoQConfig(budget={"avg_bits": 4}, calibration=batches, rounding=rounding, clip_search=clip_search, **KW)
+    assert InfoQConfig(budget={"avg_bits": 4}).clip_search == "auto"
+    run = stages.choose_rounding(stages.calibrate(Run(copy.deepcopy(model), SKIP, progress=False), config), config)
+    assert run.scheme.clip_search is clipped and run.scheme.rounding == rounding
+    assert stages.scoring_scheme(run, config).clip_search is clipped
+    assert run.scheme.same_format(stages.scoring_scheme(run, InfoQConfig(budget={"avg_bits": 4}, **KW)))

@@ -143,8 +143,9 @@ def test_quantize_embeddings_end_to_end_saves_once_and_reloads_bit_identically(t
     result = quantize_pretrained(model, config, progress=False)
     embedding = model.model.embed_tokens
     assert isinstance(embedding, QuantEmbedding) and isinstance(model.lm_head, QuantTiedLinear)
-    # GPTQ has no Hessian for a lookup: the embedding is rounded to nearest, the decoder by GPTQ
-    rtn = quantize_weight(float_embedding, WeightScheme(embedding.w_bits, 32, False))
+    # GPTQ has no Hessian for a lookup: the embedding is rounded to nearest, the decoder by GPTQ, both
+    # with the clipping search that clip_search="auto" turns on with GPTQ
+    rtn = quantize_weight(float_embedding, WeightScheme(embedding.w_bits, 32, False, clip_search=True))
     assert torch.equal(embedding.codes(), rtn.codes)
     params = {n: m.weight_shape[0] * m.weight_shape[1] for n, m in ((n, model.get_submodule(n)) for n in result.policy)}
     mean = sum(params[n] * result.policy[n].w_bits for n in params) / sum(params.values())

@@ -59,6 +59,8 @@ def test_shorthand_and_scheme_resolve_to_one_value():
         PackingScheme(group_size=0)
     assert PackingScheme(rounding="gptq").same_format(PackingScheme())
     assert not PackingScheme(conv_group_size=8).same_format(PackingScheme())
+    assert PackingScheme(clip_search=True).same_format(PackingScheme())  # clipping picks codes, not layout
+    assert PackingScheme(clip_search=True).codes_settings() != PackingScheme().codes_settings()
 
 
 def test_conv_layers_take_the_conv_group_size():

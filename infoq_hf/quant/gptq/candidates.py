@@ -224,6 +224,7 @@ def gptq_candidates(
         "options": options.to_dict(),
         "inputs": "float" if not prefix_bits else f"prefix at {_describe_widths(prefix_bits)}",
         "prefix_bits": prefix_bits or None,
+        "scheme": scheme.codes_settings(),
         "wall_s": round(time.perf_counter() - t0, 3),
         "full_passes": report.full_passes,
     }

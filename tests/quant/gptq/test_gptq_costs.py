@@ -2,6 +2,7 @@
 costs are rescaled exactly, the refinement judges GPTQ's weights, and the pipeline wires them."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -124,7 +125,7 @@ def test_quantize_model_packs_any_configuration_from_the_candidates(setup):
     for n in names:
         layer = packed.get_submodule(n)
         assert layer.w_bits == mixed[n] and torch.equal(layer.codes(), candidates.quantized(n, mixed[n]).codes), n
-    config = InfoQConfig(policy=mixed, rounding="gptq", group_size=32, calibration=batches)
+    config = InfoQConfig(policy=mixed, rounding="gptq", group_size=32, calibration=batches, clip_search=False)
     given = quantize_with_infoq(copy.deepcopy(model), config, candidates=candidates, progress=False)
     assert all(torch.equal(given.model.get_submodule(n).codes(), packed.get_submodule(n).codes()) for n in names)
     assert "packing (gptq candidates)" in given.summary["times_s"]
@@ -201,6 +202,7 @@ def test_the_pipeline_allocates_with_gptq_costs_when_it_packs_with_gptq(setup):
         refine_passes=3,
         modules_to_not_convert=["lm_head"],
         method_options={"scores": "calibrated"},  # the form GPTQ's error ratio rescales
+        clip_search=False,  # both roundings perturb with the same quantizer
     )
     gptq = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="gptq", **kw), progress=False)
     rtn = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(rounding="rtn", **kw), progress=False)
@@ -263,20 +265,21 @@ def test_the_per_width_search_measures_the_weights_gptq_packs(setup):
         method_options=options,
     )
     result = quantize_with_infoq(copy.deepcopy(model), config, progress=False)
+    clipped = replace(SCHEME, clip_search=True)  # clip_search="auto": GPTQ's group scales are clipped
     prefixed = gptq_candidates(
-        model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits={n: 3 for n in names}, progress=False
+        model, {n: BITS for n in names}, batches, scheme=clipped, prefix_bits={n: 3 for n in names}, progress=False
     )
     expected = search(
         model,
         batches,
         bits=BITS,
-        scheme=SCHEME,
+        scheme=clipped,
         skip_modules=["lm_head"],
         candidates=prefixed,
         progress=False,
         **options,
     )
-    assert result.table.meta["costs_rounding"] == "gptq"
+    assert result.table.meta["costs_rounding"] == "gptq" and result.summary["clip_search"] is True
     assert list(result.summary["times_s"])[1:3] == ["gptq candidates", "search"]
     for n in names:
         assert "gptq_error_ratio" not in result.table.layers[n]
@@ -294,6 +297,7 @@ def test_a_mix_is_packed_with_the_gptq_rounding_that_runs_closer_to_the_float_mo
     the float model on the check's batches (each KL recomputed here from the packed models)."""
     model, batches, names, _, _ = setup
     kw = dict(bits=list(BITS), group_size=32, calibration=batches, rounding="gptq", modules_to_not_convert=["lm_head"])
+    kw["clip_search"] = False  # as SCHEME below
     run = quantize_with_infoq(
         copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, reround=True, **kw), progress=False
     )
@@ -352,8 +356,13 @@ def test_search_samples_limit_the_search_and_refinement_not_gptq(setup):
     assert result.policy.report.refinement.calibration_batches == 1
     assert result.policy.report.refinement.validation_batches == 1  # the next 4 samples: the held-out check
     assert result.table.meta["gptq_costs"]["calibration_batches"] == 2  # GPTQ: all of them
-    prefixed = gptq_candidates(
-        model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits={n: 3 for n in names}, progress=False
+    prefixed = gptq_candidates(  # clip_search="auto": clipped, as the pipeline rounds with GPTQ
+        model,
+        {n: BITS for n in names},
+        batches,
+        scheme=replace(SCHEME, clip_search=True),
+        prefix_bits={n: 3 for n in names},
+        progress=False,
     )
     expected = quantize_model(
         copy.deepcopy(model), result.policy, rounding="gptq", candidates=prefixed, skip_modules=["lm_head"]
@@ -379,7 +388,14 @@ def test_conv1d_candidates_are_returned_as_the_layer_stores_them():
 
 def test_candidates_from_an_earlier_pass_give_the_same_run_and_misfits_are_refused(setup):
     model, batches, names, _, _ = setup
-    kw = dict(bits=list(BITS), group_size=32, calibration=batches, rounding="gptq", modules_to_not_convert=["lm_head"])
+    kw = dict(
+        bits=list(BITS),
+        group_size=32,
+        calibration=batches,
+        rounding="gptq",
+        modules_to_not_convert=["lm_head"],
+        clip_search=False,
+    )
     computed = quantize_with_infoq(copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, **kw), progress=False)
     given = gptq_candidates(
         model, {n: BITS for n in names}, batches, scheme=SCHEME, prefix_bits={n: 3 for n in names}, progress=False
@@ -399,6 +415,10 @@ def test_candidates_from_an_earlier_pass_give_the_same_run_and_misfits_are_refus
             copy.deepcopy(model),
             InfoQConfig(budget={"avg_bits": 3.5}, **{**kw, "calibration": batches[:1]}),
             candidates=given,
+        )
+    with pytest.raises(ValueError, match="rounded with .*'clip_search': False.*'clip_search': True"):
+        quantize_with_infoq(  # "auto" clips with GPTQ: candidates rounded without clipping do not fit
+            copy.deepcopy(model), InfoQConfig(budget={"avg_bits": 3.5}, **{**kw, "clip_search": "auto"}), candidates=given
         )
     with pytest.raises(ValueError, match="packs with 'rtn' rounding"):
         quantize_with_infoq(
