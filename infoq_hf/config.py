@@ -99,7 +99,8 @@ class InfoQConfig(QuantizationConfigMixin):
             every budget (benchmarks/studies/clip_search.py), not with round to nearest. A rounding
             choice like `rounding`: it does not change the stored layout or sizes.
             These four form the packing scheme (`config.scheme`, a `PackingScheme`); with a `policy`
-            from `allocate`, the ones left unset are those its table was scored and budgeted with.
+            from `allocate`, the layout fields left unset (the group sizes, `symmetric`) are those its
+            table was budgeted with.
         rounding: "rtn" (round to nearest), "gptq" (error-compensating rounding from the calibration
             data, `infoq_hf.quant.gptq`) or "auto" (default): gptq for a causal LM calibrated on at least
             4096 tokens, rtn otherwise (dev perplexity: benchmarks/RESULTS.md, `gptq`). After

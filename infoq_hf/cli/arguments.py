@@ -16,6 +16,8 @@ from ..quant.scheme import UNSET, resolve_scheme
 from ..sensitivity.search import METHODS
 from .common import UsageError
 
+CLIP_CHOICES = ("auto", "on", "off")
+
 
 def parse_bits(text: str) -> list[int]:
     """--bits: comma-separated widths between 2 and 8, sorted and deduplicated."""
@@ -178,6 +180,13 @@ def add_model_and_calibration(parser: argparse.ArgumentParser, calib_required: b
         "calibration data) or auto (default: gptq for causal LMs calibrated on >= 4096 tokens, else rtn)",
     )
     q.add_argument(
+        "--clip-search",
+        choices=CLIP_CHOICES,
+        default="auto",
+        help="shrink each group's range to the clipping ratio with the least squared error before rounding: "
+        "on, off or auto (default: on with gptq rounding)",
+    )
+    q.add_argument(
         "--gptq-damp",
         type=float,
         default=DEFAULT_DAMP,
@@ -223,7 +232,17 @@ def calibration_spec(args) -> dict | None:
 
 def packing_scheme(args, default):
     """The packing flags given on the command line over `default` (a table's scheme, or the defaults)."""
-
+    clip = UNSET if args.clip_search == "auto" else args.clip_search == "on"
     return resolve_scheme(
-        None, default, group_size=args.group_size, conv_group_size=args.conv_group_size, symmetric=args.symmetric
+        None,
+        default,
+        group_size=args.group_size,
+        conv_group_size=args.conv_group_size,
+        symmetric=args.symmetric,
+        clip_search=clip,
     )
+
+
+def clip_search_setting(args) -> bool | str:
+    """`--clip-search` as InfoQConfig's `clip_search`."""
+    return {"on": True, "off": False}.get(args.clip_search, "auto")

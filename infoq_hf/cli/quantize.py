@@ -21,6 +21,7 @@ from .arguments import (
     add_model_and_calibration,
     budget_from_args,
     calibration_spec,
+    clip_search_setting,
     nonnegative_int,
     packing_scheme,
     positive,
@@ -147,6 +148,7 @@ def cmd_quantize(args) -> int:
         reround=args.reround,
         search_samples=args.search_samples,
         rounding=args.rounding,
+        clip_search=clip_search_setting(args),
         quantize_embeddings=args.quantize_embeddings,
         gptq_options={"damp": args.gptq_damp, "act_order": args.gptq_act_order},
     )

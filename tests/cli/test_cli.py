@@ -45,6 +45,8 @@ def test_cli_end_to_end(assets, hub_server, monkeypatch, capsys):
                 "weight_mse",
                 "--group-size",
                 "32",
+                "--clip-search",
+                "on",
                 "--out",
                 str(fast),
             ]
@@ -53,7 +55,9 @@ def test_cli_end_to_end(assets, hub_server, monkeypatch, capsys):
     )
     out = capsys.readouterr().out
     assert "average weight bits 4.000" in out and "layers per width" in out
-    policy = BitPolicy.from_dict(json.loads((fast / "config.json").read_text())["quantization_config"]["policy"])
+    stored = json.loads((fast / "config.json").read_text())["quantization_config"]
+    assert stored["clip_search"] is True and stored["rounding"] == "rtn"  # on, though auto would not clip rtn
+    policy = BitPolicy.from_dict(stored["policy"])
     assert "lm_head" not in policy and len(policy) == 14
 
     # InfoQ itself, on a very small calibration set (4 samples of 12 tokens), then push it.
@@ -79,7 +83,8 @@ def test_cli_end_to_end(assets, hub_server, monkeypatch, capsys):
         )
         == 0
     )
-    assert json.loads((infoq_dir / "config.json").read_text())["quantization_config"]["reround"] is True
+    stored = json.loads((infoq_dir / "config.json").read_text())["quantization_config"]
+    assert stored["reround"] is True and stored["rounding"] == "rtn" and stored["clip_search"] is False  # auto
     table = SensitivityTable.load(infoq_dir / "infoq_sensitivity.json")
     assert table.method == "infoq" and table.meta["calibration"]["batches"] == 1
     summary = json.loads((infoq_dir / "infoq_summary.json").read_text())
