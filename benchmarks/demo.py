@@ -14,7 +14,7 @@
    leftovers are stored in bfloat16;
 3. saves the packed checkpoint, reloads it, checks the logits are bit-identical;
 4. prints the policy summary and perplexity on held-out tragedies (the windows after the 16 dev
-   windows): fp32 vs InfoQ vs uniform 3-bit (same quantizer, group size and rounding: only the
+   windows): fp32 vs InfoQ vs uniform 3-bit (same quantizer, group size, rounding and clipping: only the
    bit allocation differs), the quantize-on-load time over the uniform model's one GPTQ pass (both
    measured in this run) and the process's peak memory against the float model's size.
 
@@ -118,6 +118,7 @@ def main(argv=None):
         {n: round(args.avg_bits) for n in names},
         group_size=args.group_size,
         rounding=summary["rounding"],
+        clip_search=summary["clip_search"],
         calibration=calib,
         skip_modules=["lm_head"],
     )

@@ -143,7 +143,8 @@ def child(mode: str, size: str, windows: int, seq_len: int, batch: int) -> dict:
         row["times_s"] = dict(result.summary["times_s"])
     elif mode == "uniform":
         policy = {name: UNIFORM_BITS for name in quantizable_layers(model, skip_modules=SKIP)}
-        quantize_model(model, policy, group_size=GROUP, rounding="gptq", calibration=batches, skip_modules=SKIP)
+        # the rounding and clipping the pipeline resolves for GPTQ
+        quantize_model(model, policy, scheme=common.gptq_scheme(GROUP), calibration=batches, skip_modules=SKIP)
     else:
         raise ValueError(f"mode is 'pipeline' or 'uniform', got {mode!r}")
     row["wall_s"] = time.perf_counter() - started

@@ -53,8 +53,7 @@ def main() -> None:
             quantize_model(
                 quantized,
                 {n: bits for n in quantizable_layers(quantized, skip_modules=SKIP)},
-                group_size=64,
-                rounding="gptq",
+                scheme=common.gptq_scheme(64),  # the product's GPTQ rounding, its clipping included
                 calibration=calib,
                 gptq_options={"damp": damp},
                 skip_modules=SKIP,
