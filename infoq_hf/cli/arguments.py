@@ -232,14 +232,14 @@ def calibration_spec(args) -> dict | None:
 
 def packing_scheme(args, default):
     """The packing flags given on the command line over `default` (a table's scheme, or the defaults)."""
-    clip = UNSET if args.clip_search == "auto" else args.clip_search == "on"
+    clip = clip_search_setting(args)
     return resolve_scheme(
         None,
         default,
         group_size=args.group_size,
         conv_group_size=args.conv_group_size,
         symmetric=args.symmetric,
-        clip_search=clip,
+        clip_search=UNSET if clip == "auto" else clip,
     )
 
 
