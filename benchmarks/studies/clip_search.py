@@ -28,11 +28,10 @@ from .. import common
 SKIP = ["lm_head"]
 SETTINGS = {
     "main": dict(bits=[2, 3, 4, 8], group_size=64),
-    "gguf": dict(
-        bits=[4, 5, 8], group_size=32, symmetric=True, quantize_embeddings=True, float_dtype="float32"
-    ),
+    "gguf": dict(bits=[4, 5, 8], group_size=32, symmetric=True, quantize_embeddings=True, float_dtype="float32"),
 }
-DEFAULT_BUDGETS = {"main": [2.5, 3.0, 3.5, 4.0], "gguf": [4.84, 5.63, 7.997]}  # gguf: the matched Q4_0 / Q5_0 / Q8_0 sizes
+# gguf: the average widths whose files match Q4_0 / Q5_0 / Q8_0 (benchmarks.gguf_llamacpp --avg-bits match)
+DEFAULT_BUDGETS = {"main": [2.5, 3.0, 3.5, 4.0], "gguf": [4.84, 5.63, 7.997]}
 
 
 def main() -> None:

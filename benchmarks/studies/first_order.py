@@ -90,9 +90,7 @@ def smollm2(seeds, budgets, estimates, windows):
     searched = first_samples(calib, windows)
     tables, seconds = _searches(model, searched, seeds, estimates, group_size=64, skip_modules=skip)
     names = list(quantizable_layers(model, skip_modules=skip))
-    starts = common.CandidatesByStart(
-        model, {n: BITS for n in names}, calib, common.gptq_scheme(64)
-    )
+    starts = common.CandidatesByStart(model, {n: BITS for n in names}, calib, common.gptq_scheme(64))
     ppl = {}
     for budget in budgets:
         for (estimate, seed), table in tables.items():

@@ -115,9 +115,7 @@ def smollm2_path(jitter, budgets, calib, dev, peers, seed) -> dict:
     scheme = PackingScheme(group_size=64)
     sizes = stages.layer_table(model, BITS, scheme=scheme, skip_modules=skip, embeddings=False)
     names = list(sizes.layers)
-    starts = common.CandidatesByStart(
-        model, {n: BITS for n in names}, calib, common.gptq_scheme(64)
-    )
+    starts = common.CandidatesByStart(model, {n: BITS for n in names}, calib, common.gptq_scheme(64))
     base = dict(bits=BITS, group_size=64, calibration=calib, seed=seed, search_samples=SEARCH_SAMPLES)
     out = {}
 

@@ -72,9 +72,7 @@ def main() -> None:
         seconds[label, seed] = time.perf_counter() - started
         print(label, seed, f"search {seconds[label, seed]:.1f} s", flush=True)
     names = list(quantizable_layers(model, skip_modules=SKIP))
-    starts = common.CandidatesByStart(
-        model, {n: BITS for n in names}, calib, common.gptq_scheme(64)
-    )
+    starts = common.CandidatesByStart(model, {n: BITS for n in names}, calib, common.gptq_scheme(64))
     ppl = {}
     for budget in args.budgets:
         for (label, seed), table in tables.items():
