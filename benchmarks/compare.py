@@ -31,6 +31,7 @@ from infoq_hf.defaults import DEFAULT_REFINE_PASSES
 from infoq_hf.pipeline import quantize_with_infoq, stages
 from infoq_hf.pipeline.data import first_samples, resolve_rounding
 from infoq_hf.pipeline.stages import second_rounding
+from infoq_hf.quant.quantizer import CLIP_MAX_BITS
 from infoq_hf.quant.scheme import PackingScheme
 from infoq_hf.sensitivity import SensitivityTable
 
@@ -76,7 +77,7 @@ def lm_tables(key: str, model, calib, args, out: Path, kw: dict) -> dict[str, di
         searches["infoq (paper Eq. 4)"] = {**common.PROBED_CALIBRATED, "scores": "eq4"}
     found = {}  # one search per method and options, shared by the budgets that ask for it
     jittered = "" if getattr(args, "jitter", None) is None else f"_jitter{args.jitter}"
-    clipped = "_clip" if kw.get("clip_search") else ""
+    clipped = f"_clip{CLIP_MAX_BITS}" if kw.get("clip_search") else ""  # the rule's widths name the cache
 
     def table(method: str, opts: dict) -> SensitivityTable:
         name = method + "".join(f"_{k}{v}" for k, v in opts.items())

@@ -95,9 +95,10 @@ class InfoQConfig(QuantizationConfigMixin):
         conv_group_size: the same for Conv2d layers (default per output channel).
         symmetric: symmetric weight codes (no zero points); GPTQConfig's `sym`.
         clip_search: shrink each group's range to the clipping ratio with the least squared error
-            before rounding; "auto" (default): with GPTQ rounding, where it lowered dev perplexity at
-            every budget (benchmarks/studies/clip_search.py), not with round to nearest. A rounding
-            choice like `rounding`: it does not change the stored layout or sizes.
+            before rounding, at widths up to 4 bits (at 5 and 8 it raised dev perplexity); "auto"
+            (default): with GPTQ rounding, where it lowered dev perplexity at every budget
+            (benchmarks/studies/clip_search.py), not with round to nearest. A rounding choice like
+            `rounding`: it does not change the stored layout or sizes.
             These four form the packing scheme (`config.scheme`, a `PackingScheme`); with a `policy`
             from `allocate`, the layout fields left unset (the group sizes, `symmetric`) are those its
             table was budgeted with.

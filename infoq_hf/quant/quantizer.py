@@ -13,7 +13,8 @@ not divide gets a smaller fitting size (`effective_group_size`):
 Codes are always stored unsigned so one packer serves both. The range always
 contains 0 (so zero weights and padding stay exact and a constant group cannot
 divide by zero). Round-to-nearest, optionally with a clipping search that
-shrinks the range per row/group to the ratio with the smallest squared error.
+shrinks the range per row/group to the ratio with the smallest squared error
+(at widths up to CLIP_MAX_BITS; wider grids keep the full range).
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ from .packing import check_bits
 
 _EPS = 1e-12
 CLIP_RATIOS = torch.linspace(1.0, 0.5, 21).tolist()
+# The least-squares clip lowered perplexity at 2-4 bits and raised it at 5 and 8 (SmolLM2, dev windows,
+# benchmarks/studies/clip_search.py): wider grids lose less to an outlier than the clip costs it.
+CLIP_MAX_BITS = 4
 
 
 @dataclass(frozen=True)
 class WeightScheme:
-    """How a weight is quantized: bits, grouping, symmetry, clipping search."""
+    """How a weight is quantized: bits, grouping, symmetry, clipping search (applied up to CLIP_MAX_BITS)."""
 
     bits: int
     group_size: int | None = None  # None: one scale per output channel; see effective_group_size per layer
@@ -141,7 +145,7 @@ def _grouped_params(g: torch.Tensor, scheme: WeightScheme) -> tuple[torch.Tensor
     lo = g.amin(dim=-1).clamp_max(0.0)
     hi = g.amax(dim=-1).clamp_min(0.0)
     scale, zero = _params_for_range(lo, hi, bits, sym)
-    if scheme.clip_search:
+    if scheme.clip_search and bits <= CLIP_MAX_BITS:
         best_err = ((_fake(g, scale, zero, bits, sym) - g) ** 2).sum(dim=-1)
         for ratio in CLIP_RATIOS[1:]:
             s, z = _params_for_range(lo * ratio, hi * ratio, bits, sym)

@@ -28,9 +28,9 @@ class PackingScheme:
     """group_size: weights per scale along a Linear's inputs (None: one scale per output channel; a
     layer whose width it does not divide gets a smaller one, `quantizer.effective_group_size`).
     conv_group_size: the same for Conv2d layers. symmetric: codes without zero points.
-    clip_search: search a clipping ratio per group when rounding. rounding: "rtn" (round to nearest)
-    or "gptq" (error-compensating, needs calibration data). These two choose the codes, not their
-    layout: the stored format is the same."""
+    clip_search: search a clipping ratio per group when rounding (widths up to 4 bits). rounding: "rtn"
+    (round to nearest) or "gptq" (error-compensating, needs calibration data). These two choose the
+    codes, not their layout: the stored format is the same."""
 
     group_size: int | None = None
     conv_group_size: int | None = None

@@ -23,6 +23,7 @@ from infoq_hf.quant import (
     quantize_weight,
     unpack,
 )
+from infoq_hf.quant.quantizer import CLIP_MAX_BITS
 from tests.helpers.models import tiny_llama
 
 
@@ -85,6 +86,21 @@ def test_clip_search_never_worse_and_helps_heavy_tails():
         gains.append(clipped / plain)
     print("clip search error ratio at 2/3/4 bits:", [round(g, 3) for g in gains])
     assert gains[0] < 0.8  # at 2 bits a heavy-tailed row loses most of its levels to outliers
+
+
+def test_clip_search_keeps_the_full_range_above_four_bits():
+    torch.manual_seed(2)
+    w = torch.distributions.StudentT(4.0).sample((64, 128))
+    for b in range(CLIP_MAX_BITS + 1, 9):
+        for sym in (False, True):
+            plain = quantize_weight(w, WeightScheme(b, 32, sym))
+            clipped = quantize_weight(w, WeightScheme(b, 32, sym, clip_search=True))
+            assert torch.equal(plain.codes, clipped.codes) and torch.equal(plain.scale, clipped.scale)
+    # the same weight at 4 bits does clip: the rule is the width, not the weight
+    assert not torch.equal(
+        quantize_weight(w, WeightScheme(CLIP_MAX_BITS, 32)).scale,
+        quantize_weight(w, WeightScheme(CLIP_MAX_BITS, 32, clip_search=True)).scale,
+    )
 
 
 def test_group_size_falls_back_per_layer_and_bits_must_be_valid():
