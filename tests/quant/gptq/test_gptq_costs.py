@@ -64,6 +64,18 @@ def test_ratios_and_weights_are_gptq_on_the_float_models_hessians(setup):
         candidates.weight(names[0], 5)
 
 
+def test_gptq_clips_the_group_scales_up_to_four_bits_only(setup):
+    model, batches, names, _, _ = setup
+    n = names[0]
+    w, h = model.get_submodule(n).weight.detach(), float_hessians(model, [n], batches)[n]
+
+    def codes(bits, clip):
+        return gptq_quantize(w, h, WeightScheme(bits, 32, clip_search=clip), where=n).codes
+
+    assert not torch.equal(codes(2, False), codes(2, True))
+    assert all(torch.equal(codes(b, False), codes(b, True)) for b in (5, 8))
+
+
 def test_candidates_on_a_rounded_prefix_are_what_sequential_packing_rounds(setup):
     """At the prefix configuration itself, the candidates are the sequential packing's weights exactly
     (both rounds each block on the inputs of the blocks before as rounded); block 0 sees float inputs."""
