@@ -9,8 +9,8 @@ SmolLM2-135M, the main job's settings (`--setting main`: 32x128 calibration toke
 gguf`: candidates {4,5,8}, symmetric groups of 32, the embedding a layer of the allocation and 8-bit in
 the uniform runs, float32 compute), the weights as loaded (`--jitter N`: a copy with float32-sized noise,
 another GPTQ path). For each budget: the widest uniform width under it and the default InfoQ pipeline
-(ILP, whole-model check), once with `clip_search=False` and once with True; dev perplexity on the 16x128
-dev windows and each run's wall time.
+(ILP, whole-model check), once with `clip_search=False` and once with True (which clips widths up to
+`quantizer.CLIP_MAX_BITS`); dev perplexity on the 16x128 dev windows and each run's wall time.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from .packing import check_bits
 _EPS = 1e-12
 CLIP_RATIOS = torch.linspace(1.0, 0.5, 21).tolist()
 # The least-squares clip lowered perplexity at 2-4 bits and raised it at 5 and 8 (SmolLM2, dev windows,
-# benchmarks/studies/clip_search.py): wider grids lose less to an outlier than the clip costs it.
+# benchmarks/studies/clip_search.py --setting gguf): wider grids lose less to an outlier than the clip costs it.
 CLIP_MAX_BITS = 4
 
 
